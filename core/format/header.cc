@@ -1,0 +1,356 @@
+#include "core/format/header.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/format/internal/json_util.h"
+#include "core/format/internal/utf8.h"
+#include "nlohmann/json.hpp"
+
+namespace safeshard {
+namespace {
+
+constexpr absl::string_view kPayloadUrl = "type.safeshard.dev/HeaderError";
+constexpr absl::string_view kLfsMagic = "version https://git-lfs.github.com/spec/";
+
+constexpr std::pair<HeaderError, absl::string_view> kNames[] = {
+    {HeaderError::kFileTooSmall, "file_too_small"},
+    {HeaderError::kGitLfsPointer, "git_lfs_pointer"},
+    {HeaderError::kHeaderTooLarge, "header_too_large"},
+    {HeaderError::kHeaderLengthExceedsFile, "header_length_exceeds_file"},
+    {HeaderError::kInvalidUtf8, "invalid_utf8"},
+    {HeaderError::kInvalidJson, "invalid_json"},
+    {HeaderError::kHeaderNotObject, "header_not_object"},
+    {HeaderError::kDuplicateKey, "duplicate_key"},
+    {HeaderError::kInvalidMetadata, "invalid_metadata"},
+    {HeaderError::kInvalidTensorEntry, "invalid_tensor_entry"},
+    {HeaderError::kUnknownDType, "unknown_dtype"},
+    {HeaderError::kShapeOverflow, "shape_overflow"},
+    {HeaderError::kMisalignedBits, "misaligned_bits"},
+    {HeaderError::kSizeMismatch, "size_mismatch"},
+    {HeaderError::kInvalidOffsets, "invalid_offsets"},
+    {HeaderError::kOffsetGap, "offset_gap"},
+    {HeaderError::kOffsetOverlap, "offset_overlap"},
+    {HeaderError::kBufferSizeMismatch, "buffer_size_mismatch"},
+};
+
+absl::Status Fail(HeaderError e, absl::string_view file, absl::string_view what) {
+  absl::StatusCode code = e == HeaderError::kGitLfsPointer ? absl::StatusCode::kFailedPrecondition
+                                                           : absl::StatusCode::kDataLoss;
+  absl::Status s(code, absl::StrCat(file, ": ", HeaderErrorName(e), ": ", what));
+  s.SetPayload(kPayloadUrl, absl::Cord(HeaderErrorName(e)));
+  return s;
+}
+
+using internal::DuplicateKeyFinder;
+using internal::Quote;
+using internal::ReadU64;
+
+}  // namespace
+
+absl::string_view HeaderErrorName(HeaderError e) {
+  for (const auto& [err, name] : kNames) {
+    if (err == e) return name;
+  }
+  return "unknown";
+}
+
+std::optional<HeaderError> HeaderErrorOf(const absl::Status& s) {
+  auto p = s.GetPayload(kPayloadUrl);
+  if (!p) return std::nullopt;
+  std::string name(*p);
+  for (const auto& [err, n] : kNames) {
+    if (n == name) return err;
+  }
+  return std::nullopt;
+}
+
+const TensorEntry* Header::Find(absl::string_view name) const {
+  for (const TensorEntry& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t file_size,
+                                           absl::string_view file) {
+  if (prefix.substr(0, kLfsMagic.size()) == kLfsMagic) {
+    return Fail(HeaderError::kGitLfsPointer, file,
+                absl::StrCat("the file (", file_size,
+                             " bytes) is a Git LFS pointer, not tensor data; fetch the real "
+                             "file with `git lfs pull`"));
+  }
+  if (file_size < 8 || prefix.size() < 8) {
+    return Fail(HeaderError::kFileTooSmall, file,
+                absl::StrCat("file is ", file_size,
+                             " bytes; a safetensors file starts with an 8-byte header length "
+                             "at offset 0"));
+  }
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(prefix[i]);
+  if (n > kMaxHeaderSize) {
+    return Fail(HeaderError::kHeaderTooLarge,
+                file, absl::StrCat("header length at offset 0 is ", n, " bytes, over the ",
+                                   kMaxHeaderSize, "-byte limit"));
+  }
+  if (n > file_size - 8) {
+    return Fail(HeaderError::kHeaderLengthExceedsFile, file,
+                absl::StrCat("header length at offset 0 is ", n, " bytes but only ",
+                             file_size - 8, " bytes follow it"));
+  }
+  return n;
+}
+
+absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
+                                   absl::string_view file) {
+  Header h;
+  h.header_size = json.size();
+  if (file_size < 8 + json.size()) {
+    return Fail(HeaderError::kHeaderLengthExceedsFile, file,
+                absl::StrCat("header of ", json.size(), " bytes does not fit in a file of ",
+                             file_size, " bytes"));
+  }
+  h.buffer_size = file_size - 8 - json.size();
+
+  if (size_t bad = internal::FirstInvalidUtf8(json); bad != absl::string_view::npos) {
+    return Fail(HeaderError::kInvalidUtf8, file,
+                absl::StrCat("header is not valid UTF-8 at byte offset ", 8 + bad));
+  }
+  if (json.empty() || json.front() != '{') {
+    size_t first = json.find_first_not_of(" \t\r\n");
+    if (first == absl::string_view::npos || json[first] != '{') {
+      return Fail(HeaderError::kHeaderNotObject, file,
+                  "header JSON at byte offset 8 is not an object (must start with '{')");
+    }
+  }
+
+  DuplicateKeyFinder dup;
+  nlohmann::ordered_json root;
+  try {
+    root = nlohmann::ordered_json::parse(json.begin(), json.end(), std::ref(dup),
+                                         /*allow_exceptions=*/true, /*ignore_comments=*/false);
+  } catch (const nlohmann::ordered_json::parse_error& e) {
+    return Fail(HeaderError::kInvalidJson, file,
+                absl::StrCat("header JSON does not parse at byte offset ", 8 + e.byte - 1,
+                             ": ", e.what()));
+  } catch (const std::exception& e) {
+    return Fail(HeaderError::kInvalidJson, file, absl::StrCat("header JSON: ", e.what()));
+  }
+  if (dup.duplicate()) {
+    return Fail(HeaderError::kDuplicateKey, file,
+                absl::StrCat("key ", Quote(*dup.duplicate()),
+                             " appears more than once in the header (byte offset 8)"));
+  }
+  if (!root.is_object()) {
+    return Fail(HeaderError::kHeaderNotObject, file,
+                "header JSON at byte offset 8 is not an object");
+  }
+
+  h.tensors.reserve(root.size());
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string& key = it.key();
+    const auto& v = it.value();
+    if (key == kMetadataKey) {
+      h.has_metadata = true;
+      if (!v.is_object()) {
+        return Fail(HeaderError::kInvalidMetadata, file,
+                    "__metadata__ must be an object of string values");
+      }
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) {
+          return Fail(HeaderError::kInvalidMetadata, file,
+                      absl::StrCat("__metadata__ value for ", Quote(m.key()),
+                                   " is not a string (", m.value().type_name(), ")"));
+        }
+        h.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = absl::StrCat("tensor ", Quote(key));
+    if (!v.is_object()) {
+      return Fail(HeaderError::kInvalidTensorEntry, file,
+                  absl::StrCat(where, ": entry is not an object"));
+    }
+    auto dt = v.find("dtype");
+    auto sh = v.find("shape");
+    auto off = v.find("data_offsets");
+    if (dt == v.end() || sh == v.end() || off == v.end()) {
+      return Fail(HeaderError::kInvalidTensorEntry, file,
+                  absl::StrCat(where, ": entry needs \"dtype\", \"shape\" and \"data_offsets\""));
+    }
+    if (!dt->is_string()) {
+      return Fail(HeaderError::kInvalidTensorEntry, file,
+                  absl::StrCat(where, ": \"dtype\" is not a string"));
+    }
+    TensorEntry t;
+    t.name = key;
+    absl::StatusOr<DType> dtype = ParseDType(dt->get<std::string>());
+    if (!dtype.ok()) {
+      return Fail(HeaderError::kUnknownDType, file,
+                  absl::StrCat(where, ": unknown dtype ", Quote(dt->get<std::string>())));
+    }
+    t.dtype = *dtype;
+    if (!sh->is_array()) {
+      return Fail(HeaderError::kInvalidTensorEntry, file,
+                  absl::StrCat(where, ": \"shape\" is not an array"));
+    }
+    t.shape.reserve(sh->size());
+    for (const auto& d : *sh) {
+      uint64_t dim;
+      if (!ReadU64(d, &dim)) {
+        return Fail(HeaderError::kInvalidTensorEntry, file,
+                    absl::StrCat(where, ": shape entry ", d.dump(),
+                                 " is not a non-negative integer"));
+      }
+      t.shape.push_back(dim);
+    }
+    if (!off->is_array() || off->size() != 2 || !ReadU64((*off)[0], &t.begin) ||
+        !ReadU64((*off)[1], &t.end)) {
+      return Fail(HeaderError::kInvalidTensorEntry, file,
+                  absl::StrCat(where, ": \"data_offsets\" must be two non-negative integers, got ",
+                               off->dump()));
+    }
+    if (t.begin > t.end) {
+      return Fail(HeaderError::kInvalidOffsets, file,
+                  absl::StrCat(where, ": data_offsets [", t.begin, ", ", t.end,
+                               "] end before they begin (file byte offset ",
+                               h.data_start() + t.begin, ")"));
+    }
+    absl::StatusOr<uint64_t> numel = NumElements(t.shape);
+    uint64_t bits = 0;
+    if (!numel.ok() || __builtin_mul_overflow(*numel, static_cast<uint64_t>(BitsOf(t.dtype)),
+                                              &bits)) {
+      return Fail(HeaderError::kShapeOverflow, file,
+                  absl::StrCat(where, ": shape [", absl::StrJoin(t.shape, ", "),
+                               "] overflows 64 bits"));
+    }
+    if (bits % 8 != 0) {
+      return Fail(HeaderError::kMisalignedBits, file,
+                  absl::StrCat(where, ": ", *numel, " elements of ", DTypeName(t.dtype), " are ",
+                               bits, " bits, not a whole number of bytes"));
+    }
+    if (t.end - t.begin != bits / 8) {
+      return Fail(HeaderError::kSizeMismatch, file,
+                  absl::StrCat(where, ": data_offsets [", t.begin, ", ", t.end, "] span ",
+                               t.end - t.begin, " bytes but ", DTypeName(t.dtype), " [",
+                               absl::StrJoin(t.shape, ", "), "] needs ", bits / 8,
+                               " (file byte offset ", h.data_start() + t.begin, ")"));
+    }
+    h.tensors.push_back(std::move(t));
+  }
+
+  // Offsets must tile [0, buffer_size) exactly, whatever order the header lists them in.
+  std::vector<const TensorEntry*> by_offset;
+  by_offset.reserve(h.tensors.size());
+  for (const TensorEntry& t : h.tensors) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorEntry* a, const TensorEntry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t cursor = 0;
+  const TensorEntry* prev = nullptr;
+  for (const TensorEntry* t : by_offset) {
+    if (t->begin > cursor) {
+      return Fail(HeaderError::kOffsetGap, file,
+                  absl::StrCat("bytes [", cursor, ", ", t->begin, ") of the buffer (file byte offset ",
+                               h.data_start() + cursor, ") belong to no tensor; next is tensor ",
+                               Quote(t->name)));
+    }
+    if (t->begin < cursor) {
+      return Fail(HeaderError::kOffsetOverlap, file,
+                  absl::StrCat("tensor ", Quote(t->name), " at data_offsets [", t->begin, ", ",
+                               t->end, ") overlaps tensor ", Quote(prev->name), " ending at ",
+                               cursor, " (file byte offset ", h.data_start() + t->begin, ")"));
+    }
+    cursor = t->end;
+    prev = t;
+  }
+  if (cursor != h.buffer_size) {
+    return Fail(HeaderError::kBufferSizeMismatch, file,
+                absl::StrCat("tensors end at buffer byte ", cursor, " (file byte offset ",
+                             h.data_start() + cursor, ") but the file has ", h.buffer_size,
+                             " buffer bytes (file size ", file_size, ")",
+                             cursor > h.buffer_size ? ": the file is truncated" : ""));
+  }
+  return h;
+}
+
+absl::StatusOr<Header> LayoutHeader(std::vector<TensorSpec> specs,
+                                    std::map<std::string, std::string> metadata) {
+  std::sort(specs.begin(), specs.end(), [](const TensorSpec& a, const TensorSpec& b) {
+    int aa = AlignmentOf(a.dtype), ab = AlignmentOf(b.dtype);
+    return aa != ab ? aa > ab : a.name < b.name;
+  });
+  Header h;
+  h.has_metadata = !metadata.empty();
+  h.metadata = std::move(metadata);
+  uint64_t cursor = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].name == kMetadataKey) {
+      return absl::InvalidArgumentError("a tensor cannot be named __metadata__");
+    }
+    if (!h.tensors.empty() && specs[i].name == h.tensors.back().name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", Quote(specs[i].name), " appears twice"));
+    }
+    absl::StatusOr<uint64_t> bytes = ByteSizeOf(specs[i].dtype, specs[i].shape);
+    if (!bytes.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", Quote(specs[i].name), ": ", bytes.status().message()));
+    }
+    TensorEntry t;
+    t.name = std::move(specs[i].name);
+    t.dtype = specs[i].dtype;
+    t.shape = std::move(specs[i].shape);
+    t.begin = cursor;
+    if (__builtin_add_overflow(cursor, *bytes, &cursor)) {
+      return absl::InvalidArgumentError("total tensor bytes overflow 64 bits");
+    }
+    t.end = cursor;
+    h.tensors.push_back(std::move(t));
+  }
+  h.buffer_size = cursor;
+  h.header_size = SerializeHeaderJson(h).size();
+  return h;
+}
+
+std::string SerializeHeaderJson(const Header& h) {
+  std::string out = "{";
+  bool first = true;
+  if (h.has_metadata || !h.metadata.empty()) {
+    out += "\"__metadata__\":{";
+    bool first_m = true;
+    for (const auto& [k, v] : h.metadata) {
+      if (!first_m) out += ',';
+      first_m = false;
+      absl::StrAppend(&out, Quote(k), ":", Quote(v));
+    }
+    out += '}';
+    first = false;
+  }
+  for (const TensorEntry& t : h.tensors) {
+    if (!first) out += ',';
+    first = false;
+    absl::StrAppend(&out, Quote(t.name), ":{\"dtype\":\"", DTypeName(t.dtype), "\",\"shape\":[",
+                    absl::StrJoin(t.shape, ","), "],\"data_offsets\":[", t.begin, ",", t.end,
+                    "]}");
+  }
+  out += '}';
+  out.append((8 - out.size() % 8) % 8, ' ');
+  return out;
+}
+
+std::string SerializeHeader(const Header& h) {
+  std::string json = SerializeHeaderJson(h);
+  std::string out(8, '\0');
+  uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  out += json;
+  return out;
+}
+
+}  // namespace safeshard

@@ -1,0 +1,291 @@
+#include "core/format/header.h"
+
+#include <string>
+
+#include "core/testing/testing.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+using ::safeshard::testing::RawSafetensors;
+using ::testing::HasSubstr;
+
+// Parses a whole file image the way a reader does.
+absl::StatusOr<Header> ParseImage(const std::string& image, const std::string& name = "t.st") {
+  absl::StatusOr<uint64_t> n = ParseHeaderLength(image.substr(0, 64), image.size(), name);
+  if (!n.ok()) return n.status();
+  return ParseHeader(absl::string_view(image).substr(8, *n), image.size(), name);
+}
+
+void ExpectError(const absl::StatusOr<Header>& r, HeaderError e, const std::string& substr = "") {
+  ASSERT_FALSE(r.ok()) << "expected " << HeaderErrorName(e);
+  EXPECT_EQ(HeaderErrorOf(r.status()), e) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("t.st: "));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(std::string(HeaderErrorName(e))));
+  if (!substr.empty()) EXPECT_THAT(std::string(r.status().message()), HasSubstr(substr));
+}
+
+TEST(HeaderTest, ParsesMinimalFile) {
+  absl::StatusOr<Header> h = ParseImage(
+      RawSafetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(8, 'x')));
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_EQ(h->tensors.size(), 1u);
+  EXPECT_EQ(h->tensors[0].name, "a");
+  EXPECT_EQ(h->tensors[0].dtype, DType::kF32);
+  EXPECT_EQ(h->tensors[0].shape, (std::vector<uint64_t>{2}));
+  EXPECT_EQ(h->buffer_size, 8u);
+  EXPECT_FALSE(h->has_metadata);
+}
+
+TEST(HeaderTest, RejectsFileShorterThanLengthPrefix) {
+  ExpectError(ParseImage(""), HeaderError::kFileTooSmall, "0 bytes");
+  ExpectError(ParseImage("abc"), HeaderError::kFileTooSmall);
+}
+
+TEST(HeaderTest, RecognisesGitLfsPointer) {
+  std::string lfs =
+      "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1234\n";
+  absl::StatusOr<Header> r = ParseImage(lfs);
+  ExpectError(r, HeaderError::kGitLfsPointer, "git lfs pull");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(HeaderTest, RejectsHeaderOverSizeLimit) {
+  std::string image(16, '\0');
+  uint64_t n = kMaxHeaderSize + 1;
+  for (int i = 0; i < 8; ++i) image[i] = static_cast<char>(n >> (8 * i));
+  ExpectError(ParseImage(image), HeaderError::kHeaderTooLarge, "100000001");
+}
+
+TEST(HeaderTest, AcceptsHeaderAtSizeLimitBoundaryCheckOnly) {
+  // Exactly the limit is allowed by the length check; it then fails on the file size.
+  std::string image(16, '\0');
+  uint64_t n = kMaxHeaderSize;
+  for (int i = 0; i < 8; ++i) image[i] = static_cast<char>(n >> (8 * i));
+  ExpectError(ParseImage(image), HeaderError::kHeaderLengthExceedsFile);
+}
+
+TEST(HeaderTest, RejectsLengthBeyondFile) {
+  std::string image = RawSafetensors("{}", "");
+  image[0] = 50;
+  ExpectError(ParseImage(image), HeaderError::kHeaderLengthExceedsFile, "only 2 bytes follow");
+}
+
+TEST(HeaderTest, RejectsInvalidUtf8WithOffset) {
+  std::string json = "{\"a\xff\":{}}";
+  ExpectError(ParseImage(RawSafetensors(json, "")), HeaderError::kInvalidUtf8, "byte offset 11");
+  // Overlong encoding and surrogates are invalid too.
+  ExpectError(ParseImage(RawSafetensors("{\"\xc0\xaf\":1}", "")), HeaderError::kInvalidUtf8);
+  ExpectError(ParseImage(RawSafetensors("{\"\xed\xa0\x80\":1}", "")), HeaderError::kInvalidUtf8);
+}
+
+TEST(HeaderTest, AcceptsUtf8TensorNames) {
+  std::string json = "{\"\xc3\xa9t\xc3\xa9\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(json, "z"));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->tensors[0].name, "\xc3\xa9t\xc3\xa9");
+}
+
+TEST(HeaderTest, RejectsInvalidJsonWithOffset) {
+  ExpectError(ParseImage(RawSafetensors("{\"a\":", "")), HeaderError::kInvalidJson, "byte offset");
+}
+
+TEST(HeaderTest, RejectsNonObjectJson) {
+  ExpectError(ParseImage(RawSafetensors("[1,2]   ", "")), HeaderError::kHeaderNotObject);
+  ExpectError(ParseImage(RawSafetensors("", "")), HeaderError::kHeaderNotObject);
+}
+
+TEST(HeaderTest, RejectsDuplicateTensorNames) {
+  std::string json =
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})";
+  ExpectError(ParseImage(RawSafetensors(json, "zz")), HeaderError::kDuplicateKey, "\"a\"");
+}
+
+TEST(HeaderTest, RejectsDuplicateKeysInsideAnEntry) {
+  std::string json = R"({"a":{"dtype":"U8","dtype":"I8","shape":[1],"data_offsets":[0,1]}})";
+  ExpectError(ParseImage(RawSafetensors(json, "z")), HeaderError::kDuplicateKey, "dtype");
+}
+
+TEST(HeaderTest, MetadataMustMapStringsToStrings) {
+  std::string ok = R"({"__metadata__":{"format":"pt","k":"v"}})";
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(ok, ""));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(h->has_metadata);
+  EXPECT_EQ(h->metadata.at("format"), "pt");
+  EXPECT_TRUE(h->tensors.empty());
+  ExpectError(ParseImage(RawSafetensors(R"({"__metadata__":{"n":1}})", "")),
+              HeaderError::kInvalidMetadata, "\"n\"");
+  ExpectError(ParseImage(RawSafetensors(R"({"__metadata__":["x"]})", "")),
+              HeaderError::kInvalidMetadata);
+}
+
+TEST(HeaderTest, RejectsMalformedTensorEntries) {
+  ExpectError(ParseImage(RawSafetensors(R"({"a":3})", "")), HeaderError::kInvalidTensorEntry,
+              "tensor \"a\"");
+  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[1]}})", "")),
+              HeaderError::kInvalidTensorEntry);
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", "z")),
+      HeaderError::kInvalidTensorEntry, "-1");
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}})", "z")),
+      HeaderError::kInvalidTensorEntry);
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[1.5],"data_offsets":[0,1]}})", "z")),
+      HeaderError::kInvalidTensorEntry);
+}
+
+TEST(HeaderTest, RejectsUnknownDType) {
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}})",
+                                std::string(16, 'z'))),
+      HeaderError::kUnknownDType, "F128");
+  // Names are case-sensitive.
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}})",
+                                std::string(4, 'z'))),
+      HeaderError::kUnknownDType);
+}
+
+TEST(HeaderTest, RejectsShapeOverflow) {
+  ExpectError(ParseImage(RawSafetensors(
+                  R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
+                  "")),
+              HeaderError::kShapeOverflow);
+  // Element count fits but bits do not.
+  ExpectError(ParseImage(RawSafetensors(
+                  R"({"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}})",
+                  "")),
+              HeaderError::kShapeOverflow);
+}
+
+TEST(HeaderTest, RejectsSizeMismatchWithFileOffset) {
+  std::string json = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})";
+  ExpectError(ParseImage(RawSafetensors(json, "zzzz")), HeaderError::kSizeMismatch,
+              "needs 8 (file byte offset 62)");
+}
+
+TEST(HeaderTest, SubByteDTypesNeedWholeBytes) {
+  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})",
+                                        "z")),
+              HeaderError::kMisalignedBits, "12 bits");
+  absl::StatusOr<Header> ok = ParseImage(
+      RawSafetensors(R"({"a":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}})", "zz"));
+  EXPECT_TRUE(ok.ok()) << ok.status();
+  absl::StatusOr<Header> f6 = ParseImage(
+      RawSafetensors(R"({"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}})", "zzz"));
+  EXPECT_TRUE(f6.ok()) << f6.status();
+}
+
+TEST(HeaderTest, RejectsReversedOffsets) {
+  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[2,1]}})",
+                                        "zz")),
+              HeaderError::kInvalidOffsets);
+}
+
+TEST(HeaderTest, RejectsGapBetweenTensors) {
+  std::string json =
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}})";
+  ExpectError(ParseImage(RawSafetensors(json, "zzz")), HeaderError::kOffsetGap, "[1, 2)");
+  std::string leading = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})";
+  ExpectError(ParseImage(RawSafetensors(leading, "zz")), HeaderError::kOffsetGap, "[0, 1)");
+}
+
+TEST(HeaderTest, RejectsOverlappingTensors) {
+  std::string json =
+      R"({"a":{"dtype":"U16","shape":[1],"data_offsets":[0,2]},"b":{"dtype":"U16","shape":[1],"data_offsets":[1,3]}})";
+  ExpectError(ParseImage(RawSafetensors(json, "zzz")), HeaderError::kOffsetOverlap,
+              "tensor \"b\"");
+}
+
+TEST(HeaderTest, AcceptsHeaderOrderDifferentFromDataOrder) {
+  std::string json =
+      R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},"a":{"dtype":"U16","shape":[1],"data_offsets":[0,2]}})";
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(json, "zzz"));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->tensors[0].name, "b");  // header order kept
+}
+
+TEST(HeaderTest, RejectsTrailingAndMissingBufferBytes) {
+  std::string json = R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
+  ExpectError(ParseImage(RawSafetensors(json, "zzz")), HeaderError::kBufferSizeMismatch,
+              "3 buffer bytes");
+  ExpectError(ParseImage(RawSafetensors(json, "z")), HeaderError::kBufferSizeMismatch,
+              "truncated");
+}
+
+TEST(HeaderTest, AcceptsEmptyTensorsAndScalars) {
+  std::string json =
+      R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"I64","shape":[],"data_offsets":[0,8]},"e2":{"dtype":"BF16","shape":[4,0],"data_offsets":[8,8]}})";
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(json, std::string(8, 'z')));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->Find("s")->shape.size(), 0u);
+  EXPECT_EQ(h->Find("e")->size(), 0u);
+}
+
+TEST(HeaderTest, AcceptsUnpaddedHeaderAndOddTail) {
+  // 56-byte header is not a multiple of 8 after the prefix... use an odd-length one.
+  std::string json = R"({"a":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})";
+  ASSERT_NE(json.size() % 8, 0u);
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(json, "zzz"));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->header_size, json.size());
+}
+
+TEST(HeaderTest, LayoutOrdersByAlignmentThenName) {
+  absl::StatusOr<Header> h = LayoutHeader({{"z", DType::kU8, {3}},
+                                           {"b", DType::kF32, {2}},
+                                           {"a", DType::kF32, {1}},
+                                           {"m", DType::kI64, {}},
+                                           {"h", DType::kBF16, {5}}},
+                                          {{"format", "pt"}});
+  ASSERT_TRUE(h.ok()) << h.status();
+  std::vector<std::string> order;
+  for (const auto& t : h->tensors) order.push_back(t.name);
+  EXPECT_EQ(order, (std::vector<std::string>{"m", "a", "b", "h", "z"}));
+  EXPECT_EQ(h->Find("a")->begin, 8u);
+  EXPECT_EQ(h->buffer_size, 8u + 4 + 8 + 10 + 3);
+  EXPECT_EQ(h->header_size % 8, 0u);
+}
+
+TEST(HeaderTest, LayoutRejectsDuplicateNames) {
+  EXPECT_FALSE(LayoutHeader({{"a", DType::kU8, {1}}, {"a", DType::kU8, {2}}}, {}).ok());
+}
+
+TEST(HeaderTest, SerializeRoundTripsAndPadsToEight) {
+  absl::StatusOr<Header> h = LayoutHeader(
+      {{"w\"q", DType::kF16, {3, 5}}, {"s", DType::kI64, {}}, {"e", DType::kF32, {0}}},
+      {{"format", "pt"}, {"note", "with \"quotes\""}});
+  ASSERT_TRUE(h.ok());
+  std::string image = SerializeHeader(*h) + std::string(h->buffer_size, '\x01');
+  EXPECT_EQ((image.size() - h->buffer_size) % 8, 0u);
+  absl::StatusOr<Header> back = ParseImage(image);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->metadata, h->metadata);
+  ASSERT_EQ(back->tensors.size(), h->tensors.size());
+  for (size_t i = 0; i < h->tensors.size(); ++i) {
+    EXPECT_EQ(back->tensors[i].name, h->tensors[i].name);
+    EXPECT_EQ(back->tensors[i].shape, h->tensors[i].shape);
+    EXPECT_EQ(back->tensors[i].begin, h->tensors[i].begin);
+    EXPECT_EQ(back->tensors[i].end, h->tensors[i].end);
+  }
+  EXPECT_EQ(SerializeHeaderJson(*back), SerializeHeaderJson(*h));
+}
+
+TEST(HeaderTest, SerializesCompactJsonInDataOrder) {
+  absl::StatusOr<Header> h = LayoutHeader({{"a", DType::kU8, {2}}}, {{"format", "pt"}});
+  ASSERT_TRUE(h.ok());
+  const std::string compact =
+      R"({"__metadata__":{"format":"pt"},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
+  std::string json = SerializeHeaderJson(*h);
+  EXPECT_EQ(json.size() % 8, 0u);
+  ASSERT_GE(json.size(), compact.size());
+  EXPECT_LT(json.size() - compact.size(), 8u);
+  EXPECT_EQ(json.substr(0, compact.size()), compact);
+  EXPECT_EQ(json.substr(compact.size()), std::string(json.size() - compact.size(), ' '));
+}
+
+}  // namespace
+}  // namespace safeshard

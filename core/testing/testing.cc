@@ -1,0 +1,87 @@
+#include "core/testing/testing.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace safeshard::testing {
+
+std::string NewTempDir() {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::string templ = absl::StrCat(base && *base ? base : "/tmp", "/safeshard-test-XXXXXX");
+  if (mkdtemp(templ.data()) == nullptr) {
+    ADD_FAILURE() << "mkdtemp failed for " << templ;
+    std::abort();
+  }
+  return templ;
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!f) ADD_FAILURE() << "cannot write " << path;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string PatternBytes(const std::string& name, uint64_t n) {
+  uint32_t h = 2166136261u;
+  for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
+  std::string out(n, '\0');
+  for (uint64_t i = 0; i < n; ++i) {
+    h = h * 1103515245u + 12345u;
+    out[i] = static_cast<char>(h >> 16);
+  }
+  return out;
+}
+
+std::string BuildSafetensors(std::vector<TensorSpec> specs,
+                             std::map<std::string, std::string> metadata,
+                             std::optional<uint8_t> fill) {
+  absl::StatusOr<Header> h = LayoutHeader(std::move(specs), std::move(metadata));
+  if (!h.ok()) {
+    ADD_FAILURE() << h.status();
+    return "";
+  }
+  std::string out = SerializeHeader(*h);
+  for (const TensorEntry& t : h->tensors) {
+    out += fill ? std::string(t.size(), static_cast<char>(*fill)) : PatternBytes(t.name, t.size());
+  }
+  return out;
+}
+
+std::string RawSafetensors(const std::string& json, const std::string& buffer) {
+  std::string out(8, '\0');
+  uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + json + buffer;
+}
+
+std::optional<std::string> FixturesDir() {
+  const char* dir = std::getenv("SAFESHARD_FIXTURES");
+  const char* req = std::getenv("SAFESHARD_REQUIRE_FIXTURES");
+  bool required = req != nullptr && std::string(req) == "1";
+  struct stat st;
+  if (dir == nullptr || *dir == '\0' || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    if (required) {
+      ADD_FAILURE() << "SAFESHARD_REQUIRE_FIXTURES=1 but SAFESHARD_FIXTURES ("
+                    << (dir ? dir : "unset") << ") is not a directory";
+    }
+    return std::nullopt;
+  }
+  return std::string(dir);
+}
+
+}  // namespace safeshard::testing

@@ -1,0 +1,52 @@
+// testing.h: helpers shared by safeshard's tests (testonly).
+//
+//   std::string dir = NewTempDir();                 // fresh directory per call
+//   std::string bytes = BuildSafetensors({{"w", DType::kF32, {2, 2}}}, {{"format", "pt"}});
+//   WriteFile(dir + "/a.safetensors", bytes);
+//   std::optional<std::string> fixtures = FixturesDirOrSkip();  // in a TEST body
+#ifndef SAFESHARD_CORE_TESTING_TESTING_H_
+#define SAFESHARD_CORE_TESTING_TESTING_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/format/header.h"
+
+namespace safeshard::testing {
+
+// A new empty directory under $TEST_TMPDIR (or /tmp), unique per call.
+std::string NewTempDir();
+
+void WriteFile(const std::string& path, const std::string& bytes);
+std::string ReadFile(const std::string& path);
+
+// A complete safetensors file laid out canonically; tensor bytes are a deterministic pattern
+// derived from the tensor name (or `fill` when given) so tests can compare bytes.
+std::string BuildSafetensors(std::vector<TensorSpec> specs,
+                             std::map<std::string, std::string> metadata = {},
+                             std::optional<uint8_t> fill = std::nullopt);
+
+// Builds a file from raw header JSON and a buffer: `u64 len(json)` + json + buffer.
+std::string RawSafetensors(const std::string& json, const std::string& buffer);
+
+// The deterministic byte pattern of tensor `name` (n bytes).
+std::string PatternBytes(const std::string& name, uint64_t n);
+
+// $SAFESHARD_FIXTURES if set and a directory. When unset and $SAFESHARD_REQUIRE_FIXTURES is 1,
+// the calling test fails; when merely unset, returns nullopt (the caller should GTEST_SKIP).
+std::optional<std::string> FixturesDir();
+
+}  // namespace safeshard::testing
+
+// Skips the current test with a message when the fixtures directory is not configured.
+#define SAFESHARD_REQUIRE_FIXTURES_OR_SKIP(var)                                          \
+  std::optional<std::string> var##_opt = ::safeshard::testing::FixturesDir();            \
+  if (!var##_opt) {                                                                      \
+    GTEST_SKIP() << "SAFESHARD_FIXTURES is not set: fixture tests skipped (CI sets it)"; \
+  }                                                                                      \
+  const std::string var = *var##_opt
+
+#endif  // SAFESHARD_CORE_TESTING_TESTING_H_
