@@ -1,0 +1,78 @@
+#include "core/io/atomic_file.h"
+
+#include <unistd.h>
+
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace safeshard {
+namespace {
+constexpr absl::string_view kTempMarker = ".safeshard-tmp-";
+}  // namespace
+
+bool IsTempFileName(absl::string_view name) {
+  return absl::StartsWith(name, ".") && absl::StrContains(name, kTempMarker);
+}
+
+absl::StatusOr<AtomicFile> AtomicFile::Create(FileSystem& fs, const std::string& final_path) {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                          static_cast<uint64_t>(getpid()));
+  std::string temp = JoinPath(DirName(final_path),
+                              absl::StrFormat(".%s%s%d-%016x", BaseName(final_path), kTempMarker,
+                                              getpid(), rng()));
+  absl::StatusOr<std::unique_ptr<WritableFile>> f = fs.Create(temp);
+  if (!f.ok()) return f.status();
+  return AtomicFile(&fs, final_path, std::move(temp), std::move(*f));
+}
+
+AtomicFile::AtomicFile(FileSystem* fs, std::string final_path, std::string temp_path,
+                       std::unique_ptr<WritableFile> file)
+    : fs_(fs),
+      final_path_(std::move(final_path)),
+      temp_path_(std::move(temp_path)),
+      file_(std::move(file)) {}
+
+AtomicFile::AtomicFile(AtomicFile&& o) noexcept
+    : fs_(o.fs_),
+      final_path_(std::move(o.final_path_)),
+      temp_path_(std::move(o.temp_path_)),
+      file_(std::move(o.file_)),
+      done_(o.done_) {
+  o.done_ = true;
+}
+
+AtomicFile::~AtomicFile() { Abandon(); }
+
+void AtomicFile::Abandon() {
+  if (done_) return;
+  done_ = true;
+  if (file_) (void)file_->Close();
+  (void)fs_->Remove(temp_path_);
+}
+
+absl::Status AtomicFile::Commit() {
+  if (done_) return absl::FailedPreconditionError(absl::StrCat(final_path_, ": already finished"));
+  absl::Status s = file_->Sync();
+  if (s.ok()) s = file_->Close();
+  if (s.ok()) s = fs_->Rename(temp_path_, final_path_);
+  if (!s.ok()) {
+    Abandon();
+    return s;
+  }
+  done_ = true;
+  return fs_->SyncDir(DirName(final_path_));
+}
+
+absl::Status WriteFileAtomically(FileSystem& fs, const std::string& path,
+                                 absl::string_view contents) {
+  absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, path);
+  if (!f.ok()) return f.status();
+  absl::Status s = f->file().Append(contents);
+  if (!s.ok()) return s;
+  return f->Commit();
+}
+
+}  // namespace safeshard

@@ -1,0 +1,61 @@
+// atomic_file.h: crash-safe file publication.
+//
+// Protocol (a crash at any step leaves either the old state or the complete new file):
+//   1. create `<dir>/.<name>.safeshard-tmp-<pid>-<random>` in the destination directory
+//      (same file system, so the rename is atomic);
+//   2. write, then fsync the file;
+//   3. rename it over `<dir>/<name>`;
+//   4. fsync `<dir>` so the rename itself survives a power loss.
+// An AtomicFile destroyed without Commit() removes its temporary file.
+//
+//   ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(fs, "/out/model.safetensors"));
+//   RETURN_IF_ERROR(out.file().Append(bytes));
+//   RETURN_IF_ERROR(out.Commit());
+#ifndef SAFESHARD_CORE_IO_ATOMIC_FILE_H_
+#define SAFESHARD_CORE_IO_ATOMIC_FILE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/io/filesystem.h"
+
+namespace safeshard {
+
+// True for names AtomicFile gives its temporary files (stale ones are safe to delete).
+bool IsTempFileName(absl::string_view name);
+
+class AtomicFile {
+ public:
+  static absl::StatusOr<AtomicFile> Create(FileSystem& fs, const std::string& final_path);
+
+  AtomicFile(AtomicFile&&) noexcept;
+  AtomicFile& operator=(AtomicFile&&) = delete;
+  ~AtomicFile();
+
+  WritableFile& file() { return *file_; }
+  const std::string& temp_path() const { return temp_path_; }
+  const std::string& final_path() const { return final_path_; }
+
+  // fsync, close, rename over the final path, fsync the directory.
+  absl::Status Commit();
+  // Closes and removes the temporary file (also what the destructor does if not committed).
+  void Abandon();
+
+ private:
+  AtomicFile(FileSystem* fs, std::string final_path, std::string temp_path,
+             std::unique_ptr<WritableFile> file);
+  FileSystem* fs_;
+  std::string final_path_;
+  std::string temp_path_;
+  std::unique_ptr<WritableFile> file_;
+  bool done_ = false;
+};
+
+// Writes `contents` to `path` atomically.
+absl::Status WriteFileAtomically(FileSystem& fs, const std::string& path,
+                                 absl::string_view contents);
+
+}  // namespace safeshard
+
+#endif  // SAFESHARD_CORE_IO_ATOMIC_FILE_H_

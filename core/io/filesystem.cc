@@ -1,0 +1,36 @@
+#include "core/io/filesystem.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace safeshard {
+
+absl::StatusOr<std::string> FileSystem::ReadAll(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<ReadableFile>> f = OpenRead(path);
+  if (!f.ok()) return f.status();
+  std::string out((*f)->size(), '\0');
+  absl::Status s = (*f)->ReadAt(0, out.size(), out.data());
+  if (!s.ok()) return s;
+  return out;
+}
+
+std::string JoinPath(absl::string_view dir, absl::string_view name) {
+  if (dir.empty()) return std::string(name);
+  if (dir.back() == '/') return absl::StrCat(dir, name);
+  return absl::StrCat(dir, "/", name);
+}
+
+std::string DirName(absl::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t p = path.rfind('/');
+  if (p == absl::string_view::npos) return ".";
+  if (p == 0) return "/";
+  return std::string(path.substr(0, p));
+}
+
+std::string BaseName(absl::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t p = path.rfind('/');
+  return std::string(p == absl::string_view::npos ? path : path.substr(p + 1));
+}
+
+}  // namespace safeshard

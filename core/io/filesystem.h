@@ -1,0 +1,98 @@
+// filesystem.h: the file access every safeshard component goes through.
+//
+// Two implementations: LocalFileSystem() (POSIX: pread, mmap, fsync) and NewMemFileSystem()
+// (in-memory, for tests and fault injection). Paths are '/'-separated strings.
+//
+//   FileSystem& fs = LocalFileSystem();
+//   ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, fs.OpenRead("/ckpt/model.safetensors"));
+//   std::string prefix(8, '\0');
+//   RETURN_IF_ERROR(f->ReadAt(0, prefix.size(), prefix.data()));
+//   ASSIGN_OR_RETURN(std::shared_ptr<const MappedRegion> m, f->Map());  // whole file
+//
+// Every error names the path and carries a canonical code (kNotFound, kPermissionDenied,
+// kResourceExhausted for ENOSPC, kDataLoss for short reads, kUnavailable for EINTR/EAGAIN).
+#ifndef SAFESHARD_CORE_IO_FILESYSTEM_H_
+#define SAFESHARD_CORE_IO_FILESYSTEM_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace safeshard {
+
+struct FileStat {
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  bool is_dir = false;
+};
+
+struct DirEntry {
+  std::string name;  // no directory part
+  bool is_dir = false;
+};
+
+// A read-only view of a whole file; stays valid while the shared_ptr lives.
+class MappedRegion {
+ public:
+  virtual ~MappedRegion() = default;
+  virtual absl::string_view data() const = 0;
+};
+
+class ReadableFile {
+ public:
+  virtual ~ReadableFile() = default;
+  virtual const std::string& path() const = 0;
+  virtual uint64_t size() const = 0;  // size when opened
+  // Reads exactly `n` bytes at `offset`; kDataLoss (naming path and offset) if the file is shorter.
+  virtual absl::Status ReadAt(uint64_t offset, size_t n, char* dst) const = 0;
+  // Maps the whole file read-only (once; later calls return the same region).
+  virtual absl::StatusOr<std::shared_ptr<const MappedRegion>> Map() = 0;
+};
+
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;
+  virtual const std::string& path() const = 0;
+  virtual absl::Status Append(absl::string_view data) = 0;
+  virtual absl::Status WriteAt(uint64_t offset, absl::string_view data) = 0;
+  // Sets the file length (allocating blocks where the file system can, so ENOSPC shows early).
+  virtual absl::Status Allocate(uint64_t size) = 0;
+  virtual absl::Status Sync() = 0;
+  virtual absl::Status Close() = 0;
+};
+
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+  virtual absl::StatusOr<FileStat> Stat(const std::string& path) = 0;
+  // Entries of a directory, sorted by name, without "." and "..".
+  virtual absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) = 0;
+  virtual absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) = 0;
+  // Creates or truncates `path` for writing.
+  virtual absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) = 0;
+  virtual absl::Status Rename(const std::string& from, const std::string& to) = 0;
+  virtual absl::Status Remove(const std::string& path) = 0;
+  virtual absl::Status MakeDirs(const std::string& dir) = 0;
+  // Makes renames and creations in `dir` durable.
+  virtual absl::Status SyncDir(const std::string& dir) = 0;
+
+  // Convenience: the whole file as a string.
+  absl::StatusOr<std::string> ReadAll(const std::string& path);
+};
+
+FileSystem& LocalFileSystem();
+std::unique_ptr<FileSystem> NewMemFileSystem();
+
+// Path helpers.
+std::string JoinPath(absl::string_view dir, absl::string_view name);
+std::string DirName(absl::string_view path);   // "." when there is no '/'
+std::string BaseName(absl::string_view path);
+
+}  // namespace safeshard
+
+#endif  // SAFESHARD_CORE_IO_FILESYSTEM_H_

@@ -1,0 +1,135 @@
+#include "core/io/filesystem.h"
+
+#include <functional>
+
+#include "core/testing/testing.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+using ::testing::HasSubstr;
+
+// One conformance suite, run against every implementation.
+struct FsCase {
+  const char* name;
+  std::function<std::pair<FileSystem*, std::string>()> make;  // fs and a root directory
+};
+
+class FileSystemConformanceTest : public ::testing::TestWithParam<FsCase> {
+ protected:
+  void SetUp() override {
+    auto [fs, root] = GetParam().make();
+    fs_ = fs;
+    root_ = root;
+  }
+  FileSystem* fs_;
+  std::string root_;
+};
+
+TEST_P(FileSystemConformanceTest, WritesReadsAndMaps) {
+  std::string p = JoinPath(root_, "a.bin");
+  {
+    auto w = fs_->Create(p);
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE((*w)->Append("hello ").ok());
+    ASSERT_TRUE((*w)->Append("world").ok());
+    ASSERT_TRUE((*w)->WriteAt(0, "H").ok());
+    ASSERT_TRUE((*w)->Sync().ok());
+    ASSERT_TRUE((*w)->Close().ok());
+  }
+  auto st = fs_->Stat(p);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->size, 11u);
+  EXPECT_FALSE(st->is_dir);
+  auto r = fs_->OpenRead(p);
+  ASSERT_TRUE(r.ok());
+  char buf[5];
+  ASSERT_TRUE((*r)->ReadAt(6, 5, buf).ok());
+  EXPECT_EQ(std::string(buf, 5), "world");
+  auto m = (*r)->Map();
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)->data(), "Hello world");
+  EXPECT_EQ(*fs_->ReadAll(p), "Hello world");
+}
+
+TEST_P(FileSystemConformanceTest, ShortReadIsDataLossNamingOffset) {
+  std::string p = JoinPath(root_, "short.bin");
+  auto w = fs_->Create(p);
+  ASSERT_TRUE((*w)->Append("abc").ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  auto r = fs_->OpenRead(p);
+  char buf[8];
+  absl::Status s = (*r)->ReadAt(1, 8, buf);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("short.bin"));
+}
+
+TEST_P(FileSystemConformanceTest, ListsSortedAndStatsDirectories) {
+  ASSERT_TRUE(fs_->MakeDirs(JoinPath(root_, "d/e")).ok());
+  for (const char* n : {"b", "a", "c"}) {
+    auto w = fs_->Create(JoinPath(root_, n));
+    ASSERT_TRUE(w.ok());
+  }
+  auto l = fs_->List(root_);
+  ASSERT_TRUE(l.ok()) << l.status();
+  std::vector<std::string> names;
+  for (const auto& e : *l) names.push_back(e.name + (e.is_dir ? "/" : ""));
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c", "d/"}));
+  EXPECT_TRUE(fs_->Stat(JoinPath(root_, "d/e"))->is_dir);
+}
+
+TEST_P(FileSystemConformanceTest, RenameReplacesAndRemoveDeletes) {
+  std::string a = JoinPath(root_, "x"), b = JoinPath(root_, "y");
+  { auto w = fs_->Create(a); ASSERT_TRUE((*w)->Append("1").ok()); }
+  { auto w = fs_->Create(b); ASSERT_TRUE((*w)->Append("22").ok()); }
+  ASSERT_TRUE(fs_->Rename(a, b).ok());
+  EXPECT_EQ(*fs_->ReadAll(b), "1");
+  EXPECT_EQ(fs_->Stat(a).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(fs_->Remove(b).ok());
+  EXPECT_EQ(fs_->OpenRead(b).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(fs_->SyncDir(root_).ok());
+}
+
+TEST_P(FileSystemConformanceTest, MissingFileIsNotFoundNamingPath) {
+  auto r = fs_->OpenRead(JoinPath(root_, "nope.safetensors"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("nope.safetensors"));
+}
+
+TEST_P(FileSystemConformanceTest, AllocateSetsSize) {
+  std::string p = JoinPath(root_, "big");
+  auto w = fs_->Create(p);
+  ASSERT_TRUE((*w)->Allocate(4096).ok());
+  ASSERT_TRUE((*w)->WriteAt(4000, "z").ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(fs_->Stat(p)->size, 4096u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllFileSystems, FileSystemConformanceTest,
+    ::testing::Values(
+        FsCase{"Local",
+               [] { return std::make_pair(&LocalFileSystem(), testing::NewTempDir()); }},
+        FsCase{"Mem",
+               [] {
+                 static std::unique_ptr<FileSystem> fs;
+                 fs = NewMemFileSystem();
+                 EXPECT_TRUE(fs->MakeDirs("/root").ok());
+                 return std::make_pair(fs.get(), std::string("/root"));
+               }}),
+    [](const ::testing::TestParamInfo<FsCase>& i) { return std::string(i.param.name); });
+
+TEST(PathTest, JoinsAndSplits) {
+  EXPECT_EQ(JoinPath("a", "b"), "a/b");
+  EXPECT_EQ(JoinPath("a/", "b"), "a/b");
+  EXPECT_EQ(DirName("/x/y.st"), "/x");
+  EXPECT_EQ(DirName("y.st"), ".");
+  EXPECT_EQ(DirName("/y"), "/");
+  EXPECT_EQ(BaseName("/x/y.st"), "y.st");
+  EXPECT_EQ(BaseName("/x/dir/"), "dir");
+}
+
+}  // namespace
+}  // namespace safeshard

@@ -1,0 +1,284 @@
+// POSIX implementation of FileSystem.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "core/io/filesystem.h"
+
+namespace safeshard {
+namespace {
+
+absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path) {
+  std::string msg = absl::StrCat(path, ": ", op, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(msg);
+    case ENOSPC:
+    case EDQUOT:
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM:
+      return absl::ResourceExhaustedError(msg);
+    case EEXIST:
+      return absl::AlreadyExistsError(msg);
+    case EINTR:
+    case EAGAIN:
+    case EIO:
+      return absl::UnavailableError(msg);
+    default:
+      return absl::UnknownError(msg);
+  }
+}
+
+class LocalMapped : public MappedRegion {
+ public:
+  LocalMapped(void* p, size_t n) : p_(p), n_(n) {}
+  ~LocalMapped() override {
+    if (p_ != nullptr) munmap(p_, n_);
+  }
+  absl::string_view data() const override {
+    return absl::string_view(static_cast<const char*>(p_), n_);
+  }
+
+ private:
+  void* p_;
+  size_t n_;
+};
+
+class EmptyMapped : public MappedRegion {
+ public:
+  absl::string_view data() const override { return {}; }
+};
+
+class LocalReadable : public ReadableFile {
+ public:
+  LocalReadable(std::string path, int fd, uint64_t size)
+      : path_(std::move(path)), fd_(fd), size_(size) {}
+  ~LocalReadable() override { close(fd_); }
+  const std::string& path() const override { return path_; }
+  uint64_t size() const override { return size_; }
+
+  absl::Status ReadAt(uint64_t offset, size_t n, char* dst) const override {
+    size_t done = 0;
+    while (done < n) {
+      ssize_t r = pread(fd_, dst + done, n - done, static_cast<off_t>(offset + done));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, absl::StrCat("read at byte offset ", offset + done), path_);
+      }
+      if (r == 0) {
+        return absl::DataLossError(absl::StrCat(path_, ": file ends at byte offset ",
+                                                offset + done, " but ", n - done,
+                                                " more bytes were expected"));
+      }
+      done += static_cast<size_t>(r);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> Map() override {
+    absl::MutexLock l(&mu_);
+    if (mapped_) return mapped_;
+    if (size_ == 0) {
+      mapped_ = std::make_shared<EmptyMapped>();
+      return mapped_;
+    }
+    void* p = mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap", path_);
+    madvise(p, size_, MADV_SEQUENTIAL);
+    mapped_ = std::make_shared<LocalMapped>(p, size_);
+    return mapped_;
+  }
+
+ private:
+  std::string path_;
+  int fd_;
+  uint64_t size_;
+  absl::Mutex mu_;
+  std::shared_ptr<const MappedRegion> mapped_;
+};
+
+class LocalWritable : public WritableFile {
+ public:
+  LocalWritable(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~LocalWritable() override {
+    if (fd_ >= 0) close(fd_);
+  }
+  const std::string& path() const override { return path_; }
+
+  absl::Status Append(absl::string_view data) override {
+    absl::Status s = WriteAt(pos_, data);
+    if (s.ok()) pos_ += data.size();
+    return s;
+  }
+
+  absl::Status WriteAt(uint64_t offset, absl::string_view data) override {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t w = pwrite(fd_, data.data() + done, data.size() - done,
+                         static_cast<off_t>(offset + done));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, absl::StrCat("write at byte offset ", offset + done), path_);
+      }
+      done += static_cast<size_t>(w);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Allocate(uint64_t size) override {
+    if (size > 0) {
+      int r = posix_fallocate(fd_, 0, static_cast<off_t>(size));
+      if (r != 0 && r != EOPNOTSUPP && r != EINVAL) {
+        return ErrnoStatus(r, absl::StrCat("allocate ", size, " bytes"), path_);
+      }
+    }
+    if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("set size to ", size, " bytes"), path_);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Sync() override {
+    if (fsync(fd_) != 0) return ErrnoStatus(errno, "fsync", path_);
+    return absl::OkStatus();
+  }
+
+  absl::Status Close() override {
+    if (fd_ < 0) return absl::OkStatus();
+    int r = close(fd_);
+    fd_ = -1;
+    if (r != 0) return ErrnoStatus(errno, "close", path_);
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string path_;
+  int fd_;
+  uint64_t pos_ = 0;
+};
+
+class LocalFileSystem_ : public FileSystem {
+ public:
+  absl::StatusOr<FileStat> Stat(const std::string& path) override {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", path);
+    FileStat out;
+    out.size = static_cast<uint64_t>(st.st_size);
+    out.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    out.is_dir = S_ISDIR(st.st_mode);
+    return out;
+  }
+
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) return ErrnoStatus(errno, "list directory", dir);
+    std::vector<DirEntry> out;
+    while (struct dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      bool is_dir = e->d_type == DT_DIR;
+      if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) {
+        struct stat st;
+        is_dir = stat(JoinPath(dir, name).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+      }
+      out.push_back({std::move(name), is_dir});
+    }
+    closedir(d);
+    std::sort(out.begin(), out.end(),
+              [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+    return out;
+  }
+
+  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      int e = errno;
+      close(fd);
+      return ErrnoStatus(e, "stat", path);
+    }
+    if (S_ISDIR(st.st_mode)) {
+      close(fd);
+      return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a file"));
+    }
+    return std::unique_ptr<ReadableFile>(
+        new LocalReadable(path, fd, static_cast<uint64_t>(st.st_size)));
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoStatus(errno, "create", path);
+    return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
+  }
+
+  absl::Status Rename(const std::string& from, const std::string& to) override {
+    if (rename(from.c_str(), to.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("rename to ", to), from);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Remove(const std::string& path) override {
+    if (unlink(path.c_str()) != 0) {
+      if (errno == EISDIR || errno == EPERM) {
+        if (rmdir(path.c_str()) == 0) return absl::OkStatus();
+      }
+      return ErrnoStatus(errno, "remove", path);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MakeDirs(const std::string& dir) override {
+    if (dir.empty()) return absl::OkStatus();
+    std::string cur;
+    size_t i = 0;
+    while (i <= dir.size()) {
+      size_t j = dir.find('/', i);
+      if (j == std::string::npos) j = dir.size();
+      cur = dir.substr(0, j);
+      if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+        return ErrnoStatus(errno, "make directory", cur);
+      }
+      i = j + 1;
+    }
+    struct stat st;
+    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(dir, ": exists and is not a directory"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SyncDir(const std::string& dir) override {
+    int fd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open directory", dir);
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (r != 0 && e != EINVAL) return ErrnoStatus(e, "fsync directory", dir);
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+FileSystem& LocalFileSystem() {
+  static FileSystem* fs = new LocalFileSystem_();
+  return *fs;
+}
+
+}  // namespace safeshard
