@@ -1,0 +1,139 @@
+// layout.h: what a checkpoint directory holds, from headers alone.
+//
+// CheckpointLayout::Scan reads every safetensors file's header (never tensor bytes) and the
+// index json, then builds, per tensor, its dtype, global shape and chunks (which file holds which
+// slice, at which byte range), the kind of checkpoint, and a verification report.
+//
+//   ASSIGN_OR_RETURN(CheckpointLayout ck, CheckpointLayout::Scan(LocalFileSystem(), "/ckpt"));
+//   for (const TensorLayout& t : ck.tensors()) { ... t.chunks ... }
+//   for (const Problem& p : ck.problems()) std::cerr << p.ToString() << "\n";
+//
+// Scan fails only when the path itself cannot be read (kNotFound, kInvalidArgument for an
+// empty directory). A corrupt file is a Problem in the report, and the rest is still scanned.
+#ifndef SAFESHARD_CORE_LAYOUT_LAYOUT_H_
+#define SAFESHARD_CORE_LAYOUT_LAYOUT_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/format/dtype.h"
+#include "core/format/header.h"
+#include "core/format/index_json.h"
+#include "core/io/filesystem.h"
+
+namespace safeshard {
+
+enum class CheckpointKind {
+  kEmpty,       // no safetensors files
+  kSingleFile,  // one plain safetensors file
+  kHfSharded,   // several plain files (with or without an index json)
+  kDcpSharded,  // per-rank files carrying DCP_SHARDING_INFO
+  kMixed,       // both plain and DCP-sharded files
+};
+absl::string_view CheckpointKindName(CheckpointKind k);
+
+struct FileInfo {
+  std::string name;  // relative to the checkpoint root
+  uint64_t size = 0;
+  std::optional<Header> header;  // absent when the header is invalid
+  std::optional<std::string> error;
+  std::optional<int> shard;      // 1-based rank from a "shard-RRRRR-..." name
+  std::optional<int> file_index; // model file index from the name
+  bool dcp = false;              // has DCP_SHARDING_INFO
+};
+
+struct Chunk {
+  int file = 0;                  // index into files()
+  std::vector<uint64_t> offsets; // within the global tensor
+  std::vector<uint64_t> sizes;   // the chunk's shape
+  uint64_t begin = 0;            // absolute byte range in the file
+  uint64_t end = 0;
+};
+
+struct TensorLayout {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;  // global shape
+  std::vector<Chunk> chunks;
+  uint64_t numel() const;
+  uint64_t bytes() const;        // bytes of the global tensor
+  bool has_problem = false;
+};
+
+enum class ProblemKind {
+  kInvalidFile,        // header failed validation
+  kGap,                // part of a tensor is in no chunk
+  kOverlap,            // two chunks share elements
+  kOutOfBounds,        // a chunk lies outside the tensor's shape
+  kRankMismatch,       // chunks disagree on the number of dimensions
+  kDTypeMismatch,      // chunks disagree on dtype
+  kIndexMissingFile,   // index names a file that does not exist
+  kIndexMissingTensor, // index says a file holds a tensor it does not
+  kNotInIndex,         // a tensor in the files but not in the index
+  kIndexTotalSize,     // metadata.total_size differs from the sum of tensor bytes
+  kInvalidIndex,       // index json failed to parse
+  kShardRanks,         // shard rank indices are not dense 1..R
+  kShardFileCount,     // "-of-N" disagrees between files
+  kDuplicateTensor,    // the same tensor in several plain files
+};
+absl::string_view ProblemKindName(ProblemKind k);
+
+struct Problem {
+  ProblemKind kind;
+  std::string file;    // may be empty
+  std::string tensor;  // may be empty
+  std::string message;
+  std::string ToString() const;  // "<kind>: <file>: tensor "<t>": <message>"
+};
+
+struct ScanOptions {
+  // Refuse to treat more than this many grid cells per tensor when locating a gap exactly; past
+  // it the report gives the missing element count only.
+  uint64_t max_gap_cells = 1 << 22;
+};
+
+class CheckpointLayout {
+ public:
+  // `path` is a directory (its *.safetensors files and index json) or a single file.
+  static absl::StatusOr<CheckpointLayout> Scan(FileSystem& fs, const std::string& path,
+                                               const ScanOptions& options = {});
+
+  const std::string& root() const { return root_; }
+  CheckpointKind kind() const { return kind_; }
+  const std::vector<FileInfo>& files() const { return files_; }
+  const std::vector<TensorLayout>& tensors() const { return tensors_; }  // sorted by name
+  const std::vector<Problem>& problems() const { return problems_; }
+  const std::optional<IndexJson>& index() const { return index_; }
+  const std::string& index_file() const { return index_file_; }  // empty when none
+  const TensorLayout* FindTensor(absl::string_view name) const;
+  // Number of distinct ranks (shard numbers) for DCP checkpoints, else 0.
+  int rank_count() const { return rank_count_; }
+  uint64_t total_tensor_bytes() const;
+
+ private:
+  std::string root_;
+  CheckpointKind kind_ = CheckpointKind::kEmpty;
+  std::vector<FileInfo> files_;
+  std::vector<TensorLayout> tensors_;
+  std::vector<Problem> problems_;
+  std::optional<IndexJson> index_;
+  std::string index_file_;
+  int rank_count_ = 0;
+};
+
+// Reads and validates one file's header (8-byte length, then N bytes) without touching data.
+absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path);
+
+// Checks that `chunks` (same rank as `shape`) tile `shape` exactly; appends kGap, kOverlap
+// and kOutOfBounds problems naming the tensor and the element ranges. Exposed for tests.
+void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape,
+                   const std::vector<Chunk>& chunks, const std::vector<FileInfo>& files,
+                   const ScanOptions& options, std::vector<Problem>* problems);
+
+}  // namespace safeshard
+
+#endif  // SAFESHARD_CORE_LAYOUT_LAYOUT_H_
