@@ -1,0 +1,403 @@
+#include "cli/cli.h"
+
+#include <unistd.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cli/format_util.h"
+#include "core/example/example.h"
+#include "core/format/dtype.h"
+#include "core/io/filesystem.h"
+#include "core/layout/layout.h"
+#include "nlohmann/json.hpp"
+#include "re2/re2.h"
+
+namespace safeshard {
+namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+constexpr char kDescription[] =
+    "safeshard: inspect, verify, consolidate and remap HuggingFace-format (distributed)\n"
+    "safetensors checkpoints. Exit codes: 0 ok, 1 problems found or failure, 2 usage error.";
+
+// ---- inspect ---------------------------------------------------------------------------------
+
+struct InspectArgs {
+  std::string path;
+  bool json = false;
+  bool by_file = false;
+  std::string filter;
+};
+
+ordered_json ProblemJson(const Problem& p) {
+  ordered_json j;
+  j["kind"] = std::string(ProblemKindName(p.kind));
+  j["file"] = p.file;
+  j["tensor"] = p.tensor;
+  j["message"] = p.message;
+  return j;
+}
+
+ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
+  ordered_json root;
+  root["schema"] = "safeshard.inspect/1";
+  root["path"] = ck.root();
+  root["kind"] = std::string(CheckpointKindName(ck.kind()));
+  root["ranks"] = ck.rank_count();
+  root["index_file"] = ck.index_file().empty() ? ordered_json() : ordered_json(ck.index_file());
+  ordered_json files = ordered_json::array();
+  for (const FileInfo& f : ck.files()) {
+    ordered_json j;
+    j["name"] = f.name;
+    j["size"] = f.size;
+    j["header_size"] = f.header ? ordered_json(f.header->header_size) : ordered_json();
+    j["tensors"] = f.header ? f.header->tensors.size() : 0;
+    j["shard"] = f.shard ? ordered_json(*f.shard) : ordered_json();
+    j["dcp"] = f.dcp;
+    j["metadata"] = f.header ? ordered_json(f.header->metadata) : ordered_json();
+    j["error"] = f.error ? ordered_json(*f.error) : ordered_json();
+    files.push_back(std::move(j));
+  }
+  root["files"] = std::move(files);
+  ordered_json tensors = ordered_json::array();
+  std::map<std::string, std::array<uint64_t, 3>> totals;  // dtype -> tensors, params, bytes
+  for (const TensorLayout& t : ck.tensors()) {
+    if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
+    ordered_json j;
+    j["name"] = t.name;
+    j["dtype"] = std::string(DTypeName(t.dtype));
+    j["shape"] = t.shape;
+    j["parameters"] = t.numel();
+    j["bytes"] = t.bytes();
+    ordered_json chunks = ordered_json::array();
+    for (const Chunk& c : t.chunks) {
+      ordered_json cj;
+      cj["file"] = ck.files()[c.file].name;
+      cj["offsets"] = c.offsets;
+      cj["sizes"] = c.sizes;
+      cj["byte_range"] = {c.begin, c.end};
+      chunks.push_back(std::move(cj));
+    }
+    j["chunks"] = std::move(chunks);
+    j["problem"] = t.has_problem;
+    tensors.push_back(std::move(j));
+    auto& tot = totals[std::string(DTypeName(t.dtype))];
+    tot[0] += 1;
+    tot[1] += t.numel();
+    tot[2] += t.bytes();
+  }
+  root["tensors"] = std::move(tensors);
+  ordered_json tj = ordered_json::object();
+  for (const auto& [d, v] : totals) {
+    tj[d] = {{"tensors", v[0]}, {"parameters", v[1]}, {"bytes", v[2]}};
+  }
+  root["totals"] = std::move(tj);
+  ordered_json problems = ordered_json::array();
+  for (const Problem& p : ck.problems()) problems.push_back(ProblemJson(p));
+  root["problems"] = std::move(problems);
+  return root;
+}
+
+void PrintTable(const std::vector<std::vector<std::string>>& rows, std::ostream& out,
+                const std::set<size_t>& right_aligned) {
+  std::vector<size_t> w;
+  for (const auto& r : rows) {
+    if (w.size() < r.size()) w.resize(r.size(), 0);
+    for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
+  }
+  for (const auto& r : rows) {
+    std::string line;
+    for (size_t i = 0; i < r.size(); ++i) {
+      std::string cell = r[i];
+      std::string pad(w[i] - cell.size(), ' ');
+      line += right_aligned.count(i) ? pad + cell : cell + (i + 1 < r.size() ? pad : "");
+      if (i + 1 < r.size()) line += "  ";
+    }
+    out << line << "\n";
+  }
+}
+
+int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
+  std::unique_ptr<RE2> filter;
+  if (!a.filter.empty()) {
+    filter = std::make_unique<RE2>(a.filter, RE2::Quiet);
+    if (!filter->ok()) {
+      err << "safeshard inspect: --filter: invalid regular expression \"" << a.filter
+          << "\": " << filter->error() << "\n";
+      return kExitUsage;
+    }
+  }
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), a.path);
+  if (!ck.ok()) {
+    err << "safeshard inspect: " << ck.status().message() << "\n";
+    return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
+  }
+  if (a.json) {
+    out << LayoutJson(*ck, filter.get()).dump(2) << "\n";
+    return kExitOk;
+  }
+  uint64_t file_bytes = 0;
+  for (const FileInfo& f : ck->files()) file_bytes += f.size;
+  out << "checkpoint " << ck->root() << ": " << CheckpointKindName(ck->kind());
+  if (ck->rank_count() > 0) out << ", " << ck->rank_count() << " ranks";
+  out << ", " << ck->files().size() << " file" << (ck->files().size() == 1 ? "" : "s") << ", "
+      << HumanBytes(file_bytes);
+  if (!ck->index_file().empty()) out << ", index " << ck->index_file();
+  out << "\n\n";
+
+  if (a.by_file) {
+    for (const FileInfo& f : ck->files()) {
+      out << f.name << "  (" << Grouped(f.size) << " bytes";
+      if (f.shard) out << ", rank " << *f.shard - 1;
+      if (f.dcp) out << ", DCP shard";
+      if (f.header) out << ", header " << Grouped(f.header->data_start()) << " bytes";
+      out << ")\n";
+      if (!f.header) {
+        out << "  error: " << *f.error << "\n\n";
+        continue;
+      }
+      std::vector<const TensorEntry*> order;
+      for (const TensorEntry& t : f.header->tensors) {
+        if (!filter || RE2::PartialMatch(t.name, *filter)) order.push_back(&t);
+      }
+      std::sort(order.begin(), order.end(),
+                [](const TensorEntry* x, const TensorEntry* y) { return x->begin < y->begin; });
+      std::vector<std::vector<std::string>> rows = {{"  BYTES", "NAME", "DTYPE", "SHAPE", "SIZE"}};
+      for (const TensorEntry* t : order) {
+        uint64_t base = f.header->data_start();
+        rows.push_back({absl::StrCat("  [", base + t->begin, ", ", base + t->end, ")"), t->name,
+                        std::string(DTypeName(t->dtype)), ShapeString(t->shape),
+                        HumanBytes(t->size())});
+      }
+      PrintTable(rows, out, {4});
+      out << "\n";
+    }
+  } else {
+    std::vector<std::vector<std::string>> rows = {
+        {"NAME", "DTYPE", "SHAPE", "PARAMS", "BYTES", "CHUNKS", "FILES"}};
+    for (const TensorLayout& t : ck->tensors()) {
+      if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
+      std::set<int> files;
+      for (const Chunk& c : t.chunks) files.insert(c.file);
+      rows.push_back({t.name + (t.has_problem ? "  (!)" : ""), std::string(DTypeName(t.dtype)),
+                      ShapeString(t.shape), Grouped(t.numel()), HumanBytes(t.bytes()),
+                      absl::StrCat(t.chunks.size()), absl::StrCat(files.size())});
+    }
+    PrintTable(rows, out, {3, 4, 5, 6});
+  }
+  std::map<std::string, std::array<uint64_t, 3>> totals;
+  uint64_t all[3] = {0, 0, 0};
+  for (const TensorLayout& t : ck->tensors()) {
+    if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
+    auto& tot = totals[std::string(DTypeName(t.dtype))];
+    tot[0] += 1;
+    tot[1] += t.numel();
+    tot[2] += t.bytes();
+    all[0] += 1;
+    all[1] += t.numel();
+    all[2] += t.bytes();
+  }
+  out << "\ntotals by dtype:\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [d, v] : totals) {
+    rows.push_back({"  " + d, absl::StrCat(Grouped(v[0]), v[0] == 1 ? " tensor" : " tensors"),
+                    absl::StrCat(Grouped(v[1]), " params"), HumanBytes(v[2])});
+  }
+  rows.push_back({"  all", absl::StrCat(Grouped(all[0]), " tensors"),
+                  absl::StrCat(Grouped(all[1]), " params"), HumanBytes(all[2])});
+  PrintTable(rows, out, {1, 2, 3});
+  if (!ck->problems().empty()) {
+    out << "\n" << ck->problems().size() << " problem"
+        << (ck->problems().size() == 1 ? "" : "s") << " found; run `safeshard verify "
+        << a.path << "` for the list\n";
+  }
+  return kExitOk;
+}
+
+// ---- verify ----------------------------------------------------------------------------------
+
+struct VerifyArgs {
+  std::string path;
+  bool json = false;
+};
+
+int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), a.path);
+  if (!ck.ok()) {
+    err << "safeshard verify: " << ck.status().message() << "\n";
+    return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
+  }
+  if (ck->files().empty()) {
+    err << "safeshard verify: " << a.path << ": no .safetensors files\n";
+    return kExitProblems;
+  }
+  if (a.json) {
+    ordered_json j;
+    j["schema"] = "safeshard.verify/1";
+    j["path"] = ck->root();
+    j["kind"] = std::string(CheckpointKindName(ck->kind()));
+    j["files"] = ck->files().size();
+    j["tensors"] = ck->tensors().size();
+    j["ok"] = ck->problems().empty();
+    ordered_json p = ordered_json::array();
+    for (const Problem& pr : ck->problems()) p.push_back(ProblemJson(pr));
+    j["problems"] = std::move(p);
+    out << j.dump(2) << "\n";
+  } else {
+    for (const Problem& p : ck->problems()) out << p.ToString() << "\n";
+    if (ck->problems().empty()) {
+      out << "ok: " << ck->tensors().size() << " tensors in " << ck->files().size()
+          << " files (" << CheckpointKindName(ck->kind()) << "), every tensor fully covered\n";
+    } else {
+      err << ck->problems().size() << " problem" << (ck->problems().size() == 1 ? "" : "s")
+          << " in " << ck->root() << "\n";
+    }
+  }
+  return ck->problems().empty() ? kExitOk : kExitProblems;
+}
+
+// ---- make-example ----------------------------------------------------------------------------
+
+struct ExampleArgs {
+  std::string out;
+  int ranks = 4;
+  int layers = 4;
+  uint64_t hidden = 256;
+  uint64_t vocab = 4096;
+  int mesh_rows = 2;
+  std::string gap;
+  bool force = false;
+};
+
+int RunMakeExample(const ExampleArgs& a, std::ostream& out, std::ostream& err) {
+  FileSystem& fs = LocalFileSystem();
+  if (absl::StatusOr<std::vector<DirEntry>> l = fs.List(a.out); l.ok() && !a.force) {
+    for (const DirEntry& e : *l) {
+      if (absl::EndsWith(e.name, ".safetensors")) {
+        err << "safeshard make-example: " << a.out
+            << " already holds safetensors files; pass --force to overwrite\n";
+        return kExitUsage;
+      }
+    }
+  }
+  WriteOptions o;
+  o.ranks = a.ranks;
+  o.mesh_rows = a.mesh_rows;
+  if (!a.gap.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(a.gap, absl::MaxSplits(':', 1));
+    int rank;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &rank) || rank < 0 || rank >= a.ranks) {
+      err << "safeshard make-example: --gap expects TENSOR:RANK with 0 <= RANK < " << a.ranks
+          << "\n";
+      return kExitUsage;
+    }
+    o.drop_chunk = std::make_pair(parts[0], rank);
+  }
+  std::vector<ExampleTensor> model = TransformerLikeModel(
+      {.layers = a.layers, .hidden = a.hidden, .vocab = a.vocab});
+  absl::Status s = WriteDcpCheckpoint(fs, a.out, model, o);
+  if (!s.ok()) {
+    err << "safeshard make-example: " << s.message() << "\n";
+    return kExitProblems;
+  }
+  uint64_t bytes = 0;
+  for (const ExampleTensor& t : model) bytes += ByteSizeOf(t.dtype, t.shape).value_or(0);
+  out << "wrote " << model.size() << " tensors (" << HumanBytes(bytes) << ") as " << a.ranks
+      << " per-rank DCP shard files in " << a.out << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app{kDescription, "safeshard"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Help for every command");
+
+  InspectArgs ia;
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "List a checkpoint's tensors: dtype, global shape, parameters, bytes, chunks "
+                 "and files; totals by dtype. Reads headers only.");
+  inspect->add_option("PATH", ia.path, "Checkpoint directory or .safetensors file")->required();
+  inspect->add_flag("--json", ia.json,
+                    "Machine-readable output (schema safeshard.inspect/1, see README)");
+  inspect->add_option("--filter", ia.filter, "Only tensors whose name matches this RE2 regex");
+  inspect->add_flag("--by-file", ia.by_file,
+                    "List each file's tensors with their absolute byte ranges");
+
+  VerifyArgs va;
+  CLI::App* verify = app.add_subcommand(
+      "verify", "Check a checkpoint from its headers: every file valid, every tensor exactly "
+                "covered by its chunks (no gap, no overlap), dtypes agree, shard ranks dense, "
+                "index json consistent. Prints one problem per line; exit 0 clean, 1 problems.");
+  verify->add_option("PATH", va.path, "Checkpoint directory or .safetensors file")->required();
+  verify->add_flag("--json", va.json, "Machine-readable report (schema safeshard.verify/1)");
+
+  ExampleArgs ea;
+  CLI::App* example = app.add_subcommand(
+      "make-example", "Write a generated transformer-shaped checkpoint as per-rank DCP shards "
+                      "(the layout PyTorch's HuggingFaceStorageWriter writes with "
+                      "save_sharded=True): row, column and 2-D mesh sharded tensors, several "
+                      "dtypes, a 0-d scalar.");
+  example->add_option("OUT", ea.out, "Output directory (created)")->required();
+  example->add_option("--ranks", ea.ranks, "Number of ranks (files)")
+      ->capture_default_str()->check(CLI::Range(1, 4096));
+  example->add_option("--layers", ea.layers, "Transformer layers")
+      ->capture_default_str()->check(CLI::Range(0, 100000));
+  example->add_option("--hidden", ea.hidden, "Hidden size")
+      ->capture_default_str()->check(CLI::Range(uint64_t{1}, uint64_t{1} << 20));
+  example->add_option("--vocab", ea.vocab, "Vocabulary size")
+      ->capture_default_str()->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24));
+  example->add_option("--mesh-rows", ea.mesh_rows, "Rows of the 2-D device mesh (divides ranks)")
+      ->capture_default_str();
+  example->add_option("--gap", ea.gap,
+                      "TENSOR:RANK: leave out that rank's chunk (a deliberate coverage gap)");
+  example->add_flag("--force", ea.force, "Overwrite an existing checkpoint in OUT");
+
+  bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
+  for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
+  if (!known) {
+    err << "safeshard: unknown command \"" << args[1] << "\"\n";
+    err << "Run `safeshard --help` for the list of commands.\n";
+    return kExitUsage;
+  }
+  std::vector<std::string> rev(args.rbegin(), args.rend() - (args.empty() ? 0 : 1));
+  try {
+    app.parse(rev);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return kExitOk;
+  } catch (const CLI::CallForAllHelp&) {
+    out << app.help("", CLI::AppFormatMode::All);
+    return kExitOk;
+  } catch (const CLI::ParseError& e) {
+    // Subcommand help comes through here too.
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+      for (CLI::App* sub : app.get_subcommands()) {
+        out << sub->help();
+        return kExitOk;
+      }
+      out << app.help();
+      return kExitOk;
+    }
+    err << "safeshard: " << e.what() << "\n";
+    err << "Run `safeshard --help` for usage.\n";
+    return kExitUsage;
+  }
+  if (inspect->parsed()) return RunInspect(ia, out, err);
+  if (verify->parsed()) return RunVerify(va, out, err);
+  if (example->parsed()) return RunMakeExample(ea, out, err);
+  err << app.help();
+  return kExitUsage;
+}
+
+}  // namespace safeshard

@@ -1,0 +1,144 @@
+#include "cli/cli.h"
+
+#include <sstream>
+
+#include "core/example/example.h"
+#include "core/io/filesystem.h"
+#include "core/testing/testing.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace safeshard {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+Result RunCli(std::vector<std::string> args) {
+  args.insert(args.begin(), "safeshard");
+  std::ostringstream out, err;
+  int code = RunSafeshard(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::string Example(WriteOptions o = {.ranks = 4}) {
+  std::string dir = testing::NewTempDir();
+  EXPECT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 TransformerLikeModel({.layers = 1, .hidden = 16, .vocab = 32}), o)
+                  .ok());
+  return dir;
+}
+
+TEST(CliTest, VerifyCleanExitsZero) {
+  Result r = RunCli({"verify", Example()});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("ok: 16 tensors in 4 files"));
+}
+
+TEST(CliTest, VerifyPrintsEachProblemOnItsOwnLineAndExitsOne) {
+  WriteOptions o{.ranks = 4};
+  o.drop_chunk = std::make_pair(std::string("lm_head.weight"), 1);
+  std::string dir = Example(o);
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, "shard-00002-model-00001-of-00001.safetensors")).ok());
+  Result r = RunCli({"verify", dir});
+  EXPECT_EQ(r.code, kExitProblems);
+  std::vector<std::string> lines;
+  std::istringstream is(r.out);
+  for (std::string l; std::getline(is, l);) lines.push_back(l);
+  EXPECT_GE(lines.size(), 3u);
+  EXPECT_THAT(r.out, HasSubstr("gap: tensor \"lm_head.weight\""));
+  EXPECT_THAT(r.out, HasSubstr("shard_ranks: shard rank indices are not dense 1..4: missing shard-2"));
+}
+
+TEST(CliTest, VerifyJsonReportsProblems) {
+  WriteOptions o{.ranks = 2};
+  o.drop_chunk = std::make_pair(std::string("model.embed_tokens.weight"), 0);
+  Result r = RunCli({"verify", "--json", Example(o)});
+  EXPECT_EQ(r.code, kExitProblems);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["schema"], "safeshard.verify/1");
+  EXPECT_FALSE(j["ok"].get<bool>());
+  EXPECT_EQ(j["problems"][0]["kind"], "gap");
+  EXPECT_EQ(j["problems"][0]["tensor"], "model.embed_tokens.weight");
+}
+
+TEST(CliTest, UsageErrorsExitTwo) {
+  EXPECT_EQ(RunCli({}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"verify"}).code, kExitUsage);
+  Result unknown = RunCli({"frobnicate"});
+  EXPECT_EQ(unknown.code, kExitUsage);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown command \"frobnicate\""));
+  EXPECT_EQ(RunCli({"verify", "/nonexistent/ckpt"}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"inspect", "--filter", "(", Example()}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"make-example", "/tmp/x", "--ranks", "0"}).code, kExitUsage);
+}
+
+TEST(CliTest, HelpExitsZeroAndExplains) {
+  Result r = RunCli({"--help"});
+  EXPECT_EQ(r.code, kExitOk);
+  EXPECT_THAT(r.out, HasSubstr("inspect"));
+  EXPECT_THAT(r.out, HasSubstr("verify"));
+  Result v = RunCli({"verify", "--help"});
+  EXPECT_EQ(v.code, kExitOk);
+  EXPECT_THAT(v.out, HasSubstr("no gap, no overlap"));
+}
+
+TEST(CliTest, InspectTableShowsTensorsAndTotals) {
+  Result r = RunCli({"inspect", Example()});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("dcp_sharded, 4 ranks, 4 files"));
+  EXPECT_THAT(r.out, HasSubstr("model.layers.0.mlp.gate_proj.weight"));
+  EXPECT_THAT(r.out, HasSubstr("totals by dtype:"));
+  EXPECT_THAT(r.out, HasSubstr("16 tensors"));
+}
+
+TEST(CliTest, InspectFilterAndByFile) {
+  std::string dir = Example();
+  Result r = RunCli({"inspect", "--filter", "norm", dir});
+  EXPECT_THAT(r.out, HasSubstr("model.norm.weight"));
+  EXPECT_THAT(r.out, Not(HasSubstr("lm_head")));
+  Result b = RunCli({"inspect", "--by-file", dir});
+  EXPECT_THAT(b.out, HasSubstr("shard-00003-model-00001-of-00001.safetensors"));
+  EXPECT_THAT(b.out, HasSubstr("rank 2, DCP shard"));
+}
+
+TEST(CliTest, InspectJsonIsStable) {
+  std::string dir = Example();
+  Result r = RunCli({"inspect", "--json", dir});
+  ASSERT_EQ(r.code, kExitOk);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["schema"], "safeshard.inspect/1");
+  EXPECT_EQ(j["kind"], "dcp_sharded");
+  EXPECT_EQ(j["ranks"], 4);
+  EXPECT_EQ(j["files"].size(), 4u);
+  bool found = false;
+  for (const auto& t : j["tensors"]) {
+    if (t["name"] == "model.layers.0.mlp.gate_proj.weight") {
+      found = true;
+      EXPECT_EQ(t["shape"], nlohmann::json({64, 16}));
+      EXPECT_EQ(t["chunks"].size(), 4u);
+      EXPECT_EQ(t["chunks"][0]["sizes"], nlohmann::json({32, 8}));
+    }
+  }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(j["totals"]["BF16"]["tensors"], 8);
+  EXPECT_EQ(RunCli({"inspect", "--json", dir}).out, r.out);  // deterministic
+}
+
+TEST(CliTest, MakeExampleRefusesToOverwrite) {
+  std::string dir = Example();
+  Result r = RunCli({"make-example", dir});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_THAT(r.err, HasSubstr("--force"));
+  EXPECT_EQ(RunCli({"make-example", dir, "--force", "--layers", "1", "--hidden", "8"}).code,
+            kExitOk);
+}
+
+}  // namespace
+}  // namespace safeshard
