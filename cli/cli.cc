@@ -275,6 +275,7 @@ struct ExampleArgs {
   uint64_t vocab = 4096;
   int mesh_rows = 2;
   std::string gap;
+  int many = 0;
   bool force = false;
 };
 
@@ -302,8 +303,9 @@ int RunMakeExample(const ExampleArgs& a, std::ostream& out, std::ostream& err) {
     }
     o.drop_chunk = std::make_pair(parts[0], rank);
   }
-  std::vector<ExampleTensor> model = TransformerLikeModel(
-      {.layers = a.layers, .hidden = a.hidden, .vocab = a.vocab});
+  std::vector<ExampleTensor> model =
+      a.many > 0 ? ManySmallTensors(a.many)
+                 : TransformerLikeModel({.layers = a.layers, .hidden = a.hidden, .vocab = a.vocab});
   absl::Status s = WriteDcpCheckpoint(fs, a.out, model, o);
   if (!s.ok()) {
     err << "safeshard make-example: " << s.message() << "\n";
@@ -362,6 +364,10 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   example->add_option("--gap", ea.gap,
                       "TENSOR:RANK: leave out that rank's chunk (a deliberate coverage gap)");
   example->add_flag("--force", ea.force, "Overwrite an existing checkpoint in OUT");
+  example->add_option("--many", ea.many,
+                      "Instead of the transformer, N small replicated F32 [4, 4] tensors spread "
+                      "over the ranks (for scan benchmarks)")
+      ->check(CLI::Range(1, 100000000));
 
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);

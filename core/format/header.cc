@@ -47,7 +47,6 @@ absl::Status Fail(HeaderError e, absl::string_view file, absl::string_view what)
   return s;
 }
 
-using internal::DuplicateKeyFinder;
 using internal::Quote;
 using internal::ReadU64;
 
@@ -71,10 +70,14 @@ std::optional<HeaderError> HeaderErrorOf(const absl::Status& s) {
 }
 
 const TensorEntry* Header::Find(absl::string_view name) const {
-  for (const TensorEntry& t : tensors) {
-    if (t.name == name) return &t;
-  }
-  return nullptr;
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors[it->second];
+}
+
+void Header::Reindex() {
+  by_name_.clear();
+  by_name_.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) by_name_[tensors[i].name] = i;
 }
 
 absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t file_size,
@@ -129,21 +132,16 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
     }
   }
 
-  DuplicateKeyFinder dup;
-  nlohmann::ordered_json root;
-  try {
-    root = nlohmann::ordered_json::parse(json.begin(), json.end(), std::ref(dup),
-                                         /*allow_exceptions=*/true, /*ignore_comments=*/false);
-  } catch (const nlohmann::ordered_json::parse_error& e) {
+  nlohmann::json root;
+  internal::StrictParseResult pr = internal::ParseJsonStrict(json.begin(), json.end(), &root);
+  if (!pr.ok) {
     return Fail(HeaderError::kInvalidJson, file,
-                absl::StrCat("header JSON does not parse at byte offset ", 8 + e.byte - 1,
-                             ": ", e.what()));
-  } catch (const std::exception& e) {
-    return Fail(HeaderError::kInvalidJson, file, absl::StrCat("header JSON: ", e.what()));
+                absl::StrCat("header JSON does not parse at byte offset ", 8 + pr.error_byte,
+                             ": ", pr.error));
   }
-  if (dup.duplicate()) {
+  if (pr.duplicate) {
     return Fail(HeaderError::kDuplicateKey, file,
-                absl::StrCat("key ", Quote(*dup.duplicate()),
+                absl::StrCat("key ", Quote(*pr.duplicate),
                              " appears more than once in the header (byte offset 8)"));
   }
   if (!root.is_object()) {
@@ -245,15 +243,15 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
   }
 
   // Offsets must tile [0, buffer_size) exactly, whatever order the header lists them in.
-  std::vector<const TensorEntry*> by_offset;
-  by_offset.reserve(h.tensors.size());
-  for (const TensorEntry& t : h.tensors) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(), [](const TensorEntry* a, const TensorEntry* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    if (a.end != b.end) return a.end < b.end;
+    return a.name < b.name;
   });
   uint64_t cursor = 0;
   const TensorEntry* prev = nullptr;
-  for (const TensorEntry* t : by_offset) {
+  for (const TensorEntry& tref : h.tensors) {
+    const TensorEntry* t = &tref;
     if (t->begin > cursor) {
       return Fail(HeaderError::kOffsetGap, file,
                   absl::StrCat("bytes [", cursor, ", ", t->begin, ") of the buffer (file byte offset ",
@@ -276,6 +274,7 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                              " buffer bytes (file size ", file_size, ")",
                              cursor > h.buffer_size ? ": the file is truncated" : ""));
   }
+  h.Reindex();
   return h;
 }
 
@@ -315,6 +314,7 @@ absl::StatusOr<Header> LayoutHeader(std::vector<TensorSpec> specs,
   }
   h.buffer_size = cursor;
   h.header_size = SerializeHeaderJson(h).size();
+  h.Reindex();
   return h;
 }
 

@@ -23,6 +23,7 @@
 #include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/format/dtype.h"
@@ -71,14 +72,18 @@ struct TensorEntry {
 struct Header {
   std::map<std::string, std::string> metadata;  // __metadata__ (string -> string)
   bool has_metadata = false;                   // whether __metadata__ was present
-  std::vector<TensorEntry> tensors;            // in header (JSON) order
+  std::vector<TensorEntry> tensors;            // in data order (by begin offset, then name)
   uint64_t header_size = 0;                    // N: JSON bytes including padding
   uint64_t buffer_size = 0;                    // bytes after the header
 
   uint64_t data_start() const { return 8 + header_size; }
   uint64_t file_size() const { return data_start() + buffer_size; }
-  // nullptr if absent. Linear; build a map for repeated lookups.
+  // nullptr if absent. O(1); call Reindex() after changing `tensors` by hand.
   const TensorEntry* Find(absl::string_view name) const;
+  void Reindex();
+
+ private:
+  absl::flat_hash_map<std::string, size_t> by_name_;
 };
 
 // Validates the first bytes of a file (at least 8 when the file has them) and returns N.

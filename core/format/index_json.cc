@@ -17,17 +17,13 @@ absl::StatusOr<IndexJson> ParseIndexJson(absl::string_view text, absl::string_vi
   if (size_t b = internal::FirstInvalidUtf8(text); b != absl::string_view::npos) {
     return bad(absl::StrCat("not valid UTF-8 at byte offset ", b));
   }
-  internal::DuplicateKeyFinder dup;
-  nlohmann::ordered_json root;
-  try {
-    root = nlohmann::ordered_json::parse(text.begin(), text.end(), std::ref(dup));
-  } catch (const nlohmann::ordered_json::parse_error& e) {
-    return bad(absl::StrCat("not valid JSON at byte offset ", e.byte - 1, ": ", e.what()));
-  } catch (const std::exception& e) {
-    return bad(absl::StrCat("not valid JSON: ", e.what()));
+  nlohmann::json root;
+  internal::StrictParseResult pr = internal::ParseJsonStrict(text.begin(), text.end(), &root);
+  if (!pr.ok) {
+    return bad(absl::StrCat("not valid JSON at byte offset ", pr.error_byte, ": ", pr.error));
   }
-  if (dup.duplicate()) {
-    return bad(absl::StrCat("key ", Quote(*dup.duplicate()), " appears more than once"));
+  if (pr.duplicate) {
+    return bad(absl::StrCat("key ", Quote(*pr.duplicate), " appears more than once"));
   }
   if (!root.is_object()) return bad("top level is not a JSON object");
   IndexJson out;

@@ -17,14 +17,11 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
     return absl::DataLossError(
         absl::StrCat(file, ": __metadata__ DCP_SHARDING_INFO (byte offset 8): ", what));
   };
-  internal::DuplicateKeyFinder dup;
-  nlohmann::ordered_json root;
-  try {
-    root = nlohmann::ordered_json::parse(it->second, std::ref(dup));
-  } catch (const std::exception& e) {
-    return bad(absl::StrCat("not valid JSON: ", e.what()));
-  }
-  if (dup.duplicate()) return bad(absl::StrCat("key ", Quote(*dup.duplicate()), " repeated"));
+  nlohmann::json root;
+  internal::StrictParseResult pr =
+      internal::ParseJsonStrict(it->second.begin(), it->second.end(), &root);
+  if (!pr.ok) return bad(absl::StrCat("not valid JSON: ", pr.error));
+  if (pr.duplicate) return bad(absl::StrCat("key ", Quote(*pr.duplicate), " repeated"));
   if (!root.is_object()) return bad("not a JSON object");
   ShardingInfo info;
   for (auto e = root.begin(); e != root.end(); ++e) {
