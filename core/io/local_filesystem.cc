@@ -226,6 +226,12 @@ class LocalFileSystem_ : public FileSystem {
     return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
   }
 
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
+    int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open for writing", path);
+    return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
+  }
+
   absl::Status Rename(const std::string& from, const std::string& to) override {
     if (rename(from.c_str(), to.c_str()) != 0) {
       return ErrnoStatus(errno, absl::StrCat("rename to ", to), from);

@@ -144,6 +144,14 @@ class MemFileSystem : public FileSystem {
     st_->files[path] = std::make_shared<std::string>();
     return std::unique_ptr<WritableFile>(new MemWritable(st_, path));
   }
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
+    std::string path = Normalize(p);
+    absl::MutexLock l(&st_->mu);
+    if (!st_->files.count(path)) {
+      return absl::NotFoundError(absl::StrCat(path, ": open for writing: No such file"));
+    }
+    return std::unique_ptr<WritableFile>(new MemWritable(st_, path));
+  }
   absl::Status Rename(const std::string& f, const std::string& t) override {
     std::string from = Normalize(f), to = Normalize(t);
     absl::MutexLock l(&st_->mu);

@@ -46,6 +46,9 @@ class CountingFs : public FileSystem {
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
     return base_->Create(p);
   }
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
+    return base_->OpenForWrite(p);
+  }
   absl::Status Rename(const std::string& a, const std::string& b) override {
     return base_->Rename(a, b);
   }

@@ -1,0 +1,62 @@
+#include "core/remap/keymap.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(KeyMapTest, FirstMatchingRuleWinsAndRewritesEveryMatch) {
+  auto km = KeyMap::Create({{"^model\\.", ""}, {"layers", "blocks"}, {"\\.", "/"}});
+  ASSERT_TRUE(km.ok()) << km.status();
+  EXPECT_EQ(km->Apply("model.layers.0.w"), "layers.0.w");  // rule 1 only
+  EXPECT_EQ(km->Apply("layers.layers.1"), "blocks.blocks.1");  // all matches (re.subn)
+  EXPECT_EQ(km->Apply("a.b.c"), "a/b/c");
+  EXPECT_EQ(km->Apply("zzz"), "zzz");
+}
+
+TEST(KeyMapTest, BackReferencesInBothSyntaxes) {
+  auto km = KeyMap::Create({{"^(.*)\\.gamma$", "\\1.weight"}, {"^(.*)\\.beta$", "\\g<1>.bias"}});
+  ASSERT_TRUE(km.ok());
+  EXPECT_EQ(km->Apply("ln.gamma"), "ln.weight");
+  EXPECT_EQ(km->Apply("ln.beta"), "ln.bias");
+}
+
+TEST(KeyMapTest, RejectsBadRulesNamingThem) {
+  auto bad = KeyMap::Create({{"ok", "x"}, {"(", "y"}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("rule 2"));
+  EXPECT_FALSE(KeyMap::Create({{"(a)", "\\2"}}).ok());  // no group 2
+  EXPECT_FALSE(KeyMap::ParseRule("no arrow").ok());
+  auto r = KeyMap::ParseRule("^a\\.=>b.");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->pattern, "^a\\.");
+  EXPECT_EQ(r->replacement, "b.");
+}
+
+TEST(KeyMapTest, LoadsJsonArraysAndObjectsInOrder) {
+  auto a = KeyMap::FromJson(R"([["^x", "y"], ["^y", "z"]])");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->Apply("x1"), "y1");
+  auto o = KeyMap::FromJson(R"({"^y": "z", "^x": "y"})");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->rules()[0].pattern, "^y");
+  EXPECT_FALSE(KeyMap::FromJson("[1]").ok());
+  EXPECT_FALSE(KeyMap::FromJson(R"({"a": "b", "a": "c"})").ok());
+}
+
+TEST(KeyMapTest, MapAllRejectsCollisionsNamingBothKeys) {
+  auto km = KeyMap::Create({{"^(enc|dec)\\.", ""}});
+  ASSERT_TRUE(km.ok());
+  auto r = km->MapAll({"enc.w", "dec.w", "other"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("\"enc.w\" and \"dec.w\" both map to \"w\""));
+  auto ok = km->MapAll({"enc.w", "dec.b"});
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->at("dec.b"), "b");
+}
+
+}  // namespace
+}  // namespace safeshard
