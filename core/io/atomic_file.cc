@@ -1,10 +1,13 @@
 #include "core/io/atomic_file.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <random>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -15,6 +18,26 @@ constexpr absl::string_view kTempMarker = ".safeshard-tmp-";
 
 bool IsTempFileName(absl::string_view name) {
   return absl::StartsWith(name, ".") && absl::StrContains(name, kTempMarker);
+}
+
+absl::StatusOr<std::vector<std::string>> CleanStaleTempFiles(FileSystem& fs,
+                                                              const std::string& dir) {
+  absl::StatusOr<std::vector<DirEntry>> entries = fs.List(dir);
+  if (!entries.ok()) return entries.status();
+  std::vector<std::string> removed;
+  for (const DirEntry& e : *entries) {
+    if (e.is_dir || !IsTempFileName(e.name)) continue;
+    size_t p = absl::string_view(e.name).rfind(kTempMarker);
+    absl::string_view rest = absl::string_view(e.name).substr(p + kTempMarker.size());
+    size_t dash = rest.find('-');
+    int pid = 0;
+    if (dash == absl::string_view::npos || !absl::SimpleAtoi(rest.substr(0, dash), &pid)) {
+      continue;
+    }
+    if (pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)) continue;  // owner still running
+    if (fs.Remove(JoinPath(dir, e.name)).ok()) removed.push_back(e.name);
+  }
+  return removed;
 }
 
 absl::StatusOr<AtomicFile> AtomicFile::Create(FileSystem& fs, const std::string& final_path) {

@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/io/filesystem.h"
@@ -24,6 +25,11 @@ namespace safeshard {
 
 // True for names AtomicFile gives its temporary files (stale ones are safe to delete).
 bool IsTempFileName(absl::string_view name);
+
+// Removes temporary files in `dir` left by AtomicFiles of processes that no longer run (a crash
+// or kill -9). Returns the names removed.
+absl::StatusOr<std::vector<std::string>> CleanStaleTempFiles(FileSystem& fs,
+                                                              const std::string& dir);
 
 class AtomicFile {
  public:

@@ -1,5 +1,8 @@
 #include "core/io/atomic_file.h"
 
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
 #include "core/testing/testing.h"
 #include "gtest/gtest.h"
 
@@ -45,6 +48,20 @@ TEST(AtomicFileTest, RecognisesTempNames) {
   EXPECT_TRUE(IsTempFileName(".model.safetensors.safeshard-tmp-12-00ff"));
   EXPECT_FALSE(IsTempFileName("model.safetensors"));
   EXPECT_FALSE(IsTempFileName(".hidden"));
+}
+
+TEST(AtomicFileTest, CleansOnlyTempFilesOfDeadProcesses) {
+  std::string dir = testing::NewTempDir();
+  FileSystem& fs = LocalFileSystem();
+  // pid 2^22+1 is above Linux's pid_max limit: never a live process.
+  testing::WriteFile(JoinPath(dir, ".a.safetensors.safeshard-tmp-4194305-00ff"), "stale");
+  testing::WriteFile(JoinPath(dir, absl::StrCat(".b.safetensors.safeshard-tmp-", getpid(), "-01")),
+                     "live");
+  testing::WriteFile(JoinPath(dir, "model.safetensors"), "keep");
+  auto removed = CleanStaleTempFiles(fs, dir);
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(*removed, std::vector<std::string>{".a.safetensors.safeshard-tmp-4194305-00ff"});
+  EXPECT_EQ(fs.List(dir)->size(), 2u);
 }
 
 TEST(AtomicFileTest, CreateInMissingDirectoryFails) {

@@ -1,0 +1,823 @@
+// Consolidation engine. Crash-safe protocol (rank 0 owns the output directory):
+//   1. every rank scans the input headers and builds the same plan; any rank's planning error
+//      is shared with all ranks before a byte is written;
+//   2. rank 0 checks the output directory (refuses an existing result unless overwriting,
+//      removes temporary files of dead processes), creates every output file under a temporary
+//      name at its final size and writes its header;
+//   3. every rank copies its share of the runs (balanced by bytes) into the temporary files and
+//      fsyncs them; statuses are all-gathered, so a failure anywhere reaches every rank;
+//   4. with verify, every rank re-reads what it wrote and compares checksums;
+//   5. rank 0 renames the files into place, fsyncs the directory, and publishes the index json
+//      last: a directory with an index is complete; a crash before leaves no index.
+#include "core/consolidate/consolidate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <set>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "core/consolidate/dtype_cast.h"
+#include "core/format/filenames.h"
+#include "core/format/index_json.h"
+#include "core/format/internal/json_util.h"
+#include "core/io/atomic_file.h"
+#include "core/util/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace safeshard {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kPieceBytes = 16ull << 20;   // work item size
+constexpr uint64_t kCastBuffer = 1ull << 20;    // conversion buffer per thread
+
+uint64_t Mix(uint64_t h, uint64_t w) {
+  h ^= w + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+  h *= 0xBF58476D1CE4E5B9ull;
+  return h ^ (h >> 31);
+}
+
+// Fast 64-bit checksum of a byte range (streaming-friendly: Update may be called repeatedly).
+struct Checksum {
+  uint64_t h = 0x84222325CBF29CE4ull;
+  void Update(const char* p, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      h = Mix(h, w);
+    }
+    uint64_t tail = 0;
+    std::memcpy(&tail, p + i, n - i);
+    h = Mix(h, tail ^ (static_cast<uint64_t>(n - i) << 56));
+  }
+};
+
+bool Blocking(ProblemKind k) {
+  switch (k) {
+    case ProblemKind::kInvalidFile:
+    case ProblemKind::kGap:
+    case ProblemKind::kOverlap:
+    case ProblemKind::kOutOfBounds:
+    case ProblemKind::kRankMismatch:
+    case ProblemKind::kDTypeMismatch:
+    case ProblemKind::kShardRanks:
+    case ProblemKind::kShardFileCount:
+    case ProblemKind::kDuplicateTensor:
+      return true;
+    default:
+      return false;
+  }
+}
+
+uint64_t BitsToBytes(uint64_t elems, DType t) { return elems * BitsOf(t) / 8; }
+
+struct WorkItem {
+  uint32_t task;
+  uint64_t run_begin, run_end;    // runs [run_begin, run_end)
+  uint64_t elem_begin, elem_end;  // elements within each run
+  uint64_t src_bytes;
+};
+
+std::vector<WorkItem> SplitIntoItems(const std::vector<CopyTask>& tasks) {
+  std::vector<WorkItem> items;
+  for (uint32_t t = 0; t < tasks.size(); ++t) {
+    const CopyTask& c = tasks[t];
+    const uint64_t run_bytes = BitsToBytes(c.run_elems, c.src_dtype);
+    if (run_bytes >= kPieceBytes && !IsSubByte(c.src_dtype)) {
+      // Big runs: split each run by elements.
+      const uint64_t esize = BitsOf(c.src_dtype) / 8;
+      const uint64_t per = std::max<uint64_t>(1, kPieceBytes / esize);
+      for (uint64_t r = 0; r < c.runs; ++r) {
+        for (uint64_t e = 0; e < c.run_elems; e += per) {
+          uint64_t e2 = std::min(c.run_elems, e + per);
+          items.push_back({t, r, r + 1, e, e2, (e2 - e) * esize});
+        }
+      }
+    } else {
+      const uint64_t per_item = std::max<uint64_t>(1, kPieceBytes / std::max<uint64_t>(1, run_bytes));
+      for (uint64_t r = 0; r < c.runs; r += per_item) {
+        uint64_t r2 = std::min(c.runs, r + per_item);
+        items.push_back({t, r, r2, 0, c.run_elems, (r2 - r) * run_bytes});
+      }
+    }
+  }
+  return items;
+}
+
+// Deterministic balanced assignment of items to ranks by bytes (largest first, to the least
+// loaded rank). Returns, per rank, the item indices in plan order.
+std::vector<std::vector<size_t>> AssignToRanks(const std::vector<WorkItem>& items, int world) {
+  std::vector<size_t> order(items.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return items[a].src_bytes > items[b].src_bytes; });
+  std::vector<uint64_t> load(world, 0);
+  std::vector<std::vector<size_t>> out(world);
+  for (size_t i : order) {
+    int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    load[r] += items[i].src_bytes + 1;
+    out[r].push_back(i);
+  }
+  for (auto& v : out) std::sort(v.begin(), v.end());
+  return out;
+}
+
+// Status <-> string for all-gathering ("" is OK).
+std::string EncodeStatus(const absl::Status& s) {
+  if (s.ok()) return "";
+  return absl::StrCat(static_cast<int>(s.code()), "|", s.message());
+}
+
+absl::Status GatherStatuses(Collective& c, const absl::Status& mine) {
+  absl::StatusOr<std::vector<std::string>> all = c.AllGather(EncodeStatus(mine));
+  if (!all.ok()) return all.status();
+  std::vector<std::string> errors;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  for (size_t r = 0; r < all->size(); ++r) {
+    const std::string& e = (*all)[r];
+    if (e.empty()) continue;
+    size_t bar = e.find('|');
+    int c_int = 2;
+    (void)absl::SimpleAtoi(e.substr(0, bar), &c_int);
+    if (code == absl::StatusCode::kOk) code = static_cast<absl::StatusCode>(c_int);
+    errors.push_back(c.world_size() > 1 ? absl::StrCat("rank ", r, ": ", e.substr(bar + 1))
+                                        : e.substr(bar + 1));
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::Status(code, absl::StrJoin(errors, "; "));
+}
+
+std::string OutputFileName(int index, int count, bool diffusers) {
+  std::string n = ModelFileName(index, count);
+  if (diffusers) n = "diffusion_pytorch_model" + n.substr(5);
+  return n;
+}
+
+}  // namespace
+
+uint64_t CopyTask::src_bytes() const { return BitsToBytes(run_elems * runs, src_dtype); }
+uint64_t CopyTask::dst_bytes() const { return BitsToBytes(run_elems * runs, dst_dtype); }
+
+uint64_t CopyTask::DstElemOfRun(uint64_t r) const {
+  // Decompose r over dims [0, split_dim) with extents sizes[d], innermost last.
+  if (shape.empty()) return 0;
+  uint64_t elem = offsets[split_dim] * gstride[split_dim];
+  for (size_t d = split_dim; d-- > 0;) {
+    uint64_t i = r % sizes[d];
+    r /= sizes[d];
+    elem += (offsets[d] + i) * gstride[d];
+  }
+  return elem;
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
+  std::string s = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(text));
+  struct Unit {
+    const char* suffix;
+    double mult;
+  };
+  const Unit units[] = {{"TIB", 1099511627776.0}, {"GIB", 1073741824.0}, {"MIB", 1048576.0},
+                        {"KIB", 1024.0},          {"TB", 1e12},          {"GB", 1e9},
+                        {"MB", 1e6},              {"KB", 1e3},           {"B", 1}};
+  double mult = 1;
+  absl::string_view num = s;
+  for (const Unit& u : units) {
+    if (absl::EndsWith(s, u.suffix)) {
+      mult = u.mult;
+      num = absl::string_view(s).substr(0, s.size() - strlen(u.suffix));
+      break;
+    }
+  }
+  double v;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(num), &v) || v <= 0 || v * mult > 1.8e19) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size \"", text, "\" is not a positive size such as 5GB, 500MiB or 1000000"));
+  }
+  return static_cast<uint64_t>(v * mult);
+}
+
+absl::StatusOr<std::map<std::string, int>> ParseMappingJson(absl::string_view json,
+                                                            absl::string_view file) {
+  nlohmann::json root;
+  internal::StrictParseResult pr = internal::ParseJsonStrict(json.begin(), json.end(), &root);
+  if (!pr.ok) return absl::InvalidArgumentError(absl::StrCat(file, ": not valid JSON: ", pr.error));
+  if (pr.duplicate) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": tensor ", internal::Quote(*pr.duplicate), " listed twice"));
+  }
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": expected an object {\"fqn\": file_index, ...}"));
+  }
+  std::map<std::string, int> out;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    uint64_t v;
+    if (!internal::ReadU64(it.value(), &v) || v < 1 || v > 99999) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": tensor ", internal::Quote(it.key()),
+                                                     ": file index ", it.value().dump(),
+                                                     " is not in 1..99999"));
+    }
+    out[it.key()] = static_cast<int>(v);
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, int>> MappingFromReference(
+    FileSystem& fs, const std::string& dir, std::vector<std::string>* warnings) {
+  ASSIGN_OR_RETURN(CheckpointLayout ref, CheckpointLayout::Scan(fs, dir));
+  std::map<std::string, int> out;
+  if (ref.index()) {
+    std::vector<std::string> names;
+    for (const auto& [fqn, f] : ref.index()->weight_map) names.push_back(f);
+    FileIndexAssignment a = AssignFileIndices(names);
+    if (a.warning && warnings) warnings->push_back(absl::StrCat(dir, ": ", *a.warning));
+    for (const auto& [fqn, f] : ref.index()->weight_map) out[fqn] = a.index_of.at(f);
+    return out;
+  }
+  if (ref.files().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": reference model has no index json and no .safetensors files"));
+  }
+  std::vector<std::string> names;
+  for (const FileInfo& f : ref.files()) names.push_back(f.name);
+  FileIndexAssignment a = AssignFileIndices(names);
+  if (a.warning && warnings) warnings->push_back(absl::StrCat(dir, ": ", *a.warning));
+  for (const FileInfo& f : ref.files()) {
+    if (!f.header) return absl::DataLossError(*f.error);
+    for (const TensorEntry& t : f.header->tensors) out[t.name] = a.index_of.at(f.name);
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, DType>> DTypesFromReference(FileSystem& fs,
+                                                                 const std::string& dir) {
+  ASSIGN_OR_RETURN(CheckpointLayout ref, CheckpointLayout::Scan(fs, dir));
+  std::map<std::string, DType> out;
+  for (const FileInfo& f : ref.files()) {
+    if (!f.header) return absl::DataLossError(*f.error);
+  }
+  for (const TensorLayout& t : ref.tensors()) out[t.name] = t.dtype;
+  if (out.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": reference model holds no tensors"));
+  }
+  return out;
+}
+
+absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layout,
+                                                    const ConsolidateOptions& o) {
+  ConsolidationPlan plan;
+  plan.input_root = layout.root();
+  if (layout.files().empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(layout.root(), ": no .safetensors files to consolidate"));
+  }
+  std::vector<std::string> blocking;
+  for (const Problem& p : layout.problems()) {
+    if (Blocking(p.kind)) {
+      blocking.push_back(p.ToString());
+    } else {
+      plan.warnings.push_back(p.ToString());
+    }
+  }
+  if (!blocking.empty()) {
+    size_t n = blocking.size();
+    if (n > 10) blocking.resize(10);
+    return absl::FailedPreconditionError(absl::StrCat(
+        layout.root(), ": refusing to consolidate, the checkpoint is incomplete or inconsistent (",
+        n, " problem", n == 1 ? "" : "s", "; nothing was written):\n  ",
+        absl::StrJoin(blocking, "\n  "), n > 10 ? "\n  ..." : ""));
+  }
+  if (o.fqn_to_index && o.max_shard_size) {
+    return absl::InvalidArgumentError("choose either a file mapping or a maximum shard size");
+  }
+  for (const FileInfo& f : layout.files()) plan.inputs.push_back(JoinPath(layout.root(), f.name));
+
+  // Output names.
+  std::vector<std::string> src_names;
+  for (const TensorLayout& t : layout.tensors()) src_names.push_back(t.name);
+  std::map<std::string, std::string> out_name;
+  if (o.key_map != nullptr && !o.key_map->empty()) {
+    ASSIGN_OR_RETURN(out_name, o.key_map->MapAll(src_names));
+  } else {
+    for (const std::string& n : src_names) out_name[n] = n;
+  }
+
+  // Output dtypes.
+  std::vector<DType> dst_dtype(layout.tensors().size());
+  for (size_t i = 0; i < layout.tensors().size(); ++i) {
+    const TensorLayout& t = layout.tensors()[i];
+    DType d = t.dtype;
+    auto m = o.fqn_to_dtype.find(out_name[t.name]);
+    if (m == o.fqn_to_dtype.end()) m = o.fqn_to_dtype.find(t.name);
+    if (m != o.fqn_to_dtype.end()) {
+      d = m->second;
+    } else if (o.cast_dtype && IsFloatingPoint(t.dtype) && CanCast(t.dtype, *o.cast_dtype)) {
+      d = *o.cast_dtype;
+    }
+    bool relabel_fp8 = (t.dtype == DType::kU8 || t.dtype == DType::kI8) && IsFloat8(d);
+    if (d != t.dtype && !relabel_fp8 && !CanCast(t.dtype, d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", internal::Quote(t.name), ": cannot convert ",
+                       DTypeName(t.dtype), " to ", DTypeName(d),
+                       " (only F64/F32/F16/BF16 convert; FP8 and integers never)"));
+    }
+    dst_dtype[i] = d;
+  }
+  if (o.cast_dtype && !CanCast(DType::kF32, *o.cast_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("--cast-dtype ", DTypeName(*o.cast_dtype),
+                                                   ": only F64, F32, F16 and BF16 are targets"));
+  }
+
+  // File assignment.
+  const size_t n_tensors = layout.tensors().size();
+  std::vector<int> file_of(n_tensors, 1);
+  if (o.fqn_to_index) {
+    std::set<std::string> used;
+    int max_index = 0;
+    for (const auto& [k, v] : *o.fqn_to_index) max_index = std::max(max_index, v);
+    std::vector<std::string> unmapped;
+    for (size_t i = 0; i < n_tensors; ++i) {
+      const std::string& src = layout.tensors()[i].name;
+      auto it = o.fqn_to_index->find(out_name[src]);
+      if (it == o.fqn_to_index->end()) it = o.fqn_to_index->find(src);
+      if (it == o.fqn_to_index->end()) {
+        unmapped.push_back(src);
+        file_of[i] = -1;
+        continue;
+      }
+      used.insert(it->first);
+      file_of[i] = it->second;
+    }
+    if (!unmapped.empty()) {
+      if (o.unmapped == UnmappedPolicy::kError) {
+        size_t n = unmapped.size();
+        if (n > 5) unmapped.resize(5);
+        return absl::InvalidArgumentError(absl::StrCat(
+            n, " tensor", n == 1 ? " is" : "s are", " not in the file mapping (",
+            absl::StrJoin(unmapped, ", "), n > 5 ? ", ..." : "",
+            "); pass --unmapped=first or --unmapped=own-file to place them"));
+      }
+      int next = std::max(max_index, 1);
+      for (size_t i = 0; i < n_tensors; ++i) {
+        if (file_of[i] != -1) continue;
+        file_of[i] = o.unmapped == UnmappedPolicy::kFirst ? 1 : ++next;
+      }
+      plan.warnings.push_back(absl::StrCat(unmapped.size(), " tensor(s) not in the mapping placed ",
+                                           o.unmapped == UnmappedPolicy::kFirst
+                                               ? "in file 1"
+                                               : "in files of their own"));
+    }
+    size_t dropped = 0;
+    std::string example;
+    for (const auto& [k, v] : *o.fqn_to_index) {
+      if (!used.count(k)) {
+        if (dropped++ == 0) example = k;
+      }
+    }
+    if (dropped > 0) {
+      plan.warnings.push_back(absl::StrCat(dropped, " mapping entr", dropped == 1 ? "y has" : "ies have",
+                                           " no data and were dropped (tied weights?), e.g. ",
+                                           internal::Quote(example)));
+    }
+  } else if (o.max_shard_size) {
+    int cur = 1;
+    uint64_t cur_size = 0;
+    bool cur_empty = true;
+    for (size_t i = 0; i < n_tensors; ++i) {
+      const TensorLayout& t = layout.tensors()[i];
+      uint64_t bytes = ByteSizeOf(dst_dtype[i], t.shape).value_or(0);
+      if (bytes > *o.max_shard_size) {
+        if (!cur_empty) ++cur;
+        file_of[i] = cur++;
+        cur_size = 0;
+        cur_empty = true;
+        continue;
+      }
+      if (!cur_empty && cur_size + bytes > *o.max_shard_size) {
+        ++cur;
+        cur_size = 0;
+        cur_empty = true;
+      }
+      file_of[i] = cur;
+      cur_size += bytes;
+      cur_empty = false;
+    }
+  }
+  int count = *std::max_element(file_of.begin(), file_of.end());
+  std::map<int, std::vector<size_t>> by_file;
+  for (size_t i = 0; i < n_tensors; ++i) by_file[file_of[i]].push_back(i);
+
+  std::map<std::string, std::string> metadata = o.metadata;
+  metadata["format"] = "pt";
+  std::map<int, int> plan_index;  // file index -> outputs[] position
+  for (const auto& [idx, members] : by_file) {
+    std::vector<TensorSpec> specs;
+    for (size_t i : members) {
+      specs.push_back({out_name[layout.tensors()[i].name], dst_dtype[i], layout.tensors()[i].shape});
+    }
+    OutputFilePlan f;
+    f.name = OutputFileName(idx, count, o.diffusers_index);
+    ASSIGN_OR_RETURN(f.header, LayoutHeader(std::move(specs), metadata));
+    plan_index[idx] = static_cast<int>(plan.outputs.size());
+    plan.outputs.push_back(std::move(f));
+  }
+
+  // Copy tasks.
+  for (size_t i = 0; i < n_tensors; ++i) {
+    const TensorLayout& t = layout.tensors()[i];
+    const int of = plan_index[file_of[i]];
+    const OutputFilePlan& f = plan.outputs[of];
+    const std::string& name = out_name[t.name];
+    const TensorEntry* e = f.header.Find(name);
+    plan.weight_map[name] = f.name;
+    plan.total_size += e->size();
+    for (const Chunk& c : t.chunks) {
+      uint64_t n = 1;
+      for (uint64_t s : c.sizes) n *= s;
+      if (n == 0) continue;  // empty local shard
+      CopyTask task;
+      task.input_file = c.file;
+      task.src_begin = c.begin;
+      task.output_file = of;
+      task.dst_begin = f.header.data_start() + e->begin;
+      task.src_dtype = t.dtype;
+      task.dst_dtype = dst_dtype[i];
+      task.offsets = c.offsets;
+      task.sizes = c.sizes;
+      task.shape = t.shape;
+      task.tensor = name;
+      const int rank = static_cast<int>(t.shape.size());
+      int k = 0;
+      for (int d = rank - 1; d >= 0; --d) {
+        if (c.sizes[d] != t.shape[d]) {
+          k = d;
+          break;
+        }
+      }
+      task.split_dim = k;
+      task.gstride.assign(rank, 1);
+      for (int d = rank - 1; d > 0; --d) task.gstride[d - 1] = task.gstride[d] * t.shape[d];
+      task.run_elems = 1;
+      task.runs = 1;
+      for (int d = 0; d < rank; ++d) {
+        if (d < k) {
+          task.runs *= c.sizes[d];
+        } else {
+          task.run_elems *= c.sizes[d];
+        }
+      }
+      if (IsSubByte(t.dtype) || IsSubByte(task.dst_dtype)) {
+        const uint64_t bits = BitsOf(t.dtype);
+        bool aligned = (task.run_elems * bits) % 8 == 0 &&
+                       (task.DstElemOfRun(0) * bits) % 8 == 0;
+        for (int d = 0; d < k; ++d) aligned &= (task.gstride[d] * bits) % 8 == 0;
+        if (!aligned) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tensor ", internal::Quote(t.name), ": a ", DTypeName(t.dtype),
+              " chunk at offsets [", absl::StrJoin(c.offsets, ", "),
+              "] does not start on a byte boundary in the output; sub-byte chunks must be "
+              "byte-aligned"));
+        }
+      }
+      plan.tasks.push_back(std::move(task));
+    }
+  }
+  plan.index_name =
+      std::string(o.diffusers_index ? kDiffusersIndexFileName : kIndexFileName);
+  return plan;
+}
+
+namespace {
+
+struct Outputs {
+  std::vector<std::unique_ptr<WritableFile>> files;  // this rank's write handles
+};
+
+absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
+                              const std::string& out, const ConsolidateOptions& o,
+                              std::vector<AtomicFile>* atomics, std::vector<std::string>* warnings) {
+  RETURN_IF_ERROR(fs.MakeDirs(out));
+  ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(out));
+  std::vector<std::string> existing;
+  for (const DirEntry& e : entries) {
+    if (IsTempFileName(e.name)) continue;
+    if (absl::EndsWith(e.name, ".safetensors") || absl::EndsWith(e.name, ".safetensors.index.json")) {
+      existing.push_back(e.name);
+    }
+  }
+  if (!existing.empty() && !o.overwrite) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        out, " already holds a checkpoint (", existing[0],
+        existing.size() > 1 ? ", ..." : "", "); pass --overwrite to replace it"));
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> cleaned, CleanStaleTempFiles(fs, out));
+  if (!cleaned.empty()) {
+    warnings->push_back(absl::StrCat("removed ", cleaned.size(),
+                                     " temporary file(s) of an interrupted earlier run in ", out));
+  }
+  // An existing result stops being "finished" first: its index goes before anything else.
+  for (const std::string& n : existing) {
+    if (absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(JoinPath(out, n)));
+  }
+  for (const OutputFilePlan& f : plan.outputs) {
+    ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, JoinPath(out, f.name)));
+    RETURN_IF_ERROR(a.file().Allocate(f.header.file_size()));
+    RETURN_IF_ERROR(a.file().WriteAt(0, SerializeHeader(f.header)));
+    atomics->push_back(std::move(a));
+  }
+  return absl::OkStatus();
+}
+
+class Executor {
+ public:
+  Executor(const ConsolidationPlan& plan, const std::vector<WorkItem>& items,
+           const std::vector<size_t>& mine, const ConsolidateOptions& o)
+      : plan_(plan), items_(items), mine_(mine), o_(o), hashes_(mine.size(), 0) {
+    for (size_t i : mine_) total_ += items_[i].src_bytes;
+  }
+
+  absl::Status Run(FileSystem& fs, const std::vector<std::string>& out_paths) {
+    // Open each needed input once and map it once; open each output once.
+    std::set<int> need_in, need_out;
+    for (size_t i : mine_) {
+      need_in.insert(plan_.tasks[items_[i].task].input_file);
+      need_out.insert(plan_.tasks[items_[i].task].output_file);
+    }
+    inputs_.resize(plan_.inputs.size());
+    maps_.resize(plan_.inputs.size());
+    for (int f : need_in) {
+      ASSIGN_OR_RETURN(inputs_[f], fs.OpenRead(plan_.inputs[f]));
+      ASSIGN_OR_RETURN(maps_[f], inputs_[f]->Map());
+    }
+    outputs_.resize(out_paths.size());
+    for (int f : need_out) {
+      ASSIGN_OR_RETURN(outputs_[f], fs.OpenForWrite(out_paths[f]));
+    }
+
+    int threads = o_.threads > 0 ? o_.threads : static_cast<int>(std::thread::hardware_concurrency());
+    threads = std::max(1, std::min<int>(threads, static_cast<int>(mine_.size())));
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back([this] { Worker(); });
+    for (auto& th : pool) th.join();
+    RETURN_IF_ERROR(error_);
+    for (int f : need_out) {
+      RETURN_IF_ERROR(outputs_[f]->Sync());
+      RETURN_IF_ERROR(outputs_[f]->Close());
+    }
+    return absl::OkStatus();
+  }
+
+  // Re-reads every range this rank wrote and compares checksums.
+  absl::Status Verify(FileSystem& fs, const std::vector<std::string>& paths, VerifyReport* rep) {
+    auto t0 = Clock::now();
+    std::vector<std::unique_ptr<ReadableFile>> files(paths.size());
+    std::string buf;
+    for (size_t k = 0; k < mine_.size(); ++k) {
+      const WorkItem& it = items_[mine_[k]];
+      const CopyTask& c = plan_.tasks[it.task];
+      if (!files[c.output_file]) {
+        ASSIGN_OR_RETURN(files[c.output_file], fs.OpenRead(paths[c.output_file]));
+      }
+      Checksum sum;
+      const uint64_t n = BitsToBytes(it.elem_end - it.elem_begin, c.dst_dtype);
+      buf.resize(n);
+      for (uint64_t r = it.run_begin; r < it.run_end; ++r) {
+        uint64_t dst = c.dst_begin + BitsToBytes(c.DstElemOfRun(r) + it.elem_begin, c.dst_dtype);
+        RETURN_IF_ERROR(files[c.output_file]->ReadAt(dst, n, buf.data()));
+        sum.Update(buf.data(), n);
+      }
+      rep->bytes_checked += BitsToBytes((it.elem_end - it.elem_begin) * (it.run_end - it.run_begin), c.dst_dtype);
+      if (sum.h != hashes_[k] && rep->mismatches.size() < 20) {
+        rep->mismatches.push_back(absl::StrCat(
+            BaseName(paths[c.output_file]), ": tensor ", internal::Quote(c.tensor),
+            ": bytes at file offset ",
+            c.dst_begin + BitsToBytes(c.DstElemOfRun(it.run_begin) + it.elem_begin, c.dst_dtype),
+            " differ from the input chunk in ", BaseName(plan_.inputs[c.input_file]),
+            " at offset ", c.src_begin));
+      }
+    }
+    rep->seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    return absl::OkStatus();
+  }
+
+  uint64_t total() const { return total_; }
+
+ private:
+  void Worker() {
+    std::string buf;
+    while (true) {
+      size_t k = next_.fetch_add(1);
+      if (k >= mine_.size()) return;
+      if (failed_.load() || (o_.cancel && o_.cancel->load())) {
+        if (o_.cancel && o_.cancel->load()) SetError(absl::CancelledError("consolidation cancelled"));
+        return;
+      }
+      absl::Status s = DoItem(k, &buf);
+      if (!s.ok()) {
+        SetError(s);
+        return;
+      }
+    }
+  }
+
+  absl::Status DoItem(size_t k, std::string* buf) {
+    const WorkItem& it = items_[mine_[k]];
+    const CopyTask& c = plan_.tasks[it.task];
+    absl::string_view src_file = maps_[c.input_file]->data();
+    WritableFile& out = *outputs_[c.output_file];
+    Checksum sum;
+    const uint64_t elems = it.elem_end - it.elem_begin;
+    for (uint64_t r = it.run_begin; r < it.run_end; ++r) {
+      uint64_t src = c.src_begin + BitsToBytes(r * c.run_elems + it.elem_begin, c.src_dtype);
+      uint64_t dst = c.dst_begin + BitsToBytes(c.DstElemOfRun(r) + it.elem_begin, c.dst_dtype);
+      uint64_t src_n = BitsToBytes(elems, c.src_dtype);
+      if (src + src_n > src_file.size()) {
+        return absl::DataLossError(absl::StrCat(plan_.inputs[c.input_file], ": tensor ",
+                                                internal::Quote(c.tensor), ": bytes at offset ",
+                                                src, " lie beyond the end of the file (",
+                                                src_file.size(), " bytes): it changed or shrank"));
+      }
+      const char* p = src_file.data() + src;
+      if (c.src_dtype == c.dst_dtype || BitsOf(c.src_dtype) == BitsOf(c.dst_dtype) &&
+                                            !CanCast(c.src_dtype, c.dst_dtype)) {
+        sum.Update(p, src_n);
+        RETURN_IF_ERROR(out.WriteAt(dst, absl::string_view(p, src_n)));
+      } else {
+        const uint64_t ss = BitsOf(c.src_dtype) / 8, ds = BitsOf(c.dst_dtype) / 8;
+        const uint64_t per = std::max<uint64_t>(1, kCastBuffer / ds);
+        buf->resize(per * ds);
+        for (uint64_t e = 0; e < elems; e += per) {
+          uint64_t m = std::min(per, elems - e);
+          CastElements(c.src_dtype, p + e * ss, c.dst_dtype, buf->data(), m);
+          sum.Update(buf->data(), m * ds);
+          RETURN_IF_ERROR(out.WriteAt(dst + e * ds, absl::string_view(buf->data(), m * ds)));
+        }
+      }
+      if (((r - it.run_begin) & 63) == 63 && o_.cancel && o_.cancel->load()) {
+        return absl::CancelledError("consolidation cancelled");
+      }
+    }
+    hashes_[k] = sum.h;
+    uint64_t done = done_.fetch_add(it.src_bytes) + it.src_bytes;
+    if (o_.progress) {
+      absl::MutexLock l(&progress_mu_);
+      if (done > reported_) {
+        reported_ = done;
+        o_.progress(done, total_);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void SetError(const absl::Status& s) {
+    absl::MutexLock l(&mu_);
+    if (error_.ok()) error_ = s;
+    failed_ = true;
+  }
+
+  const ConsolidationPlan& plan_;
+  const std::vector<WorkItem>& items_;
+  const std::vector<size_t>& mine_;
+  const ConsolidateOptions& o_;
+  std::vector<uint64_t> hashes_;
+  std::vector<std::unique_ptr<ReadableFile>> inputs_;
+  std::vector<std::shared_ptr<const MappedRegion>> maps_;
+  std::vector<std::unique_ptr<WritableFile>> outputs_;
+  std::atomic<size_t> next_{0};
+  std::atomic<uint64_t> done_{0};
+  std::atomic<bool> failed_{false};
+  uint64_t total_ = 0;
+  absl::Mutex mu_;
+  absl::Status error_;
+  absl::Mutex progress_mu_;
+  uint64_t reported_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
+                                              const std::string& output_dir,
+                                              const ConsolidateOptions& o,
+                                              Collective* collective) {
+  auto t0 = Clock::now();
+  std::unique_ptr<Collective> single;
+  if (collective == nullptr) {
+    single = NewSingleRank();
+    collective = single.get();
+  }
+  Collective& c = *collective;
+  const int rank = c.rank();
+
+  // 1. Plan (every rank), errors shared.
+  absl::StatusOr<ConsolidationPlan> plan_or = [&]() -> absl::StatusOr<ConsolidationPlan> {
+    ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input));
+    if (DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"))) {
+      return absl::InvalidArgumentError(
+          "the output directory is the input directory; inputs are never modified");
+    }
+    return PlanConsolidation(layout, o);
+  }();
+  RETURN_IF_ERROR(GatherStatuses(c, plan_or.status()));
+  ConsolidationPlan& plan = *plan_or;
+  ConsolidateResult result;
+  result.output_dir = output_dir;
+  result.warnings = plan.warnings;
+
+  // 2. Output files (rank 0).
+  std::vector<AtomicFile> atomics;
+  absl::Status prep = absl::OkStatus();
+  std::string temp_list;
+  if (rank == 0) {
+    prep = PrepareOutputDir(fs, plan, output_dir, o, &atomics, &result.warnings);
+    std::vector<std::string> temps;
+    for (const AtomicFile& a : atomics) temps.push_back(a.temp_path());
+    temp_list = absl::StrJoin(temps, "\n");
+  }
+  RETURN_IF_ERROR(GatherStatuses(c, prep));
+  ASSIGN_OR_RETURN(std::string temps_joined, c.Broadcast(temp_list, 0));
+  std::vector<std::string> temp_paths =
+      temps_joined.empty() ? std::vector<std::string>()
+                           : std::vector<std::string>(absl::StrSplit(temps_joined, '\n'));
+
+  // 3. Copy this rank's share.
+  std::vector<WorkItem> items = SplitIntoItems(plan.tasks);
+  std::vector<std::vector<size_t>> assignment = AssignToRanks(items, c.world_size());
+  Executor ex(plan, items, assignment[rank], o);
+  absl::Status copied = ex.Run(fs, temp_paths);
+  RETURN_IF_ERROR(GatherStatuses(c, copied));  // AtomicFiles of rank 0 clean up on error
+
+  // 4. Verify.
+  if (o.verify) {
+    VerifyReport mine;
+    absl::Status vs = ex.Verify(fs, temp_paths, &mine);
+    if (vs.ok() && !mine.mismatches.empty()) {
+      vs = absl::DataLossError(absl::StrCat("verification failed: ",
+                                            absl::StrJoin(mine.mismatches, "; ")));
+    }
+    RETURN_IF_ERROR(GatherStatuses(c, vs));
+    ASSIGN_OR_RETURN(std::vector<std::string> checked,
+                     c.AllGather(absl::StrCat(mine.bytes_checked, " ", mine.seconds)));
+    VerifyReport total;
+    for (const std::string& s : checked) {
+      std::vector<std::string> p = absl::StrSplit(s, ' ');
+      uint64_t b = 0;
+      double sec = 0;
+      if (p.size() == 2 && absl::SimpleAtoi(p[0], &b) && absl::SimpleAtod(p[1], &sec)) {
+        total.bytes_checked += b;
+        total.seconds = std::max(total.seconds, sec);
+      }
+    }
+    result.verify = total;
+  }
+
+  // 5. Publish (rank 0): files, then the index last.
+  absl::Status published = absl::OkStatus();
+  if (rank == 0) {
+    published = [&]() -> absl::Status {
+      if (o.cancel && o.cancel->load()) return absl::CancelledError("consolidation cancelled");
+      for (AtomicFile& a : atomics) RETURN_IF_ERROR(a.Commit());
+      if (o.overwrite) {
+        std::set<std::string> keep;
+        for (const OutputFilePlan& f : plan.outputs) keep.insert(f.name);
+        ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(output_dir));
+        for (const DirEntry& e : entries) {
+          if (absl::EndsWith(e.name, ".safetensors") && !keep.count(e.name) && !IsTempFileName(e.name)) {
+            RETURN_IF_ERROR(fs.Remove(JoinPath(output_dir, e.name)));
+          }
+        }
+      }
+      IndexJson idx;
+      idx.total_size = plan.total_size;
+      idx.weight_map = plan.weight_map;
+      RETURN_IF_ERROR(WriteFileAtomically(fs, JoinPath(output_dir, plan.index_name),
+                                          SerializeIndexJson(idx)));
+      if (o.verify) {
+        ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(fs, output_dir));
+        if (!out.problems().empty()) {
+          return absl::DataLossError(absl::StrCat("the published output fails verification: ",
+                                                  out.problems()[0].ToString()));
+        }
+      }
+      return absl::OkStatus();
+    }();
+  }
+  RETURN_IF_ERROR(GatherStatuses(c, published));
+  for (const OutputFilePlan& f : plan.outputs) result.files.push_back(f.name);
+  result.files.push_back(plan.index_name);
+  for (const CopyTask& t : plan.tasks) result.bytes += t.dst_bytes();
+  result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return result;
+}
+
+}  // namespace safeshard

@@ -1,0 +1,141 @@
+// consolidate.h: per-rank DCP shards -> the HF layout, streaming, memory-bounded, atomic.
+//
+// The job of PyTorch's consolidate_safetensors_files(_on_every_rank), done better: the plan is
+// built from headers alone and refuses incomplete checkpoints before a byte is written; each
+// chunk is copied as its maximal contiguous runs from the memory-mapped input straight to its
+// place in the output (no full-tensor buffer, each input mapped once); work is split across
+// threads and ranks by bytes; outputs are written under temporary names, fsynced, renamed, and
+// the index json is published last.
+//
+//   ConsolidateOptions o;
+//   o.max_shard_size = 5'000'000'000;  // or fqn_to_index / a reference model; default one file
+//   ASSIGN_OR_RETURN(ConsolidateResult r, Consolidate(LocalFileSystem(), "/run/step-100",
+//                                                     "/run/step-100-hf", o));
+//
+// Multi-rank: pass a Collective; every rank calls Consolidate with the same arguments, the
+// ranks share the copying by bytes, rank 0 publishes after every rank succeeded, and an error on
+// any rank is returned on all ranks as "rank R: <error>".
+#ifndef SAFESHARD_CORE_CONSOLIDATE_CONSOLIDATE_H_
+#define SAFESHARD_CORE_CONSOLIDATE_CONSOLIDATE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/consolidate/collective.h"
+#include "core/format/dtype.h"
+#include "core/format/header.h"
+#include "core/io/filesystem.h"
+#include "core/layout/layout.h"
+#include "core/remap/keymap.h"
+
+namespace safeshard {
+
+enum class UnmappedPolicy {
+  kError,    // a tensor the mapping does not name is an error (default)
+  kFirst,    // it goes to file 1
+  kOwnFile,  // each such tensor gets a file of its own after the mapped ones
+};
+
+struct ConsolidateOptions {
+  // Output files: at most one of these; neither means a single file.
+  std::optional<std::map<std::string, int>> fqn_to_index;  // 1-based file index per tensor
+  std::optional<uint64_t> max_shard_size;                  // HF save_pretrained semantics
+  UnmappedPolicy unmapped = UnmappedPolicy::kError;
+
+  std::map<std::string, std::string> metadata;  // added to {"format": "pt"}
+  std::optional<DType> cast_dtype;              // floating-point tensors only, never FP8
+  std::map<std::string, DType> fqn_to_dtype;    // restore original dtypes (reference model)
+  const KeyMap* key_map = nullptr;              // applied to output names
+  bool diffusers_index = false;                 // diffusion_pytorch_model.safetensors.index.json
+  int threads = 0;                              // 0: hardware concurrency
+  bool verify = false;                          // re-read and compare after writing
+  bool overwrite = false;                       // replace an existing result in the output dir
+  std::function<void(uint64_t done, uint64_t total)> progress;  // this rank's bytes
+  const std::atomic<bool>* cancel = nullptr;                     // set to abandon (kCancelled)
+};
+
+// One contiguous-run copy job: a chunk of one input tensor into its output tensor.
+struct CopyTask {
+  int input_file = 0;            // index into ConsolidationPlan::inputs
+  uint64_t src_begin = 0;        // absolute byte offset of the chunk in the input file
+  int output_file = 0;
+  uint64_t dst_begin = 0;        // absolute byte offset of the output tensor in its file
+  DType src_dtype = DType::kU8;
+  DType dst_dtype = DType::kU8;
+  std::vector<uint64_t> offsets, sizes, shape;  // chunk placement in the global tensor
+  std::vector<uint64_t> gstride;                // row-major strides of the global tensor
+  int split_dim = 0;             // dims >= split_dim are contiguous within a run
+  uint64_t run_elems = 0;        // elements per run
+  uint64_t runs = 0;             // number of runs
+  std::string tensor;            // output name, for messages
+  uint64_t src_bytes() const;
+  uint64_t dst_bytes() const;
+  // Element offset within the output tensor of run `r`.
+  uint64_t DstElemOfRun(uint64_t r) const;
+};
+
+struct OutputFilePlan {
+  std::string name;
+  Header header;  // tensors with offsets relative to the buffer
+};
+
+struct ConsolidationPlan {
+  std::string input_root;
+  std::vector<std::string> inputs;  // input file paths
+  std::vector<OutputFilePlan> outputs;
+  std::vector<CopyTask> tasks;
+  std::map<std::string, std::string> weight_map;  // output name -> file name
+  uint64_t total_size = 0;                        // sum of output tensor bytes
+  std::string index_name;
+  std::vector<std::string> warnings;
+};
+
+// Builds the plan from a scanned checkpoint. kFailedPrecondition (before anything is written)
+// when any tensor has a gap, overlap, dtype disagreement, invalid file, or the shard ranks are not
+// dense; kInvalidArgument for bad options (unmapped tensors, impossible casts, name collisions).
+absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layout,
+                                                    const ConsolidateOptions& options);
+
+struct VerifyReport {
+  uint64_t bytes_checked = 0;
+  double seconds = 0;
+  std::vector<std::string> mismatches;  // empty when the output matches
+};
+
+struct ConsolidateResult {
+  std::string output_dir;
+  std::vector<std::string> files;  // published file names, index last
+  uint64_t bytes = 0;              // tensor bytes written (all ranks)
+  double seconds = 0;
+  std::optional<VerifyReport> verify;
+  std::vector<std::string> warnings;
+};
+
+absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
+                                              const std::string& output_dir,
+                                              const ConsolidateOptions& options,
+                                              Collective* collective = nullptr);
+
+// Helpers for choosing output files.
+// "5GB" (10^9), "500MiB" (2^20), "1e9", "123" (bytes). kInvalidArgument otherwise.
+absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text);
+// {"fqn": 1, ...} (PyTorch's fqn_to_index_mapping as JSON).
+absl::StatusOr<std::map<std::string, int>> ParseMappingJson(absl::string_view json,
+                                                            absl::string_view file);
+// fqn -> file index of a reference HF model directory: its index json, else its files' headers,
+// with file indices from names (falling back to sorted-name order, noted in `warnings`).
+absl::StatusOr<std::map<std::string, int>> MappingFromReference(
+    FileSystem& fs, const std::string& dir, std::vector<std::string>* warnings);
+// fqn -> dtype of a reference HF model directory (from headers).
+absl::StatusOr<std::map<std::string, DType>> DTypesFromReference(FileSystem& fs,
+                                                                 const std::string& dir);
+
+}  // namespace safeshard
+
+#endif  // SAFESHARD_CORE_CONSOLIDATE_CONSOLIDATE_H_

@@ -1,0 +1,385 @@
+#include "core/consolidate/consolidate.h"
+
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/consolidate/dtype_cast.h"
+#include "core/example/example.h"
+#include "core/format/filenames.h"
+#include "core/format/index_json.h"
+#include "core/format/sharding.h"
+#include "core/testing/testing.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Every tensor of a consolidated directory, as bytes, read independently of the engine.
+std::map<std::string, std::pair<DType, std::string>> ReadAllTensors(const std::string& dir) {
+  std::map<std::string, std::pair<DType, std::string>> out;
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_TRUE(ck.ok()) << ck.status();
+  if (!ck.ok()) return out;
+  for (const Problem& p : ck->problems()) ADD_FAILURE() << p.ToString();
+  for (const TensorLayout& t : ck->tensors()) {
+    EXPECT_EQ(t.chunks.size(), 1u) << t.name;
+    const Chunk& c = t.chunks[0];
+    std::string all = testing::ReadFile(JoinPath(dir, ck->files()[c.file].name));
+    out[t.name] = {t.dtype, all.substr(c.begin, c.end - c.begin)};
+  }
+  return out;
+}
+
+// The model of the acceptance list: row, column, 2-D mesh, 3-D expert sharding, uneven and
+// empty shards, replicated tensors, 0-d scalars, I64/BOOL/BF16/F16/F8.
+std::vector<ExampleTensor> AcceptanceModel() {
+  return {
+      {"row.bf16", DType::kBF16, {16, 12}, Sharding::kRow},
+      {"col.f16", DType::kF16, {6, 20}, Sharding::kColumn},
+      {"mesh.f32", DType::kF32, {8, 10}, Sharding::kMesh},
+      {"experts.f8", DType::kF8_E4M3, {8, 3, 5}, Sharding::kRow},       // 3-D, dim 0 = experts
+      {"experts.mesh.bf16", DType::kBF16, {4, 6, 3}, Sharding::kMesh},  // 3-D on a 2-D mesh
+      {"uneven.i64", DType::kI64, {10, 3}, Sharding::kRow},             // 3,3,3,1
+      {"empty_shard.f32", DType::kF32, {3, 4}, Sharding::kRow},         // 1,1,1,0
+      {"uneven_col.bool", DType::kBOOL, {3, 7}, Sharding::kColumn},     // 2,2,2,1
+      {"replicated.f32", DType::kF32, {5}, Sharding::kReplicated},
+      {"scalar.i64", DType::kI64, {}, Sharding::kReplicated},
+      {"empty_tensor.f32", DType::kF32, {0, 4}, Sharding::kRow},
+      {"vec.bool", DType::kBOOL, {9}, Sharding::kRow},
+      {"f8e5.row", DType::kF8_E5M2, {12, 2}, Sharding::kRow},
+  };
+}
+
+void ExpectEqualsNaiveReassembly(const std::vector<ExampleTensor>& model, const std::string& out) {
+  auto got = ReadAllTensors(out);
+  ASSERT_EQ(got.size(), model.size());
+  for (const ExampleTensor& t : model) {
+    SCOPED_TRACE(t.name);
+    ASSERT_TRUE(got.count(t.name));
+    EXPECT_EQ(got[t.name].first, t.dtype);
+    EXPECT_TRUE(got[t.name].second == ExpectedTensorBytes(t)) << "bytes differ";
+  }
+}
+
+std::string WriteModel(const std::vector<ExampleTensor>& model, WriteOptions o = {.ranks = 4}) {
+  std::string dir = testing::NewTempDir() + "/in";
+  absl::Status s = WriteDcpCheckpoint(LocalFileSystem(), dir, model, o);
+  EXPECT_TRUE(s.ok()) << s;
+  return dir;
+}
+
+TEST(ConsolidateTest, EqualsNaiveReassemblyForEveryShardingAndDType) {
+  std::vector<ExampleTensor> model = AcceptanceModel();
+  for (int threads : {1, 3}) {
+    std::string in = WriteModel(model);
+    std::string out = testing::NewTempDir() + "/out";
+    ConsolidateOptions o;
+    o.threads = threads;
+    o.verify = true;
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->files, (std::vector<std::string>{"model-00001-of-00001.safetensors",
+                                                  "model.safetensors.index.json"}));
+    ASSERT_TRUE(r->verify.has_value());
+    EXPECT_TRUE(r->verify->mismatches.empty());
+    ExpectEqualsNaiveReassembly(model, out);
+  }
+}
+
+TEST(ConsolidateTest, OutputFileIsCanonicalAndIndexed) {
+  std::vector<ExampleTensor> model = {{"b", DType::kF32, {4, 2}, Sharding::kRow},
+                                      {"a", DType::kBF16, {2}, Sharding::kReplicated}};
+  std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.metadata["producer"] = "test";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), WriteModel(model), out, o).ok());
+  std::string file = testing::ReadFile(out + "/model-00001-of-00001.safetensors");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(file[i]);
+  EXPECT_EQ(n % 8, 0u);  // padded
+  auto h = ParseHeader(absl::string_view(file).substr(8, n), file.size(), "f");
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->metadata.at("format"), "pt");
+  EXPECT_EQ(h->metadata.at("producer"), "test");
+  EXPECT_EQ(h->tensors[0].name, "b");  // F32 (alignment 4) before BF16
+  auto idx = ParseIndexJson(testing::ReadFile(out + "/model.safetensors.index.json"), "i");
+  ASSERT_TRUE(idx.ok());
+  EXPECT_EQ(idx->total_size, 4 * 2 * 4 + 2 * 2u);
+  EXPECT_EQ(idx->weight_map.at("a"), "model-00001-of-00001.safetensors");
+}
+
+TEST(ConsolidateTest, MultiRankEqualsSingleRankAndSplitsWork) {
+  std::vector<ExampleTensor> model = AcceptanceModel();
+  std::string in = WriteModel(model);
+  std::string out = testing::NewTempDir() + "/out";
+  auto group = NewInProcessGroup(3, absl::Seconds(60));
+  std::vector<absl::StatusOr<ConsolidateResult>> results(3, absl::UnknownError("not run"));
+  std::vector<uint64_t> rank_bytes(3, 0);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      ConsolidateOptions o;
+      o.threads = 2;
+      o.verify = true;
+      o.progress = [&, r](uint64_t, uint64_t total) { rank_bytes[r] = total; };
+      results[r] = Consolidate(LocalFileSystem(), in, out, o, group[r].get());
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r].status();
+    EXPECT_GT(rank_bytes[r], 0u) << "rank " << r << " did no work";
+  }
+  ExpectEqualsNaiveReassembly(model, out);
+}
+
+// Fails OpenForWrite: stands in for a rank whose disk or mount breaks mid-run.
+class BrokenWriteFs : public FileSystem {
+ public:
+  explicit BrokenWriteFs(FileSystem* b) : b_(b) {}
+  absl::StatusOr<FileStat> Stat(const std::string& p) override { return b_->Stat(p); }
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& d) override { return b_->List(d); }
+  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
+    return b_->OpenRead(p);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
+    return b_->Create(p);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
+    return absl::ResourceExhaustedError(p + ": open for writing: No space left on device");
+  }
+  absl::Status Rename(const std::string& a, const std::string& b) override { return b_->Rename(a, b); }
+  absl::Status Remove(const std::string& p) override { return b_->Remove(p); }
+  absl::Status MakeDirs(const std::string& d) override { return b_->MakeDirs(d); }
+  absl::Status SyncDir(const std::string& d) override { return b_->SyncDir(d); }
+
+ private:
+  FileSystem* b_;
+};
+
+TEST(ConsolidateTest, FailureOnOneRankReachesEveryRankAndPublishesNothing) {
+  std::string in = WriteModel(AcceptanceModel());
+  std::string out = testing::NewTempDir() + "/out";
+  auto group = NewInProcessGroup(3, absl::Seconds(60));
+  BrokenWriteFs broken(&LocalFileSystem());
+  std::vector<absl::Status> st(3);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      FileSystem& fs = r == 2 ? static_cast<FileSystem&>(broken) : LocalFileSystem();
+      st[r] = Consolidate(fs, in, out, {}, group[r].get()).status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(st[r].code(), absl::StatusCode::kResourceExhausted) << r << ": " << st[r];
+    EXPECT_THAT(std::string(st[r].message()), HasSubstr("rank 2: "));
+  }
+  EXPECT_TRUE(LocalFileSystem().List(out)->empty());  // no index, no temporary files
+}
+
+TEST(ConsolidateTest, MissingRankTimesOutInsteadOfHanging) {
+  std::string in = WriteModel({{"w", DType::kF32, {4}, Sharding::kRow}});
+  auto group = NewInProcessGroup(2, absl::Milliseconds(300));
+  auto r = Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/out", {}, group[0].get());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+}
+
+TEST(ConsolidateTest, RefusesGapsOverlapsAndMissingRanksWritingNothing) {
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 4}, Sharding::kRow}};
+  WriteOptions gap{.ranks = 4};
+  gap.drop_chunk = std::make_pair(std::string("w"), 1);
+  std::string missing = WriteModel(model);
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(missing, ShardFileName(2, 1, 1))).ok());
+  std::string overlap = testing::NewTempDir();
+  for (int r = 0; r < 2; ++r) {
+    ShardingInfo info;
+    info.saved_offsets["w"] = {static_cast<uint64_t>(r)};
+    testing::WriteFile(JoinPath(overlap, ShardFileName(r, 1, 1)),
+                       testing::BuildSafetensors({{"w", DType::kF32, {2}}}, ShardedFileMetadata(info)));
+  }
+  for (const std::string& in : {WriteModel(model, gap), missing, overlap}) {
+    std::string out = testing::NewTempDir() + "/out";
+    auto r = Consolidate(LocalFileSystem(), in, out, {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("nothing was written"));
+    EXPECT_FALSE(LocalFileSystem().Stat(out).ok()) << "output directory was created";
+  }
+}
+
+TEST(ConsolidateTest, CancellationLeavesNoPartialOutput) {
+  std::vector<ExampleTensor> model;
+  for (int i = 0; i < 40; ++i) {
+    model.push_back({absl::StrCat("w", i), DType::kF32, {512, 1024}, Sharding::kColumn});
+  }
+  std::string in = WriteModel(model);
+  std::string out = testing::NewTempDir() + "/out";
+  std::atomic<bool> cancel{false};
+  ConsolidateOptions o;
+  o.threads = 2;
+  o.cancel = &cancel;
+  o.progress = [&](uint64_t done, uint64_t) { cancel = true; };
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_TRUE(LocalFileSystem().List(out)->empty());
+}
+
+TEST(ConsolidateTest, MaxShardSizeFollowsSavePretrained) {
+  // 3 tensors of 400 B, one of 1000 B (over the limit: alone), limit 900 B.
+  std::vector<ExampleTensor> model = {{"a", DType::kF32, {100}, Sharding::kRow},
+                                      {"b", DType::kF32, {100}, Sharding::kRow},
+                                      {"c", DType::kF32, {250}, Sharding::kRow},
+                                      {"d", DType::kF32, {100}, Sharding::kRow}};
+  std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.max_shard_size = 900;
+  auto r = Consolidate(LocalFileSystem(), WriteModel(model), out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto idx = ParseIndexJson(testing::ReadFile(out + "/model.safetensors.index.json"), "i");
+  EXPECT_EQ(idx->weight_map.at("a"), "model-00001-of-00003.safetensors");
+  EXPECT_EQ(idx->weight_map.at("b"), "model-00001-of-00003.safetensors");
+  EXPECT_EQ(idx->weight_map.at("c"), "model-00002-of-00003.safetensors");
+  EXPECT_EQ(idx->weight_map.at("d"), "model-00003-of-00003.safetensors");
+  ExpectEqualsNaiveReassembly(model, out);
+}
+
+TEST(ConsolidateTest, ExplicitMappingWithUnmappedPoliciesAndDroppedEntries) {
+  std::vector<ExampleTensor> model = {{"a", DType::kF32, {4}, Sharding::kRow},
+                                      {"b", DType::kF32, {4}, Sharding::kRow},
+                                      {"c", DType::kF32, {4}, Sharding::kRow}};
+  std::string in = WriteModel(model);
+  ConsolidateOptions o;
+  o.fqn_to_index = std::map<std::string, int>{{"a", 1}, {"b", 2}, {"tied.weight", 2}};
+  auto err = Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/o", o);
+  ASSERT_FALSE(err.ok());
+  EXPECT_THAT(std::string(err.status().message()), HasSubstr("--unmapped"));
+  o.unmapped = UnmappedPolicy::kOwnFile;
+  std::string out = testing::NewTempDir() + "/out";
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto idx = ParseIndexJson(testing::ReadFile(out + "/model.safetensors.index.json"), "i");
+  EXPECT_EQ(idx->weight_map.at("c"), "model-00003-of-00003.safetensors");
+  EXPECT_EQ(idx->weight_map.count("tied.weight"), 0u);
+  bool warned = false;
+  for (const std::string& w : r->warnings) warned |= absl::StrContains(w, "tied.weight");
+  EXPECT_TRUE(warned);
+  o.unmapped = UnmappedPolicy::kFirst;
+  std::string out2 = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, out2, o).ok());
+  auto idx2 = ParseIndexJson(testing::ReadFile(out2 + "/model.safetensors.index.json"), "i");
+  EXPECT_EQ(idx2->weight_map.at("c"), "model-00001-of-00002.safetensors");
+}
+
+TEST(ConsolidateTest, CastsFloatingPointOnlyToBF16) {
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {6, 4}, Sharding::kColumn},
+                                      {"n", DType::kI64, {3}, Sharding::kRow},
+                                      {"q", DType::kF8_E4M3, {4}, Sharding::kRow}};
+  std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.cast_dtype = DType::kBF16;
+  o.verify = true;
+  auto r = Consolidate(LocalFileSystem(), WriteModel(model), out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto got = ReadAllTensors(out);
+  EXPECT_EQ(got["w"].first, DType::kBF16);
+  EXPECT_EQ(got["n"].first, DType::kI64);
+  EXPECT_EQ(got["q"].first, DType::kF8_E4M3);
+  std::string f32 = ExpectedTensorBytes(model[0]);
+  std::string want(f32.size() / 2, '\0');
+  CastElements(DType::kF32, f32.data(), DType::kBF16, want.data(), f32.size() / 4);
+  EXPECT_TRUE(got["w"].second == want);
+  EXPECT_TRUE(got["n"].second == ExpectedTensorBytes(model[1]));
+}
+
+TEST(ConsolidateTest, AppliesKeyMapAndDiffusersIndexName) {
+  std::vector<ExampleTensor> model = {{"model.layers.0.w", DType::kF32, {4}, Sharding::kRow}};
+  auto km = KeyMap::Create({{"^model\\.", ""}});
+  ConsolidateOptions o;
+  o.key_map = &*km;
+  o.diffusers_index = true;
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), WriteModel(model), out, o).ok());
+  auto idx = ParseIndexJson(
+      testing::ReadFile(out + "/diffusion_pytorch_model.safetensors.index.json"), "i");
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->weight_map.at("layers.0.w"),
+            "diffusion_pytorch_model-00001-of-00001.safetensors");
+}
+
+TEST(ConsolidateTest, RefusesExistingResultUnlessOverwriting) {
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {4}, Sharding::kRow}};
+  std::string in = WriteModel(model);
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(out).ok());
+  testing::WriteFile(out + "/model-00001-of-00002.safetensors", "old");
+  testing::WriteFile(out + "/.model.safetensors.safeshard-tmp-4194305-0a", "stale temp");
+  auto r = Consolidate(LocalFileSystem(), in, out, {});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists);
+  ConsolidateOptions o;
+  o.overwrite = true;
+  auto r2 = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  std::vector<std::string> names;
+  auto entries = LocalFileSystem().List(out);
+  ASSERT_TRUE(entries.ok());
+  for (const DirEntry& e : *entries) names.push_back(e.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"model-00001-of-00001.safetensors",
+                                             "model.safetensors.index.json"}));
+}
+
+TEST(ConsolidateTest, RefusesImpossibleCastsAndSameDirectory) {
+  std::string in = WriteModel({{"w", DType::kI64, {4}, Sharding::kRow}});
+  ConsolidateOptions o;
+  o.fqn_to_dtype["w"] = DType::kBF16;
+  EXPECT_EQ(Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/o", o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Consolidate(LocalFileSystem(), in, in, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ConsolidateTest, ParsesSizesAndMappings) {
+  EXPECT_EQ(*ParseByteSize("5GB"), 5000000000u);
+  EXPECT_EQ(*ParseByteSize("500MiB"), 500u << 20);
+  EXPECT_EQ(*ParseByteSize("123"), 123u);
+  EXPECT_EQ(*ParseByteSize("1.5kb"), 1500u);
+  EXPECT_FALSE(ParseByteSize("-1GB").ok());
+  EXPECT_FALSE(ParseByteSize("lots").ok());
+  auto m = ParseMappingJson(R"({"a": 1, "b": 2})", "m.json");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->at("b"), 2);
+  EXPECT_FALSE(ParseMappingJson(R"({"a": 0})", "m.json").ok());
+  EXPECT_FALSE(ParseMappingJson(R"({"a": 1, "a": 2})", "m.json").ok());
+}
+
+TEST(ConsolidateTest, MappingAndDTypesFromReferenceModel) {
+  std::string ref = testing::NewTempDir();
+  testing::WriteFile(ref + "/model-00001-of-00002.safetensors",
+                     testing::BuildSafetensors({{"a", DType::kBF16, {4}}}));
+  testing::WriteFile(ref + "/model-00002-of-00002.safetensors",
+                     testing::BuildSafetensors({{"b", DType::kF16, {4}}}));
+  std::vector<std::string> warnings;
+  auto m = MappingFromReference(LocalFileSystem(), ref, &warnings);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->at("b"), 2);
+  auto d = DTypesFromReference(LocalFileSystem(), ref);
+  EXPECT_EQ(d->at("a"), DType::kBF16);
+  // Restoring dtypes: saved as F32, original BF16 / F16.
+  std::vector<ExampleTensor> model = {{"a", DType::kF32, {4}, Sharding::kRow},
+                                      {"b", DType::kF32, {4}, Sharding::kRow}};
+  ConsolidateOptions o;
+  o.fqn_to_index = *m;
+  o.fqn_to_dtype = *d;
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), WriteModel(model), out, o).ok());
+  auto got = ReadAllTensors(out);
+  EXPECT_EQ(got["a"].first, DType::kBF16);
+  EXPECT_EQ(got["b"].first, DType::kF16);
+}
+
+}  // namespace
+}  // namespace safeshard
