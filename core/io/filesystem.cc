@@ -1,5 +1,7 @@
 #include "core/io/filesystem.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace safeshard {
@@ -11,6 +13,22 @@ absl::StatusOr<std::string> FileSystem::ReadAll(const std::string& path) {
   absl::Status s = (*f)->ReadAt(0, out.size(), out.data());
   if (!s.ok()) return s;
   return out;
+}
+
+absl::Status FileSystem::CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
+                                   uint64_t dst_offset, uint64_t n) {
+  absl::StatusOr<std::unique_ptr<ReadableFile>> f = OpenRead(src);
+  if (!f.ok()) return f.status();
+  std::string buf;
+  const uint64_t step = 8ull << 20;
+  for (uint64_t done = 0; done < n; done += step) {
+    uint64_t m = std::min(step, n - done);
+    buf.resize(m);
+    absl::Status s = (*f)->ReadAt(src_offset + done, m, buf.data());
+    if (s.ok()) s = dst.WriteAt(dst_offset + done, buf);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 std::string JoinPath(absl::string_view dir, absl::string_view name) {

@@ -84,6 +84,12 @@ class FileSystem {
   // Makes renames and creations in `dir` durable.
   virtual absl::Status SyncDir(const std::string& dir) = 0;
 
+  // Copies `n` bytes at `src_offset` of the file `src` to `dst` at `dst_offset`. The local file
+  // system uses copy_file_range (reflinks or in-kernel copies); the default reads and writes
+  // 8 MiB at a time.
+  virtual absl::Status CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
+                                 uint64_t dst_offset, uint64_t n);
+
   // Convenience: the whole file as a string.
   absl::StatusOr<std::string> ReadAll(const std::string& path);
 };

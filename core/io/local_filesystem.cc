@@ -118,6 +118,7 @@ class LocalWritable : public WritableFile {
     if (fd_ >= 0) close(fd_);
   }
   const std::string& path() const override { return path_; }
+  int fd() const { return fd_; }
 
   absl::Status Append(absl::string_view data) override {
     absl::Status s = WriteAt(pos_, data);
@@ -267,6 +268,36 @@ class LocalFileSystem_ : public FileSystem {
       return absl::FailedPreconditionError(absl::StrCat(dir, ": exists and is not a directory"));
     }
     return absl::OkStatus();
+  }
+
+  absl::Status CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
+                         uint64_t dst_offset, uint64_t n) override {
+    auto* local = dynamic_cast<LocalWritable*>(&dst);
+    int in = open(src.c_str(), O_RDONLY | O_CLOEXEC);
+    if (in < 0) return ErrnoStatus(errno, "open", src);
+    loff_t off_in = static_cast<loff_t>(src_offset), off_out = static_cast<loff_t>(dst_offset);
+    uint64_t left = n;
+    while (local != nullptr && left > 0) {
+      ssize_t c = copy_file_range(in, &off_in, local->fd(), &off_out, left, 0);
+      if (c < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) break;
+        int e = errno;
+        close(in);
+        return ErrnoStatus(e, absl::StrCat("copy ", left, " bytes at offset ", off_in, " to ",
+                                           dst.path()), src);
+      }
+      if (c == 0) {
+        close(in);
+        return absl::DataLossError(absl::StrCat(src, ": file ends at byte offset ", off_in,
+                                                " but ", left, " more bytes were expected"));
+      }
+      left -= static_cast<uint64_t>(c);
+    }
+    close(in);
+    if (left == 0) return absl::OkStatus();
+    uint64_t done = n - left;
+    return FileSystem::CopyRange(src, src_offset + done, dst, dst_offset + done, left);
   }
 
   absl::Status SyncDir(const std::string& dir) override {

@@ -1,0 +1,127 @@
+// Remap protocol: plan from headers (collisions refused before writing); every output file is
+// written under a temporary name (new header + one copied byte range), fsynced and renamed; the
+// index json goes last. In place, all temporary files are complete before the first rename.
+#include "core/remap/remap.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/format/filenames.h"
+#include "core/format/index_json.h"
+#include "core/format/sharding.h"
+#include "core/io/atomic_file.h"
+#include "core/util/status_macros.h"
+
+namespace safeshard {
+
+absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap& key_map) {
+  for (const FileInfo& f : layout.files()) {
+    if (!f.header) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot remap: ", JoinPath(layout.root(), f.name), " is invalid: ",
+                       f.error.value_or("")));
+    }
+  }
+  std::vector<std::string> keys;
+  for (const TensorLayout& t : layout.tensors()) keys.push_back(t.name);
+  if (layout.index()) {
+    for (const auto& [k, v] : layout.index()->weight_map) {
+      if (layout.FindTensor(k) == nullptr) keys.push_back(k);
+    }
+  }
+  RemapPlan plan;
+  ASSIGN_OR_RETURN(plan.renames, key_map.MapAll(keys));
+  for (const auto& [a, b] : plan.renames) plan.changed += a != b;
+  return plan;
+}
+
+absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
+                                  const std::string& output_dir, const KeyMap& key_map,
+                                  const RemapOptions& o) {
+  ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input));
+  if (layout.files().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(input, ": no .safetensors files"));
+  }
+  const bool same = DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"));
+  if (same && !o.in_place) {
+    return absl::InvalidArgumentError(
+        "the output directory is the input directory; pass --in-place to rewrite it");
+  }
+  if (!same && o.in_place) {
+    return absl::InvalidArgumentError("--in-place rewrites the input; give no separate output");
+  }
+  RemapResult result;
+  ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map));
+  const std::map<std::string, std::string>& ren = result.plan.renames;
+
+  if (!same) {
+    RETURN_IF_ERROR(fs.MakeDirs(output_dir));
+    ASSIGN_OR_RETURN(std::vector<DirEntry> existing, fs.List(output_dir));
+    for (const DirEntry& e : existing) {
+      if (!o.overwrite && (absl::EndsWith(e.name, ".safetensors") ||
+                           absl::EndsWith(e.name, ".safetensors.index.json"))) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            output_dir, " already holds a checkpoint (", e.name, "); pass --overwrite"));
+      }
+    }
+    RETURN_IF_ERROR(CleanStaleTempFiles(fs, output_dir).status());
+    for (const DirEntry& e : existing) {
+      if (absl::EndsWith(e.name, ".safetensors.index.json")) {
+        RETURN_IF_ERROR(fs.Remove(JoinPath(output_dir, e.name)));
+      }
+    }
+  }
+
+  std::vector<AtomicFile> pending;
+  for (const FileInfo& f : layout.files()) {
+    if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
+    Header h = *f.header;
+    for (TensorEntry& t : h.tensors) t.name = ren.at(t.name);
+    h.Reindex();
+    ASSIGN_OR_RETURN(std::optional<ShardingInfo> info, ReadShardingInfo(*f.header, f.name));
+    if (info) {
+      ShardingInfo renamed;
+      for (const auto& [k, v] : info->saved_offsets) renamed.saved_offsets[ren.at(k)] = v;
+      h.metadata[std::string(kShardingInfoKey)] = SerializeShardingInfo(renamed);
+    }
+    std::string prefix = SerializeHeader(h);
+    h.header_size = prefix.size() - 8;
+    std::string src = JoinPath(layout.root(), f.name);
+    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(fs, JoinPath(output_dir, f.name)));
+    RETURN_IF_ERROR(out.file().Allocate(prefix.size() + h.buffer_size));
+    RETURN_IF_ERROR(out.file().WriteAt(0, prefix));
+    RETURN_IF_ERROR(fs.CopyRange(src, f.header->data_start(), out.file(), prefix.size(),
+                                 h.buffer_size));
+    RETURN_IF_ERROR(out.file().Sync());
+    result.bytes_copied += h.buffer_size;
+    result.files.push_back(f.name);
+    pending.push_back(std::move(out));
+  }
+  // Other files (config.json, tokenizer, ...) go along unchanged.
+  if (!same) {
+    FileStat st = fs.Stat(input).value_or(FileStat{});
+    if (st.is_dir) {
+      ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(input));
+      for (const DirEntry& e : entries) {
+        if (e.is_dir || IsTempFileName(e.name) || absl::EndsWith(e.name, ".safetensors") ||
+            e.name == layout.index_file()) {
+          continue;
+        }
+        ASSIGN_OR_RETURN(std::string bytes, fs.ReadAll(JoinPath(input, e.name)));
+        RETURN_IF_ERROR(WriteFileAtomically(fs, JoinPath(output_dir, e.name), bytes));
+      }
+    }
+  }
+  if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
+  for (AtomicFile& a : pending) RETURN_IF_ERROR(a.Commit());
+  if (layout.index()) {
+    IndexJson idx = *layout.index();
+    idx.weight_map.clear();
+    for (const auto& [k, v] : layout.index()->weight_map) idx.weight_map[ren.at(k)] = v;
+    RETURN_IF_ERROR(
+        WriteFileAtomically(fs, JoinPath(output_dir, layout.index_file()), SerializeIndexJson(idx)));
+    result.files.push_back(layout.index_file());
+  }
+  return result;
+}
+
+}  // namespace safeshard

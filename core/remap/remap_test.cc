@@ -1,0 +1,107 @@
+#include "core/remap/remap.h"
+
+#include "core/example/example.h"
+#include "core/format/filenames.h"
+#include "core/format/index_json.h"
+#include "core/testing/testing.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string TensorBytes(const CheckpointLayout& ck, const std::string& name) {
+  const TensorLayout* t = ck.FindTensor(name);
+  EXPECT_NE(t, nullptr) << name;
+  std::string out;
+  if (t == nullptr) return out;
+  for (const Chunk& c : t->chunks) {
+    std::string all = testing::ReadFile(JoinPath(ck.root(), ck.files()[c.file].name));
+    out += all.substr(c.begin, c.end - c.begin);
+  }
+  return out;
+}
+
+TEST(RemapTest, RenamesShardedCheckpointKeepingBytesAndCoverage) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 TransformerLikeModel({.layers = 2, .hidden = 16, .vocab = 32}),
+                                 {.ranks = 4})
+                  .ok());
+  testing::WriteFile(in + "/config.json", "{\"model_type\": \"llama\"}");
+  auto km = KeyMap::Create({{"^model\\.layers\\.(\\d+)\\.", "blocks.\\1."}});
+  ASSERT_TRUE(km.ok());
+  std::string out = testing::NewTempDir() + "/out";
+  auto r = Remap(LocalFileSystem(), in, out, *km, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->plan.changed, 18);
+  auto a = CheckpointLayout::Scan(LocalFileSystem(), in);
+  auto b = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(b->problems().empty());
+  EXPECT_EQ(b->kind(), CheckpointKind::kDcpSharded);
+  EXPECT_EQ(b->FindTensor("model.layers.1.mlp.up_proj.weight"), nullptr);
+  const TensorLayout* t = b->FindTensor("blocks.1.mlp.up_proj.weight");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->chunks.size(), 4u);  // sharding info keys renamed too
+  EXPECT_EQ(TensorBytes(*a, "model.layers.1.mlp.up_proj.weight"),
+            TensorBytes(*b, "blocks.1.mlp.up_proj.weight"));
+  EXPECT_EQ(TensorBytes(*a, "lm_head.weight"), TensorBytes(*b, "lm_head.weight"));
+  EXPECT_EQ(testing::ReadFile(out + "/config.json"), "{\"model_type\": \"llama\"}");
+}
+
+TEST(RemapTest, RewritesIndexOfHfCheckpoint) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model-00001-of-00002.safetensors",
+                     testing::BuildSafetensors({{"enc.a", DType::kF32, {2}}}));
+  testing::WriteFile(in + "/model-00002-of-00002.safetensors",
+                     testing::BuildSafetensors({{"enc.b", DType::kU8, {3}}}));
+  IndexJson idx;
+  idx.total_size = 11;
+  idx.weight_map = {{"enc.a", "model-00001-of-00002.safetensors"},
+                    {"enc.b", "model-00002-of-00002.safetensors"}};
+  testing::WriteFile(in + "/model.safetensors.index.json", SerializeIndexJson(idx));
+  auto km = KeyMap::Create({{"^enc\\.", "encoder."}});
+  std::string out = testing::NewTempDir() + "/o";
+  ASSERT_TRUE(Remap(LocalFileSystem(), in, out, *km, {}).ok());
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->index()->weight_map.at("encoder.b"), "model-00002-of-00002.safetensors");
+  EXPECT_EQ(ck->index()->total_size, 11u);
+}
+
+TEST(RemapTest, CollisionIsRefusedNamingBothKeysWritingNothing) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.w", DType::kF32, {2}}, {"b.w", DType::kF32, {2}}}));
+  auto km = KeyMap::Create({{"^[ab]\\.", ""}});
+  std::string out = testing::NewTempDir() + "/o";
+  auto r = Remap(LocalFileSystem(), in, out, *km, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("\"a.w\" and \"b.w\""));
+  EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
+}
+
+TEST(RemapTest, InPlaceNeedsTheFlag) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"old.w", DType::kBF16, {3}}}));
+  std::string before = testing::ReadFile(in + "/model.safetensors");
+  auto km = KeyMap::Create({{"^old", "new"}});
+  EXPECT_EQ(Remap(LocalFileSystem(), in, in, *km, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(testing::ReadFile(in + "/model.safetensors"), before);
+  RemapOptions o;
+  o.in_place = true;
+  ASSERT_TRUE(Remap(LocalFileSystem(), in, in, *km, o).ok());
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), in);
+  ASSERT_NE(ck->FindTensor("new.w"), nullptr);
+  EXPECT_EQ(ck->files().size(), 1u);  // no temporary files left
+  EXPECT_EQ(LocalFileSystem().List(in)->size(), 1u);
+  EXPECT_EQ(TensorBytes(*ck, "new.w"), before.substr(before.size() - 6));
+}
+
+}  // namespace
+}  // namespace safeshard
