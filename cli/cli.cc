@@ -2,18 +2,25 @@
 
 #include <unistd.h>
 
+#include <chrono>
+
+#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/format_util.h"
+#include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
+#include "core/remap/remap.h"
 #include "core/format/dtype.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
@@ -318,6 +325,221 @@ int RunMakeExample(const ExampleArgs& a, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
+
+// ---- progress ---------------------------------------------------------------------------------
+
+// A progress bar on a terminal (bytes, rate, ETA), nothing otherwise.
+class ProgressBar {
+ public:
+  ProgressBar(std::ostream& err, bool enabled) : err_(err), enabled_(enabled) {}
+  void Update(uint64_t done, uint64_t total) {
+    if (!enabled_ || total == 0) return;
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    double secs = std::chrono::duration<double>(now - start_).count();
+    double rate = secs > 0 ? done / secs : 0;
+    int width = 30;
+    int fill = static_cast<int>(static_cast<double>(done) / total * width);
+    std::string bar = std::string(fill, '#') + std::string(width - fill, '.');
+    std::string eta = rate > 0 && done < total
+                          ? absl::StrFormat("ETA %.0fs", (total - done) / rate)
+                          : "";
+    err_ << absl::StrFormat("\r[%s] %3d%% %s / %s  %s/s  %s   ", bar,
+                            static_cast<int>(100.0 * done / total), HumanBytes(done),
+                            HumanBytes(total), HumanBytes(static_cast<uint64_t>(rate)), eta)
+         << std::flush;
+    drawn_ = true;
+  }
+  void Finish() {
+    if (drawn_) err_ << "\n";
+    drawn_ = false;
+  }
+
+ private:
+  std::ostream& err_;
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_{};
+};
+
+bool StderrIsTerminal(std::ostream& err) { return &err == &std::cerr && isatty(2); }
+
+// ---- consolidate ------------------------------------------------------------------------------
+
+struct ConsolidateArgs {
+  std::string in, out;
+  std::string mapping, reference, max_shard_size, unmapped = "error", cast_dtype, key_map;
+  std::vector<std::string> metadata;
+  bool restore_dtypes = false, diffusers = false, verify = false, overwrite = false, json = false;
+  int threads = 0;
+};
+
+int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& err) {
+  FileSystem& fs = LocalFileSystem();
+  auto usage = [&](absl::string_view msg) {
+    err << "safeshard consolidate: " << msg << "\n";
+    return kExitUsage;
+  };
+  auto fail = [&](const absl::Status& s) {
+    err << "safeshard consolidate: " << s.message() << "\n";
+    return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitProblems;
+  };
+  int choices = !a.mapping.empty() + !a.reference.empty() + !a.max_shard_size.empty();
+  if (choices > 1) return usage("choose one of --mapping, --reference and --max-shard-size");
+  if (a.restore_dtypes && a.reference.empty()) return usage("--restore-dtypes needs --reference");
+  ConsolidateOptions o;
+  std::vector<std::string> warnings;
+  if (!a.mapping.empty()) {
+    absl::StatusOr<std::string> text = fs.ReadAll(a.mapping);
+    if (!text.ok()) return fail(text.status());
+    absl::StatusOr<std::map<std::string, int>> m = ParseMappingJson(*text, a.mapping);
+    if (!m.ok()) return fail(m.status());
+    o.fqn_to_index = *m;
+  }
+  if (!a.reference.empty()) {
+    absl::StatusOr<std::map<std::string, int>> m = MappingFromReference(fs, a.reference, &warnings);
+    if (!m.ok()) return fail(m.status());
+    o.fqn_to_index = *m;
+    if (a.restore_dtypes) {
+      absl::StatusOr<std::map<std::string, DType>> d = DTypesFromReference(fs, a.reference);
+      if (!d.ok()) return fail(d.status());
+      o.fqn_to_dtype = *d;
+    }
+  }
+  if (!a.max_shard_size.empty()) {
+    absl::StatusOr<uint64_t> s = ParseByteSize(a.max_shard_size);
+    if (!s.ok()) return fail(s.status());
+    o.max_shard_size = *s;
+  }
+  if (a.unmapped == "first") {
+    o.unmapped = UnmappedPolicy::kFirst;
+  } else if (a.unmapped == "own-file") {
+    o.unmapped = UnmappedPolicy::kOwnFile;
+  } else if (a.unmapped != "error") {
+    return usage("--unmapped must be error, first or own-file");
+  }
+  if (!a.cast_dtype.empty()) {
+    absl::StatusOr<DType> d = ParseDType(absl::AsciiStrToUpper(a.cast_dtype));
+    if (!d.ok()) return usage(absl::StrCat("--cast-dtype: ", d.status().message()));
+    o.cast_dtype = *d;
+  }
+  KeyMap km;
+  if (!a.key_map.empty()) {
+    absl::StatusOr<std::string> text = fs.ReadAll(a.key_map);
+    if (!text.ok()) return fail(text.status());
+    absl::StatusOr<KeyMap> k = KeyMap::FromJson(*text);
+    if (!k.ok()) return fail(k.status());
+    km = std::move(*k);
+    o.key_map = &km;
+  }
+  for (const std::string& kv : a.metadata) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) return usage("--metadata expects KEY=VALUE");
+    o.metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  o.threads = a.threads;
+  o.verify = a.verify;
+  o.overwrite = a.overwrite;
+  o.diffusers_index = a.diffusers;
+  ProgressBar bar(err, StderrIsTerminal(err) && !a.json);
+  o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  absl::StatusOr<ConsolidateResult> r = Consolidate(fs, a.in, a.out, o);
+  bar.Finish();
+  if (!r.ok()) return fail(r.status());
+  warnings.insert(warnings.end(), r->warnings.begin(), r->warnings.end());
+  double rate = r->seconds > 0 ? r->bytes / r->seconds : 0;
+  if (a.json) {
+    ordered_json j;
+    j["schema"] = "safeshard.consolidate/1";
+    j["output"] = r->output_dir;
+    j["files"] = r->files;
+    j["bytes"] = r->bytes;
+    j["seconds"] = r->seconds;
+    j["bytes_per_second"] = rate;
+    if (r->verify) {
+      j["verify"] = {{"bytes", r->verify->bytes_checked}, {"seconds", r->verify->seconds}};
+    }
+    j["warnings"] = warnings;
+    out << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  for (const std::string& w : warnings) err << "warning: " << w << "\n";
+  out << "consolidated " << HumanBytes(r->bytes) << " into " << r->files.size() - 1 << " file"
+      << (r->files.size() == 2 ? "" : "s") << " in " << a.out
+      << absl::StrFormat(" (%.2fs, %s/s)", r->seconds, HumanBytes(static_cast<uint64_t>(rate)));
+  if (r->verify) {
+    double vr = r->verify->seconds > 0 ? r->verify->bytes_checked / r->verify->seconds : 0;
+    out << absl::StrFormat("; verified %s (%s/s)", HumanBytes(r->verify->bytes_checked),
+                           HumanBytes(static_cast<uint64_t>(vr)));
+  }
+  out << "\n";
+  return kExitOk;
+}
+
+// ---- remap ------------------------------------------------------------------------------------
+
+struct RemapArgs {
+  std::string in, out, rules_file;
+  std::vector<std::string> rules;
+  bool dry_run = false, in_place = false, overwrite = false;
+};
+
+int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
+  FileSystem& fs = LocalFileSystem();
+  auto fail = [&](const absl::Status& s) {
+    err << "safeshard remap: " << s.message() << "\n";
+    return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitProblems;
+  };
+  if (a.rules.empty() == a.rules_file.empty()) {
+    err << "safeshard remap: give either --rule (repeatable) or --rules FILE\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<KeyMap> km;
+  if (!a.rules_file.empty()) {
+    absl::StatusOr<std::string> text = fs.ReadAll(a.rules_file);
+    if (!text.ok()) return fail(text.status());
+    km = KeyMap::FromJson(*text);
+  } else {
+    std::vector<KeyMap::Rule> rules;
+    for (const std::string& r : a.rules) {
+      absl::StatusOr<KeyMap::Rule> rule = KeyMap::ParseRule(r);
+      if (!rule.ok()) return fail(rule.status());
+      rules.push_back(*rule);
+    }
+    km = KeyMap::Create(std::move(rules));
+  }
+  if (!km.ok()) return fail(km.status());
+  if (a.dry_run) {
+    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(fs, a.in);
+    if (!ck.ok()) return fail(ck.status());
+    absl::StatusOr<RemapPlan> plan = PlanRemap(*ck, *km);
+    if (!plan.ok()) return fail(plan.status());
+    std::vector<std::vector<std::string>> rows = {{"OLD", "", "NEW"}};
+    for (const auto& [o, n] : plan->renames) {
+      rows.push_back({o, o == n ? "  " : "->", o == n ? "(unchanged)" : n});
+    }
+    PrintTable(rows, out, {});
+    out << plan->changed << " of " << plan->renames.size() << " keys change (dry run: nothing written)\n";
+    return kExitOk;
+  }
+  std::string target = a.out.empty() ? a.in : a.out;
+  if (a.out.empty() && !a.in_place) {
+    err << "safeshard remap: give an output directory, or --in-place to rewrite the input\n";
+    return kExitUsage;
+  }
+  RemapOptions o;
+  o.in_place = a.in_place;
+  o.overwrite = a.overwrite;
+  absl::StatusOr<RemapResult> r = Remap(fs, a.in, target, *km, o);
+  if (!r.ok()) return fail(r.status());
+  out << "renamed " << r->plan.changed << " of " << r->plan.renames.size() << " tensors; wrote "
+      << r->files.size() << " files (" << HumanBytes(r->bytes_copied) << " of tensor bytes copied, "
+      << "not re-encoded) to " << target << "\n";
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -369,6 +591,54 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
                       "over the ranks (for scan benchmarks)")
       ->check(CLI::Range(1, 100000000));
 
+  ConsolidateArgs ca;
+  CLI::App* consolidate = app.add_subcommand(
+      "consolidate",
+      "Merge per-rank DCP shards (or any checkpoint) into the HF layout: "
+      "model-IIIII-of-NNNNN.safetensors + model.safetensors.index.json. Refuses incomplete "
+      "checkpoints before writing; streams runs from the mapped inputs; publishes atomically "
+      "(the index is written last).");
+  consolidate->add_option("IN", ca.in, "Checkpoint directory (per-rank shards)")->required();
+  consolidate->add_option("OUT", ca.out, "Output directory (created)")->required();
+  consolidate->add_option("--mapping", ca.mapping,
+                          "JSON file {\"fqn\": file_index} choosing each tensor's output file");
+  consolidate->add_option("--reference", ca.reference,
+                          "HF model directory whose index json (or files) choose output files");
+  consolidate->add_option("--max-shard-size", ca.max_shard_size,
+                          "Split outputs at this size, e.g. 5GB or 500MiB (save_pretrained rules)");
+  consolidate->add_option("--unmapped", ca.unmapped,
+                          "Tensors missing from the mapping: error (default), first, own-file");
+  consolidate->add_option("--threads", ca.threads, "Copy threads (default: all cores)")
+      ->check(CLI::Range(0, 1024));
+  consolidate->add_option("--cast-dtype", ca.cast_dtype,
+                          "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64");
+  consolidate->add_flag("--restore-dtypes", ca.restore_dtypes,
+                        "Convert tensors back to the dtypes of the --reference model");
+  consolidate->add_option("--key-map", ca.key_map,
+                          "JSON rules [[\"regex\", \"replacement\"], ...] renaming output keys");
+  consolidate->add_option("--metadata", ca.metadata, "KEY=VALUE added to __metadata__ (repeatable)");
+  consolidate->add_flag("--diffusers", ca.diffusers,
+                        "Name outputs diffusion_pytorch_model-*.safetensors (+ its index)");
+  consolidate->add_flag("--verify", ca.verify,
+                        "Re-read the output and compare it with the inputs (checksums)");
+  consolidate->add_flag("--overwrite", ca.overwrite, "Replace an existing checkpoint in OUT");
+  consolidate->add_flag("--json", ca.json, "Print the result as JSON (no progress bar)");
+
+  RemapArgs ra;
+  CLI::App* remap = app.add_subcommand(
+      "remap",
+      "Rename tensors by ordered regex rules (first matching rule wins, Python re.subn "
+      "semantics, \\1 back-references) into a new checkpoint; bytes are copied, never "
+      "re-encoded. Two keys mapping to one name are refused.");
+  remap->add_option("IN", ra.in, "Checkpoint directory or file")->required();
+  remap->add_option("OUT", ra.out, "Output directory (omit with --in-place)");
+  remap->add_option("--rule", ra.rules, "'REGEX=>REPLACEMENT' (repeatable, in order)");
+  remap->add_option("--rules", ra.rules_file, "JSON rules file: [[regex, replacement], ...]");
+  remap->add_flag("--dry-run", ra.dry_run, "Print the old -> new table, write nothing");
+  remap->add_flag("--in-place", ra.in_place,
+                  "Rewrite IN itself (each file via a temporary file and a rename)");
+  remap->add_flag("--overwrite", ra.overwrite, "Replace an existing checkpoint in OUT");
+
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
   if (!known) {
@@ -402,6 +672,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   if (inspect->parsed()) return RunInspect(ia, out, err);
   if (verify->parsed()) return RunVerify(va, out, err);
   if (example->parsed()) return RunMakeExample(ea, out, err);
+  if (consolidate->parsed()) return RunConsolidate(ca, out, err);
+  if (remap->parsed()) return RunRemap(ra, out, err);
   err << app.help();
   return kExitUsage;
 }

@@ -64,6 +64,13 @@ class WritableFile {
   virtual absl::Status Allocate(uint64_t size) = 0;
   virtual absl::Status Sync() = 0;
   virtual absl::Status Close() = 0;
+  // A writable view of the first `size` bytes of the file (which must already be that long),
+  // valid until Close(). Its blocks are reserved first, so writes through it cannot fail for
+  // lack of space later. kUnimplemented where that cannot be guaranteed: use WriteAt then.
+  virtual absl::StatusOr<char*> MapWritable(uint64_t size) {
+    (void)size;
+    return absl::UnimplementedError("no writable mapping");
+  }
 };
 
 class FileSystem {

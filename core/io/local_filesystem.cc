@@ -115,7 +115,23 @@ class LocalWritable : public WritableFile {
  public:
   LocalWritable(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   ~LocalWritable() override {
+    Unmap();
     if (fd_ >= 0) close(fd_);
+  }
+
+  absl::StatusOr<char*> MapWritable(uint64_t size) override {
+    if (map_ != nullptr) return static_cast<char*>(map_);
+    if (size == 0) return absl::InvalidArgumentError(absl::StrCat(path_, ": empty mapping"));
+    int r = posix_fallocate(fd_, 0, static_cast<off_t>(size));
+    if (r == EOPNOTSUPP || r == EINVAL) {
+      return absl::UnimplementedError(absl::StrCat(path_, ": cannot reserve blocks"));
+    }
+    if (r != 0) return ErrnoStatus(r, absl::StrCat("allocate ", size, " bytes"), path_);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap for writing", path_);
+    map_ = p;
+    map_size_ = size;
+    return static_cast<char*>(p);
   }
   const std::string& path() const override { return path_; }
   int fd() const { return fd_; }
@@ -154,11 +170,15 @@ class LocalWritable : public WritableFile {
   }
 
   absl::Status Sync() override {
+    if (map_ != nullptr && msync(map_, map_size_, MS_SYNC) != 0) {
+      return ErrnoStatus(errno, "msync", path_);
+    }
     if (fsync(fd_) != 0) return ErrnoStatus(errno, "fsync", path_);
     return absl::OkStatus();
   }
 
   absl::Status Close() override {
+    Unmap();
     if (fd_ < 0) return absl::OkStatus();
     int r = close(fd_);
     fd_ = -1;
@@ -167,9 +187,15 @@ class LocalWritable : public WritableFile {
   }
 
  private:
+  void Unmap() {
+    if (map_ != nullptr) munmap(map_, map_size_);
+    map_ = nullptr;
+  }
   std::string path_;
   int fd_;
   uint64_t pos_ = 0;
+  void* map_ = nullptr;
+  uint64_t map_size_ = 0;
 };
 
 class LocalFileSystem_ : public FileSystem {
@@ -222,13 +248,13 @@ class LocalFileSystem_ : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
-    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoStatus(errno, "create", path);
     return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
-    int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) return ErrnoStatus(errno, "open for writing", path);
     return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
   }
