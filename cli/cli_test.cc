@@ -142,3 +142,58 @@ TEST(CliTest, MakeExampleRefusesToOverwrite) {
 
 }  // namespace
 }  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+TEST(CliConsolidateTest, ConsolidatesVerifiesAndRefusesToOverwrite) {
+  std::string in = Example();
+  std::string out = testing::NewTempDir() + "/hf";
+  Result r = RunCli({"consolidate", in, out, "--verify", "--max-shard-size", "4KB"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("consolidated"));
+  EXPECT_THAT(r.out, HasSubstr("verified"));
+  EXPECT_EQ(RunCli({"verify", out}).code, kExitOk);
+  Result again = RunCli({"consolidate", in, out});
+  EXPECT_EQ(again.code, kExitProblems);
+  EXPECT_THAT(again.err, HasSubstr("--overwrite"));
+  Result json = RunCli({"consolidate", in, out, "--overwrite", "--json"});
+  ASSERT_EQ(json.code, kExitOk) << json.err;
+  nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["schema"], "safeshard.consolidate/1");
+  EXPECT_EQ(j["files"].back(), "model.safetensors.index.json");
+}
+
+TEST(CliConsolidateTest, RefusesIncompleteCheckpointAndBadOptions) {
+  WriteOptions o{.ranks = 2};
+  o.drop_chunk = std::make_pair(std::string("lm_head.weight"), 0);
+  std::string in = Example(o);
+  Result r = RunCli({"consolidate", in, testing::NewTempDir() + "/o"});
+  EXPECT_EQ(r.code, kExitProblems);
+  EXPECT_THAT(r.err, HasSubstr("gap: tensor \"lm_head.weight\""));
+  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--max-shard-size", "lots"}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--cast-dtype", "f128"}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--max-shard-size", "1GB", "--reference",
+                 "/tmp"}).code,
+            kExitUsage);
+}
+
+TEST(CliRemapTest, DryRunThenApplyAndCollision) {
+  std::string in = Example();
+  Result dry = RunCli({"remap", in, "--rule", "^model\\.=>", "--dry-run"});
+  ASSERT_EQ(dry.code, kExitOk) << dry.err;
+  EXPECT_THAT(dry.out, HasSubstr("model.norm.weight"));
+  EXPECT_THAT(dry.out, HasSubstr("->  norm.weight"));
+  EXPECT_THAT(dry.out, HasSubstr("nothing written"));
+  std::string out = testing::NewTempDir() + "/re";
+  Result r = RunCli({"remap", in, out, "--rule", "^model\\.=>"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(RunCli({"verify", out}).code, kExitOk);
+  Result col = RunCli({"remap", in, testing::NewTempDir() + "/c", "--rule", "\\.[qkv]_proj=>.qkv"});
+  EXPECT_NE(col.code, kExitOk);
+  EXPECT_THAT(col.err, HasSubstr("both map to"));
+  EXPECT_EQ(RunCli({"remap", in, "--rule", "a=>b"}).code, kExitUsage);  // in place needs the flag
+}
+
+}  // namespace
+}  // namespace safeshard

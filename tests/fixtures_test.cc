@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "cli/cli.h"
+#include "core/consolidate/consolidate.h"
 #include "core/format/header.h"
 #include "core/format/index_json.h"
 #include "core/io/filesystem.h"
@@ -139,6 +140,32 @@ TEST(FixturesTest, ShardedSetVerifiesAgainstIndexAndMatchesItsTwin) {
                          err),
             kExitOk)
       << out.str();
+}
+
+TEST(FixturesTest, ConsolidatingTheHfShardedSetYieldsItsTwin) {
+  SAFESHARD_REQUIRE_FIXTURES_OR_SKIP(dir);
+  std::string out = testing::NewTempDir() + "/one";
+  ConsolidateOptions o;
+  o.verify = true;
+  absl::StatusOr<ConsolidateResult> r =
+      Consolidate(LocalFileSystem(), JoinPath(dir, "safetensors-jl/sharded"), out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<CheckpointLayout> got = CheckpointLayout::Scan(LocalFileSystem(), out);
+  absl::StatusOr<CheckpointLayout> twin = CheckpointLayout::Scan(
+      LocalFileSystem(), JoinPath(dir, "safetensors-jl/non_sharded/model.safetensors"));
+  ASSERT_TRUE(got.ok() && twin.ok());
+  EXPECT_TRUE(got->problems().empty());
+  EXPECT_EQ(got->files().size(), 1u);
+  ASSERT_EQ(got->tensors().size(), twin->tensors().size());
+  for (size_t i = 0; i < twin->tensors().size(); ++i) {
+    const TensorLayout& a = twin->tensors()[i];
+    const TensorLayout& b = got->tensors()[i];
+    SCOPED_TRACE(a.name);
+    EXPECT_EQ(a.name, b.name);
+    EXPECT_EQ(a.dtype, b.dtype);
+    EXPECT_EQ(a.shape, b.shape);
+    EXPECT_EQ(TensorBytes(*twin, a), TensorBytes(*got, b));
+  }
 }
 
 }  // namespace
