@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds optimised binaries and runs every benchmark. Results are ratios against baselines
 # (cat, cp, dd) measured in the same run, never absolute thresholds.
-# Usage: bench/run.sh [scan]
+# Usage: bench/run.sh [scan|consolidate]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bazel build --config=opt //cli:safeshard //bench:scan_bench
+bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench
 which="${1:-all}"
 if [[ "$which" == all || "$which" == scan ]]; then
   echo "== header scan: 100,000 tensors, 64 files =="
   bazel-bin/bench/scan_bench "$PWD/bazel-bin/cli/safeshard"
+fi
+if [[ "$which" == all || "$which" == consolidate ]]; then
+  echo "== consolidation: >= 2 GB, 8 ranks =="
+  bazel-bin/bench/consolidate_bench "$PWD/bazel-bin/cli/safeshard"
 fi

@@ -650,11 +650,14 @@ class Executor {
     WritableFile& out = *outputs_[c.output_file];
     char* out_map = out_maps_[c.output_file];
     Checksum sum;
+    const bool hash = o_.verify;
     const uint64_t elems = it.elem_end - it.elem_begin;
+    const uint64_t sbits = BitsOf(c.src_dtype), dbits = BitsOf(c.dst_dtype);
+    const uint64_t src_n = elems * sbits / 8;
+    const bool same = c.src_dtype == c.dst_dtype || (sbits == dbits && !CanCast(c.src_dtype, c.dst_dtype));
     for (uint64_t r = it.run_begin; r < it.run_end; ++r) {
-      uint64_t src = c.src_begin + BitsToBytes(r * c.run_elems + it.elem_begin, c.src_dtype);
-      uint64_t dst = c.dst_begin + BitsToBytes(c.DstElemOfRun(r) + it.elem_begin, c.dst_dtype);
-      uint64_t src_n = BitsToBytes(elems, c.src_dtype);
+      uint64_t src = c.src_begin + (r * c.run_elems + it.elem_begin) * sbits / 8;
+      uint64_t dst = c.dst_begin + (c.DstElemOfRun(r) + it.elem_begin) * dbits / 8;
       if (src + src_n > src_file.size()) {
         return absl::DataLossError(absl::StrCat(plan_.inputs[c.input_file], ": tensor ",
                                                 internal::Quote(c.tensor), ": bytes at offset ",
@@ -662,11 +665,13 @@ class Executor {
                                                 src_file.size(), " bytes): it changed or shrank"));
       }
       const char* p = src_file.data() + src;
-      if (c.src_dtype == c.dst_dtype || BitsOf(c.src_dtype) == BitsOf(c.dst_dtype) &&
-                                            !CanCast(c.src_dtype, c.dst_dtype)) {
-        sum.Update(p, src_n);
+      if (same) {
+        if (hash) sum.Update(p, src_n);
         if (out_map != nullptr && src_n < kSmallRun) {
           std::memcpy(out_map + dst, p, src_n);
+        } else if (!hash) {
+          // Large runs: an in-kernel copy (copy_file_range), no user-space touch of the bytes.
+          RETURN_IF_ERROR(out.CopyFrom(*inputs_[c.input_file], src, dst, src_n));
         } else {
           RETURN_IF_ERROR(out.WriteAt(dst, absl::string_view(p, src_n)));
         }
@@ -677,7 +682,7 @@ class Executor {
         for (uint64_t e = 0; e < elems; e += per) {
           uint64_t m = std::min(per, elems - e);
           CastElements(c.src_dtype, p + e * ss, c.dst_dtype, buf->data(), m);
-          sum.Update(buf->data(), m * ds);
+          if (hash) sum.Update(buf->data(), m * ds);
           RETURN_IF_ERROR(out.WriteAt(dst + e * ds, absl::string_view(buf->data(), m * ds)));
         }
       }

@@ -15,6 +15,18 @@ absl::StatusOr<std::string> FileSystem::ReadAll(const std::string& path) {
   return out;
 }
 
+absl::Status WritableFile::CopyFrom(ReadableFile& src, uint64_t src_offset, uint64_t dst_offset,
+                                   uint64_t n) {
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> m = src.Map();
+  if (!m.ok()) return m.status();
+  absl::string_view data = (*m)->data();
+  if (src_offset > data.size() || n > data.size() - src_offset) {
+    return absl::DataLossError(absl::StrCat(src.path(), ": ", n, " bytes at offset ", src_offset,
+                                            " lie beyond the end of the file"));
+  }
+  return WriteAt(dst_offset, data.substr(src_offset, n));
+}
+
 absl::Status FileSystem::CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
                                    uint64_t dst_offset, uint64_t n) {
   absl::StatusOr<std::unique_ptr<ReadableFile>> f = OpenRead(src);

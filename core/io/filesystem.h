@@ -71,6 +71,10 @@ class WritableFile {
     (void)size;
     return absl::UnimplementedError("no writable mapping");
   }
+  // Copies `n` bytes at `src_offset` of `src` to `dst_offset` of this file: in the kernel
+  // (copy_file_range) where both are local files, else through src.Map() and WriteAt.
+  virtual absl::Status CopyFrom(ReadableFile& src, uint64_t src_offset, uint64_t dst_offset,
+                                uint64_t n);
 };
 
 class FileSystem {

@@ -1,5 +1,6 @@
 #include "core/io/filesystem.h"
 
+#include <cstring>
 #include <functional>
 
 #include "core/testing/testing.h"
@@ -105,6 +106,39 @@ TEST_P(FileSystemConformanceTest, AllocateSetsSize) {
   ASSERT_TRUE((*w)->WriteAt(4000, "z").ok());
   ASSERT_TRUE((*w)->Close().ok());
   EXPECT_EQ(fs_->Stat(p)->size, 4096u);
+}
+
+TEST_P(FileSystemConformanceTest, CopyFromAndCopyRangeMoveExactBytes) {
+  std::string src = JoinPath(root_, "src"), dst = JoinPath(root_, "dst");
+  std::string data;
+  for (int i = 0; i < 100000; ++i) data += static_cast<char>(i * 7);
+  { auto w = fs_->Create(src); ASSERT_TRUE((*w)->Append(data).ok()); ASSERT_TRUE((*w)->Close().ok()); }
+  auto r = fs_->OpenRead(src);
+  auto w = fs_->Create(dst);
+  ASSERT_TRUE((*w)->Allocate(50000).ok());
+  ASSERT_TRUE((*w)->CopyFrom(**r, 1234, 10, 40000).ok());
+  ASSERT_TRUE(fs_->CopyRange(src, 0, **w, 40010, 5000).ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  std::string got = *fs_->ReadAll(dst);
+  EXPECT_EQ(got.substr(10, 40000), data.substr(1234, 40000));
+  EXPECT_EQ(got.substr(40010, 5000), data.substr(0, 5000));
+  auto w2 = fs_->Create(JoinPath(root_, "dst2"));
+  EXPECT_FALSE((*w2)->CopyFrom(**r, 99990, 0, 100).ok());  // beyond the end
+}
+
+TEST_P(FileSystemConformanceTest, WritableMappingWritesThrough) {
+  std::string p = JoinPath(root_, "mapped");
+  auto w = fs_->Create(p);
+  ASSERT_TRUE((*w)->Allocate(8192).ok());
+  absl::StatusOr<char*> m = (*w)->MapWritable(8192);
+  if (!m.ok()) {
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented);
+    return;
+  }
+  std::memcpy(*m + 4096, "mapped!", 7);
+  ASSERT_TRUE((*w)->Sync().ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(fs_->ReadAll(p)->substr(4096, 7), "mapped!");
 }
 
 INSTANTIATE_TEST_SUITE_P(

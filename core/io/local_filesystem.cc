@@ -70,6 +70,7 @@ class LocalReadable : public ReadableFile {
   ~LocalReadable() override { close(fd_); }
   const std::string& path() const override { return path_; }
   uint64_t size() const override { return size_; }
+  int fd() const { return fd_; }
 
   absl::Status ReadAt(uint64_t offset, size_t n, char* dst) const override {
     size_t done = 0;
@@ -154,6 +155,31 @@ class LocalWritable : public WritableFile {
       done += static_cast<size_t>(w);
     }
     return absl::OkStatus();
+  }
+
+  absl::Status CopyFrom(ReadableFile& src, uint64_t src_offset, uint64_t dst_offset,
+                        uint64_t n) override {
+    auto* local = dynamic_cast<LocalReadable*>(&src);
+    loff_t in_off = static_cast<loff_t>(src_offset), out_off = static_cast<loff_t>(dst_offset);
+    uint64_t left = n;
+    while (local != nullptr && left > 0) {
+      ssize_t c = copy_file_range(local->fd(), &in_off, fd_, &out_off, left, 0);
+      if (c < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) break;
+        return ErrnoStatus(errno, absl::StrCat("copy ", left, " bytes from ", src.path(),
+                                               " at offset ", in_off, " to offset ", out_off),
+                           path_);
+      }
+      if (c == 0) {
+        return absl::DataLossError(absl::StrCat(src.path(), ": file ends at byte offset ", in_off,
+                                                " but ", left, " more bytes were expected"));
+      }
+      left -= static_cast<uint64_t>(c);
+    }
+    if (left == 0) return absl::OkStatus();
+    uint64_t done = n - left;
+    return WritableFile::CopyFrom(src, src_offset + done, dst_offset + done, left);
   }
 
   absl::Status Allocate(uint64_t size) override {

@@ -1,0 +1,72 @@
+// Process helpers for whole-process benchmarks: run a command, time it, and sample its peak
+// anonymous memory (heap and stacks, excluding file mappings) from /proc.
+#ifndef SAFESHARD_BENCH_PROC_UTIL_H_
+#define SAFESHARD_BENCH_PROC_UTIL_H_
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace safeshard::bench {
+
+struct RunStats {
+  double seconds = 0;
+  uint64_t max_rss_kib = 0;        // ru_maxrss: includes touched file-mapped pages
+  uint64_t peak_anon_kib = 0;      // sampled RssAnon: heap, stacks, anonymous mappings
+  int exit_code = -1;
+};
+
+inline uint64_t ReadRssAnonKib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoull(line.substr(8));
+  }
+  return 0;
+}
+
+inline RunStats Run(const std::vector<std::string>& args, bool quiet = true) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (quiet) posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  RunStats st;
+  auto t0 = std::chrono::steady_clock::now();
+  pid_t pid;
+  if (posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) {
+    std::fprintf(stderr, "cannot run %s\n", args[0].c_str());
+    return st;
+  }
+  posix_spawn_file_actions_destroy(&fa);
+  int status = 0;
+  struct rusage ru;
+  while (true) {
+    pid_t r = wait4(pid, &status, WNOHANG, &ru);
+    if (r == pid) break;
+    uint64_t anon = ReadRssAnonKib(pid);
+    if (anon > st.peak_anon_kib) st.peak_anon_kib = anon;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  st.max_rss_kib = static_cast<uint64_t>(ru.ru_maxrss);
+  st.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return st;
+}
+
+}  // namespace safeshard::bench
+
+#endif  // SAFESHARD_BENCH_PROC_UTIL_H_
