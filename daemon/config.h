@@ -1,0 +1,62 @@
+// config.h: safeshardd's configuration (JSON, strictly validated: unknown keys are errors).
+//
+//   {
+//     "watch_roots": ["/checkpoints"],
+//     "output_template": "{parent}/{name}-hf",      // {parent}, {name}, {root}
+//     "output_files": {"mode": "single"},           // or {"mode": "max_shard_size", "max_shard_size": "5GB"}
+//                                                   // or {"mode": "reference", "reference": "/models/llama"}
+//     "dtype": {"cast": "bf16"},                    // or {"restore_from_reference": true}; default keep
+//     "key_map": [["^model\\.", ""]],
+//     "max_concurrent_jobs": 2, "threads_per_job": 2,
+//     "quiet_period_seconds": 30, "rescan_interval_seconds": 60,
+//     "expected_ranks": 0,                          // 0: unknown
+//     "retention": {"mode": "keep"},                // or "delete", or {"mode": "keep_last", "keep_last": 3}
+//     "api": {"address": "127.0.0.1", "port": 8470, "token_file": "~/.config/safeshard/token"},
+//     "state_db": "~/.local/state/safeshard/safeshardd.db",
+//     "max_attempts": 5
+//   }
+#ifndef SAFESHARD_DAEMON_CONFIG_H_
+#define SAFESHARD_DAEMON_CONFIG_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/format/dtype.h"
+#include "core/remap/keymap.h"
+
+namespace safeshard::daemon {
+
+struct Config {
+  std::vector<std::string> watch_roots;
+  std::string output_template = "{parent}/{name}-hf";
+  std::string files_mode = "single";  // single | max_shard_size | reference
+  std::string max_shard_size;         // e.g. "5GB"
+  std::string reference;
+  std::optional<DType> cast_dtype;
+  bool restore_dtypes = false;
+  std::vector<KeyMap::Rule> key_map;
+  int max_concurrent_jobs = 2;
+  int threads_per_job = 2;
+  double quiet_period_seconds = 30;
+  double rescan_interval_seconds = 60;
+  int expected_ranks = 0;
+  std::string retention = "keep";  // keep | delete | keep_last
+  int keep_last = 0;
+  std::string api_address = "127.0.0.1";
+  int api_port = 8470;
+  std::string token_file;
+  std::string state_db;
+  int max_attempts = 5;
+};
+
+// Parses and validates; every error names the offending key.
+absl::StatusOr<Config> ParseConfig(absl::string_view json);
+// Fills defaults that depend on the environment ($HOME) and expands "~/".
+void ResolvePaths(Config* c);
+std::string ExpandHome(const std::string& path);
+
+}  // namespace safeshard::daemon
+
+#endif  // SAFESHARD_DAEMON_CONFIG_H_

@@ -1,0 +1,234 @@
+#include "daemon/store.h"
+
+#include <sqlite3.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace safeshard::daemon {
+namespace {
+
+// Minimal RAII prepared statement.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  absl::Status error() const {
+    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, double v) {
+    sqlite3_bind_double(s_, i, v);
+    return *this;
+  }
+  int Step() { return sqlite3_step(s_); }
+  std::string Text(int c) {
+    const unsigned char* t = sqlite3_column_text(s_, c);
+    return t ? std::string(reinterpret_cast<const char*>(t), sqlite3_column_bytes(s_, c)) : "";
+  }
+  int64_t Int(int c) { return sqlite3_column_int64(s_, c); }
+  double Real(int c) { return sqlite3_column_double(s_, c); }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+};
+
+constexpr char kJobCols[] =
+    "id, run_id, kind, state, output, rules, bytes_done, bytes_total, error, retryable, attempts, "
+    "next_attempt_ms, created_ms, started_ms, finished_ms, seconds, verify_bytes";
+
+JobRecord ReadJob(Stmt& s) {
+  JobRecord j;
+  j.id = s.Int(0);
+  j.run_id = s.Text(1);
+  j.kind = s.Text(2);
+  j.state = s.Text(3);
+  j.output = s.Text(4);
+  j.rules = s.Text(5);
+  j.bytes_done = s.Int(6);
+  j.bytes_total = s.Int(7);
+  j.error = s.Text(8);
+  j.retryable = s.Int(9) != 0;
+  j.attempts = static_cast<int>(s.Int(10));
+  j.next_attempt_ms = s.Int(11);
+  j.created_ms = s.Int(12);
+  j.started_ms = s.Int(13);
+  j.finished_ms = s.Int(14);
+  j.seconds = s.Real(15);
+  j.verify_bytes = s.Int(16);
+  return j;
+}
+
+RunRecord ReadRun(Stmt& s) {
+  RunRecord r;
+  r.id = s.Text(0);
+  r.path = s.Text(1);
+  r.detection = s.Text(2);
+  r.state = s.Text(3);
+  r.fingerprint = s.Text(4);
+  r.last_change_ms = s.Int(5);
+  r.first_seen_ms = s.Int(6);
+  r.output = s.Text(7);
+  r.detail = s.Text(8);
+  return r;
+}
+
+}  // namespace
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat(path, ": cannot open the state database: ", msg));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<Store> s(new Store(db));
+  absl::Status st = s->Exec(
+      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+      "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, path TEXT UNIQUE, detection TEXT,"
+      " state TEXT, fingerprint TEXT, last_change_ms INTEGER, first_seen_ms INTEGER,"
+      " output TEXT, detail TEXT);"
+      "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT,"
+      " kind TEXT, state TEXT, output TEXT, rules TEXT, bytes_done INTEGER, bytes_total INTEGER,"
+      " error TEXT, retryable INTEGER, attempts INTEGER, next_attempt_ms INTEGER,"
+      " created_ms INTEGER, started_ms INTEGER, finished_ms INTEGER, seconds REAL,"
+      " verify_bytes INTEGER);");
+  if (!st.ok()) return absl::UnavailableError(absl::StrCat(path, ": ", st.message()));
+  return s;
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+absl::Status Store::Exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "unknown error";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("sqlite: ", m));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::UpsertRun(const RunRecord& r) {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_,
+         "INSERT INTO runs (id, path, detection, state, fingerprint, last_change_ms, first_seen_ms,"
+         " output, detail) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9) ON CONFLICT(id) DO UPDATE SET"
+         " path=?2, detection=?3, state=?4, fingerprint=?5, last_change_ms=?6, output=?8,"
+         " detail=?9");
+  if (!s.ok()) return s.error();
+  s.Bind(1, r.id).Bind(2, r.path).Bind(3, r.detection).Bind(4, r.state).Bind(5, r.fingerprint)
+      .Bind(6, r.last_change_ms).Bind(7, r.first_seen_ms).Bind(8, r.output).Bind(9, r.detail);
+  if (s.Step() != SQLITE_DONE) return s.error();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<RunRecord>> Store::GetRun(const std::string& id) {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_, "SELECT id, path, detection, state, fingerprint, last_change_ms, first_seen_ms,"
+              " output, detail FROM runs WHERE id=?1");
+  if (!s.ok()) return s.error();
+  s.Bind(1, id);
+  if (s.Step() == SQLITE_ROW) return std::optional<RunRecord>(ReadRun(s));
+  return std::optional<RunRecord>();
+}
+
+absl::StatusOr<std::vector<RunRecord>> Store::ListRuns() {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_, "SELECT id, path, detection, state, fingerprint, last_change_ms, first_seen_ms,"
+              " output, detail FROM runs ORDER BY path");
+  if (!s.ok()) return s.error();
+  std::vector<RunRecord> out;
+  while (s.Step() == SQLITE_ROW) out.push_back(ReadRun(s));
+  return out;
+}
+
+absl::StatusOr<int64_t> Store::AddJob(JobRecord j) {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_,
+         "INSERT INTO jobs (run_id, kind, state, output, rules, bytes_done, bytes_total, error,"
+         " retryable, attempts, next_attempt_ms, created_ms, started_ms, finished_ms, seconds,"
+         " verify_bytes) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)");
+  if (!s.ok()) return s.error();
+  s.Bind(1, j.run_id).Bind(2, j.kind).Bind(3, j.state).Bind(4, j.output).Bind(5, j.rules)
+      .Bind(6, j.bytes_done).Bind(7, j.bytes_total).Bind(8, j.error)
+      .Bind(9, static_cast<int64_t>(j.retryable)).Bind(10, static_cast<int64_t>(j.attempts))
+      .Bind(11, j.next_attempt_ms).Bind(12, j.created_ms).Bind(13, j.started_ms)
+      .Bind(14, j.finished_ms).Bind(15, j.seconds).Bind(16, j.verify_bytes);
+  if (s.Step() != SQLITE_DONE) return s.error();
+  return sqlite3_last_insert_rowid(db_);
+}
+
+absl::Status Store::UpdateJob(const JobRecord& j) {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_,
+         "UPDATE jobs SET state=?2, output=?3, bytes_done=?4, bytes_total=?5, error=?6,"
+         " retryable=?7, attempts=?8, next_attempt_ms=?9, started_ms=?10, finished_ms=?11,"
+         " seconds=?12, verify_bytes=?13 WHERE id=?1");
+  if (!s.ok()) return s.error();
+  s.Bind(1, j.id).Bind(2, j.state).Bind(3, j.output).Bind(4, j.bytes_done).Bind(5, j.bytes_total)
+      .Bind(6, j.error).Bind(7, static_cast<int64_t>(j.retryable))
+      .Bind(8, static_cast<int64_t>(j.attempts)).Bind(9, j.next_attempt_ms).Bind(10, j.started_ms)
+      .Bind(11, j.finished_ms).Bind(12, j.seconds).Bind(13, j.verify_bytes);
+  if (s.Step() != SQLITE_DONE) return s.error();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<JobRecord>> Store::GetJob(int64_t id) {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs WHERE id=?1").c_str());
+  if (!s.ok()) return s.error();
+  s.Bind(1, id);
+  if (s.Step() == SQLITE_ROW) return std::optional<JobRecord>(ReadJob(s));
+  return std::optional<JobRecord>();
+}
+
+absl::StatusOr<std::vector<JobRecord>> Store::ListJobs() {
+  absl::MutexLock l(&mu_);
+  Stmt s(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs ORDER BY id").c_str());
+  if (!s.ok()) return s.error();
+  std::vector<JobRecord> out;
+  while (s.Step() == SQLITE_ROW) out.push_back(ReadJob(s));
+  return out;
+}
+
+absl::StatusOr<std::vector<JobRecord>> Store::RequeueInterrupted() {
+  std::vector<JobRecord> out;
+  {
+    absl::MutexLock l(&mu_);
+    Stmt s(db_, absl::StrCat("SELECT ", kJobCols,
+                             " FROM jobs WHERE state IN ('running','verifying')").c_str());
+    if (!s.ok()) return s.error();
+    while (s.Step() == SQLITE_ROW) out.push_back(ReadJob(s));
+  }
+  for (JobRecord& j : out) {
+    j.state = "queued";
+    j.bytes_done = 0;
+    j.error = "interrupted by a daemon restart; re-queued";
+    absl::Status st = UpdateJob(j);
+    if (!st.ok()) return st;
+  }
+  return out;
+}
+
+}  // namespace safeshard::daemon
