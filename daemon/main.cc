@@ -61,8 +61,10 @@ int main(int argc, char** argv) {
       "cleanly, SIGHUP reloads the configuration.",
       "safeshardd"};
   Flags f;
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--config", f.config_file, "JSON configuration file (see README)");
-  app.add_option("--watch", f.watch, "Directory to watch, recursively (repeatable)");
+  app.add_option("--watch", f.watch, "Directory to watch, recursively (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--state-db", f.state_db, "SQLite journal (default ~/.local/state/safeshard/safeshardd.db)");
   app.add_option("--api-address", f.api_address, "Address to listen on (default 127.0.0.1)");
   app.add_option("--port", f.port, "API port (default 8470; 0 picks a free one)");

@@ -1,0 +1,60 @@
+#include "daemon/config.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace safeshard::daemon {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ConfigTest, ParsesEveryKey) {
+  auto c = ParseConfig(R"({
+    "watch_roots": ["/a", "/b"], "output_template": "{root}/hf/{name}",
+    "output_files": {"mode": "max_shard_size", "max_shard_size": "5GB"},
+    "dtype": {"cast": "bf16"}, "key_map": [["^model\\.", ""]],
+    "max_concurrent_jobs": 3, "threads_per_job": 4, "quiet_period_seconds": 12.5,
+    "rescan_interval_seconds": 30, "expected_ranks": 8,
+    "retention": {"mode": "keep_last", "keep_last": 2},
+    "api": {"address": "127.0.0.1", "port": 9000, "token_file": "/t"},
+    "state_db": "/s.db", "max_attempts": 7})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->watch_roots.size(), 2u);
+  EXPECT_EQ(c->max_shard_size, "5GB");
+  EXPECT_EQ(c->cast_dtype, DType::kBF16);
+  EXPECT_EQ(c->key_map.size(), 1u);
+  EXPECT_EQ(c->keep_last, 2);
+  EXPECT_EQ(c->api_port, 9000);
+  EXPECT_EQ(c->quiet_period_seconds, 12.5);
+}
+
+TEST(ConfigTest, RejectsUnknownKeysNamingThem) {
+  auto c = ParseConfig(R"({"watch_roots": [], "quiet_period": 3})");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("\"quiet_period\""));
+  auto n = ParseConfig(R"({"api": {"port": 1, "tokenfile": "x"}})");
+  ASSERT_FALSE(n.ok());
+  EXPECT_THAT(std::string(n.status().message()), HasSubstr("api.tokenfile"));
+}
+
+TEST(ConfigTest, RejectsBadValues) {
+  for (const char* bad : {R"({"max_concurrent_jobs": 0})", R"({"output_files": {"mode": "x"}})",
+                          R"({"output_files": {"mode": "reference"}})",
+                          R"({"retention": "sometimes"})", R"({"dtype": {"cast": "f128"}})",
+                          R"({"watch_roots": "/a"})", R"({"api": {"port": 70000}})",
+                          R"({"key_map": [["(", ""]]})", "[]", "{", R"({"a": 1, "a": 2})"}) {
+    EXPECT_FALSE(ParseConfig(bad).ok()) << bad;
+  }
+}
+
+TEST(ConfigTest, DefaultsAndHomeExpansion) {
+  auto c = ParseConfig("{}");
+  ASSERT_TRUE(c.ok());
+  ResolvePaths(&*c);
+  EXPECT_EQ(c->files_mode, "single");
+  EXPECT_NE(c->state_db.find("safeshardd.db"), std::string::npos);
+  EXPECT_EQ(c->state_db.find("~"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace safeshard::daemon

@@ -1,0 +1,345 @@
+// End-to-end tests of safeshardd as a real process: runs written the way PyTorch's writer lays
+// them out (no marker) and with safeshard's completion manifest, half-written runs, many runs at
+// once, kill -9 and SIGTERM, a full disk, and the API's token and path checks.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/example/example.h"
+#include "core/io/atomic_file.h"
+#include "core/io/filesystem.h"
+#include "core/layout/layout.h"
+#include "core/testing/testing.h"
+#include "daemon/daemon.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+
+extern char** environ;
+
+namespace safeshard::daemon {
+namespace {
+
+using nlohmann::json;
+
+class DaemonProcess {
+ public:
+  DaemonProcess(std::string root, std::string state, std::vector<std::string> extra = {})
+      : root_(std::move(root)), state_(std::move(state)), extra_(std::move(extra)) {}
+  ~DaemonProcess() {
+    if (pid_ > 0) Signal(SIGKILL);
+  }
+
+  void Start() {
+    (void)LocalFileSystem().Remove(state_ + "/port");
+    std::vector<std::string> args = {"daemon/safeshardd", "--watch", root_, "--state-db",
+                                     state_ + "/state.db", "--token-file", state_ + "/token",
+                                     "--port", "0", "--port-file", state_ + "/port",
+                                     "--quiet-period", "1", "--rescan-interval", "1"};
+    args.insert(args.end(), extra_.begin(), extra_.end());
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, (state_ + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    ASSERT_EQ(posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    for (int i = 0; i < 200; ++i) {
+      absl::StatusOr<std::string> p = LocalFileSystem().ReadAll(state_ + "/port");
+      if (p.ok() && !p->empty()) {
+        port_ = std::stoi(*p);
+        token_ = *LocalFileSystem().ReadAll(state_ + "/token");
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    FAIL() << "daemon did not start: " << LocalFileSystem().ReadAll(state_ + "/log").value_or("");
+  }
+
+  int Signal(int sig) {
+    kill(pid_, sig);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
+  json Get(const std::string& path) {
+    httplib::Client c("127.0.0.1", port_);
+    auto r = c.Get(path.c_str());
+    if (!r) return json();
+    return json::parse(r->body, nullptr, false);
+  }
+  int Post(const std::string& path, const std::string& body, const std::string& token) {
+    httplib::Client c("127.0.0.1", port_);
+    httplib::Headers h;
+    if (!token.empty()) h.emplace("Authorization", "Bearer " + token);
+    auto r = c.Post(path.c_str(), h, body, "application/json");
+    return r ? r->status : -1;
+  }
+  const std::string& token() const { return token_; }
+  std::string log() const { return LocalFileSystem().ReadAll(state_ + "/log").value_or(""); }
+
+  // Polls /v1/jobs until `pred` holds (or the deadline).
+  json WaitJobs(const std::function<bool(const json&)>& pred, double seconds = 60) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    json j;
+    while (std::chrono::steady_clock::now() < end) {
+      j = Get("/v1/jobs");
+      if (j.is_object() && pred(j["jobs"])) return j;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ADD_FAILURE() << "timed out; jobs: " << j.dump() << "\nlog:\n" << log();
+    return j;
+  }
+
+ private:
+  std::string root_, state_;
+  std::vector<std::string> extra_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string token_;
+};
+
+int CountState(const json& jobs, const std::string& state) {
+  int n = 0;
+  for (const auto& j : jobs) n += j["state"] == state;
+  return n;
+}
+
+// Writes a run elsewhere and moves it into place at once, as a finished save appears.
+void PlaceRun(const std::string& dest, const std::vector<ExampleTensor>& model, int ranks = 4) {
+  std::string staging = testing::NewTempDir() + "/run";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = ranks}).ok());
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(DirName(dest)).ok());
+  ASSERT_EQ(std::rename(staging.c_str(), dest.c_str()), 0);
+}
+
+void ExpectOutputMatches(const std::string& out, const std::vector<ExampleTensor>& model) {
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->problems().empty());
+  ASSERT_EQ(ck->tensors().size(), model.size());
+  for (const ExampleTensor& t : model) {
+    const TensorLayout* tl = ck->FindTensor(t.name);
+    ASSERT_NE(tl, nullptr);
+    const Chunk& c = tl->chunks[0];
+    auto f = LocalFileSystem().OpenRead(JoinPath(out, ck->files()[c.file].name));
+    std::string got(c.end - c.begin, '\0');
+    ASSERT_TRUE((*f)->ReadAt(c.begin, got.size(), got.data()).ok());
+    EXPECT_TRUE(got == ExpectedTensorBytes(t)) << t.name;
+  }
+  auto entries = LocalFileSystem().List(out);
+  for (const DirEntry& e : *entries) EXPECT_FALSE(IsTempFileName(e.name)) << e.name;
+}
+
+std::vector<ExampleTensor> SmallModel() {
+  return TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 256});
+}
+
+struct Dirs {
+  std::string root, state;
+  Dirs() : root(testing::NewTempDir()), state(testing::NewTempDir()) {}
+};
+
+TEST(DaemonE2E, MarkerlessRunIsConsolidatedByteExactlyExactlyOnce) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  auto model = SmallModel();
+  PlaceRun(d.root + "/exp/step-100", model);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  ExpectOutputMatches(d.root + "/exp/step-100-hf", model);
+  json runs = p.Get("/v1/runs");
+  ASSERT_EQ(runs["runs"].size(), 1u);
+  EXPECT_EQ(runs["runs"][0]["detection"], "inferred");
+  json run = p.Get("/v1/runs/" + runs["runs"][0]["id"].get<std::string>());
+  EXPECT_EQ(run["tensors"].size(), model.size());
+  EXPECT_TRUE(run["verification"]["ok"].get<bool>());
+  // More rescans, and a restart: never redone.
+  EXPECT_EQ(p.Post("/v1/rescan", "", p.token()), 202);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  p.Signal(SIGTERM);
+  p.Start();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  json jobs = p.Get("/v1/jobs");
+  EXPECT_EQ(jobs["jobs"].size(), 1u) << jobs.dump();
+}
+
+TEST(DaemonE2E, ManifestRunIsTakenAtOnceAndAWrongManifestIsNot) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--quiet-period", "3600"});  // inferred detection off
+  p.Start();
+  auto model = SmallModel();
+  std::string staging = testing::NewTempDir() + "/run";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 2}).ok());
+  json files = json::array();
+  auto staged = LocalFileSystem().List(staging);
+  ASSERT_TRUE(staged.ok());
+  for (const DirEntry& e : *staged) {
+    files.push_back({{"name", e.name}, {"size", LocalFileSystem().Stat(staging + "/" + e.name)->size}});
+  }
+  json bad = {{"ranks", 2}, {"files", files}};
+  bad["files"][0]["size"] = 1;
+  testing::WriteFile(staging + "/" + kCompletionManifest, bad.dump());
+  ASSERT_EQ(std::rename(staging.c_str(), (d.root + "/m").c_str()), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 0u);
+  EXPECT_EQ(p.Get("/v1/runs")["runs"][0]["state"], "incomplete");
+  json good = {{"ranks", 2}, {"files", files}};
+  ASSERT_TRUE(WriteFileAtomically(LocalFileSystem(), d.root + "/m/" + kCompletionManifest, good.dump()).ok());
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  EXPECT_EQ(p.Get("/v1/runs")["runs"][0]["detection"], "manifest");
+  ExpectOutputMatches(d.root + "/m-hf", model);
+}
+
+TEST(DaemonE2E, HalfWrittenRunIsLeftAloneUntilComplete) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});
+  p.Start();
+  auto model = SmallModel();
+  std::string staging = testing::NewTempDir() + "/run";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 4}).ok());
+  std::string run = d.root + "/half";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(run).ok());
+  for (int r = 0; r < 3; ++r) {
+    std::string n = absl::StrCat("shard-0000", r + 1, "-model-00001-of-00001.safetensors");
+    ASSERT_EQ(std::rename((staging + "/" + n).c_str(), (run + "/" + n).c_str()), 0);
+  }
+  // A fourth file still being written: a truncated header.
+  std::string last = "shard-00004-model-00001-of-00001.safetensors";
+  std::string full = testing::ReadFile(staging + "/" + last);
+  testing::WriteFile(run + "/" + last, full.substr(0, 40));
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 0u);
+  EXPECT_FALSE(LocalFileSystem().Stat(run + "-hf").ok());
+  testing::WriteFile(run + "/" + last, full);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  ExpectOutputMatches(run + "-hf", model);
+}
+
+TEST(DaemonE2E, TwentyRunsTogetherRespectTheConcurrencyBound) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--max-jobs", "2"});
+  p.Start();
+  auto model = SmallModel();
+  std::string staging = testing::NewTempDir();
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), absl::StrCat(staging, "/all/run", i), model,
+                                   {.ranks = 2}).ok());
+  }
+  ASSERT_EQ(std::rename((staging + "/all").c_str(), (d.root + "/all").c_str()), 0);
+  json j = p.WaitJobs([](const json& j) { return CountState(j, "published") == 20; }, 120);
+  EXPECT_LE(j["max_running_seen"].get<int>(), 2);
+  EXPECT_EQ(j["jobs"].size(), 20u);
+  for (int i = 0; i < 20; i += 7) ExpectOutputMatches(absl::StrCat(d.root, "/all/run", i, "-hf"), model);
+}
+
+std::vector<ExampleTensor> BigModel() {
+  return TransformerLikeModel({.layers = 12, .hidden = 768, .vocab = 16000});  // ~190 MB
+}
+
+TEST(DaemonE2E, KillNineMidConsolidationThenRestartPublishesComplete) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--threads-per-job", "1"});
+  p.Start();
+  auto model = BigModel();
+  PlaceRun(d.root + "/big", model);
+  p.WaitJobs([](const json& j) {
+    return CountState(j, "running") == 1 && j[0]["bytes_done"].get<int64_t>() > 0;
+  });
+  p.Signal(SIGKILL);
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/big-hf/model.safetensors.index.json").ok());
+  p.Start();
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; }, 120);
+  ExpectOutputMatches(d.root + "/big-hf", model);
+  EXPECT_TRUE(absl::StrContains(p.log(), "interrupted by a restart"));
+}
+
+TEST(DaemonE2E, SigtermLeavesNoPartialOutput) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--threads-per-job", "1"});
+  p.Start();
+  PlaceRun(d.root + "/big", BigModel());
+  p.WaitJobs([](const json& j) {
+    return CountState(j, "running") == 1 && j[0]["bytes_done"].get<int64_t>() > 0;
+  });
+  int status = p.Signal(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  auto entries = LocalFileSystem().List(d.root + "/big-hf");
+  if (LocalFileSystem().Stat(d.root + "/big-hf/model.safetensors.index.json").ok()) {
+    ExpectOutputMatches(d.root + "/big-hf", BigModel());  // it was nearly done and finished
+  } else if (entries.ok()) {
+    for (const DirEntry& e : *entries) ADD_FAILURE() << "left behind: " << e.name;
+  }
+}
+
+TEST(DaemonE2E, FullDiskFailsCleanlyAndSucceedsOnceSpaceIsFreed) {
+  Dirs d;
+  std::string out_fs = testing::NewTempDir();
+  if (mount("tmpfs", out_fs.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root): " << std::strerror(errno);
+  }
+  std::string out_root = d.root + "/outputs";
+  ASSERT_EQ(symlink(out_fs.c_str(), out_root.c_str()), 0);
+  DaemonProcess p(d.root, d.state, {"--output-template", out_fs + "/{name}-hf"});
+  p.Start();
+  auto model = TransformerLikeModel({.layers = 2, .hidden = 256, .vocab = 1024});  // ~3 MB
+  PlaceRun(d.root + "/r", model);
+  json j = p.WaitJobs([](const json& j) { return CountState(j, "failed") == 1; });
+  EXPECT_TRUE(j["jobs"][0]["retryable"].get<bool>());
+  EXPECT_TRUE(absl::StrContains(j["jobs"][0]["error"].get<std::string>(), "No space left"))
+      << j.dump();
+  auto entries = LocalFileSystem().List(out_fs + "/r-hf");
+  if (entries.ok()) EXPECT_TRUE(entries->empty()) << "partial output left on the full disk";
+  ASSERT_EQ(mount("tmpfs", out_fs.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; }, 60);
+  ExpectOutputMatches(out_fs + "/r-hf", model);
+  p.Signal(SIGTERM);
+  umount(out_fs.c_str());
+}
+
+TEST(DaemonE2E, ApiRefusesMissingTokensAndPathsOutsideTheRoots) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  PlaceRun(d.root + "/run", SmallModel(), 2);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  std::string id = p.Get("/v1/runs")["runs"][0]["id"];
+  EXPECT_EQ(p.Post("/v1/rescan", "", ""), 401);
+  EXPECT_EQ(p.Post("/v1/rescan", "", "wrong"), 401);
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/consolidate", "", ""), 401);
+  json rules = {{"rules", {{"^model\\.", ""}}}, {"output", "/tmp/outside-the-roots"}};
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  rules["output"] = d.root + "/../escape";
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  std::string outside = testing::NewTempDir();
+  ASSERT_EQ(symlink(outside.c_str(), (d.root + "/link").c_str()), 0);
+  rules["output"] = d.root + "/link/renamed";
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  rules["output"] = d.root + "/renamed";
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 202);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 2; });
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), d.root + "/renamed");
+  ASSERT_TRUE(ck.ok());
+  EXPECT_NE(ck->FindTensor("norm.weight"), nullptr);
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/consolidate", "", p.token()), 202);
+  EXPECT_TRUE(p.Get("/v1/health")["status"] == "ok");
+  httplib::Client c("127.0.0.1", std::stoi(LocalFileSystem().ReadAll(d.state + "/port").value_or("0")));
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_TRUE(absl::StrContains(m->body, "safeshard_jobs{state=\"published\"}")) << m->body;
+  EXPECT_TRUE(absl::StrContains(m->body, "safeshard_bytes_consolidated_total"));
+}
+
+}  // namespace
+}  // namespace safeshard::daemon
