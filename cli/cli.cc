@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 
 #include <iostream>
 #include <map>
@@ -25,6 +26,7 @@
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
+#include "httplib.h"
 #include "re2/re2.h"
 
 namespace safeshard {
@@ -540,6 +542,135 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
+
+// ---- daemon client ---------------------------------------------------------------------------
+
+struct DaemonArgs {
+  std::string address;
+  std::string token_file;
+  bool json = false;
+  std::string run;
+};
+
+std::string DefaultDaemonAddress() {
+  const char* e = std::getenv("SAFESHARD_DAEMON");
+  return e && *e ? e : "127.0.0.1:8470";
+}
+
+std::string DefaultTokenFile() {
+  const char* home = std::getenv("HOME");
+  return absl::StrCat(home ? home : "/root", "/.config/safeshard/token");
+}
+
+std::unique_ptr<httplib::Client> Connect(const std::string& address) {
+  std::string host = address;
+  int port = 8470;
+  size_t colon = address.rfind(':');
+  if (colon != std::string::npos) {
+    host = address.substr(0, colon);
+    (void)absl::SimpleAtoi(address.substr(colon + 1), &port);
+  }
+  auto c = std::make_unique<httplib::Client>(host, port);
+  c->set_connection_timeout(3);
+  c->set_read_timeout(30);
+  return c;
+}
+
+int DaemonGet(const DaemonArgs& a, const std::string& path, std::ostream& err,
+              nlohmann::json* out) {
+  auto c = Connect(a.address);
+  auto r = c->Get(path.c_str());
+  if (!r) {
+    err << "safeshard: cannot reach safeshardd at " << a.address
+        << " (is it running? set --daemon or SAFESHARD_DAEMON)\n";
+    return kExitProblems;
+  }
+  *out = nlohmann::json::parse(r->body, nullptr, false);
+  if (r->status != 200 || out->is_discarded()) {
+    err << "safeshard: safeshardd answered " << r->status << ": " << r->body << "\n";
+    return kExitProblems;
+  }
+  return kExitOk;
+}
+
+int RunRuns(const DaemonArgs& a, std::ostream& out, std::ostream& err) {
+  nlohmann::json j;
+  if (int rc = DaemonGet(a, "/v1/runs", err, &j); rc != kExitOk) return rc;
+  if (a.json) {
+    out << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"ID", "STATE", "DETECTION", "PATH", "DETAIL"}};
+  for (const auto& r : j["runs"]) {
+    std::string detail = r.value("detail", "");
+    if (detail.size() > 70) detail = detail.substr(0, 67) + "...";
+    if (absl::StartsWith(detail, "published:")) detail = "-> " + r.value("output", "");
+    rows.push_back({r.value("id", ""), r.value("state", ""), r.value("detection", ""),
+                    r.value("path", ""), detail});
+  }
+  PrintTable(rows, out, {});
+  return kExitOk;
+}
+
+int RunJobs(const DaemonArgs& a, std::ostream& out, std::ostream& err) {
+  nlohmann::json j;
+  if (int rc = DaemonGet(a, "/v1/jobs", err, &j); rc != kExitOk) return rc;
+  if (a.json) {
+    out << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"JOB", "RUN", "KIND", "STATE", "PROGRESS", "ERROR"}};
+  for (const auto& r : j["jobs"]) {
+    uint64_t done = r.value("bytes_done", uint64_t{0}), total = r.value("bytes_total", uint64_t{0});
+    std::string prog = total ? absl::StrFormat("%d%% of %s", static_cast<int>(100.0 * done / total),
+                                               HumanBytes(total))
+                             : "-";
+    std::string e = r.value("error", "");
+    if (e.size() > 60) e = e.substr(0, 57) + "...";
+    rows.push_back({absl::StrCat(r.value("id", 0)), r.value("run", ""), r.value("kind", ""),
+                    r.value("state", ""), prog, e});
+  }
+  PrintTable(rows, out, {});
+  return kExitOk;
+}
+
+int RunDaemonConsolidate(const DaemonArgs& a, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<std::string> token = LocalFileSystem().ReadAll(a.token_file);
+  if (!token.ok()) {
+    err << "safeshard daemon-consolidate: cannot read the API token: " << token.status().message()
+        << " (pass --token-file)\n";
+    return kExitUsage;
+  }
+  std::string id = a.run;
+  if (!id.empty() && id[0] == '/') {  // a path: look its id up
+    nlohmann::json runs;
+    if (int rc = DaemonGet(a, "/v1/runs", err, &runs); rc != kExitOk) return rc;
+    std::string want = id;
+    while (want.size() > 1 && want.back() == '/') want.pop_back();
+    id.clear();
+    for (const auto& r : runs["runs"]) {
+      if (r.value("path", "") == want) id = r.value("id", "");
+    }
+    if (id.empty()) {
+      err << "safeshard daemon-consolidate: the daemon knows no run at " << a.run << "\n";
+      return kExitProblems;
+    }
+  }
+  auto c = Connect(a.address);
+  httplib::Headers h = {{"Authorization", "Bearer " + std::string(absl::StripAsciiWhitespace(*token))}};
+  auto r = c->Post(("/v1/runs/" + id + "/consolidate").c_str(), h, "", "application/json");
+  if (!r) {
+    err << "safeshard: cannot reach safeshardd at " << a.address << "\n";
+    return kExitProblems;
+  }
+  if (r->status != 202) {
+    err << "safeshard daemon-consolidate: safeshardd answered " << r->status << ": " << r->body;
+    return kExitProblems;
+  }
+  out << "queued: " << r->body;
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -639,6 +770,21 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
                   "Rewrite IN itself (each file via a temporary file and a rename)");
   remap->add_flag("--overwrite", ra.overwrite, "Replace an existing checkpoint in OUT");
 
+  DaemonArgs da;
+  da.address = DefaultDaemonAddress();
+  da.token_file = DefaultTokenFile();
+  CLI::App* runs = app.add_subcommand("runs", "List the runs safeshardd knows, with their state");
+  CLI::App* jobs = app.add_subcommand("jobs", "List safeshardd's jobs with state and progress");
+  CLI::App* dcons = app.add_subcommand(
+      "daemon-consolidate", "Ask safeshardd to consolidate a run (by id or path) now");
+  dcons->add_option("RUN", da.run, "Run id (from `safeshard runs`) or its path")->required();
+  for (CLI::App* sub : {runs, jobs, dcons}) {
+    sub->add_option("--daemon", da.address,
+                    "safeshardd's address (default $SAFESHARD_DAEMON or 127.0.0.1:8470)");
+    sub->add_flag("--json", da.json, "Print the daemon's JSON answer");
+  }
+  dcons->add_option("--token-file", da.token_file, "API token file (default ~/.config/safeshard/token)");
+
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
   if (!known) {
@@ -674,6 +820,9 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   if (example->parsed()) return RunMakeExample(ea, out, err);
   if (consolidate->parsed()) return RunConsolidate(ca, out, err);
   if (remap->parsed()) return RunRemap(ra, out, err);
+  if (runs->parsed()) return RunRuns(da, out, err);
+  if (jobs->parsed()) return RunJobs(da, out, err);
+  if (dcons->parsed()) return RunDaemonConsolidate(da, out, err);
   err << app.help();
   return kExitUsage;
 }

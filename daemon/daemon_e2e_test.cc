@@ -9,10 +9,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "cli/cli.h"
 #include "core/example/example.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
@@ -339,6 +341,37 @@ TEST(DaemonE2E, ApiRefusesMissingTokensAndPathsOutsideTheRoots) {
   ASSERT_TRUE(m);
   EXPECT_TRUE(absl::StrContains(m->body, "safeshard_jobs{state=\"published\"}")) << m->body;
   EXPECT_TRUE(absl::StrContains(m->body, "safeshard_bytes_consolidated_total"));
+}
+
+TEST(DaemonE2E, CliTalksToTheDaemon) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  PlaceRun(d.root + "/run", SmallModel(), 2);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  std::string addr = absl::StrCat("127.0.0.1:", *LocalFileSystem().ReadAll(d.state + "/port"));
+  std::ostringstream out, err;
+  ASSERT_EQ(RunSafeshard({"safeshard", "runs", "--daemon", addr}, out, err), kExitOk) << err.str();
+  EXPECT_TRUE(absl::StrContains(out.str(), "published")) << out.str();
+  EXPECT_TRUE(absl::StrContains(out.str(), d.root + "/run-hf"));
+  std::ostringstream out2, err2;
+  ASSERT_EQ(RunSafeshard({"safeshard", "jobs", "--daemon", addr}, out2, err2), kExitOk);
+  EXPECT_TRUE(absl::StrContains(out2.str(), "100% of"));
+  std::ostringstream out3, err3;
+  EXPECT_EQ(RunSafeshard({"safeshard", "daemon-consolidate", d.root + "/run", "--daemon", addr,
+                          "--token-file", d.state + "/token"},
+                         out3, err3),
+            kExitOk)
+      << err3.str();
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 2; });
+  std::ostringstream out4, err4;
+  EXPECT_EQ(RunSafeshard({"safeshard", "daemon-consolidate", d.root + "/run", "--daemon", addr,
+                          "--token-file", d.state + "/nope"},
+                         out4, err4),
+            kExitUsage);
+  std::ostringstream out5, err5;
+  EXPECT_EQ(RunSafeshard({"safeshard", "runs", "--daemon", "127.0.0.1:1"}, out5, err5), kExitProblems);
+  EXPECT_TRUE(absl::StrContains(err5.str(), "cannot reach safeshardd"));
 }
 
 }  // namespace
