@@ -380,14 +380,15 @@ void Daemon::WatchLoop() {
     if (r <= 0) continue;
     ssize_t n = read(inotify_fd_, buf, sizeof buf);
     if (n <= 0) continue;
-    bool changed = false;
+    bool overflow = false;
+    std::set<std::string> dirs, trees;
     for (char* q = buf; q < buf + n;) {
       auto* ev = reinterpret_cast<struct inotify_event*>(q);
       q += sizeof(struct inotify_event) + ev->len;
       if (ev->mask & IN_Q_OVERFLOW) {
         inotify_overflows_++;
         Log("warning", "inotify queue overflowed; rescanning every root");
-        changed = true;
+        overflow = true;
         continue;
       }
       if (ev->mask & IN_IGNORED) {
@@ -399,12 +400,16 @@ void Daemon::WatchLoop() {
       if ((ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)) && ev->len > 0 &&
           ev->name[0] != '.') {
         AddWatchesBelow(JoinPath(it->second, ev->name));
+        trees.insert(JoinPath(it->second, ev->name));
+      } else {
+        dirs.insert(it->second);
       }
-      changed = true;
     }
-    if (changed) {
+    if (overflow || !dirs.empty() || !trees.empty()) {
       absl::MutexLock l(&mu_);
-      dirty_ = true;
+      dirty_ |= overflow;
+      dirty_dirs_.insert(dirs.begin(), dirs.end());
+      dirty_trees_.insert(trees.begin(), trees.end());
     }
   }
 }
@@ -422,8 +427,10 @@ std::string Daemon::OutputFor(const std::string& run_dir) const {
 
 void Daemon::ScanRoots() {
   rescans_++;
-  const int64_t now = NowMs();
-  std::vector<std::string> stack = config().watch_roots;
+  ScanTrees(config().watch_roots, /*recursive=*/true, NowMs());
+}
+
+void Daemon::ScanTrees(std::vector<std::string> stack, bool recursive, int64_t now) {
   std::vector<std::string> runs;
   while (!stack.empty()) {
     std::string d = stack.back();
@@ -433,7 +440,7 @@ void Daemon::ScanRoots() {
     bool run = false;
     for (const DirEntry& e : *entries) {
       if (e.is_dir) {
-        if (e.name[0] != '.') stack.push_back(JoinPath(d, e.name));
+        if (recursive && e.name[0] != '.') stack.push_back(JoinPath(d, e.name));
       } else if ((absl::StartsWith(e.name, "shard-") && absl::EndsWith(e.name, ".safetensors")) ||
                  e.name == kCompletionManifest) {
         run = true;
@@ -587,16 +594,24 @@ void Daemon::SchedulerLoop() {
   int64_t last_watchdog = 0;
   while (!stopping_) {
     bool scan = false, schedule = false;
+    std::set<std::string> dirs, trees;
     {
       absl::MutexLock l(&mu_);
       const int64_t now = NowMs();
       int64_t next = last_full_scan_ms_ + static_cast<int64_t>(config_.rescan_interval_seconds * 1000);
       if (next_deadline_ms_ > 0) next = std::min(next, next_deadline_ms_);
       if (watchdog_ms > 0) next = std::min(next, last_watchdog + watchdog_ms);
-      auto wake = [this] { return dirty_ || stopping_.load(); };
-      if (!dirty_ && next > now) {
+      auto wake = [this] {
+        return dirty_ || schedule_ || !dirty_dirs_.empty() || !dirty_trees_.empty() ||
+               stopping_.load();
+      };
+      if (!wake() && next > now) {
         mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(next - now));
       }
+      dirs.swap(dirty_dirs_);
+      trees.swap(dirty_trees_);
+      schedule = schedule_ || !dirs.empty() || !trees.empty();
+      schedule_ = false;
       const int64_t t = NowMs();
       if (dirty_ || t - last_full_scan_ms_ >= config_.rescan_interval_seconds * 1000 ||
           (next_deadline_ms_ > 0 && t >= next_deadline_ms_)) {
@@ -612,7 +627,13 @@ void Daemon::SchedulerLoop() {
       NotifySystemd("WATCHDOG=1");
       last_watchdog = NowMs();
     }
-    if (scan) ScanRoots();
+    if (scan) {
+      ScanRoots();
+    } else if (!dirs.empty() || !trees.empty()) {
+      // Only where something happened: cheap however many finished runs lie under the roots.
+      ScanTrees(std::vector<std::string>(trees.begin(), trees.end()), true, NowMs());
+      ScanTrees(std::vector<std::string>(dirs.begin(), dirs.end()), false, NowMs());
+    }
     if (schedule) StartDueJobs();
   }
 }
@@ -767,7 +788,7 @@ void Daemon::RunJob(JobRecord j) {
   if (status.ok() && j.kind == "consolidate") ApplyRetention(run);
   absl::MutexLock l(&mu_);
   a->finished = true;
-  dirty_ = true;
+  schedule_ = true;
 }
 
 void Daemon::ApplyRetention(const RunRecord& run) {
@@ -921,7 +942,8 @@ absl::StatusOr<int64_t> Daemon::RequestConsolidate(const std::string& id_or_path
   RunRecord r = *run;
   r.state = "queued";
   (void)store_->UpsertRun(r);
-  RequestRescan();
+  absl::MutexLock l(&mu_);
+  schedule_ = true;
   return id;
 }
 
@@ -940,7 +962,8 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
   j.output = *out;
   j.created_ms = NowMs();
   absl::StatusOr<int64_t> id = store_->AddJob(j);
-  RequestRescan();
+  absl::MutexLock l(&mu_);
+  schedule_ = true;
   return id;
 }
 

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -76,6 +77,7 @@ class Daemon {
   void WatchLoop();
   void SchedulerLoop();
   void ScanRoots();
+  void ScanTrees(std::vector<std::string> roots, bool recursive, int64_t now);
   void EvaluateRun(const std::string& dir, int64_t now);
   void StartDueJobs();
   void NoteDeadline(int64_t t);
@@ -91,7 +93,11 @@ class Daemon {
   std::unique_ptr<Store> store_;
   std::string token_;
   std::atomic<bool> stopping_{false};
-  bool dirty_ = true;  // under mu_: something changed or a rescan was asked for
+  // Under mu_: what the scheduler has to look at next.
+  bool dirty_ = true;                  // a full rescan (start, overflow, API, timer)
+  bool schedule_ = false;              // a job ended: start queued ones
+  std::set<std::string> dirty_dirs_;   // directories with file events (looked at alone)
+  std::set<std::string> dirty_trees_;  // directories that appeared (looked at recursively)
   int64_t last_full_scan_ms_ = 0;
   int64_t next_deadline_ms_ = 0;  // under mu_: earliest quiet-period end or retry (0: none)
   std::map<int64_t, std::unique_ptr<ActiveJob>> active_;  // under mu_
