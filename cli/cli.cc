@@ -265,7 +265,8 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     for (const Problem& p : ck->problems()) out << p.ToString() << "\n";
     if (ck->problems().empty()) {
       out << "ok: " << ck->tensors().size() << " tensors in " << ck->files().size()
-          << " files (" << CheckpointKindName(ck->kind()) << "), every tensor fully covered\n";
+          << (ck->files().size() == 1 ? " file (" : " files (") << CheckpointKindName(ck->kind())
+          << "), every tensor fully covered\n";
     } else {
       err << ck->problems().size() << " problem" << (ck->problems().size() == 1 ? "" : "s")
           << " in " << ck->root() << "\n";
