@@ -133,7 +133,9 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
   }
 
   nlohmann::json root;
-  internal::StrictParseResult pr = internal::ParseJsonStrict(json.begin(), json.end(), &root);
+  std::vector<std::pair<std::string, nlohmann::json>> members;
+  internal::StrictParseResult pr =
+      internal::ParseJsonStrict(json.begin(), json.end(), &root, &members);
   if (!pr.ok) {
     return Fail(HeaderError::kInvalidJson, file,
                 absl::StrCat("header JSON does not parse at byte offset ", 8 + pr.error_byte,
@@ -149,10 +151,8 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                 "header JSON at byte offset 8 is not an object");
   }
 
-  h.tensors.reserve(root.size());
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string& key = it.key();
-    const auto& v = it.value();
+  h.tensors.reserve(members.size());
+  for (const auto& [key, v] : members) {
     if (key == kMetadataKey) {
       h.has_metadata = true;
       if (!v.is_object()) {

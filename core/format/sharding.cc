@@ -18,20 +18,20 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
         absl::StrCat(file, ": __metadata__ DCP_SHARDING_INFO (byte offset 8): ", what));
   };
   nlohmann::json root;
+  std::vector<std::pair<std::string, nlohmann::json>> members;
   internal::StrictParseResult pr =
-      internal::ParseJsonStrict(it->second.begin(), it->second.end(), &root);
+      internal::ParseJsonStrict(it->second.begin(), it->second.end(), &root, &members);
   if (!pr.ok) return bad(absl::StrCat("not valid JSON: ", pr.error));
   if (pr.duplicate) return bad(absl::StrCat("key ", Quote(*pr.duplicate), " repeated"));
   if (!root.is_object()) return bad("not a JSON object");
   ShardingInfo info;
-  for (auto e = root.begin(); e != root.end(); ++e) {
-    const std::string& fqn = e.key();
+  for (const auto& [fqn, value] : members) {
     const TensorEntry* t = h.Find(fqn);
     if (t == nullptr) {
       return bad(absl::StrCat("names tensor ", Quote(fqn), " which the file does not hold"));
     }
-    auto so = e.value().is_object() ? e.value().find("saved_offsets") : e.value().end();
-    if (!e.value().is_object() || so == e.value().end() || !so->is_array()) {
+    auto so = value.is_object() ? value.find("saved_offsets") : value.end();
+    if (!value.is_object() || so == value.end() || !so->is_array()) {
       return bad(absl::StrCat("tensor ", Quote(fqn), ": expected {\"saved_offsets\": [...]}"));
     }
     std::vector<uint64_t> offsets;
