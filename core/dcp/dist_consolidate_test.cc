@@ -1,0 +1,116 @@
+// Multi-process consolidation over c10d/Gloo (separate processes, FileStore rendezvous on this
+// machine): byte-exact results equal to a single-process run, balanced work, a failing rank's
+// error on every rank with nothing published, and a missing rank failing in bounded time.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/example/example.h"
+#include "core/io/filesystem.h"
+#include "core/layout/layout.h"
+#include "core/testing/testing.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace safeshard {
+namespace {
+
+const char kBin[] = "core/dcp/safeshard-torch";
+
+pid_t Spawn(std::vector<std::string> args, const std::string& log) {
+  std::vector<char*> av;
+  for (auto& a : args) av.push_back(a.data());
+  av.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (log + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  EXPECT_EQ(posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  return pid;
+}
+
+int Wait(pid_t pid) {
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::map<std::string, std::string> TensorBytes(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_TRUE(ck.ok() && ck->problems().empty());
+  for (const TensorLayout& t : ck->tensors()) {
+    const Chunk& c = t.chunks[0];
+    std::string all = testing::ReadFile(JoinPath(dir, ck->files()[c.file].name));
+    out[t.name] = all.substr(c.begin, c.end - c.begin);
+  }
+  return out;
+}
+
+TEST(DistConsolidateTest, TwoAndFourProcessesMatchTheNaiveReassembly) {
+  std::vector<ExampleTensor> model = TransformerLikeModel({.layers = 2, .hidden = 128, .vocab = 1000});
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, model, {.ranks = 4}).ok());
+  std::string files_single;
+  for (int ranks : {2, 4}) {
+    std::string out = testing::NewTempDir() + "/out";
+    std::string log = testing::NewTempDir() + "/log";
+    int rc = Wait(Spawn({kBin, "dist-consolidate", in, out, "--ranks", std::to_string(ranks),
+                         "--max-shard-size", "200KB", "--timeout", "60"},
+                        log));
+    ASSERT_EQ(rc, 0) << testing::ReadFile(log + ".err");
+    std::string stdout_text = testing::ReadFile(log);
+    for (int r = 0; r < ranks; ++r) {
+      EXPECT_TRUE(absl::StrContains(stdout_text, absl::StrCat("rank ", r, ": copied "))) << stdout_text;
+    }
+    auto got = TensorBytes(out);
+    ASSERT_EQ(got.size(), model.size());
+    for (const ExampleTensor& t : model) EXPECT_TRUE(got[t.name] == ExpectedTensorBytes(t)) << t.name;
+  }
+}
+
+TEST(DistConsolidateTest, AFailingRankFailsEveryRankAndPublishesNothing) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 TransformerLikeModel({.layers = 1, .hidden = 64, .vocab = 100}),
+                                 {.ranks = 2}).ok());
+  std::string out = testing::NewTempDir() + "/out";
+  std::string store = testing::NewTempDir() + "/rdzv";
+  std::string log0 = testing::NewTempDir() + "/r0", log1 = testing::NewTempDir() + "/r1";
+  pid_t p0 = Spawn({kBin, "dist-consolidate-rank", in, out, "--rank", "0", "--world-size", "2",
+                    "--store", store, "--timeout", "60"}, log0);
+  pid_t p1 = Spawn({kBin, "dist-consolidate-rank", in + "/does-not-exist", out, "--rank", "1",
+                    "--world-size", "2", "--store", store, "--timeout", "60"}, log1);
+  EXPECT_EQ(Wait(p0), 1);
+  EXPECT_EQ(Wait(p1), 1);
+  std::string e0 = testing::ReadFile(log0 + ".err");
+  EXPECT_TRUE(absl::StrContains(e0, "rank 1: ")) << e0;
+  EXPECT_TRUE(absl::StrContains(e0, "does-not-exist")) << e0;
+  EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
+}
+
+TEST(DistConsolidateTest, AMissingRankFailsInBoundedTime) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 {{"w", DType::kF32, {4, 4}, Sharding::kRow}}, {.ranks = 2}).ok());
+  std::string log = testing::NewTempDir() + "/r0";
+  auto t0 = std::chrono::steady_clock::now();
+  pid_t p0 = Spawn({kBin, "dist-consolidate-rank", in, testing::NewTempDir() + "/out", "--rank", "0",
+                    "--world-size", "2", "--store", testing::NewTempDir() + "/rdzv", "--timeout", "3"},
+                   log);
+  EXPECT_NE(Wait(p0), 0);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(secs, 60) << "rank 0 waited far beyond its timeout";
+  EXPECT_FALSE(testing::ReadFile(log + ".err").empty());
+}
+
+}  // namespace
+}  // namespace safeshard
