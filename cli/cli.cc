@@ -674,7 +674,38 @@ int RunDaemonConsolidate(const DaemonArgs& a, std::ostream& out, std::ostream& e
 
 }  // namespace
 
+// Torch subcommands live in the companion binary safeshard-torch (libtorch stays out of this
+// one), run the way git runs git-<cmd>: next to this binary, in Bazel's output tree, or on PATH.
+int RunCompanion(const std::vector<std::string>& args, std::ostream& err) {
+  std::vector<std::string> candidates;
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) {
+    std::string dir = DirName(std::string(self, n));
+    candidates.push_back(JoinPath(dir, "safeshard-torch"));
+    candidates.push_back(JoinPath(dir, "../core/dcp/safeshard-torch"));
+  }
+  candidates.push_back("safeshard-torch");
+  std::vector<std::string> argv = args;
+  std::vector<char*> av;
+  for (const std::string& c : candidates) {
+    argv[0] = c;
+    av.clear();
+    for (std::string& a : argv) av.push_back(a.data());
+    av.push_back(nullptr);
+    if (c.find('/') != std::string::npos) {
+      if (access(c.c_str(), X_OK) == 0) execv(c.c_str(), av.data());
+    } else {
+      execvp(c.c_str(), av.data());
+    }
+  }
+  err << "safeshard: \"" << args[1] << "\" needs the libtorch companion safeshard-torch, which was "
+      << "not found next to this binary or on PATH (bazel build //core/dcp:safeshard-torch)\n";
+  return kExitUsage;
+}
+
 int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  if (args.size() > 1 && args[1] == "dist-consolidate") return RunCompanion(args, err);
   CLI::App app{kDescription, "safeshard"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every command");
@@ -786,6 +817,9 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   }
   dcons->add_option("--token-file", da.token_file, "API token file (default ~/.config/safeshard/token)");
 
+  app.footer(
+      "Torch commands (run through the companion binary safeshard-torch):\n"
+      "  dist-consolidate IN OUT --ranks R   consolidate with R processes over c10d (Gloo)");
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
   if (!known) {

@@ -112,5 +112,17 @@ TEST(DistConsolidateTest, AMissingRankFailsInBoundedTime) {
   EXPECT_FALSE(testing::ReadFile(log + ".err").empty());
 }
 
+TEST(DistConsolidateTest, SafeshardRunsTheTorchCompanion) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 {{"w", DType::kBF16, {6, 4}, Sharding::kColumn}}, {.ranks = 2}).ok());
+  std::string out = testing::NewTempDir() + "/out";
+  std::string log = testing::NewTempDir() + "/log";
+  int rc = Wait(Spawn({"cli/safeshard", "dist-consolidate", in, out, "--ranks", "2"}, log));
+  ASSERT_EQ(rc, 0) << testing::ReadFile(log + ".err");
+  EXPECT_EQ(TensorBytes(out).at("w"),
+            ExpectedTensorBytes({"w", DType::kBF16, {6, 4}, Sharding::kColumn}));
+}
+
 }  // namespace
 }  // namespace safeshard
