@@ -138,27 +138,12 @@ TEST(ConsolidateTest, MultiRankEqualsSingleRankAndSplitsWork) {
 }
 
 // Fails OpenForWrite: stands in for a rank whose disk or mount breaks mid-run.
-class BrokenWriteFs : public FileSystem {
+class BrokenWriteFs : public testing::ForwardingFileSystem {
  public:
-  explicit BrokenWriteFs(FileSystem* b) : b_(b) {}
-  absl::StatusOr<FileStat> Stat(const std::string& p) override { return b_->Stat(p); }
-  absl::StatusOr<std::vector<DirEntry>> List(const std::string& d) override { return b_->List(d); }
-  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
-    return b_->OpenRead(p);
-  }
-  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
-    return b_->Create(p);
-  }
+  using ForwardingFileSystem::ForwardingFileSystem;
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
     return absl::ResourceExhaustedError(p + ": open for writing: No space left on device");
   }
-  absl::Status Rename(const std::string& a, const std::string& b) override { return b_->Rename(a, b); }
-  absl::Status Remove(const std::string& p) override { return b_->Remove(p); }
-  absl::Status MakeDirs(const std::string& d) override { return b_->MakeDirs(d); }
-  absl::Status SyncDir(const std::string& d) override { return b_->SyncDir(d); }
-
- private:
-  FileSystem* b_;
 };
 
 TEST(ConsolidateTest, FailureOnOneRankReachesEveryRankAndPublishesNothing) {

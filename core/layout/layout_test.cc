@@ -29,32 +29,16 @@ std::string Dump(const CheckpointLayout& ck) {
 }
 
 // Counts bytes read through it and fails the test if anything maps a file.
-class CountingFs : public FileSystem {
+class CountingFs : public testing::ForwardingFileSystem {
  public:
-  explicit CountingFs(FileSystem* base) : base_(base) {}
+  explicit CountingFs(FileSystem* base) : ForwardingFileSystem(base) {}
   std::atomic<uint64_t> bytes_read{0};
   std::atomic<int> maps{0};
-  absl::StatusOr<FileStat> Stat(const std::string& p) override { return base_->Stat(p); }
-  absl::StatusOr<std::vector<DirEntry>> List(const std::string& d) override {
-    return base_->List(d);
-  }
   absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
     auto f = base_->OpenRead(p);
     if (!f.ok()) return f.status();
     return std::unique_ptr<ReadableFile>(new File(this, std::move(*f)));
   }
-  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
-    return base_->Create(p);
-  }
-  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
-    return base_->OpenForWrite(p);
-  }
-  absl::Status Rename(const std::string& a, const std::string& b) override {
-    return base_->Rename(a, b);
-  }
-  absl::Status Remove(const std::string& p) override { return base_->Remove(p); }
-  absl::Status MakeDirs(const std::string& d) override { return base_->MakeDirs(d); }
-  absl::Status SyncDir(const std::string& d) override { return base_->SyncDir(d); }
 
  private:
   class File : public ReadableFile {
@@ -75,7 +59,6 @@ class CountingFs : public FileSystem {
     CountingFs* fs_;
     std::unique_ptr<ReadableFile> f_;
   };
-  FileSystem* base_;
 };
 
 TEST(LayoutTest, ScansGeneratedDcpCheckpointClean) {

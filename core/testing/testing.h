@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/format/header.h"
+#include "core/io/filesystem.h"
 
 namespace safeshard::testing {
 
@@ -34,6 +35,32 @@ std::string RawSafetensors(const std::string& json, const std::string& buffer);
 
 // The deterministic byte pattern of tensor `name` (n bytes).
 std::string PatternBytes(const std::string& name, uint64_t n);
+
+// A FileSystem that forwards every call to `base`; tests override the calls they fake.
+class ForwardingFileSystem : public FileSystem {
+ public:
+  explicit ForwardingFileSystem(FileSystem* base) : base_(base) {}
+  absl::StatusOr<FileStat> Stat(const std::string& p) override { return base_->Stat(p); }
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& d) override { return base_->List(d); }
+  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
+    return base_->OpenRead(p);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
+    return base_->Create(p);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
+    return base_->OpenForWrite(p);
+  }
+  absl::Status Rename(const std::string& a, const std::string& b) override {
+    return base_->Rename(a, b);
+  }
+  absl::Status Remove(const std::string& p) override { return base_->Remove(p); }
+  absl::Status MakeDirs(const std::string& d) override { return base_->MakeDirs(d); }
+  absl::Status SyncDir(const std::string& d) override { return base_->SyncDir(d); }
+
+ protected:
+  FileSystem* base_;
+};
 
 // $SAFESHARD_FIXTURES if set and a directory. When unset and $SAFESHARD_REQUIRE_FIXTURES is 1,
 // the calling test fails; when merely unset, returns nullopt (the caller should GTEST_SKIP).
