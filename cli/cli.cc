@@ -705,7 +705,9 @@ int RunCompanion(const std::vector<std::string>& args, std::ostream& err) {
 }
 
 int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  if (args.size() > 1 && args[1] == "dist-consolidate") return RunCompanion(args, err);
+  if (args.size() > 1 && (args[1] == "dist-consolidate" || args[1] == "save-example")) {
+    return RunCompanion(args, err);
+  }
   CLI::App app{kDescription, "safeshard"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every command");
@@ -819,7 +821,9 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
 
   app.footer(
       "Torch commands (run through the companion binary safeshard-torch):\n"
-      "  dist-consolidate IN OUT --ranks R   consolidate with R processes over c10d (Gloo)");
+      "  dist-consolidate IN OUT --ranks R   consolidate with R processes over c10d (Gloo)\n"
+      "  save-example OUT --ranks R          R processes save a generated model over Gloo with\n"
+      "                                      the HF storage writer (shards + completion manifest)");
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
   if (!known) {

@@ -204,6 +204,28 @@ TEST(DaemonE2E, ManifestRunIsTakenAtOnceAndAWrongManifestIsNot) {
   ExpectOutputMatches(d.root + "/m-hf", model);
 }
 
+TEST(DaemonE2E, RunFromSafeshardsWriterIsTakenByItsManifest) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--quiet-period", "3600"});  // only the manifest can tell
+  p.Start();
+  std::vector<std::string> args = {"core/dcp/safeshard-torch", "save-example", d.root + "/w/step-5",
+                                   "--ranks", "4", "--layers", "2", "--hidden", "64",
+                                   "--vocab", "256"};
+  std::vector<char*> av;
+  for (auto& a : args) av.push_back(a.data());
+  av.push_back(nullptr);
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, av[0], nullptr, nullptr, av.data(), environ), 0);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  EXPECT_EQ(p.Get("/v1/runs")["runs"][0]["detection"], "manifest");
+  ExpectOutputMatches(d.root + "/w/step-5-hf", SmallModel());
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 1u);  // exactly once
+}
+
 TEST(DaemonE2E, HalfWrittenRunIsLeftAloneUntilComplete) {
   Dirs d;
   DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});

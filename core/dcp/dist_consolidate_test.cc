@@ -124,5 +124,54 @@ TEST(DistConsolidateTest, SafeshardRunsTheTorchCompanion) {
             ExpectedTensorBytes({"w", DType::kBF16, {6, 4}, Sharding::kColumn}));
 }
 
+TEST(DistSaveTest, RanksSaveShardsAndTheManifestLast) {
+  for (int ranks : {2, 4}) {
+    std::string out = testing::NewTempDir() + "/ckpt";
+    std::string log = testing::NewTempDir() + "/log";
+    int rc = Wait(Spawn({kBin, "save-example", out, "--ranks", std::to_string(ranks), "--layers",
+                         "2", "--hidden", "64", "--vocab", "300", "--timeout", "60"},
+                        log));
+    ASSERT_EQ(rc, 0) << testing::ReadFile(log + ".err");
+    auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+    ASSERT_TRUE(ck.ok());
+    EXPECT_TRUE(ck->problems().empty());
+    EXPECT_EQ(ck->rank_count(), ranks);
+    EXPECT_EQ(ck->kind(), CheckpointKind::kDcpSharded);
+    std::string manifest = testing::ReadFile(out + "/safeshard.complete.json");
+    EXPECT_TRUE(absl::StrContains(manifest, absl::StrCat("\"ranks\": ", ranks))) << manifest;
+    for (const FileInfo& f : ck->files()) {
+      EXPECT_TRUE(absl::StrContains(manifest, absl::StrCat("\"size\": ", f.size))) << f.name;
+    }
+    // Replicated tensors are saved once.
+    EXPECT_EQ(ck->FindTensor("model.norm.weight")->chunks.size(), 1u);
+    // The shards consolidate byte-exactly (the generator defines every byte).
+    std::string hf = testing::NewTempDir() + "/hf";
+    int rc2 = Wait(Spawn({kBin, "dist-consolidate", out, hf, "--ranks", "2"}, log));
+    ASSERT_EQ(rc2, 0) << testing::ReadFile(log + ".err");
+    auto got = TensorBytes(hf);
+    for (const ExampleTensor& t : TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 300})) {
+      EXPECT_TRUE(got[t.name] == ExpectedTensorBytes(t)) << t.name;
+    }
+  }
+}
+
+TEST(DistSaveTest, ARankThatFailsMidSaveFailsEveryRankAndLeavesNoManifest) {
+  std::string out = testing::NewTempDir() + "/ckpt";
+  std::string log = testing::NewTempDir() + "/log";
+  setenv("SAFESHARD_TEST_FAIL_RANK", "1", 1);
+  int rc = Wait(Spawn({kBin, "save-example", out, "--ranks", "3", "--layers", "1", "--hidden",
+                       "32", "--vocab", "64", "--timeout", "60"},
+                      log));
+  unsetenv("SAFESHARD_TEST_FAIL_RANK");
+  EXPECT_NE(rc, 0);
+  std::string err = testing::ReadFile(log + ".err");
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(absl::StrContains(err, absl::StrCat("rank ", r, ": rank 1: injected failure"))) << err;
+  }
+  EXPECT_FALSE(LocalFileSystem().Stat(out + "/safeshard.complete.json").ok());
+  auto entries = LocalFileSystem().List(out);
+  if (entries.ok()) EXPECT_TRUE(entries->empty());
+}
+
 }  // namespace
 }  // namespace safeshard

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -20,6 +21,8 @@
 #include "absl/strings/str_format.h"
 #include "core/consolidate/consolidate.h"
 #include "core/dcp/c10d_collective.h"
+#include "core/dcp/hf_storage_writer.h"
+#include "core/example/example.h"
 #include "core/io/filesystem.h"
 
 extern char** environ;
@@ -72,6 +75,113 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
   return 0;
 }
 
+absl::StatusOr<c10::ScalarType> TorchDType(safeshard::DType d) {
+  switch (d) {
+    case safeshard::DType::kF32: return c10::kFloat;
+    case safeshard::DType::kBF16: return c10::kBFloat16;
+    case safeshard::DType::kF16: return c10::kHalf;
+    case safeshard::DType::kF64: return c10::kDouble;
+    case safeshard::DType::kI64: return c10::kLong;
+    case safeshard::DType::kI32: return c10::kInt;
+    case safeshard::DType::kI16: return c10::kShort;
+    case safeshard::DType::kI8: return c10::kChar;
+    case safeshard::DType::kU8: return c10::kByte;
+    case safeshard::DType::kBOOL: return c10::kBool;
+    default:
+      return absl::InvalidArgumentError("dtype not available in libtorch 1.13");
+  }
+}
+
+at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& sizes, c10::ScalarType t) {
+  std::vector<int64_t> s(sizes.begin(), sizes.end());
+  at::Tensor out = torch::empty(s, torch::TensorOptions().dtype(t));
+  if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
+  return out;
+}
+
+// One rank of a generated training save: its shards of the transformer-shaped model (row,
+// column, 2-D mesh) and every replicated tensor, saved through the HF storage writer.
+int SaveRankMain(const std::string& out, int rank, int world, const std::string& store,
+                 bool from_env, int layers, uint64_t hidden, uint64_t vocab, double timeout_s) {
+  safeshard::GroupOptions g;
+  if (from_env) {
+    absl::StatusOr<safeshard::GroupOptions> e = safeshard::GroupOptionsFromEnv();
+    if (!e.ok()) {
+      std::cerr << "safeshard-torch: " << e.status().message() << "\n";
+      return 2;
+    }
+    g = *e;
+  } else {
+    g.rank = rank;
+    g.world_size = world;
+    g.file_store = store;
+  }
+  g.timeout = absl::Seconds(timeout_s);
+  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(g);
+  if (!c.ok()) {
+    std::cerr << "safeshard-torch: " << c.status().message() << "\n";
+    return 1;
+  }
+  std::vector<safeshard::ExampleTensor> model =
+      safeshard::TransformerLikeModel({.layers = layers, .hidden = hidden, .vocab = vocab});
+  safeshard::WriteOptions wo{.ranks = g.world_size, .mesh_rows = g.world_size % 2 == 0 ? 2 : 1};
+  safeshard::StateDict sd;
+  std::vector<uint64_t> ignored(g.world_size, 0);
+  for (size_t i = 0; i < model.size(); ++i) {
+    const safeshard::ExampleTensor& t = model[i];
+    absl::StatusOr<c10::ScalarType> dt = TorchDType(t.dtype);
+    if (!dt.ok()) return 2;
+    if (t.sharding == safeshard::Sharding::kReplicated) {
+      sd.push_back({t.name, FromBytes(safeshard::ExpectedTensorBytes(t), t.shape, *dt)});
+      continue;
+    }
+    std::vector<std::optional<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
+    const safeshard::ChunkSpec& mine = *chunks[g.rank];
+    safeshard::ShardedTensor st;
+    st.local = FromBytes(safeshard::ChunkBytes(t, mine), mine.sizes, *dt);
+    st.global_shape.assign(t.shape.begin(), t.shape.end());
+    st.offsets.assign(mine.offsets.begin(), mine.offsets.end());
+    sd.push_back({t.name, std::move(st)});
+  }
+  absl::StatusOr<safeshard::SaveResult> r = safeshard::SaveSharded(sd, out, **c);
+  if (!r.ok()) {
+    std::cerr << "safeshard-torch: rank " << g.rank << ": " << r.status().message() << "\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat("rank %d: wrote %s (%d tensor bytes)\n", g.rank, r->file, r->bytes);
+  return 0;
+}
+
+int SpawnRanks(const std::vector<std::string>& base, int ranks) {
+  std::string rdzv = absl::StrCat("/tmp/safeshard-rdzv-", getpid());
+  std::remove(rdzv.c_str());
+  std::vector<pid_t> pids;
+  for (int r = 0; r < ranks; ++r) {
+    std::vector<std::string> args = base;
+    for (const std::string& a : {std::string("--rank"), std::to_string(r), std::string("--world-size"),
+                                 std::to_string(ranks), std::string("--store"), rdzv}) {
+      args.push_back(a);
+    }
+    std::vector<char*> av;
+    for (auto& a : args) av.push_back(a.data());
+    av.push_back(nullptr);
+    pid_t pid;
+    if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, av.data(), environ) != 0) {
+      std::cerr << "safeshard-torch: cannot start rank " << r << "\n";
+      return 1;
+    }
+    pids.push_back(pid);
+  }
+  int worst = 0;
+  for (pid_t p : pids) {
+    int status = 0;
+    waitpid(p, &status, 0);
+    worst = std::max(worst, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  }
+  std::remove(rdzv.c_str());
+  return worst;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,7 +208,36 @@ int main(int argc, char** argv) {
     a->add_option("--max-shard-size", max_shard, "Split outputs at this size");
     a->add_option("--timeout", timeout, "Seconds a rank waits for the others before failing");
   }
+  int layers = 4;
+  uint64_t hidden = 256, vocab = 4096;
+  CLI::App* save = app.add_subcommand(
+      "save-example", "R processes save a generated transformer-shaped model over Gloo with the "
+                      "HF storage writer (per-rank DCP shards + completion manifest)");
+  save->add_option("OUT", out)->required();
+  save->add_option("--ranks", ranks, "Number of processes")->check(CLI::Range(1, 256));
+  CLI::App* save_one = app.add_subcommand("save-example-rank", "One rank of save-example");
+  save_one->add_option("OUT", out)->required();
+  save_one->add_option("--rank", rank);
+  save_one->add_option("--world-size", world);
+  save_one->add_option("--store", store);
+  save_one->add_flag("--from-env", from_env);
+  for (CLI::App* a : {save, save_one}) {
+    a->add_option("--layers", layers, "Transformer layers");
+    a->add_option("--hidden", hidden, "Hidden size");
+    a->add_option("--vocab", vocab, "Vocabulary size");
+    a->add_option("--timeout", timeout, "Seconds a rank waits for the others before failing");
+  }
   CLI11_PARSE(app, argc, argv);
+  if (save_one->parsed()) {
+    return SaveRankMain(out, rank, world, store, from_env, layers, static_cast<uint64_t>(hidden),
+                        static_cast<uint64_t>(vocab), timeout);
+  }
+  if (save->parsed()) {
+    return SpawnRanks({"/proc/self/exe", "save-example-rank", out, "--layers", std::to_string(layers),
+                       "--hidden", std::to_string(hidden), "--vocab", std::to_string(vocab),
+                       "--timeout", std::to_string(timeout)},
+                      ranks);
+  }
   if (one->parsed()) return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);
 
   // dist-consolidate: spawn the ranks (this binary again), FileStore next to the output.

@@ -1,0 +1,206 @@
+#include "core/dcp/hf_storage_writer.h"
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/format/filenames.h"
+#include "core/format/header.h"
+#include "core/format/sharding.h"
+#include "core/io/atomic_file.h"
+#include "core/io/filesystem.h"
+#include "nlohmann/json.hpp"
+
+namespace safeshard {
+namespace {
+
+using nlohmann::json;
+
+struct Item {
+  std::string fqn;
+  bool replicated = false;
+  std::vector<int64_t> offsets, sizes;
+  uint64_t bytes = 0;
+};
+
+absl::Status Gather(Collective& c, const absl::Status& mine) {
+  absl::StatusOr<std::vector<std::string>> all =
+      c.AllGather(mine.ok() ? "" : absl::StrCat(static_cast<int>(mine.code()), "|", mine.message()));
+  if (!all.ok()) return all.status();
+  std::vector<std::string> errors;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  for (size_t r = 0; r < all->size(); ++r) {
+    const std::string& e = (*all)[r];
+    if (e.empty()) continue;
+    size_t bar = e.find('|');
+    if (code == absl::StatusCode::kOk) code = static_cast<absl::StatusCode>(std::stoi(e.substr(0, bar)));
+    errors.push_back(absl::StrCat("rank ", r, ": ", e.substr(bar + 1)));
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::Status(code, absl::StrJoin(errors, "; "));
+}
+
+}  // namespace
+
+absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t) {
+  switch (t) {
+    case c10::kFloat: return DType::kF32;
+    case c10::kBFloat16: return DType::kBF16;
+    case c10::kHalf: return DType::kF16;
+    case c10::kDouble: return DType::kF64;
+    case c10::kChar: return DType::kI8;
+    case c10::kShort: return DType::kI16;
+    case c10::kInt: return DType::kI32;
+    case c10::kLong: return DType::kI64;
+    case c10::kByte: return DType::kU8;
+    case c10::kBool: return DType::kBOOL;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("torch dtype ", c10::toString(t), " has no safetensors equivalent"));
+  }
+}
+
+absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& dir,
+                                       Collective& c) {
+  const int rank = c.rank(), world = c.world_size();
+  // 1. Local plan.
+  std::vector<Item> items;
+  std::map<std::string, const StateDictValue*> values;
+  absl::Status planned = [&]() -> absl::Status {
+    for (const auto& [fqn, v] : sd) {
+      if (values.count(fqn)) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\" appears twice"));
+      values[fqn] = &v;
+      Item it;
+      it.fqn = fqn;
+      const at::Tensor& t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
+                                                                   : std::get<ShardedTensor>(v).local;
+      if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\" is undefined"));
+      absl::StatusOr<DType> dt = DTypeOfTorch(t.scalar_type());
+      if (!dt.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\": ", dt.status().message()));
+      it.sizes.assign(t.sizes().begin(), t.sizes().end());
+      it.bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+      if (std::holds_alternative<at::Tensor>(v)) {
+        it.replicated = true;
+        it.offsets.assign(it.sizes.size(), 0);
+      } else {
+        const ShardedTensor& s = std::get<ShardedTensor>(v);
+        if (s.offsets.size() != it.sizes.size() || s.global_shape.size() != it.sizes.size()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tensor \"", fqn, "\": offsets, global shape and local tensor disagree on rank"));
+        }
+        for (size_t d = 0; d < it.sizes.size(); ++d) {
+          if (s.offsets[d] < 0 || s.offsets[d] + it.sizes[d] > s.global_shape[d]) {
+            return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\": local chunk lies outside the global shape in dimension ", d));
+          }
+        }
+        it.offsets = s.offsets;
+        if (t.numel() == 0) continue;  // an empty local shard saves nothing
+      }
+      items.push_back(std::move(it));
+    }
+    return absl::OkStatus();
+  }();
+  json mine = json::array();
+  for (const Item& it : items) {
+    mine.push_back({it.fqn, it.replicated, it.bytes});
+  }
+  absl::Status shared = Gather(c, planned);
+  if (!shared.ok()) return shared;
+  absl::StatusOr<std::vector<std::string>> plans = c.AllGather(mine.dump());
+  if (!plans.ok()) return plans.status();
+
+  // 2. Global plan (identical on every rank): replicated tensors go to the least-loaded rank.
+  std::vector<uint64_t> load(world, 0);
+  std::map<std::string, uint64_t> replicated;  // fqn -> bytes
+  for (int r = 0; r < world; ++r) {
+    for (const auto& e : json::parse((*plans)[r])) {
+      if (e[1].get<bool>()) {
+        replicated[e[0].get<std::string>()] = e[2].get<uint64_t>();
+      } else {
+        load[r] += e[2].get<uint64_t>();
+      }
+    }
+  }
+  std::vector<std::pair<std::string, uint64_t>> rep(replicated.begin(), replicated.end());
+  std::stable_sort(rep.begin(), rep.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::map<std::string, int> owner;
+  for (const auto& [fqn, bytes] : rep) {
+    int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[fqn] = r;
+    load[r] += bytes;
+  }
+
+  // 3. This rank's file, streamed from tensor memory under a temporary name.
+  FileSystem& fs = LocalFileSystem();
+  SaveResult result;
+  result.file = ShardFileName(rank, 1, 1);
+  std::optional<AtomicFile> out;
+  absl::Status written = [&]() -> absl::Status {
+    absl::Status s = fs.MakeDirs(dir);
+    if (!s.ok()) return s;
+    std::vector<TensorSpec> specs;
+    ShardingInfo info;
+    std::map<std::string, const Item*> mine_items;
+    for (const Item& it : items) {
+      if (it.replicated && owner.at(it.fqn) != rank) continue;
+      std::vector<uint64_t> shape(it.sizes.begin(), it.sizes.end());
+      const StateDictValue& v = *values.at(it.fqn);
+      const at::Tensor& t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
+                                                                   : std::get<ShardedTensor>(v).local;
+      specs.push_back({it.fqn, *DTypeOfTorch(t.scalar_type()), shape});
+      info.saved_offsets[it.fqn] = std::vector<uint64_t>(it.offsets.begin(), it.offsets.end());
+      mine_items[it.fqn] = &it;
+    }
+    absl::StatusOr<Header> h = LayoutHeader(std::move(specs), ShardedFileMetadata(info));
+    if (!h.ok()) return h.status();
+    absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, JoinPath(dir, result.file));
+    if (!f.ok()) return f.status();
+    out.emplace(std::move(*f));
+    s = out->file().Allocate(h->file_size());
+    if (s.ok()) s = out->file().WriteAt(0, SerializeHeader(*h));
+    for (const TensorEntry& e : h->tensors) {
+      if (!s.ok()) break;
+      const StateDictValue& v = *values.at(e.name);
+      at::Tensor t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
+                                                           : std::get<ShardedTensor>(v).local;
+      t = t.is_contiguous() ? t : t.contiguous();  // one tensor at a time, never the file
+      s = out->file().WriteAt(h->data_start() + e.begin,
+                              absl::string_view(static_cast<const char*>(t.data_ptr()), e.size()));
+      result.bytes += e.size();
+    }
+    if (s.ok()) s = out->file().Sync();
+    return s;
+  }();
+  if (const char* fail = std::getenv("SAFESHARD_TEST_FAIL_RANK");
+      fail != nullptr && std::atoi(fail) == rank) {
+    written = absl::InternalError("injected failure (SAFESHARD_TEST_FAIL_RANK) during the save");
+  }
+  absl::Status all_written = Gather(c, written);
+  if (!all_written.ok()) return all_written;  // AtomicFile removes the temporary file
+
+  // 4. Rename, then the coordinator publishes the completion manifest last.
+  absl::Status committed = out->Commit();
+  absl::StatusOr<std::vector<std::string>> sizes =
+      c.AllGather(committed.ok() ? absl::StrCat(result.file, "|", fs.Stat(JoinPath(dir, result.file))->size) : "");
+  if (!sizes.ok()) return sizes.status();
+  absl::Status all_committed = Gather(c, committed);
+  if (!all_committed.ok()) return all_committed;
+  json files = json::array();
+  for (const std::string& s : *sizes) {
+    size_t bar = s.find('|');
+    uint64_t size = std::stoull(s.substr(bar + 1));
+    result.all_files.emplace_back(s.substr(0, bar), size);
+    files.push_back({{"name", s.substr(0, bar)}, {"size", size}});
+  }
+  absl::Status manifest = absl::OkStatus();
+  if (rank == 0) {
+    json m = {{"format", "safeshard.complete/1"}, {"ranks", world}, {"files", files}};
+    manifest = WriteFileAtomically(fs, JoinPath(dir, kCompletionManifestName), m.dump(2) + "\n");
+  }
+  absl::Status done = Gather(c, manifest);
+  if (!done.ok()) return done;
+  return result;
+}
+
+}  // namespace safeshard

@@ -1,0 +1,59 @@
+// hf_storage_writer.h: save a distributed state dict as safetensors, the C++ counterpart of
+// PyTorch's HuggingFaceStorageWriter with save_sharded=True (per-rank DCP shards).
+//
+// Each rank plans its items (its chunk of every sharded tensor; every replicated tensor as a
+// candidate); the plans are all-gathered and every rank derives the same global plan: replicated
+// tensors are saved once, by the rank with the fewest bytes so far (spread by bytes). Each rank
+// streams its file straight from tensor memory (header from the plan, then each tensor's bytes:
+// never a whole-file buffer) under a temporary name and fsyncs it; statuses are all-gathered, and
+// only when every rank succeeded are the files renamed and the coordinator's completion manifest
+// (safeshard.complete.json: rank count, files, sizes) published last. A rank that fails makes
+// every rank return its error, and no manifest appears.
+//
+//   StateDict sd;
+//   sd.push_back({"w", ShardedTensor{local, {4096, 1024}, {rank * 1024, 0}}});
+//   sd.push_back({"norm", full_tensor});   // replicated
+//   ASSIGN_OR_RETURN(SaveResult r, SaveSharded(sd, "/ckpt/step-100", *collective));
+//
+// Dtypes: BF16, F16, F32, F64, I8..I64, U8, BOOL. libtorch 1.13 has no float8 types.
+#ifndef SAFESHARD_CORE_DCP_HF_STORAGE_WRITER_H_
+#define SAFESHARD_CORE_DCP_HF_STORAGE_WRITER_H_
+
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/consolidate/collective.h"
+#include "core/format/dtype.h"
+
+namespace safeshard {
+
+inline constexpr char kCompletionManifestName[] = "safeshard.complete.json";
+
+struct ShardedTensor {
+  at::Tensor local;                   // this rank's chunk (any strides; may be empty)
+  std::vector<int64_t> global_shape;
+  std::vector<int64_t> offsets;       // of `local` within the global tensor
+};
+
+using StateDictValue = std::variant<at::Tensor, ShardedTensor>;
+using StateDict = std::vector<std::pair<std::string, StateDictValue>>;
+
+absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t);
+
+struct SaveResult {
+  std::string file;      // this rank's file name
+  uint64_t bytes = 0;    // tensor bytes this rank wrote
+  std::vector<std::pair<std::string, uint64_t>> all_files;  // every rank's file and size
+};
+
+absl::StatusOr<SaveResult> SaveSharded(const StateDict& state_dict, const std::string& dir,
+                                       Collective& collective);
+
+}  // namespace safeshard
+
+#endif  // SAFESHARD_CORE_DCP_HF_STORAGE_WRITER_H_
