@@ -705,7 +705,8 @@ int RunCompanion(const std::vector<std::string>& args, std::ostream& err) {
 }
 
 int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  if (args.size() > 1 && (args[1] == "dist-consolidate" || args[1] == "save-example")) {
+  if (args.size() > 1 && (args[1] == "dist-consolidate" || args[1] == "save-example" ||
+                          args[1] == "load-check")) {
     return RunCompanion(args, err);
   }
   CLI::App app{kDescription, "safeshard"};
@@ -823,7 +824,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
       "Torch commands (run through the companion binary safeshard-torch):\n"
       "  dist-consolidate IN OUT --ranks R   consolidate with R processes over c10d (Gloo)\n"
       "  save-example OUT --ranks R          R processes save a generated model over Gloo with\n"
-      "                                      the HF storage writer (shards + completion manifest)");
+      "                                      the HF storage writer (shards + completion manifest)\n"
+      "  load-check DIR --ranks R --layout col|row|mesh   load into another sharding, verify");
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
   if (!known) {

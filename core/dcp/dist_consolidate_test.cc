@@ -155,6 +155,24 @@ TEST(DistSaveTest, RanksSaveShardsAndTheManifestLast) {
   }
 }
 
+TEST(DistLoadTest, FourWayRowSaveLoadsIntoOtherShardingsAndCatchesCorruption) {
+  std::string out = testing::NewTempDir() + "/ckpt";
+  std::string log = testing::NewTempDir() + "/log";
+  ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "4", "--layers", "1", "--hidden",
+                        "64", "--vocab", "200"}, log)), 0);
+  for (const char* layout : {"col", "mesh"}) {
+    int rc = Wait(Spawn({kBin, "load-check", out, "--ranks", "2", "--layout", layout}, log));
+    EXPECT_EQ(rc, 0) << layout << ": " << testing::ReadFile(log + ".err");
+    EXPECT_TRUE(absl::StrContains(testing::ReadFile(log), "every value matches"));
+  }
+  std::string f = out + "/shard-00003-model-00001-of-00001.safetensors";
+  std::string bytes = testing::ReadFile(f);
+  bytes[bytes.size() - 10] ^= 0x5a;
+  testing::WriteFile(f, bytes);
+  EXPECT_EQ(Wait(Spawn({kBin, "load-check", out, "--ranks", "2", "--layout", "row"}, log)), 1);
+  EXPECT_TRUE(absl::StrContains(testing::ReadFile(log + ".err"), "differ from the saved ones"));
+}
+
 TEST(DistSaveTest, ARankThatFailsMidSaveFailsEveryRankAndLeavesNoManifest) {
   std::string out = testing::NewTempDir() + "/ckpt";
   std::string log = testing::NewTempDir() + "/log";

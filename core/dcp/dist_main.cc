@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -21,7 +22,9 @@
 #include "absl/strings/str_format.h"
 #include "core/consolidate/consolidate.h"
 #include "core/dcp/c10d_collective.h"
+#include "core/dcp/hf_storage_reader.h"
 #include "core/dcp/hf_storage_writer.h"
+#include "core/layout/layout.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 
@@ -152,6 +155,88 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
   return 0;
 }
 
+// One rank of load-check: load this rank's slice of every tensor under another sharding and
+// compare it with the generator's bytes (valid for checkpoints made by make-example/save-example).
+int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::string& store,
+                      const std::string& layout, double timeout_s) {
+  safeshard::GroupOptions g{.rank = rank, .world_size = world, .file_store = store};
+  g.timeout = absl::Seconds(timeout_s);
+  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(g);
+  if (!c.ok()) {
+    std::cerr << "safeshard-torch: " << c.status().message() << "\n";
+    return 1;
+  }
+  absl::StatusOr<safeshard::CheckpointLayout> ck =
+      safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), dir);
+  std::string report;
+  uint64_t bytes = 0, tensors = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  if (!ck.ok()) {
+    report = std::string(ck.status().message());
+  } else {
+    std::vector<safeshard::ExampleTensor> model;
+    for (const safeshard::TensorLayout& t : ck->tensors()) {
+      safeshard::Sharding sh = layout == "row" ? safeshard::Sharding::kRow
+                               : layout == "mesh" ? safeshard::Sharding::kMesh
+                                                  : safeshard::Sharding::kColumn;
+      model.push_back({t.name, t.dtype, t.shape, sh});
+    }
+    safeshard::WriteOptions wo{.ranks = world, .mesh_rows = world % 2 == 0 ? 2 : 1};
+    std::vector<uint64_t> ignored(world, 0);
+    std::vector<safeshard::LoadRequest> reqs;
+    std::vector<std::string> expected;
+    for (size_t i = 0; i < model.size(); ++i) {
+      std::vector<std::optional<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
+      const safeshard::ChunkSpec& box = *chunks[rank];
+      absl::StatusOr<c10::ScalarType> dt = TorchDType(model[i].dtype);
+      if (!dt.ok()) continue;
+      std::vector<int64_t> sz(box.sizes.begin(), box.sizes.end());
+      reqs.push_back({model[i].name, torch::empty(sz, torch::TensorOptions().dtype(*dt)),
+                      std::vector<int64_t>(box.offsets.begin(), box.offsets.end())});
+      expected.push_back(safeshard::ChunkBytes(model[i], box));
+    }
+    safeshard::LoadStats stats;
+    absl::Status s = safeshard::LoadInto(dir, reqs, nullptr, &stats);
+    if (!s.ok()) {
+      report = std::string(s.message());
+    } else {
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        at::Tensor t = reqs[i].dest.contiguous();
+        if (std::memcmp(t.data_ptr(), expected[i].data(), expected[i].size()) != 0) {
+          report = absl::StrCat("tensor \"", reqs[i].fqn, "\": loaded values differ from the saved ones");
+          break;
+        }
+      }
+      bytes = stats.bytes_copied;
+      tensors = reqs.size();
+    }
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  absl::StatusOr<std::vector<std::string>> all =
+      (*c)->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", secs) : "ERR " + report);
+  if (!all.ok()) {
+    std::cerr << "safeshard-torch: " << all.status().message() << "\n";
+    return 1;
+  }
+  int bad = 0;
+  uint64_t total = 0;
+  for (size_t r = 0; r < all->size(); ++r) {
+    const std::string& line = (*all)[r];
+    if (line.rfind("ERR ", 0) == 0) {
+      ++bad;
+      if (rank == 0) std::cerr << "rank " << r << ": " << line.substr(4) << "\n";
+    } else {
+      total += std::stoull(line.substr(3));
+    }
+  }
+  if (rank == 0 && bad == 0) {
+    std::cout << absl::StrFormat(
+        "ok: %d ranks loaded every tensor of %s as %s-sharded slices (%d bytes) and every value "
+        "matches what was saved\n", world, dir, layout, total);
+  }
+  return bad == 0 ? 0 : 1;
+}
+
 int SpawnRanks(const std::vector<std::string>& base, int ranks) {
   std::string rdzv = absl::StrCat("/tmp/safeshard-rdzv-", getpid());
   std::remove(rdzv.c_str());
@@ -227,7 +312,27 @@ int main(int argc, char** argv) {
     a->add_option("--vocab", vocab, "Vocabulary size");
     a->add_option("--timeout", timeout, "Seconds a rank waits for the others before failing");
   }
+  std::string layout = "col";
+  CLI::App* lc = app.add_subcommand(
+      "load-check", "R processes load a generated checkpoint into another sharding (col, row or "
+                    "mesh) and verify every value");
+  lc->add_option("DIR", in)->required();
+  lc->add_option("--ranks", ranks)->check(CLI::Range(1, 256));
+  lc->add_option("--layout", layout, "col, row or mesh")->check(CLI::IsMember({"col", "row", "mesh"}));
+  CLI::App* lc_one = app.add_subcommand("load-check-rank", "One rank of load-check");
+  lc_one->add_option("DIR", in)->required();
+  lc_one->add_option("--rank", rank);
+  lc_one->add_option("--world-size", world);
+  lc_one->add_option("--store", store);
+  lc_one->add_option("--layout", layout);
+  for (CLI::App* a : {lc, lc_one}) a->add_option("--timeout", timeout);
   CLI11_PARSE(app, argc, argv);
+  if (lc_one->parsed()) return LoadCheckRankMain(in, rank, world, store, layout, timeout);
+  if (lc->parsed()) {
+    return SpawnRanks({"/proc/self/exe", "load-check-rank", in, "--layout", layout, "--timeout",
+                       std::to_string(timeout)},
+                      ranks);
+  }
   if (save_one->parsed()) {
     return SaveRankMain(out, rank, world, store, from_env, layers, static_cast<uint64_t>(hidden),
                         static_cast<uint64_t>(vocab), timeout);
