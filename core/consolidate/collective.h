@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -30,6 +31,11 @@ class Collective {
   virtual absl::StatusOr<std::string> Broadcast(const std::string& data, int root) = 0;
   virtual absl::Status Barrier() = 0;
 };
+
+// All-gathers every rank's status: OK when all are OK, else an error with the first failing
+// rank's code and every failing rank's message as "rank R: <message>" (joined by "; "), the same
+// on every rank. A failure of the collective itself is returned as is.
+absl::Status AllGatherStatus(Collective& c, const absl::Status& mine);
 
 // A group of `n` ranks inside one process (one Collective per thread). A call that waits longer
 // than `timeout` for the other ranks returns kDeadlineExceeded.

@@ -134,31 +134,6 @@ std::vector<std::vector<size_t>> AssignToRanks(const std::vector<WorkItem>& item
   return out;
 }
 
-// Status <-> string for all-gathering ("" is OK).
-std::string EncodeStatus(const absl::Status& s) {
-  if (s.ok()) return "";
-  return absl::StrCat(static_cast<int>(s.code()), "|", s.message());
-}
-
-absl::Status GatherStatuses(Collective& c, const absl::Status& mine) {
-  absl::StatusOr<std::vector<std::string>> all = c.AllGather(EncodeStatus(mine));
-  if (!all.ok()) return all.status();
-  std::vector<std::string> errors;
-  absl::StatusCode code = absl::StatusCode::kOk;
-  for (size_t r = 0; r < all->size(); ++r) {
-    const std::string& e = (*all)[r];
-    if (e.empty()) continue;
-    size_t bar = e.find('|');
-    int c_int = 2;
-    (void)absl::SimpleAtoi(e.substr(0, bar), &c_int);
-    if (code == absl::StatusCode::kOk) code = static_cast<absl::StatusCode>(c_int);
-    errors.push_back(c.world_size() > 1 ? absl::StrCat("rank ", r, ": ", e.substr(bar + 1))
-                                        : e.substr(bar + 1));
-  }
-  if (errors.empty()) return absl::OkStatus();
-  return absl::Status(code, absl::StrJoin(errors, "; "));
-}
-
 std::string OutputFileName(int index, int count, bool diffusers) {
   std::string n = ModelFileName(index, count);
   if (diffusers) n = "diffusion_pytorch_model" + n.substr(5);
@@ -751,7 +726,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     }
     return PlanConsolidation(layout, o);
   }();
-  RETURN_IF_ERROR(GatherStatuses(c, plan_or.status()));
+  RETURN_IF_ERROR(AllGatherStatus(c, plan_or.status()));
   ConsolidationPlan& plan = *plan_or;
   ConsolidateResult result;
   result.output_dir = output_dir;
@@ -767,7 +742,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     for (const AtomicFile& a : atomics) temps.push_back(a.temp_path());
     temp_list = absl::StrJoin(temps, "\n");
   }
-  RETURN_IF_ERROR(GatherStatuses(c, prep));
+  RETURN_IF_ERROR(AllGatherStatus(c, prep));
   ASSIGN_OR_RETURN(std::string temps_joined, c.Broadcast(temp_list, 0));
   std::vector<std::string> temp_paths =
       temps_joined.empty() ? std::vector<std::string>()
@@ -778,7 +753,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   std::vector<std::vector<size_t>> assignment = AssignToRanks(items, c.world_size());
   Executor ex(plan, items, assignment[rank], o);
   absl::Status copied = ex.Run(fs, temp_paths);
-  RETURN_IF_ERROR(GatherStatuses(c, copied));  // AtomicFiles of rank 0 clean up on error
+  RETURN_IF_ERROR(AllGatherStatus(c, copied));  // AtomicFiles of rank 0 clean up on error
 
   // 4. Verify.
   if (o.verify) {
@@ -788,7 +763,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       vs = absl::DataLossError(absl::StrCat("verification failed: ",
                                             absl::StrJoin(mine.mismatches, "; ")));
     }
-    RETURN_IF_ERROR(GatherStatuses(c, vs));
+    RETURN_IF_ERROR(AllGatherStatus(c, vs));
     ASSIGN_OR_RETURN(std::vector<std::string> checked,
                      c.AllGather(absl::StrCat(mine.bytes_checked, " ", mine.seconds)));
     VerifyReport total;
@@ -835,7 +810,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       return absl::OkStatus();
     }();
   }
-  RETURN_IF_ERROR(GatherStatuses(c, published));
+  RETURN_IF_ERROR(AllGatherStatus(c, published));
   for (const OutputFilePlan& f : plan.outputs) result.files.push_back(f.name);
   result.files.push_back(plan.index_name);
   for (const CopyTask& t : plan.tasks) result.bytes += t.dst_bytes();

@@ -1,6 +1,8 @@
 #include <memory>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "core/consolidate/collective.h"
 
@@ -80,5 +82,25 @@ std::vector<std::unique_ptr<Collective>> NewInProcessGroup(int n, absl::Duration
 }
 
 std::unique_ptr<Collective> NewSingleRank() { return std::make_unique<Single>(); }
+
+absl::Status AllGatherStatus(Collective& c, const absl::Status& mine) {
+  absl::StatusOr<std::vector<std::string>> all =
+      c.AllGather(mine.ok() ? "" : absl::StrCat(static_cast<int>(mine.code()), "|", mine.message()));
+  if (!all.ok()) return all.status();
+  std::vector<std::string> errors;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  for (size_t r = 0; r < all->size(); ++r) {
+    const std::string& e = (*all)[r];
+    if (e.empty()) continue;
+    size_t bar = e.find('|');
+    int c_int = static_cast<int>(absl::StatusCode::kUnknown);
+    (void)absl::SimpleAtoi(e.substr(0, bar), &c_int);
+    if (code == absl::StatusCode::kOk) code = static_cast<absl::StatusCode>(c_int);
+    std::string msg = e.substr(bar + 1);
+    errors.push_back(c.world_size() > 1 ? absl::StrCat("rank ", r, ": ", msg) : msg);
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::Status(code, absl::StrJoin(errors, "; "));
+}
 
 }  // namespace safeshard

@@ -32,16 +32,21 @@ extern char** environ;
 
 namespace {
 
-int RankMain(const std::string& in, const std::string& out, int rank, int world,
-             const std::string& store, bool from_env, int threads, const std::string& max_shard,
-             double timeout_s) {
+// One write(2) per line: ranks share the parent's stderr, so lines must not interleave.
+void Err(const std::string& s) {
+  std::string line = s + "\n";
+  (void)!write(2, line.data(), line.size());
+}
+
+// Joins the group: from the torchrun environment, or as rank/world with a FileStore.
+absl::StatusOr<std::unique_ptr<safeshard::Collective>> JoinGroup(int rank, int world,
+                                                                 const std::string& store,
+                                                                 bool from_env, double timeout_s,
+                                                                 int* rank_out, int* world_out) {
   safeshard::GroupOptions g;
   if (from_env) {
     absl::StatusOr<safeshard::GroupOptions> e = safeshard::GroupOptionsFromEnv();
-    if (!e.ok()) {
-      std::cerr << "safeshard-torch: " << e.status().message() << "\n";
-      return 2;
-    }
+    if (!e.ok()) return e.status();
     g = *e;
   } else {
     g.rank = rank;
@@ -49,10 +54,22 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
     g.file_store = store;
   }
   g.timeout = absl::Seconds(timeout_s);
-  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(g);
+  *rank_out = g.rank;
+  *world_out = g.world_size;
+  return safeshard::NewC10dCollective(g);
+}
+
+int RankMain(const std::string& in, const std::string& out, int rank, int world,
+             const std::string& store, bool from_env, int threads, const std::string& max_shard,
+             double timeout_s) {
+  struct {
+    int rank, world_size;
+  } g;
+  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c =
+      JoinGroup(rank, world, store, from_env, timeout_s, &g.rank, &g.world_size);
   if (!c.ok()) {
-    std::cerr << "safeshard-torch: " << c.status().message() << "\n";
-    return 1;
+    Err(absl::StrCat("safeshard-torch: ", c.status().message()));
+    return c.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   safeshard::ConsolidateOptions o;
   o.threads = threads;
@@ -60,7 +77,7 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
   if (!max_shard.empty()) {
     absl::StatusOr<uint64_t> s = safeshard::ParseByteSize(max_shard);
     if (!s.ok()) {
-      std::cerr << "safeshard-torch: " << s.status().message() << "\n";
+      Err(absl::StrCat("safeshard-torch: ", s.status().message()));
       return 2;
     }
     o.max_shard_size = *s;
@@ -70,7 +87,7 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
   absl::StatusOr<safeshard::ConsolidateResult> r =
       safeshard::Consolidate(safeshard::LocalFileSystem(), in, out, o, c->get());
   if (!r.ok()) {
-    std::cerr << "safeshard-torch: rank " << g.rank << ": " << r.status().message() << "\n";
+    Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
   }
   std::cout << absl::StrFormat("rank %d: copied %d bytes; %d bytes in %.2fs across %d ranks\n",
@@ -106,24 +123,14 @@ at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& size
 // column, 2-D mesh) and every replicated tensor, saved through the HF storage writer.
 int SaveRankMain(const std::string& out, int rank, int world, const std::string& store,
                  bool from_env, int layers, uint64_t hidden, uint64_t vocab, double timeout_s) {
-  safeshard::GroupOptions g;
-  if (from_env) {
-    absl::StatusOr<safeshard::GroupOptions> e = safeshard::GroupOptionsFromEnv();
-    if (!e.ok()) {
-      std::cerr << "safeshard-torch: " << e.status().message() << "\n";
-      return 2;
-    }
-    g = *e;
-  } else {
-    g.rank = rank;
-    g.world_size = world;
-    g.file_store = store;
-  }
-  g.timeout = absl::Seconds(timeout_s);
-  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(g);
+  struct {
+    int rank, world_size;
+  } g;
+  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c =
+      JoinGroup(rank, world, store, from_env, timeout_s, &g.rank, &g.world_size);
   if (!c.ok()) {
-    std::cerr << "safeshard-torch: " << c.status().message() << "\n";
-    return 1;
+    Err(absl::StrCat("safeshard-torch: ", c.status().message()));
+    return c.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   std::vector<safeshard::ExampleTensor> model =
       safeshard::TransformerLikeModel({.layers = layers, .hidden = hidden, .vocab = vocab});
@@ -148,7 +155,7 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
   }
   absl::StatusOr<safeshard::SaveResult> r = safeshard::SaveSharded(sd, out, **c);
   if (!r.ok()) {
-    std::cerr << "safeshard-torch: rank " << g.rank << ": " << r.status().message() << "\n";
+    Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
   }
   std::cout << absl::StrFormat("rank %d: wrote %s (%d tensor bytes)\n", g.rank, r->file, r->bytes);
@@ -163,7 +170,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
   g.timeout = absl::Seconds(timeout_s);
   absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(g);
   if (!c.ok()) {
-    std::cerr << "safeshard-torch: " << c.status().message() << "\n";
+    Err(absl::StrCat("safeshard-torch: ", c.status().message()));
     return 1;
   }
   absl::StatusOr<safeshard::CheckpointLayout> ck =
@@ -215,7 +222,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
   absl::StatusOr<std::vector<std::string>> all =
       (*c)->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", secs) : "ERR " + report);
   if (!all.ok()) {
-    std::cerr << "safeshard-torch: " << all.status().message() << "\n";
+    Err(absl::StrCat("safeshard-torch: ", all.status().message()));
     return 1;
   }
   int bad = 0;
@@ -224,7 +231,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     const std::string& line = (*all)[r];
     if (line.rfind("ERR ", 0) == 0) {
       ++bad;
-      if (rank == 0) std::cerr << "rank " << r << ": " << line.substr(4) << "\n";
+      if (rank == 0) Err(absl::StrCat("rank ", r, ": ", line.substr(4)));
     } else {
       total += std::stoull(line.substr(3));
     }
@@ -252,7 +259,7 @@ int SpawnRanks(const std::vector<std::string>& base, int ranks) {
     av.push_back(nullptr);
     pid_t pid;
     if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, av.data(), environ) != 0) {
-      std::cerr << "safeshard-torch: cannot start rank " << r << "\n";
+      Err(absl::StrCat("safeshard-torch: cannot start rank ", r));
       return 1;
     }
     pids.push_back(pid);
@@ -363,7 +370,7 @@ int main(int argc, char** argv) {
     av.push_back(nullptr);
     pid_t pid;
     if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, av.data(), environ) != 0) {
-      std::cerr << "safeshard-torch: cannot start rank " << r << "\n";
+      Err(absl::StrCat("safeshard-torch: cannot start rank ", r));
       return 1;
     }
     pids.push_back(pid);

@@ -24,23 +24,6 @@ struct Item {
   uint64_t bytes = 0;
 };
 
-absl::Status Gather(Collective& c, const absl::Status& mine) {
-  absl::StatusOr<std::vector<std::string>> all =
-      c.AllGather(mine.ok() ? "" : absl::StrCat(static_cast<int>(mine.code()), "|", mine.message()));
-  if (!all.ok()) return all.status();
-  std::vector<std::string> errors;
-  absl::StatusCode code = absl::StatusCode::kOk;
-  for (size_t r = 0; r < all->size(); ++r) {
-    const std::string& e = (*all)[r];
-    if (e.empty()) continue;
-    size_t bar = e.find('|');
-    if (code == absl::StatusCode::kOk) code = static_cast<absl::StatusCode>(std::stoi(e.substr(0, bar)));
-    errors.push_back(absl::StrCat("rank ", r, ": ", e.substr(bar + 1)));
-  }
-  if (errors.empty()) return absl::OkStatus();
-  return absl::Status(code, absl::StrJoin(errors, "; "));
-}
-
 }  // namespace
 
 absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t) {
@@ -105,7 +88,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   for (const Item& it : items) {
     mine.push_back({it.fqn, it.replicated, it.bytes});
   }
-  absl::Status shared = Gather(c, planned);
+  absl::Status shared = AllGatherStatus(c, planned);
   if (!shared.ok()) return shared;
   absl::StatusOr<std::vector<std::string>> plans = c.AllGather(mine.dump());
   if (!plans.ok()) return plans.status();
@@ -176,7 +159,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
       fail != nullptr && std::atoi(fail) == rank) {
     written = absl::InternalError("injected failure (SAFESHARD_TEST_FAIL_RANK) during the save");
   }
-  absl::Status all_written = Gather(c, written);
+  absl::Status all_written = AllGatherStatus(c, written);
   if (!all_written.ok()) return all_written;  // AtomicFile removes the temporary file
 
   // 4. Rename, then the coordinator publishes the completion manifest last.
@@ -184,7 +167,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   absl::StatusOr<std::vector<std::string>> sizes =
       c.AllGather(committed.ok() ? absl::StrCat(result.file, "|", fs.Stat(JoinPath(dir, result.file))->size) : "");
   if (!sizes.ok()) return sizes.status();
-  absl::Status all_committed = Gather(c, committed);
+  absl::Status all_committed = AllGatherStatus(c, committed);
   if (!all_committed.ok()) return all_committed;
   json files = json::array();
   for (const std::string& s : *sizes) {
@@ -198,7 +181,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     json m = {{"format", "safeshard.complete/1"}, {"ranks", world}, {"files", files}};
     manifest = WriteFileAtomically(fs, JoinPath(dir, kCompletionManifestName), m.dump(2) + "\n");
   }
-  absl::Status done = Gather(c, manifest);
+  absl::Status done = AllGatherStatus(c, manifest);
   if (!done.ok()) return done;
   return result;
 }
