@@ -155,6 +155,26 @@ TEST(DistSaveTest, RanksSaveShardsAndTheManifestLast) {
   }
 }
 
+TEST(DistSaveTest, ConsolidatedOutputPathEqualsSafeshardConsolidate) {
+  std::string out = testing::NewTempDir() + "/ckpt";
+  std::string hf = testing::NewTempDir() + "/hf";
+  std::string log = testing::NewTempDir() + "/log";
+  ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "4", "--layers", "1", "--hidden",
+                        "64", "--vocab", "200", "--consolidated-output", hf}, log)), 0)
+      << testing::ReadFile(log + ".err");
+  std::string again = testing::NewTempDir() + "/again";
+  ASSERT_EQ(Wait(Spawn({"cli/safeshard", "consolidate", out, again}, log)), 0)
+      << testing::ReadFile(log + ".err");
+  auto a = LocalFileSystem().List(hf), b = LocalFileSystem().List(again);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size(), b->size());
+  for (size_t i = 0; i < a->size(); ++i) {
+    EXPECT_EQ((*a)[i].name, (*b)[i].name);
+    EXPECT_TRUE(testing::ReadFile(hf + "/" + (*a)[i].name) == testing::ReadFile(again + "/" + (*b)[i].name))
+        << (*a)[i].name << " differs";
+  }
+}
+
 TEST(DistLoadTest, FourWayRowSaveLoadsIntoOtherShardingsAndCatchesCorruption) {
   std::string out = testing::NewTempDir() + "/ckpt";
   std::string log = testing::NewTempDir() + "/log";

@@ -122,7 +122,8 @@ at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& size
 // One rank of a generated training save: its shards of the transformer-shaped model (row,
 // column, 2-D mesh) and every replicated tensor, saved through the HF storage writer.
 int SaveRankMain(const std::string& out, int rank, int world, const std::string& store,
-                 bool from_env, int layers, uint64_t hidden, uint64_t vocab, double timeout_s) {
+                 bool from_env, int layers, uint64_t hidden, uint64_t vocab, double timeout_s,
+                 const std::string& consolidated) {
   struct {
     int rank, world_size;
   } g;
@@ -153,7 +154,9 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
     st.offsets.assign(mine.offsets.begin(), mine.offsets.end());
     sd.push_back({t.name, std::move(st)});
   }
-  absl::StatusOr<safeshard::SaveResult> r = safeshard::SaveSharded(sd, out, **c);
+  safeshard::SaveOptions so;
+  so.consolidated_output_path = consolidated;
+  absl::StatusOr<safeshard::SaveResult> r = safeshard::SaveSharded(sd, out, **c, so);
   if (!r.ok()) {
     Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
@@ -313,7 +316,10 @@ int main(int argc, char** argv) {
   save_one->add_option("--world-size", world);
   save_one->add_option("--store", store);
   save_one->add_flag("--from-env", from_env);
+  std::string consolidated;
   for (CLI::App* a : {save, save_one}) {
+    a->add_option("--consolidated-output", consolidated,
+                  "After the save, all ranks consolidate it into the HF layout here");
     a->add_option("--layers", layers, "Transformer layers");
     a->add_option("--hidden", hidden, "Hidden size");
     a->add_option("--vocab", vocab, "Vocabulary size");
@@ -342,13 +348,18 @@ int main(int argc, char** argv) {
   }
   if (save_one->parsed()) {
     return SaveRankMain(out, rank, world, store, from_env, layers, static_cast<uint64_t>(hidden),
-                        static_cast<uint64_t>(vocab), timeout);
+                        static_cast<uint64_t>(vocab), timeout, consolidated);
   }
   if (save->parsed()) {
-    return SpawnRanks({"/proc/self/exe", "save-example-rank", out, "--layers", std::to_string(layers),
-                       "--hidden", std::to_string(hidden), "--vocab", std::to_string(vocab),
-                       "--timeout", std::to_string(timeout)},
-                      ranks);
+    std::vector<std::string> base = {"/proc/self/exe", "save-example-rank", out, "--layers",
+                                     std::to_string(layers), "--hidden", std::to_string(hidden),
+                                     "--vocab", std::to_string(vocab), "--timeout",
+                                     std::to_string(timeout)};
+    if (!consolidated.empty()) {
+      base.push_back("--consolidated-output");
+      base.push_back(consolidated);
+    }
+    return SpawnRanks(base, ranks);
   }
   if (one->parsed()) return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);
 

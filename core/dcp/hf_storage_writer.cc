@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/consolidate/consolidate.h"
 #include "core/format/filenames.h"
 #include "core/format/header.h"
 #include "core/format/sharding.h"
@@ -45,7 +46,7 @@ absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t) {
 }
 
 absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& dir,
-                                       Collective& c) {
+                                       Collective& c, const SaveOptions& options) {
   const int rank = c.rank(), world = c.world_size();
   // 1. Local plan.
   std::vector<Item> items;
@@ -183,6 +184,19 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   }
   absl::Status done = AllGatherStatus(c, manifest);
   if (!done.ok()) return done;
+  if (!options.consolidated_output_path.empty()) {
+    ConsolidateOptions co;
+    co.fqn_to_index = options.fqn_to_index_mapping;
+    if (co.fqn_to_index) co.unmapped = UnmappedPolicy::kOwnFile;
+    co.fqn_to_dtype = options.fqn_to_dtype_mapping;
+    co.diffusers_index = options.diffusers_compatible;
+    co.threads = options.num_threads_consolidation;
+    co.overwrite = true;
+    absl::StatusOr<ConsolidateResult> r =
+        Consolidate(fs, dir, options.consolidated_output_path, co, &c);
+    if (!r.ok()) return r.status();
+    result.consolidated_files = r->files;
+  }
   return result;
 }
 

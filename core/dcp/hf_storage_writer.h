@@ -21,6 +21,8 @@
 
 #include <torch/torch.h>
 
+#include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <variant>
@@ -46,13 +48,24 @@ using StateDict = std::vector<std::pair<std::string, StateDictValue>>;
 absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t);
 
 struct SaveResult {
+  std::vector<std::string> consolidated_files;  // with consolidated_output_path
   std::string file;      // this rank's file name
   uint64_t bytes = 0;    // tensor bytes this rank wrote
   std::vector<std::pair<std::string, uint64_t>> all_files;  // every rank's file and size
 };
 
+struct SaveOptions {
+  // finish(): after the shards are published, every rank consolidates them together into the HF
+  // layout here (work split by bytes; rank 0 publishes the index last).
+  std::string consolidated_output_path;
+  std::optional<std::map<std::string, int>> fqn_to_index_mapping;  // output files (1-based)
+  std::map<std::string, DType> fqn_to_dtype_mapping;              // restore original dtypes
+  bool diffusers_compatible = false;
+  int num_threads_consolidation = 1;
+};
+
 absl::StatusOr<SaveResult> SaveSharded(const StateDict& state_dict, const std::string& dir,
-                                       Collective& collective);
+                                       Collective& collective, const SaveOptions& options = {});
 
 }  // namespace safeshard
 
