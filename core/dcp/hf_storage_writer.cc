@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/consolidate/consolidate.h"
 #include "core/format/filenames.h"
 #include "core/format/header.h"
+#include "core/format/index_json.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
@@ -197,6 +199,121 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     if (!r.ok()) return r.status();
     result.consolidated_files = r->files;
   }
+  return result;
+}
+
+absl::StatusOr<SaveResult> SaveFull(const StateDict& sd, const std::string& dir, Collective& c,
+                                    const SaveOptions& options) {
+  const int rank = c.rank(), world = c.world_size();
+  FileSystem& fs = LocalFileSystem();
+  // Plan (identical on every rank): file of each tensor, files to ranks by bytes.
+  std::map<int, std::vector<const std::pair<std::string, StateDictValue>*>> by_file;
+  std::map<int, uint64_t> file_bytes;
+  absl::Status planned = [&]() -> absl::Status {
+    std::set<std::string> seen;
+    for (const auto& e : sd) {
+      if (!seen.insert(e.first).second) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor \"", e.first, "\" appears twice"));
+      }
+      if (!std::holds_alternative<at::Tensor>(e.second)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor \"", e.first, "\" is sharded: a full save needs whole tensors (save sharded, "
+            "or use consolidated_output_path)"));
+      }
+      const at::Tensor& t = std::get<at::Tensor>(e.second);
+      absl::StatusOr<DType> dt = DTypeOfTorch(t.scalar_type());
+      if (!dt.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", e.first, "\": ", dt.status().message()));
+      int idx = 1;
+      if (options.fqn_to_index_mapping) {
+        auto it = options.fqn_to_index_mapping->find(e.first);
+        if (it == options.fqn_to_index_mapping->end()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("tensor \"", e.first, "\" is not in fqn_to_index_mapping"));
+        }
+        idx = it->second;
+      }
+      by_file[idx].push_back(&e);
+      file_bytes[idx] += static_cast<uint64_t>(t.numel()) * t.element_size();
+    }
+    return absl::OkStatus();
+  }();
+  absl::Status ok = AllGatherStatus(c, planned);
+  if (!ok.ok()) return ok;
+  const int count = by_file.empty() ? 1 : by_file.rbegin()->first;
+  std::vector<std::pair<uint64_t, int>> order;
+  for (const auto& [idx, b] : file_bytes) order.push_back({b, idx});
+  std::stable_sort(order.begin(), order.end(), [](auto a, auto b) { return a.first > b.first; });
+  std::vector<uint64_t> load(world, 0);
+  std::map<int, int> owner;
+  for (const auto& [b, idx] : order) {
+    int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[idx] = r;
+    load[r] += b;
+  }
+  auto name_of = [&](int idx) {
+    std::string n = ModelFileName(idx, count);
+    return options.diffusers_compatible ? "diffusion_pytorch_model" + n.substr(5) : n;
+  };
+  // Write the files this rank owns (temporary names), then publish when every rank succeeded.
+  SaveResult result;
+  std::vector<AtomicFile> mine;
+  absl::Status written = [&]() -> absl::Status {
+    absl::Status s = fs.MakeDirs(dir);
+    if (!s.ok()) return s;
+    for (const auto& [idx, entries] : by_file) {
+      if (owner[idx] != rank) continue;
+      std::vector<TensorSpec> specs;
+      std::map<std::string, at::Tensor> tensors;
+      for (const auto* e : entries) {
+        at::Tensor t = std::get<at::Tensor>(e->second);
+        specs.push_back({e->first, *DTypeOfTorch(t.scalar_type()),
+                         std::vector<uint64_t>(t.sizes().begin(), t.sizes().end())});
+        tensors[e->first] = t;
+      }
+      absl::StatusOr<Header> h = LayoutHeader(std::move(specs), {{"format", "pt"}});
+      if (!h.ok()) return h.status();
+      absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, JoinPath(dir, name_of(idx)));
+      if (!f.ok()) return f.status();
+      s = f->file().Allocate(h->file_size());
+      if (s.ok()) s = f->file().WriteAt(0, SerializeHeader(*h));
+      for (const TensorEntry& te : h->tensors) {
+        if (!s.ok()) break;
+        at::Tensor t = tensors.at(te.name);
+        t = t.is_contiguous() ? t : t.contiguous();
+        s = f->file().WriteAt(h->data_start() + te.begin,
+                              absl::string_view(static_cast<const char*>(t.data_ptr()), te.size()));
+        result.bytes += te.size();
+      }
+      if (s.ok()) s = f->file().Sync();
+      if (!s.ok()) return s;
+      mine.push_back(std::move(*f));
+    }
+    return absl::OkStatus();
+  }();
+  ok = AllGatherStatus(c, written);
+  if (!ok.ok()) return ok;
+  absl::Status committed = absl::OkStatus();
+  for (AtomicFile& f : mine) {
+    if (committed.ok()) committed = f.Commit();
+  }
+  ok = AllGatherStatus(c, committed);
+  if (!ok.ok()) return ok;
+  absl::Status index = absl::OkStatus();
+  if (rank == 0) {
+    IndexJson idx;
+    uint64_t total = 0;
+    for (const auto& [i, entries] : by_file) {
+      for (const auto* e : entries) idx.weight_map[e->first] = name_of(i);
+      total += file_bytes[i];
+    }
+    idx.total_size = total;
+    index = WriteFileAtomically(
+        fs, JoinPath(dir, std::string(options.diffusers_compatible ? kDiffusersIndexFileName : kIndexFileName)),
+        SerializeIndexJson(idx));
+  }
+  ok = AllGatherStatus(c, index);
+  if (!ok.ok()) return ok;
+  for (const auto& [i, entries] : by_file) result.all_files.push_back({name_of(i), 0});
   return result;
 }
 

@@ -67,6 +67,13 @@ struct SaveOptions {
 absl::StatusOr<SaveResult> SaveSharded(const StateDict& state_dict, const std::string& dir,
                                        Collective& collective, const SaveOptions& options = {});
 
+// save_sharded=False: full tensors only (replicated on every rank). Files follow
+// `fqn_to_index_mapping` (one file without it): model-IIIII-of-NNNNN.safetensors, each written by
+// one rank (files spread over ranks by bytes), and the coordinator writes
+// model.safetensors.index.json (diffusion_pytorch_model... with diffusers_compatible) last.
+absl::StatusOr<SaveResult> SaveFull(const StateDict& state_dict, const std::string& dir,
+                                    Collective& collective, const SaveOptions& options = {});
+
 }  // namespace safeshard
 
 #endif  // SAFESHARD_CORE_DCP_HF_STORAGE_WRITER_H_

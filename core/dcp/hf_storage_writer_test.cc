@@ -1,0 +1,100 @@
+// The writer with ranks as threads of one process (the in-process Collective): full saves with a
+// file mapping, and sharded saves with empty shards, non-contiguous tensors and views.
+#include "core/dcp/hf_storage_writer.h"
+
+#include <thread>
+
+#include "core/format/index_json.h"
+#include "core/io/filesystem.h"
+#include "core/layout/layout.h"
+#include "core/testing/testing.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+template <typename F>
+std::vector<absl::Status> RunRanks(int n, F body) {
+  auto group = NewInProcessGroup(n, absl::Seconds(60));
+  std::vector<absl::Status> st(n);
+  std::vector<std::thread> th;
+  for (int r = 0; r < n; ++r) th.emplace_back([&, r] { st[r] = body(r, *group[r]); });
+  for (auto& t : th) t.join();
+  return st;
+}
+
+std::string Bytes(const CheckpointLayout& ck, const std::string& name) {
+  const TensorLayout* t = ck.FindTensor(name);
+  if (t == nullptr || t->chunks.size() != 1) return "";
+  const Chunk& c = t->chunks[0];
+  return testing::ReadFile(JoinPath(ck.root(), ck.files()[c.file].name)).substr(c.begin, c.end - c.begin);
+}
+
+std::string Raw(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+}
+
+TEST(HfStorageWriterTest, FullSaveFollowsTheMappingAndWritesTheIndexLast) {
+  std::string dir = testing::NewTempDir() + "/full";
+  at::Tensor a = torch::arange(12, torch::kFloat32).reshape({3, 4});
+  at::Tensor b = torch::arange(6, torch::kInt64);
+  at::Tensor c = torch::ones({2, 2}, torch::kBFloat16);
+  SaveOptions o;
+  o.fqn_to_index_mapping = std::map<std::string, int>{{"a", 1}, {"b", 2}, {"c", 2}};
+  auto st = RunRanks(2, [&](int, Collective& col) {
+    StateDict sd = {{"a", a}, {"b", b}, {"c", c}};
+    return SaveFull(sd, dir, col, o).status();
+  });
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->kind(), CheckpointKind::kHfSharded);
+  EXPECT_EQ(ck->index()->weight_map.at("a"), "model-00001-of-00002.safetensors");
+  EXPECT_EQ(ck->index()->weight_map.at("c"), "model-00002-of-00002.safetensors");
+  EXPECT_EQ(*ck->index()->total_size, 48u + 48u + 8u);
+  EXPECT_TRUE(Bytes(*ck, "a") == Raw(a));
+  EXPECT_TRUE(Bytes(*ck, "b") == Raw(b));
+  EXPECT_TRUE(Bytes(*ck, "c") == Raw(c));
+}
+
+TEST(HfStorageWriterTest, FullSaveRefusesShardedTensorsOnEveryRank) {
+  std::string dir = testing::NewTempDir() + "/full";
+  auto st = RunRanks(2, [&](int r, Collective& col) {
+    StateDict sd = {{"w", ShardedTensor{torch::zeros({2, 2}), {4, 2}, {2 * r, 0}}}};
+    return SaveFull(sd, dir, col).status();
+  });
+  for (const auto& s : st) EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
+TEST(HfStorageWriterTest, ShardedSaveHandlesEmptyShardsViewsAndNonContiguousTensors) {
+  std::string dir = testing::NewTempDir() + "/sharded";
+  at::Tensor global = torch::arange(30, torch::kFloat32).reshape({5, 6});
+  at::Tensor big = torch::arange(100, torch::kInt64);
+  auto st = RunRanks(3, [&](int r, Collective& col) {
+    // Rows 0-2 / 3-4 / empty; column halves of a transposed (non-contiguous) view; a narrow
+    // view of a larger storage; a replicated scalar.
+    int64_t lo = std::min<int64_t>(5, 3 * r), hi = std::min<int64_t>(5, 3 * r + 3);
+    at::Tensor rows = global.slice(0, lo, hi);
+    at::Tensor t = global.t();  // [6, 5], non-contiguous
+    at::Tensor cols = t.slice(1, r == 0 ? 0 : 3, r == 0 ? 3 : 5);
+    StateDict sd = {{"rows", ShardedTensor{rows, {5, 6}, {lo, 0}}},
+                    {"view", big.narrow(0, 10, 4)},
+                    {"step", torch::tensor(7, torch::kInt64)}};
+    if (r < 2) sd.push_back({"tcols", ShardedTensor{cols, {6, 5}, {0, r == 0 ? 0 : 3}}});
+    return SaveSharded(sd, dir, col).status();
+  });
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  for (const Problem& p : ck->problems()) ADD_FAILURE() << p.ToString();
+  EXPECT_EQ(ck->FindTensor("rows")->chunks.size(), 2u);  // the empty shard saved nothing
+  EXPECT_EQ(ck->FindTensor("view")->chunks.size(), 1u);  // replicated: once
+  EXPECT_TRUE(Bytes(*ck, "view") == Raw(big.narrow(0, 10, 4)));
+  EXPECT_EQ(ck->FindTensor("tcols")->shape, (std::vector<uint64_t>{6, 5}));
+  EXPECT_TRUE(LocalFileSystem().Stat(dir + "/safeshard.complete.json").ok());
+}
+
+}  // namespace
+}  // namespace safeshard
