@@ -82,7 +82,9 @@ absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests
     const TensorLayout& t = *it->second;
     absl::StatusOr<DType> want = DTypeOfTorch(r.dest.scalar_type());
     if (!want.ok()) return want.status();
-    if (*want != t.dtype) {
+    // libtorch 1.13 has no float8: FP8 tensors load into uint8 tensors, bytes unchanged.
+    const bool fp8_as_u8 = IsFloat8(t.dtype) && *want == DType::kU8;
+    if (*want != t.dtype && !fp8_as_u8) {
       return absl::InvalidArgumentError(absl::StrCat("tensor \"", r.fqn, "\" is stored as ",
                                                      DTypeName(t.dtype), ", requested as ",
                                                      DTypeName(*want)));

@@ -11,6 +11,8 @@
 //   RETURN_IF_ERROR(LoadInto("/ckpt/step-100", reqs));
 //
 // `key_map` renames stored keys to the names requested (applied after the sharding-info lookup).
+// libtorch 1.13 has no float8 types: F8_* tensors load into uint8 destinations (bytes unchanged);
+// save them back as F8 with SaveOptions::fqn_to_dtype_mapping.
 #ifndef SAFESHARD_CORE_DCP_HF_STORAGE_READER_H_
 #define SAFESHARD_CORE_DCP_HF_STORAGE_READER_H_
 

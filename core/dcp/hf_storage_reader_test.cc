@@ -105,6 +105,16 @@ TEST(HfStorageReaderTest, RefusesWrongDTypesBoxesAndGaps) {
   EXPECT_EQ(LoadInto(ok_dir, missing).code(), absl::StatusCode::kNotFound);
 }
 
+TEST(HfStorageReaderTest, LoadsFp8IntoUint8) {
+  std::string dir = testing::NewTempDir() + "/f8";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"q", DType::kF8_E5M2, {6, 2}, Sharding::kRow}}, {.ranks = 2}).ok());
+  std::vector<LoadRequest> reqs = {{"q", torch::empty({3, 2}, torch::kUInt8), {3, 0}}};
+  ASSERT_TRUE(LoadInto(dir, reqs).ok());
+  EXPECT_TRUE(Bytes(reqs[0].dest) ==
+              Expected({"q", DType::kF8_E5M2, {6, 2}, Sharding::kRow}, {3, 0}, {3, 2}));
+}
+
 TEST(HfStorageReaderTest, ReadsFixtureFiles) {
   SAFESHARD_REQUIRE_FIXTURES_OR_SKIP(fixtures);
   // safetensorsharp basic_model: "attention" I8[2,3] = [[1,2,3],[4,5,6]], "embedding" F32 zeros.

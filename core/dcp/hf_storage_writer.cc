@@ -1,6 +1,8 @@
 #include "core/dcp/hf_storage_writer.h"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <map>
 #include <set>
 
@@ -117,47 +119,88 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     load[r] += bytes;
   }
 
-  // 3. This rank's file, streamed from tensor memory under a temporary name.
+  // 3. This rank's files (one per mapped file index), streamed from tensor memory under
+  //    temporary names, `thread_count` files at a time.
   FileSystem& fs = LocalFileSystem();
   SaveResult result;
-  result.file = ShardFileName(rank, 1, 1);
-  std::optional<AtomicFile> out;
-  absl::Status written = [&]() -> absl::Status {
-    absl::Status s = fs.MakeDirs(dir);
-    if (!s.ok()) return s;
+  std::map<int, std::vector<const Item*>> by_index;
+  int count = 1;
+  if (options.fqn_to_index_mapping) {
+    for (const auto& [k, v] : *options.fqn_to_index_mapping) count = std::max(count, v);
+  }
+  for (const Item& it : items) {
+    if (it.replicated && owner.at(it.fqn) != rank) continue;
+    int idx = 1;
+    if (options.fqn_to_index_mapping) {
+      auto m = options.fqn_to_index_mapping->find(it.fqn);
+      idx = m != options.fqn_to_index_mapping->end() ? m->second : 1;
+    }
+    by_index[idx].push_back(&it);
+  }
+  if (by_index.empty()) by_index[1];  // every rank publishes a file, even with nothing to save
+  std::vector<std::optional<AtomicFile>> outs(by_index.size());
+  std::vector<absl::Status> statuses(by_index.size());
+  std::vector<uint64_t> bytes(by_index.size(), 0);
+  std::vector<std::pair<int, std::vector<const Item*>>> jobs(by_index.begin(), by_index.end());
+  auto write_one = [&](size_t j) -> absl::Status {
+    const auto& [idx, members] = jobs[j];
     std::vector<TensorSpec> specs;
     ShardingInfo info;
-    std::map<std::string, const Item*> mine_items;
-    for (const Item& it : items) {
-      if (it.replicated && owner.at(it.fqn) != rank) continue;
-      std::vector<uint64_t> shape(it.sizes.begin(), it.sizes.end());
-      const StateDictValue& v = *values.at(it.fqn);
+    for (const Item* it : members) {
+      const StateDictValue& v = *values.at(it->fqn);
       const at::Tensor& t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
                                                                    : std::get<ShardedTensor>(v).local;
-      specs.push_back({it.fqn, *DTypeOfTorch(t.scalar_type()), shape});
-      info.saved_offsets[it.fqn] = std::vector<uint64_t>(it.offsets.begin(), it.offsets.end());
-      mine_items[it.fqn] = &it;
+      DType dt = *DTypeOfTorch(t.scalar_type());
+      auto want = options.fqn_to_dtype_mapping.find(it->fqn);
+      if (want != options.fqn_to_dtype_mapping.end() && want->second != dt) {
+        // libtorch 1.13 has no float8: FP8 travels as uint8 and is saved back under its name.
+        if (!(IsFloat8(want->second) && (dt == DType::kU8 || dt == DType::kI8))) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tensor \"", it->fqn, "\": fqn_to_dtype_mapping asks for ", DTypeName(want->second),
+              " but the tensor is ", DTypeName(dt), " (only uint8 -> FP8 relabelling is supported)"));
+        }
+        dt = want->second;
+      }
+      specs.push_back({it->fqn, dt, std::vector<uint64_t>(it->sizes.begin(), it->sizes.end())});
+      info.saved_offsets[it->fqn] = std::vector<uint64_t>(it->offsets.begin(), it->offsets.end());
     }
     absl::StatusOr<Header> h = LayoutHeader(std::move(specs), ShardedFileMetadata(info));
     if (!h.ok()) return h.status();
-    absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, JoinPath(dir, result.file));
+    absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, JoinPath(dir, ShardFileName(rank, idx, count)));
     if (!f.ok()) return f.status();
-    out.emplace(std::move(*f));
-    s = out->file().Allocate(h->file_size());
-    if (s.ok()) s = out->file().WriteAt(0, SerializeHeader(*h));
+    outs[j].emplace(std::move(*f));
+    absl::Status st = outs[j]->file().Allocate(h->file_size());
+    if (st.ok()) st = outs[j]->file().WriteAt(0, SerializeHeader(*h));
     for (const TensorEntry& e : h->tensors) {
-      if (!s.ok()) break;
+      if (!st.ok()) break;
       const StateDictValue& v = *values.at(e.name);
       at::Tensor t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
                                                            : std::get<ShardedTensor>(v).local;
       t = t.is_contiguous() ? t : t.contiguous();  // one tensor at a time, never the file
-      s = out->file().WriteAt(h->data_start() + e.begin,
-                              absl::string_view(static_cast<const char*>(t.data_ptr()), e.size()));
-      result.bytes += e.size();
+      st = outs[j]->file().WriteAt(h->data_start() + e.begin,
+                                   absl::string_view(static_cast<const char*>(t.data_ptr()), e.size()));
+      bytes[j] += e.size();
     }
-    if (s.ok()) s = out->file().Sync();
-    return s;
-  }();
+    if (st.ok()) st = outs[j]->file().Sync();
+    return st;
+  };
+  absl::Status written = fs.MakeDirs(dir);
+  if (written.ok()) {
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    int threads = std::max(1, std::min<int>(options.thread_count, static_cast<int>(jobs.size())));
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&] {
+        for (size_t j = next++; j < jobs.size(); j = next++) statuses[j] = write_one(j);
+      });
+    }
+    for (auto& t : pool) t.join();
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      if (written.ok() && !statuses[j].ok()) written = statuses[j];
+      result.bytes += bytes[j];
+    }
+  }
+  result.file = ShardFileName(rank, jobs[0].first, count);
   if (const char* fail = std::getenv("SAFESHARD_TEST_FAIL_RANK");
       fail != nullptr && std::atoi(fail) == rank) {
     written = absl::InternalError("injected failure (SAFESHARD_TEST_FAIL_RANK) during the save");
@@ -166,18 +209,23 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   if (!all_written.ok()) return all_written;  // AtomicFile removes the temporary file
 
   // 4. Rename, then the coordinator publishes the completion manifest last.
-  absl::Status committed = out->Commit();
-  absl::StatusOr<std::vector<std::string>> sizes =
-      c.AllGather(committed.ok() ? absl::StrCat(result.file, "|", fs.Stat(JoinPath(dir, result.file))->size) : "");
+  absl::Status committed = absl::OkStatus();
+  json mine_files = json::array();
+  for (auto& o : outs) {
+    std::string name = BaseName(o->final_path());
+    if (committed.ok()) committed = o->Commit();
+    if (committed.ok()) mine_files.push_back({{"name", name}, {"size", fs.Stat(JoinPath(dir, name))->size}});
+  }
+  absl::StatusOr<std::vector<std::string>> sizes = c.AllGather(mine_files.dump());
   if (!sizes.ok()) return sizes.status();
   absl::Status all_committed = AllGatherStatus(c, committed);
   if (!all_committed.ok()) return all_committed;
   json files = json::array();
   for (const std::string& s : *sizes) {
-    size_t bar = s.find('|');
-    uint64_t size = std::stoull(s.substr(bar + 1));
-    result.all_files.emplace_back(s.substr(0, bar), size);
-    files.push_back({{"name", s.substr(0, bar)}, {"size", size}});
+    for (const auto& f : json::parse(s)) {
+      result.all_files.emplace_back(f["name"].get<std::string>(), f["size"].get<uint64_t>());
+      files.push_back(f);
+    }
   }
   absl::Status manifest = absl::OkStatus();
   if (rank == 0) {

@@ -55,11 +55,17 @@ struct SaveResult {
 };
 
 struct SaveOptions {
+  // Sharded saves: shard-RRRRR-model-IIIII-of-NNNNN.safetensors per rank and mapped file index
+  // (one file per rank without a mapping); full saves: model-IIIII-of-NNNNN.safetensors.
+  int thread_count = 1;  // files of one rank written in parallel
   // finish(): after the shards are published, every rank consolidates them together into the HF
   // layout here (work split by bytes; rank 0 publishes the index last).
   std::string consolidated_output_path;
   std::optional<std::map<std::string, int>> fqn_to_index_mapping;  // output files (1-based)
-  std::map<std::string, DType> fqn_to_dtype_mapping;              // restore original dtypes
+  // Sharded saves: uint8 tensors named here as F8_E4M3/F8_E5M2/F8_E8M0 are saved under that
+  // dtype (libtorch 1.13 has no float8 types; the bytes are unchanged). Consolidation: restore
+  // original dtypes (floating point conversions).
+  std::map<std::string, DType> fqn_to_dtype_mapping;
   bool diffusers_compatible = false;
   int num_threads_consolidation = 1;
 };

@@ -96,5 +96,35 @@ TEST(HfStorageWriterTest, ShardedSaveHandlesEmptyShardsViewsAndNonContiguousTens
   EXPECT_TRUE(LocalFileSystem().Stat(dir + "/safeshard.complete.json").ok());
 }
 
+TEST(HfStorageWriterTest, ShardedSaveSplitsFilesByMappingInParallelAndRelabelsFp8) {
+  std::string dir = testing::NewTempDir() + "/mapped";
+  at::Tensor q = torch::arange(16, torch::kUInt8).reshape({4, 4});  // FP8 bytes
+  SaveOptions o;
+  o.fqn_to_index_mapping = std::map<std::string, int>{{"a", 1}, {"q", 2}};
+  o.fqn_to_dtype_mapping = {{"q", DType::kF8_E4M3}};
+  o.thread_count = 2;
+  o.consolidated_output_path = testing::NewTempDir() + "/hf";
+  auto st = RunRanks(2, [&](int r, Collective& col) {
+    StateDict sd = {{"a", ShardedTensor{torch::full({2, 3}, r, torch::kFloat32), {4, 3}, {2 * r, 0}}},
+                    {"q", ShardedTensor{q.slice(0, 2 * r, 2 * r + 2), {4, 4}, {2 * r, 0}}}};
+    return SaveSharded(sd, dir, col, o).status();
+  });
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;
+  for (const char* f : {"shard-00001-model-00001-of-00002.safetensors",
+                        "shard-00001-model-00002-of-00002.safetensors",
+                        "shard-00002-model-00001-of-00002.safetensors",
+                        "shard-00002-model-00002-of-00002.safetensors"}) {
+    EXPECT_TRUE(LocalFileSystem().Stat(dir + "/" + f).ok()) << f;
+  }
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->FindTensor("q")->dtype, DType::kF8_E4M3);
+  auto hf = CheckpointLayout::Scan(LocalFileSystem(), o.consolidated_output_path);
+  ASSERT_TRUE(hf.ok());
+  EXPECT_EQ(hf->index()->weight_map.at("q"), "model-00002-of-00002.safetensors");
+  EXPECT_TRUE(Bytes(*hf, "q") == Raw(q));
+}
+
 }  // namespace
 }  // namespace safeshard
