@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds optimised binaries and runs every benchmark. Results are ratios against baselines
 # (cat, cp, dd) measured in the same run, never absolute thresholds.
-# Usage: bench/run.sh [scan|consolidate|daemon-idle]
+# Usage: bench/run.sh [scan|consolidate|daemon-idle|dcp]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd
+bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch
 which="${1:-all}"
 if [[ "$which" == all || "$which" == scan ]]; then
   echo "== header scan: 100,000 tensors, 64 files =="
@@ -17,4 +17,8 @@ fi
 if [[ "$which" == all || "$which" == daemon-idle ]]; then
   echo "== safeshardd idle cost: 1,000 finished runs =="
   bazel-bin/bench/daemon_idle_bench "$PWD/bazel-bin/daemon/safeshardd" --rescan 20 --window 45
+fi
+if [[ "$which" == all || "$which" == dcp ]]; then
+  echo "== 4-rank save (>= 2 GB) and resharding load =="
+  bazel-bin/bench/dcp_bench "$PWD/bazel-bin/core/dcp/safeshard-torch"
 fi

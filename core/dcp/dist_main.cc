@@ -10,7 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <sstream>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -31,6 +34,16 @@
 extern char** environ;
 
 namespace {
+
+uint64_t RssKib() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long long pages = 0, resident = 0;
+  if (f != nullptr) {
+    if (std::fscanf(f, "%llu %llu", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
 
 // One write(2) per line: ranks share the parent's stderr, so lines must not interleave.
 void Err(const std::string& s) {
@@ -156,12 +169,30 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
   }
   safeshard::SaveOptions so;
   so.consolidated_output_path = consolidated;
+  // Memory beyond the tensors: sample resident memory while saving.
+  const uint64_t rss_before = RssKib();
+  std::atomic<bool> saving{true};
+  std::atomic<uint64_t> rss_peak{rss_before};
+  std::thread sampler([&] {
+    while (saving) {
+      uint64_t now = RssKib();
+      if (now > rss_peak) rss_peak = now;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<safeshard::SaveResult> r = safeshard::SaveSharded(sd, out, **c, so);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  saving = false;
+  sampler.join();
   if (!r.ok()) {
     Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
   }
-  std::cout << absl::StrFormat("rank %d: wrote %s (%d tensor bytes)\n", g.rank, r->file, r->bytes);
+  std::cout << absl::StrFormat(
+      "rank %d: wrote %s (%d tensor bytes) in %.3f s; resident memory beyond the tensors while "
+      "saving: %.1f MiB\n",
+      g.rank, r->file, r->bytes, secs, (rss_peak.load() - rss_before) / 1024.0);
   return 0;
 }
 
@@ -180,6 +211,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
       safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), dir);
   std::string report;
   uint64_t bytes = 0, tensors = 0;
+  double load_secs = 0;
   auto t0 = std::chrono::steady_clock::now();
   if (!ck.ok()) {
     report = std::string(ck.status().message());
@@ -206,7 +238,9 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
       expected.push_back(safeshard::ChunkBytes(model[i], box));
     }
     safeshard::LoadStats stats;
+    t0 = std::chrono::steady_clock::now();
     absl::Status s = safeshard::LoadInto(dir, reqs, nullptr, &stats);
+    load_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!s.ok()) {
       report = std::string(s.message());
     } else {
@@ -221,28 +255,33 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
       tensors = reqs.size();
     }
   }
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   absl::StatusOr<std::vector<std::string>> all =
-      (*c)->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", secs) : "ERR " + report);
+      (*c)->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
   if (!all.ok()) {
     Err(absl::StrCat("safeshard-torch: ", all.status().message()));
     return 1;
   }
   int bad = 0;
   uint64_t total = 0;
+  double slowest = 0;
   for (size_t r = 0; r < all->size(); ++r) {
     const std::string& line = (*all)[r];
     if (line.rfind("ERR ", 0) == 0) {
       ++bad;
       if (rank == 0) Err(absl::StrCat("rank ", r, ": ", line.substr(4)));
     } else {
-      total += std::stoull(line.substr(3));
+      std::istringstream is(line.substr(3));
+      uint64_t b = 0, n = 0;
+      double sec = 0;
+      is >> b >> n >> sec;
+      total += b;
+      slowest = std::max(slowest, sec);
     }
   }
   if (rank == 0 && bad == 0) {
     std::cout << absl::StrFormat(
-        "ok: %d ranks loaded every tensor of %s as %s-sharded slices (%d bytes) and every value "
-        "matches what was saved\n", world, dir, layout, total);
+        "ok: %d ranks loaded every tensor of %s as %s-sharded slices (%d bytes in %.3f s) and "
+        "every value matches what was saved\n", world, dir, layout, total, slowest);
   }
   return bad == 0 ? 0 : 1;
 }
