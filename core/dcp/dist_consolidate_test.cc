@@ -175,13 +175,35 @@ TEST(DistSaveTest, ConsolidatedOutputPathEqualsSafeshardConsolidate) {
   }
 }
 
+TEST(DistSaveTest, FullSaveWithAMappingWritesTheHfLayout) {
+  std::string out = testing::NewTempDir() + "/full";
+  std::string log = testing::NewTempDir() + "/log";
+  ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "2", "--full", "--layers", "2",
+                        "--hidden", "64", "--vocab", "200"}, log)), 0)
+      << testing::ReadFile(log + ".err");
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->kind(), CheckpointKind::kHfSharded);
+  ASSERT_TRUE(ck->index().has_value());
+  EXPECT_EQ(ck->index()->weight_map.at("model.layers.1.mlp.up_proj.weight"),
+            "model-00002-of-00002.safetensors");
+  EXPECT_EQ(ck->index()->weight_map.at("lm_head.weight"), "model-00001-of-00002.safetensors");
+  EXPECT_EQ(*ck->index()->total_size, ck->total_tensor_bytes());
+  auto got = TensorBytes(out);
+  for (const ExampleTensor& t : TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 200})) {
+    EXPECT_TRUE(got[t.name] == ExpectedTensorBytes(t)) << t.name;
+  }
+}
+
 TEST(DistLoadTest, FourWayRowSaveLoadsIntoOtherShardingsAndCatchesCorruption) {
   std::string out = testing::NewTempDir() + "/ckpt";
   std::string log = testing::NewTempDir() + "/log";
   ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "4", "--layers", "1", "--hidden",
                         "64", "--vocab", "200"}, log)), 0);
-  for (const char* layout : {"col", "mesh"}) {
-    int rc = Wait(Spawn({kBin, "load-check", out, "--ranks", "2", "--layout", layout}, log));
+  for (const auto& [ranks, layout] : std::vector<std::pair<std::string, std::string>>{
+           {"2", "col"}, {"2", "mesh"}, {"4", "row"}, {"4", "col"}}) {
+    int rc = Wait(Spawn({kBin, "load-check", out, "--ranks", ranks, "--layout", layout}, log));
     EXPECT_EQ(rc, 0) << layout << ": " << testing::ReadFile(log + ".err");
     EXPECT_TRUE(absl::StrContains(testing::ReadFile(log), "every value matches"));
   }

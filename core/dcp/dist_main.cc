@@ -136,7 +136,7 @@ at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& size
 // column, 2-D mesh) and every replicated tensor, saved through the HF storage writer.
 int SaveRankMain(const std::string& out, int rank, int world, const std::string& store,
                  bool from_env, int layers, uint64_t hidden, uint64_t vocab, double timeout_s,
-                 const std::string& consolidated) {
+                 const std::string& consolidated, bool full) {
   struct {
     int rank, world_size;
   } g;
@@ -155,7 +155,7 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
     const safeshard::ExampleTensor& t = model[i];
     absl::StatusOr<c10::ScalarType> dt = TorchDType(t.dtype);
     if (!dt.ok()) return 2;
-    if (t.sharding == safeshard::Sharding::kReplicated) {
+    if (t.sharding == safeshard::Sharding::kReplicated || full) {
       sd.push_back({t.name, FromBytes(safeshard::ExpectedTensorBytes(t), t.shape, *dt)});
       continue;
     }
@@ -181,7 +181,14 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
     }
   });
   auto t0 = std::chrono::steady_clock::now();
-  absl::StatusOr<safeshard::SaveResult> r = safeshard::SaveSharded(sd, out, **c, so);
+  if (full) {
+    // save_sharded=False: layers in file 2, everything else in file 1.
+    std::map<std::string, int> mapping;
+    for (const auto& [name, v] : sd) mapping[name] = name.find("layers.") != std::string::npos ? 2 : 1;
+    so.fqn_to_index_mapping = mapping;
+  }
+  absl::StatusOr<safeshard::SaveResult> r =
+      full ? safeshard::SaveFull(sd, out, **c, so) : safeshard::SaveSharded(sd, out, **c, so);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   saving = false;
   sampler.join();
@@ -356,7 +363,10 @@ int main(int argc, char** argv) {
   save_one->add_option("--store", store);
   save_one->add_flag("--from-env", from_env);
   std::string consolidated;
+  bool full = false;
   for (CLI::App* a : {save, save_one}) {
+    a->add_flag("--full", full, "save_sharded=False: every rank holds full tensors; files by a "
+                                "mapping (layers in file 2) and the index json");
     a->add_option("--consolidated-output", consolidated,
                   "After the save, all ranks consolidate it into the HF layout here");
     a->add_option("--layers", layers, "Transformer layers");
@@ -387,7 +397,7 @@ int main(int argc, char** argv) {
   }
   if (save_one->parsed()) {
     return SaveRankMain(out, rank, world, store, from_env, layers, static_cast<uint64_t>(hidden),
-                        static_cast<uint64_t>(vocab), timeout, consolidated);
+                        static_cast<uint64_t>(vocab), timeout, consolidated, full);
   }
   if (save->parsed()) {
     std::vector<std::string> base = {"/proc/self/exe", "save-example-rank", out, "--layers",
@@ -398,6 +408,7 @@ int main(int argc, char** argv) {
       base.push_back("--consolidated-output");
       base.push_back(consolidated);
     }
+    if (full) base.push_back("--full");
     return SpawnRanks(base, ranks);
   }
   if (one->parsed()) return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);

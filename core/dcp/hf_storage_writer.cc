@@ -121,7 +121,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
 
   // 3. This rank's files (one per mapped file index), streamed from tensor memory under
   //    temporary names, `thread_count` files at a time.
-  FileSystem& fs = LocalFileSystem();
+  FileSystem& fs = options.fs != nullptr ? *options.fs : LocalFileSystem();
   SaveResult result;
   std::map<int, std::vector<const Item*>> by_index;
   int count = 1;
@@ -253,7 +253,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
 absl::StatusOr<SaveResult> SaveFull(const StateDict& sd, const std::string& dir, Collective& c,
                                     const SaveOptions& options) {
   const int rank = c.rank(), world = c.world_size();
-  FileSystem& fs = LocalFileSystem();
+  FileSystem& fs = options.fs != nullptr ? *options.fs : LocalFileSystem();
   // Plan (identical on every rank): file of each tensor, files to ranks by bytes.
   std::map<int, std::vector<const std::pair<std::string, StateDictValue>*>> by_file;
   std::map<int, uint64_t> file_bytes;

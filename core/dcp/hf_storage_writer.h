@@ -54,7 +54,10 @@ struct SaveResult {
   std::vector<std::pair<std::string, uint64_t>> all_files;  // every rank's file and size
 };
 
+class FileSystem;
+
 struct SaveOptions {
+  FileSystem* fs = nullptr;  // where files go (default: the local file system)
   // Sharded saves: shard-RRRRR-model-IIIII-of-NNNNN.safetensors per rank and mapped file index
   // (one file per rank without a mapping); full saves: model-IIIII-of-NNNNN.safetensors.
   int thread_count = 1;  // files of one rank written in parallel
