@@ -1,6 +1,10 @@
 #include "core/dcp/hf_storage_reader.h"
 
+#include <atomic>
 #include <cstring>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -57,24 +61,130 @@ void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<
 
 }  // namespace
 
-absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests,
-                      const KeyMap* key_map, LoadStats* stats) {
-  FileSystem& fs = LocalFileSystem();
-  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(fs, dir);
+HfStorageReader::HfStorageReader(std::string path, const KeyMap* key_map, int thread_count,
+                                 FileSystem* fs)
+    : path_(std::move(path)),
+      key_map_(key_map),
+      threads_(std::max(1, thread_count)),
+      fs_(fs != nullptr ? fs : &LocalFileSystem()) {}
+
+HfStorageReader::~HfStorageReader() = default;
+
+std::string HfStorageReader::Fingerprint() const {
+  std::string fp;
+  absl::StatusOr<FileStat> st = fs_->Stat(path_);
+  if (!st.ok()) return fp;
+  if (!st->is_dir) return absl::StrCat(st->size, ":", st->mtime_ns);
+  absl::StatusOr<std::vector<DirEntry>> entries = fs_->List(path_);
+  if (!entries.ok()) return fp;
+  for (const DirEntry& e : *entries) {
+    absl::StatusOr<FileStat> f = fs_->Stat(JoinPath(path_, e.name));
+    if (f.ok()) absl::StrAppend(&fp, e.name, ":", f->size, ":", f->mtime_ns, ";");
+  }
+  return fp;
+}
+
+absl::StatusOr<const CheckpointLayout*> HfStorageReader::ReadMetadata() {
+  std::string fp = Fingerprint();
+  if (layout_ && fp == fingerprint_) return layout_.get();
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*fs_, path_);
   if (!ck.ok()) return ck.status();
   for (const Problem& p : ck->problems()) {
     if (p.kind != ProblemKind::kNotInIndex && p.kind != ProblemKind::kIndexTotalSize) {
       return absl::FailedPreconditionError(
-          absl::StrCat(dir, ": cannot load from an inconsistent checkpoint: ", p.ToString()));
+          absl::StrCat(path_, ": cannot load from an inconsistent checkpoint: ", p.ToString()));
     }
   }
+  layout_ = std::make_unique<CheckpointLayout>(std::move(*ck));
+  fingerprint_ = fp;
+  files_.clear();
+  maps_.clear();
+  files_.resize(layout_->files().size());
+  maps_.resize(layout_->files().size());
+  ++metadata_reads_;
+  return layout_.get();
+}
+
+absl::StatusOr<const MappedRegion*> HfStorageReader::Mapping(int file) {
+  if (!maps_[file]) {
+    std::string p = JoinPath(layout_->root(), layout_->files()[file].name);
+    absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs_->OpenRead(p);
+    if (!f.ok()) return f.status();
+    files_[file] = std::move(*f);
+    absl::StatusOr<std::shared_ptr<const MappedRegion>> m = files_[file]->Map();
+    if (!m.ok()) return m.status();
+    maps_[file] = *m;
+  }
+  return maps_[file].get();
+}
+
+absl::StatusOr<at::Tensor> HfStorageReader::View(const std::string& fqn) {
+  absl::StatusOr<const CheckpointLayout*> ck = ReadMetadata();
+  if (!ck.ok()) return ck.status();
+  for (const TensorLayout& t : (*ck)->tensors()) {
+    if ((key_map_ ? key_map_->Apply(t.name) : t.name) != fqn) continue;
+    absl::StatusOr<c10::ScalarType> st = [&]() -> absl::StatusOr<c10::ScalarType> {
+      for (c10::ScalarType s : {c10::kFloat, c10::kBFloat16, c10::kHalf, c10::kDouble, c10::kChar,
+                                c10::kShort, c10::kInt, c10::kLong, c10::kByte, c10::kBool}) {
+        if (*DTypeOfTorch(s) == t.dtype) return s;
+      }
+      if (IsFloat8(t.dtype)) return c10::kByte;
+      return absl::InvalidArgumentError(absl::StrCat("no torch dtype for ", DTypeName(t.dtype)));
+    }();
+    if (!st.ok()) return st.status();
+    if (t.chunks.size() != 1) {
+      return absl::FailedPreconditionError(absl::StrCat("tensor \"", fqn, "\" is stored in ",
+                                                        t.chunks.size(), " chunks; load it"));
+    }
+    const Chunk& c = t.chunks[0];
+    absl::StatusOr<const MappedRegion*> m = Mapping(c.file);
+    if (!m.ok()) return m.status();
+    const char* p = (*m)->data().data() + c.begin;
+    const int64_t esize = c10::elementSize(*st);
+    if (reinterpret_cast<uintptr_t>(p) % esize != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor \"", fqn, "\" starts at file offset ", c.begin,
+          ", not aligned to its element size: load it into a tensor instead"));
+    }
+    std::shared_ptr<const MappedRegion> keep = maps_[c.file];
+    std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
+    return torch::from_blob(const_cast<char*>(p), sizes, [keep](void*) mutable { keep.reset(); },
+                            torch::TensorOptions().dtype(*st));
+  }
+  return absl::NotFoundError(absl::StrCat(path_, ": no tensor \"", fqn, "\""));
+}
+
+absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests,
+                      const KeyMap* key_map, LoadStats* stats) {
+  HfStorageReader reader(dir, key_map);
+  return reader.ReadData(requests, stats);
+}
+
+absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadStats* stats) {
+  absl::StatusOr<const CheckpointLayout*> ck_or = ReadMetadata();
+  if (!ck_or.ok()) return ck_or.status();
+  const CheckpointLayout* ck = *ck_or;
+  const std::string& dir = path_;
   std::map<std::string, const TensorLayout*> by_name;
   for (const TensorLayout& t : ck->tensors()) {
-    by_name[key_map != nullptr ? key_map->Apply(t.name) : t.name] = &t;
+    by_name[key_map_ != nullptr ? key_map_->Apply(t.name) : t.name] = &t;
   }
-  std::vector<std::shared_ptr<const MappedRegion>> maps(ck->files().size());
-  std::vector<std::unique_ptr<ReadableFile>> files(ck->files().size());
-  for (LoadRequest& r : requests) {
+  // Map every file the requests need once, up front; then fill requests in parallel.
+  for (const LoadRequest& r : requests) {
+    auto it = by_name.find(r.fqn);
+    if (it == by_name.end()) continue;
+    for (const Chunk& c : it->second->chunks) {
+      bool fresh = !maps_[c.file];
+      absl::StatusOr<const MappedRegion*> m = Mapping(c.file);
+      if (!m.ok()) return m.status();
+      if (fresh && stats) stats->files_mapped++;
+    }
+  }
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> copied{0};
+  absl::Mutex mu;
+  absl::Status first_error;
+  auto fill = [&](LoadRequest& r) -> absl::Status {
     auto it = by_name.find(r.fqn);
     if (it == by_name.end()) {
       return absl::NotFoundError(absl::StrCat(dir, ": no tensor \"", r.fqn, "\" in the checkpoint"));
@@ -118,17 +228,7 @@ absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests
         vol *= std::max<int64_t>(0, hi[d] - lo[d]);
       }
       if (empty && rank > 0) continue;
-      if (!maps[c.file]) {
-        std::string path = JoinPath(ck->root(), ck->files()[c.file].name);
-        absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs.OpenRead(path);
-        if (!f.ok()) return f.status();
-        files[c.file] = std::move(*f);
-        absl::StatusOr<std::shared_ptr<const MappedRegion>> m = files[c.file]->Map();
-        if (!m.ok()) return m.status();
-        maps[c.file] = *m;
-        if (stats) stats->files_mapped++;
-      }
-      absl::string_view data = maps[c.file]->data();
+      absl::string_view data = maps_[c.file]->data();
       if (c.end > data.size()) {
         return absl::DataLossError(absl::StrCat(ck->files()[c.file].name, ": tensor \"", t.name,
                                                 "\" bytes [", c.begin, ", ", c.end,
@@ -137,7 +237,7 @@ absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests
       CopyBox(data.data() + c.begin, so, ssz, static_cast<char*>(target.data_ptr()), r.offsets,
               dsz, lo, hi, esize);
       covered += vol;
-      if (stats) stats->bytes_copied += vol * esize;
+      copied += vol * esize;
     }
     if (covered != target.numel()) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -145,8 +245,24 @@ absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests
           " requested elements"));
     }
     if (!target.is_same(r.dest)) r.dest.copy_(target);
+    return absl::OkStatus();
+  };
+  std::vector<std::thread> pool;
+  int threads = std::max(1, std::min<int>(threads_, static_cast<int>(requests.size())));
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (size_t i = next++; i < requests.size(); i = next++) {
+        absl::Status s = fill(requests[i]);
+        if (!s.ok()) {
+          absl::MutexLock l(&mu);
+          if (first_error.ok()) first_error = s;
+        }
+      }
+    });
   }
-  return absl::OkStatus();
+  for (auto& t : pool) t.join();
+  if (stats) stats->bytes_copied += copied.load();
+  return first_error;
 }
 
 }  // namespace safeshard

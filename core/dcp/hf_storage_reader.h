@@ -18,6 +18,7 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,42 @@ struct LoadStats {
   int files_mapped = 0;
 };
 
+class CheckpointLayout;
+class FileSystem;
+class MappedRegion;
+class ReadableFile;
+
+// The reader object: metadata read once from headers and cached until the checkpoint's files
+// change (names, sizes, mtimes); every file mapped once and shared by all reads; requests filled
+// by `thread_count` threads.
+class HfStorageReader {
+ public:
+  explicit HfStorageReader(std::string path, const KeyMap* key_map = nullptr, int thread_count = 1,
+                           FileSystem* fs = nullptr);
+  ~HfStorageReader();
+
+  absl::StatusOr<const CheckpointLayout*> ReadMetadata();
+  absl::Status ReadData(std::vector<LoadRequest>& requests, LoadStats* stats = nullptr);
+  // A zero-copy, read-only view of a tensor stored whole in one chunk at an address aligned to its
+  // element size; it keeps the file mapped while alive. kFailedPrecondition otherwise.
+  absl::StatusOr<at::Tensor> View(const std::string& fqn);
+  int metadata_reads() const { return metadata_reads_; }
+
+ private:
+  absl::StatusOr<const MappedRegion*> Mapping(int file);
+  std::string Fingerprint() const;
+  std::string path_;
+  const KeyMap* key_map_;
+  int threads_;
+  FileSystem* fs_;
+  std::unique_ptr<CheckpointLayout> layout_;
+  std::string fingerprint_;
+  int metadata_reads_ = 0;
+  std::vector<std::unique_ptr<ReadableFile>> files_;
+  std::vector<std::shared_ptr<const MappedRegion>> maps_;
+};
+
+// One-shot convenience: HfStorageReader(dir, key_map).ReadData(requests).
 absl::Status LoadInto(const std::string& dir, std::vector<LoadRequest>& requests,
                       const KeyMap* key_map = nullptr, LoadStats* stats = nullptr);
 

@@ -115,6 +115,49 @@ TEST(HfStorageReaderTest, LoadsFp8IntoUint8) {
               Expected({"q", DType::kF8_E5M2, {6, 2}, Sharding::kRow}, {3, 0}, {3, 2}));
 }
 
+TEST(HfStorageReaderTest, CachesMetadataUntilFilesChangeAndReadsInParallel) {
+  std::vector<ExampleTensor> model = TransformerLikeModel({.layers = 2, .hidden = 32, .vocab = 64});
+  std::string dir = testing::NewTempDir() + "/ckpt";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, {.ranks = 4}).ok());
+  HfStorageReader reader(dir, nullptr, /*thread_count=*/3);
+  ASSERT_TRUE(reader.ReadMetadata().ok());
+  ASSERT_TRUE(reader.ReadMetadata().ok());
+  EXPECT_EQ(reader.metadata_reads(), 1);
+  std::vector<LoadRequest> reqs;
+  for (const ExampleTensor& t : model) {
+    std::vector<int64_t> sz(t.shape.begin(), t.shape.end());
+    reqs.push_back({t.name, torch::empty(sz, torch::TensorOptions().dtype(Torch(t.dtype))), {}});
+  }
+  LoadStats stats;
+  ASSERT_TRUE(reader.ReadData(reqs, &stats).ok());
+  EXPECT_EQ(stats.files_mapped, 4);  // each file mapped once for all requests
+  for (size_t i = 0; i < model.size(); ++i) {
+    EXPECT_TRUE(Bytes(reqs[i].dest) == ExpectedTensorBytes(model[i])) << model[i].name;
+  }
+  // A re-save changes the files: metadata is read again.
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, {.ranks = 4}).ok());
+  ASSERT_TRUE(reader.ReadMetadata().ok());
+  EXPECT_EQ(reader.metadata_reads(), 2);
+}
+
+TEST(HfStorageReaderTest, ViewsAlignedWholeTensorsWithoutCopying) {
+  std::string dir = testing::NewTempDir();
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"w", DType::kF32, {4, 2}}, {"b", DType::kU8, {3}}}));
+  HfStorageReader reader(dir);
+  absl::StatusOr<at::Tensor> v = reader.View("w");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->sizes(), (std::vector<int64_t>{4, 2}));
+  std::string all = testing::ReadFile(dir + "/model.safetensors");
+  EXPECT_EQ(Bytes(*v), all.substr(all.size() - 3 - 32, 32));
+  EXPECT_TRUE(reader.View("b").ok());
+  std::string sharded = testing::NewTempDir() + "/s";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), sharded,
+                                 {{"w", DType::kF32, {4, 2}, Sharding::kRow}}, {.ranks = 2}).ok());
+  HfStorageReader r2(sharded);
+  EXPECT_EQ(r2.View("w").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(HfStorageReaderTest, ReadsFixtureFiles) {
   SAFESHARD_REQUIRE_FIXTURES_OR_SKIP(fixtures);
   // safetensorsharp basic_model: "attention" I8[2,3] = [[1,2,3],[4,5,6]], "embedding" F32 zeros.
