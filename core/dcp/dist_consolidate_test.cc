@@ -196,6 +196,43 @@ TEST(DistSaveTest, FullSaveWithAMappingWritesTheHfLayout) {
   }
 }
 
+TEST(DistConsolidateTest, TorchrunEnvironmentWithATcpStore) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+                                 {.ranks = 2}).ok());
+  std::string out = testing::NewTempDir() + "/out";
+  // A port from the ephemeral range that is very likely free; the ranks meet through TCP.
+  std::string port = std::to_string(20000 + getpid() % 20000);
+  std::vector<pid_t> pids;
+  std::vector<std::string> logs;
+  for (int r = 0; r < 2; ++r) {
+    setenv("RANK", std::to_string(r).c_str(), 1);
+    setenv("WORLD_SIZE", "2", 1);
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("MASTER_PORT", port.c_str(), 1);
+    logs.push_back(testing::NewTempDir() + "/log");
+    pids.push_back(Spawn({kBin, "dist-consolidate-rank", in, out, "--from-env", "--timeout", "60"},
+                         logs.back()));
+  }
+  for (const char* k : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) unsetenv(k);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(Wait(pids[r]), 0) << testing::ReadFile(logs[r] + ".err");
+  auto got = TensorBytes(out);
+  for (const ExampleTensor& t : TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64})) {
+    EXPECT_TRUE(got[t.name] == ExpectedTensorBytes(t)) << t.name;
+  }
+}
+
+TEST(DistLoadTest, LoadsConsolidatedOutputsIntoShards) {
+  std::string out = testing::NewTempDir() + "/ckpt";
+  std::string hf = testing::NewTempDir() + "/hf";
+  std::string log = testing::NewTempDir() + "/log";
+  ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "2", "--layers", "1", "--hidden",
+                        "64", "--vocab", "100", "--consolidated-output", hf}, log)), 0);
+  int rc = Wait(Spawn({kBin, "load-check", hf, "--ranks", "4", "--layout", "mesh"}, log));
+  EXPECT_EQ(rc, 0) << testing::ReadFile(log + ".err");
+}
+
 TEST(DistLoadTest, FourWayRowSaveLoadsIntoOtherShardingsAndCatchesCorruption) {
   std::string out = testing::NewTempDir() + "/ckpt";
   std::string log = testing::NewTempDir() + "/log";
