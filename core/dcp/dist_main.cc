@@ -413,36 +413,12 @@ int main(int argc, char** argv) {
   }
   if (one->parsed()) return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);
 
-  // dist-consolidate: spawn the ranks (this binary again), FileStore next to the output.
-  std::string rdzv = absl::StrCat("/tmp/safeshard-rdzv-", getpid());
-  std::remove(rdzv.c_str());
-  std::vector<pid_t> pids;
-  for (int r = 0; r < ranks; ++r) {
-    std::vector<std::string> args = {"/proc/self/exe", "dist-consolidate-rank", in, out,
-                                     "--rank", std::to_string(r), "--world-size",
-                                     std::to_string(ranks), "--store", rdzv, "--threads",
-                                     std::to_string(threads), "--timeout", std::to_string(timeout)};
-    if (!max_shard.empty()) {
-      args.push_back("--max-shard-size");
-      args.push_back(max_shard);
-    }
-    std::vector<char*> av;
-    for (auto& a : args) av.push_back(a.data());
-    av.push_back(nullptr);
-    pid_t pid;
-    if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, av.data(), environ) != 0) {
-      Err(absl::StrCat("safeshard-torch: cannot start rank ", r));
-      return 1;
-    }
-    pids.push_back(pid);
+  // dist-consolidate: the ranks are this binary again, meeting through a FileStore.
+  std::vector<std::string> base = {"/proc/self/exe", "dist-consolidate-rank", in, out, "--threads",
+                                   std::to_string(threads), "--timeout", std::to_string(timeout)};
+  if (!max_shard.empty()) {
+    base.push_back("--max-shard-size");
+    base.push_back(max_shard);
   }
-  int worst = 0;
-  for (pid_t p : pids) {
-    int status = 0;
-    waitpid(p, &status, 0);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    worst = std::max(worst, code);
-  }
-  std::remove(rdzv.c_str());
-  return worst;
+  return SpawnRanks(base, ranks);
 }
