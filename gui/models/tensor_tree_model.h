@@ -1,0 +1,59 @@
+// tensor_tree_model.h: the inspector's tensor list as a Qt item model (QtCore only, no widgets).
+//
+// Tensors of a CheckpointLayout grouped by name prefix ("model" > "layers" > "0" > ...), siblings
+// in natural order (layers.2 before layers.10), or flat. Columns: name, dtype, shape, parameters,
+// bytes, chunks, files, status. Group rows sum parameters and bytes of everything below them.
+//
+//   TensorTreeModel model;
+//   model.SetLayout(std::make_shared<const CheckpointLayout>(std::move(layout)));
+//   view->setModel(&model);
+#ifndef SAFESHARD_GUI_MODELS_TENSOR_TREE_MODEL_H_
+#define SAFESHARD_GUI_MODELS_TENSOR_TREE_MODEL_H_
+
+#include <QAbstractItemModel>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/layout/layout.h"
+
+namespace safeshard::gui {
+
+class TensorTreeModel : public QAbstractItemModel {
+  Q_OBJECT
+
+ public:
+  enum Column { kName, kDType, kShape, kParameters, kBytes, kChunks, kFiles, kStatus, kColumnCount };
+  // The full tensor name of a row (empty for group rows).
+  static constexpr int kTensorNameRole = Qt::UserRole + 1;
+
+  explicit TensorTreeModel(QObject* parent = nullptr);
+  ~TensorTreeModel() override;
+
+  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
+  void SetFlat(bool flat);
+  bool flat() const { return flat_; }
+
+  QModelIndex index(int row, int column, const QModelIndex& parent = {}) const override;
+  QModelIndex parent(const QModelIndex& child) const override;
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+  // A plain-text dump of the whole tree (golden tests and copy-to-clipboard).
+  std::string Dump() const;
+
+ private:
+  struct Node;
+  void Rebuild();
+  const Node* NodeOf(const QModelIndex& index) const;
+
+  std::shared_ptr<const CheckpointLayout> layout_;
+  bool flat_ = false;
+  std::unique_ptr<Node> root_;
+};
+
+}  // namespace safeshard::gui
+
+#endif  // SAFESHARD_GUI_MODELS_TENSOR_TREE_MODEL_H_

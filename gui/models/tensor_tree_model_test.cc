@@ -1,0 +1,93 @@
+// Model tests (headless): QAbstractItemModelTester on the tree and flat modes, natural order,
+// group sums and a golden dump of a generated per-rank checkpoint with a deliberate gap.
+#include "gui/models/tensor_tree_model.h"
+
+#include <QAbstractItemModelTester>
+#include <QCoreApplication>
+
+#include "core/example/example.h"
+#include "core/io/filesystem.h"
+#include "core/testing/testing.h"
+#include "gtest/gtest.h"
+#include "gui/models/natural_sort.h"
+
+namespace safeshard::gui {
+namespace {
+
+std::shared_ptr<const CheckpointLayout> Layout(const std::vector<ExampleTensor>& model, WriteOptions o) {
+  std::string dir = testing::NewTempDir() + "/ckpt";
+  EXPECT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, o).ok());
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_TRUE(ck.ok());
+  return std::make_shared<const CheckpointLayout>(std::move(*ck));
+}
+
+TEST(NaturalSortTest, OrdersDigitRunsByValue) {
+  EXPECT_TRUE(NaturalLess("layers.2", "layers.10"));
+  EXPECT_FALSE(NaturalLess("layers.10", "layers.2"));
+  EXPECT_TRUE(NaturalLess("a", "b"));
+  EXPECT_TRUE(NaturalLess("x1", "x01a"));
+  EXPECT_FALSE(NaturalLess("same", "same"));
+  EXPECT_TRUE(NaturalLess("w", "w.bias"));
+}
+
+TEST(TensorTreeModelTest, PassesTheModelTesterInTreeAndFlatModes) {
+  TensorTreeModel model;
+  QAbstractItemModelTester tester(&model, QAbstractItemModelTester::FailureReportingMode::Fatal);
+  model.SetLayout(Layout(TransformerLikeModel({.layers = 12, .hidden = 8, .vocab = 16}), {.ranks = 2}));
+  model.SetFlat(true);
+  EXPECT_EQ(model.rowCount(), 12 * 9 + 7);
+  model.SetFlat(false);
+  EXPECT_GT(model.rowCount(), 0);
+}
+
+TEST(TensorTreeModelTest, GroupsByPrefixInNaturalOrderWithSums) {
+  TensorTreeModel model;
+  model.SetLayout(Layout(TransformerLikeModel({.layers = 12, .hidden = 8, .vocab = 16}), {.ranks = 2}));
+  // model > layers > 0, 1, 2, ..., 10, 11
+  QModelIndex m;
+  for (int r = 0; r < model.rowCount(); ++r) {
+    if (model.data(model.index(r, 0)).toString() == "model") m = model.index(r, 0);
+  }
+  ASSERT_TRUE(m.isValid());
+  QModelIndex layers;
+  for (int r = 0; r < model.rowCount(m); ++r) {
+    if (model.data(model.index(r, 0, m)).toString() == "layers") layers = model.index(r, 0, m);
+  }
+  ASSERT_TRUE(layers.isValid());
+  ASSERT_EQ(model.rowCount(layers), 12);
+  EXPECT_EQ(model.data(model.index(2, 0, layers)).toString(), "2");
+  EXPECT_EQ(model.data(model.index(10, 0, layers)).toString(), "10");
+  // A layer's parameters are the sum of its tensors'.
+  QModelIndex l0 = model.index(0, 0, layers);
+  qulonglong sum = 0;
+  for (int r = 0; r < model.rowCount(l0); ++r) {
+    sum += model.data(model.index(r, TensorTreeModel::kParameters, l0)).toULongLong();
+  }
+  EXPECT_EQ(model.data(model.index(0, TensorTreeModel::kParameters, layers)).toULongLong(), sum);
+}
+
+TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {
+  WriteOptions o{.ranks = 4};
+  o.drop_chunk = std::make_pair(std::string("b.w"), 0);
+  TensorTreeModel model;
+  model.SetLayout(Layout({{"b.w", DType::kBF16, {8, 4}, Sharding::kRow},
+                          {"a.norm", DType::kF32, {4}, Sharding::kReplicated},
+                          {"b.v", DType::kI64, {}, Sharding::kReplicated}},
+                         o));
+  EXPECT_EQ(model.Dump(),
+            "a |  |  | 4 | 16 |  |  | ok\n"
+            "  norm | F32 | [4] | 4 | 16 | 1 | 1 | ok\n"
+            "b |  |  | 33 | 72 |  |  | problem\n"
+            "  v | I64 | [] | 1 | 8 | 1 | 1 | ok\n"
+            "  w | BF16 | [8, 4] | 32 | 64 | 3 | 3 | problem\n");
+}
+
+}  // namespace
+}  // namespace safeshard::gui
+
+int main(int argc, char** argv) {
+  QCoreApplication app(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
