@@ -1,0 +1,113 @@
+#include "gui/models/list_models.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace safeshard::gui {
+namespace {
+
+QString Q(const std::string& s) { return QString::fromStdString(s); }
+
+QString Header(int section, std::initializer_list<const char*> names) {
+  int i = 0;
+  for (const char* n : names) {
+    if (i++ == section) return QString(n);
+  }
+  return {};
+}
+
+}  // namespace
+
+void ChunkModel::SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* t) {
+  beginResetModel();
+  layout_ = std::move(layout);
+  tensor_ = t;
+  endResetModel();
+}
+
+int ChunkModel::rowCount(const QModelIndex& p) const {
+  return p.isValid() || tensor_ == nullptr ? 0 : static_cast<int>(tensor_->chunks.size());
+}
+int ChunkModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+
+QVariant ChunkModel::data(const QModelIndex& index, int role) const {
+  if (!index.isValid() || tensor_ == nullptr || role != Qt::DisplayRole) return {};
+  const Chunk& c = tensor_->chunks[index.row()];
+  const FileInfo& f = layout_->files()[c.file];
+  switch (index.column()) {
+    case kFile: return Q(f.name);
+    case kRank: return f.shard ? QVariant(*f.shard - 1) : QVariant();
+    case kOffsets: return Q(absl::StrCat("[", absl::StrJoin(c.offsets, ", "), "]"));
+    case kSizes: return Q(absl::StrCat("[", absl::StrJoin(c.sizes, ", "), "]"));
+    case kByteRange: return Q(absl::StrCat("[", c.begin, ", ", c.end, ")"));
+  }
+  return {};
+}
+
+QVariant ChunkModel::headerData(int s, Qt::Orientation o, int role) const {
+  if (o != Qt::Horizontal || role != Qt::DisplayRole) return {};
+  return Header(s, {"File", "Rank", "Offsets", "Sizes", "Bytes"});
+}
+
+void ProblemsModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
+  beginResetModel();
+  layout_ = std::move(layout);
+  endResetModel();
+}
+
+int ProblemsModel::rowCount(const QModelIndex& p) const {
+  return p.isValid() || !layout_ ? 0 : static_cast<int>(layout_->problems().size());
+}
+int ProblemsModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+
+QVariant ProblemsModel::data(const QModelIndex& index, int role) const {
+  if (!index.isValid() || !layout_) return {};
+  const Problem& p = layout_->problems()[index.row()];
+  if (role == Qt::ToolTipRole) return Q(p.ToString());
+  if (role != Qt::DisplayRole) return {};
+  switch (index.column()) {
+    case kKind: return Q(std::string(ProblemKindName(p.kind)));
+    case kFile: return Q(p.file);
+    case kTensor: return Q(p.tensor);
+    case kMessage: return Q(p.message);
+  }
+  return {};
+}
+
+QVariant ProblemsModel::headerData(int s, Qt::Orientation o, int role) const {
+  if (o != Qt::Horizontal || role != Qt::DisplayRole) return {};
+  return Header(s, {"Kind", "File", "Tensor", "Problem"});
+}
+
+void FileModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
+  beginResetModel();
+  layout_ = std::move(layout);
+  endResetModel();
+}
+
+int FileModel::rowCount(const QModelIndex& p) const {
+  return p.isValid() || !layout_ ? 0 : static_cast<int>(layout_->files().size());
+}
+int FileModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+
+QVariant FileModel::data(const QModelIndex& index, int role) const {
+  if (!index.isValid() || !layout_ || role != Qt::DisplayRole) return {};
+  const FileInfo& f = layout_->files()[index.row()];
+  switch (index.column()) {
+    case kName: return Q(f.name);
+    case kRank: return f.shard ? QVariant(*f.shard - 1) : QVariant();
+    case kSize: return QString::number(static_cast<qulonglong>(f.size));
+    case kHeaderBytes:
+      return f.header ? QVariant(QString::number(static_cast<qulonglong>(f.header->data_start()))) : QVariant();
+    case kTensors: return f.header ? QVariant(static_cast<int>(f.header->tensors.size())) : QVariant();
+    case kState: return f.error ? Q(*f.error) : QString(f.dcp ? "DCP shard" : "plain");
+  }
+  return {};
+}
+
+QVariant FileModel::headerData(int s, Qt::Orientation o, int role) const {
+  if (o != Qt::Horizontal || role != Qt::DisplayRole) return {};
+  return Header(s, {"File", "Rank", "Size", "Header", "Tensors", "State"});
+}
+
+}  // namespace safeshard::gui

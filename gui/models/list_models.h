@@ -1,0 +1,69 @@
+// list_models.h: flat item models of the inspector (QtCore only).
+//
+//   ChunkModel     the chunks of one tensor: file, rank, offsets, sizes, byte range
+//   ProblemsModel  the verification report: kind, file, tensor, message
+//   FileModel      the files: name, rank, size, header bytes, tensors, kind/error
+#ifndef SAFESHARD_GUI_MODELS_LIST_MODELS_H_
+#define SAFESHARD_GUI_MODELS_LIST_MODELS_H_
+
+#include <QAbstractTableModel>
+#include <memory>
+#include <string>
+
+#include "core/layout/layout.h"
+
+namespace safeshard::gui {
+
+class ChunkModel : public QAbstractTableModel {
+  Q_OBJECT
+
+ public:
+  enum Column { kFile, kRank, kOffsets, kSizes, kByteRange, kColumnCount };
+  explicit ChunkModel(QObject* parent = nullptr) : QAbstractTableModel(parent) {}
+  // Shows the chunks of `tensor` (nullptr: none).
+  void SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor);
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+ private:
+  std::shared_ptr<const CheckpointLayout> layout_;
+  const TensorLayout* tensor_ = nullptr;
+};
+
+class ProblemsModel : public QAbstractTableModel {
+  Q_OBJECT
+
+ public:
+  enum Column { kKind, kFile, kTensor, kMessage, kColumnCount };
+  explicit ProblemsModel(QObject* parent = nullptr) : QAbstractTableModel(parent) {}
+  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+ private:
+  std::shared_ptr<const CheckpointLayout> layout_;
+};
+
+class FileModel : public QAbstractTableModel {
+  Q_OBJECT
+
+ public:
+  enum Column { kName, kRank, kSize, kHeaderBytes, kTensors, kState, kColumnCount };
+  explicit FileModel(QObject* parent = nullptr) : QAbstractTableModel(parent) {}
+  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+ private:
+  std::shared_ptr<const CheckpointLayout> layout_;
+};
+
+}  // namespace safeshard::gui
+
+#endif  // SAFESHARD_GUI_MODELS_LIST_MODELS_H_
