@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 
@@ -86,6 +87,29 @@ RunRecord ReadRun(Stmt& s) {
   return r;
 }
 
+constexpr char kRunCols[] =
+    "id, path, detection, state, fingerprint, last_change_ms, first_seen_ms, output, detail";
+
+// Runs a SELECT (`bind` fills its parameters) and reads every row with `read`.
+template <typename T>
+absl::StatusOr<std::vector<T>> Select(sqlite3* db, const std::string& sql,
+                                      const std::function<void(Stmt&)>& bind,
+                                      T (*read)(Stmt&)) {
+  Stmt s(db, sql.c_str());
+  if (!s.ok()) return s.error();
+  bind(s);
+  std::vector<T> out;
+  while (s.Step() == SQLITE_ROW) out.push_back(read(s));
+  return out;
+}
+
+template <typename T>
+absl::StatusOr<std::optional<T>> First(absl::StatusOr<std::vector<T>> rows) {
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return std::optional<T>();
+  return std::optional<T>(std::move(rows->front()));
+}
+
 }  // namespace
 
 int64_t NowMs() {
@@ -145,22 +169,14 @@ absl::Status Store::UpsertRun(const RunRecord& r) {
 
 absl::StatusOr<std::optional<RunRecord>> Store::GetRun(const std::string& id) {
   absl::MutexLock l(&mu_);
-  Stmt s(db_, "SELECT id, path, detection, state, fingerprint, last_change_ms, first_seen_ms,"
-              " output, detail FROM runs WHERE id=?1");
-  if (!s.ok()) return s.error();
-  s.Bind(1, id);
-  if (s.Step() == SQLITE_ROW) return std::optional<RunRecord>(ReadRun(s));
-  return std::optional<RunRecord>();
+  return First(Select<RunRecord>(db_, absl::StrCat("SELECT ", kRunCols, " FROM runs WHERE id=?1"),
+                                 [&](Stmt& s) { s.Bind(1, id); }, ReadRun));
 }
 
 absl::StatusOr<std::vector<RunRecord>> Store::ListRuns() {
   absl::MutexLock l(&mu_);
-  Stmt s(db_, "SELECT id, path, detection, state, fingerprint, last_change_ms, first_seen_ms,"
-              " output, detail FROM runs ORDER BY path");
-  if (!s.ok()) return s.error();
-  std::vector<RunRecord> out;
-  while (s.Step() == SQLITE_ROW) out.push_back(ReadRun(s));
-  return out;
+  return Select<RunRecord>(db_, absl::StrCat("SELECT ", kRunCols, " FROM runs ORDER BY path"),
+                           [](Stmt&) {}, ReadRun);
 }
 
 absl::StatusOr<int64_t> Store::AddJob(JobRecord j) {
@@ -196,31 +212,26 @@ absl::Status Store::UpdateJob(const JobRecord& j) {
 
 absl::StatusOr<std::optional<JobRecord>> Store::GetJob(int64_t id) {
   absl::MutexLock l(&mu_);
-  Stmt s(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs WHERE id=?1").c_str());
-  if (!s.ok()) return s.error();
-  s.Bind(1, id);
-  if (s.Step() == SQLITE_ROW) return std::optional<JobRecord>(ReadJob(s));
-  return std::optional<JobRecord>();
+  return First(Select<JobRecord>(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs WHERE id=?1"),
+                                 [&](Stmt& s) { s.Bind(1, id); }, ReadJob));
 }
 
 absl::StatusOr<std::vector<JobRecord>> Store::ListJobs() {
   absl::MutexLock l(&mu_);
-  Stmt s(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs ORDER BY id").c_str());
-  if (!s.ok()) return s.error();
-  std::vector<JobRecord> out;
-  while (s.Step() == SQLITE_ROW) out.push_back(ReadJob(s));
-  return out;
+  return Select<JobRecord>(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs ORDER BY id"),
+                           [](Stmt&) {}, ReadJob);
 }
 
 absl::StatusOr<std::vector<JobRecord>> Store::RequeueInterrupted() {
-  std::vector<JobRecord> out;
+  absl::StatusOr<std::vector<JobRecord>> found;
   {
     absl::MutexLock l(&mu_);
-    Stmt s(db_, absl::StrCat("SELECT ", kJobCols,
-                             " FROM jobs WHERE state IN ('running','verifying')").c_str());
-    if (!s.ok()) return s.error();
-    while (s.Step() == SQLITE_ROW) out.push_back(ReadJob(s));
+    found = Select<JobRecord>(
+        db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs WHERE state IN ('running','verifying')"),
+        [](Stmt&) {}, ReadJob);
   }
+  if (!found.ok()) return found.status();
+  std::vector<JobRecord> out = std::move(*found);
   for (JobRecord& j : out) {
     j.state = "queued";
     j.bytes_done = 0;

@@ -479,10 +479,6 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
 
 namespace {
 
-struct Outputs {
-  std::vector<std::unique_ptr<WritableFile>> files;  // this rank's write handles
-};
-
 absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
                               const std::string& out, const ConsolidateOptions& o,
                               std::vector<AtomicFile>* atomics, std::vector<std::string>* warnings) {

@@ -51,39 +51,43 @@ void Err(const std::string& s) {
   (void)!write(2, line.data(), line.size());
 }
 
+struct Group {
+  std::unique_ptr<safeshard::Collective> c;
+  int rank = 0;
+  int world_size = 1;
+};
+
 // Joins the group: from the torchrun environment, or as rank/world with a FileStore.
-absl::StatusOr<std::unique_ptr<safeshard::Collective>> JoinGroup(int rank, int world,
-                                                                 const std::string& store,
-                                                                 bool from_env, double timeout_s,
-                                                                 int* rank_out, int* world_out) {
-  safeshard::GroupOptions g;
+absl::StatusOr<Group> JoinGroup(int rank, int world, const std::string& store, bool from_env,
+                                double timeout_s) {
+  safeshard::GroupOptions o;
   if (from_env) {
     absl::StatusOr<safeshard::GroupOptions> e = safeshard::GroupOptionsFromEnv();
     if (!e.ok()) return e.status();
-    g = *e;
+    o = *e;
   } else {
-    g.rank = rank;
-    g.world_size = world;
-    g.file_store = store;
+    o.rank = rank;
+    o.world_size = world;
+    o.file_store = store;
   }
-  g.timeout = absl::Seconds(timeout_s);
-  *rank_out = g.rank;
-  *world_out = g.world_size;
-  return safeshard::NewC10dCollective(g);
+  o.timeout = absl::Seconds(timeout_s);
+  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(o);
+  if (!c.ok()) return c.status();
+  return Group{std::move(*c), o.rank, o.world_size};
+}
+
+// Reports a failure to join and gives the exit code (2: usage, 1: runtime).
+int JoinFailed(const absl::Status& s) {
+  Err(absl::StrCat("safeshard-torch: ", s.message()));
+  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
 int RankMain(const std::string& in, const std::string& out, int rank, int world,
              const std::string& store, bool from_env, int threads, const std::string& max_shard,
              double timeout_s) {
-  struct {
-    int rank, world_size;
-  } g;
-  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c =
-      JoinGroup(rank, world, store, from_env, timeout_s, &g.rank, &g.world_size);
-  if (!c.ok()) {
-    Err(absl::StrCat("safeshard-torch: ", c.status().message()));
-    return c.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  }
+  absl::StatusOr<Group> joined = JoinGroup(rank, world, store, from_env, timeout_s);
+  if (!joined.ok()) return JoinFailed(joined.status());
+  Group& g = *joined;
   safeshard::ConsolidateOptions o;
   o.threads = threads;
   o.verify = true;
@@ -98,7 +102,7 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
   uint64_t mine = 0;
   o.progress = [&](uint64_t, uint64_t total) { mine = total; };
   absl::StatusOr<safeshard::ConsolidateResult> r =
-      safeshard::Consolidate(safeshard::LocalFileSystem(), in, out, o, c->get());
+      safeshard::Consolidate(safeshard::LocalFileSystem(), in, out, o, g.c.get());
   if (!r.ok()) {
     Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
@@ -137,15 +141,9 @@ at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& size
 int SaveRankMain(const std::string& out, int rank, int world, const std::string& store,
                  bool from_env, int layers, uint64_t hidden, uint64_t vocab, double timeout_s,
                  const std::string& consolidated, bool full) {
-  struct {
-    int rank, world_size;
-  } g;
-  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c =
-      JoinGroup(rank, world, store, from_env, timeout_s, &g.rank, &g.world_size);
-  if (!c.ok()) {
-    Err(absl::StrCat("safeshard-torch: ", c.status().message()));
-    return c.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  }
+  absl::StatusOr<Group> joined = JoinGroup(rank, world, store, from_env, timeout_s);
+  if (!joined.ok()) return JoinFailed(joined.status());
+  Group& g = *joined;
   std::vector<safeshard::ExampleTensor> model =
       safeshard::TransformerLikeModel({.layers = layers, .hidden = hidden, .vocab = vocab});
   safeshard::WriteOptions wo{.ranks = g.world_size, .mesh_rows = g.world_size % 2 == 0 ? 2 : 1};
@@ -188,7 +186,7 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
     so.fqn_to_index_mapping = mapping;
   }
   absl::StatusOr<safeshard::SaveResult> r =
-      full ? safeshard::SaveFull(sd, out, **c, so) : safeshard::SaveSharded(sd, out, **c, so);
+      full ? safeshard::SaveFull(sd, out, *g.c, so) : safeshard::SaveSharded(sd, out, *g.c, so);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   saving = false;
   sampler.join();
@@ -207,13 +205,9 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
 // compare it with the generator's bytes (valid for checkpoints made by make-example/save-example).
 int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::string& store,
                       const std::string& layout, double timeout_s) {
-  safeshard::GroupOptions g{.rank = rank, .world_size = world, .file_store = store};
-  g.timeout = absl::Seconds(timeout_s);
-  absl::StatusOr<std::unique_ptr<safeshard::Collective>> c = safeshard::NewC10dCollective(g);
-  if (!c.ok()) {
-    Err(absl::StrCat("safeshard-torch: ", c.status().message()));
-    return 1;
-  }
+  absl::StatusOr<Group> joined = JoinGroup(rank, world, store, /*from_env=*/false, timeout_s);
+  if (!joined.ok()) return JoinFailed(joined.status());
+  Group& g = *joined;
   absl::StatusOr<safeshard::CheckpointLayout> ck =
       safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), dir);
   std::string report;
@@ -263,7 +257,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     }
   }
   absl::StatusOr<std::vector<std::string>> all =
-      (*c)->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
+      g.c->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
   if (!all.ok()) {
     Err(absl::StrCat("safeshard-torch: ", all.status().message()));
     return 1;
