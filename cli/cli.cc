@@ -387,7 +387,9 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   };
   auto fail = [&](const absl::Status& s) {
     err << "safeshard consolidate: " << s.message() << "\n";
-    return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitProblems;
+    return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kNotFound
+               ? kExitUsage
+               : kExitProblems;
   };
   int choices = !a.mapping.empty() + !a.reference.empty() + !a.max_shard_size.empty();
   if (choices > 1) return usage("choose one of --mapping, --reference and --max-shard-size");
@@ -493,7 +495,9 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
   FileSystem& fs = LocalFileSystem();
   auto fail = [&](const absl::Status& s) {
     err << "safeshard remap: " << s.message() << "\n";
-    return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitProblems;
+    return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kNotFound
+               ? kExitUsage
+               : kExitProblems;
   };
   if (a.rules.empty() == a.rules_file.empty()) {
     err << "safeshard remap: give either --rule (repeatable) or --rules FILE\n";

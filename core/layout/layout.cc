@@ -5,6 +5,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/format/filenames.h"
@@ -42,6 +43,12 @@ unsigned __int128 Volume(const std::vector<uint64_t>& sizes) {
   unsigned __int128 v = 1;
   for (uint64_t s : sizes) v *= s;
   return v;
+}
+
+// Problems already name their file; drop a "<path>: " the underlying error starts with.
+std::string WithoutPathPrefix(const std::string& message, const std::string& path) {
+  absl::string_view m = message;
+  return std::string(absl::ConsumePrefix(&m, path + ": ") ? m : absl::string_view(message));
 }
 
 bool IsIndexFileName(absl::string_view name) {
@@ -346,13 +353,13 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   for (size_t fidx = 0; fidx < ck.files_.size(); ++fidx) {
     FileInfo& fi = ck.files_[fidx];
     if (!fi.header) {
-      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "", *fi.error});
+      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "", WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
       continue;
     }
     absl::StatusOr<std::optional<ShardingInfo>> info = ReadShardingInfo(*fi.header, fi.name);
     if (!info.ok()) {
       fi.error = std::string(info.status().message());
-      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "", *fi.error});
+      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "", WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
       continue;
     }
     fi.dcp = info->has_value();
