@@ -1,9 +1,11 @@
 #include "gui/models/tensor_tree_model.h"
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -21,45 +23,48 @@ struct TensorTreeModel::Node {
   bool problem = false;
 };
 
-TensorTreeModel::TensorTreeModel(QObject* parent)
-    : QAbstractItemModel(parent), root_(std::make_unique<Node>()) {}
+struct TensorTreeModel::Prepared {
+  std::shared_ptr<const CheckpointLayout> layout;
+  bool flat = false;
+  Node root;
+  absl::flat_hash_map<std::string, const Node*> by_name;
+};
+
+TensorTreeModel::TensorTreeModel(QObject* parent) : QAbstractItemModel(parent) {
+  prepared_ = Prepare(nullptr, false);
+  root_ = &prepared_->root;
+}
 TensorTreeModel::~TensorTreeModel() = default;
 
-void TensorTreeModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
-  beginResetModel();
-  layout_ = std::move(layout);
-  Rebuild();
-  endResetModel();
-}
-
-void TensorTreeModel::SetFlat(bool flat) {
-  if (flat == flat_) return;
-  beginResetModel();
-  flat_ = flat;
-  Rebuild();
-  endResetModel();
-}
-
-void TensorTreeModel::Rebuild() {
-  root_ = std::make_unique<Node>();
-  if (!layout_) return;
-  for (const TensorLayout& t : layout_->tensors()) {
-    Node* cur = root_.get();
+std::shared_ptr<TensorTreeModel::Prepared> TensorTreeModel::Prepare(
+    std::shared_ptr<const CheckpointLayout> layout, bool flat) {
+  auto p = std::make_shared<Prepared>();
+  p->layout = std::move(layout);
+  p->flat = flat;
+  if (!p->layout) return p;
+  // Group children by label while building (a layer of 100k siblings must not be quadratic).
+  absl::flat_hash_map<std::pair<const Node*, std::string>, Node*> groups;
+  for (const TensorLayout& t : p->layout->tensors()) {
+    Node* cur = &p->root;
     std::vector<std::string> parts =
-        flat_ ? std::vector<std::string>{t.name} : std::vector<std::string>(absl::StrSplit(t.name, '.'));
+        flat ? std::vector<std::string>{t.name} : std::vector<std::string>(absl::StrSplit(t.name, '.'));
     for (size_t i = 0; i < parts.size(); ++i) {
       const bool leaf = i + 1 == parts.size();
       Node* next = nullptr;
       if (!leaf) {
-        for (auto& c : cur->children) {
-          if (c->tensor == nullptr && c->label == parts[i]) next = c.get();
-        }
+        auto it = groups.find(std::make_pair(static_cast<const Node*>(cur), parts[i]));
+        if (it != groups.end()) next = it->second;
       }
       if (next == nullptr) {
         auto n = std::make_unique<Node>();
         n->label = parts[i];
         n->parent = cur;
-        if (leaf) n->tensor = &t;
+        if (leaf) {
+          n->tensor = &t;
+          p->by_name[t.name] = n.get();
+        } else {
+          groups[std::make_pair(static_cast<const Node*>(cur), parts[i])] = n.get();
+        }
         next = n.get();
         cur->children.push_back(std::move(n));
       }
@@ -85,11 +90,36 @@ void TensorTreeModel::Rebuild() {
       n->problem |= c->problem;
     }
   };
-  finish(root_.get());
+  finish(&p->root);
+  return p;
+}
+
+void TensorTreeModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
+  SetPrepared(Prepare(std::move(layout), flat_));
+}
+
+void TensorTreeModel::SetPrepared(std::shared_ptr<Prepared> prepared) {
+  beginResetModel();
+  prepared_ = std::move(prepared);
+  layout_ = prepared_->layout;
+  flat_ = prepared_->flat;
+  root_ = &prepared_->root;
+  endResetModel();
+}
+
+void TensorTreeModel::SetFlat(bool flat) {
+  if (flat == flat_) return;
+  SetPrepared(Prepare(layout_, flat));
+}
+
+QModelIndex TensorTreeModel::IndexOfTensor(const std::string& name) const {
+  auto it = prepared_->by_name.find(name);
+  if (it == prepared_->by_name.end()) return {};
+  return createIndex(it->second->row, 0, const_cast<Node*>(it->second));
 }
 
 const TensorTreeModel::Node* TensorTreeModel::NodeOf(const QModelIndex& index) const {
-  return index.isValid() ? static_cast<const Node*>(index.internalPointer()) : root_.get();
+  return index.isValid() ? static_cast<const Node*>(index.internalPointer()) : root_;
 }
 
 QModelIndex TensorTreeModel::index(int row, int column, const QModelIndex& parent) const {
@@ -103,7 +133,7 @@ QModelIndex TensorTreeModel::index(int row, int column, const QModelIndex& paren
 QModelIndex TensorTreeModel::parent(const QModelIndex& child) const {
   if (!child.isValid()) return {};
   const Node* n = static_cast<const Node*>(child.internalPointer());
-  if (n->parent == nullptr || n->parent == root_.get()) return {};
+  if (n->parent == nullptr || n->parent == root_) return {};
   return createIndex(n->parent->row, 0, n->parent);
 }
 

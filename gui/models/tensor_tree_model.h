@@ -30,8 +30,16 @@ class TensorTreeModel : public QAbstractItemModel {
   explicit TensorTreeModel(QObject* parent = nullptr);
   ~TensorTreeModel() override;
 
-  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
+  // The row tree of a layout, built anywhere (e.g. off the GUI thread), installed by SetPrepared.
+  struct Prepared;
+  static std::shared_ptr<Prepared> Prepare(std::shared_ptr<const CheckpointLayout> layout, bool flat);
+
+  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);  // Prepare + SetPrepared
+  void SetPrepared(std::shared_ptr<Prepared> prepared);
   void SetFlat(bool flat);
+  const std::shared_ptr<const CheckpointLayout>& layout() const { return layout_; }
+  // The row of a tensor (column 0), invalid when the layout has no such tensor.
+  QModelIndex IndexOfTensor(const std::string& name) const;
   bool flat() const { return flat_; }
 
   QModelIndex index(int row, int column, const QModelIndex& parent = {}) const override;
@@ -46,12 +54,12 @@ class TensorTreeModel : public QAbstractItemModel {
 
  private:
   struct Node;
-  void Rebuild();
   const Node* NodeOf(const QModelIndex& index) const;
 
   std::shared_ptr<const CheckpointLayout> layout_;
   bool flat_ = false;
-  std::unique_ptr<Node> root_;
+  std::shared_ptr<Prepared> prepared_;
+  const Node* root_ = nullptr;
 };
 
 }  // namespace safeshard::gui

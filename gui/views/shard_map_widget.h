@@ -1,0 +1,91 @@
+// shard_map_widget.h: which chunk of which file holds which slice of one tensor, drawn to scale.
+//
+// The global tensor is a rectangle of (row dim) x (column dim) elements; every chunk is a
+// rectangle coloured by rank and labelled with its offsets and sizes. Dimensions not shown are
+// folded: chunks that differ only there are drawn on top of each other and counted in the label.
+// Parts covered by no chunk are hatched red; parts covered twice are cross-marked. Hovering a
+// chunk shows its file and byte range; clicking selects it (chunkClicked).
+//
+//   ShardMapWidget map;
+//   map.SetTensor(layout, layout->FindTensor("model.embed.weight"));
+//   map.SetDims(0, 1);
+//   QRectF r = map.ChunkRect(2);   // widget coordinates, for tests and hit testing
+#ifndef SAFESHARD_GUI_VIEWS_SHARD_MAP_WIDGET_H_
+#define SAFESHARD_GUI_VIEWS_SHARD_MAP_WIDGET_H_
+
+#include <QWidget>
+#include <memory>
+#include <vector>
+
+#include "core/layout/layout.h"
+
+namespace safeshard::gui {
+
+// A stable colour per rank (or per file for non-DCP checkpoints).
+QColor RankColor(int rank);
+// The rank a chunk's file belongs to: its shard number - 1, else its file index in the layout.
+int RankOfFile(const CheckpointLayout& layout, int file);
+
+class ShardMapWidget : public QWidget {
+  Q_OBJECT
+
+ public:
+  explicit ShardMapWidget(QWidget* parent = nullptr);
+
+  void SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor);
+  // Which tensor dimensions are drawn as rows and columns (-1: none, i.e. extent 1).
+  void SetDims(int row_dim, int col_dim);
+  int row_dim() const { return row_dim_; }
+  int col_dim() const { return col_dim_; }
+  const TensorLayout* tensor() const { return tensor_; }
+
+  // Geometry in widget coordinates (valid after a resize; tests call resize() first).
+  QRectF TensorRect() const { return tensor_rect_; }
+  QRectF ChunkRect(int chunk) const;
+  // Element ranges [r0, r1) x [c0, c1) of the shown dims covered by no chunk / by two or more.
+  struct Cell {
+    uint64_t r0, r1, c0, c1;
+  };
+  const std::vector<Cell>& gaps() const { return gaps_; }
+  const std::vector<Cell>& overlaps() const { return overlaps_; }
+  QRectF CellRect(const Cell& c) const;
+  bool aspect_compressed() const { return aspect_compressed_; }
+
+  int ChunkAt(QPointF p) const;  // -1 when none
+  int selected_chunk() const { return selected_; }
+  void SelectChunk(int chunk);
+  QString ChunkDescription(int chunk) const;  // tooltip text
+
+  QSize sizeHint() const override { return {640, 420}; }
+  QSize minimumSizeHint() const override { return {240, 160}; }
+
+ signals:
+  void chunkClicked(int chunk);
+
+ protected:
+  void paintEvent(QPaintEvent*) override;
+  void resizeEvent(QResizeEvent*) override;
+  void mousePressEvent(QMouseEvent*) override;
+  bool event(QEvent* e) override;
+  void keyPressEvent(QKeyEvent*) override;
+
+ private:
+  uint64_t Extent(int dim) const;
+  void Relayout();
+  void ComputeCoverage();
+  // Interval of chunk c along `dim` (full extent when dim < 0).
+  std::pair<uint64_t, uint64_t> Span(int chunk, int dim) const;
+
+  std::shared_ptr<const CheckpointLayout> layout_;
+  const TensorLayout* tensor_ = nullptr;
+  int row_dim_ = -1, col_dim_ = -1;
+  QRectF tensor_rect_;
+  bool aspect_compressed_ = false;
+  std::vector<Cell> gaps_, overlaps_;
+  bool coverage_exact_ = true;
+  int selected_ = -1;
+};
+
+}  // namespace safeshard::gui
+
+#endif  // SAFESHARD_GUI_VIEWS_SHARD_MAP_WIDGET_H_
