@@ -14,7 +14,7 @@
 namespace safeshard::gui {
 namespace {
 
-constexpr double kMaxAspect = 8.0;      // longer side at most 8x the shorter one
+constexpr double kMaxAspect = 4.0;      // longer side at most 4x the shorter one
 constexpr size_t kMaxGridLines = 512;   // per axis, for drawing gaps and overlaps exactly
 constexpr double kLeft = 64, kTop = 48, kRight = 16, kBottom = 30;
 

@@ -1,0 +1,480 @@
+// Widget tests (offscreen): the inspector's main flows driven like a user would — open, filter,
+// select a tensor and check the shard map's geometry, problems, values, consolidation to
+// completion and cancelled, remap refused on a collision and applied without, the daemon panel
+// against a daemon started here — and screenshots kept as test outputs.
+#include <QAbstractItemModelTester>
+#include <QApplication>
+#include <QCheckBox>
+#include <QComboBox>
+#include <QDir>
+#include <QElapsedTimer>
+#include <QFile>
+#include <QJsonObject>
+#include <QLineEdit>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QRadioButton>
+#include <QSignalSpy>
+#include <QTabWidget>
+#include <QTableView>
+#include <QTableWidget>
+#include <QTest>
+#include <QThread>
+#include <QTreeView>
+#include <condition_variable>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+
+#include "core/example/example.h"
+#include "core/testing/testing.h"
+#include "daemon/daemon.h"
+#include "gtest/gtest.h"
+#include "gui/models/list_models.h"
+#include "gui/stats/tensor_stats.h"
+#include "gui/views/consolidate_dialog.h"
+#include "gui/views/daemon_panel.h"
+#include "gui/views/main_window.h"
+#include "gui/views/overview_widgets.h"
+#include "gui/views/remap_dialog.h"
+#include "gui/views/shard_map_widget.h"
+#include "gui/views/tensor_filter_proxy.h"
+
+namespace safeshard::gui {
+namespace {
+
+bool WaitUntil(const std::function<bool()>& pred, int ms = 30000) {
+  QElapsedTimer t;
+  t.start();
+  while (!pred()) {
+    if (t.elapsed() > ms) return false;
+    QCoreApplication::processEvents(QEventLoop::AllEvents, 20);
+    QThread::msleep(2);
+  }
+  return true;
+}
+
+std::string MakeCheckpoint(const std::string& name, WriteOptions o = {.ranks = 4},
+                           std::vector<ExampleTensor> model = {}) {
+  if (model.empty()) model = TransformerLikeModel({.layers = 3, .hidden = 64, .vocab = 256});
+  const std::string dir = testing::NewTempDir() + "/" + name;
+  EXPECT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, o).ok());
+  return dir;
+}
+
+InspectorOptions Options() {
+  InspectorOptions o;
+  o.settings_file = QString::fromStdString(testing::NewTempDir() + "/inspector.ini");
+  o.stats = [](const CheckpointLayout& l, const TensorLayout& t, const std::atomic<bool>* cancel) {
+    StatsOptions so;
+    so.cancel = cancel;
+    return ComputeTensorStats(LocalFileSystem(), l, t, so);
+  };
+  return o;
+}
+
+bool Open(MainWindow& w, const std::string& path) {
+  QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
+  w.OpenPath(QString::fromStdString(path));
+  return WaitUntil([&] { return loaded.count() > 0; });
+}
+
+// Tensor names visible in the (filtered) tree.
+QStringList VisibleTensors(MainWindow& w) {
+  QStringList out;
+  std::function<void(const QModelIndex&)> walk = [&](const QModelIndex& parent) {
+    QAbstractItemModel* m = w.tree_view->model();
+    for (int r = 0; r < m->rowCount(parent); ++r) {
+      QModelIndex i = m->index(r, 0, parent);
+      const QString n = i.data(TensorTreeModel::kTensorNameRole).toString();
+      if (!n.isEmpty()) out << n;
+      walk(i);
+    }
+  };
+  walk({});
+  return out;
+}
+
+void SaveScreenshot(QWidget* w, const std::string& name) {
+  const char* dir = std::getenv("TEST_UNDECLARED_OUTPUTS_DIR");
+  const QString path = QString::fromStdString((dir ? std::string(dir) : testing::NewTempDir()) + "/" + name);
+  ASSERT_TRUE(w->grab().save(path)) << path.toStdString();
+  std::fprintf(stderr, "screenshot: %s\n", path.toStdString().c_str());
+}
+
+TEST(InspectorTest, OpensFiltersAndSelects) {
+  const std::string ck = MakeCheckpoint("run");
+  MainWindow w(Options());
+  QAbstractItemModelTester tester(w.tree_proxy, QAbstractItemModelTester::FailureReportingMode::Fatal);
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  EXPECT_TRUE(w.summary_text().contains("dcp_sharded, 4 ranks")) << w.summary_text().toStdString();
+  EXPECT_TRUE(w.summary_text().contains("consistent"));
+  EXPECT_TRUE(w.banner_text().isEmpty());
+  const int all = VisibleTensors(w).size();
+  EXPECT_EQ(all, static_cast<int>(w.checkpoint()->tensors().size()));
+  EXPECT_EQ(w.recent_paths().value(0).toStdString(), ck);
+
+  // Regex filter, typed.
+  QTest::keyClicks(w.filter_edit, "layers\\.[12]\\..*gate");
+  QStringList v = VisibleTensors(w);
+  EXPECT_EQ(v, (QStringList{"model.layers.1.mlp.gate_proj.weight", "model.layers.2.mlp.gate_proj.weight"}));
+  // An invalid regex keeps the last valid filter and marks the field.
+  w.filter_edit->setText("([");
+  EXPECT_EQ(VisibleTensors(w).size(), 2);
+  EXPECT_TRUE(w.filter_edit->styleSheet().contains("border"));
+  w.filter_edit->clear();
+  EXPECT_EQ(VisibleTensors(w).size(), all);
+  // DType filter.
+  w.dtype_filter->setCurrentIndex(w.dtype_filter->findData("F32"));
+  v = VisibleTensors(w);
+  ASSERT_FALSE(v.isEmpty());
+  for (const QString& n : v) EXPECT_EQ(w.checkpoint()->FindTensor(n.toStdString())->dtype, DType::kF32) << n.toStdString();
+  w.dtype_filter->setCurrentIndex(0);
+  // Only problems: none here.
+  w.problems_only->setChecked(true);
+  EXPECT_TRUE(VisibleTensors(w).isEmpty());
+  w.problems_only->setChecked(false);
+  // Flat mode keeps the selection.
+  ASSERT_TRUE(w.SelectTensor("model.layers.0.mlp.gate_proj.weight"));
+  w.flat_check->setChecked(true);
+  EXPECT_EQ(w.tree_view->model()->rowCount(), all);
+  ASSERT_NE(w.selected_tensor(), nullptr);
+  EXPECT_EQ(w.selected_tensor()->name, "model.layers.0.mlp.gate_proj.weight");
+  // A bad path is an error in place, and the open checkpoint stays.
+  QSignalSpy failed(&w, &MainWindow::loadFailed);
+  w.OpenPath("/nonexistent/ckpt");
+  ASSERT_TRUE(WaitUntil([&] { return failed.count() > 0; }));
+  EXPECT_TRUE(w.banner_text().contains("/nonexistent/ckpt")) << w.banner_text().toStdString();
+  EXPECT_EQ(w.checkpoint()->root(), ck);
+}
+
+TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
+  const std::string ck = MakeCheckpoint("mesh");
+  MainWindow w(Options());
+  w.resize(1400, 900);
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  ASSERT_TRUE(w.SelectTensor("model.layers.0.mlp.gate_proj.weight"));  // [256, 64] on a 2x2 mesh
+  ShardMapWidget* map = w.shard_map;
+  const TensorLayout* t = w.selected_tensor();
+  ASSERT_EQ(t->chunks.size(), 4u);
+  EXPECT_EQ(map->row_dim(), 0);
+  EXPECT_EQ(map->col_dim(), 1);
+  const QRectF T = map->TensorRect();
+  ASSERT_GT(T.width(), 50);
+  double area = 0;
+  for (int i = 0; i < 4; ++i) {
+    const Chunk& c = t->chunks[i];
+    const QRectF r = map->ChunkRect(i);
+    EXPECT_NEAR(r.left(), T.left() + T.width() * c.offsets[1] / t->shape[1], 1e-6);
+    EXPECT_NEAR(r.top(), T.top() + T.height() * c.offsets[0] / t->shape[0], 1e-6);
+    EXPECT_NEAR(r.width(), T.width() * c.sizes[1] / t->shape[1], 1e-6);
+    EXPECT_NEAR(r.height(), T.height() * c.sizes[0] / t->shape[0], 1e-6);
+    area += r.width() * r.height();
+  }
+  EXPECT_NEAR(area, T.width() * T.height(), 1e-3);  // a 2x2 tiling: no gap, no overlap
+  EXPECT_TRUE(map->gaps().empty());
+  EXPECT_TRUE(map->overlaps().empty());
+  // [256 rows, 64 columns]: drawn taller than wide, to scale.
+  EXPECT_NEAR(T.width() / T.height(), 64.0 / 256.0, 1e-6);
+  // Clicking a chunk selects it in the chunk table, and its file in the files table and byte map.
+  const int pick = 3;
+  QTest::mouseClick(map, Qt::LeftButton, {}, map->ChunkRect(pick).center().toPoint());
+  EXPECT_EQ(map->selected_chunk(), pick);
+  EXPECT_EQ(w.chunk_view->selectionModel()->selectedRows().value(0).row(), pick);
+  EXPECT_EQ(w.files_view->selectionModel()->selectedRows().value(0).row(), t->chunks[pick].file);
+  EXPECT_EQ(w.byte_map->selected_file(), t->chunks[pick].file);
+  const QString tip = map->ChunkDescription(pick);
+  EXPECT_TRUE(tip.contains(QString::fromStdString(w.checkpoint()->files()[t->chunks[pick].file].name)));
+  EXPECT_TRUE(tip.contains(QString::number(t->chunks[pick].begin)));
+  // Keyboard: Right moves to the next chunk.
+  map->setFocus();
+  QTest::keyClick(map, Qt::Key_Right);
+  EXPECT_EQ(map->selected_chunk(), 0);
+  // Transposed: columns become dim 0.
+  w.row_dim_combo->setCurrentIndex(w.row_dim_combo->findData(1));
+  w.col_dim_combo->setCurrentIndex(w.col_dim_combo->findData(0));
+  map->SetDims(1, 0);
+  const QRectF T2 = map->TensorRect();
+  EXPECT_NEAR(T2.width() / T2.height(), 256.0 / 64.0, 1e-6);
+  EXPECT_NEAR(map->ChunkRect(pick).left(), T2.left() + T2.width() * t->chunks[pick].offsets[0] / 256.0, 1e-6);
+  // Heat map: 4 ranks x 1 model file, bytes of each rank's file.
+  ASSERT_EQ(w.heat_map->row_count(), 4);
+  ASSERT_EQ(w.heat_map->column_count(), 1);
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_EQ(w.heat_map->CellFiles(r, 0).size(), 1u);
+    const FileInfo& f = w.checkpoint()->files()[w.heat_map->CellFiles(r, 0)[0]];
+    EXPECT_EQ(*f.shard, r + 1);
+    EXPECT_EQ(w.heat_map->CellBytes(r, 0), f.header->buffer_size);
+  }
+  // Byte map: a file's segments are its header then its chunks, in order, without overlap.
+  const auto& segs = w.byte_map->Segments(0);
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs[0].tensor, -1);
+  for (size_t i = 1; i < segs.size(); ++i) EXPECT_LE(segs[i - 1].end, segs[i].begin);
+  // Clicking a heat-map cell selects its file.
+  QTest::mouseClick(w.heat_map, Qt::LeftButton, {}, w.heat_map->CellRect(2, 0).center().toPoint());
+  EXPECT_EQ(w.files_view->selectionModel()->selectedRows().value(0).row(), w.heat_map->CellFiles(2, 0)[0]);
+}
+
+TEST(InspectorTest, GapIsHatchedAndProblemsSelectTheTensor) {
+  WriteOptions o{.ranks = 4};
+  o.drop_chunk = std::make_pair(std::string("model.layers.1.mlp.down_proj.weight"), 2);
+  const std::string ck = MakeCheckpoint("gap", o);
+  MainWindow w(Options());
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  EXPECT_TRUE(w.banner_text().contains("problem")) << w.banner_text().toStdString();
+  w.problems_only->setChecked(true);
+  EXPECT_EQ(VisibleTensors(w), QStringList{"model.layers.1.mlp.down_proj.weight"});
+  w.problems_only->setChecked(false);
+  ASSERT_GT(w.problems_view->model()->rowCount(), 0);
+  QTest::mouseClick(w.problems_view->viewport(), Qt::LeftButton, {},
+                    w.problems_view->visualRect(w.problems_view->model()->index(0, 0)).center());
+  ASSERT_NE(w.selected_tensor(), nullptr);
+  EXPECT_EQ(w.selected_tensor()->name, "model.layers.1.mlp.down_proj.weight");
+  // The missing chunk is exactly the hatched region: column-sharded [64, 256], rank 2 of 4.
+  const std::vector<uint64_t> shape = w.selected_tensor()->shape;
+  ASSERT_EQ(shape, (std::vector<uint64_t>{64, 256}));
+  ASSERT_EQ(w.shard_map->gaps().size(), 1u);
+  const ShardMapWidget::Cell g = w.shard_map->gaps()[0];
+  EXPECT_EQ(g.r0, 0u);
+  EXPECT_EQ(g.r1, 64u);
+  EXPECT_EQ(g.c0, 128u);
+  EXPECT_EQ(g.c1, 192u);
+}
+
+TEST(InspectorTest, ValuesAreComputedInTheBackground) {
+  const std::string ck = MakeCheckpoint("values");
+  MainWindow w(Options());
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  QSignalSpy done(w.values, &ValuesPanel::finished);
+  // Selecting two tensors quickly: only the last one's result is shown.
+  ASSERT_TRUE(w.SelectTensor("model.embed_tokens.weight"));
+  ASSERT_TRUE(w.SelectTensor("model.layers.0.input_layernorm.weight"));
+  ASSERT_TRUE(WaitUntil([&] { return !w.values->busy() && done.count() > 0; }));
+  ASSERT_TRUE(w.values->stats().has_value()) << w.values->message().toStdString();
+  EXPECT_EQ(w.values->stats()->elements, w.selected_tensor()->numel());
+}
+
+// Holds every Create() until released, so a test can cancel while consolidation is under way.
+class GateFileSystem : public testing::ForwardingFileSystem {
+ public:
+  using ForwardingFileSystem::ForwardingFileSystem;
+  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
+    std::unique_lock<std::mutex> l(mu_);
+    reached_ = true;
+    cv_.wait(l, [this] { return open_; });
+    return base_->Create(p);
+  }
+  bool reached() {
+    std::lock_guard<std::mutex> l(mu_);
+    return reached_;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool reached_ = false, open_ = false;
+};
+
+TEST(InspectorTest, ConsolidationRunsToCompletionAndTheResultOpens) {
+  const std::string ck = MakeCheckpoint("cons");
+  MainWindow w(Options());
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  const size_t tensors = w.checkpoint()->tensors().size();
+  ConsolidateDialog* d = w.OpenConsolidateDialog();
+  ASSERT_NE(d, nullptr);
+  const std::string out = testing::NewTempDir() + "/hf";
+  d->output_edit->setText(QString::fromStdString(out));
+  d->max_size_radio->setChecked(true);
+  d->max_size_edit->setText("64KiB");
+  QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
+  QTest::mouseClick(d->start_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return loaded.count() > 0; }));
+  EXPECT_EQ(w.checkpoint()->root(), out);
+  EXPECT_EQ(w.checkpoint()->kind(), CheckpointKind::kHfSharded);
+  EXPECT_EQ(w.checkpoint()->tensors().size(), tensors);
+  EXPECT_TRUE(w.checkpoint()->problems().empty());
+  EXPECT_FALSE(w.checkpoint()->index_file().empty());
+  EXPECT_GT(w.checkpoint()->files().size(), 1u);
+}
+
+TEST(InspectorTest, ConsolidationCanBeCancelledAndLeavesNothing) {
+  const std::string ck = MakeCheckpoint("cancel");
+  GateFileSystem gate(&LocalFileSystem());
+  InspectorOptions opts = Options();
+  opts.fs = &gate;
+  MainWindow w(opts);
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  ConsolidateDialog* d = w.OpenConsolidateDialog();
+  ASSERT_NE(d, nullptr);
+  const std::string out = testing::NewTempDir() + "/hf";
+  d->output_edit->setText(QString::fromStdString(out));
+  QSignalSpy finished(d, &ConsolidateDialog::runFinished);
+  QTest::mouseClick(d->start_button, Qt::LeftButton);
+  ASSERT_TRUE(d->running());
+  ASSERT_TRUE(WaitUntil([&] { return gate.reached(); }));
+  EXPECT_EQ(d->cancel_button->text(), "Cancel");
+  QTest::mouseClick(d->cancel_button, Qt::LeftButton);
+  gate.Release();
+  ASSERT_TRUE(WaitUntil([&] { return finished.count() > 0; }));
+  EXPECT_FALSE(finished[0][0].toBool());
+  EXPECT_TRUE(d->status_text().contains("Cancelled")) << d->status_text().toStdString();
+  // Nothing a user could take for a result.
+  if (std::filesystem::exists(out)) {
+    for (const auto& e : std::filesystem::directory_iterator(out)) {
+      ADD_FAILURE() << "left behind: " << e.path();
+    }
+  }
+  EXPECT_EQ(w.checkpoint()->root(), ck);
+}
+
+TEST(InspectorTest, RemapRefusesCollisionsAndAppliesOtherwise) {
+  const std::string ck = MakeCheckpoint("remap");
+  MainWindow w(Options());
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  RemapDialog* d = w.OpenRemapDialog();
+  ASSERT_NE(d, nullptr);
+  const std::string out = testing::NewTempDir() + "/remapped";
+  d->output_edit->setText(QString::fromStdString(out));
+  // Dropping the layer number makes every layer's tensors collide.
+  d->SetRules({{"layers\\.[0-9]+\\.", ""}});
+  EXPECT_GT(d->preview_model->collisions(), 0);
+  EXPECT_FALSE(d->apply_button->isEnabled());
+  EXPECT_FALSE(d->Apply());
+  EXPECT_TRUE(d->status_text().contains("collide")) << d->status_text().toStdString();
+  EXPECT_FALSE(std::filesystem::exists(out));
+  // The colliding rows are highlighted.
+  QAbstractItemModel* pm = d->preview_view->model();
+  bool highlighted = false;
+  for (int r = 0; r < pm->rowCount(); ++r) highlighted |= pm->index(r, 0).data(Qt::BackgroundRole).isValid();
+  EXPECT_TRUE(highlighted);
+  // A bad regex is reported and keeps Apply off.
+  d->SetRules({{"(", "x"}});
+  EXPECT_FALSE(d->apply_button->isEnabled());
+  // Without collisions: applied, and the result opens.
+  d->SetRules({{"^model\\.", "backbone."}});
+  EXPECT_EQ(d->preview_model->collisions(), 0);
+  ASSERT_TRUE(d->apply_button->isEnabled());
+  QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
+  QTest::mouseClick(d->apply_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return loaded.count() > 0; }));
+  EXPECT_EQ(w.checkpoint()->root(), out);
+  ASSERT_NE(w.checkpoint()->FindTensor("backbone.embed_tokens.weight"), nullptr);
+  EXPECT_EQ(w.checkpoint()->FindTensor("model.embed_tokens.weight"), nullptr);
+  EXPECT_TRUE(w.checkpoint()->problems().empty());
+}
+
+TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) {
+  const std::string root = testing::NewTempDir() + "/runs";
+  const std::string run = root + "/step-100";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), run,
+                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}), {.ranks = 2})
+                  .ok());
+  daemon::Config c;
+  c.watch_roots = {root};
+  c.api_port = 0;
+  c.quiet_period_seconds = 3600;  // never on its own: the panel triggers it
+  c.rescan_interval_seconds = 3600;
+  c.token_file = testing::NewTempDir() + "/token";
+  c.state_db = testing::NewTempDir() + "/state.db";
+  auto d = daemon::Daemon::Create(c);
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_TRUE((*d)->Start().ok());
+
+  MainWindow w(Options());
+  w.show();
+  DaemonPanel* p = w.daemon_panel;
+  p->address_edit->setText(QString("http://127.0.0.1:%1").arg((*d)->port()));
+  // A wrong token is refused with the daemon's message, and the token is not shown.
+  const std::string bad = testing::NewTempDir() + "/bad-token";
+  testing::WriteFile(bad, "not-the-token");
+  p->token_file_edit->setText(QString::fromStdString(bad));
+  QTest::mouseClick(p->connect_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return p->runs().size() == 1; })) << p->status_text().toStdString();
+  EXPECT_EQ(p->runs_table->item(0, 3)->text().toStdString(), run);
+  p->runs_table->selectRow(0);
+  QSignalSpy action(p, &DaemonPanel::actionDone);
+  QTest::mouseClick(p->consolidate_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return action.count() == 1; }));
+  EXPECT_FALSE(action[0][0].toBool());
+  EXPECT_TRUE(p->status_text().contains("401")) << p->status_text().toStdString();
+  EXPECT_FALSE(p->status_text().contains("not-the-token"));
+  // The right token: queued, then published (the table refreshes by itself).
+  p->token_file_edit->setText(QString::fromStdString(c.token_file));
+  QTest::mouseClick(p->consolidate_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return action.count() == 2; }));
+  EXPECT_TRUE(action[1][0].toBool()) << action[1][1].toString().toStdString();
+  ASSERT_TRUE(WaitUntil([&] {
+    return p->runs().size() == 1 && p->runs()[0].toObject()["state"].toString() == "published";
+  }, 60000)) << p->status_text().toStdString();
+  ASSERT_TRUE(WaitUntil([&] { return p->jobs_table->rowCount() == 1; }));
+  EXPECT_EQ(p->jobs_table->item(0, 3)->text(), "published");
+  // Open: the consolidated output opens in the inspector.
+  p->runs_table->selectRow(0);
+  QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
+  QTest::mouseClick(p->open_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return loaded.count() > 0; }));
+  EXPECT_EQ(w.checkpoint()->kind(), CheckpointKind::kSingleFile);
+  EXPECT_TRUE(w.checkpoint()->problems().empty());
+  p->Disconnect();
+  (*d)->Stop();
+}
+
+TEST(InspectorTest, Screenshots) {
+  const std::string ck = MakeCheckpoint("step-1200");
+  MainWindow w(Options());
+  w.resize(1500, 940);
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  ASSERT_TRUE(w.SelectTensor("model.layers.1.mlp.gate_proj.weight"));
+  w.shard_map->SelectChunk(1);
+  w.files_view->selectRow(w.selected_tensor()->chunks[1].file);
+  QCoreApplication::processEvents();
+  SaveScreenshot(&w, "inspector_main_window.png");
+  // Values tab.
+  QSignalSpy done(w.values, &ValuesPanel::finished);
+  w.tabs->setCurrentIndex(1);
+  ASSERT_TRUE(WaitUntil([&] { return !w.values->busy(); }));
+  QCoreApplication::processEvents();
+  SaveScreenshot(&w, "inspector_values.png");
+  w.tabs->setCurrentIndex(0);
+
+  // The shard map with a gap (8 ranks on a 2x4 mesh, one chunk missing).
+  WriteOptions o{.ranks = 8, .mesh_rows = 2};
+  o.drop_chunk = std::make_pair(std::string("model.layers.0.mlp.gate_proj.weight"), 5);
+  const std::string gap = MakeCheckpoint("step-1300-broken", o);
+  ASSERT_TRUE(Open(w, gap));
+  ASSERT_TRUE(w.SelectTensor("model.layers.0.mlp.gate_proj.weight"));
+  ASSERT_EQ(w.shard_map->gaps().size(), 1u);
+  QCoreApplication::processEvents();
+  SaveScreenshot(&w, "inspector_main_window_gap.png");
+  // The map alone, larger, transposed so the 2x4 mesh reads left to right.
+  ShardMapWidget map;
+  map.SetTensor(w.checkpoint(), w.selected_tensor());
+  map.SetDims(1, 0);
+  map.resize(960, 420);
+  ASSERT_EQ(map.gaps().size(), 1u);
+  SaveScreenshot(&map, "inspector_shard_map_gap.png");
+  w.tabs->setCurrentIndex(0);
+}
+
+}  // namespace
+}  // namespace safeshard::gui
+
+int main(int argc, char** argv) {
+  QApplication app(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
