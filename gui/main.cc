@@ -1,24 +1,48 @@
 // safeshard-inspector: browse a checkpoint's shards, check it, consolidate or remap it.
 #include <QApplication>
 #include <QCommandLineParser>
-#include <QTimer>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
 
 #include "gui/stats/tensor_stats.h"
 #include "gui/views/main_window.h"
 
-int main(int argc, char** argv) {
-  QApplication app(argc, argv);
-  QApplication::setOrganizationName("safeshard");
-  QApplication::setApplicationName("safeshard-inspector");
-  QCommandLineParser parser;
+namespace {
+
+void Describe(QCommandLineParser& parser, QCommandLineOption& tensor) {
   parser.setApplicationDescription(
       "safeshard-inspector: see which shard holds which slice of which tensor of a safetensors\n"
       "checkpoint (per-rank DCP shards, HF-sharded or single file), check it for gaps and overlaps,\n"
       "look at tensor values, and consolidate it or remap its keys.");
   parser.addHelpOption();
   parser.addPositionalArgument("path", "Checkpoint directory or .safetensors file to open.", "[path]");
-  QCommandLineOption tensor({"t", "tensor"}, "Select this tensor once the checkpoint is open.", "name");
   parser.addOption(tensor);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  QCommandLineOption tensor({"t", "tensor"}, "Select this tensor once the checkpoint is open.", "name");
+  // --help works without a display.
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "--help-all")) {
+      QCommandLineParser parser;
+      Describe(parser, tensor);
+      std::cout << parser.helpText().replace("<executable_name>", "safeshard-inspector").toStdString();
+      return 0;
+    }
+  }
+  if (!std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY") && !std::getenv("QT_QPA_PLATFORM")) {
+    std::cerr << "safeshard-inspector: no display (DISPLAY and WAYLAND_DISPLAY are unset). Run it in a desktop "
+                 "session, over ssh -X, or under xvfb-run; for scripts use the safeshard command.\n";
+    return 2;
+  }
+  QApplication app(argc, argv);
+  QApplication::setOrganizationName("safeshard");
+  QApplication::setApplicationName("safeshard-inspector");
+  QCommandLineParser parser;
+  Describe(parser, tensor);
   parser.process(app);
 
   safeshard::FileSystem& fs = safeshard::LocalFileSystem();

@@ -7,6 +7,7 @@
 #include <QCheckBox>
 #include <QComboBox>
 #include <QDir>
+#include <QDockWidget>
 #include <QElapsedTimer>
 #include <QFile>
 #include <QJsonObject>
@@ -450,6 +451,15 @@ TEST(InspectorTest, Screenshots) {
   QCoreApplication::processEvents();
   SaveScreenshot(&w, "inspector_values.png");
   w.tabs->setCurrentIndex(0);
+  // Ranks x files, and the problems panel of the broken run below.
+  for (QDockWidget* d : w.findChildren<QDockWidget*>()) {
+    if (d->objectName() == "heatmap") d->raise();
+  }
+  QCoreApplication::processEvents();
+  SaveScreenshot(&w, "inspector_heat_map.png");
+  for (QDockWidget* d : w.findChildren<QDockWidget*>()) {
+    if (d->objectName() == "problems") d->raise();
+  }
 
   // The shard map with a gap (8 ranks on a 2x4 mesh, one chunk missing).
   WriteOptions o{.ranks = 8, .mesh_rows = 2};

@@ -45,6 +45,17 @@ namespace safeshard::gui {
 namespace {
 
 constexpr int kMaxRecent = 10;
+constexpr int kMaxAutoExpandRows = 2000;
+
+// Rows below `parent` (all levels), counting at most to `limit`.
+int VisibleRowsBelow(const QAbstractItemModel& m, const QModelIndex& parent, int limit) {
+  int n = 0;
+  for (int r = 0; r < m.rowCount(parent) && n < limit; ++r) {
+    ++n;
+    n += VisibleRowsBelow(m, m.index(r, 0, parent), limit - n);
+  }
+  return n;
+}
 
 struct Loaded {
   absl::Status status;
@@ -184,7 +195,7 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   connect(flat_check, &QCheckBox::toggled, this, [this](bool flat) {
     const QString keep = selected_ ? QString::fromStdString(selected_->name) : QString();
     tree_model->SetFlat(flat);
-    if (!flat && !tree_proxy->active()) tree_view->expandToDepth(0);
+    if (!flat && !tree_proxy->active()) ExpandSmallTopLevel();
     if (!keep.isEmpty()) SelectTensor(keep);
   });
   connect(tree_view->selectionModel(), &QItemSelectionModel::currentChanged, this, &MainWindow::OnTensorChanged);
@@ -401,6 +412,7 @@ void MainWindow::Install(std::shared_ptr<const CheckpointLayout> layout,
   heat_map->SetLayout(layout_);
   byte_map->SetLayout(layout_);
   files_view->resizeColumnToContents(FileModel::kName);
+  problems_view->resizeColumnsToContents();
   // DType choices and totals.
   std::map<std::string, std::pair<uint64_t, uint64_t>> per_dtype;  // bytes, tensors
   for (const TensorLayout& t : layout_->tensors()) {
@@ -459,9 +471,17 @@ void MainWindow::UpdateFilter() {
   tree_proxy->SetCriteria(re, dtype_filter->currentData().toString(), problems_only->isChecked());
   // Filtering shows matches with their groups open; unfiltered, the top level is open.
   if (tree_proxy->active() && tree_proxy->rowCount() > 0) {
-    tree_view->expandAll();
+    if (VisibleRowsBelow(*tree_proxy, {}, kMaxAutoExpandRows) < kMaxAutoExpandRows) tree_view->expandAll();
   } else if (!tree_model->flat()) {
-    tree_view->expandToDepth(0);
+    ExpandSmallTopLevel();
+  }
+}
+
+void MainWindow::ExpandSmallTopLevel() {
+  // Open the top-level groups, except huge ones (laying out 100k rows would stall the window).
+  for (int r = 0; r < tree_proxy->rowCount(); ++r) {
+    const QModelIndex i = tree_proxy->index(r, 0);
+    if (tree_proxy->rowCount(i) <= kMaxAutoExpandRows) tree_view->expand(i);
   }
 }
 

@@ -111,6 +111,7 @@ class MainWindow : public QMainWindow {
   void SelectFile(int file);
   void UpdateFilter();
   void UpdateDimCombos();
+  void ExpandSmallTopLevel();
   void AddRecent(const QString& path);
   void RebuildRecentMenu();
   void SaveSettings();

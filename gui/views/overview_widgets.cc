@@ -12,7 +12,7 @@
 
 namespace safeshard::gui {
 namespace {
-constexpr double kHeatLeft = 70, kHeatTop = 26, kHeatRow = 26, kHeatMinCol = 92;
+constexpr double kHeatLeft = 70, kHeatTop = 26, kHeatRow = 26, kHeatMinCol = 92, kHeatMaxCol = 180;
 constexpr double kMapLeft = 230, kMapTop = 28, kMapRow = 24, kMapRight = 10;
 QString Q(const std::string& s) { return QString::fromStdString(s); }
 }  // namespace
@@ -89,7 +89,7 @@ const std::vector<int>& RankFileHeatMap::CellFiles(int r, int c) const { return 
 
 double RankFileHeatMap::CellWidth() const {
   if (col_labels_.empty()) return kHeatMinCol;
-  return std::max(kHeatMinCol, (width() - kHeatLeft - 8) / col_labels_.size());
+  return std::clamp((width() - kHeatLeft - 8) / col_labels_.size(), kHeatMinCol, kHeatMaxCol);
 }
 
 QRectF RankFileHeatMap::CellRect(int r, int c) const {

@@ -3,6 +3,7 @@
 #ifndef SAFESHARD_GUI_VIEWS_TENSOR_FILTER_PROXY_H_
 #define SAFESHARD_GUI_VIEWS_TENSOR_FILTER_PROXY_H_
 
+#include <QColor>
 #include <QRegularExpression>
 #include <QSortFilterProxyModel>
 
@@ -24,6 +25,15 @@ class TensorFilterProxy : public QSortFilterProxyModel {
     endFilterChange();
   }
   bool active() const { return active_; }
+
+  // Tensors (and groups) with problems are drawn in red.
+  QVariant data(const QModelIndex& index, int role) const override {
+    if (role == Qt::ForegroundRole &&
+        index.siblingAtColumn(TensorTreeModel::kStatus).data().toString() == QLatin1String("problem")) {
+      return QColor(176, 0, 32);
+    }
+    return QSortFilterProxyModel::data(index, role);
+  }
 
  protected:
   bool filterAcceptsRow(int row, const QModelIndex& parent) const override {

@@ -1,0 +1,119 @@
+// Benchmark: safeshard-inspector opening a generated 100,000-tensor, 64-file checkpoint until the
+// tensor tree is populated and painted, as a ratio to `safeshard inspect --json` of the same
+// checkpoint (a whole process) measured in this run. Also reports the longest the GUI thread
+// was busy without handling events while opening (the window must not freeze).
+//
+// Usage: inspector_open_bench SAFESHARD_BINARY [--tensors N] [--files F] [--reps R]
+// (runs offscreen unless QT_QPA_PLATFORM says otherwise)
+#include <QApplication>
+#include <QElapsedTimer>
+#include <QSignalSpy>
+#include <QTimer>
+#include <QTreeView>
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/example/example.h"
+#include "core/io/filesystem.h"
+#include "gui/models/tensor_tree_model.h"
+#include "gui/views/main_window.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double TimeCommand(const std::string& cmd) {
+  auto t0 = Clock::now();
+  int rc = std::system(cmd.c_str());
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (rc != 0) {
+    std::cerr << "command failed (" << rc << "): " << cmd << "\n";
+    std::exit(1);
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (std::getenv("QT_QPA_PLATFORM") == nullptr) setenv("QT_QPA_PLATFORM", "offscreen", 1);
+  QApplication app(argc, argv);
+  if (argc < 2) {
+    std::cerr << "usage: inspector_open_bench SAFESHARD_BINARY [--tensors N] [--files F] [--reps R]\n";
+    return 2;
+  }
+  const std::string bin = argv[1];
+  int tensors = 100000, files = 64, reps = 5;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    const int v = std::atoi(argv[i + 1]);
+    if (k == "--tensors") tensors = v;
+    if (k == "--files") files = v;
+    if (k == "--reps") reps = v;
+  }
+  char tmpl[] = "/tmp/safeshard-inspector-bench-XXXXXX";
+  const std::string base = mkdtemp(tmpl);
+  const std::string dir = base + "/ckpt";
+  absl::Status s = safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), dir,
+                                                 safeshard::ManySmallTensors(tensors), {.ranks = files});
+  if (!s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat("checkpoint: %d tensors in %d files (%s)\n", tensors, files, dir);
+
+  std::vector<double> cli, gui, stall;
+  const std::string settings = base + "/inspector.ini";
+  for (int r = 0; r < reps; ++r) {
+    cli.push_back(TimeCommand(absl::StrFormat("'%s' inspect --json '%s' > /dev/null", bin, dir)));
+
+    safeshard::gui::InspectorOptions o;
+    o.settings_file = QString::fromStdString(settings);
+    safeshard::gui::MainWindow w(o);
+    w.resize(1400, 900);
+    w.show();
+    QCoreApplication::processEvents();
+    // The event loop's longest silence while opening: a 5 ms timer notes every gap.
+    QElapsedTimer since;
+    double longest = 0;
+    QTimer probe;
+    probe.setInterval(5);
+    QObject::connect(&probe, &QTimer::timeout, [&] {
+      longest = std::max(longest, since.nsecsElapsed() / 1e9);
+      since.restart();
+    });
+    QSignalSpy loaded(&w, &safeshard::gui::MainWindow::layoutLoaded);
+    auto t0 = Clock::now();
+    since.start();
+    probe.start();
+    w.OpenPath(QString::fromStdString(dir));
+    while (loaded.count() == 0) QCoreApplication::processEvents(QEventLoop::WaitForMoreEvents, 50);
+    w.tree_view->viewport()->repaint();  // populated and painted
+    const double t = std::chrono::duration<double>(Clock::now() - t0).count();
+    probe.stop();
+    longest = std::max(longest, since.nsecsElapsed() / 1e9);
+    if (static_cast<int>(w.checkpoint()->tensors().size()) != tensors || w.tree_model->rowCount() == 0) {
+      std::cerr << "the tree is not populated\n";
+      return 1;
+    }
+    gui.push_back(t);
+    stall.push_back(longest);
+  }
+  const double c = Median(cli), g = Median(gui);
+  std::cout << absl::StrFormat("safeshard inspect --json : %.3f s (median of %d)\n", c, reps);
+  std::cout << absl::StrFormat("inspector open -> tree   : %.3f s (median of %d)\n", g, reps);
+  std::cout << absl::StrFormat("ratio inspector / inspect --json = %.2fx\n", g / c);
+  std::cout << absl::StrFormat("longest GUI-thread stall while opening: %.0f ms (median)\n", Median(stall) * 1000);
+  std::system(absl::StrFormat("rm -rf '%s'", base).c_str());
+  return 0;
+}
