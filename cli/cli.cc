@@ -24,6 +24,7 @@
 #include "core/remap/remap.h"
 #include "core/format/dtype.h"
 #include "core/io/filesystem.h"
+#include "core/io/url.h"
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
 #include "httplib.h"
@@ -40,7 +41,21 @@ constexpr char kDescription[] =
 
 // ---- inspect ---------------------------------------------------------------------------------
 
+// A path or URL (file://, http(s)://, hf://, mem://) resolved to its file system.
+absl::StatusOr<ResolvedPath> Resolve(const std::string& path, const std::string& token) {
+  UrlOptions o;
+  o.token = token;
+  return ResolveUrl(path, o);
+}
+
+const char kUrlHelp[] =
+    "a directory, a .safetensors file, or a URL: http(s)://host/dir (ranged GETs; listing from a JSON "
+    "directory index or the model index json), hf://ORG/REPO[@REVISION]/PATH ($HF_ENDPOINT), file://";
+const char kTokenHelp[] =
+    "Bearer token for http(s):// and hf:// (default: $HF_TOKEN, then ~/.cache/huggingface/token); never printed";
+
 struct InspectArgs {
+  std::string token;
   std::string path;
   bool json = false;
   bool by_file = false;
@@ -145,7 +160,12 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
       return kExitUsage;
     }
   }
-  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), a.path);
+  absl::StatusOr<ResolvedPath> where = Resolve(a.path, a.token);
+  if (!where.ok()) {
+    err << "safeshard inspect: " << where.status().message() << "\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*where->fs, where->path);
   if (!ck.ok()) {
     err << "safeshard inspect: " << ck.status().message() << "\n";
     return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
@@ -235,12 +255,18 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
 // ---- verify ----------------------------------------------------------------------------------
 
 struct VerifyArgs {
+  std::string token;
   std::string path;
   bool json = false;
 };
 
 int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
-  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), a.path);
+  absl::StatusOr<ResolvedPath> where = Resolve(a.path, a.token);
+  if (!where.ok()) {
+    err << "safeshard verify: " << where.status().message() << "\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*where->fs, where->path);
   if (!ck.ok()) {
     err << "safeshard verify: " << ck.status().message() << "\n";
     return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
@@ -372,7 +398,7 @@ bool StderrIsTerminal(std::ostream& err) { return &err == &std::cerr && isatty(2
 // ---- consolidate ------------------------------------------------------------------------------
 
 struct ConsolidateArgs {
-  std::string in, out;
+  std::string in, out, token;
   std::string mapping, reference, max_shard_size, unmapped = "error", cast_dtype, key_map;
   std::vector<std::string> metadata;
   bool restore_dtypes = false, diffusers = false, verify = false, overwrite = false, json = false;
@@ -450,7 +476,15 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   o.diffusers_index = a.diffusers;
   ProgressBar bar(err, StderrIsTerminal(err) && !a.json);
   o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
-  absl::StatusOr<ConsolidateResult> r = Consolidate(fs, a.in, a.out, o);
+  absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
+  if (!in.ok()) return usage(in.status().message());
+  if (!UrlScheme(a.out).empty() && UrlScheme(a.out) != "file") {
+    return usage("OUT must be a local directory (remote inputs are read with ranged GETs; outputs are written locally)");
+  }
+  absl::StatusOr<ResolvedPath> outp = Resolve(a.out, a.token);
+  if (!outp.ok()) return usage(outp.status().message());
+  o.output_fs = outp->fs.get();
+  absl::StatusOr<ConsolidateResult> r = Consolidate(*in->fs, in->path, outp->path, o);
   bar.Finish();
   if (!r.ok()) return fail(r.status());
   warnings.insert(warnings.end(), r->warnings.begin(), r->warnings.end());
@@ -486,7 +520,7 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
 // ---- remap ------------------------------------------------------------------------------------
 
 struct RemapArgs {
-  std::string in, out, rules_file;
+  std::string in, out, rules_file, token;
   std::vector<std::string> rules;
   bool dry_run = false, in_place = false, overwrite = false;
 };
@@ -518,8 +552,10 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
     km = KeyMap::Create(std::move(rules));
   }
   if (!km.ok()) return fail(km.status());
+  absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
+  if (!in.ok()) return fail(in.status());
   if (a.dry_run) {
-    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(fs, a.in);
+    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*in->fs, in->path);
     if (!ck.ok()) return fail(ck.status());
     absl::StatusOr<RemapPlan> plan = PlanRemap(*ck, *km);
     if (!plan.ok()) return fail(plan.status());
@@ -539,7 +575,18 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
   RemapOptions o;
   o.in_place = a.in_place;
   o.overwrite = a.overwrite;
-  absl::StatusOr<RemapResult> r = Remap(fs, a.in, target, *km, o);
+  if (in->remote && a.in_place) {
+    err << "safeshard remap: --in-place needs a local checkpoint; give a local output directory\n";
+    return kExitUsage;
+  }
+  if (!UrlScheme(target).empty() && UrlScheme(target) != "file") {
+    err << "safeshard remap: OUT must be a local directory\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<ResolvedPath> outp = Resolve(target, a.token);
+  if (!outp.ok()) return fail(outp.status());
+  if (in->remote) o.output_fs = outp->fs.get();
+  absl::StatusOr<RemapResult> r = Remap(*in->fs, in->path, in->remote ? outp->path : target, *km, o);
   if (!r.ok()) return fail(r.status());
   out << "renamed " << r->plan.changed << " of " << r->plan.renames.size() << " tensors; wrote "
       << r->files.size() << " files (" << HumanBytes(r->bytes_copied) << " of tensor bytes copied, "
@@ -721,7 +768,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   CLI::App* inspect = app.add_subcommand(
       "inspect", "List a checkpoint's tensors: dtype, global shape, parameters, bytes, chunks "
                  "and files; totals by dtype. Reads headers only.");
-  inspect->add_option("PATH", ia.path, "Checkpoint directory or .safetensors file")->required();
+  inspect->add_option("PATH", ia.path, std::string("Checkpoint: ") + kUrlHelp)->required();
+  inspect->add_option("--token", ia.token, kTokenHelp);
   inspect->add_flag("--json", ia.json,
                     "Machine-readable output (schema safeshard.inspect/1, see README)");
   inspect->add_option("--filter", ia.filter, "Only tensors whose name matches this RE2 regex");
@@ -733,7 +781,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
       "verify", "Check a checkpoint from its headers: every file valid, every tensor exactly "
                 "covered by its chunks (no gap, no overlap), dtypes agree, shard ranks dense, "
                 "index json consistent. Prints one problem per line; exit 0 clean, 1 problems.");
-  verify->add_option("PATH", va.path, "Checkpoint directory or .safetensors file")->required();
+  verify->add_option("PATH", va.path, std::string("Checkpoint: ") + kUrlHelp)->required();
+  verify->add_option("--token", va.token, kTokenHelp);
   verify->add_flag("--json", va.json, "Machine-readable report (schema safeshard.verify/1)");
 
   ExampleArgs ea;
@@ -768,7 +817,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
       "model-IIIII-of-NNNNN.safetensors + model.safetensors.index.json. Refuses incomplete "
       "checkpoints before writing; streams runs from the mapped inputs; publishes atomically "
       "(the index is written last).");
-  consolidate->add_option("IN", ca.in, "Checkpoint directory (per-rank shards)")->required();
+  consolidate->add_option("IN", ca.in, std::string("Checkpoint (per-rank shards): ") + kUrlHelp)->required();
+  consolidate->add_option("--token", ca.token, kTokenHelp);
   consolidate->add_option("OUT", ca.out, "Output directory (created)")->required();
   consolidate->add_option("--mapping", ca.mapping,
                           "JSON file {\"fqn\": file_index} choosing each tensor's output file");
@@ -800,7 +850,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
       "Rename tensors by ordered regex rules (first matching rule wins, Python re.subn "
       "semantics, \\1 back-references) into a new checkpoint; bytes are copied, never "
       "re-encoded. Two keys mapping to one name are refused.");
-  remap->add_option("IN", ra.in, "Checkpoint directory or file")->required();
+  remap->add_option("IN", ra.in, std::string("Checkpoint: ") + kUrlHelp)->required();
+  remap->add_option("--token", ra.token, kTokenHelp);
   remap->add_option("OUT", ra.out, "Output directory (omit with --in-place)");
   remap->add_option("--rule", ra.rules, "'REGEX=>REPLACEMENT' (repeatable, in order)");
   remap->add_option("--rules", ra.rules_file, "JSON rules file: [[regex, replacement], ...]");

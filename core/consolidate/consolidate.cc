@@ -522,7 +522,7 @@ class Executor {
     for (size_t i : mine_) total_ += items_[i].src_bytes;
   }
 
-  absl::Status Run(FileSystem& fs, const std::vector<std::string>& out_paths) {
+  absl::Status Run(FileSystem& fs, FileSystem& out_fs, const std::vector<std::string>& out_paths) {
     // Open each needed input once and map it once; open each output once.
     std::set<int> need_in, need_out;
     for (size_t i : mine_) {
@@ -538,7 +538,7 @@ class Executor {
     outputs_.resize(out_paths.size());
     out_maps_.assign(out_paths.size(), nullptr);
     for (int f : need_out) {
-      ASSIGN_OR_RETURN(outputs_[f], fs.OpenForWrite(out_paths[f]));
+      ASSIGN_OR_RETURN(outputs_[f], out_fs.OpenForWrite(out_paths[f]));
       // Small runs go through a writable mapping (a memcpy instead of a syscall each).
       absl::StatusOr<char*> m = outputs_[f]->MapWritable(plan_.outputs[f].header.file_size());
       if (m.ok()) {
@@ -712,11 +712,12 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   }
   Collective& c = *collective;
   const int rank = c.rank();
+  FileSystem& out_fs = o.output_fs != nullptr ? *o.output_fs : fs;
 
   // 1. Plan (every rank), errors shared.
   absl::StatusOr<ConsolidationPlan> plan_or = [&]() -> absl::StatusOr<ConsolidationPlan> {
     ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input));
-    if (DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"))) {
+    if (&out_fs == &fs && DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"))) {
       return absl::InvalidArgumentError(
           "the output directory is the input directory; inputs are never modified");
     }
@@ -733,7 +734,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   absl::Status prep = absl::OkStatus();
   std::string temp_list;
   if (rank == 0) {
-    prep = PrepareOutputDir(fs, plan, output_dir, o, &atomics, &result.warnings);
+    prep = PrepareOutputDir(out_fs, plan, output_dir, o, &atomics, &result.warnings);
     std::vector<std::string> temps;
     for (const AtomicFile& a : atomics) temps.push_back(a.temp_path());
     temp_list = absl::StrJoin(temps, "\n");
@@ -748,13 +749,13 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   std::vector<WorkItem> items = SplitIntoItems(plan.tasks);
   std::vector<std::vector<size_t>> assignment = AssignToRanks(items, c.world_size());
   Executor ex(plan, items, assignment[rank], o);
-  absl::Status copied = ex.Run(fs, temp_paths);
+  absl::Status copied = ex.Run(fs, out_fs, temp_paths);
   RETURN_IF_ERROR(AllGatherStatus(c, copied));  // AtomicFiles of rank 0 clean up on error
 
   // 4. Verify.
   if (o.verify) {
     VerifyReport mine;
-    absl::Status vs = ex.Verify(fs, temp_paths, &mine);
+    absl::Status vs = ex.Verify(out_fs, temp_paths, &mine);
     if (vs.ok() && !mine.mismatches.empty()) {
       vs = absl::DataLossError(absl::StrCat("verification failed: ",
                                             absl::StrJoin(mine.mismatches, "; ")));
@@ -784,20 +785,20 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       if (o.overwrite) {
         std::set<std::string> keep;
         for (const OutputFilePlan& f : plan.outputs) keep.insert(f.name);
-        ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(output_dir));
+        ASSIGN_OR_RETURN(std::vector<DirEntry> entries, out_fs.List(output_dir));
         for (const DirEntry& e : entries) {
           if (absl::EndsWith(e.name, ".safetensors") && !keep.count(e.name) && !IsTempFileName(e.name)) {
-            RETURN_IF_ERROR(fs.Remove(JoinPath(output_dir, e.name)));
+            RETURN_IF_ERROR(out_fs.Remove(JoinPath(output_dir, e.name)));
           }
         }
       }
       IndexJson idx;
       idx.total_size = plan.total_size;
       idx.weight_map = plan.weight_map;
-      RETURN_IF_ERROR(WriteFileAtomically(fs, JoinPath(output_dir, plan.index_name),
+      RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, plan.index_name),
                                           SerializeIndexJson(idx)));
       if (o.verify) {
-        ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(fs, output_dir));
+        ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(out_fs, output_dir));
         if (!out.problems().empty()) {
           return absl::DataLossError(absl::StrCat("the published output fails verification: ",
                                                   out.problems()[0].ToString()));

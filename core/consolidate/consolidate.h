@@ -58,6 +58,8 @@ struct ConsolidateOptions {
   bool overwrite = false;                       // replace an existing result in the output dir
   std::function<void(uint64_t done, uint64_t total)> progress;  // this rank's bytes
   const std::atomic<bool>* cancel = nullptr;                     // set to abandon (kCancelled)
+  // Where outputs go when not on the input's file system (e.g. remote input, local output).
+  FileSystem* output_fs = nullptr;
 };
 
 // One contiguous-run copy job: a chunk of one input tensor into its output tensor.

@@ -1,7 +1,9 @@
 #include "core/dcp/hf_storage_reader.h"
 
 #include <atomic>
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
@@ -11,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "core/dcp/hf_storage_writer.h"
 #include "core/io/filesystem.h"
+#include "core/io/url.h"
 #include "core/layout/layout.h"
 
 namespace safeshard {
@@ -59,14 +62,62 @@ void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<
   }
 }
 
+
+// Remote reads: ranges closer than this are fetched as one; at least this many fetch threads.
+constexpr uint64_t kCoalesceBytes = 1 << 20;
+constexpr int kMinFetchThreads = 8;
+
+struct Fetched {
+  int file;
+  uint64_t begin, end;  // absolute bytes in the file
+  std::string data;
+};
+
+// The bytes of chunk `c` that request `r` needs, as whole rows of the chunk's first dimension
+// (a contiguous range): [begin, end) in the file; nullopt when the request misses the chunk.
+std::optional<std::pair<uint64_t, uint64_t>> NeededRows(const TensorLayout& t, const Chunk& c,
+                                                        const LoadRequest& r) {
+  const size_t rank = t.shape.size();
+  if (static_cast<size_t>(r.dest.dim()) != rank || c.offsets.size() != rank) return std::nullopt;
+  if (rank == 0) return std::make_pair(c.begin, c.end);
+  for (size_t d = 0; d < rank; ++d) {
+    const int64_t off = r.offsets.empty() ? 0 : r.offsets[d];
+    const int64_t lo = std::max<int64_t>(off, static_cast<int64_t>(c.offsets[d]));
+    const int64_t hi = std::min<int64_t>(off + r.dest.size(static_cast<int64_t>(d)),
+                                         static_cast<int64_t>(c.offsets[d] + c.sizes[d]));
+    if (lo >= hi) return std::nullopt;
+  }
+  uint64_t row = BitsOf(t.dtype) / 8;
+  for (size_t d = 1; d < rank; ++d) row *= c.sizes[d];
+  const int64_t off0 = r.offsets.empty() ? 0 : r.offsets[0];
+  const uint64_t lo0 = static_cast<uint64_t>(std::max<int64_t>(off0, static_cast<int64_t>(c.offsets[0]))) - c.offsets[0];
+  const uint64_t hi0 = static_cast<uint64_t>(std::min<int64_t>(off0 + r.dest.size(0),
+                                                               static_cast<int64_t>(c.offsets[0] + c.sizes[0]))) -
+                       c.offsets[0];
+  return std::make_pair(c.begin + lo0 * row, c.begin + hi0 * row);
+}
+
 }  // namespace
 
 HfStorageReader::HfStorageReader(std::string path, const KeyMap* key_map, int thread_count,
-                                 FileSystem* fs)
+                                 FileSystem* fs, std::string token)
     : path_(std::move(path)),
       key_map_(key_map),
       threads_(std::max(1, thread_count)),
-      fs_(fs != nullptr ? fs : &LocalFileSystem()) {}
+      fs_(fs != nullptr ? fs : &LocalFileSystem()) {
+  if (fs == nullptr && !UrlScheme(path_).empty()) {
+    UrlOptions o;
+    o.token = std::move(token);
+    absl::StatusOr<ResolvedPath> where = ResolveUrl(path_, o);
+    if (where.ok()) {
+      owned_fs_ = where->fs;
+      fs_ = owned_fs_.get();
+      path_ = where->path;
+    } else {
+      fs_status_ = where.status();
+    }
+  }
+}
 
 HfStorageReader::~HfStorageReader() = default;
 
@@ -85,6 +136,7 @@ std::string HfStorageReader::Fingerprint() const {
 }
 
 absl::StatusOr<const CheckpointLayout*> HfStorageReader::ReadMetadata() {
+  if (!fs_status_.ok()) return fs_status_;
   std::string fp = Fingerprint();
   if (layout_ && fp == fingerprint_) return layout_.get();
   absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*fs_, path_);
@@ -105,13 +157,21 @@ absl::StatusOr<const CheckpointLayout*> HfStorageReader::ReadMetadata() {
   return layout_.get();
 }
 
-absl::StatusOr<const MappedRegion*> HfStorageReader::Mapping(int file) {
-  if (!maps_[file]) {
+absl::StatusOr<ReadableFile*> HfStorageReader::Source(int file) {
+  if (!files_[file]) {
     std::string p = JoinPath(layout_->root(), layout_->files()[file].name);
     absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs_->OpenRead(p);
     if (!f.ok()) return f.status();
     files_[file] = std::move(*f);
-    absl::StatusOr<std::shared_ptr<const MappedRegion>> m = files_[file]->Map();
+  }
+  return files_[file].get();
+}
+
+absl::StatusOr<const MappedRegion*> HfStorageReader::Mapping(int file) {
+  if (!maps_[file]) {
+    absl::StatusOr<ReadableFile*> src = Source(file);
+    if (!src.ok()) return src.status();
+    absl::StatusOr<std::shared_ptr<const MappedRegion>> m = (*src)->Map();
     if (!m.ok()) return m.status();
     maps_[file] = *m;
   }
@@ -169,15 +229,69 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
   for (const TensorLayout& t : ck->tensors()) {
     by_name[key_map_ != nullptr ? key_map_->Apply(t.name) : t.name] = &t;
   }
-  // Map every file the requests need once, up front; then fill requests in parallel.
+  // Local files: map each one the requests need once, up front. Remote files: collect the rows
+  // of each chunk that each request needs, coalesce nearby ranges per file and fetch them in
+  // parallel with ranged GETs. Then fill the requests in parallel.
+  std::vector<char> remote(ck->files().size(), 0);
+  struct Span {
+    int file;
+    uint64_t begin, end;
+  };
+  std::vector<Span> spans;
   for (const LoadRequest& r : requests) {
     auto it = by_name.find(r.fqn);
     if (it == by_name.end()) continue;
-    for (const Chunk& c : it->second->chunks) {
-      bool fresh = !maps_[c.file];
-      absl::StatusOr<const MappedRegion*> m = Mapping(c.file);
-      if (!m.ok()) return m.status();
-      if (fresh && stats) stats->files_mapped++;
+    const TensorLayout& t = *it->second;
+    for (const Chunk& c : t.chunks) {
+      absl::StatusOr<ReadableFile*> src = Source(c.file);
+      if (!src.ok()) return src.status();
+      if (!(*src)->remote()) {
+        bool fresh = !maps_[c.file];
+        absl::StatusOr<const MappedRegion*> m = Mapping(c.file);
+        if (!m.ok()) return m.status();
+        if (fresh && stats) stats->files_mapped++;
+        continue;
+      }
+      remote[c.file] = 1;
+      std::optional<std::pair<uint64_t, uint64_t>> rows = NeededRows(t, c, r);
+      if (rows) spans.push_back({c.file, rows->first, rows->second});
+    }
+  }
+  std::vector<Fetched> fetched;
+  if (!spans.empty()) {
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+      return a.file != b.file ? a.file < b.file : a.begin < b.begin;
+    });
+    for (const Span& sp : spans) {
+      if (!fetched.empty() && fetched.back().file == sp.file && sp.begin <= fetched.back().end + kCoalesceBytes) {
+        fetched.back().end = std::max(fetched.back().end, sp.end);
+      } else {
+        fetched.push_back({sp.file, sp.begin, sp.end, {}});
+      }
+    }
+    std::atomic<size_t> next_fetch{0};
+    absl::Mutex fmu;
+    absl::Status fetch_error;
+    std::vector<std::thread> fetchers;
+    const int n = std::min<int>(static_cast<int>(fetched.size()), std::max(threads_, kMinFetchThreads));
+    for (int i = 0; i < n; ++i) {
+      fetchers.emplace_back([&] {
+        for (size_t k = next_fetch++; k < fetched.size(); k = next_fetch++) {
+          Fetched& f = fetched[k];
+          f.data.resize(f.end - f.begin);
+          absl::Status s = files_[f.file]->ReadAt(f.begin, f.data.size(), f.data.data());
+          if (!s.ok()) {
+            absl::MutexLock l(&fmu);
+            if (fetch_error.ok()) fetch_error = s;
+          }
+        }
+      });
+    }
+    for (auto& th : fetchers) th.join();
+    if (!fetch_error.ok()) return fetch_error;
+    if (stats) {
+      stats->ranges_fetched += static_cast<int>(fetched.size());
+      for (const Fetched& f : fetched) stats->bytes_fetched += f.data.size();
     }
   }
   std::atomic<size_t> next{0};
@@ -228,14 +342,33 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
         vol *= std::max<int64_t>(0, hi[d] - lo[d]);
       }
       if (empty && rank > 0) continue;
-      absl::string_view data = maps_[c.file]->data();
-      if (c.end > data.size()) {
-        return absl::DataLossError(absl::StrCat(ck->files()[c.file].name, ": tensor \"", t.name,
-                                                "\" bytes [", c.begin, ", ", c.end,
-                                                ") lie beyond the end of the file"));
+      if (remote[c.file]) {
+        // The rows [lo0, hi0) of the chunk were fetched: copy from them as a sub-chunk.
+        std::optional<std::pair<uint64_t, uint64_t>> rows = NeededRows(t, c, r);
+        const Fetched* f = nullptr;
+        for (const Fetched& x : fetched) {
+          if (rows && x.file == c.file && x.begin <= rows->first && rows->second <= x.end) f = &x;
+        }
+        if (f == nullptr) {
+          return absl::InternalError(absl::StrCat("tensor \"", t.name, "\": fetched bytes not found"));
+        }
+        std::vector<int64_t> sub_o = so, sub_sz = ssz;
+        if (rank > 0) {
+          sub_o[0] = lo[0];
+          sub_sz[0] = hi[0] - lo[0];
+        }
+        CopyBox(f->data.data() + (rows->first - f->begin), sub_o, sub_sz,
+                static_cast<char*>(target.data_ptr()), r.offsets, dsz, lo, hi, esize);
+      } else {
+        absl::string_view data = maps_[c.file]->data();
+        if (c.end > data.size()) {
+          return absl::DataLossError(absl::StrCat(ck->files()[c.file].name, ": tensor \"", t.name,
+                                                  "\" bytes [", c.begin, ", ", c.end,
+                                                  ") lie beyond the end of the file"));
+        }
+        CopyBox(data.data() + c.begin, so, ssz, static_cast<char*>(target.data_ptr()), r.offsets,
+                dsz, lo, hi, esize);
       }
-      CopyBox(data.data() + c.begin, so, ssz, static_cast<char*>(target.data_ptr()), r.offsets,
-              dsz, lo, hi, esize);
       covered += vol;
       copied += vol * esize;
     }

@@ -36,6 +36,8 @@ struct LoadRequest {
 struct LoadStats {
   uint64_t bytes_copied = 0;
   int files_mapped = 0;
+  uint64_t bytes_fetched = 0;  // remote files: bytes of ranged GETs
+  int ranges_fetched = 0;      // remote files: ranged GETs after coalescing
 };
 
 class CheckpointLayout;
@@ -48,8 +50,11 @@ class ReadableFile;
 // by `thread_count` threads.
 class HfStorageReader {
  public:
+  // `path` is a directory, a file, or a URL (http(s)://, hf://, file://, mem://) when `fs` is
+  // null. Remote files are never downloaded whole by ReadData: each request's rows are fetched
+  // with ranged GETs, nearby ranges coalesced, in parallel.
   explicit HfStorageReader(std::string path, const KeyMap* key_map = nullptr, int thread_count = 1,
-                           FileSystem* fs = nullptr);
+                           FileSystem* fs = nullptr, std::string token = "");
   ~HfStorageReader();
 
   absl::StatusOr<const CheckpointLayout*> ReadMetadata();
@@ -61,10 +66,13 @@ class HfStorageReader {
 
  private:
   absl::StatusOr<const MappedRegion*> Mapping(int file);
+  absl::StatusOr<ReadableFile*> Source(int file);
   std::string Fingerprint() const;
   std::string path_;
   const KeyMap* key_map_;
   int threads_;
+  std::shared_ptr<FileSystem> owned_fs_;  // the file system a URL named
+  absl::Status fs_status_;                // why the URL could not be resolved
   FileSystem* fs_;
   std::unique_ptr<CheckpointLayout> layout_;
   std::string fingerprint_;

@@ -15,6 +15,8 @@
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
+#include "core/io/url.h"
+#include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard {
@@ -51,6 +53,16 @@ absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t) {
 
 absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& dir,
                                        Collective& c, const SaveOptions& options) {
+  // A URL (http(s):// over WebDAV, file://, mem://): save through the file system it names.
+  if (options.fs == nullptr && !UrlScheme(dir).empty()) {
+    UrlOptions uo;
+    uo.token = options.token;
+    absl::StatusOr<ResolvedPath> where = ResolveUrl(dir, uo);
+    RETURN_IF_ERROR(AllGatherStatus(c, where.status()));
+    SaveOptions o = options;
+    o.fs = where->fs.get();
+    return SaveSharded(sd, where->path, c, o);
+  }
   const int rank = c.rank(), world = c.world_size();
   // 1. Local plan.
   std::vector<Item> items;
@@ -242,8 +254,19 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     co.diffusers_index = options.diffusers_compatible;
     co.threads = options.num_threads_consolidation;
     co.overwrite = true;
+    // The consolidated output is written locally (or on the URL's file system, if it names one
+    // other than the shards').
+    UrlOptions uo;
+    uo.token = options.token;
+    absl::StatusOr<ResolvedPath> out_where = ResolveUrl(options.consolidated_output_path, uo);
+    RETURN_IF_ERROR(AllGatherStatus(c, out_where.status()));
+    if (out_where->remote) {
+      return absl::InvalidArgumentError(absl::StrCat(options.consolidated_output_path,
+                                                     ": consolidated_output_path must be local"));
+    }
+    if (out_where->fs.get() != &fs) co.output_fs = out_where->fs.get();
     absl::StatusOr<ConsolidateResult> r =
-        Consolidate(fs, dir, options.consolidated_output_path, co, &c);
+        Consolidate(fs, dir, out_where->path, co, &c);
     if (!r.ok()) return r.status();
     result.consolidated_files = r->files;
   }

@@ -57,7 +57,8 @@ struct SaveResult {
 class FileSystem;
 
 struct SaveOptions {
-  FileSystem* fs = nullptr;  // where files go (default: the local file system)
+  FileSystem* fs = nullptr;  // where files go (default: the one `dir` names: a path or a URL)
+  std::string token;         // bearer token for http(s):// (default $HF_TOKEN, token file)
   // Sharded saves: shard-RRRRR-model-IIIII-of-NNNNN.safetensors per rank and mapped file index
   // (one file per rank without a mapping); full saves: model-IIIII-of-NNNNN.safetensors.
   int thread_count = 1;  // files of one rank written in parallel

@@ -52,6 +52,9 @@ class ReadableFile {
   virtual absl::Status ReadAt(uint64_t offset, size_t n, char* dst) const = 0;
   // Maps the whole file read-only (once; later calls return the same region).
   virtual absl::StatusOr<std::shared_ptr<const MappedRegion>> Map() = 0;
+  // True when bytes come over a network: Map() then downloads the whole file, so readers that
+  // need parts of it should use ReadAt.
+  virtual bool remote() const { return false; }
 };
 
 class WritableFile {

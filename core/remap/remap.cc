@@ -41,7 +41,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   if (layout.files().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(input, ": no .safetensors files"));
   }
-  const bool same = DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"));
+  FileSystem& out_fs = o.output_fs != nullptr ? *o.output_fs : fs;
+  const bool same = &out_fs == &fs && DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"));
   if (same && !o.in_place) {
     return absl::InvalidArgumentError(
         "the output directory is the input directory; pass --in-place to rewrite it");
@@ -54,8 +55,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   const std::map<std::string, std::string>& ren = result.plan.renames;
 
   if (!same) {
-    RETURN_IF_ERROR(fs.MakeDirs(output_dir));
-    ASSIGN_OR_RETURN(std::vector<DirEntry> existing, fs.List(output_dir));
+    RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
+    ASSIGN_OR_RETURN(std::vector<DirEntry> existing, out_fs.List(output_dir));
     for (const DirEntry& e : existing) {
       if (!o.overwrite && (absl::EndsWith(e.name, ".safetensors") ||
                            absl::EndsWith(e.name, ".safetensors.index.json"))) {
@@ -63,10 +64,10 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
             output_dir, " already holds a checkpoint (", e.name, "); pass --overwrite"));
       }
     }
-    RETURN_IF_ERROR(CleanStaleTempFiles(fs, output_dir).status());
+    RETURN_IF_ERROR(CleanStaleTempFiles(out_fs, output_dir).status());
     for (const DirEntry& e : existing) {
       if (absl::EndsWith(e.name, ".safetensors.index.json")) {
-        RETURN_IF_ERROR(fs.Remove(JoinPath(output_dir, e.name)));
+        RETURN_IF_ERROR(out_fs.Remove(JoinPath(output_dir, e.name)));
       }
     }
   }
@@ -86,7 +87,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     std::string prefix = SerializeHeader(h);
     h.header_size = prefix.size() - 8;
     std::string src = JoinPath(layout.root(), f.name);
-    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(fs, JoinPath(output_dir, f.name)));
+    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(out_fs, JoinPath(output_dir, f.name)));
     RETURN_IF_ERROR(out.file().Allocate(prefix.size() + h.buffer_size));
     RETURN_IF_ERROR(out.file().WriteAt(0, prefix));
     RETURN_IF_ERROR(fs.CopyRange(src, f.header->data_start(), out.file(), prefix.size(),
@@ -107,7 +108,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
           continue;
         }
         ASSIGN_OR_RETURN(std::string bytes, fs.ReadAll(JoinPath(input, e.name)));
-        RETURN_IF_ERROR(WriteFileAtomically(fs, JoinPath(output_dir, e.name), bytes));
+        RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, e.name), bytes));
       }
     }
   }
@@ -118,7 +119,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     idx.weight_map.clear();
     for (const auto& [k, v] : layout.index()->weight_map) idx.weight_map[ren.at(k)] = v;
     RETURN_IF_ERROR(
-        WriteFileAtomically(fs, JoinPath(output_dir, layout.index_file()), SerializeIndexJson(idx)));
+        WriteFileAtomically(out_fs, JoinPath(output_dir, layout.index_file()), SerializeIndexJson(idx)));
     result.files.push_back(layout.index_file());
   }
   return result;

@@ -35,6 +35,8 @@ struct RemapOptions {
   bool in_place = false;   // rewrite the input's files (temporary files + renames)
   bool overwrite = false;  // replace an existing checkpoint in the output directory
   const std::atomic<bool>* cancel = nullptr;
+  // Where the output goes when not on the input's file system (e.g. remote input, local output).
+  FileSystem* output_fs = nullptr;
 };
 
 struct RemapResult {
