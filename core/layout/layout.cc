@@ -125,11 +125,13 @@ absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path) {
   std::string prefix(std::min<uint64_t>(size, 64), '\0');
   RETURN_IF_ERROR(f->ReadAt(0, prefix.size(), prefix.data()));
   ASSIGN_OR_RETURN(uint64_t n, ParseHeaderLength(prefix, size, path));
-  std::string json(n, '\0');
-  if (n <= prefix.size() - std::min<size_t>(prefix.size(), 8)) {
-    json = prefix.substr(8, n);
-  } else {
-    RETURN_IF_ERROR(f->ReadAt(8, n, json.data()));
+  // The header's first bytes came with the prefix; read only the rest (remote files: no byte
+  // is fetched twice).
+  const size_t have = std::min<uint64_t>(n, prefix.size() - std::min<size_t>(prefix.size(), 8));
+  std::string json = prefix.substr(std::min<size_t>(prefix.size(), 8), have);
+  if (have < n) {
+    json.resize(n);
+    RETURN_IF_ERROR(f->ReadAt(8 + have, n - have, json.data() + have));
   }
   return ParseHeader(json, size, path);
 }

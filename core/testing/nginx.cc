@@ -79,7 +79,8 @@ absl::StatusOr<std::unique_ptr<NginxServer>> NginxServer::Start(const std::strin
     const std::string conf = absl::StrReplaceAll(ReadFile(tmpl_path), {{"@PREFIX@", s->prefix_},
                                                                        {"@ROOT@", root},
                                                                        {"@PORT@", std::to_string(s->port_)},
-                                                                       {"@TOKEN@", token}});
+                                                                       {"@TOKEN@", token},
+                                                                       {"@USER@", geteuid() == 0 ? "user root root;" : ""}});
     WriteFile(s->prefix_ + "/nginx.conf", conf);
     pid_t pid = fork();
     if (pid == 0) {

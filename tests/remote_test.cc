@@ -1,0 +1,255 @@
+// Remote storage against a real nginx started here (config: core/testing/nginx.conf.in): header-
+// only scans counted from nginx's access log, the CLI on URLs, 401s that name the URL and never
+// the token, dropped connections retried to an exact result, hf:// through $HF_ENDPOINT, WebDAV
+// writes published atomically, and consolidation of a remote checkpoint into a local directory.
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "cli/cli.h"
+#include "core/consolidate/consolidate.h"
+#include "core/example/example.h"
+#include "core/io/atomic_file.h"
+#include "core/io/http_filesystem.h"
+#include "core/io/url.h"
+#include "core/layout/layout.h"
+#include "core/testing/nginx.h"
+#include "core/testing/testing.h"
+#include "gtest/gtest.h"
+
+namespace safeshard {
+namespace {
+
+constexpr char kToken[] = "test-token-4b1d";
+
+class RemoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = testing::NewTempDir() + "/www";
+    std::filesystem::create_directories(root_);
+    auto s = testing::NginxServer::Start(root_, kToken);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+  }
+  // A generated per-rank checkpoint under the served root.
+  std::string Serve(const std::string& name, WriteOptions o = {.ranks = 4},
+                    std::vector<ExampleTensor> model = {}) {
+    if (model.empty()) model = TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 256});
+    EXPECT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), root_ + "/" + name, model, o).ok());
+    return server_->url() + "/" + name;
+  }
+  std::unique_ptr<HttpFileSystem> Fs(const std::string& token = kToken) {
+    HttpOptions o;
+    o.token = token;
+    o.initial_backoff_ms = 10;
+    return std::make_unique<HttpFileSystem>(o);
+  }
+  int Cli(std::vector<std::string> args, std::string* out = nullptr, std::string* err = nullptr) {
+    std::ostringstream o, e;
+    args.insert(args.begin(), "safeshard");
+    int rc = RunSafeshard(args, o, e);
+    if (out) *out = o.str();
+    if (err) *err = e.str();
+    return rc;
+  }
+  std::string root_;
+  std::unique_ptr<testing::NginxServer> server_;
+};
+
+TEST_F(RemoteTest, ScanReadsOnlyHeaderBytes) {
+  const std::string url = Serve("ckpt");
+  auto local = CheckpointLayout::Scan(LocalFileSystem(), root_ + "/ckpt");
+  ASSERT_TRUE(local.ok());
+  server_->ClearAccessLog();
+  auto fs = Fs();
+  auto ck = CheckpointLayout::Scan(*fs, url);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->tensors().size(), local->tensors().size());
+  ASSERT_EQ(ck->files().size(), 4u);
+  // nginx's own count of body bytes: the directory index plus, per file, its first 64 bytes
+  // (the 8-byte length and the header's start; enough to recognise a Git LFS pointer) and the
+  // rest of its header — not one byte of tensor data, no byte twice.
+  uint64_t header_bytes = 0, file_bytes = 0;
+  for (const FileInfo& f : local->files()) {
+    header_bytes += f.header->data_start();
+    file_bytes += f.size;
+  }
+  uint64_t data_gets = 0, listing = 0;
+  for (const auto& e : server_->AccessLog()) {
+    if (e.method != "GET") continue;
+    if (absl::EndsWith(e.path, "/")) {
+      listing += e.bytes;
+    } else {
+      EXPECT_FALSE(e.range.empty()) << e.path << ": a GET without Range";
+      EXPECT_EQ(e.status, 206) << e.path;
+      data_gets += e.bytes;
+    }
+  }
+  EXPECT_EQ(data_gets, header_bytes);
+  EXPECT_GT(listing, 0u);
+  EXPECT_LT(data_gets + listing, file_bytes / 10);
+  // Identical layouts (chunks, byte ranges) to the local scan.
+  for (size_t i = 0; i < ck->tensors().size(); ++i) {
+    const TensorLayout& a = ck->tensors()[i];
+    const TensorLayout& b = local->tensors()[i];
+    EXPECT_EQ(a.name, b.name);
+    ASSERT_EQ(a.chunks.size(), b.chunks.size());
+    for (size_t c = 0; c < a.chunks.size(); ++c) EXPECT_EQ(a.chunks[c].begin, b.chunks[c].begin);
+  }
+}
+
+TEST_F(RemoteTest, CliInspectVerifyConsolidateAndRemapTakeUrls) {
+  const std::string url = Serve("run");
+  std::string out, err;
+  EXPECT_EQ(Cli({"verify", url, "--token", kToken}, &out, &err), 0) << err;
+  EXPECT_EQ(Cli({"inspect", url, "--json", "--token", kToken}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("model.layers.1.mlp.gate_proj.weight"), std::string::npos);
+  // The token from the environment.
+  setenv("HF_TOKEN", kToken, 1);
+  EXPECT_EQ(Cli({"verify", url}, &out, &err), 0) << err;
+  unsetenv("HF_TOKEN");
+  // Consolidate a remote checkpoint into a local directory: the same bytes as from local files.
+  const std::string remote_out = testing::NewTempDir() + "/from-remote";
+  const std::string local_out = testing::NewTempDir() + "/from-local";
+  ASSERT_EQ(Cli({"consolidate", url, remote_out, "--token", kToken, "--max-shard-size", "100KB"}, &out, &err), 0) << err;
+  ASSERT_EQ(Cli({"consolidate", root_ + "/run", local_out, "--max-shard-size", "100KB"}, &out, &err), 0) << err;
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(local_out)) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(testing::ReadFile(remote_out + "/" + name) == testing::ReadFile(e.path().string())) << name;
+    ++files;
+  }
+  EXPECT_GT(files, 2);
+  // Remap a remote checkpoint into a local directory.
+  const std::string remapped = testing::NewTempDir() + "/remapped";
+  ASSERT_EQ(Cli({"remap", url, remapped, "--rule", "^model\\.=>backbone.", "--token", kToken}, &out, &err), 0) << err;
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), remapped);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_NE(ck->FindTensor("backbone.embed_tokens.weight"), nullptr);
+  EXPECT_TRUE(ck->problems().empty());
+  // A remote output is refused with a clear message.
+  EXPECT_EQ(Cli({"consolidate", url, url + "-hf", "--token", kToken}, &out, &err), 2);
+  EXPECT_NE(err.find("local"), std::string::npos) << err;
+}
+
+TEST_F(RemoteTest, MissingOrWrongTokenIsA401NamingTheUrlNotTheToken) {
+  const std::string url = Serve("secret");
+  unsetenv("HF_TOKEN");
+  setenv("HOME", testing::NewTempDir().c_str(), 1);  // no ~/.cache/huggingface/token
+  for (const std::string& token : {std::string(), std::string("wrong-token-9x7q")}) {
+    auto fs = Fs(token);
+    auto ck = CheckpointLayout::Scan(*fs, url);
+    ASSERT_FALSE(ck.ok());
+    EXPECT_EQ(ck.status().code(), absl::StatusCode::kPermissionDenied);
+    const std::string msg(ck.status().message());
+    EXPECT_NE(msg.find(url), std::string::npos) << msg;
+    EXPECT_NE(msg.find("401"), std::string::npos) << msg;
+    if (!token.empty()) EXPECT_EQ(msg.find(token), std::string::npos) << msg;
+    EXPECT_EQ(fs->stats().retries.load(), 0u) << "4xx must not be retried";
+    std::string out, err;
+    std::vector<std::string> args = {"verify", url};
+    if (!token.empty()) args.insert(args.end(), {"--token", token});
+    EXPECT_NE(Cli(args, &out, &err), 0);
+    EXPECT_NE(err.find("401"), std::string::npos) << err;
+    if (!token.empty()) EXPECT_EQ(err.find(token), std::string::npos) << err;
+  }
+}
+
+TEST_F(RemoteTest, DroppedConnectionsAreRetriedAndTheResultIsExact) {
+  const std::string url_path = "/flaky";
+  Serve("flaky", {.ranks = 2}, {{"big", DType::kF32, {512, 1024}, Sharding::kRow}});
+  // The first 3 connections die after 100 KB of answer.
+  auto proxy = testing::FlakyProxy::Start(server_->port(), 3, 100 * 1024);
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  auto fs = Fs();
+  const std::string file = "shard-00001-model-00001-of-00001.safetensors";
+  auto f = fs->OpenRead((*proxy)->url() + url_path + "/" + file);
+  ASSERT_TRUE(f.ok()) << f.status();
+  const std::string want = testing::ReadFile(root_ + url_path + "/" + file);
+  ASSERT_GT(want.size(), 1000000u);
+  std::string got(want.size(), '\0');
+  ASSERT_TRUE((*f)->ReadAt(0, got.size(), got.data()).ok());
+  EXPECT_TRUE(got == want);
+  EXPECT_GE((*proxy)->dropped(), 1);
+  EXPECT_GE(fs->stats().retries.load(), 1u);
+  // A whole-file download (consolidation's path) resumes too.
+  auto m = (*f)->Map();
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_TRUE((*m)->data() == want);
+  // Consolidating through the flaky server gives the local result.
+  const std::string a = testing::NewTempDir() + "/a", b = testing::NewTempDir() + "/b";
+  ConsolidateOptions o;
+  o.output_fs = &LocalFileSystem();
+  auto flaky = testing::FlakyProxy::Start(server_->port(), 2, 300 * 1024);
+  ASSERT_TRUE(flaky.ok());
+  auto r = Consolidate(*fs, (*flaky)->url() + url_path, a, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), root_ + url_path, b, {}).ok());
+  EXPECT_TRUE(testing::ReadFile(a + "/model.safetensors") == testing::ReadFile(b + "/model.safetensors"));
+}
+
+TEST_F(RemoteTest, HfUrlsResolveAgainstHfEndpoint) {
+  // The Hub's layout: {endpoint}/ORG/REPO/resolve/REVISION/PATH.
+  Serve("acme/tiny/resolve/v1.0/ckpt");
+  setenv("HF_ENDPOINT", server_->url().c_str(), 1);
+  UrlOptions uo;
+  uo.token = kToken;
+  auto where = ResolveUrl("hf://acme/tiny@v1.0/ckpt", uo);
+  ASSERT_TRUE(where.ok()) << where.status();
+  EXPECT_TRUE(where->remote);
+  auto ck = CheckpointLayout::Scan(*where->fs, where->path);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->files().size(), 4u);
+  bool resolved = false;
+  for (const auto& e : server_->AccessLog()) resolved |= absl::StartsWith(e.path, "/acme/tiny/resolve/v1.0/ckpt/");
+  EXPECT_TRUE(resolved);
+  std::string out, err;
+  EXPECT_EQ(Cli({"verify", "hf://acme/tiny@v1.0/ckpt", "--token", kToken}, &out, &err), 0) << err;
+  // Read-only.
+  auto w = where->fs->Create(where->path + "/x");
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kPermissionDenied);
+  // Default revision "main" and bad URLs.
+  EXPECT_EQ(static_cast<HfFileSystem*>(where->fs.get())->ToUrl("hf://a/b/c.safetensors"),
+            server_->url() + "/a/b/resolve/main/c.safetensors");
+  EXPECT_EQ(ResolveUrl("hf://onlyorg").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResolveUrl("s3://bucket/x").status().code(), absl::StatusCode::kInvalidArgument);
+  unsetenv("HF_ENDPOINT");
+}
+
+TEST_F(RemoteTest, WebDavWritesPublishAtomically) {
+  auto fs = Fs();
+  const std::string dir = server_->url() + "/up/a/b";
+  ASSERT_TRUE(fs->MakeDirs(dir).ok());
+  auto st = fs->Stat(dir);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_TRUE(st->is_dir);
+  {
+    auto f = AtomicFile::Create(*fs, dir + "/w.safetensors");
+    ASSERT_TRUE(f.ok()) << f.status();
+    ASSERT_TRUE(f->file().Append("hello ").ok());
+    ASSERT_TRUE(f->file().WriteAt(6, "world").ok());
+    // Nothing under the final name until Commit.
+    EXPECT_FALSE(std::filesystem::exists(root_ + "/up/a/b/w.safetensors"));
+    ASSERT_TRUE(f->Commit().ok());
+  }
+  EXPECT_EQ(testing::ReadFile(root_ + "/up/a/b/w.safetensors"), "hello world");
+  auto entries = fs->List(dir);
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 1u);  // no temporary file left
+  EXPECT_EQ((*entries)[0].name, "w.safetensors");
+  {  // Abandoned: nothing appears.
+    auto f = AtomicFile::Create(*fs, dir + "/gone.safetensors");
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(f->file().Append("x").ok());
+  }
+  EXPECT_EQ(fs->List(dir)->size(), 1u);
+  ASSERT_TRUE(fs->Remove(dir + "/w.safetensors").ok());
+  EXPECT_EQ(fs->Stat(dir + "/w.safetensors").status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace safeshard
