@@ -63,8 +63,9 @@ void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<
 }
 
 
-// Remote reads: ranges closer than this are fetched as one; at least this many fetch threads.
-constexpr uint64_t kCoalesceBytes = 1 << 20;
+// Remote reads: ranges closer than this are fetched as one request (a round trip costs about as
+// much as this many bytes on a fast link); at least this many fetch threads.
+constexpr uint64_t kCoalesceBytes = 256 << 10;
 constexpr int kMinFetchThreads = 8;
 
 struct Fetched {
