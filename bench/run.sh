@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds optimised binaries and runs every benchmark. Results are ratios against baselines
 # (cat, cp, dd) measured in the same run, never absolute thresholds.
-# Usage: bench/run.sh [scan|consolidate|daemon-idle|dcp|inspector]
+# Usage: bench/run.sh [scan|consolidate|daemon-idle|dcp|inspector|remote]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench
+bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench
 which="${1:-all}"
 if [[ "$which" == all || "$which" == scan ]]; then
   echo "== header scan: 100,000 tensors, 64 files =="
@@ -25,4 +25,8 @@ fi
 if [[ "$which" == all || "$which" == inspector ]]; then
   echo "== safeshard-inspector: open 100,000 tensors / 64 files until the tree is shown =="
   bazel-bin/bench/inspector_open_bench "$PWD/bazel-bin/cli/safeshard"
+fi
+if [[ "$which" == all || "$which" == remote ]]; then
+  echo "== remote storage over loopback nginx: header scan and 1 GiB load vs curl =="
+  bazel-bin/bench/remote_bench
 fi

@@ -220,6 +220,35 @@ TEST_F(RemoteTest, HfUrlsResolveAgainstHfEndpoint) {
   unsetenv("HF_ENDPOINT");
 }
 
+TEST_F(RemoteTest, WithoutADirectoryIndexTheModelIndexJsonLists) {
+  // An HF-layout checkpoint (several files + index json) where the server lists nothing.
+  const std::string src = root_ + "/src";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), src, TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 256}),
+                                 {.ranks = 2})
+                  .ok());
+  ConsolidateOptions co;
+  co.max_shard_size = 100000;
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), src, root_ + "/noindex/hf", co).ok());
+  auto fs = Fs();
+  const std::string url = server_->url() + "/noindex/hf";
+  auto listed = fs->List(url);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  auto ck = CheckpointLayout::Scan(*fs, url);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  auto local = CheckpointLayout::Scan(LocalFileSystem(), root_ + "/noindex/hf");
+  ASSERT_TRUE(local.ok());
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->files().size(), local->files().size());
+  EXPECT_EQ(ck->tensors().size(), local->tensors().size());
+  EXPECT_FALSE(ck->index_file().empty());
+  // Neither listing source: a clear error naming the URL and what would work.
+  ASSERT_TRUE(std::filesystem::create_directories(root_ + "/noindex/empty"));
+  auto none = fs->List(server_->url() + "/noindex/empty");
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("/noindex/empty"), std::string::npos) << none.status();
+  EXPECT_NE(none.status().message().find("autoindex"), std::string::npos) << none.status();
+}
+
 TEST_F(RemoteTest, WebDavWritesPublishAtomically) {
   auto fs = Fs();
   const std::string dir = server_->url() + "/up/a/b";

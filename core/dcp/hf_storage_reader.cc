@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
@@ -68,10 +69,13 @@ void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<
 constexpr uint64_t kCoalesceBytes = 256 << 10;
 constexpr int kMinFetchThreads = 8;
 
+// Large ranges are fetched as pieces of at most this size, in parallel.
+constexpr uint64_t kFetchPiece = 16 << 20;
+
 struct Fetched {
   int file;
   uint64_t begin, end;  // absolute bytes in the file
-  std::string data;
+  std::unique_ptr<char[]> data;  // end - begin bytes (not zero-filled first)
 };
 
 // The bytes of chunk `c` that request `r` needs, as whole rows of the chunk's first dimension
@@ -96,6 +100,27 @@ std::optional<std::pair<uint64_t, uint64_t>> NeededRows(const TensorLayout& t, c
                                                                static_cast<int64_t>(c.offsets[0] + c.sizes[0]))) -
                        c.offsets[0];
   return std::make_pair(c.begin + lo0 * row, c.begin + hi0 * row);
+}
+
+
+// Where the rows NeededRows() gives land in the destination when they are contiguous there too
+// (the chunk and the destination span the same full extent in every dimension but the first,
+// the destination is contiguous and of the stored dtype); nullptr otherwise.
+char* DirectDestination(const TensorLayout& t, const Chunk& c, const LoadRequest& r) {
+  const size_t rank = t.shape.size();
+  if (rank == 0 || !r.dest.is_contiguous() || static_cast<size_t>(r.dest.dim()) != rank) return nullptr;
+  absl::StatusOr<DType> want = DTypeOfTorch(r.dest.scalar_type());
+  if (!want.ok() || (*want != t.dtype && !(IsFloat8(t.dtype) && *want == DType::kU8))) return nullptr;
+  for (size_t d = 1; d < rank; ++d) {
+    const int64_t off = r.offsets.empty() ? 0 : r.offsets[d];
+    if (off != static_cast<int64_t>(c.offsets[d]) || r.dest.size(static_cast<int64_t>(d)) != static_cast<int64_t>(c.sizes[d])) {
+      return nullptr;
+    }
+  }
+  const int64_t off0 = r.offsets.empty() ? 0 : r.offsets[0];
+  const int64_t lo0 = std::max<int64_t>(off0, static_cast<int64_t>(c.offsets[0]));
+  const int64_t row = r.dest.numel() / std::max<int64_t>(1, r.dest.size(0)) * r.dest.element_size();
+  return static_cast<char*>(r.dest.data_ptr()) + (lo0 - off0) * row;
 }
 
 }  // namespace
@@ -239,7 +264,17 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
     uint64_t begin, end;
   };
   std::vector<Span> spans;
-  for (const LoadRequest& r : requests) {
+  // (request, chunk) pairs whose rows are contiguous in the destination too: fetched straight
+  // into the destination tensor, no intermediate buffer.
+  struct Direct {
+    int file;
+    uint64_t begin, end;
+    char* dst;
+  };
+  std::vector<Direct> directs;
+  std::set<std::pair<size_t, const Chunk*>> direct_set;
+  for (size_t ri = 0; ri < requests.size(); ++ri) {
+    const LoadRequest& r = requests[ri];
     auto it = by_name.find(r.fqn);
     if (it == by_name.end()) continue;
     const TensorLayout& t = *it->second;
@@ -255,11 +290,17 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
       }
       remote[c.file] = 1;
       std::optional<std::pair<uint64_t, uint64_t>> rows = NeededRows(t, c, r);
-      if (rows) spans.push_back({c.file, rows->first, rows->second});
+      if (!rows) continue;
+      if (char* dst = DirectDestination(t, c, r)) {
+        directs.push_back({c.file, rows->first, rows->second, dst});
+        direct_set.insert({ri, &c});
+      } else {
+        spans.push_back({c.file, rows->first, rows->second});
+      }
     }
   }
   std::vector<Fetched> fetched;
-  if (!spans.empty()) {
+  if (!spans.empty() || !directs.empty()) {
     std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
       return a.file != b.file ? a.file < b.file : a.begin < b.begin;
     });
@@ -267,20 +308,35 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
       if (!fetched.empty() && fetched.back().file == sp.file && sp.begin <= fetched.back().end + kCoalesceBytes) {
         fetched.back().end = std::max(fetched.back().end, sp.end);
       } else {
-        fetched.push_back({sp.file, sp.begin, sp.end, {}});
+        fetched.push_back({sp.file, sp.begin, sp.end, nullptr});
       }
     }
-    std::atomic<size_t> next_fetch{0};
+    struct Piece {
+      int file;
+      uint64_t begin, size;  // absolute bytes in the file
+      char* dst;
+    };
+    std::vector<Piece> pieces;
+    auto split = [&](int file, uint64_t begin, uint64_t end, char* dst) {
+      for (uint64_t at = 0; at < end - begin; at += kFetchPiece) {
+        pieces.push_back({file, begin + at, std::min(kFetchPiece, end - begin - at), dst + at});
+      }
+    };
+    for (Fetched& f : fetched) {
+      f.data.reset(new char[f.end - f.begin]);
+      split(f.file, f.begin, f.end, f.data.get());
+    }
+    for (const Direct& d : directs) split(d.file, d.begin, d.end, d.dst);
+    std::atomic<size_t> next_piece{0};
     absl::Mutex fmu;
     absl::Status fetch_error;
     std::vector<std::thread> fetchers;
-    const int n = std::min<int>(static_cast<int>(fetched.size()), std::max(threads_, kMinFetchThreads));
+    const int n = std::min<int>(static_cast<int>(pieces.size()), std::max(threads_, kMinFetchThreads));
     for (int i = 0; i < n; ++i) {
       fetchers.emplace_back([&] {
-        for (size_t k = next_fetch++; k < fetched.size(); k = next_fetch++) {
-          Fetched& f = fetched[k];
-          f.data.resize(f.end - f.begin);
-          absl::Status s = files_[f.file]->ReadAt(f.begin, f.data.size(), f.data.data());
+        for (size_t k = next_piece++; k < pieces.size(); k = next_piece++) {
+          const Piece& p = pieces[k];
+          absl::Status s = files_[p.file]->ReadAt(p.begin, p.size, p.dst);
           if (!s.ok()) {
             absl::MutexLock l(&fmu);
             if (fetch_error.ok()) fetch_error = s;
@@ -291,15 +347,17 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
     for (auto& th : fetchers) th.join();
     if (!fetch_error.ok()) return fetch_error;
     if (stats) {
-      stats->ranges_fetched += static_cast<int>(fetched.size());
-      for (const Fetched& f : fetched) stats->bytes_fetched += f.data.size();
+      stats->ranges_fetched += static_cast<int>(pieces.size());
+      for (const Fetched& f : fetched) stats->bytes_fetched += f.end - f.begin;
+      for (const Direct& d : directs) stats->bytes_fetched += d.end - d.begin;
     }
   }
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> copied{0};
   absl::Mutex mu;
   absl::Status first_error;
-  auto fill = [&](LoadRequest& r) -> absl::Status {
+  auto fill = [&](size_t ri) -> absl::Status {
+    LoadRequest& r = requests[ri];
     auto it = by_name.find(r.fqn);
     if (it == by_name.end()) {
       return absl::NotFoundError(absl::StrCat(dir, ": no tensor \"", r.fqn, "\" in the checkpoint"));
@@ -343,7 +401,9 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
         vol *= std::max<int64_t>(0, hi[d] - lo[d]);
       }
       if (empty && rank > 0) continue;
-      if (remote[c.file]) {
+      if (direct_set.count({ri, &c}) && target.is_same(r.dest)) {
+        // Already fetched into place.
+      } else if (remote[c.file]) {
         // The rows [lo0, hi0) of the chunk were fetched: copy from them as a sub-chunk.
         std::optional<std::pair<uint64_t, uint64_t>> rows = NeededRows(t, c, r);
         const Fetched* f = nullptr;
@@ -358,7 +418,7 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
           sub_o[0] = lo[0];
           sub_sz[0] = hi[0] - lo[0];
         }
-        CopyBox(f->data.data() + (rows->first - f->begin), sub_o, sub_sz,
+        CopyBox(f->data.get() + (rows->first - f->begin), sub_o, sub_sz,
                 static_cast<char*>(target.data_ptr()), r.offsets, dsz, lo, hi, esize);
       } else {
         absl::string_view data = maps_[c.file]->data();
@@ -386,7 +446,7 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&] {
       for (size_t i = next++; i < requests.size(); i = next++) {
-        absl::Status s = fill(requests[i]);
+        absl::Status s = fill(i);
         if (!s.ok()) {
           absl::MutexLock l(&mu);
           if (first_error.ok()) first_error = s;

@@ -533,9 +533,11 @@ absl::StatusOr<std::vector<DirEntry>> HttpFileSystem::List(const std::string& di
         return out;
       }
       why = "its answer is not a JSON directory index";
-    } else if (absl::IsPermissionDenied(resp.status()) || absl::IsUnavailable(resp.status())) {
+    } else if (absl::IsUnavailable(resp.status())) {
       return resp.status();
     } else {
+      // 404, or 403 from a server that lists nothing: try the other sources. (A refused token
+      // shows again on the index json below.)
       why = std::string(resp.status().message());
     }
   }
@@ -545,6 +547,7 @@ absl::StatusOr<std::vector<DirEntry>> HttpFileSystem::List(const std::string& di
   Request r;
   r.url = url + "model.safetensors.index.json";
   absl::StatusOr<Response> idx = Send(r);
+  if (!idx.ok() && absl::IsPermissionDenied(idx.status())) return idx.status();
   if (idx.ok()) {
     json j = json::parse(idx->body, nullptr, false);
     if (j.is_object() && j.contains("weight_map") && j["weight_map"].is_object()) {
