@@ -107,10 +107,18 @@ TEST_F(RemoteTest, CliInspectVerifyConsolidateAndRemapTakeUrls) {
   EXPECT_EQ(Cli({"verify", url, "--token", kToken}, &out, &err), 0) << err;
   EXPECT_EQ(Cli({"inspect", url, "--json", "--token", kToken}, &out, &err), 0) << err;
   EXPECT_NE(out.find("model.layers.1.mlp.gate_proj.weight"), std::string::npos);
-  // The token from the environment.
+  // The token from the environment, then from the Hugging Face token file.
   setenv("HF_TOKEN", kToken, 1);
   EXPECT_EQ(Cli({"verify", url}, &out, &err), 0) << err;
   unsetenv("HF_TOKEN");
+  const std::string home = testing::NewTempDir();
+  std::filesystem::create_directories(home + "/.cache/huggingface");
+  testing::WriteFile(home + "/.cache/huggingface/token", std::string(kToken) + "\n");
+  const char* old_home = std::getenv("HOME");
+  const std::string saved = old_home ? old_home : "";
+  setenv("HOME", home.c_str(), 1);
+  EXPECT_EQ(Cli({"verify", url}, &out, &err), 0) << err;
+  setenv("HOME", saved.c_str(), 1);
   // Consolidate a remote checkpoint into a local directory: the same bytes as from local files.
   const std::string remote_out = testing::NewTempDir() + "/from-remote";
   const std::string local_out = testing::NewTempDir() + "/from-local";

@@ -12,6 +12,7 @@
 #include <QFile>
 #include <QJsonObject>
 #include <QLineEdit>
+#include <QMimeData>
 #include <QProgressBar>
 #include <QPushButton>
 #include <QRadioButton>
@@ -142,6 +143,23 @@ TEST(InspectorTest, OpensFiltersAndSelects) {
   EXPECT_EQ(w.tree_view->model()->rowCount(), all);
   ASSERT_NE(w.selected_tensor(), nullptr);
   EXPECT_EQ(w.selected_tensor()->name, "model.layers.0.mlp.gate_proj.weight");
+  // Dropping a directory on the window opens it.
+  const std::string other = MakeCheckpoint("dropped", {.ranks = 2});
+  {
+    QMimeData mime;
+    mime.setUrls({QUrl::fromLocalFile(QString::fromStdString(other))});
+    QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
+    QDragEnterEvent enter(QPoint(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&w, &enter);
+    EXPECT_TRUE(enter.isAccepted());
+    QDropEvent drop(QPointF(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(&w, &drop);
+    ASSERT_TRUE(WaitUntil([&] { return loaded.count() > 0; }));
+    EXPECT_EQ(w.checkpoint()->root(), other);
+    EXPECT_EQ(w.recent_paths().value(0).toStdString(), other);
+    EXPECT_EQ(w.recent_paths().value(1).toStdString(), ck);
+    ASSERT_TRUE(Open(w, ck));
+  }
   // A bad path is an error in place, and the open checkpoint stays.
   QSignalSpy failed(&w, &MainWindow::loadFailed);
   w.OpenPath("/nonexistent/ckpt");
