@@ -29,6 +29,7 @@ class QProgressBar;
 class QSettings;
 class QSplitter;
 class QTabWidget;
+class QTimer;
 class QTableView;
 class QTreeView;
 
@@ -64,6 +65,8 @@ class MainWindow : public QMainWindow {
   // Selects a tensor in the tree (clearing filters that hide it); false if there is none.
   bool SelectTensor(const QString& name);
   const TensorLayout* selected_tensor() const { return selected_; }
+  // Applies the filter bar now (typing applies it by itself, after a pause in large checkpoints).
+  void UpdateFilter();
   QString banner_text() const;
   QString summary_text() const;  // the status bar's permanent text
   QStringList recent_paths() const;
@@ -109,7 +112,6 @@ class MainWindow : public QMainWindow {
   void OnTensorChanged();
   void OnChunkClicked(int chunk);
   void SelectFile(int file);
-  void UpdateFilter();
   void UpdateDimCombos();
   void ExpandSmallTopLevel();
   void AddRecent(const QString& path);
@@ -132,6 +134,7 @@ class MainWindow : public QMainWindow {
   QProgressBar* busy_;
   QSplitter* main_split_;
   QMenu* recent_menu_;
+  QTimer* filter_timer_;
   QByteArray default_state_;
 };
 
