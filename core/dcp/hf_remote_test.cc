@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "core/dcp/hf_storage_reader.h"
 #include "core/dcp/hf_storage_writer.h"
+#include "core/consolidate/run_ranks.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 #include "core/testing/nginx.h"
@@ -15,17 +16,9 @@
 namespace safeshard {
 namespace {
 
-constexpr char kToken[] = "dcp-remote-token";
+using testing::RunRanks;
 
-template <typename F>
-std::vector<absl::Status> RunRanks(int n, F body) {
-  auto group = NewInProcessGroup(n, absl::Seconds(60));
-  std::vector<absl::Status> st(n);
-  std::vector<std::thread> th;
-  for (int r = 0; r < n; ++r) th.emplace_back([&, r] { st[r] = body(r, *group[r]); });
-  for (auto& t : th) t.join();
-  return st;
-}
+constexpr char kToken[] = "dcp-remote-token";
 
 TEST(HfRemoteTest, SaveOverWebDavThenLoadOnlyTheNeededRanges) {
   const std::string root = testing::NewTempDir() + "/www";

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "core/format/index_json.h"
+#include "core/consolidate/run_ranks.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 #include "core/testing/testing.h"
@@ -13,15 +14,7 @@
 namespace safeshard {
 namespace {
 
-template <typename F>
-std::vector<absl::Status> RunRanks(int n, F body) {
-  auto group = NewInProcessGroup(n, absl::Seconds(60));
-  std::vector<absl::Status> st(n);
-  std::vector<std::thread> th;
-  for (int r = 0; r < n; ++r) th.emplace_back([&, r] { st[r] = body(r, *group[r]); });
-  for (auto& t : th) t.join();
-  return st;
-}
+using testing::RunRanks;
 
 std::string Bytes(const CheckpointLayout& ck, const std::string& name) {
   const TensorLayout* t = ck.FindTensor(name);

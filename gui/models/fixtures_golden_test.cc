@@ -118,9 +118,3 @@ TEST(FixturesGoldenTest, EveryModelOverEveryFixtureAndAGap) {
 
 }  // namespace
 }  // namespace safeshard::gui
-
-int main(int argc, char** argv) {
-  QCoreApplication app(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

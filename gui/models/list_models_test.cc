@@ -55,9 +55,3 @@ TEST(ListModelsTest, ProblemsAndFilesModels) {
 
 }  // namespace
 }  // namespace safeshard::gui
-
-int main(int argc, char** argv) {
-  QCoreApplication app(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

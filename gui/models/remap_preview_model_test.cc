@@ -29,9 +29,3 @@ TEST(RemapPreviewModelTest, PreviewsRenamesAndFlagsCollisions) {
 
 }  // namespace
 }  // namespace safeshard::gui
-
-int main(int argc, char** argv) {
-  QCoreApplication app(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

@@ -85,9 +85,3 @@ TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {
 
 }  // namespace
 }  // namespace safeshard::gui
-
-int main(int argc, char** argv) {
-  QCoreApplication app(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}
