@@ -17,7 +17,11 @@ void Describe(QCommandLineParser& parser, QCommandLineOption& tensor) {
       "checkpoint (per-rank DCP shards, HF-sharded or single file), check it for gaps and overlaps,\n"
       "look at tensor values, and consolidate it or remap its keys.");
   parser.addHelpOption();
-  parser.addPositionalArgument("path", "Checkpoint directory or .safetensors file to open.", "[path]");
+  parser.addPositionalArgument(
+      "path",
+      "Checkpoint directory or .safetensors file to open, or a URL: http(s)://... or "
+      "hf://ORG/REPO[@REVISION]/PATH (token from $HF_TOKEN or ~/.cache/huggingface/token).",
+      "[path]");
   parser.addOption(tensor);
   parser.addOption(QCommandLineOption(
       "screenshot",
@@ -67,11 +71,11 @@ int main(int argc, char** argv) {
   safeshard::FileSystem& fs = safeshard::LocalFileSystem();
   safeshard::gui::InspectorOptions options;
   options.fs = &fs;
-  options.stats = [&fs](const safeshard::CheckpointLayout& layout, const safeshard::TensorLayout& t,
-                        const std::atomic<bool>* cancel) {
+  options.stats = [](safeshard::FileSystem& files, const safeshard::CheckpointLayout& layout,
+                     const safeshard::TensorLayout& t, const std::atomic<bool>* cancel) {
     safeshard::StatsOptions o;
     o.cancel = cancel;
-    return safeshard::ComputeTensorStats(fs, layout, t, o);
+    return safeshard::ComputeTensorStats(files, layout, t, o);
   };
   const QString shot = parser.value("screenshot");
   if (!shot.isEmpty()) {

@@ -85,26 +85,40 @@ absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointL
   }
   torch::NoGradGuard no_grad;
   const int64_t esize = BitsOf(tensor.dtype) / 8;
-  // Map each file once.
+  // Open each file once; local files are mapped, remote ones read block by block (ranged reads:
+  // only the tensor's bytes travel).
+  std::vector<std::unique_ptr<ReadableFile>> files(layout.files().size());
   std::vector<std::shared_ptr<const MappedRegion>> maps(layout.files().size());
+  std::string buffer;
   auto for_each_block = [&](const std::function<absl::Status(const torch::Tensor&)>& fn) -> absl::Status {
     for (const Chunk& c : tensor.chunks) {
       const FileInfo& f = layout.files()[c.file];
       const std::string path = JoinPath(layout.root(), f.name);
-      if (!maps[c.file]) {
-        ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, fs.OpenRead(path));
-        ASSIGN_OR_RETURN(maps[c.file], file->Map());
+      if (!files[c.file]) {
+        ASSIGN_OR_RETURN(files[c.file], fs.OpenRead(path));
+        if (!files[c.file]->remote()) {
+          ASSIGN_OR_RETURN(maps[c.file], files[c.file]->Map());
+        }
       }
-      const absl::string_view m = maps[c.file]->data();
-      if (c.end > m.size() || c.begin > c.end) {
+      const uint64_t size = files[c.file]->size();
+      if (c.end > size || c.begin > c.end) {
         return absl::DataLossError(absl::StrCat(path, ": tensor \"", tensor.name, "\" bytes [", c.begin, ", ",
-                                                c.end, ") lie beyond the file's ", m.size(), " bytes"));
+                                                c.end, ") lie beyond the file's ", size, " bytes"));
       }
       const int64_t n = static_cast<int64_t>((c.end - c.begin) / esize);
       for (int64_t i = 0; i < n; i += static_cast<int64_t>(o.block_elements)) {
         if (o.cancel && o.cancel->load()) return absl::CancelledError("statistics cancelled");
         const int64_t len = std::min<int64_t>(static_cast<int64_t>(o.block_elements), n - i);
-        ASSIGN_OR_RETURN(torch::Tensor x, ToDouble(m.data() + c.begin + i * esize, len, tensor.dtype));
+        const uint64_t at = c.begin + static_cast<uint64_t>(i * esize);
+        const char* p;
+        if (maps[c.file]) {
+          p = maps[c.file]->data().data() + at;
+        } else {
+          buffer.resize(static_cast<size_t>(len * esize));
+          RETURN_IF_ERROR(files[c.file]->ReadAt(at, buffer.size(), buffer.data()));
+          p = buffer.data();
+        }
+        ASSIGN_OR_RETURN(torch::Tensor x, ToDouble(p, len, tensor.dtype));
         RETURN_IF_ERROR(fn(x));
       }
     }

@@ -2,6 +2,7 @@
 
 #include <QCheckBox>
 #include <QCloseEvent>
+#include <QDir>
 #include <QComboBox>
 #include <QDialogButtonBox>
 #include <QFileDialog>
@@ -21,6 +22,7 @@
 #include <QtConcurrent/QtConcurrent>
 
 #include "core/consolidate/consolidate.h"
+#include "core/io/url.h"
 #include "gui/views/format_util.h"
 
 namespace safeshard::gui {
@@ -50,11 +52,13 @@ QWidget* WithBrowse(QLineEdit* edit, QWidget* parent, bool directory, const QStr
 }
 }  // namespace
 
-ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, FileSystem* fs, QWidget* parent)
+ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs,
+                                     QWidget* parent)
     : QDialog(parent), layout_(std::move(layout)), fs_(fs) {
   setWindowTitle("Consolidate checkpoint");
   auto* l = new QVBoxLayout(this);
   const QString root = QString::fromStdString(layout_->root());
+  const bool remote = !UrlScheme(layout_->root()).empty();
   summary_ = new QLabel(QString("<b>%1</b><br>%2 · %3 files · %4 tensors · %5")
                             .arg(root.toHtmlEscaped(),
                                  QString::fromUtf8(CheckpointKindName(layout_->kind()).data()))
@@ -66,7 +70,9 @@ ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> lay
   l->addWidget(summary_);
 
   auto* form = new QFormLayout;
-  output_edit = new QLineEdit(root + "-hf", this);
+  output_edit = new QLineEdit(remote ? QDir::homePath() + "/" + QString::fromStdString(BaseName(layout_->root())) + "-hf"
+                                     : root + "-hf",
+                              this);
   output_edit->setToolTip("A new directory; model-0000i-of-0000N.safetensors and the index json are published there");
   form->addRow("Output directory:", WithBrowse(output_edit, this, true, "Output directory"));
   l->addLayout(form);
@@ -172,14 +178,14 @@ void ConsolidateDialog::Start() {
     o.max_shard_size = *size;
   } else if (reference_radio->isChecked()) {
     if (reference.empty()) return error_->setText("Choose the reference model directory.");
-    auto mapping = MappingFromReference(*fs_, reference, &warnings);
+    auto mapping = MappingFromReference(LocalFileSystem(), reference, &warnings);
     if (!mapping.ok()) return error_->setText(QString::fromStdString(std::string(mapping.status().message())));
     o.fqn_to_index = std::move(*mapping);
   }
   const QString dtype = dtype_combo->currentData().toString();
   if (dtype == "reference") {
     if (reference.empty()) return error_->setText("Restoring dtypes needs the reference model directory.");
-    auto dtypes = DTypesFromReference(*fs_, reference);
+    auto dtypes = DTypesFromReference(LocalFileSystem(), reference);
     if (!dtypes.ok()) return error_->setText(QString::fromStdString(std::string(dtypes.status().message())));
     o.fqn_to_dtype = std::move(*dtypes);
   } else if (!dtype.isEmpty()) {
@@ -192,6 +198,7 @@ void ConsolidateDialog::Start() {
   run->total = layout_->total_tensor_bytes();
   run->clock.start();
   o.cancel = &run->cancel;
+  if (!UrlScheme(layout_->root()).empty()) o.output_fs = &LocalFileSystem();  // remote input, local output
   o.progress = [run](uint64_t done, uint64_t total) {
     run->done = done;
     run->total = total;
@@ -229,7 +236,7 @@ void ConsolidateDialog::Start() {
       emit runFinished(false);
     }
   });
-  FileSystem* fs = fs_;
+  std::shared_ptr<FileSystem> fs = fs_;
   std::shared_ptr<const CheckpointLayout> layout = layout_;
   watcher->setFuture(QtConcurrent::run([fs, layout, output, o, run]() {
     return Consolidate(*fs, layout->root(), output, o);

@@ -28,7 +28,8 @@ class ConsolidateDialog : public QDialog {
   Q_OBJECT
 
  public:
-  ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, FileSystem* fs, QWidget* parent = nullptr);
+  // `fs` holds the layout's files; outputs are written to local directories.
+  ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs, QWidget* parent = nullptr);
   ~ConsolidateDialog() override;
 
   // Starts consolidating with the current choices; invalid choices are shown in the dialog.
@@ -66,7 +67,7 @@ class ConsolidateDialog : public QDialog {
   void Tick();
   void SetRunning(bool on);
   std::shared_ptr<const CheckpointLayout> layout_;
-  FileSystem* fs_;
+  std::shared_ptr<FileSystem> fs_;
   std::shared_ptr<Run> running_;
   QLabel* summary_;
   QLabel* status_;

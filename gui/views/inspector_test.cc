@@ -29,6 +29,7 @@
 #include <mutex>
 
 #include "core/example/example.h"
+#include "core/testing/nginx.h"
 #include "core/testing/testing.h"
 #include "daemon/daemon.h"
 #include "gtest/gtest.h"
@@ -67,10 +68,10 @@ std::string MakeCheckpoint(const std::string& name, WriteOptions o = {.ranks = 4
 InspectorOptions Options() {
   InspectorOptions o;
   o.settings_file = QString::fromStdString(testing::NewTempDir() + "/inspector.ini");
-  o.stats = [](const CheckpointLayout& l, const TensorLayout& t, const std::atomic<bool>* cancel) {
+  o.stats = [](FileSystem& fs, const CheckpointLayout& l, const TensorLayout& t, const std::atomic<bool>* cancel) {
     StatsOptions so;
     so.cancel = cancel;
-    return ComputeTensorStats(LocalFileSystem(), l, t, so);
+    return ComputeTensorStats(fs, l, t, so);
   };
   return o;
 }
@@ -449,6 +450,46 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
   EXPECT_TRUE(w.checkpoint()->problems().empty());
   p->Disconnect();
   (*d)->Stop();
+}
+
+TEST(InspectorTest, OpensAnHttpUrlComputesValuesAndConsolidatesLocally) {
+  const std::string root = testing::NewTempDir() + "/www";
+  const std::string ck = root + "/runs/step-5";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), ck, TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+                                 {.ranks = 2})
+                  .ok());
+  auto server = testing::NginxServer::Start(root, "gui-token");
+  ASSERT_TRUE(server.ok()) << server.status();
+  setenv("HF_TOKEN", "gui-token", 1);
+  MainWindow w(Options());
+  w.show();
+  const std::string url = (*server)->url() + "/runs/step-5";
+  ASSERT_TRUE(Open(w, url)) << w.banner_text().toStdString();
+  EXPECT_EQ(w.checkpoint()->root(), url);
+  EXPECT_TRUE(w.checkpoint()->problems().empty());
+  // Values read over HTTP.
+  QSignalSpy done(w.values, &ValuesPanel::finished);
+  ASSERT_TRUE(w.SelectTensor("model.embed_tokens.weight"));
+  ASSERT_TRUE(WaitUntil([&] { return done.count() > 0; }));
+  ASSERT_TRUE(w.values->stats().has_value()) << w.values->message().toStdString();
+  EXPECT_EQ(w.values->stats()->elements, w.selected_tensor()->numel());
+  // Consolidate into a local directory; the result opens.
+  ConsolidateDialog* d = w.OpenConsolidateDialog();
+  ASSERT_NE(d, nullptr);
+  const std::string out = testing::NewTempDir() + "/hf";
+  d->output_edit->setText(QString::fromStdString(out));
+  QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
+  QTest::mouseClick(d->start_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return loaded.count() > 0; })) << d->error_text().toStdString();
+  EXPECT_EQ(w.checkpoint()->root(), out);
+  EXPECT_EQ(w.checkpoint()->kind(), CheckpointKind::kSingleFile);
+  // A wrong token is an error in place.
+  setenv("HF_TOKEN", "wrong", 1);
+  QSignalSpy failed(&w, &MainWindow::loadFailed);
+  w.OpenPath(QString::fromStdString(url));
+  ASSERT_TRUE(WaitUntil([&] { return failed.count() > 0; }));
+  EXPECT_TRUE(w.banner_text().contains("401")) << w.banner_text().toStdString();
+  unsetenv("HF_TOKEN");
 }
 
 TEST(InspectorTest, Screenshots) {

@@ -33,6 +33,7 @@
 #include <QtConcurrent/QtConcurrent>
 #include <map>
 
+#include "core/io/url.h"
 #include "gui/models/list_models.h"
 #include "gui/views/consolidate_dialog.h"
 #include "gui/views/daemon_panel.h"
@@ -61,6 +62,7 @@ int VisibleRowsBelow(const QAbstractItemModel& m, const QModelIndex& parent, int
 
 struct Loaded {
   absl::Status status;
+  std::shared_ptr<FileSystem> fs;
   std::shared_ptr<const CheckpointLayout> layout;
   std::shared_ptr<TensorTreeModel::Prepared> prepared;
   double seconds = 0;
@@ -394,14 +396,27 @@ void MainWindow::OpenPath(const QString& path) {
     }
     path_ = path;
     AddRecent(path);
-    Install(std::move(r.layout), std::move(r.prepared), r.seconds);
+    Install(std::move(r.fs), std::move(r.layout), std::move(r.prepared), r.seconds);
     emit layoutLoaded();
   });
   watcher->setFuture(QtConcurrent::run([fs, path, flat]() {
     Loaded r;
     QElapsedTimer clock;
     clock.start();
-    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*fs, path.toStdString());
+    // A URL gets the file system it names (token from $HF_TOKEN or the HF token file).
+    std::string where = path.toStdString();
+    if (!UrlScheme(where).empty()) {
+      absl::StatusOr<ResolvedPath> resolved = ResolveUrl(where);
+      if (!resolved.ok()) {
+        r.status = resolved.status();
+        return r;
+      }
+      r.fs = resolved->fs;
+      where = resolved->path;
+    } else {
+      r.fs = std::shared_ptr<FileSystem>(fs, [](FileSystem*) {});
+    }
+    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*r.fs, where);
     if (!ck.ok()) {
       r.status = ck.status();
       return r;
@@ -413,12 +428,13 @@ void MainWindow::OpenPath(const QString& path) {
   }));
 }
 
-void MainWindow::Install(std::shared_ptr<const CheckpointLayout> layout,
+void MainWindow::Install(std::shared_ptr<FileSystem> fs, std::shared_ptr<const CheckpointLayout> layout,
                          std::shared_ptr<TensorTreeModel::Prepared> prepared, double seconds) {
   selected_ = nullptr;
   chunk_model_->SetTensor(nullptr, nullptr);
   shard_map->SetTensor(nullptr, nullptr);
-  values->SetTensor(nullptr, nullptr);
+  values->SetTensor(nullptr, nullptr, nullptr);
+  current_fs_ = std::move(fs);
   layout_ = std::move(layout);
   tree_model->SetPrepared(std::move(prepared));
   file_model_->SetLayout(layout_);
@@ -524,7 +540,7 @@ void MainWindow::OnTensorChanged() {
   chunk_model_->SetTensor(layout_, t);
   shard_map->SetTensor(layout_, t);
   UpdateDimCombos();
-  values->SetTensor(layout_, t);
+  values->SetTensor(current_fs_, layout_, t);
   chunk_view->resizeColumnsToContents();
   if (t) emit tensorSelected(name);
 }
@@ -570,7 +586,7 @@ ConsolidateDialog* MainWindow::OpenConsolidateDialog() {
     ShowBanner("Open a checkpoint first.", true);
     return nullptr;
   }
-  auto* d = new ConsolidateDialog(layout_, fs_, this);
+  auto* d = new ConsolidateDialog(layout_, current_fs_, this);
   d->setAttribute(Qt::WA_DeleteOnClose);
   connect(d, &ConsolidateDialog::consolidated, this, [this, d](const QString& out) {
     OpenPath(out);
@@ -585,7 +601,7 @@ RemapDialog* MainWindow::OpenRemapDialog() {
     ShowBanner("Open a checkpoint first.", true);
     return nullptr;
   }
-  auto* d = new RemapDialog(layout_, fs_, this);
+  auto* d = new RemapDialog(layout_, current_fs_, this);
   d->setAttribute(Qt::WA_DeleteOnClose);
   connect(d, &RemapDialog::remapped, this, &MainWindow::OpenPath);
   d->open();

@@ -47,7 +47,8 @@ class ShardMapWidget;
 class TensorFilterProxy;
 
 struct InspectorOptions {
-  FileSystem* fs = nullptr;    // default: the local file system
+  FileSystem* fs = nullptr;    // for plain paths; default: the local file system. URLs
+                               // (http(s)://, hf://) get their own (token from the environment)
   StatsFunction stats;         // the values tab is disabled without one
   QString settings_file;       // default: QSettings("safeshard", "inspector")
 };
@@ -107,7 +108,8 @@ class MainWindow : public QMainWindow {
  private:
   void BuildMenus();
   void BuildDocks();
-  void Install(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<TensorTreeModel::Prepared> prepared, double seconds);
+  void Install(std::shared_ptr<FileSystem> fs, std::shared_ptr<const CheckpointLayout> layout,
+               std::shared_ptr<TensorTreeModel::Prepared> prepared, double seconds);
   void ShowBanner(const QString& html, bool error);
   void OnTensorChanged();
   void OnChunkClicked(int chunk);
@@ -120,6 +122,7 @@ class MainWindow : public QMainWindow {
 
   InspectorOptions options_;
   FileSystem* fs_;
+  std::shared_ptr<FileSystem> current_fs_;  // the open checkpoint's (local or remote)
   std::unique_ptr<QSettings> settings_;
   std::shared_ptr<const CheckpointLayout> layout_;
   const TensorLayout* selected_ = nullptr;

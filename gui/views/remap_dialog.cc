@@ -1,6 +1,7 @@
 #include "gui/views/remap_dialog.h"
 
 #include <QDialogButtonBox>
+#include <QDir>
 #include <QFutureWatcher>
 #include <QHBoxLayout>
 #include <QHeaderView>
@@ -14,6 +15,7 @@
 #include <QVBoxLayout>
 #include <QtConcurrent/QtConcurrent>
 
+#include "core/io/url.h"
 #include "core/remap/remap.h"
 
 namespace safeshard::gui {
@@ -34,7 +36,8 @@ class CollisionProxy : public QIdentityProxyModel {
 
 }  // namespace
 
-RemapDialog::RemapDialog(std::shared_ptr<const CheckpointLayout> layout, FileSystem* fs, QWidget* parent)
+RemapDialog::RemapDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs,
+                         QWidget* parent)
     : QDialog(parent), layout_(std::move(layout)), fs_(fs) {
   setWindowTitle("Remap keys");
   resize(900, 600);
@@ -86,7 +89,10 @@ RemapDialog::RemapDialog(std::shared_ptr<const CheckpointLayout> layout, FileSys
   l->addWidget(status_);
   auto* out = new QHBoxLayout;
   out->addWidget(new QLabel("Output directory:", this));
-  output_edit = new QLineEdit(QString::fromStdString(layout_->root()) + "-remapped", this);
+  output_edit = new QLineEdit(UrlScheme(layout_->root()).empty()
+                                  ? QString::fromStdString(layout_->root()) + "-remapped"
+                                  : QDir::homePath() + "/" + QString::fromStdString(BaseName(layout_->root())) + "-remapped",
+                              this);
   out->addWidget(output_edit, 1);
   l->addLayout(out);
   auto* box = new QDialogButtonBox(this);
@@ -205,12 +211,15 @@ bool RemapDialog::Apply() {
     emit remapped(output_edit->text().trimmed());
     accept();
   });
-  FileSystem* fs = fs_;
+  std::shared_ptr<FileSystem> fs = fs_;
   const std::string input = layout_->root();
   const std::string output = output_edit->text().trimmed().toStdString();
   auto map = std::make_shared<KeyMap>(std::move(*km));
-  watcher->setFuture(QtConcurrent::run([fs, input, output, map]() {
-    return Remap(*fs, input, output, *map, RemapOptions{});
+  const bool remote = !UrlScheme(input).empty();
+  watcher->setFuture(QtConcurrent::run([fs, input, output, map, remote]() {
+    RemapOptions o;
+    if (remote) o.output_fs = &LocalFileSystem();  // remote input, local output
+    return Remap(*fs, input, output, *map, o);
   }));
   return true;
 }

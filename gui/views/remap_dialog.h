@@ -26,7 +26,8 @@ class RemapDialog : public QDialog {
   Q_OBJECT
 
  public:
-  RemapDialog(std::shared_ptr<const CheckpointLayout> layout, FileSystem* fs, QWidget* parent = nullptr);
+  // `fs` holds the layout's files; outputs are written to local directories.
+  RemapDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs, QWidget* parent = nullptr);
 
   // Replaces the rules in the editor (tests; also "load rules").
   void SetRules(const std::vector<std::pair<QString, QString>>& rules);
@@ -49,7 +50,7 @@ class RemapDialog : public QDialog {
   void UpdatePreview();
   std::vector<KeyMap::Rule> Rules() const;
   std::shared_ptr<const CheckpointLayout> layout_;
-  FileSystem* fs_;
+  std::shared_ptr<FileSystem> fs_;
   QLabel* status_;
   bool rules_ok_ = true;
   bool running_ = false;

@@ -92,7 +92,7 @@ ValuesPanel::ValuesPanel(StatsFunction stats, QWidget* parent) : QWidget(parent)
   l->addWidget(message_);
   l->addWidget(compute_, 0, Qt::AlignLeft);
   connect(compute_, &QPushButton::clicked, this, &ValuesPanel::Compute);
-  SetTensor(nullptr, nullptr);
+  SetTensor(nullptr, nullptr, nullptr);
 }
 
 ValuesPanel::~ValuesPanel() {
@@ -101,11 +101,13 @@ ValuesPanel::~ValuesPanel() {
 
 QString ValuesPanel::message() const { return message_->text(); }
 
-void ValuesPanel::SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor) {
+void ValuesPanel::SetTensor(std::shared_ptr<FileSystem> fs, std::shared_ptr<const CheckpointLayout> layout,
+                            const TensorLayout* tensor) {
   if (running_) {
     running_->cancel = true;  // its result will be dropped
     running_ = nullptr;
   }
+  fs_ = std::move(fs);
   layout_ = std::move(layout);
   tensor_ = tensor;
   stats_.reset();
@@ -120,11 +122,12 @@ void ValuesPanel::SetTensor(std::shared_ptr<const CheckpointLayout> layout, cons
 }
 
 void ValuesPanel::Compute() {
-  if (tensor_ == nullptr || running_ || !fn_) return;
+  if (tensor_ == nullptr || running_ || !fn_ || !fs_) return;
   auto job = std::make_shared<Job>();
   running_ = job;
   message_->setText(QString("Reading %1…").arg(HumanBytes(tensor_->bytes())));
   compute_->setEnabled(false);
+  std::shared_ptr<FileSystem> fs = fs_;
   std::shared_ptr<const CheckpointLayout> layout = layout_;
   const TensorLayout* tensor = tensor_;
   StatsFunction fn = fn_;
@@ -146,8 +149,8 @@ void ValuesPanel::Compute() {
     }
     emit finished();
   });
-  watcher->setFuture(QtConcurrent::run([fn, layout, tensor, job]() -> absl::StatusOr<TensorStats> {
-    return fn(*layout, *tensor, &job->cancel);
+  watcher->setFuture(QtConcurrent::run([fn, fs, layout, tensor, job]() -> absl::StatusOr<TensorStats> {
+    return fn(*fs, *layout, *tensor, &job->cancel);
   }));
 }
 

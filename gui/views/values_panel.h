@@ -21,7 +21,7 @@ class QPushButton;
 namespace safeshard::gui {
 
 using StatsFunction = std::function<absl::StatusOr<TensorStats>(
-    const CheckpointLayout& layout, const TensorLayout& tensor, const std::atomic<bool>* cancel)>;
+    FileSystem& fs, const CheckpointLayout& layout, const TensorLayout& tensor, const std::atomic<bool>* cancel)>;
 
 class HistogramWidget : public QWidget {
   Q_OBJECT
@@ -49,7 +49,9 @@ class ValuesPanel : public QWidget {
 
   ValuesPanel(StatsFunction stats, QWidget* parent = nullptr);
   ~ValuesPanel() override;
-  void SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor);
+  // `fs` holds the layout's files (kept alive while statistics run).
+  void SetTensor(std::shared_ptr<FileSystem> fs, std::shared_ptr<const CheckpointLayout> layout,
+                 const TensorLayout* tensor);
   void Compute();
   bool busy() const { return running_ != nullptr; }
   const std::optional<TensorStats>& stats() const { return stats_; }
@@ -62,6 +64,7 @@ class ValuesPanel : public QWidget {
   struct Job;
   void Show();
   StatsFunction fn_;
+  std::shared_ptr<FileSystem> fs_;
   std::shared_ptr<const CheckpointLayout> layout_;
   const TensorLayout* tensor_ = nullptr;
   std::shared_ptr<Job> running_;
