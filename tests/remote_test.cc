@@ -146,6 +146,8 @@ TEST_F(RemoteTest, CliInspectVerifyConsolidateAndRemapTakeUrls) {
 TEST_F(RemoteTest, MissingOrWrongTokenIsA401NamingTheUrlNotTheToken) {
   const std::string url = Serve("secret");
   unsetenv("HF_TOKEN");
+  const char* old_home = std::getenv("HOME");
+  const std::string saved_home = old_home ? old_home : "";
   setenv("HOME", testing::NewTempDir().c_str(), 1);  // no ~/.cache/huggingface/token
   for (const std::string& token : {std::string(), std::string("wrong-token-9x7q")}) {
     auto fs = Fs(token);
@@ -164,6 +166,7 @@ TEST_F(RemoteTest, MissingOrWrongTokenIsA401NamingTheUrlNotTheToken) {
     EXPECT_NE(err.find("401"), std::string::npos) << err;
     if (!token.empty()) EXPECT_EQ(err.find(token), std::string::npos) << err;
   }
+  setenv("HOME", saved_home.c_str(), 1);
 }
 
 TEST_F(RemoteTest, DroppedConnectionsAreRetriedAndTheResultIsExact) {
@@ -197,6 +200,33 @@ TEST_F(RemoteTest, DroppedConnectionsAreRetriedAndTheResultIsExact) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE(Consolidate(LocalFileSystem(), root_ + url_path, b, {}).ok());
   EXPECT_TRUE(testing::ReadFile(a + "/model.safetensors") == testing::ReadFile(b + "/model.safetensors"));
+}
+
+TEST_F(RemoteTest, ServerErrorsAreRetriedClientErrorsAreNot) {
+  Serve("busy", {.ranks = 1}, {{"w", DType::kF32, {64, 64}, Sharding::kReplicated}});
+  // Two 503 answers, then the real server.
+  auto proxy = testing::FlakyProxy::Start(server_->port(), 2, 0, /*answer_503=*/true);
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  auto fs = Fs();
+  auto ck = CheckpointLayout::Scan(*fs, (*proxy)->url() + "/busy");
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ((*proxy)->dropped(), 2);
+  EXPECT_EQ(fs->stats().retries.load(), 2u);
+  // More 503s than attempts: a clear error after the last one.
+  auto always = testing::FlakyProxy::Start(server_->port(), 1000, 0, true);
+  ASSERT_TRUE(always.ok());
+  auto fs2 = Fs();
+  auto bad = fs2->Stat((*always)->url() + "/busy");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(bad.status().message().find("503"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("5 attempts"), std::string::npos) << bad.status();
+  // A 404 is final at once.
+  auto fs3 = Fs();
+  EXPECT_EQ(fs3->Stat(server_->url() + "/busy/nope.safetensors").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(fs3->stats().requests.load(), 1u);
+  EXPECT_EQ(fs3->stats().retries.load(), 0u);
 }
 
 TEST_F(RemoteTest, HfUrlsResolveAgainstHfEndpoint) {

@@ -143,8 +143,10 @@ void NginxServer::ClearAccessLog() {
   std::ofstream(prefix_ + "/access.log", std::ios::trunc);
 }
 
-absl::StatusOr<std::unique_ptr<FlakyProxy>> FlakyProxy::Start(int upstream_port, int drops, uint64_t drop_after) {
+absl::StatusOr<std::unique_ptr<FlakyProxy>> FlakyProxy::Start(int upstream_port, int drops, uint64_t drop_after,
+                                                              bool answer_503) {
   std::unique_ptr<FlakyProxy> p(new FlakyProxy());
+  p->answer_503_ = answer_503;
   p->upstream_ = upstream_port;
   p->drops_ = drops;
   p->drop_after_ = drop_after;
@@ -186,6 +188,22 @@ void FlakyProxy::Serve() {
 }
 
 void FlakyProxy::Relay(int client, bool drop) {
+  if (drop && answer_503_) {
+    // Read the request head, answer 503, close.
+    char buf[16384];
+    std::string head;
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = read(client, buf, sizeof buf);
+      if (n <= 0) break;
+      head.append(buf, static_cast<size_t>(n));
+    }
+    static const char kAnswer[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    (void)!write(client, kAnswer, sizeof kAnswer - 1);
+    dropped_++;
+    close(client);
+    return;
+  }
   int up = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;

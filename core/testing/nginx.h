@@ -41,10 +41,12 @@ class NginxServer {
 };
 
 // Listens on 127.0.0.1 and relays to `upstream_port`; the first `drops` connections are cut
-// after `drop_after` bytes of the server's answer (a server dying mid-transfer).
+// after `drop_after` bytes of the server's answer (a server dying mid-transfer), or, with
+// `answer_503`, answered "503 Service Unavailable" without reaching the server.
 class FlakyProxy {
  public:
-  static absl::StatusOr<std::unique_ptr<FlakyProxy>> Start(int upstream_port, int drops, uint64_t drop_after);
+  static absl::StatusOr<std::unique_ptr<FlakyProxy>> Start(int upstream_port, int drops, uint64_t drop_after,
+                                                           bool answer_503 = false);
   ~FlakyProxy();
   int port() const { return port_; }
   std::string url() const;
@@ -55,6 +57,7 @@ class FlakyProxy {
   void Serve();
   void Relay(int client, bool drop);
   int listen_fd_ = -1, port_ = 0, upstream_ = 0, drops_ = 0;
+  bool answer_503_ = false;
   uint64_t drop_after_ = 0;
   std::atomic<int> accepted_{0}, dropped_{0};
   std::atomic<bool> stop_{false};
