@@ -56,6 +56,13 @@ int main(int argc, char** argv) {
   bool screenshot = false;
   for (int i = 1; i < argc; ++i) screenshot |= !std::strncmp(argv[i], "--screenshot", 12);
   if (screenshot && !std::getenv("QT_QPA_PLATFORM")) setenv("QT_QPA_PLATFORM", "offscreen", 1);
+  if (screenshot) {
+    // The offscreen platform's notes about itself are noise in scripts; real warnings still show.
+    qInstallMessageHandler([](QtMsgType type, const QMessageLogContext&, const QString& msg) {
+      if (msg.contains("propagateSizeHints") || msg.contains("XDG_RUNTIME_DIR")) return;
+      if (type != QtDebugMsg && type != QtInfoMsg) std::cerr << msg.toStdString() << "\n";
+    });
+  }
   if (!std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY") && !std::getenv("QT_QPA_PLATFORM")) {
     std::cerr << "safeshard-inspector: no display (DISPLAY and WAYLAND_DISPLAY are unset). Run it in a desktop "
                  "session, over ssh -X, or under xvfb-run; for scripts use the safeshard command.\n";
