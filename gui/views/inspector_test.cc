@@ -29,6 +29,7 @@
 #include <mutex>
 
 #include "core/example/example.h"
+#include "core/format/sharding.h"
 #include "core/testing/nginx.h"
 #include "core/testing/testing.h"
 #include "daemon/daemon.h"
@@ -236,6 +237,75 @@ TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
   // Clicking a heat-map cell selects its file.
   QTest::mouseClick(w.heat_map, Qt::LeftButton, {}, w.heat_map->CellRect(2, 0).center().toPoint());
   EXPECT_EQ(w.files_view->selectionModel()->selectedRows().value(0).row(), w.heat_map->CellFiles(2, 0)[0]);
+}
+
+// A 3-D tensor [8, 4, 6] split along its last dimension into three per-rank files; `drop`
+// leaves one rank's file out (its rank number stays taken by an empty file).
+std::string InnerSplitCheckpoint(int drop = -1) {
+  const std::string dir = testing::NewTempDir() + "/inner";
+  std::filesystem::create_directories(dir);
+  for (int r = 0; r < 3; ++r) {
+    ShardingInfo info;
+    std::vector<TensorSpec> specs;
+    if (r != drop) {
+      info.saved_offsets["t"] = {0, 0, static_cast<uint64_t>(2 * r)};
+      specs.push_back({"t", DType::kF32, {8, 4, 2}});
+    }
+    testing::WriteFile(dir + "/shard-0000" + std::to_string(r + 1) + "-model-00001-of-00001.safetensors",
+                       testing::BuildSafetensors(specs, ShardedFileMetadata(info)));
+  }
+  return dir;
+}
+
+TEST(InspectorTest, ThreeDimensionalTensorsShowDim0ByTheRestFlattened) {
+  MainWindow w(Options());
+  w.resize(1400, 900);
+  w.show();
+  ASSERT_TRUE(Open(w, InnerSplitCheckpoint()));
+  ASSERT_TRUE(w.SelectTensor("t"));
+  ShardMapWidget* map = w.shard_map;
+  EXPECT_EQ(map->row_dim(), 0);
+  EXPECT_EQ(map->col_dim(), ShardMapWidget::kRest);
+  EXPECT_EQ(w.col_dim_combo->currentData().toInt(), ShardMapWidget::kRest);
+  // Each chunk is 4 stripes of 2 columns in the 24 flattened columns (dim 1 x dim 2).
+  const QRectF T = map->TensorRect();
+  ASSERT_EQ(w.selected_tensor()->chunks.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    const int off = static_cast<int>(w.selected_tensor()->chunks[i].offsets[2]);
+    std::vector<QRectF> stripes = map->ChunkRects(i);
+    ASSERT_EQ(stripes.size(), 4u);
+    for (int b = 0; b < 4; ++b) {
+      EXPECT_NEAR(stripes[b].left(), T.left() + T.width() * (b * 6 + off) / 24.0, 1e-6);
+      EXPECT_NEAR(stripes[b].width(), T.width() * 2 / 24.0, 1e-6);
+      EXPECT_NEAR(stripes[b].height(), T.height(), 1e-6);
+    }
+    EXPECT_EQ(map->ChunkAt(stripes[2].center()), i);
+  }
+  EXPECT_TRUE(map->gaps().empty());
+  EXPECT_TRUE(map->overlaps().empty());
+  // Folding instead (dim 0 x dim 1): the chunks cover the same rectangle, yet no overlap is
+  // reported because they are disjoint in the folded dimension.
+  map->SetDims(0, 1);
+  EXPECT_EQ(map->ChunkRect(0), map->ChunkRect(1));
+  EXPECT_TRUE(map->overlaps().empty());
+  EXPECT_TRUE(map->gaps().empty());
+
+  // The middle file's chunk missing: the gap is the middle stripe of every dim-1 index.
+  ASSERT_TRUE(Open(w, InnerSplitCheckpoint(1)));
+  ASSERT_TRUE(w.SelectTensor("t"));
+  ASSERT_EQ(w.selected_tensor()->shape, (std::vector<uint64_t>{8, 4, 6}));
+  ASSERT_EQ(map->gaps().size(), 4u);
+  for (int b = 0; b < 4; ++b) {
+    EXPECT_EQ(map->gaps()[b].r0, 0u);
+    EXPECT_EQ(map->gaps()[b].r1, 8u);
+    EXPECT_EQ(map->gaps()[b].c0, static_cast<uint64_t>(b * 6 + 2));
+    EXPECT_EQ(map->gaps()[b].c1, static_cast<uint64_t>(b * 6 + 4));
+  }
+  QCoreApplication::processEvents();
+  SaveScreenshot(map, "inspector_shard_map_3d_rest.png");
+  // Folded, the same gap is one region (the hidden-volume check).
+  map->SetDims(0, 1);
+  EXPECT_EQ(map->gaps().size(), 1u);
 }
 
 TEST(InspectorTest, GapIsHatchedAndProblemsSelectTheTensor) {

@@ -557,6 +557,7 @@ void MainWindow::UpdateDimCombos() {
       row_dim_combo->addItem(label, static_cast<int>(d));
       col_dim_combo->addItem(label, static_cast<int>(d));
     }
+    if (selected_->shape.size() >= 3) col_dim_combo->addItem("the rest, flattened", ShardMapWidget::kRest);
   }
   row_dim_combo->setCurrentIndex(row_dim_combo->findData(shard_map->row_dim()));
   col_dim_combo->setCurrentIndex(col_dim_combo->findData(shard_map->col_dim()));

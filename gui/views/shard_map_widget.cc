@@ -16,6 +16,7 @@ namespace {
 
 constexpr double kMaxAspect = 4.0;      // longer side at most 4x the shorter one
 constexpr size_t kMaxGridLines = 512;   // per axis, for drawing gaps and overlaps exactly
+constexpr uint64_t kMaxStripes = 1024;  // per chunk in "rest" mode
 constexpr double kLeft = 64, kTop = 48, kRight = 16, kBottom = 30;
 
 QString Slice(uint64_t off, uint64_t size) {
@@ -50,7 +51,7 @@ void ShardMapWidget::SetTensor(std::shared_ptr<const CheckpointLayout> layout, c
   selected_ = -1;
   const size_t rank = tensor_ ? tensor_->shape.size() : 0;
   row_dim_ = rank >= 2 ? 0 : -1;
-  col_dim_ = rank >= 2 ? 1 : (rank == 1 ? 0 : -1);
+  col_dim_ = rank >= 3 ? kRest : (rank == 2 ? 1 : (rank == 1 ? 0 : -1));
   ComputeCoverage();
   Relayout();
   update();
@@ -59,6 +60,7 @@ void ShardMapWidget::SetTensor(std::shared_ptr<const CheckpointLayout> layout, c
 void ShardMapWidget::SetDims(int row_dim, int col_dim) {
   const int rank = tensor_ ? static_cast<int>(tensor_->shape.size()) : 0;
   if (row_dim >= rank || col_dim >= rank || (row_dim >= 0 && row_dim == col_dim)) return;
+  if (col_dim == kRest && rank < 2) return;
   row_dim_ = row_dim;
   col_dim_ = col_dim;
   ComputeCoverage();
@@ -67,7 +69,57 @@ void ShardMapWidget::SetDims(int row_dim, int col_dim) {
 }
 
 uint64_t ShardMapWidget::Extent(int dim) const {
-  return dim < 0 || tensor_ == nullptr ? 1 : tensor_->shape[dim];
+  if (tensor_ == nullptr) return 1;
+  if (dim == kRest) {
+    uint64_t n = 1;
+    for (int d = 0; d < static_cast<int>(tensor_->shape.size()); ++d) {
+      if (d != row_dim_) n *= tensor_->shape[d];
+    }
+    return n;
+  }
+  return dim < 0 ? 1 : tensor_->shape[dim];
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> ShardMapWidget::ColIntervals(int chunk) const {
+  if (col_dim_ != kRest) return {Span(chunk, col_dim_)};
+  const Chunk& c = tensor_->chunks[chunk];
+  std::vector<int> dims;
+  for (int d = 0; d < static_cast<int>(tensor_->shape.size()); ++d) {
+    if (d != row_dim_) dims.push_back(d);
+  }
+  if (c.offsets.size() != tensor_->shape.size() || dims.empty()) return {{0, Extent(kRest)}};
+  // Dimensions after k are covered in full: each combination of indices in dims[0..k) is one
+  // contiguous run of sizes[dims[k]] * inner flattened columns.
+  size_t k = dims.size() - 1;
+  while (k > 0 && c.offsets[dims[k]] == 0 && c.sizes[dims[k]] == tensor_->shape[dims[k]]) --k;
+  uint64_t inner = 1;
+  for (size_t j = k + 1; j < dims.size(); ++j) inner *= tensor_->shape[dims[j]];
+  uint64_t runs = 1;
+  for (size_t j = 0; j < k; ++j) runs *= c.sizes[dims[j]];
+  std::vector<uint64_t> stride(dims.size(), 1);  // flattened strides of dims
+  for (size_t j = dims.size() - 1; j-- > 0;) stride[j] = stride[j + 1] * tensor_->shape[dims[j + 1]];
+  const uint64_t run_len = c.sizes[dims[k]] * inner;
+  if (runs == 0 || run_len == 0) return {};
+  if (runs > kMaxStripes) {  // too many to draw: the bounding interval
+    uint64_t lo = 0, hi = 0;
+    for (size_t j = 0; j < dims.size(); ++j) {
+      lo += c.offsets[dims[j]] * stride[j];
+      hi += (c.offsets[dims[j]] + c.sizes[dims[j]] - 1) * stride[j];
+    }
+    return {{lo, hi + 1}};
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  std::vector<uint64_t> idx(k, 0);
+  for (uint64_t r = 0; r < runs; ++r) {
+    uint64_t start = c.offsets[dims[k]] * stride[k];
+    for (size_t j = 0; j < k; ++j) start += (c.offsets[dims[j]] + idx[j]) * stride[j];
+    out.push_back({start, start + run_len});
+    for (size_t j = k; j-- > 0;) {  // odometer over dims[0..k)
+      if (++idx[j] < c.sizes[dims[j]]) break;
+      idx[j] = 0;
+    }
+  }
+  return out;
 }
 
 std::pair<uint64_t, uint64_t> ShardMapWidget::Span(int chunk, int dim) const {
@@ -90,23 +142,29 @@ void ShardMapWidget::ComputeCoverage() {
       return;
     }
   }
-  std::set<uint64_t> rows = {0, Extent(row_dim_)}, cols = {0, Extent(col_dim_)};
+  const uint64_t rows_n = Extent(row_dim_), cols_n = Extent(col_dim_);
+  std::vector<std::vector<std::pair<uint64_t, uint64_t>>> cols_of(chunks.size());
+  std::set<uint64_t> rows = {0, rows_n}, cols = {0, cols_n};
   for (size_t i = 0; i < chunks.size(); ++i) {
     auto [r0, r1] = Span(static_cast<int>(i), row_dim_);
-    auto [c0, c1] = Span(static_cast<int>(i), col_dim_);
-    rows.insert(std::min(r0, Extent(row_dim_)));
-    rows.insert(std::min(r1, Extent(row_dim_)));
-    cols.insert(std::min(c0, Extent(col_dim_)));
-    cols.insert(std::min(c1, Extent(col_dim_)));
+    rows.insert(std::min(r0, rows_n));
+    rows.insert(std::min(r1, rows_n));
+    cols_of[i] = ColIntervals(static_cast<int>(i));
+    for (auto [c0, c1] : cols_of[i]) {
+      cols.insert(std::min(c0, cols_n));
+      cols.insert(std::min(c1, cols_n));
+    }
+    if (rows.size() > kMaxGridLines || cols.size() > kMaxGridLines) {
+      coverage_exact_ = false;
+      return;
+    }
   }
-  if (rows.size() > kMaxGridLines || cols.size() > kMaxGridLines) {
-    coverage_exact_ = false;
-    return;
-  }
-  // Volume of the folded (hidden) dims.
+  // Folded (hidden) dimensions: none in kRest mode.
   std::vector<int> hidden;
-  for (int d = 0; d < static_cast<int>(rank); ++d) {
-    if (d != row_dim_ && d != col_dim_) hidden.push_back(d);
+  if (col_dim_ != kRest) {
+    for (int d = 0; d < static_cast<int>(rank); ++d) {
+      if (d != row_dim_ && d != col_dim_) hidden.push_back(d);
+    }
   }
   long double hidden_total = 1;
   for (int d : hidden) hidden_total *= static_cast<long double>(tensor_->shape[d]);
@@ -118,8 +176,13 @@ void ShardMapWidget::ComputeCoverage() {
       std::vector<int> covering;
       for (size_t i = 0; i < chunks.size(); ++i) {
         auto [r0, r1] = Span(static_cast<int>(i), row_dim_);
-        auto [c0, c1] = Span(static_cast<int>(i), col_dim_);
-        if (r0 <= cell.r0 && cell.r1 <= r1 && c0 <= cell.c0 && cell.c1 <= c1) covering.push_back(static_cast<int>(i));
+        if (!(r0 <= cell.r0 && cell.r1 <= r1)) continue;
+        for (auto [c0, c1] : cols_of[i]) {
+          if (c0 <= cell.c0 && cell.c1 <= c1) {
+            covering.push_back(static_cast<int>(i));
+            break;
+          }
+        }
       }
       bool overlap = false;
       long double volume = 0;
@@ -172,19 +235,34 @@ QRectF ShardMapWidget::CellRect(const Cell& c) const {
   return QRectF(QPointF(x0, y0), QPointF(x1, y1));
 }
 
-QRectF ShardMapWidget::ChunkRect(int chunk) const {
+std::vector<QRectF> ShardMapWidget::ChunkRects(int chunk) const {
   if (tensor_ == nullptr || chunk < 0 || chunk >= static_cast<int>(tensor_->chunks.size())) return {};
   auto [r0, r1] = Span(chunk, row_dim_);
-  auto [c0, c1] = Span(chunk, col_dim_);
-  return CellRect({r0, r1, c0, c1});
+  std::vector<QRectF> out;
+  for (auto [c0, c1] : ColIntervals(chunk)) out.push_back(CellRect({r0, r1, c0, c1}));
+  return out;
+}
+
+QRectF ShardMapWidget::ChunkRect(int chunk) const {
+  QRectF r;
+  for (const QRectF& s : ChunkRects(chunk)) r = r.isNull() ? s : r.united(s);
+  return r;
 }
 
 int ShardMapWidget::ChunkAt(QPointF p) const {
   if (tensor_ == nullptr) return -1;
   // Topmost (last drawn) first; the selected chunk is drawn last.
-  if (selected_ >= 0 && ChunkRect(selected_).contains(p)) return selected_;
+  auto hit = [&](int i) {
+    if (!ChunkRect(i).contains(p)) return false;
+    for (const QRectF& r : ChunkRects(i)) {
+      // Stripes thinner than a pixel are hit within half a pixel.
+      if (r.adjusted(r.width() < 1 ? -0.5 : 0, 0, r.width() < 1 ? 0.5 : 0, 0).contains(p)) return true;
+    }
+    return false;
+  };
+  if (selected_ >= 0 && hit(selected_)) return selected_;
   for (int i = static_cast<int>(tensor_->chunks.size()) - 1; i >= 0; --i) {
-    if (ChunkRect(i).contains(p)) return i;
+    if (hit(i)) return i;
   }
   return -1;
 }
@@ -272,6 +350,13 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
              p.fontMetrics().elidedText(name, Qt::ElideMiddle, width() - 16));
   p.setFont(font());
   auto dim_text = [&](int d) {
+    if (d == kRest) {
+      QStringList parts;
+      for (int k = 0; k < static_cast<int>(tensor_->shape.size()); ++k) {
+        if (k != row_dim_) parts << QString::number(k);
+      }
+      return QString("dims %1 flattened (%2)").arg(parts.join(","), QString::number(static_cast<qulonglong>(Extent(kRest))));
+    }
     return d < 0 ? QString("1") : QString("dim %1 (%2)").arg(d).arg(static_cast<qulonglong>(tensor_->shape[d]));
   };
   QString sub = QString("%1 %2 · %3 chunks in %4 files · rows: %5 · columns: %6")
@@ -306,18 +391,27 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
   if (selected_ >= 0) order.push_back(selected_);
   for (int i : order) {
     const QRectF r = ChunkRect(i);
+    const std::vector<QRectF> stripes = ChunkRects(i);
     const int rank = RankOfFile(*layout_, tensor_->chunks[i].file);
     QColor fill = RankColor(rank);
     fill.setAlpha(i == selected_ ? 235 : 190);
-    p.fillRect(r, fill);
-    p.setPen(QPen(i == selected_ ? palette().color(QPalette::Highlight) : fill.darker(160),
-                  i == selected_ ? 3 : 1));
-    p.drawRect(r.adjusted(0.5, 0.5, -0.5, -0.5));
+    for (const QRectF& st : stripes) p.fillRect(st.adjusted(0, 0, st.width() < 1 ? 1 - st.width() : 0, 0), fill);
+    const QPen outline(i == selected_ ? palette().color(QPalette::Highlight) : fill.darker(160), i == selected_ ? 3 : 1);
+    if (stripes.size() == 1) {
+      p.setPen(outline);
+      p.drawRect(r.adjusted(0.5, 0.5, -0.5, -0.5));
+    } else if (i == selected_) {
+      QPen dashed = outline;
+      dashed.setStyle(Qt::DashLine);
+      p.setPen(dashed);
+      p.drawRect(r.adjusted(0.5, 0.5, -0.5, -0.5));
+    }
+    if (stripes.size() > 1) continue;  // striped chunks: tooltips and the chunk table name them
     // Label when it fits.
     const Chunk& c = tensor_->chunks[i];
     QString slice;
-    for (int d : {row_dim_, col_dim_}) {
-      if (d < 0) continue;
+    for (size_t d = 0; d < c.offsets.size(); ++d) {
+      if (col_dim_ != kRest && static_cast<int>(d) != row_dim_ && static_cast<int>(d) != col_dim_) continue;
       if (!slice.isEmpty()) slice += ", ";
       slice += Slice(c.offsets[d], c.sizes[d]);
     }

@@ -1,8 +1,11 @@
 // shard_map_widget.h: which chunk of which file holds which slice of one tensor, drawn to scale.
 //
-// The global tensor is a rectangle of (row dim) x (column dim) elements; every chunk is a
-// rectangle coloured by rank and labelled with its offsets and sizes. Dimensions not shown are
-// folded: chunks that differ only there are drawn on top of each other and counted in the label.
+// The global tensor is a rectangle of (row dim) x (columns) elements, where the columns are one
+// chosen dimension, or kRest: every other dimension flattened in row-major order (the default for
+// 3-D and up: "dim 0 x rest"). Every chunk is coloured by rank and labelled with its slice; with
+// kRest a chunk split in an inner dimension is a set of stripes. With a single column dimension,
+// the dimensions not shown are folded: chunks that differ only there are drawn on top of each
+// other (coverage is still computed exactly).
 // Parts covered by no chunk are hatched red; parts covered twice are cross-marked. Hovering a
 // chunk shows its file and byte range; clicking selects it (chunkClicked).
 //
@@ -32,8 +35,10 @@ class ShardMapWidget : public QWidget {
  public:
   explicit ShardMapWidget(QWidget* parent = nullptr);
 
+  static constexpr int kRest = -2;  // columns: every dimension but the row one, flattened
+
   void SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor);
-  // Which tensor dimensions are drawn as rows and columns (-1: none, i.e. extent 1).
+  // Which tensor dimensions are drawn as rows and columns (-1: none, i.e. extent 1; kRest).
   void SetDims(int row_dim, int col_dim);
   int row_dim() const { return row_dim_; }
   int col_dim() const { return col_dim_; }
@@ -41,7 +46,8 @@ class ShardMapWidget : public QWidget {
 
   // Geometry in widget coordinates (valid after a resize; tests call resize() first).
   QRectF TensorRect() const { return tensor_rect_; }
-  QRectF ChunkRect(int chunk) const;
+  QRectF ChunkRect(int chunk) const;           // bounding rectangle
+  std::vector<QRectF> ChunkRects(int chunk) const;  // its stripes (one rectangle unless kRest)
   // Element ranges [r0, r1) x [c0, c1) of the shown dims covered by no chunk / by two or more.
   struct Cell {
     uint64_t r0, r1, c0, c1;
@@ -75,6 +81,9 @@ class ShardMapWidget : public QWidget {
   void ComputeCoverage();
   // Interval of chunk c along `dim` (full extent when dim < 0).
   std::pair<uint64_t, uint64_t> Span(int chunk, int dim) const;
+  // The chunk's column intervals (one, or its stripes in kRest mode; at most kMaxStripes, else
+  // one bounding interval).
+  std::vector<std::pair<uint64_t, uint64_t>> ColIntervals(int chunk) const;
 
   std::shared_ptr<const CheckpointLayout> layout_;
   const TensorLayout* tensor_ = nullptr;
