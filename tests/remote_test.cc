@@ -258,6 +258,38 @@ TEST_F(RemoteTest, HfUrlsResolveAgainstHfEndpoint) {
   unsetenv("HF_ENDPOINT");
 }
 
+TEST_F(RemoteTest, HfListsThroughTheHubTreeApiWhereThereIsNoDirectoryIndex) {
+  // The Hub's shapes, served statically under /noindex/ (no autoindex): files under
+  // ORG/REPO/resolve/REV/, and the tree API's JSON at api/models/ORG/REPO/tree/REV/PATH.
+  const std::string endpoint_dir = root_ + "/noindex";
+  const std::string files = endpoint_dir + "/acme/tiny/resolve/main/ckpt";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), files, TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+                                 {.ranks = 2})
+                  .ok());
+  std::string tree = "[";
+  for (const auto& e : std::filesystem::directory_iterator(files)) {
+    if (tree.size() > 1) tree += ",";
+    tree += absl::StrCat(R"({"type":"file","oid":"0","size":)", e.file_size(), R"(,"path":"ckpt/)",
+                         e.path().filename().string(), R"("})");
+  }
+  tree += "]";
+  std::filesystem::create_directories(endpoint_dir + "/api/models/acme/tiny/tree/main");
+  testing::WriteFile(endpoint_dir + "/api/models/acme/tiny/tree/main/ckpt", tree);
+  setenv("HF_ENDPOINT", (server_->url() + "/noindex").c_str(), 1);
+  UrlOptions uo;
+  uo.token = kToken;
+  auto where = ResolveUrl("hf://acme/tiny/ckpt", uo);
+  ASSERT_TRUE(where.ok());
+  auto ck = CheckpointLayout::Scan(*where->fs, where->path);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_EQ(ck->files().size(), 2u);
+  EXPECT_TRUE(ck->problems().empty());
+  bool used_tree = false;
+  for (const auto& e : server_->AccessLog()) used_tree |= e.path == "/noindex/api/models/acme/tiny/tree/main/ckpt";
+  EXPECT_TRUE(used_tree);
+  unsetenv("HF_ENDPOINT");
+}
+
 TEST_F(RemoteTest, WithoutADirectoryIndexTheModelIndexJsonLists) {
   // An HF-layout checkpoint (several files + index json) where the server lists nothing.
   const std::string src = root_ + "/src";

@@ -414,7 +414,8 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
       continue;
     }
     if (code >= 400) return StatusForHttp(req, resp, !options_.token.empty());
-    if (code >= 300 && code != 301 && code != 302 && code != 304) {
+    const bool redirect = code == 301 || code == 302 || code == 303 || code == 307 || code == 308;
+    if (code >= 300 && !redirect && code != 304) {
       return absl::UnavailableError(absl::StrCat(Describe(req), ": unexpected HTTP ", code));
     }
     if (req.range && !req.head && code == 206) {
@@ -479,7 +480,7 @@ absl::StatusOr<FileStat> HttpFileSystem::Stat(const std::string& path) {
     auto it = resp->headers.find(n);
     return it == resp->headers.end() ? std::string() : it->second;
   };
-  if (resp->code == 301 || resp->code == 302) {
+  if (resp->code == 301 || resp->code == 302 || resp->code == 303 || resp->code == 307 || resp->code == 308) {
     const std::string loc = header("location");
     if (absl::EndsWith(loc, "/")) {
       st.is_dir = true;
@@ -659,6 +660,17 @@ std::string HfFileSystem::ToUrl(const std::string& path) const {
   std::string url = absl::StrCat(endpoint_, "/", p->org, "/", p->repo, "/resolve/", p->revision);
   if (!p->path.empty()) absl::StrAppend(&url, "/", p->path);
   return url;
+}
+
+absl::StatusOr<FileStat> HfFileSystem::Stat(const std::string& path) {
+  absl::StatusOr<HfPath> p = ParseHfPath(path);
+  if (p.ok() && p->path.empty()) return FileStat{0, 0, true};  // the repository's root
+  absl::StatusOr<FileStat> st = HttpFileSystem::Stat(path);
+  if (st.ok() || !absl::IsNotFound(st.status())) return st;
+  // The Hub has no directory URLs: a path is a directory when the tree API lists it.
+  absl::StatusOr<std::vector<DirEntry>> entries = ListExtra(path);
+  if (entries.ok()) return FileStat{0, 0, true};
+  return st;
 }
 
 absl::StatusOr<std::vector<DirEntry>> HfFileSystem::ListExtra(const std::string& dir) {

@@ -93,6 +93,8 @@ class HttpFileSystem : public FileSystem {
 class HfFileSystem : public HttpFileSystem {
  public:
   HfFileSystem(HttpOptions options, std::string endpoint);
+  // Directories exist only in the Hub's tree API: a path it lists is a directory.
+  absl::StatusOr<FileStat> Stat(const std::string& path) override;
   std::string ToUrl(const std::string& path) const override;
   bool read_only() const override { return true; }
   const std::string& endpoint() const { return endpoint_; }
