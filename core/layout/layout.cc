@@ -1,7 +1,9 @@
 #include "core/layout/layout.h"
 
 #include <algorithm>
+#include <atomic>
 #include <set>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
@@ -121,6 +123,12 @@ uint64_t CheckpointLayout::total_tensor_bytes() const {
 
 absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, fs.OpenRead(path));
+  return ReadHeader(*f);
+}
+
+absl::StatusOr<Header> ReadHeader(const ReadableFile& file) {
+  const ReadableFile* f = &file;
+  const std::string& path = file.path();
   const uint64_t size = f->size();
   std::string prefix(std::min<uint64_t>(size, 64), '\0');
   RETURN_IF_ERROR(f->ReadAt(0, prefix.size(), prefix.data()));
@@ -312,24 +320,40 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     names.push_back(BaseName(path));
   }
 
-  // Headers.
-  for (const std::string& name : names) {
-    FileInfo fi;
-    fi.name = name;
-    std::string full = JoinPath(ck.root_, name);
-    absl::StatusOr<FileStat> fst = fs.Stat(full);
-    fi.size = fst.ok() ? fst->size : 0;
-    if (absl::StatusOr<FileIndex> idx = ParseFileIndex(name); idx.ok()) {
+  // Headers, several files at a time (remote files: requests overlap; local: parsing does).
+  ck.files_.resize(names.size());
+  auto read_one = [&](size_t i) {
+    FileInfo& fi = ck.files_[i];
+    fi.name = names[i];
+    if (absl::StatusOr<FileIndex> idx = ParseFileIndex(fi.name); idx.ok()) {
       fi.file_index = idx->index;
       fi.shard = idx->shard;
     }
-    absl::StatusOr<Header> h = ReadHeader(fs, full);
+    absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs.OpenRead(JoinPath(ck.root_, fi.name));
+    if (!f.ok()) {
+      fi.error = std::string(f.status().message());
+      return;
+    }
+    fi.size = (*f)->size();
+    absl::StatusOr<Header> h = ReadHeader(**f);
     if (!h.ok()) {
       fi.error = std::string(h.status().message());
     } else {
       fi.header = std::move(*h);
     }
-    ck.files_.push_back(std::move(fi));
+  };
+  const size_t threads = std::min<size_t>(names.size(), std::max(1, options.header_threads));
+  if (threads <= 1) {
+    for (size_t i = 0; i < names.size(); ++i) read_one(i);
+  } else {
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    for (size_t t = 0; t < threads; ++t) {
+      pool.emplace_back([&] {
+        for (size_t i = next++; i < names.size(); i = next++) read_one(i);
+      });
+    }
+    for (auto& th : pool) th.join();
   }
 
   // Index json.

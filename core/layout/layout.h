@@ -94,6 +94,8 @@ struct ScanOptions {
   // Refuse to treat more than this many grid cells per tensor when locating a gap exactly; past
   // it the report gives the missing element count only.
   uint64_t max_gap_cells = 1 << 22;
+  // Files whose headers are read at the same time (remote files: overlapping requests).
+  int header_threads = 8;
 };
 
 class CheckpointLayout {
@@ -127,6 +129,7 @@ class CheckpointLayout {
 
 // Reads and validates one file's header (8-byte length, then N bytes) without touching data.
 absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path);
+absl::StatusOr<Header> ReadHeader(const ReadableFile& file);
 
 // Checks that `chunks` (same rank as `shape`) tile `shape` exactly; appends kGap, kOverlap
 // and kOutOfBounds problems naming the tensor and the element ranges. Exposed for tests.
