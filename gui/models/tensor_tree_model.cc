@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "gui/models/format.h"
 #include "gui/models/natural_sort.h"
 
 namespace safeshard::gui {
@@ -152,21 +153,34 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
   if (role == Qt::TextAlignmentRole && index.column() >= kParameters && index.column() <= kFiles) {
     return QVariant(Qt::AlignRight | Qt::AlignVCenter);
   }
-  if (role == Qt::ToolTipRole && t != nullptr) return QString::fromStdString(t->name);
+  auto file_count = [t] {
+    std::set<int> files;
+    for (const Chunk& c : t->chunks) files.insert(c.file);
+    return static_cast<qulonglong>(files.size());
+  };
+  if (role == kValueRole) {
+    switch (index.column()) {
+      case kParameters: return static_cast<qulonglong>(n->params);
+      case kBytes: return static_cast<qulonglong>(n->bytes);
+      case kChunks: return t ? QVariant(static_cast<qulonglong>(t->chunks.size())) : QVariant();
+      case kFiles: return t ? QVariant(file_count()) : QVariant();
+    }
+    return {};
+  }
+  if (role == Qt::ToolTipRole) {
+    if (index.column() == kBytes) return QString::fromStdString(WithThousands(n->bytes) + " bytes");
+    if (t != nullptr) return QString::fromStdString(t->name);
+    return {};
+  }
   if (role != Qt::DisplayRole) return {};
   switch (index.column()) {
     case kName: return QString::fromStdString(n->label);
     case kDType: return t ? QString::fromUtf8(DTypeName(t->dtype).data(), DTypeName(t->dtype).size()) : QString();
     case kShape: return t ? QString::fromStdString(absl::StrCat("[", absl::StrJoin(t->shape, ", "), "]")) : QString();
-    case kParameters: return QString::number(static_cast<qulonglong>(n->params));
-    case kBytes: return QString::number(static_cast<qulonglong>(n->bytes));
+    case kParameters: return QString::fromStdString(WithThousands(n->params));
+    case kBytes: return QString::fromStdString(FormatBytes(n->bytes));
     case kChunks: return t ? QVariant(static_cast<int>(t->chunks.size())) : QVariant();
-    case kFiles: {
-      if (!t) return {};
-      std::set<int> files;
-      for (const Chunk& c : t->chunks) files.insert(c.file);
-      return static_cast<int>(files.size());
-    }
+    case kFiles: return t ? QVariant(static_cast<int>(file_count())) : QVariant();
     case kStatus: return n->problem ? QStringLiteral("problem") : QStringLiteral("ok");
   }
   return {};

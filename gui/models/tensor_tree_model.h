@@ -26,6 +26,9 @@ class TensorTreeModel : public QAbstractItemModel {
   enum Column { kName, kDType, kShape, kParameters, kBytes, kChunks, kFiles, kStatus, kColumnCount };
   // The full tensor name of a row (empty for group rows).
   static constexpr int kTensorNameRole = Qt::UserRole + 1;
+  // The number behind parameters, bytes, chunks and files (qulonglong); their display text is
+  // formatted ("1,234,567", "2.00 MiB").
+  static constexpr int kValueRole = Qt::UserRole + 2;
 
   explicit TensorTreeModel(QObject* parent = nullptr);
   ~TensorTreeModel() override;

@@ -9,6 +9,7 @@
 #include "core/io/filesystem.h"
 #include "core/testing/testing.h"
 #include "gtest/gtest.h"
+#include "gui/models/format.h"
 #include "gui/models/natural_sort.h"
 
 namespace safeshard::gui {
@@ -20,6 +21,17 @@ std::shared_ptr<const CheckpointLayout> Layout(const std::vector<ExampleTensor>&
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   EXPECT_TRUE(ck.ok());
   return std::make_shared<const CheckpointLayout>(std::move(*ck));
+}
+
+TEST(FormatTest, BytesAndThousands) {
+  EXPECT_EQ(FormatBytes(0), "0 B");
+  EXPECT_EQ(FormatBytes(1023), "1023 B");
+  EXPECT_EQ(FormatBytes(1536), "1.50 KiB");
+  EXPECT_EQ(FormatBytes(52428800), "50.0 MiB");
+  EXPECT_EQ(FormatBytes(3ull << 40), "3.00 TiB");
+  EXPECT_EQ(WithThousands(0), "0");
+  EXPECT_EQ(WithThousands(999), "999");
+  EXPECT_EQ(WithThousands(1234567), "1,234,567");
 }
 
 TEST(NaturalSortTest, OrdersDigitRunsByValue) {
@@ -62,9 +74,12 @@ TEST(TensorTreeModelTest, GroupsByPrefixInNaturalOrderWithSums) {
   QModelIndex l0 = model.index(0, 0, layers);
   qulonglong sum = 0;
   for (int r = 0; r < model.rowCount(l0); ++r) {
-    sum += model.data(model.index(r, TensorTreeModel::kParameters, l0)).toULongLong();
+    sum += model.data(model.index(r, TensorTreeModel::kParameters, l0), TensorTreeModel::kValueRole).toULongLong();
   }
-  EXPECT_EQ(model.data(model.index(0, TensorTreeModel::kParameters, layers)).toULongLong(), sum);
+  EXPECT_EQ(model.data(model.index(0, TensorTreeModel::kParameters, layers), TensorTreeModel::kValueRole).toULongLong(),
+            sum);
+  EXPECT_GT(sum, 1000u);
+  EXPECT_TRUE(model.data(model.index(0, TensorTreeModel::kParameters, layers)).toString().contains(','));
 }
 
 TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {
@@ -76,11 +91,11 @@ TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {
                           {"b.v", DType::kI64, {}, Sharding::kReplicated}},
                          o));
   EXPECT_EQ(model.Dump(),
-            "a |  |  | 4 | 16 |  |  | ok\n"
-            "  norm | F32 | [4] | 4 | 16 | 1 | 1 | ok\n"
-            "b |  |  | 33 | 72 |  |  | problem\n"
-            "  v | I64 | [] | 1 | 8 | 1 | 1 | ok\n"
-            "  w | BF16 | [8, 4] | 32 | 64 | 3 | 3 | problem\n");
+            "a |  |  | 4 | 16 B |  |  | ok\n"
+            "  norm | F32 | [4] | 4 | 16 B | 1 | 1 | ok\n"
+            "b |  |  | 33 | 72 B |  |  | problem\n"
+            "  v | I64 | [] | 1 | 8 B | 1 | 1 | ok\n"
+            "  w | BF16 | [8, 4] | 32 | 64 B | 3 | 3 | problem\n");
 }
 
 }  // namespace

@@ -2,19 +2,11 @@
 
 #include <cmath>
 
+#include "gui/models/format.h"
+
 namespace safeshard::gui {
 
-QString HumanBytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 5) {
-    v /= 1024;
-    ++u;
-  }
-  if (u == 0) return QString("%1 B").arg(bytes);
-  return QString("%1 %2").arg(v, 0, 'f', v < 10 ? 2 : (v < 100 ? 1 : 0)).arg(kUnits[u]);
-}
+QString HumanBytes(uint64_t bytes) { return QString::fromStdString(FormatBytes(bytes)); }
 
 QString DimsText(const std::vector<uint64_t>& dims) {
   QString s = "[";
