@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "gui/models/format.h"
 
 namespace safeshard::gui {
 namespace {
@@ -91,14 +92,22 @@ int FileModel::rowCount(const QModelIndex& p) const {
 int FileModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
 
 QVariant FileModel::data(const QModelIndex& index, int role) const {
-  if (!index.isValid() || !layout_ || role != Qt::DisplayRole) return {};
+  if (!index.isValid() || !layout_) return {};
   const FileInfo& f = layout_->files()[index.row()];
+  if (role == Qt::ToolTipRole) {
+    if (index.column() == kSize) return Q(WithThousands(f.size) + " bytes");
+    if (index.column() == kHeaderBytes && f.header) {
+      return Q(WithThousands(f.header->data_start()) + " bytes: the 8-byte length and the JSON header");
+    }
+    if (index.column() == kState && f.error) return Q(*f.error);
+    return {};
+  }
+  if (role != Qt::DisplayRole) return {};
   switch (index.column()) {
     case kName: return Q(f.name);
     case kRank: return f.shard ? QVariant(*f.shard - 1) : QVariant();
-    case kSize: return QString::number(static_cast<qulonglong>(f.size));
-    case kHeaderBytes:
-      return f.header ? QVariant(QString::number(static_cast<qulonglong>(f.header->data_start()))) : QVariant();
+    case kSize: return Q(FormatBytes(f.size));
+    case kHeaderBytes: return f.header ? QVariant(Q(FormatBytes(f.header->data_start()))) : QVariant();
     case kTensors: return f.header ? QVariant(static_cast<int>(f.header->tensors.size())) : QVariant();
     case kState: return f.error ? Q(*f.error) : QString(f.dcp ? "DCP shard" : "plain");
   }
