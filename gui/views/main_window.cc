@@ -122,12 +122,8 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   tree_view->setAlternatingRowColors(true);
   tree_view->setSelectionBehavior(QAbstractItemView::SelectRows);
   tree_view->header()->setStretchLastSection(false);
-  tree_view->header()->resizeSection(TensorTreeModel::kName, 230);
-  tree_view->header()->resizeSection(TensorTreeModel::kDType, 60);
-  tree_view->header()->resizeSection(TensorTreeModel::kShape, 110);
-  for (int c = TensorTreeModel::kParameters; c < TensorTreeModel::kColumnCount; ++c) {
-    tree_view->header()->resizeSection(c, c == TensorTreeModel::kParameters || c == TensorTreeModel::kBytes ? 90 : 58);
-  }
+  const int widths[TensorTreeModel::kColumnCount] = {215, 55, 100, 85, 75, 52, 42, 62};
+  for (int c = 0; c < TensorTreeModel::kColumnCount; ++c) tree_view->header()->resizeSection(c, widths[c]);
   tree_view->setAccessibleName("Tensors");
   ll->addWidget(tree_view, 1);
 
@@ -168,7 +164,7 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   main_split_->addWidget(tabs);
   main_split_->setStretchFactor(0, 1);
   main_split_->setStretchFactor(1, 1);
-  main_split_->setSizes({700, 800});
+  main_split_->setSizes({720, 780});
   auto* central = new QWidget(this);
   auto* cl = new QVBoxLayout(central);
   cl->setContentsMargins(0, 0, 0, 0);
