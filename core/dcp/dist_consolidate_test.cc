@@ -10,9 +10,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
+#include "core/testing/nginx.h"
 #include "core/testing/testing.h"
 #include "gtest/gtest.h"
 
@@ -231,6 +233,31 @@ TEST(DistLoadTest, LoadsConsolidatedOutputsIntoShards) {
                         "64", "--vocab", "100", "--consolidated-output", hf}, log)), 0);
   int rc = Wait(Spawn({kBin, "load-check", hf, "--ranks", "4", "--layout", "mesh"}, log));
   EXPECT_EQ(rc, 0) << testing::ReadFile(log + ".err");
+}
+
+TEST(DistRemoteTest, SaveLoadAndConsolidateThroughAUrl) {
+  // Separate processes against nginx (WebDAV): save to http://, load it column-sharded, and
+  // consolidate it into a local directory; the token comes from $HF_TOKEN.
+  const std::string root = testing::NewTempDir() + "/www";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(root).ok());
+  auto server = testing::NginxServer::Start(root, "proc-token");
+  ASSERT_TRUE(server.ok()) << server.status();
+  setenv("HF_TOKEN", "proc-token", 1);
+  const std::string url = (*server)->url() + "/run";
+  const std::string hf = testing::NewTempDir() + "/hf";
+  std::string log = testing::NewTempDir() + "/log";
+  ASSERT_EQ(Wait(Spawn({kBin, "save-example", url, "--ranks", "2", "--layers", "1", "--hidden", "64", "--vocab",
+                        "100"}, log)), 0)
+      << testing::ReadFile(log + ".err");
+  EXPECT_TRUE(testing::ReadFile(root + "/run/safeshard.complete.json").find("\"ranks\": 2") != std::string::npos);
+  EXPECT_EQ(Wait(Spawn({kBin, "load-check", url, "--ranks", "2", "--layout", "col"}, log)), 0)
+      << testing::ReadFile(log + ".err");
+  EXPECT_EQ(Wait(Spawn({kBin, "dist-consolidate", url, hf, "--ranks", "2"}, log)), 0) << testing::ReadFile(log + ".err");
+  // The same bytes as consolidating the served files locally.
+  const std::string local = testing::NewTempDir() + "/local";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), root + "/run", local, {}).ok());
+  EXPECT_TRUE(testing::ReadFile(hf + "/model.safetensors") == testing::ReadFile(local + "/model.safetensors"));
+  unsetenv("HF_TOKEN");
 }
 
 TEST(DistLoadTest, FourWayRowSaveLoadsIntoOtherShardingsAndCatchesCorruption) {

@@ -30,6 +30,7 @@
 #include "core/layout/layout.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
+#include "core/io/url.h"
 
 extern char** environ;
 
@@ -101,8 +102,14 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
   }
   uint64_t mine = 0;
   o.progress = [&](uint64_t, uint64_t total) { mine = total; };
-  absl::StatusOr<safeshard::ConsolidateResult> r =
-      safeshard::Consolidate(safeshard::LocalFileSystem(), in, out, o, g.c.get());
+  // The input may be a URL (http(s)://, hf://): read remotely, write locally.
+  absl::StatusOr<safeshard::ResolvedPath> src = safeshard::ResolveUrl(in);
+  if (!src.ok()) {
+    Err(absl::StrCat("safeshard-torch: ", src.status().message()));
+    return 2;
+  }
+  if (src->remote) o.output_fs = &safeshard::LocalFileSystem();
+  absl::StatusOr<safeshard::ConsolidateResult> r = safeshard::Consolidate(*src->fs, src->path, out, o, g.c.get());
   if (!r.ok()) {
     Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
@@ -208,8 +215,8 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
   absl::StatusOr<Group> joined = JoinGroup(rank, world, store, /*from_env=*/false, timeout_s);
   if (!joined.ok()) return JoinFailed(joined.status());
   Group& g = *joined;
-  absl::StatusOr<safeshard::CheckpointLayout> ck =
-      safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), dir);
+  safeshard::HfStorageReader reader(dir);  // a path or a URL
+  absl::StatusOr<const safeshard::CheckpointLayout*> ck = reader.ReadMetadata();
   std::string report;
   uint64_t bytes = 0, tensors = 0;
   double load_secs = 0;
@@ -218,7 +225,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     report = std::string(ck.status().message());
   } else {
     std::vector<safeshard::ExampleTensor> model;
-    for (const safeshard::TensorLayout& t : ck->tensors()) {
+    for (const safeshard::TensorLayout& t : (*ck)->tensors()) {
       safeshard::Sharding sh = layout == "row" ? safeshard::Sharding::kRow
                                : layout == "mesh" ? safeshard::Sharding::kMesh
                                                   : safeshard::Sharding::kColumn;
@@ -240,7 +247,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     }
     safeshard::LoadStats stats;
     t0 = std::chrono::steady_clock::now();
-    absl::Status s = safeshard::LoadInto(dir, reqs, nullptr, &stats);
+    absl::Status s = reader.ReadData(reqs, &stats);
     load_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!s.ok()) {
       report = std::string(s.message());
