@@ -31,8 +31,8 @@ struct HttpFileSystem::Request {
   std::string url;
   std::optional<std::pair<uint64_t, uint64_t>> range;  // inclusive bytes a-b
   std::vector<std::string> headers;
-  // Body sinks: into `dst` (exactly `dst_size` bytes at stream offset `dst_skip`), into `fd`
-  // at `fd_offset`, or into `body`.
+  // Body sinks: into `dst` (its first `dst_size` bytes), into `fd` at `fd_offset`, or into
+  // `body` (capped at 64 MiB: listings and small files).
   char* dst = nullptr;
   size_t dst_size = 0;
   int sink_fd = -1;
@@ -75,9 +75,6 @@ struct Transfer {
   const HttpFileSystem::Request* req;
   HttpFileSystem::Response* resp;
   HttpStats* stats;
-  uint64_t stream_pos = 0;  // body bytes seen
-  uint64_t skip = 0;        // body bytes to drop before the sink (a server ignoring Range)
-  bool overflow = false;
   bool write_error = false;
   uint64_t upload_pos = 0;
 };
@@ -86,19 +83,16 @@ size_t OnBody(char* p, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   const size_t len = size * n;
   t->stats->bytes_received += len;
-  uint64_t begin = t->stream_pos, end = begin + len;
-  t->stream_pos = end;
-  if (end <= t->skip) return len;
-  const size_t from = begin < t->skip ? static_cast<size_t>(t->skip - begin) : 0;
-  const char* data = p + from;
-  size_t avail = len - from;
+  const char* data = p;
+  const size_t avail = len;
   if (t->req->dst != nullptr) {
+    // Bytes past what was asked for (a server answering a range with the whole file) are
+    // dropped; ReadRange then refuses the answer.
     const uint64_t at = t->resp->received;
-    if (at >= t->req->dst_size) return len;  // past what we asked for (a 200 with the whole file)
+    if (at >= t->req->dst_size) return len;
     const size_t take = static_cast<size_t>(std::min<uint64_t>(avail, t->req->dst_size - at));
     std::memcpy(t->req->dst + at, data, take);
     t->resp->received += take;
-    if (take < avail && t->skip == 0 && t->resp->code == 206) t->overflow = true;
     return len;
   }
   if (t->req->sink_fd >= 0) {
