@@ -95,9 +95,9 @@ QVariant FileModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || !layout_) return {};
   const FileInfo& f = layout_->files()[index.row()];
   if (role == Qt::ToolTipRole) {
-    if (index.column() == kSize) return Q(WithThousands(f.size) + " bytes");
+    if (index.column() == kSize) return Q(Grouped(f.size) + " bytes");
     if (index.column() == kHeaderBytes && f.header) {
-      return Q(WithThousands(f.header->data_start()) + " bytes: the 8-byte length and the JSON header");
+      return Q(Grouped(f.header->data_start()) + " bytes: the 8-byte length and the JSON header");
     }
     if (index.column() == kState && f.error) return Q(*f.error);
     return {};

@@ -168,7 +168,7 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
     return {};
   }
   if (role == Qt::ToolTipRole) {
-    if (index.column() == kBytes) return QString::fromStdString(WithThousands(n->bytes) + " bytes");
+    if (index.column() == kBytes) return QString::fromStdString(Grouped(n->bytes) + " bytes");
     if (t != nullptr) return QString::fromStdString(t->name);
     return {};
   }
@@ -177,7 +177,7 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
     case kName: return QString::fromStdString(n->label);
     case kDType: return t ? QString::fromUtf8(DTypeName(t->dtype).data(), DTypeName(t->dtype).size()) : QString();
     case kShape: return t ? QString::fromStdString(absl::StrCat("[", absl::StrJoin(t->shape, ", "), "]")) : QString();
-    case kParameters: return QString::fromStdString(WithThousands(n->params));
+    case kParameters: return QString::fromStdString(Grouped(n->params));
     case kBytes: return QString::fromStdString(FormatBytes(n->bytes));
     case kChunks: return t ? QVariant(static_cast<int>(t->chunks.size())) : QVariant();
     case kFiles: return t ? QVariant(static_cast<int>(file_count())) : QVariant();

@@ -29,9 +29,9 @@ TEST(FormatTest, BytesAndThousands) {
   EXPECT_EQ(FormatBytes(1536), "1.50 KiB");
   EXPECT_EQ(FormatBytes(52428800), "50.0 MiB");
   EXPECT_EQ(FormatBytes(3ull << 40), "3.00 TiB");
-  EXPECT_EQ(WithThousands(0), "0");
-  EXPECT_EQ(WithThousands(999), "999");
-  EXPECT_EQ(WithThousands(1234567), "1,234,567");
+  EXPECT_EQ(Grouped(0), "0");
+  EXPECT_EQ(Grouped(999), "999");
+  EXPECT_EQ(Grouped(1234567), "1,234,567");
 }
 
 TEST(NaturalSortTest, OrdersDigitRunsByValue) {
