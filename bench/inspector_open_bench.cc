@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "bench/proc_util.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 #include "gui/models/tensor_tree_model.h"
@@ -28,23 +29,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double TimeCommand(const std::string& cmd) {
-  auto t0 = Clock::now();
-  int rc = std::system(cmd.c_str());
-  double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (rc != 0) {
-    std::cerr << "command failed (" << rc << "): " << cmd << "\n";
-    std::exit(1);
-  }
-  return s;
-}
-
 }  // namespace
+
+using safeshard::bench::Median;
+using safeshard::bench::TimeCommand;
 
 int main(int argc, char** argv) {
   if (std::getenv("QT_QPA_PLATFORM") == nullptr) setenv("QT_QPA_PLATFORM", "offscreen", 1);

@@ -9,9 +9,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -20,6 +23,32 @@
 extern char** environ;
 
 namespace safeshard::bench {
+
+inline double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Seconds `f` takes.
+inline double TimeIt(const std::function<void()>& f) {
+  auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs a shell command; a failure ends the benchmark (a timing of a failed command is no baseline).
+inline void ShellOrDie(const std::string& cmd) {
+  const int rc = std::system(cmd.c_str());
+  if (rc != 0) {
+    std::fprintf(stderr, "command failed (%d): %s\n", rc, cmd.c_str());
+    std::exit(1);
+  }
+}
+
+// Seconds a shell command takes (it must succeed).
+inline double TimeCommand(const std::string& cmd) {
+  return TimeIt([&] { ShellOrDie(cmd); });
+}
 
 struct RunStats {
   double seconds = 0;

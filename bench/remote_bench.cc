@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/proc_util.h"
 #include "core/dcp/hf_storage_reader.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
@@ -28,28 +29,13 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 constexpr char kToken[] = "bench-token";
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double Time(const std::function<void()>& f) {
-  auto t0 = Clock::now();
-  f();
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-void Sh(const std::string& cmd) {
-  if (std::system(cmd.c_str()) != 0) {
-    std::cerr << "command failed: " << cmd << "\n";
-    std::exit(1);
-  }
-}
-
 }  // namespace
+
+using safeshard::bench::Median;
+using safeshard::bench::ShellOrDie;
+using safeshard::bench::TimeIt;
 
 int main(int argc, char** argv) {
   int tensors = 100000, files = 64, reps = 5;
@@ -91,11 +77,11 @@ int main(int argc, char** argv) {
     cfg.close();
     std::vector<double> ours, curl, local_scan;
     for (int r = 0; r < reps; ++r) {
-      curl.push_back(Time([&] { Sh(absl::StrCat("curl -K ", root, "/curl-headers.cfg")); }));
-      local_scan.push_back(Time([&] {
+      curl.push_back(TimeIt([&] { ShellOrDie(absl::StrCat("curl -K ", root, "/curl-headers.cfg")); }));
+      local_scan.push_back(TimeIt([&] {
         (void)safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), root + "/scan");
       }));
-      ours.push_back(Time([&] {
+      ours.push_back(TimeIt([&] {
         safeshard::HttpFileSystem fs(ho);
         auto ck = safeshard::CheckpointLayout::Scan(fs, base + "/scan");
         if (!ck.ok() || static_cast<int>(ck->tensors().size()) != tensors || !ck->problems().empty()) {
@@ -132,13 +118,13 @@ int main(int argc, char** argv) {
       bytes += e.file_size();
       absl::StrAppend(&curl_cmd, " ", base, "/load/", e.path().filename().string(), " -o /dev/null");
     }
-    Sh(absl::StrCat("cat ", root, "/load/*.safetensors > /dev/null"));  // warm the page cache
+    ShellOrDie(absl::StrCat("cat ", root, "/load/*.safetensors > /dev/null"));  // warm the page cache
     std::vector<double> ours, curl;
     for (int r = 0; r < reps; ++r) {
-      curl.push_back(Time([&] { Sh(curl_cmd); }));
+      curl.push_back(TimeIt([&] { ShellOrDie(curl_cmd); }));
       std::vector<safeshard::LoadRequest> reqs;
       for (const auto& t : model) reqs.push_back({t.name, torch::empty({rows, cols}), {}});
-      ours.push_back(Time([&] {
+      ours.push_back(TimeIt([&] {
         safeshard::HfStorageReader reader(base + "/load", nullptr, 4, nullptr, kToken);
         safeshard::LoadStats stats;
         absl::Status ls = reader.ReadData(reqs, &stats);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/proc_util.h"
 #include "absl/strings/str_format.h"
 #include "core/example/example.h"
 #include "core/io/atomic_file.h"
@@ -26,23 +27,10 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-double TimeCommand(const std::string& cmd) {
-  auto t0 = Clock::now();
-  int rc = std::system(cmd.c_str());
-  double s = Seconds(Clock::now() - t0);
-  if (rc != 0) {
-    std::cerr << "command failed (" << rc << "): " << cmd << "\n";
-    std::exit(1);
-  }
-  return s;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
+
+using safeshard::bench::Median;
+using safeshard::bench::TimeCommand;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
