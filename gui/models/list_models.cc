@@ -50,16 +50,18 @@ QVariant ChunkModel::headerData(int s, Qt::Orientation o, int role) const {
   return Header(s, {"File", "Rank", "Offsets", "Sizes", "Bytes"});
 }
 
-void ProblemsModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
+void LayoutTableModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
   beginResetModel();
   layout_ = std::move(layout);
   endResetModel();
 }
 
-int ProblemsModel::rowCount(const QModelIndex& p) const {
-  return p.isValid() || !layout_ ? 0 : static_cast<int>(layout_->problems().size());
+int LayoutTableModel::rowCount(const QModelIndex& p) const {
+  return p.isValid() || !layout_ ? 0 : Rows(*layout_);
 }
-int ProblemsModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+int LayoutTableModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : columns_; }
+
+int ProblemsModel::Rows(const CheckpointLayout& l) const { return static_cast<int>(l.problems().size()); }
 
 QVariant ProblemsModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || !layout_) return {};
@@ -80,16 +82,7 @@ QVariant ProblemsModel::headerData(int s, Qt::Orientation o, int role) const {
   return Header(s, {"Kind", "File", "Tensor", "Problem"});
 }
 
-void FileModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
-  beginResetModel();
-  layout_ = std::move(layout);
-  endResetModel();
-}
-
-int FileModel::rowCount(const QModelIndex& p) const {
-  return p.isValid() || !layout_ ? 0 : static_cast<int>(layout_->files().size());
-}
-int FileModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+int FileModel::Rows(const CheckpointLayout& l) const { return static_cast<int>(l.files().size()); }
 
 QVariant FileModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || !layout_) return {};

@@ -32,36 +32,47 @@ class ChunkModel : public QAbstractTableModel {
   const TensorLayout* tensor_ = nullptr;
 };
 
-class ProblemsModel : public QAbstractTableModel {
+// The shared part of the tables over a whole layout: holds it, resets on SetLayout, and has a
+// fixed number of columns; subclasses say how many rows a layout gives.
+class LayoutTableModel : public QAbstractTableModel {
+ public:
+  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+
+ protected:
+  LayoutTableModel(int columns, QObject* parent) : QAbstractTableModel(parent), columns_(columns) {}
+  virtual int Rows(const CheckpointLayout& layout) const = 0;
+  std::shared_ptr<const CheckpointLayout> layout_;
+
+ private:
+  int columns_;
+};
+
+class ProblemsModel : public LayoutTableModel {
   Q_OBJECT
 
  public:
   enum Column { kKind, kFile, kTensor, kMessage, kColumnCount };
-  explicit ProblemsModel(QObject* parent = nullptr) : QAbstractTableModel(parent) {}
-  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
-  int rowCount(const QModelIndex& parent = {}) const override;
-  int columnCount(const QModelIndex& parent = {}) const override;
+  explicit ProblemsModel(QObject* parent = nullptr) : LayoutTableModel(kColumnCount, parent) {}
   QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
   QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
 
  private:
-  std::shared_ptr<const CheckpointLayout> layout_;
+  int Rows(const CheckpointLayout& layout) const override;
 };
 
-class FileModel : public QAbstractTableModel {
+class FileModel : public LayoutTableModel {
   Q_OBJECT
 
  public:
   enum Column { kName, kRank, kSize, kHeaderBytes, kTensors, kState, kColumnCount };
-  explicit FileModel(QObject* parent = nullptr) : QAbstractTableModel(parent) {}
-  void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
-  int rowCount(const QModelIndex& parent = {}) const override;
-  int columnCount(const QModelIndex& parent = {}) const override;
+  explicit FileModel(QObject* parent = nullptr) : LayoutTableModel(kColumnCount, parent) {}
   QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
   QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
 
  private:
-  std::shared_ptr<const CheckpointLayout> layout_;
+  int Rows(const CheckpointLayout& layout) const override;
 };
 
 }  // namespace safeshard::gui
