@@ -578,30 +578,32 @@ void MainWindow::SelectFile(int file) {
   }
 }
 
-ConsolidateDialog* MainWindow::OpenConsolidateDialog() {
+template <typename Dialog>
+Dialog* MainWindow::OpenToolDialog() {
   if (!layout_) {
     ShowBanner("Open a checkpoint first.", true);
     return nullptr;
   }
-  auto* d = new ConsolidateDialog(layout_, current_fs_, this);
+  auto* d = new Dialog(layout_, current_fs_, this);
   d->setAttribute(Qt::WA_DeleteOnClose);
-  connect(d, &ConsolidateDialog::consolidated, this, [this, d](const QString& out) {
-    OpenPath(out);
-    d->close();
-  });
   d->open();
   return d;
 }
 
-RemapDialog* MainWindow::OpenRemapDialog() {
-  if (!layout_) {
-    ShowBanner("Open a checkpoint first.", true);
-    return nullptr;
+ConsolidateDialog* MainWindow::OpenConsolidateDialog() {
+  ConsolidateDialog* d = OpenToolDialog<ConsolidateDialog>();
+  if (d != nullptr) {
+    connect(d, &ConsolidateDialog::consolidated, this, [this, d](const QString& out) {
+      OpenPath(out);
+      d->close();
+    });
   }
-  auto* d = new RemapDialog(layout_, current_fs_, this);
-  d->setAttribute(Qt::WA_DeleteOnClose);
-  connect(d, &RemapDialog::remapped, this, &MainWindow::OpenPath);
-  d->open();
+  return d;
+}
+
+RemapDialog* MainWindow::OpenRemapDialog() {
+  RemapDialog* d = OpenToolDialog<RemapDialog>();
+  if (d != nullptr) connect(d, &RemapDialog::remapped, this, &MainWindow::OpenPath);
   return d;
 }
 

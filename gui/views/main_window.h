@@ -116,6 +116,9 @@ class MainWindow : public QMainWindow {
   void SelectFile(int file);
   void UpdateDimCombos();
   void ExpandSmallTopLevel();
+  // A Consolidate or Remap dialog on the open checkpoint (banner and nullptr when none is open).
+  template <typename Dialog>
+  Dialog* OpenToolDialog();
   void AddRecent(const QString& path);
   void RebuildRecentMenu();
   void SaveSettings();
