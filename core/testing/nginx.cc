@@ -8,12 +8,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -120,13 +122,53 @@ NginxServer::~NginxServer() {
 
 std::string NginxServer::url() const { return absl::StrCat("http://127.0.0.1:", port_); }
 
+namespace {
+
+constexpr char kBarrierPrefix[] = "/.safeshard-log-barrier-";
+
+// nginx writes a request's log line after it has sent the response, so a client can hold the
+// whole answer before the line is in the file. A barrier request on a fresh connection, handled
+// by the single worker after every earlier response was sent, is logged after all of them:
+// once its line is in the file, so are theirs.
+std::string Barrier(int port, const std::string& log_path) {
+  static std::atomic<int> counter{0};
+  const std::string path = absl::StrCat(kBarrierPrefix, getpid(), "-", counter.fetch_add(1));
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    (void)!write(fd, req.data(), req.size());
+    char buf[4096];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+  }
+  close(fd);
+  const std::string needle = absl::StrCat("\t", path, "\t");
+  for (int i = 0; i < 500; ++i) {  // up to 5 s
+    std::ifstream f(log_path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    if (ss.str().find(needle) != std::string::npos) break;
+    usleep(10000);
+  }
+  return path;
+}
+
+}  // namespace
+
 std::vector<AccessLogEntry> NginxServer::AccessLog() const {
+  const std::string barrier = Barrier(port_, prefix_ + "/access.log");
   std::vector<AccessLogEntry> out;
   std::ifstream f(prefix_ + "/access.log");
   std::string line;
   while (std::getline(f, line)) {
     std::vector<std::string> p = absl::StrSplit(line, '\t');
     if (p.size() < 5) continue;
+    if (p[1] == barrier) break;
+    if (absl::StartsWith(p[1], kBarrierPrefix)) continue;  // an earlier barrier
     AccessLogEntry e;
     e.method = p[0];
     e.path = p[1];
@@ -139,7 +181,8 @@ std::vector<AccessLogEntry> NginxServer::AccessLog() const {
 }
 
 void NginxServer::ClearAccessLog() {
-  // nginx keeps the file open in append mode: truncating it is enough.
+  // Wait until every finished request is logged, then truncate (nginx appends: truncating is enough).
+  Barrier(port_, prefix_ + "/access.log");
   std::ofstream(prefix_ + "/access.log", std::ios::trunc);
 }
 

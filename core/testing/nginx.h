@@ -3,7 +3,8 @@
 //
 //   ASSIGN_OR_RETURN(auto server, NginxServer::Start(root_dir, "secret-token"));
 //   server->url()          "http://127.0.0.1:PORT"
-//   server->AccessLog()    every request: method, path, status, body bytes, Range
+//   server->AccessLog()    every request finished so far: method, path, status, body bytes, Range
+//                          (waits until nginx has logged them all)
 #ifndef SAFESHARD_CORE_TESTING_NGINX_H_
 #define SAFESHARD_CORE_TESTING_NGINX_H_
 
