@@ -324,7 +324,9 @@ TEST(DaemonE2E, FullDiskFailsCleanlyAndSucceedsOnceSpaceIsFreed) {
   EXPECT_TRUE(absl::StrContains(j["jobs"][0]["error"].get<std::string>(), "No space left"))
       << j.dump();
   auto entries = LocalFileSystem().List(out_fs + "/r-hf");
-  if (entries.ok()) EXPECT_TRUE(entries->empty()) << "partial output left on the full disk";
+  if (entries.ok()) {
+    EXPECT_TRUE(entries->empty()) << "partial output left on the full disk";
+  }
   ASSERT_EQ(mount("tmpfs", out_fs.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0);
   p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; }, 60);
   ExpectOutputMatches(out_fs + "/r-hf", model);

@@ -294,7 +294,9 @@ TEST(DistSaveTest, ARankThatFailsMidSaveFailsEveryRankAndLeavesNoManifest) {
   }
   EXPECT_FALSE(LocalFileSystem().Stat(out + "/safeshard.complete.json").ok());
   auto entries = LocalFileSystem().List(out);
-  if (entries.ok()) EXPECT_TRUE(entries->empty());
+  if (entries.ok()) {
+    EXPECT_TRUE(entries->empty());
+  }
 }
 
 }  // namespace

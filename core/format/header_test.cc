@@ -24,7 +24,9 @@ void ExpectError(const absl::StatusOr<Header>& r, HeaderError e, const std::stri
   EXPECT_EQ(HeaderErrorOf(r.status()), e) << r.status();
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("t.st: "));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr(std::string(HeaderErrorName(e))));
-  if (!substr.empty()) EXPECT_THAT(std::string(r.status().message()), HasSubstr(substr));
+  if (!substr.empty()) {
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(substr));
+  }
 }
 
 TEST(HeaderTest, ParsesMinimalFile) {
