@@ -204,8 +204,9 @@ TEST(DistConsolidateTest, TorchrunEnvironmentWithATcpStore) {
                                  TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
                                  {.ranks = 2}).ok());
   std::string out = testing::NewTempDir() + "/out";
-  // A port from the ephemeral range that is very likely free; the ranks meet through TCP.
-  std::string port = std::to_string(20000 + getpid() % 20000);
+  // A port the kernel just handed out as free (sandboxed runs share the network but all have
+  // small, equal pids, so no pid-derived port); the ranks meet through TCP.
+  std::string port = std::to_string(testing::FreePort());
   std::vector<pid_t> pids;
   std::vector<std::string> logs;
   for (int r = 0; r < 2; ++r) {

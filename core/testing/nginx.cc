@@ -56,19 +56,6 @@ bool CanConnect(int port) {
 
 }  // namespace
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  close(fd);
-  return port;
-}
-
 absl::StatusOr<std::unique_ptr<NginxServer>> NginxServer::Start(const std::string& root, const std::string& token) {
   const std::string nginx = FindNginx();
   if (nginx.empty()) return absl::FailedPreconditionError("nginx is not installed (run tools/setup)");

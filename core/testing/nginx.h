@@ -66,9 +66,6 @@ class FlakyProxy {
   std::vector<std::thread> relays_;
 };
 
-// A free TCP port on 127.0.0.1 (bound and released).
-int FreePort();
-
 }  // namespace safeshard::testing
 
 #endif  // SAFESHARD_CORE_TESTING_NGINX_H_

@@ -21,6 +21,9 @@ namespace safeshard::testing {
 // A new empty directory under $TEST_TMPDIR (or /tmp), unique per call.
 std::string NewTempDir();
 
+// A free TCP port on 127.0.0.1 (bound to port 0 and released; the kernel picks it).
+int FreePort();
+
 void WriteFile(const std::string& path, const std::string& bytes);
 std::string ReadFile(const std::string& path);
 
