@@ -2,6 +2,7 @@
 // only scans counted from nginx's access log, the CLI on URLs, 401s that name the URL and never
 // the token, dropped connections retried to an exact result, hf:// through $HF_ENDPOINT, WebDAV
 // writes published atomically, and consolidation of a remote checkpoint into a local directory.
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
@@ -200,6 +201,43 @@ TEST_F(RemoteTest, DroppedConnectionsAreRetriedAndTheResultIsExact) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE(Consolidate(LocalFileSystem(), root_ + url_path, b, {}).ok());
   EXPECT_TRUE(testing::ReadFile(a + "/model.safetensors") == testing::ReadFile(b + "/model.safetensors"));
+}
+
+TEST_F(RemoteTest, AFileReplacedOnTheServerWhileOpenIsNotMixedIntoTheResult) {
+  Serve("moving", {.ranks = 2});
+  const std::string file = "shard-00001-model-00001-of-00001.safetensors";
+  const std::string local = root_ + "/moving/" + file;
+  const std::string url = server_->url() + "/moving/" + file;
+  const std::string before = testing::ReadFile(local);
+  auto fs = Fs();
+  auto f = fs->OpenRead(url);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::string head(64, '\0');
+  ASSERT_TRUE((*f)->ReadAt(0, head.size(), head.data()).ok());
+  EXPECT_EQ(head, before.substr(0, 64));
+  // A writer replaces the file with other bytes of the same size (nginx's ETag is the
+  // modification time and size: a later mtime makes a new version).
+  std::string after = before;
+  for (size_t i = before.size() / 2; i < before.size(); ++i) after[i] = static_cast<char>(~after[i]);
+  testing::WriteFile(local + ".new", after);
+  std::filesystem::last_write_time(local + ".new",
+                                   std::filesystem::last_write_time(local) + std::chrono::seconds(30));
+  std::filesystem::rename(local + ".new", local);
+  std::string got(before.size(), '\0');
+  absl::Status s = (*f)->ReadAt(0, got.size(), got.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), url)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "changed on the server")) << s;
+  EXPECT_EQ((*f)->Map().status().code(), absl::StatusCode::kAborted);
+  // Not retried: one request each.
+  int gets_after_change = 0;
+  for (const auto& e : server_->AccessLog()) gets_after_change += e.method == "GET" && e.status == 412;
+  EXPECT_EQ(gets_after_change, 2);
+  // Opened again, the new version reads whole.
+  auto g = fs->OpenRead(url);
+  ASSERT_TRUE(g.ok()) << g.status();
+  ASSERT_TRUE((*g)->ReadAt(0, got.size(), got.data()).ok());
+  EXPECT_TRUE(got == after);
 }
 
 TEST_F(RemoteTest, ServerErrorsAreRetriedClientErrorsAreNot) {

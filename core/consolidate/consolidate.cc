@@ -277,7 +277,10 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
   if (o.fqn_to_index && o.max_shard_size) {
     return absl::InvalidArgumentError("choose either a file mapping or a maximum shard size");
   }
-  for (const FileInfo& f : layout.files()) plan.inputs.push_back(JoinPath(layout.root(), f.name));
+  for (const FileInfo& f : layout.files()) {
+    plan.inputs.push_back(JoinPath(layout.root(), f.name));
+    plan.input_ids.push_back(f.header ? IdentityOf(f) : ScannedIdentity{});
+  }
 
   // Output names.
   std::vector<std::string> src_names;
@@ -534,6 +537,13 @@ class Executor {
     for (int f : need_in) {
       ASSIGN_OR_RETURN(inputs_[f], fs.OpenRead(plan_.inputs[f]));
       ASSIGN_OR_RETURN(maps_[f], inputs_[f]->Map());
+      // The plan's offsets come from the scan: refuse a file replaced since then.
+      const ScannedIdentity& id = plan_.input_ids[f];
+      const absl::string_view bytes = maps_[f]->data();
+      RETURN_IF_ERROR(CheckUnchanged(*inputs_[f], id,
+                                     bytes.size() >= id.data_start && id.data_start >= 8
+                                         ? std::optional<absl::string_view>(bytes.substr(8, id.data_start - 8))
+                                         : std::nullopt));
     }
     outputs_.resize(out_paths.size());
     out_maps_.assign(out_paths.size(), nullptr);

@@ -90,6 +90,7 @@ struct OutputFilePlan {
 struct ConsolidationPlan {
   std::string input_root;
   std::vector<std::string> inputs;  // input file paths
+  std::vector<ScannedIdentity> input_ids;  // what the scan saw of each input (checked on open)
   std::vector<OutputFilePlan> outputs;
   std::vector<CopyTask> tasks;
   std::map<std::string, std::string> weight_map;  // output name -> file name

@@ -214,6 +214,36 @@ TEST(ConsolidateTest, CancellationLeavesNoPartialOutput) {
   EXPECT_TRUE(LocalFileSystem().List(out)->empty());
 }
 
+TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {
+  // A file rewritten after the scan (same size, other tensor names and so other offsets) or
+  // replaced by one of another size: the plan's offsets no longer describe it, so nothing is
+  // copied from it and nothing is published.
+  const std::string in = testing::NewTempDir();
+  const std::string file = in + "/model.safetensors";
+  const std::string before = testing::BuildSafetensors({{"aa", DType::kF32, {64}}, {"bb", DType::kF32, {32}}});
+  const std::string same_size = testing::BuildSafetensors({{"ab", DType::kF32, {32}}, {"bb", DType::kF32, {64}}});
+  ASSERT_EQ(before.size(), same_size.size());
+  const std::string bigger = testing::BuildSafetensors({{"aa", DType::kF32, {64}}, {"bb", DType::kF32, {48}}});
+  for (const std::string& replacement : {same_size, bigger}) {
+    testing::WriteFile(file, before);
+    // Open 1 is the scan's; open 2 is the copy's.
+    testing::ReplaceOnOpenFileSystem fs(&LocalFileSystem(), file, 2, replacement);
+    const std::string out = testing::NewTempDir() + "/out";
+    auto r = Consolidate(fs, in, out, {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(fs.opened(), 2);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(file + ": changed since it was scanned"));
+    auto left = LocalFileSystem().List(out);
+    if (left.ok()) {
+      for (const DirEntry& e : *left) ADD_FAILURE() << "left in the output: " << e.name;
+    }
+  }
+  // Unchanged, the same checkpoint consolidates.
+  testing::WriteFile(file, before);
+  EXPECT_TRUE(Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/ok", {}).ok());
+}
+
 TEST(ConsolidateTest, MaxShardSizeFollowsSavePretrained) {
   // 3 tensors of 400 B, one of 1000 B (over the limit: alone), limit 900 B.
   std::vector<ExampleTensor> model = {{"a", DType::kF32, {100}, Sharding::kRow},

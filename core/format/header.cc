@@ -5,6 +5,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -109,10 +110,13 @@ absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t fi
   return n;
 }
 
+uint64_t HeaderFingerprint(absl::string_view header_bytes) { return absl::Hash<absl::string_view>{}(header_bytes); }
+
 absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                                    absl::string_view file) {
   Header h;
   h.header_size = json.size();
+  h.fingerprint = HeaderFingerprint(json);
   if (file_size < 8 + json.size()) {
     return Fail(HeaderError::kHeaderLengthExceedsFile, file,
                 absl::StrCat("header of ", json.size(), " bytes does not fit in a file of ",

@@ -75,6 +75,7 @@ struct Header {
   std::vector<TensorEntry> tensors;            // in data order (by begin offset, then name)
   uint64_t header_size = 0;                    // N: JSON bytes including padding
   uint64_t buffer_size = 0;                    // bytes after the header
+  uint64_t fingerprint = 0;                    // HeaderFingerprint of the N header bytes parsed
 
   uint64_t data_start() const { return 8 + header_size; }
   uint64_t file_size() const { return data_start() + buffer_size; }
@@ -90,6 +91,10 @@ struct Header {
 // `prefix` may be longer than 8 bytes; it is also used to recognise Git LFS pointers.
 absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t file_size,
                                            absl::string_view file);
+
+// A hash of a file's N header bytes: equal bytes give equal values within one process (not a
+// stable on-disk checksum). Used to notice a file replaced between a scan and a later read.
+uint64_t HeaderFingerprint(absl::string_view header_bytes);
 
 // Parses and validates the N JSON bytes of a file of `file_size` bytes.
 absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,

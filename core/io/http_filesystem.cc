@@ -179,6 +179,10 @@ absl::Status StatusForHttp(const HttpFileSystem::Request& r, const HttpFileSyste
       return absl::FailedPreconditionError(absl::StrCat(what, " Method Not Allowed (is WebDAV enabled for writes?)"));
     case 409:
       return absl::FailedPreconditionError(absl::StrCat(what, " Conflict"));
+    case 412:
+      return absl::AbortedError(absl::StrCat(
+          what, " Precondition Failed: the file changed on the server after it was opened (its ETag no longer "
+                "matches); nothing read from the new version was used, open it again"));
     case 416:
       return absl::OutOfRangeError(absl::StrCat(what, " Range Not Satisfiable (the file is shorter)"));
     default:
@@ -226,8 +230,10 @@ absl::StatusOr<int> NewSpoolFile() {
 
 class HttpReadable : public ReadableFile {
  public:
-  HttpReadable(HttpFileSystem* fs, std::string path, std::string url, uint64_t size)
-      : fs_(fs), path_(std::move(path)), url_(std::move(url)), size_(size) {}
+  // `etag`: the strong ETag the file had when opened ("" if none); every read then asks for that
+  // version (If-Match), so a file replaced mid-read fails with HTTP 412 instead of mixing versions.
+  HttpReadable(HttpFileSystem* fs, std::string path, std::string url, uint64_t size, std::string etag)
+      : fs_(fs), path_(std::move(path)), url_(std::move(url)), size_(size), etag_(std::move(etag)) {}
   ~HttpReadable() override {
     if (spool_fd_ >= 0) close(spool_fd_);
   }
@@ -248,7 +254,7 @@ class HttpReadable : public ReadableFile {
         return absl::OkStatus();
       }
     }
-    return fs_->ReadRange(url_, offset, n, dst);
+    return fs_->ReadRange(url_, offset, n, dst, etag_);
   }
 
   absl::StatusOr<std::shared_ptr<const MappedRegion>> Map() override {
@@ -270,6 +276,7 @@ class HttpReadable : public ReadableFile {
         r.range = {{at, at + n - 1}};
         r.sink_fd = spool_fd_;
         r.fd_offset = at;
+        if (!etag_.empty()) r.headers = {"If-Match: " + etag_};
         absl::StatusOr<HttpFileSystem::Response> resp = fs_->Send(r);
         if (!resp.ok()) return resp.status();
       }
@@ -286,6 +293,7 @@ class HttpReadable : public ReadableFile {
   HttpFileSystem* fs_;
   std::string path_, url_;
   uint64_t size_;
+  std::string etag_;
   mutable std::mutex mu_;
   int spool_fd_ = -1;
   std::shared_ptr<const MappedRegion> map_;
@@ -425,10 +433,12 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
   return absl::UnavailableError(absl::StrCat(last.message(), " (after ", options_.max_attempts, " attempts)"));
 }
 
-absl::Status HttpFileSystem::ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst) {
+absl::Status HttpFileSystem::ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst,
+                                       const std::string& etag) {
   if (n == 0) return absl::OkStatus();
   Request r;
   r.url = url;
+  if (!etag.empty()) r.headers = {"If-Match: " + etag};
   r.range = {{offset, offset + n - 1}};
   r.dst = dst;
   r.dst_size = n;
@@ -461,7 +471,9 @@ absl::Status HttpFileSystem::RefuseWrite(const std::string& path) const {
       absl::StrCat(path, ": hf:// is read-only (safeshard reads Hub checkpoints; write locally or over WebDAV)"));
 }
 
-absl::StatusOr<FileStat> HttpFileSystem::Stat(const std::string& path) {
+absl::StatusOr<FileStat> HttpFileSystem::Stat(const std::string& path) { return StatUrl(path, nullptr); }
+
+absl::StatusOr<FileStat> HttpFileSystem::StatUrl(const std::string& path, std::string* etag) {
   const std::string url = ToUrl(path);
   Request r;
   r.method = "HEAD";
@@ -506,6 +518,12 @@ absl::StatusOr<FileStat> HttpFileSystem::Stat(const std::string& path) {
     return absl::UnavailableError(absl::StrCat("HEAD ", url, ": no Content-Length in the answer"));
   }
   st.mtime_ns = ParseHttpDate(header("last-modified"));
+  // Only a strong ETag from the server that serves the bytes (not a redirect: a CDN has its own
+  // ETags) can be matched by later ranged reads.
+  if (etag) {
+    const std::string e = header("etag");
+    if (!e.empty() && !absl::StartsWith(e, "W/")) *etag = e;
+  }
   return st;
 }
 
@@ -561,10 +579,15 @@ absl::StatusOr<std::vector<DirEntry>> HttpFileSystem::List(const std::string& di
 }
 
 absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std::string& path) {
-  absl::StatusOr<FileStat> st = Stat(path);
+  std::string etag;
+  absl::StatusOr<FileStat> st = StatUrl(path, &etag);
+  if (!st.ok() && absl::IsNotFound(st.status())) {
+    absl::StatusOr<FileStat> dir = Stat(path);  // hf:// directories exist only in the tree API
+    if (dir.ok() && dir->is_dir) st = dir;
+  }
   if (!st.ok()) return st.status();
   if (st->is_dir) return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory"));
-  return std::unique_ptr<ReadableFile>(new HttpReadable(this, path, ToUrl(path), st->size));
+  return std::unique_ptr<ReadableFile>(new HttpReadable(this, path, ToUrl(path), st->size, std::move(etag)));
 }
 
 absl::StatusOr<std::unique_ptr<WritableFile>> HttpFileSystem::Create(const std::string& path) {

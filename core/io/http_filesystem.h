@@ -10,6 +10,9 @@
 //     also the Hub's tree API), falling back to model.safetensors.index.json;
 //   - writes (WebDAV) spool locally and PUT on Close(); Rename is MOVE (so AtomicFile's
 //     temporary name + rename is an atomic publish), MakeDirs is MKCOL, Remove is DELETE;
+//   - a file opened for reading is read only in the version it had when opened: ranged GETs
+//     carry `If-Match: <ETag>`, so a file replaced mid-read fails (HTTP 412) rather than mixing
+//     bytes of two versions;
 //   - every request is retried with exponential backoff on connection errors, timeouts, truncated
 //     bodies and 5xx answers, never on 4xx;
 //   - the token goes in `Authorization: Bearer ...` and appears in no message or log.
@@ -60,8 +63,9 @@ class HttpFileSystem : public FileSystem {
   absl::Status MakeDirs(const std::string& dir) override;
   absl::Status SyncDir(const std::string& dir) override;
 
-  // Reads [offset, offset + n) of `url` into dst with one ranged GET (retried).
-  absl::Status ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst);
+  // Reads [offset, offset + n) of `url` into dst with one ranged GET (retried). With `etag`, only
+  // from that version of the file (If-Match): kAborted (HTTP 412) once it was replaced.
+  absl::Status ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst, const std::string& etag = "");
   // Uploads a local file's first `size` bytes to `url` (PUT, retried).
   absl::Status PutFile(const std::string& url, int fd, uint64_t size);
 
@@ -84,6 +88,8 @@ class HttpFileSystem : public FileSystem {
   absl::Status RefuseWrite(const std::string& path) const;
 
  private:
+  // Stat, also returning the file's strong ETag when the server sent one directly (not redirected).
+  absl::StatusOr<FileStat> StatUrl(const std::string& path, std::string* etag);
   HttpOptions options_;
   HttpStats stats_;
 };

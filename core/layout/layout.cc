@@ -144,6 +144,31 @@ absl::StatusOr<Header> ReadHeader(const ReadableFile& file) {
   return ParseHeader(json, size, path);
 }
 
+ScannedIdentity IdentityOf(const FileInfo& info) {
+  return {info.size, info.header->data_start(), info.header->fingerprint};
+}
+
+absl::Status CheckUnchanged(const ReadableFile& file, const ScannedIdentity& scanned,
+                            std::optional<absl::string_view> header_bytes) {
+  auto changed = [&](const std::string& how) {
+    return absl::AbortedError(absl::StrCat(file.path(), ": changed since it was scanned (", how,
+                                           "); nothing was written from it. Run again once its writer has finished"));
+  };
+  if (file.size() != scanned.size) {
+    return changed(absl::StrCat("it had ", scanned.size, " bytes, now ", file.size()));
+  }
+  std::string buf;
+  if (!header_bytes) {
+    buf.resize(scanned.data_start - 8);
+    RETURN_IF_ERROR(file.ReadAt(8, buf.size(), buf.data()));
+    header_bytes = buf;
+  }
+  if (header_bytes->size() != scanned.data_start - 8 || HeaderFingerprint(*header_bytes) != scanned.fingerprint) {
+    return changed("its header, bytes [8, " + std::to_string(scanned.data_start) + "), differs");
+  }
+  return absl::OkStatus();
+}
+
 void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape,
                    const std::vector<Chunk>& chunks, const std::vector<FileInfo>& files,
                    const ScanOptions& options, std::vector<Problem>* problems) {

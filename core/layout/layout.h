@@ -131,6 +131,20 @@ class CheckpointLayout {
 absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path);
 absl::StatusOr<Header> ReadHeader(const ReadableFile& file);
 
+// What a scan saw of a file: enough to tell later whether it is still that file.
+struct ScannedIdentity {
+  uint64_t size = 0;
+  uint64_t data_start = 0;   // 8 + N
+  uint64_t fingerprint = 0;  // HeaderFingerprint of the N header bytes
+};
+ScannedIdentity IdentityOf(const FileInfo& info);  // requires info.header
+// kAborted naming the file when `file` (opened after the scan) has another size or other header
+// bytes than the scan saw: it was replaced or rewritten meanwhile, and offsets planned from the
+// scan would copy the wrong bytes. `header_bytes`, when given, are the file's bytes
+// [8, data_start) already in memory (e.g. mapped); otherwise they are read from `file`.
+absl::Status CheckUnchanged(const ReadableFile& file, const ScannedIdentity& scanned,
+                            std::optional<absl::string_view> header_bytes = std::nullopt);
+
 // Checks that `chunks` (same rank as `shape`) tile `shape` exactly; appends kGap, kOverlap
 // and kOutOfBounds problems naming the tensor and the element ranges. Exposed for tests.
 void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape,

@@ -86,12 +86,13 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     }
     std::string prefix = SerializeHeader(h);
     h.header_size = prefix.size() - 8;
-    std::string src = JoinPath(layout.root(), f.name);
+    // The new header is built from the scan: copy only from the file the scan saw.
+    ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> src, fs.OpenRead(JoinPath(layout.root(), f.name)));
+    RETURN_IF_ERROR(CheckUnchanged(*src, IdentityOf(f)));
     ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(out_fs, JoinPath(output_dir, f.name)));
     RETURN_IF_ERROR(out.file().Allocate(prefix.size() + h.buffer_size));
     RETURN_IF_ERROR(out.file().WriteAt(0, prefix));
-    RETURN_IF_ERROR(fs.CopyRange(src, f.header->data_start(), out.file(), prefix.size(),
-                                 h.buffer_size));
+    RETURN_IF_ERROR(out.file().CopyFrom(*src, f.header->data_start(), prefix.size(), h.buffer_size));
     RETURN_IF_ERROR(out.file().Sync());
     result.bytes_copied += h.buffer_size;
     result.files.push_back(f.name);

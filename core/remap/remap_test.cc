@@ -84,6 +84,26 @@ TEST(RemapTest, CollisionIsRefusedNamingBothKeysWritingNothing) {
   EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
 }
 
+TEST(RemapTest, RefusesAnInputReplacedAfterTheScan) {
+  const std::string in = testing::NewTempDir();
+  const std::string file = in + "/model.safetensors";
+  testing::WriteFile(file, testing::BuildSafetensors({{"model.aa", DType::kF32, {64}}, {"model.bb", DType::kF32, {32}}}));
+  const std::string replacement =
+      testing::BuildSafetensors({{"model.ab", DType::kF32, {32}}, {"model.bb", DType::kF32, {64}}});
+  testing::ReplaceOnOpenFileSystem fs(&LocalFileSystem(), file, 2, replacement);
+  auto km = KeyMap::Create({{"^model\\.", "backbone."}});
+  ASSERT_TRUE(km.ok());
+  const std::string out = testing::NewTempDir() + "/out";
+  auto r = Remap(fs, in, out, *km, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(file + ": changed since it was scanned"));
+  auto left = LocalFileSystem().List(out);
+  if (left.ok()) {
+    for (const DirEntry& e : *left) ADD_FAILURE() << "left in the output: " << e.name;
+  }
+}
+
 TEST(RemapTest, InPlaceNeedsTheFlag) {
   std::string in = testing::NewTempDir();
   testing::WriteFile(in + "/model.safetensors",

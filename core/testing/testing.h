@@ -7,7 +7,9 @@
 #ifndef SAFESHARD_CORE_TESTING_TESTING_H_
 #define SAFESHARD_CORE_TESTING_TESTING_H_
 
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <string>
@@ -63,6 +65,29 @@ class ForwardingFileSystem : public FileSystem {
 
  protected:
   FileSystem* base_;
+};
+
+// Replaces the local file `path` with `bytes` (a writer saving over it) just before it is opened
+// for the `nth` time (1-based): what a consolidation sees when a checkpoint is rewritten between
+// its scan and its copy.
+class ReplaceOnOpenFileSystem : public ForwardingFileSystem {
+ public:
+  ReplaceOnOpenFileSystem(FileSystem* base, std::string path, int nth, std::string bytes)
+      : ForwardingFileSystem(base), path_(std::move(path)), nth_(nth), bytes_(std::move(bytes)) {}
+  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
+    if (p == path_ && ++opened_ == nth_) {
+      WriteFile(p + ".new", bytes_);
+      std::rename((p + ".new").c_str(), p.c_str());
+    }
+    return base_->OpenRead(p);
+  }
+  int opened() const { return opened_.load(); }
+
+ private:
+  std::string path_;
+  int nth_;
+  std::string bytes_;
+  std::atomic<int> opened_{0};
 };
 
 // $SAFESHARD_FIXTURES if set and a directory. When unset and $SAFESHARD_REQUIRE_FIXTURES is 1,
