@@ -14,7 +14,9 @@
 #include <chrono>
 #include <sstream>
 #include <thread>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -295,8 +297,15 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
 }
 
 int SpawnRanks(const std::vector<std::string>& base, int ranks) {
-  std::string rdzv = absl::StrCat("/tmp/safeshard-rdzv-", getpid());
-  std::remove(rdzv.c_str());
+  // A fresh directory per invocation: a pid-derived name is shared by concurrent runs in PID
+  // namespaces (containers, sandboxes) that see the same /tmp, and their ranks would meet.
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir = absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/safeshard-rdzv-XXXXXX");
+  if (mkdtemp(dir.data()) == nullptr) {
+    Err(absl::StrCat("safeshard-torch: cannot create a rendezvous directory ", dir, ": ", std::strerror(errno)));
+    return 1;
+  }
+  const std::string rdzv = dir + "/store";
   std::vector<pid_t> pids;
   for (int r = 0; r < ranks; ++r) {
     std::vector<std::string> args = base;
@@ -321,6 +330,7 @@ int SpawnRanks(const std::vector<std::string>& base, int ranks) {
     worst = std::max(worst, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
   }
   std::remove(rdzv.c_str());
+  rmdir(dir.c_str());
   return worst;
 }
 
