@@ -158,14 +158,18 @@ TEST_F(RemoteTest, MissingOrWrongTokenIsA401NamingTheUrlNotTheToken) {
     const std::string msg(ck.status().message());
     EXPECT_NE(msg.find(url), std::string::npos) << msg;
     EXPECT_NE(msg.find("401"), std::string::npos) << msg;
-    if (!token.empty()) EXPECT_EQ(msg.find(token), std::string::npos) << msg;
+    if (!token.empty()) {
+      EXPECT_EQ(msg.find(token), std::string::npos) << msg;
+    }
     EXPECT_EQ(fs->stats().retries.load(), 0u) << "4xx must not be retried";
     std::string out, err;
     std::vector<std::string> args = {"verify", url};
     if (!token.empty()) args.insert(args.end(), {"--token", token});
     EXPECT_NE(Cli(args, &out, &err), 0);
     EXPECT_NE(err.find("401"), std::string::npos) << err;
-    if (!token.empty()) EXPECT_EQ(err.find(token), std::string::npos) << err;
+    if (!token.empty()) {
+      EXPECT_EQ(err.find(token), std::string::npos) << err;
+    }
   }
   setenv("HOME", saved_home.c_str(), 1);
 }
@@ -325,7 +329,45 @@ TEST_F(RemoteTest, HfListsThroughTheHubTreeApiWhereThereIsNoDirectoryIndex) {
   bool used_tree = false;
   for (const auto& e : server_->AccessLog()) used_tree |= e.path == "/noindex/api/models/acme/tiny/tree/main/ckpt";
   EXPECT_TRUE(used_tree);
+
+  // A listing the Hub pages (Link: <...?cursor=N>; rel="next"): 5 rank files over 3 pages.
+  const std::string paged = endpoint_dir + "/acme/paged/resolve/main/ckpt";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), paged, TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+                                 {.ranks = 5})
+                  .ok());
+  std::vector<std::string> entries;
+  for (const auto& e : std::filesystem::directory_iterator(paged)) {
+    entries.push_back(absl::StrCat(R"({"type":"file","oid":"0","size":)", e.file_size(), R"(,"path":"ckpt/)",
+                                   e.path().filename().string(), R"("})"));
+  }
+  ASSERT_EQ(entries.size(), 5u);
+  const std::string page = endpoint_dir + "/api/models/acme/paged/tree/main/ckpt";
+  std::filesystem::create_directories(endpoint_dir + "/api/models/acme/paged/tree/main");
+  testing::WriteFile(page, "[" + entries[0] + "," + entries[1] + "]");
+  testing::WriteFile(page + ".2", "[" + entries[2] + "," + entries[3] + "]");
+  testing::WriteFile(page + ".3", "[" + entries[4] + "]");
+  server_->ClearAccessLog();
+  auto paged_where = ResolveUrl("hf://acme/paged/ckpt", uo);
+  ASSERT_TRUE(paged_where.ok());
+  auto paged_ck = CheckpointLayout::Scan(*paged_where->fs, paged_where->path);
+  ASSERT_TRUE(paged_ck.ok()) << paged_ck.status();
+  EXPECT_EQ(paged_ck->files().size(), 5u);
+  EXPECT_EQ(paged_ck->rank_count(), 5);
+  EXPECT_TRUE(paged_ck->problems().empty());
+  int pages = 0;
+  for (const auto& e : server_->AccessLog()) pages += absl::StartsWith(e.path, "/noindex/api/models/acme/paged/tree/main/ckpt");
+  EXPECT_EQ(pages, 3);  // FILE, FILE.2, FILE.3: each page once
   unsetenv("HF_ENDPOINT");
+}
+
+TEST(HttpLinkHeaderTest, FindsTheNextPage) {
+  EXPECT_EQ(NextPageLink(R"(<https://hub.example/api/models/a/b/tree/main?cursor=xyz>; rel="next")"),
+            "https://hub.example/api/models/a/b/tree/main?cursor=xyz");
+  EXPECT_EQ(NextPageLink(R"(<https://h/p?page=1>; rel="prev", <https://h/p?page=3>; rel="next")"), "https://h/p?page=3");
+  EXPECT_EQ(NextPageLink(R"(</api/tree?cursor=2>;rel=next)"), "/api/tree?cursor=2");
+  EXPECT_EQ(NextPageLink(R"(<https://h/p?page=9>; rel="last")"), "");
+  EXPECT_EQ(NextPageLink(""), "");
+  EXPECT_EQ(NextPageLink("garbage; rel=\"next\""), "");
 }
 
 TEST_F(RemoteTest, WithoutADirectoryIndexTheModelIndexJsonLists) {
@@ -390,3 +432,4 @@ TEST_F(RemoteTest, WebDavWritesPublishAtomically) {
 
 }  // namespace
 }  // namespace safeshard
+

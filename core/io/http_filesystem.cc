@@ -201,6 +201,33 @@ std::string WithSlash(std::string url) {
   return url;
 }
 
+// "scheme://host[:port]" of a URL ("" if it has none).
+std::string Origin(const std::string& url) {
+  const size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return "";
+  const size_t path = url.find('/', scheme + 3);
+  return url.substr(0, path);
+}
+
+}  // namespace
+
+std::string NextPageLink(absl::string_view value) {
+  for (absl::string_view part : absl::StrSplit(value, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (!absl::ConsumePrefix(&part, "<")) continue;
+    const size_t end = part.find('>');
+    if (end == absl::string_view::npos) continue;
+    const absl::string_view target = part.substr(0, end);
+    for (absl::string_view param : absl::StrSplit(part.substr(end + 1), ';')) {
+      param = absl::StripAsciiWhitespace(param);
+      if (param == "rel=\"next\"" || param == "rel=next") return std::string(target);
+    }
+  }
+  return "";
+}
+
+namespace {
+
 std::string NoSlash(std::string url) {
   while (url.size() > 1 && url.back() == '/' && !absl::EndsWith(url, "://")) url.pop_back();
   return url;
@@ -696,14 +723,35 @@ absl::StatusOr<std::vector<DirEntry>> HfFileSystem::ListExtra(const std::string&
   Request r;
   r.url = absl::StrCat(endpoint_, "/api/models/", p->org, "/", p->repo, "/tree/", p->revision,
                        p->path.empty() ? "" : "/", p->path);
-  absl::StatusOr<Response> resp = Send(r);
-  if (!resp.ok()) return resp.status();
-  json j = json::parse(resp->body, nullptr, false);
-  if (!j.is_array()) return absl::NotFoundError("not a tree listing");
+  // The listing comes in pages: each names the next in `Link: <URL>; rel="next"` (GitHub-style,
+  // as huggingface_hub's paginate() follows). A checkpoint of 1,000+ rank files spans several.
   std::vector<DirEntry> out;
-  for (const json& e : j) {
-    if (!e.is_object() || !e.contains("path") || !e["path"].is_string()) continue;
-    out.push_back({BaseName(e["path"].get<std::string>()), e.value("type", "") == "directory"});
+  std::set<std::string> seen;
+  for (int page = 1;; ++page) {
+    seen.insert(r.url);
+    absl::StatusOr<Response> resp = Send(r);
+    if (!resp.ok()) return resp.status();
+    json j = json::parse(resp->body, nullptr, false);
+    if (!j.is_array()) {
+      if (page == 1) return absl::NotFoundError("not a tree listing");
+      return absl::UnavailableError(absl::StrCat("GET ", r.url, ": page ", page, " of the tree listing is not a JSON array"));
+    }
+    for (const json& e : j) {
+      if (!e.is_object() || !e.contains("path") || !e["path"].is_string()) continue;
+      out.push_back({BaseName(e["path"].get<std::string>()), e.value("type", "") == "directory"});
+    }
+    auto link = resp->headers.find("link");
+    std::string next = link == resp->headers.end() ? "" : NextPageLink(link->second);
+    if (next.empty()) break;
+    if (absl::StartsWith(next, "/")) next = Origin(endpoint_) + next;
+    if (Origin(next) != Origin(endpoint_)) {  // the token goes only to the endpoint
+      return absl::UnavailableError(absl::StrCat("GET ", r.url, ": the next page of the tree listing is on another host (",
+                                                 Origin(next), "); not following"));
+    }
+    if (seen.count(next)) {
+      return absl::UnavailableError(absl::StrCat("GET ", r.url, ": the tree listing's pages loop back to ", next));
+    }
+    r.url = next;
   }
   std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
   return out;

@@ -118,6 +118,10 @@ struct HfPath {
 };
 absl::StatusOr<HfPath> ParseHfPath(const std::string& url);
 
+// The URL of rel="next" in a Link header value (`<URL>; rel="next", <URL2>; rel="last"`), as
+// paginated listings (the Hub's tree API) send it; "" when there is none.
+std::string NextPageLink(absl::string_view link_header);
+
 }  // namespace safeshard
 
 #endif  // SAFESHARD_CORE_IO_HTTP_FILESYSTEM_H_
