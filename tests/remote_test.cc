@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -79,7 +80,12 @@ TEST_F(RemoteTest, ScanReadsOnlyHeaderBytes) {
     file_bytes += f.size;
   }
   uint64_t data_gets = 0, listing = 0;
+  std::map<std::string, int> requests_per_file;
   for (const auto& e : server_->AccessLog()) {
+    if (absl::EndsWith(e.path, ".safetensors")) {
+      EXPECT_EQ(e.method, "GET") << e.path;  // no HEAD: opening a file fetches its first bytes
+      requests_per_file[e.path]++;
+    }
     if (e.method != "GET") continue;
     if (absl::EndsWith(e.path, "/")) {
       listing += e.bytes;
@@ -90,6 +96,8 @@ TEST_F(RemoteTest, ScanReadsOnlyHeaderBytes) {
     }
   }
   EXPECT_EQ(data_gets, header_bytes);
+  ASSERT_EQ(requests_per_file.size(), 4u);
+  for (const auto& [path, n] : requests_per_file) EXPECT_EQ(n, 2) << path << ": the first 64 bytes, then the rest of the header";
   EXPECT_GT(listing, 0u);
   EXPECT_LT(data_gets + listing, file_bytes / 10);
   // Identical layouts (chunks, byte ranges) to the local scan.
@@ -242,6 +250,28 @@ TEST_F(RemoteTest, AFileReplacedOnTheServerWhileOpenIsNotMixedIntoTheResult) {
   ASSERT_TRUE(g.ok()) << g.status();
   ASSERT_TRUE((*g)->ReadAt(0, got.size(), got.data()).ok());
   EXPECT_TRUE(got == after);
+}
+
+TEST_F(RemoteTest, AServerWithoutRangesIsRefusedWithoutDownloadingWholeFiles) {
+  // 64 MiB behind a server that answers every GET with the whole file.
+  const std::string dir = root_ + "/norange/big";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {4096, 4096}, Sharding::kRow}}, {.ranks = 1})
+                  .ok());
+  const std::string url = server_->url() + "/norange/big";
+  auto fs = Fs();
+  auto ck = CheckpointLayout::Scan(*fs, url);
+  ASSERT_TRUE(ck.ok()) << ck.status();  // a scan reports unreadable files as problems
+  ASSERT_EQ(ck->files().size(), 1u);
+  ASSERT_TRUE(ck->files()[0].error.has_value());
+  EXPECT_TRUE(absl::StrContains(*ck->files()[0].error, "ignored the Range header")) << *ck->files()[0].error;
+  std::string out, err;
+  EXPECT_EQ(Cli({"verify", url, "--token", kToken}, &out, &err), 1);
+  EXPECT_TRUE(absl::StrContains(out + err, "ranged reads are required")) << out << err;
+  const uint64_t file_size = ck->files()[0].size;
+  ASSERT_GT(file_size, 64u << 20);
+  uint64_t served = 0;
+  for (const auto& e : server_->AccessLog()) served += e.method == "GET" ? e.bytes : 0;
+  EXPECT_LT(served, file_size / 2) << "transfers of unwanted bytes must stop early";
 }
 
 TEST_F(RemoteTest, ServerErrorsAreRetriedClientErrorsAreNot) {

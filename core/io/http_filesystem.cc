@@ -48,6 +48,8 @@ struct HttpFileSystem::Response {
   std::string body;
   std::map<std::string, std::string> headers;  // lower-case names
   uint64_t received = 0;                        // body bytes delivered to the sink
+  bool overflow = false;    // more body than `dst` holds arrived (a range ignored): transfer stopped
+  bool redirected = false;  // the answer came from another URL (a CDN)
 };
 
 namespace {
@@ -76,6 +78,7 @@ struct Transfer {
   HttpFileSystem::Response* resp;
   HttpStats* stats;
   bool write_error = false;
+  bool overflow = false;
   uint64_t upload_pos = 0;
 };
 
@@ -86,13 +89,16 @@ size_t OnBody(char* p, size_t size, size_t n, void* user) {
   const char* data = p;
   const size_t avail = len;
   if (t->req->dst != nullptr) {
-    // Bytes past what was asked for (a server answering a range with the whole file) are
-    // dropped; ReadRange then refuses the answer.
+    // More than was asked for (a server answering a range with the whole file): stop the
+    // transfer rather than download a file of any size; the caller sees `overflow`.
     const uint64_t at = t->resp->received;
-    if (at >= t->req->dst_size) return len;
-    const size_t take = static_cast<size_t>(std::min<uint64_t>(avail, t->req->dst_size - at));
+    const size_t take = static_cast<size_t>(std::min<uint64_t>(avail, t->req->dst_size - std::min(at, t->req->dst_size)));
     std::memcpy(t->req->dst + at, data, take);
     t->resp->received += take;
+    if (take < avail) {
+      t->overflow = true;
+      return 0;  // aborts the transfer
+    }
     return len;
   }
   if (t->req->sink_fd >= 0) {
@@ -259,8 +265,11 @@ class HttpReadable : public ReadableFile {
  public:
   // `etag`: the strong ETag the file had when opened ("" if none); every read then asks for that
   // version (If-Match), so a file replaced mid-read fails with HTTP 412 instead of mixing versions.
-  HttpReadable(HttpFileSystem* fs, std::string path, std::string url, uint64_t size, std::string etag)
-      : fs_(fs), path_(std::move(path)), url_(std::move(url)), size_(size), etag_(std::move(etag)) {}
+  // `prefix`: the file's first bytes, fetched when it was opened (reads within them are free).
+  HttpReadable(HttpFileSystem* fs, std::string path, std::string url, uint64_t size, std::string etag,
+               std::string prefix = "")
+      : fs_(fs), path_(std::move(path)), url_(std::move(url)), size_(size), etag_(std::move(etag)),
+        prefix_(std::move(prefix)) {}
   ~HttpReadable() override {
     if (spool_fd_ >= 0) close(spool_fd_);
   }
@@ -274,6 +283,10 @@ class HttpReadable : public ReadableFile {
                                               " lie beyond the end of the file (", size_, " bytes)"));
     }
     if (n == 0) return absl::OkStatus();
+    if (offset + n <= prefix_.size()) {
+      std::memcpy(dst, prefix_.data() + offset, n);
+      return absl::OkStatus();
+    }
     {
       std::lock_guard<std::mutex> l(mu_);
       if (map_) {
@@ -306,6 +319,10 @@ class HttpReadable : public ReadableFile {
         if (!etag_.empty()) r.headers = {"If-Match: " + etag_};
         absl::StatusOr<HttpFileSystem::Response> resp = fs_->Send(r);
         if (!resp.ok()) return resp.status();
+        if (resp->code != 206 && !(at == 0 && n == size_ && resp->received == n)) {
+          return absl::FailedPreconditionError(absl::StrCat("GET ", url_, ": the server ignored the Range header (HTTP ",
+                                                            resp->code, "); ranged reads are required"));
+        }
       }
       void* p = mmap(nullptr, size_, PROT_READ, MAP_SHARED, spool_fd_, 0);
       if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap spool of ", path_, ": ", std::strerror(errno)));
@@ -321,6 +338,7 @@ class HttpReadable : public ReadableFile {
   std::string path_, url_;
   uint64_t size_;
   std::string etag_;
+  const std::string prefix_;
   mutable std::mutex mu_;
   int spool_fd_ = -1;
   std::shared_ptr<const MappedRegion> map_;
@@ -431,7 +449,14 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
     long code = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
     resp.code = code;
+    long redirects = 0;
+    curl_easy_getinfo(h, CURLINFO_REDIRECT_COUNT, &redirects);
+    resp.redirected = redirects > 0;
     curl_slist_free_all(headers);
+    if (t.overflow && code >= 200 && code < 300) {
+      resp.overflow = true;
+      return resp;  // the caller decides (ReadRange refuses; OpenRead falls back to HEAD)
+    }
     if (rc != CURLE_OK) {
       last = absl::UnavailableError(absl::StrCat(Describe(req), ": ", curl_easy_strerror(rc)));
       if (t.write_error) return absl::ResourceExhaustedError(absl::StrCat(Describe(req), ": writing the local spool failed"));
@@ -471,7 +496,7 @@ absl::Status HttpFileSystem::ReadRange(const std::string& url, uint64_t offset, 
   r.dst_size = n;
   absl::StatusOr<Response> resp = Send(r);
   if (!resp.ok()) return resp.status();
-  if (resp->code == 200 && offset > 0) {
+  if ((resp->code == 200 && offset > 0) || resp->overflow) {
     return absl::FailedPreconditionError(absl::StrCat(
         "GET ", url, ": the server ignored the Range header (HTTP 200); ranged reads are required"));
   }
@@ -606,6 +631,35 @@ absl::StatusOr<std::vector<DirEntry>> HttpFileSystem::List(const std::string& di
 }
 
 absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std::string& path) {
+  // One ranged GET of the first bytes instead of a HEAD: its Content-Range gives the size, and
+  // the bytes are what a header read asks for first (a scan then needs one more request per
+  // file, for the rest of the header). Redirects (the Hub's CDN) are followed once, here.
+  {
+    const std::string url = ToUrl(path);
+    std::string prefix(kOpenPrefixBytes, '\0');
+    Request r;
+    r.url = url;
+    r.range = {{0, kOpenPrefixBytes - 1}};
+    r.dst = prefix.data();
+    r.dst_size = prefix.size();
+    absl::StatusOr<Response> resp = Send(r);
+    if (!resp.ok() && absl::IsPermissionDenied(resp.status())) return resp.status();
+    uint64_t total = 0;
+    if (resp.ok() && resp->code == 206 && !resp->overflow) {
+      auto cr = resp->headers.find("content-range");
+      if (cr != resp->headers.end() && absl::SimpleAtoi(cr->second.substr(cr->second.rfind('/') + 1), &total) &&
+          resp->received == std::min<uint64_t>(total, kOpenPrefixBytes)) {
+        prefix.resize(resp->received);
+        std::string etag;
+        auto e = resp->headers.find("etag");
+        if (!resp->redirected && e != resp->headers.end() && !absl::StartsWith(e->second, "W/")) etag = e->second;
+        return std::unique_ptr<ReadableFile>(
+            new HttpReadable(this, path, url, total, std::move(etag), std::move(prefix)));
+      }
+    }
+    // Anything else (an empty file's 416, a server without ranges, a directory, a 404 to be
+    // told apart from an hf:// directory): the HEAD below says what it is.
+  }
   std::string etag;
   absl::StatusOr<FileStat> st = StatUrl(path, &etag);
   if (!st.ok() && absl::IsNotFound(st.status())) {

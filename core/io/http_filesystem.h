@@ -2,8 +2,9 @@
 //
 // Paths are full URLs ("http://host:8080/runs/step-100/shard-00001-...safetensors"); JoinPath and
 // DirName work on them unchanged.
-//   - reads are ranged GETs (`Range: bytes=a-b`): reading a header fetches the 8-byte length,
-//     then the header; ReadAt fetches exactly the bytes asked for. Map() downloads the whole file
+//   - reads are ranged GETs (`Range: bytes=a-b`): opening a file fetches its first 64 bytes (the
+//     answer's Content-Range gives the size: no HEAD), so reading a header costs one more GET for
+//     the rest of it; ReadAt fetches exactly the bytes asked for. Map() downloads the whole file
 //     once into an unlinked local spool file (consolidation copies from it; later ReadAt calls on
 //     that handle are served from it).
 //   - listing uses the server's JSON directory index (nginx `autoindex_format json`; for hf://
@@ -68,6 +69,10 @@ class HttpFileSystem : public FileSystem {
   absl::Status ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst, const std::string& etag = "");
   // Uploads a local file's first `size` bytes to `url` (PUT, retried).
   absl::Status PutFile(const std::string& url, int fd, uint64_t size);
+
+  // OpenRead fetches a file's first bytes with one ranged GET (no HEAD); a header read needs
+  // exactly these first (the 8-byte length and the header's start).
+  static constexpr uint64_t kOpenPrefixBytes = 64;
 
   const HttpStats& stats() const { return stats_; }
   const HttpOptions& options() const { return options_; }
