@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
     }
     absl::Status s = safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), root + "/load", model, {.ranks = 4});
     if (!s.ok()) return std::cerr << s << "\n", 1;
-    std::string curl_cmd = absl::StrCat("curl -s --fail --parallel --parallel-max 8 -H 'Authorization: Bearer ", kToken, "'");
+    std::string curl_cmd = absl::StrCat("curl -s --no-progress-meter --fail --parallel --parallel-max 8 -H 'Authorization: Bearer ", kToken, "'");
     uint64_t bytes = 0;
     for (const auto& e : std::filesystem::directory_iterator(root + "/load")) {
       if (e.path().extension() != ".safetensors") continue;
