@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "core/dcp/hf_storage_writer.h"
 #include "core/io/filesystem.h"
+#include "core/util/parallel.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
 
@@ -154,10 +155,14 @@ std::string HfStorageReader::Fingerprint() const {
   if (!st->is_dir) return absl::StrCat(st->size, ":", st->mtime_ns);
   absl::StatusOr<std::vector<DirEntry>> entries = fs_->List(path_);
   if (!entries.ok()) return fp;
-  for (const DirEntry& e : *entries) {
+  // One stat per file, several at once (each is a round trip on a remote file system).
+  std::vector<std::string> parts(entries->size());
+  ParallelFor(entries->size(), 8, [&](size_t i) {
+    const DirEntry& e = (*entries)[i];
     absl::StatusOr<FileStat> f = fs_->Stat(JoinPath(path_, e.name));
-    if (f.ok()) absl::StrAppend(&fp, e.name, ":", f->size, ":", f->mtime_ns, ";");
-  }
+    if (f.ok()) parts[i] = absl::StrCat(e.name, ":", f->size, ":", f->mtime_ns, ";");
+  });
+  for (const std::string& p : parts) fp += p;
   return fp;
 }
 

@@ -13,6 +13,7 @@
 #include "core/format/filenames.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
+#include "core/util/parallel.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -367,19 +368,7 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       fi.header = std::move(*h);
     }
   };
-  const size_t threads = std::min<size_t>(names.size(), std::max(1, options.header_threads));
-  if (threads <= 1) {
-    for (size_t i = 0; i < names.size(); ++i) read_one(i);
-  } else {
-    std::atomic<size_t> next{0};
-    std::vector<std::thread> pool;
-    for (size_t t = 0; t < threads; ++t) {
-      pool.emplace_back([&] {
-        for (size_t i = next++; i < names.size(); i = next++) read_one(i);
-      });
-    }
-    for (auto& th : pool) th.join();
-  }
+  ParallelFor(names.size(), options.header_threads, read_one);
 
   // Index json.
   if (!ck.index_file_.empty()) {
