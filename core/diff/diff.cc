@@ -1,0 +1,321 @@
+#include "core/diff/diff.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "core/consolidate/dtype_cast.h"
+#include "core/format/dtype.h"
+#include "core/util/parallel.h"
+
+namespace safeshard {
+
+const char* DiffKindName(DiffKind k) {
+  switch (k) {
+    case DiffKind::kOnlyInA: return "only in A";
+    case DiffKind::kOnlyInB: return "only in B";
+    case DiffKind::kDType: return "dtype";
+    case DiffKind::kShape: return "shape";
+    case DiffKind::kValues: return "values";
+    case DiffKind::kNotCompared: return "not compared";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string Describe(const TensorLayout& t) {
+  return absl::StrCat(DTypeName(t.dtype), " [", absl::StrJoin(t.shape, ", "), "]");
+}
+
+// A contiguous piece of a tensor's global row-major bytes, stored contiguously in one file.
+struct Run {
+  uint64_t start = 0;  // byte offset in the global tensor
+  uint64_t size = 0;
+  int file = 0;
+  uint64_t at = 0;  // absolute byte offset in the file
+};
+
+// The runs of a tensor, sorted by `start`; false when a run does not start and end on a byte
+// (a sub-byte dtype split inside a byte).
+bool BuildRuns(const TensorLayout& t, std::vector<Run>* runs) {
+  const uint64_t bits = static_cast<uint64_t>(BitsOf(t.dtype));
+  const size_t k = t.shape.size();
+  std::vector<uint64_t> stride(k, 1);
+  for (size_t d = k; d-- > 1;) stride[d - 1] = stride[d] * t.shape[d];
+  auto emit = [&](uint64_t elem, uint64_t n, const Chunk& c, uint64_t chunk_elem) {
+    if ((elem * bits) % 8 != 0 || (n * bits) % 8 != 0 || (chunk_elem * bits) % 8 != 0) return false;
+    Run r{elem * bits / 8, n * bits / 8, c.file, c.begin + chunk_elem * bits / 8};
+    if (!runs->empty()) {
+      Run& p = runs->back();
+      if (p.file == r.file && p.start + p.size == r.start && p.at + p.size == r.at) {
+        p.size += r.size;
+        return true;
+      }
+    }
+    runs->push_back(r);
+    return true;
+  };
+  for (const Chunk& c : t.chunks) {
+    if (k == 0) {
+      if (!emit(0, 1, c, 0)) return false;
+      continue;
+    }
+    bool empty = false;
+    for (uint64_t s : c.sizes) empty |= s == 0;
+    if (empty) continue;
+    const uint64_t inner = c.sizes[k - 1];
+    std::vector<uint64_t> idx(k - 1, 0);
+    uint64_t chunk_elem = 0;
+    while (true) {
+      uint64_t g = c.offsets[k - 1];
+      for (size_t d = 0; d + 1 < k; ++d) g += (c.offsets[d] + idx[d]) * stride[d];
+      if (!emit(g, inner, c, chunk_elem)) return false;
+      chunk_elem += inner;
+      size_t d = k - 1;
+      while (d > 0) {
+        if (++idx[d - 1] < c.sizes[d - 1]) break;
+        idx[d - 1] = 0;
+        --d;
+      }
+      if (d == 0) break;
+    }
+  }
+  std::sort(runs->begin(), runs->end(), [](const Run& x, const Run& y) { return x.start < y.start; });
+  return true;
+}
+
+std::string FormatElement(DType dt, const char* p) {
+  const int bytes = std::max(1, BitsOf(dt) / 8);
+  std::string hex = "0x";
+  for (int i = bytes; i-- > 0;) absl::StrAppendFormat(&hex, "%02x", static_cast<unsigned char>(p[i]));
+  std::string value;
+  switch (dt) {
+    case DType::kF64:
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16: {
+      double v = 0;
+      CastElements(dt, p, DType::kF64, &v, 1);
+      value = absl::StrFormat("%.9g", v);
+      break;
+    }
+    case DType::kBOOL: value = p[0] ? "true" : "false"; break;
+    case DType::kI8: value = absl::StrCat(static_cast<int8_t>(p[0])); break;
+    case DType::kU8: value = absl::StrCat(static_cast<uint8_t>(p[0])); break;
+#define SAFESHARD_INT_CASE(D, T) \
+    case D: {                    \
+      T v;                       \
+      std::memcpy(&v, p, sizeof v); \
+      value = absl::StrCat(v);   \
+      break;                     \
+    }
+    SAFESHARD_INT_CASE(DType::kI16, int16_t)
+    SAFESHARD_INT_CASE(DType::kU16, uint16_t)
+    SAFESHARD_INT_CASE(DType::kI32, int32_t)
+    SAFESHARD_INT_CASE(DType::kU32, uint32_t)
+    SAFESHARD_INT_CASE(DType::kI64, int64_t)
+    SAFESHARD_INT_CASE(DType::kU64, uint64_t)
+#undef SAFESHARD_INT_CASE
+    default: break;
+  }
+  return value.empty() ? hex : absl::StrCat(hex, " (", value, ")");
+}
+
+// Maps each file of one side once, on first use, from any thread.
+class Side {
+ public:
+  Side(FileSystem& fs, const CheckpointLayout& ck) : fs_(fs), ck_(ck), maps_(ck.files().size()) {}
+
+  absl::StatusOr<absl::string_view> Bytes(int file, uint64_t at, uint64_t n, const std::string& tensor) {
+    std::shared_ptr<const MappedRegion> m;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!maps_[file]) {
+        const std::string path = JoinPath(ck_.root(), ck_.files()[file].name);
+        absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs_.OpenRead(path);
+        if (!f.ok()) return f.status();
+        absl::Status same = CheckUnchanged(**f, IdentityOf(ck_.files()[file]));
+        if (!same.ok()) return same;
+        absl::StatusOr<std::shared_ptr<const MappedRegion>> r = (*f)->Map();
+        if (!r.ok()) return r.status();
+        maps_[file] = *r;
+      }
+      m = maps_[file];
+    }
+    const absl::string_view d = m->data();
+    if (at > d.size() || n > d.size() - at) {
+      return absl::DataLossError(absl::StrCat(JoinPath(ck_.root(), ck_.files()[file].name), ": tensor \"", tensor,
+                                              "\": bytes [", at, ", ", at + n, ") lie beyond the end of the file (",
+                                              d.size(), " bytes)"));
+    }
+    return d.substr(at, n);
+  }
+
+ private:
+  FileSystem& fs_;
+  const CheckpointLayout& ck_;
+  std::mutex mu_;
+  std::vector<std::shared_ptr<const MappedRegion>> maps_;
+};
+
+// Compares the bytes of two tensors of equal dtype and shape. Fills `d` when they differ.
+absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout& tb, Side& sb,
+                           const DiffOptions& o, TensorDiff* d, bool* differ) {
+  *differ = false;
+  std::vector<Run> ra, rb;
+  if (!BuildRuns(ta, &ra) || !BuildRuns(tb, &rb)) {
+    d->kind = DiffKind::kNotCompared;
+    d->detail = absl::StrCat(DTypeName(ta.dtype), " elements are split inside a byte: values not compared");
+    *differ = true;
+    return absl::OkStatus();
+  }
+  const uint64_t ebytes = static_cast<uint64_t>(std::max(1, BitsOf(ta.dtype) / 8));
+  size_t i = 0, j = 0;
+  uint64_t ia = 0, jb = 0;  // bytes consumed of ra[i], rb[j]
+  uint64_t first = UINT64_MAX, count = 0;
+  std::string first_a, first_b;
+  while (i < ra.size() && j < rb.size()) {
+    if (o.cancel && o.cancel->load()) return absl::CancelledError("diff cancelled");
+    const uint64_t n = std::min(ra[i].size - ia, rb[j].size - jb);
+    absl::StatusOr<absl::string_view> pa = sa.Bytes(ra[i].file, ra[i].at + ia, n, ta.name);
+    if (!pa.ok()) return pa.status();
+    absl::StatusOr<absl::string_view> pb = sb.Bytes(rb[j].file, rb[j].at + jb, n, tb.name);
+    if (!pb.ok()) return pb.status();
+    if (std::memcmp(pa->data(), pb->data(), n) != 0) {
+      // Element by element (runs hold whole elements: both start on element boundaries).
+      const uint64_t global = ra[i].start + ia;
+      for (uint64_t k = 0; k < n; k += ebytes) {
+        const uint64_t m = std::min(ebytes, n - k);
+        if (std::memcmp(pa->data() + k, pb->data() + k, m) != 0) {
+          if (count == 0) {
+            first = (global + k) / ebytes;
+            first_a = FormatElement(ta.dtype, pa->data() + k);
+            first_b = FormatElement(tb.dtype, pb->data() + k);
+          }
+          ++count;
+        }
+      }
+    }
+    ia += n;
+    jb += n;
+    if (ia == ra[i].size) ++i, ia = 0;
+    if (jb == rb[j].size) ++j, jb = 0;
+  }
+  if (i < ra.size() || j < rb.size()) {  // both tile the same tensor: cannot happen without a problem
+    return absl::InternalError(absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different byte counts"));
+  }
+  if (count > 0) {
+    *differ = true;
+    d->kind = DiffKind::kValues;
+    d->differing_elements = count;
+    d->first_element = first;
+    d->first_index.assign(ta.shape.size(), 0);
+    uint64_t rest = first;
+    for (size_t k = ta.shape.size(); k-- > 0;) {
+      if (ta.shape[k] == 0) break;
+      d->first_index[k] = rest % ta.shape[k];
+      rest /= ta.shape[k];
+    }
+    d->first_a = first_a;
+    d->first_b = first_b;
+    d->detail = absl::StrCat(count, " of ", ta.numel(), " elements differ; first at [",
+                             absl::StrJoin(d->first_index, ", "), "]: A ", first_a, ", B ", first_b);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a, FileSystem& fb,
+                                           const CheckpointLayout& b, const DiffOptions& o) {
+  DiffReport rep;
+  auto wanted = [&](const std::string& n) { return !o.filter || o.filter(n); };
+  // Pairs present on both sides, and the one-sided names.
+  std::vector<std::pair<const TensorLayout*, const TensorLayout*>> both;
+  for (const TensorLayout& t : a.tensors()) {
+    if (!wanted(t.name)) continue;
+    const TensorLayout* u = b.FindTensor(t.name);
+    if (u == nullptr) {
+      rep.diffs.push_back({DiffKind::kOnlyInA, t.name, Describe(t)});
+    } else {
+      both.push_back({&t, u});
+    }
+  }
+  for (const TensorLayout& t : b.tensors()) {
+    if (wanted(t.name) && a.FindTensor(t.name) == nullptr) rep.diffs.push_back({DiffKind::kOnlyInB, t.name, Describe(t)});
+  }
+  rep.in_both = both.size();
+
+  std::vector<TensorDiff> result(both.size());
+  std::vector<char> differs(both.size(), 0);
+  std::vector<size_t> to_compare;
+  uint64_t total = 0;
+  for (size_t k = 0; k < both.size(); ++k) {
+    const TensorLayout& ta = *both[k].first;
+    const TensorLayout& tb = *both[k].second;
+    TensorDiff& d = result[k];
+    d.name = ta.name;
+    if (ta.dtype != tb.dtype) {
+      d.kind = DiffKind::kDType;
+      d.detail = absl::StrCat("A ", Describe(ta), ", B ", Describe(tb));
+      differs[k] = 1;
+    } else if (ta.shape != tb.shape) {
+      d.kind = DiffKind::kShape;
+      d.detail = absl::StrCat("A ", Describe(ta), ", B ", Describe(tb));
+      differs[k] = 1;
+    } else if (!o.headers_only && (ta.has_problem || tb.has_problem)) {
+      d.kind = DiffKind::kNotCompared;
+      d.detail = absl::StrCat(ta.has_problem ? "A" : "B",
+                              " does not hold it exactly (a gap, overlap or conflict; see `safeshard verify`)");
+      differs[k] = 1;
+    } else if (!o.headers_only) {
+      to_compare.push_back(k);
+      total += ta.bytes();
+    }
+  }
+
+  Side sa(fa, a), sb(fb, b);
+  std::mutex mu;
+  absl::Status first_error;
+  std::atomic<uint64_t> done{0};
+  ParallelFor(to_compare.size(), o.threads, [&](size_t n) {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (!first_error.ok()) return;
+    }
+    const size_t k = to_compare[n];
+    bool differ = false;
+    absl::Status s = CompareValues(*both[k].first, sa, *both[k].second, sb, o, &result[k], &differ);
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> l(mu);
+      if (first_error.ok()) first_error = s;
+      return;
+    }
+    differs[k] = differ;
+    const uint64_t now = done += both[k].first->bytes();
+    if (o.progress) {
+      std::lock_guard<std::mutex> l(mu);
+      o.progress(now, total);
+    }
+  });
+  if (!first_error.ok()) return first_error;
+  rep.bytes_compared = done.load();
+  for (size_t k = 0; k < both.size(); ++k) {
+    if (differs[k]) {
+      rep.diffs.push_back(std::move(result[k]));
+    } else {
+      ++rep.identical;
+    }
+  }
+  std::sort(rep.diffs.begin(), rep.diffs.end(),
+            [](const TensorDiff& x, const TensorDiff& y) { return x.name != y.name ? x.name < y.name : x.kind < y.kind; });
+  return rep;
+}
+
+}  // namespace safeshard
