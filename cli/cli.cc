@@ -29,6 +29,7 @@
 #include "nlohmann/json.hpp"
 #include "httplib.h"
 #include "re2/re2.h"
+#include "core/diff/diff.h"
 
 namespace safeshard {
 namespace {
@@ -36,7 +37,7 @@ namespace {
 using ordered_json = nlohmann::ordered_json;
 
 constexpr char kDescription[] =
-    "safeshard: inspect, verify, consolidate and remap HuggingFace-format (distributed)\n"
+    "safeshard: inspect, verify, consolidate, remap and diff HuggingFace-format (distributed)\n"
     "safetensors checkpoints. Exit codes: 0 ok, 1 problems found or failure, 2 usage error.";
 
 // ---- inspect ---------------------------------------------------------------------------------
@@ -595,6 +596,109 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
 }
 
 
+// ---- diff -------------------------------------------------------------------------------------
+
+struct DiffArgs {
+  std::string a, b, token, filter;
+  bool headers_only = false, json = false;
+  int threads = 4;
+  int max_lines = 100;
+};
+
+int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
+  auto fail = [&](const absl::Status& s, int code) {
+    err << "safeshard diff: " << s.message() << "\n";
+    return code;
+  };
+  std::unique_ptr<RE2> filter;
+  if (!args.filter.empty()) {
+    filter = std::make_unique<RE2>(args.filter, RE2::Quiet);
+    if (!filter->ok()) {
+      err << "safeshard diff: --filter: invalid regular expression \"" << args.filter << "\": " << filter->error()
+          << "\n";
+      return kExitUsage;
+    }
+  }
+  absl::StatusOr<ResolvedPath> wa = Resolve(args.a, args.token);
+  if (!wa.ok()) return fail(wa.status(), kExitUsage);
+  absl::StatusOr<ResolvedPath> wb = Resolve(args.b, args.token);
+  if (!wb.ok()) return fail(wb.status(), kExitUsage);
+  absl::StatusOr<CheckpointLayout> a = CheckpointLayout::Scan(*wa->fs, wa->path);
+  if (!a.ok()) return fail(a.status(), a.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
+  absl::StatusOr<CheckpointLayout> b = CheckpointLayout::Scan(*wb->fs, wb->path);
+  if (!b.ok()) return fail(b.status(), b.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
+  for (const auto* ck : {&*a, &*b}) {
+    if (ck->files().empty()) return fail(absl::NotFoundError(absl::StrCat(ck->root(), ": no .safetensors files")), kExitUsage);
+  }
+  DiffOptions o;
+  o.headers_only = args.headers_only;
+  o.threads = args.threads;
+  if (filter) o.filter = [&](const std::string& n) { return RE2::PartialMatch(n, *filter); };
+  ProgressBar bar(err, StderrIsTerminal(err) && !args.json);
+  o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<DiffReport> r = DiffCheckpoints(*wa->fs, *a, *wb->fs, *b, o);
+  bar.Finish();
+  if (!r.ok()) return fail(r.status(), kExitProblems);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::map<DiffKind, uint64_t> by_kind;
+  for (const TensorDiff& d : r->diffs) by_kind[d.kind]++;
+  auto side = [](const CheckpointLayout& ck) {
+    return absl::StrCat(ck.root(), " (", CheckpointKindName(ck.kind()), ", ", ck.files().size(), " file",
+                        ck.files().size() == 1 ? "" : "s", ", ", ck.tensors().size(), " tensors)");
+  };
+  if (args.json) {
+    ordered_json j;
+    j["schema"] = "safeshard.diff/1";
+    j["a"] = a->root();
+    j["b"] = b->root();
+    j["identical"] = r->identical_all();
+    j["headers_only"] = args.headers_only;
+    j["in_both"] = r->in_both;
+    j["identical_tensors"] = r->identical;
+    j["bytes_compared"] = r->bytes_compared;
+    ordered_json list = ordered_json::array();
+    for (const TensorDiff& d : r->diffs) {
+      ordered_json e;
+      e["kind"] = DiffKindName(d.kind);
+      e["tensor"] = d.name;
+      e["detail"] = d.detail;
+      if (d.kind == DiffKind::kValues) {
+        e["differing_elements"] = d.differing_elements;
+        e["first_index"] = d.first_index;
+        e["first_a"] = d.first_a;
+        e["first_b"] = d.first_b;
+      }
+      list.push_back(std::move(e));
+    }
+    j["differences"] = std::move(list);
+    out << j.dump(2) << "\n";
+  } else {
+    int shown = 0;
+    for (const TensorDiff& d : r->diffs) {
+      if (args.max_lines > 0 && shown == args.max_lines) {
+        out << "... " << (r->diffs.size() - shown) << " more (--max-lines 0 shows all)\n";
+        break;
+      }
+      out << DiffKindName(d.kind) << ": " << d.name << ": " << d.detail << "\n";
+      ++shown;
+    }
+    out << "A: " << side(*a) << "\nB: " << side(*b) << "\n";
+    out << r->in_both << " tensors in both: " << r->identical << " identical";
+    if (by_kind[DiffKind::kValues]) out << ", " << by_kind[DiffKind::kValues] << " with other values";
+    if (by_kind[DiffKind::kDType]) out << ", " << by_kind[DiffKind::kDType] << " with another dtype";
+    if (by_kind[DiffKind::kShape]) out << ", " << by_kind[DiffKind::kShape] << " with another shape";
+    if (by_kind[DiffKind::kNotCompared]) out << ", " << by_kind[DiffKind::kNotCompared] << " not compared";
+    out << "; " << by_kind[DiffKind::kOnlyInA] << " only in A, " << by_kind[DiffKind::kOnlyInB] << " only in B";
+    if (args.headers_only) {
+      out << " (headers only: values not read)\n";
+    } else {
+      out << absl::StrFormat("; %s compared in %.2f s\n", HumanBytes(r->bytes_compared), secs);
+    }
+  }
+  return r->identical_all() ? kExitOk : kExitProblems;
+}
+
 // ---- daemon client ---------------------------------------------------------------------------
 
 struct DaemonArgs {
@@ -863,6 +967,21 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   DaemonArgs da;
   da.address = DefaultDaemonAddress();
   da.token_file = DefaultTokenFile();
+  DiffArgs dfa;
+  CLI::App* diff = app.add_subcommand(
+      "diff", "Compare two checkpoints of any layouts (per-rank shards, HF-sharded, single file) tensor by "
+              "tensor: names, dtypes, global shapes and every byte (read straight from the mapped files). "
+              "Prints each difference (for values: how many elements differ, the first one and both of its "
+              "values); exit 0 identical, 1 different.");
+  diff->add_option("A", dfa.a, std::string("First checkpoint: ") + kUrlHelp)->required();
+  diff->add_option("B", dfa.b, "Second checkpoint (same forms)")->required();
+  diff->add_option("--token", dfa.token, kTokenHelp);
+  diff->add_flag("--headers-only", dfa.headers_only, "Compare names, dtypes and shapes only; read no tensor data");
+  diff->add_option("--filter", dfa.filter, "Only tensors whose name matches this RE2 regex");
+  diff->add_option("--threads", dfa.threads, "Tensors compared at once")->capture_default_str()->check(CLI::Range(1, 256));
+  diff->add_option("--max-lines", dfa.max_lines, "Differences printed at most (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  diff->add_flag("--json", dfa.json, "Machine-readable report (schema safeshard.diff/1; every difference)");
+
   CLI::App* runs = app.add_subcommand("runs", "List the runs safeshardd knows, with their state");
   CLI::App* jobs = app.add_subcommand("jobs", "List safeshardd's jobs with state and progress");
   CLI::App* dcons = app.add_subcommand(
@@ -916,6 +1035,7 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   if (example->parsed()) return RunMakeExample(ea, out, err);
   if (consolidate->parsed()) return RunConsolidate(ca, out, err);
   if (remap->parsed()) return RunRemap(ra, out, err);
+  if (diff->parsed()) return RunDiff(dfa, out, err);
   if (runs->parsed()) return RunRuns(da, out, err);
   if (jobs->parsed()) return RunJobs(da, out, err);
   if (dcons->parsed()) return RunDaemonConsolidate(da, out, err);

@@ -4,6 +4,7 @@
 
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
+#include "core/layout/layout.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -193,6 +194,50 @@ TEST(CliRemapTest, DryRunThenApplyAndCollision) {
   EXPECT_NE(col.code, kExitOk);
   EXPECT_THAT(col.err, HasSubstr("both map to"));
   EXPECT_EQ(RunCli({"remap", in, "--rule", "a=>b"}).code, kExitUsage);  // in place needs the flag
+}
+
+}  // namespace
+}  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+TEST(CliDiffTest, ShardsEqualTheirConsolidationThenOneByteDiffers) {
+  const std::string in = Example();
+  const std::string out = testing::NewTempDir() + "/hf";
+  ASSERT_EQ(RunCli({"consolidate", in, out, "--max-shard-size", "20KB"}).code, kExitOk);
+  Result same = RunCli({"diff", in, out});
+  EXPECT_EQ(same.code, kExitOk) << same.out << same.err;
+  EXPECT_THAT(same.out, HasSubstr("identical; 0 only in A, 0 only in B"));
+  // One byte of one tensor changed in B.
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok());
+  const TensorLayout* t = ck->FindTensor("model.embed_tokens.weight");
+  ASSERT_NE(t, nullptr);
+  const std::string file = out + "/" + ck->files()[t->chunks[0].file].name;
+  std::string bytes = testing::ReadFile(file);
+  bytes[t->chunks[0].begin + 2 * 16 * 2 + 3 * 2] ^= 0x40;  // BF16 [32, 16]: element [2, 3]
+  testing::WriteFile(file, bytes);
+  Result diff = RunCli({"diff", in, out});
+  EXPECT_EQ(diff.code, kExitProblems) << diff.err;
+  EXPECT_THAT(diff.out, HasSubstr("values: model.embed_tokens.weight: 1 of 512 elements differ; first at [2, 3]: A 0x"));
+  EXPECT_THAT(diff.out, HasSubstr("1 with other values"));
+  Result js = RunCli({"diff", in, out, "--json"});
+  EXPECT_EQ(js.code, kExitProblems);
+  auto j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["schema"], "safeshard.diff/1");
+  EXPECT_EQ(j["identical"], false);
+  ASSERT_EQ(j["differences"].size(), 1u);
+  EXPECT_EQ(j["differences"][0]["first_index"], nlohmann::json::array({2, 3}));
+  // Headers only, or a filter leaving that tensor out: no difference seen.
+  EXPECT_EQ(RunCli({"diff", in, out, "--headers-only"}).code, kExitOk);
+  EXPECT_EQ(RunCli({"diff", in, out, "--filter", "^lm_head"}).code, kExitOk);
+  // Usage errors.
+  EXPECT_EQ(RunCli({"diff", in}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"diff", in, out, "--filter", "("}).code, kExitUsage);
+  Result missing = RunCli({"diff", in, out + "-missing"});
+  EXPECT_EQ(missing.code, kExitUsage);
+  EXPECT_THAT(missing.err, HasSubstr(out + "-missing"));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "core/consolidate/dtype_cast.h"
 #include "core/format/dtype.h"
+#include "core/util/format.h"
 #include "core/util/parallel.h"
 
 namespace safeshard {
@@ -224,7 +225,7 @@ absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout&
     }
     d->first_a = first_a;
     d->first_b = first_b;
-    d->detail = absl::StrCat(count, " of ", ta.numel(), " elements differ; first at [",
+    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(ta.numel()), " elements differ; first at [",
                              absl::StrJoin(d->first_index, ", "), "]: A ", first_a, ", B ", first_b);
   }
   return absl::OkStatus();
