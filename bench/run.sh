@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds optimised binaries and runs every benchmark. Results are ratios against baselines
 # (cat, cp, dd) measured in the same run, never absolute thresholds.
-# Usage: bench/run.sh [scan|consolidate|daemon-idle|dcp|inspector|remote]
+# Usage: bench/run.sh [scan|consolidate|daemon-idle|dcp|inspector|remote|diff]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench
+bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench //bench:diff_bench
 which="${1:-all}"
 if [[ "$which" == all || "$which" == scan ]]; then
   echo "== header scan: 100,000 tensors, 64 files =="
@@ -25,6 +25,10 @@ fi
 if [[ "$which" == all || "$which" == inspector ]]; then
   echo "== safeshard-inspector: open 100,000 tensors / 64 files until the tree is shown =="
   bazel-bin/bench/inspector_open_bench "$PWD/bazel-bin/cli/safeshard"
+fi
+if [[ "$which" == all || "$which" == diff ]]; then
+  echo "== safeshard diff: 8-rank shards vs their consolidation, against cmp of the same bytes =="
+  bazel-bin/bench/diff_bench "$PWD/bazel-bin/cli/safeshard"
 fi
 if [[ "$which" == all || "$which" == remote ]]; then
   echo "== remote storage over loopback nginx: header scan and 1 GiB load vs curl =="
