@@ -147,6 +147,10 @@ TEST_F(RemoteTest, CliInspectVerifyConsolidateAndRemapTakeUrls) {
   ASSERT_TRUE(ck.ok());
   EXPECT_NE(ck->FindTensor("backbone.embed_tokens.weight"), nullptr);
   EXPECT_TRUE(ck->problems().empty());
+  // A remote checkpoint diffs equal to its local files, and to its local consolidation.
+  EXPECT_EQ(Cli({"diff", url, root_ + "/run", "--token", kToken}, &out, &err), 0) << out << err;
+  EXPECT_NE(out.find("identical; 0 only in A, 0 only in B"), std::string::npos) << out;
+  EXPECT_EQ(Cli({"diff", url, local_out, "--token", kToken}, &out, &err), 0) << out << err;
   // A remote output is refused with a clear message.
   EXPECT_EQ(Cli({"consolidate", url, url + "-hf", "--token", kToken}, &out, &err), 2);
   EXPECT_NE(err.find("local"), std::string::npos) << err;
