@@ -278,6 +278,27 @@ TEST_F(RemoteTest, AServerWithoutRangesIsRefusedWithoutDownloadingWholeFiles) {
   EXPECT_LT(served, file_size / 2) << "transfers of unwanted bytes must stop early";
 }
 
+TEST_F(RemoteTest, OpeningEmptyAndTinyFilesGivesTheirSizes) {
+  std::filesystem::create_directories(root_ + "/small");
+  testing::WriteFile(root_ + "/small/empty.bin", "");
+  testing::WriteFile(root_ + "/small/tiny.bin", "0123456789");
+  auto fs = Fs();
+  auto empty = fs->OpenRead(server_->url() + "/small/empty.bin");  // the 64-byte GET gets a 416
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ((*empty)->size(), 0u);
+  auto tiny = fs->OpenRead(server_->url() + "/small/tiny.bin");
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  ASSERT_EQ((*tiny)->size(), 10u);
+  std::string got(4, '\0');
+  ASSERT_TRUE((*tiny)->ReadAt(6, 4, got.data()).ok());
+  EXPECT_EQ(got, "6789");
+  EXPECT_EQ((*tiny)->ReadAt(8, 4, got.data()).code(), absl::StatusCode::kDataLoss);  // past the end
+  auto dir = fs->OpenRead(server_->url() + "/small");
+  EXPECT_EQ(dir.status().code(), absl::StatusCode::kFailedPrecondition) << dir.status();
+  auto missing = fs->OpenRead(server_->url() + "/small/none.bin");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound) << missing.status();
+}
+
 TEST_F(RemoteTest, ServerErrorsAreRetriedClientErrorsAreNot) {
   Serve("busy", {.ranks = 1}, {{"w", DType::kF32, {64, 64}, Sharding::kReplicated}});
   // Two 503 answers, then the real server.

@@ -88,7 +88,10 @@ size_t OnBody(char* p, size_t size, size_t n, void* user) {
   t->stats->bytes_received += len;
   const char* data = p;
   const size_t avail = len;
-  if (t->req->dst != nullptr) {
+  // Only a successful answer's body goes to the caller's sink; an error page (404, 401, 5xx) is
+  // kept in `body` for the message, never written into a destination or spool.
+  const bool success = t->resp->code >= 200 && t->resp->code < 300;
+  if (t->req->dst != nullptr && success) {
     // More than was asked for (a server answering a range with the whole file): stop the
     // transfer rather than download a file of any size; the caller sees `overflow`.
     const uint64_t at = t->resp->received;
@@ -101,7 +104,7 @@ size_t OnBody(char* p, size_t size, size_t n, void* user) {
     }
     return len;
   }
-  if (t->req->sink_fd >= 0) {
+  if (t->req->sink_fd >= 0 && success) {
     size_t off = 0;
     while (off < avail) {
       ssize_t w = pwrite(t->req->sink_fd, data + off, avail - off,
@@ -473,7 +476,19 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
       return absl::UnavailableError(absl::StrCat(Describe(req), ": unexpected HTTP ", code));
     }
     if (req.range && !req.head && code == 206) {
-      const uint64_t want = req.range->second - req.range->first + 1;
+      // The bytes the answer says it carries ("bytes a-b/total": fewer than asked at the end of
+      // a file), else the bytes asked for.
+      uint64_t want = req.range->second - req.range->first + 1;
+      auto cr = resp.headers.find("content-range");
+      if (cr != resp.headers.end()) {
+        absl::string_view v = cr->second;
+        uint64_t a = 0, b = 0;
+        if (absl::ConsumePrefix(&v, "bytes ") && v.find('-') != absl::string_view::npos &&
+            absl::SimpleAtoi(v.substr(0, v.find('-')), &a) &&
+            absl::SimpleAtoi(v.substr(v.find('-') + 1, v.find('/') - v.find('-') - 1), &b) && b >= a) {
+          want = b - a + 1;
+        }
+      }
       if (resp.received != want) {  // truncated mid-transfer
         last = absl::UnavailableError(absl::StrCat(Describe(req), ": got ", resp.received, " of ", want,
                                                    " bytes (connection dropped)"));
@@ -643,7 +658,9 @@ absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std
     r.dst = prefix.data();
     r.dst_size = prefix.size();
     absl::StatusOr<Response> resp = Send(r);
-    if (!resp.ok() && absl::IsPermissionDenied(resp.status())) return resp.status();
+    // A refused token, a server down after all retries: final. A 404 (maybe an hf:// directory)
+    // or 416 (an empty file) is told apart by the HEAD below.
+    if (!resp.ok() && !absl::IsNotFound(resp.status()) && !absl::IsOutOfRange(resp.status())) return resp.status();
     uint64_t total = 0;
     if (resp.ok() && resp->code == 206 && !resp->overflow) {
       auto cr = resp->headers.find("content-range");
