@@ -128,16 +128,19 @@ std::string FormatElement(DType dt, const char* p) {
   return value.empty() ? hex : absl::StrCat(hex, " (", value, ")");
 }
 
-// Maps each file of one side once, on first use, from any thread.
+// Maps each file of one side once, on first use, from any thread (one lock per file: a remote
+// file downloading does not hold back reads of the others).
 class Side {
  public:
-  Side(FileSystem& fs, const CheckpointLayout& ck) : fs_(fs), ck_(ck), maps_(ck.files().size()) {}
+  Side(FileSystem& fs, const CheckpointLayout& ck)
+      : fs_(fs), ck_(ck), slots_(new Slot[ck.files().size()]) {}
 
   absl::StatusOr<absl::string_view> Bytes(int file, uint64_t at, uint64_t n, const std::string& tensor) {
     std::shared_ptr<const MappedRegion> m;
     {
-      std::lock_guard<std::mutex> l(mu_);
-      if (!maps_[file]) {
+      Slot& s = slots_[file];
+      std::lock_guard<std::mutex> l(s.mu);
+      if (!s.map) {
         const std::string path = JoinPath(ck_.root(), ck_.files()[file].name);
         absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs_.OpenRead(path);
         if (!f.ok()) return f.status();
@@ -145,9 +148,9 @@ class Side {
         if (!same.ok()) return same;
         absl::StatusOr<std::shared_ptr<const MappedRegion>> r = (*f)->Map();
         if (!r.ok()) return r.status();
-        maps_[file] = *r;
+        s.map = *r;
       }
-      m = maps_[file];
+      m = s.map;
     }
     const absl::string_view d = m->data();
     if (at > d.size() || n > d.size() - at) {
@@ -159,10 +162,13 @@ class Side {
   }
 
  private:
+  struct Slot {
+    std::mutex mu;
+    std::shared_ptr<const MappedRegion> map;
+  };
   FileSystem& fs_;
   const CheckpointLayout& ck_;
-  std::mutex mu_;
-  std::vector<std::shared_ptr<const MappedRegion>> maps_;
+  std::unique_ptr<Slot[]> slots_;
 };
 
 // Compares the bytes of two tensors of equal dtype and shape. Fills `d` when they differ.
