@@ -1,3 +1,4 @@
+#include "gui/models/diff_model.h"
 #include "gui/models/list_models.h"
 
 #include <QAbstractItemModelTester>
@@ -51,6 +52,28 @@ TEST(ListModelsTest, ProblemsAndFilesModels) {
   ASSERT_EQ(files.rowCount(), 4);
   EXPECT_EQ(files.data(files.index(3, FileModel::kRank)).toInt(), 3);
   EXPECT_EQ(files.data(files.index(0, FileModel::kState)).toString(), "DCP shard");
+}
+
+TEST(ListModelsTest, DiffModelListsEachDifference) {
+  auto report = std::make_shared<DiffReport>();
+  report->in_both = 2;
+  report->identical = 1;
+  TensorDiff values{DiffKind::kValues, "model.w", "1 of 4 elements differ; first at [0, 1]: A 0x3f80 (1), B 0x4000 (2)"};
+  TensorDiff only_b{DiffKind::kOnlyInB, "extra", "F32 [2]"};
+  report->diffs = {values, only_b};
+  DiffModel model;
+  QAbstractItemModelTester t(&model, QAbstractItemModelTester::FailureReportingMode::Fatal);
+  EXPECT_EQ(model.rowCount(), 0);
+  model.SetReport(report);
+  ASSERT_EQ(model.rowCount(), 2);
+  EXPECT_EQ(model.data(model.index(0, DiffModel::kKind)).toString(), "values");
+  EXPECT_EQ(model.data(model.index(0, DiffModel::kTensor)).toString(), "model.w");
+  EXPECT_TRUE(model.data(model.index(0, DiffModel::kDetail)).toString().startsWith("1 of 4 elements differ"));
+  EXPECT_EQ(model.data(model.index(1, 0), DiffModel::kTensorNameRole).toString(), "extra");
+  EXPECT_FALSE(model.data(model.index(1, 0), DiffModel::kInARole).toBool());
+  EXPECT_TRUE(model.data(model.index(0, 0), DiffModel::kInARole).toBool());
+  model.SetReport(nullptr);
+  EXPECT_EQ(model.rowCount(), 0);
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include <functional>
 #include <mutex>
 
+#include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
 #include "core/format/sharding.h"
 #include "core/testing/nginx.h"
@@ -396,6 +397,61 @@ TEST(InspectorTest, ConsolidationRunsToCompletionAndTheResultOpens) {
   EXPECT_TRUE(w.checkpoint()->problems().empty());
   EXPECT_FALSE(w.checkpoint()->index_file().empty());
   EXPECT_GT(w.checkpoint()->files().size(), 1u);
+}
+
+TEST(InspectorTest, CompareWithAnotherCheckpointListsDifferencesAndSelectsTheTensor) {
+  const std::string ck = MakeCheckpoint("cmp");
+  // B: the consolidation of A with one element of one tensor changed, and one tensor more.
+  const std::string b = testing::NewTempDir() + "/b";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), ck, b, {}).ok());
+  auto lb = CheckpointLayout::Scan(LocalFileSystem(), b);
+  ASSERT_TRUE(lb.ok());
+  const TensorLayout* t = lb->FindTensor("model.layers.1.mlp.up_proj.weight");
+  ASSERT_NE(t, nullptr);
+  const std::string file = b + "/" + lb->files()[t->chunks[0].file].name;
+  std::string bytes = testing::ReadFile(file);
+  bytes[t->chunks[0].begin + 2 * (3 * t->shape[1] + 5)] ^= 0x10;  // BF16 element [3, 5]
+  testing::WriteFile(file, bytes);
+  testing::WriteFile(b + "/extra.safetensors", testing::BuildSafetensors({{"extra.bias", DType::kF32, {8}}}));
+
+  MainWindow w(Options());
+  w.resize(1500, 940);
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  QSignalSpy done(&w, &MainWindow::compareFinished);
+  w.CompareWith(QString::fromStdString(b));
+  EXPECT_TRUE(w.comparing());
+  ASSERT_TRUE(WaitUntil([&] { return done.count() > 0; }));
+  EXPECT_FALSE(w.comparing());
+  QAbstractItemModel* m = w.diff_view->model();
+  ASSERT_EQ(m->rowCount(), 2) << w.compare_summary().toStdString();
+  EXPECT_EQ(m->index(0, 0).data().toString(), "only in B");
+  EXPECT_EQ(m->index(0, 1).data().toString(), "extra.bias");
+  EXPECT_EQ(m->index(1, 0).data().toString(), "values");
+  EXPECT_EQ(m->index(1, 1).data().toString(), "model.layers.1.mlp.up_proj.weight");
+  EXPECT_TRUE(m->index(1, 2).data().toString().contains("first at [3, 5]")) << m->index(1, 2).data().toString().toStdString();
+  EXPECT_TRUE(w.compare_summary().contains("2 difference(s)")) << w.compare_summary().toStdString();
+  // Clicking the difference selects its tensor; the one only in B says so instead.
+  QTest::mouseClick(w.diff_view->viewport(), Qt::LeftButton, {}, w.diff_view->visualRect(m->index(1, 1)).center());
+  ASSERT_NE(w.selected_tensor(), nullptr);
+  EXPECT_EQ(w.selected_tensor()->name, "model.layers.1.mlp.up_proj.weight");
+  QTest::mouseClick(w.diff_view->viewport(), Qt::LeftButton, {}, w.diff_view->visualRect(m->index(0, 1)).center());
+  EXPECT_TRUE(w.banner_text().contains("only in the other checkpoint")) << w.banner_text().toStdString();
+  SaveScreenshot(&w, "inspector_compare.png");
+
+  // Compared with itself: identical. Opening another checkpoint clears the comparison.
+  w.CompareWith(QString::fromStdString(ck));
+  ASSERT_TRUE(WaitUntil([&] { return done.count() > 1; }));
+  EXPECT_EQ(m->rowCount(), 0);
+  EXPECT_TRUE(w.compare_summary().contains("identical")) << w.compare_summary().toStdString();
+  w.CompareWith(QString::fromStdString(b));
+  ASSERT_TRUE(Open(w, b));
+  EXPECT_EQ(m->rowCount(), 0);
+  EXPECT_FALSE(w.comparing());
+  // A missing other checkpoint: said in place.
+  w.CompareWith("/nonexistent/checkpoint");
+  ASSERT_TRUE(WaitUntil([&] { return done.count() > 2; }));
+  EXPECT_TRUE(w.compare_summary().contains("Cannot compare with")) << w.compare_summary().toStdString();
 }
 
 TEST(InspectorTest, ConsolidationCanBeCancelledAndLeavesNothing) {

@@ -33,7 +33,10 @@
 #include <QtConcurrent/QtConcurrent>
 #include <map>
 
+#include "absl/strings/str_cat.h"
+#include "core/diff/diff.h"
 #include "core/io/url.h"
+#include "gui/models/diff_model.h"
 #include "gui/models/list_models.h"
 #include "gui/views/consolidate_dialog.h"
 #include "gui/views/daemon_panel.h"
@@ -234,6 +237,16 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
     }
   });
   connect(problems_view, &QTableView::clicked, problems_view, &QTableView::activated);
+  connect(diff_view, &QTableView::activated, this, [this](const QModelIndex& i) {
+    const QString name = diff_model_->data(i, DiffModel::kTensorNameRole).toString();
+    if (name.isEmpty()) return;
+    if (!diff_model_->data(i, DiffModel::kInARole).toBool()) {
+      ShowBanner(QString("<b>%1</b> is only in the other checkpoint.").arg(name.toHtmlEscaped()), false);
+      return;
+    }
+    SelectTensor(name);
+  });
+  connect(diff_view, &QTableView::clicked, diff_view, &QTableView::activated);
   connect(daemon_panel, &DaemonPanel::openRequested, this, &MainWindow::OpenPath);
 
   // --- settings
@@ -248,7 +261,9 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   RebuildRecentMenu();
 }
 
-MainWindow::~MainWindow() = default;
+MainWindow::~MainWindow() {
+  if (compare_cancel_) compare_cancel_->store(true);  // a comparison still running stops early
+}
 
 void MainWindow::BuildDocks() {
   setDockOptions(QMainWindow::AnimatedDocks | QMainWindow::AllowTabbedDocks | QMainWindow::AllowNestedDocks);
@@ -289,6 +304,23 @@ void MainWindow::BuildDocks() {
   problems_dock->setWidget(problems_view);
   addDockWidget(Qt::BottomDockWidgetArea, problems_dock);
 
+  diff_dock_ = new QDockWidget("Differences", this);
+  diff_dock_->setObjectName("differences");
+  auto* diff_box = new QWidget(diff_dock_);
+  auto* diff_layout = new QVBoxLayout(diff_box);
+  diff_layout->setContentsMargins(4, 4, 4, 4);
+  diff_summary = new QLabel("Tools → Compare With… compares this checkpoint with another, every byte.", diff_box);
+  diff_summary->setWordWrap(true);
+  diff_summary->setTextInteractionFlags(Qt::TextSelectableByMouse);
+  diff_model_ = new DiffModel(this);
+  diff_view = MakeTable(diff_box);
+  diff_view->setModel(diff_model_);
+  diff_view->setToolTip("Click a difference to select its tensor");
+  diff_layout->addWidget(diff_summary);
+  diff_layout->addWidget(diff_view, 1);
+  diff_dock_->setWidget(diff_box);
+  addDockWidget(Qt::BottomDockWidgetArea, diff_dock_);
+
   auto* daemon_dock = new QDockWidget("Daemon", this);
   daemon_dock->setObjectName("daemon");
   daemon_panel = new DaemonPanel(daemon_dock);
@@ -297,7 +329,8 @@ void MainWindow::BuildDocks() {
 
   tabifyDockWidget(files_dock, heat_dock);
   tabifyDockWidget(heat_dock, problems_dock);
-  tabifyDockWidget(problems_dock, daemon_dock);
+  tabifyDockWidget(problems_dock, diff_dock_);
+  tabifyDockWidget(diff_dock_, daemon_dock);
   files_dock->raise();
   resizeDocks({files_dock}, {260}, Qt::Vertical);
 }
@@ -329,6 +362,16 @@ void MainWindow::BuildMenus() {
   cons->setToolTip("Write the standard model-0000i-of-0000N.safetensors layout from this checkpoint");
   QAction* remap = tools->addAction("&Remap Keys…", this, [this] { OpenRemapDialog(); });
   remap->setShortcut(QKeySequence("Ctrl+Shift+R"));
+  QAction* compare = tools->addAction("Compare &With…", this, [this] {
+    if (!layout_) {
+      ShowBanner("Open a checkpoint first, then compare it with another.", true);
+      return;
+    }
+    const QString d = QFileDialog::getExistingDirectory(this, "Compare with checkpoint directory", path_);
+    if (!d.isEmpty()) CompareWith(d);
+  });
+  compare->setShortcut(QKeySequence("Ctrl+Shift+D"));
+  compare->setToolTip("Compare this checkpoint with another tensor by tensor: names, dtypes, shapes and every byte");
   tools->addSeparator();
   tools->addAction("Copy Tensor List as Text", this, [this] {
     QApplication::clipboard()->setText(QString::fromStdString(tree_model->Dump()));
@@ -368,6 +411,93 @@ void MainWindow::ShowBanner(const QString& html, bool error) {
 
 QString MainWindow::banner_text() const { return banner_->isVisible() ? banner_->text() : QString(); }
 QString MainWindow::summary_text() const { return summary_->text(); }
+
+QString MainWindow::compare_summary() const { return diff_summary->text(); }
+
+void MainWindow::CompareWith(const QString& other) {
+  if (!layout_) {
+    ShowBanner("Open a checkpoint first, then compare it with another.", true);
+    return;
+  }
+  if (compare_cancel_) compare_cancel_->store(true);  // a newer comparison replaces an older one
+  const int generation = ++compare_generation_;
+  comparing_ = true;
+  compare_cancel_ = std::make_shared<std::atomic<bool>>(false);
+  diff_model_->SetReport(nullptr);
+  diff_summary->setText(QString("Comparing with %1…").arg(other.toHtmlEscaped()));
+  diff_dock_->show();
+  diff_dock_->raise();
+  struct Compared {
+    absl::Status status;
+    std::shared_ptr<const DiffReport> report;
+    std::string b_desc;
+    double seconds = 0;
+  };
+  auto* watcher = new QFutureWatcher<Compared>(this);
+  connect(watcher, &QFutureWatcher<Compared>::finished, this, [this, watcher, generation, other] {
+    watcher->deleteLater();
+    if (generation != compare_generation_) return;  // replaced, or the open checkpoint changed
+    comparing_ = false;
+    Compared r = watcher->result();
+    if (!r.status.ok()) {
+      diff_summary->setText(QString("<b>Cannot compare with %1</b>: %2")
+                                .arg(other.toHtmlEscaped(),
+                                     QString::fromStdString(std::string(r.status.message())).toHtmlEscaped()));
+    } else {
+      const DiffReport& d = *r.report;
+      const QString verdict = d.identical_all()
+                                  ? QString("<span style='color:#1b5e20'><b>identical</b></span>")
+                                  : QString("<span style='color:#b00020'><b>%1 difference(s)</b></span>").arg(d.diffs.size());
+      diff_summary->setText(QString("A (open) vs B %1: %2 · %3 tensors in both, %4 identical · %5 compared in %6 s")
+                                .arg(QString::fromStdString(r.b_desc).toHtmlEscaped(), verdict)
+                                .arg(d.in_both)
+                                .arg(d.identical)
+                                .arg(HumanBytes(d.bytes_compared))
+                                .arg(r.seconds, 0, 'f', 2));
+      diff_model_->SetReport(r.report);
+      diff_view->resizeColumnsToContents();
+    }
+    emit compareFinished();
+  });
+  std::shared_ptr<FileSystem> fs_a = current_fs_;
+  std::shared_ptr<const CheckpointLayout> a = layout_;
+  FileSystem* local = fs_;
+  std::shared_ptr<std::atomic<bool>> cancel = compare_cancel_;
+  watcher->setFuture(QtConcurrent::run([fs_a, a, local, other, cancel]() {
+    Compared r;
+    QElapsedTimer clock;
+    clock.start();
+    std::shared_ptr<FileSystem> fs_b;
+    std::string where = other.toStdString();
+    if (!UrlScheme(where).empty()) {
+      absl::StatusOr<ResolvedPath> resolved = ResolveUrl(where);
+      if (!resolved.ok()) {
+        r.status = resolved.status();
+        return r;
+      }
+      fs_b = resolved->fs;
+      where = resolved->path;
+    } else {
+      fs_b = std::shared_ptr<FileSystem>(local, [](FileSystem*) {});
+    }
+    absl::StatusOr<CheckpointLayout> b = CheckpointLayout::Scan(*fs_b, where);
+    if (!b.ok()) {
+      r.status = b.status();
+      return r;
+    }
+    r.b_desc = absl::StrCat(b->root(), " (", CheckpointKindName(b->kind()), ", ", b->files().size(), " files)");
+    DiffOptions o;
+    o.cancel = cancel.get();
+    absl::StatusOr<DiffReport> d = DiffCheckpoints(*fs_a, *a, *fs_b, *b, o);
+    if (!d.ok()) {
+      r.status = d.status();
+      return r;
+    }
+    r.report = std::make_shared<const DiffReport>(std::move(*d));
+    r.seconds = clock.elapsed() / 1000.0;
+    return r;
+  }));
+}
 
 void MainWindow::OpenPath(const QString& path) {
   const int generation = ++generation_;
@@ -430,6 +560,12 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs, std::shared_ptr<const C
   chunk_model_->SetTensor(nullptr, nullptr);
   shard_map->SetTensor(nullptr, nullptr);
   values->SetTensor(nullptr, nullptr, nullptr);
+  // A comparison belongs to the checkpoint it was made from.
+  if (compare_cancel_) compare_cancel_->store(true);
+  ++compare_generation_;
+  comparing_ = false;
+  diff_model_->SetReport(nullptr);
+  diff_summary->setText("Tools → Compare With… compares this checkpoint with another, every byte.");
   current_fs_ = std::move(fs);
   layout_ = std::move(layout);
   tree_model->SetPrepared(std::move(prepared));

@@ -13,6 +13,7 @@
 
 #include <QMainWindow>
 #include <QString>
+#include <atomic>
 #include <memory>
 
 #include "core/io/filesystem.h"
@@ -22,6 +23,7 @@
 
 class QCheckBox;
 class QComboBox;
+class QDockWidget;
 class QLabel;
 class QLineEdit;
 class QMenu;
@@ -39,6 +41,7 @@ class ByteMapWidget;
 class ChunkModel;
 class ConsolidateDialog;
 class DaemonPanel;
+class DiffModel;
 class FileModel;
 class ProblemsModel;
 class RankFileHeatMap;
@@ -74,6 +77,11 @@ class MainWindow : public QMainWindow {
 
   ConsolidateDialog* OpenConsolidateDialog();
   RemapDialog* OpenRemapDialog();
+  // Compares the open checkpoint (A) with another (B: a directory, file or URL) in the
+  // background, every byte; the differences fill the Differences dock (compareFinished).
+  void CompareWith(const QString& other);
+  bool comparing() const { return comparing_; }
+  QString compare_summary() const;
 
   // The views (tests drive and inspect them like a user would).
   QTreeView* tree_view;
@@ -91,6 +99,8 @@ class MainWindow : public QMainWindow {
   ByteMapWidget* byte_map;
   RankFileHeatMap* heat_map;
   QTableView* problems_view;
+  QTableView* diff_view;
+  QLabel* diff_summary;
   DaemonPanel* daemon_panel;
   TensorTreeModel* tree_model;
   TensorFilterProxy* tree_proxy;
@@ -99,6 +109,7 @@ class MainWindow : public QMainWindow {
   void layoutLoaded();
   void loadFailed(const QString& message);
   void tensorSelected(const QString& name);
+  void compareFinished();
 
  protected:
   void closeEvent(QCloseEvent* e) override;
@@ -135,6 +146,11 @@ class MainWindow : public QMainWindow {
   ChunkModel* chunk_model_;
   FileModel* file_model_;
   ProblemsModel* problems_model_;
+  DiffModel* diff_model_;
+  QDockWidget* diff_dock_ = nullptr;
+  bool comparing_ = false;
+  int compare_generation_ = 0;
+  std::shared_ptr<std::atomic<bool>> compare_cancel_;
   QLabel* banner_;
   QLabel* summary_;
   QProgressBar* busy_;
