@@ -21,6 +21,8 @@ std::vector<ExampleTensor> Model() {
       {"empty_shard.f32", DType::kF32, {3, 4}, Sharding::kRow},
       {"uneven_col.bool", DType::kBOOL, {3, 7}, Sharding::kColumn},
       {"scalar.i64", DType::kI64, {}, Sharding::kReplicated},
+      {"empty_tensor.f32", DType::kF32, {0, 4}, Sharding::kRow},
+      {"vec.bool", DType::kBOOL, {9}, Sharding::kRow},
       {"f8.row", DType::kF8_E4M3, {12, 2}, Sharding::kRow},
   };
 }
