@@ -603,6 +603,7 @@ struct DiffArgs {
   bool headers_only = false, json = false;
   int threads = 4;
   int max_lines = 100;
+  double atol = 0, rtol = 0;
 };
 
 int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
@@ -633,6 +634,8 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   DiffOptions o;
   o.headers_only = args.headers_only;
   o.threads = args.threads;
+  o.atol = args.atol;
+  o.rtol = args.rtol;
   if (filter) o.filter = [&](const std::string& n) { return RE2::PartialMatch(n, *filter); };
   ProgressBar bar(err, StderrIsTerminal(err) && !args.json);
   o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
@@ -657,6 +660,9 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
     j["in_both"] = r->in_both;
     j["identical_tensors"] = r->identical;
     j["bytes_compared"] = r->bytes_compared;
+    j["atol"] = args.atol;
+    j["rtol"] = args.rtol;
+    j["across_dtypes"] = r->across_dtypes;
     ordered_json list = ordered_json::array();
     for (const TensorDiff& d : r->diffs) {
       ordered_json e;
@@ -668,6 +674,7 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
         e["first_index"] = d.first_index;
         e["first_a"] = d.first_a;
         e["first_b"] = d.first_b;
+        if (o.numeric()) e["max_abs_diff"] = d.max_abs_diff;
       }
       list.push_back(std::move(e));
     }
@@ -690,6 +697,7 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
     if (by_kind[DiffKind::kShape]) out << ", " << by_kind[DiffKind::kShape] << " with another shape";
     if (by_kind[DiffKind::kNotCompared]) out << ", " << by_kind[DiffKind::kNotCompared] << " not compared";
     out << "; " << by_kind[DiffKind::kOnlyInA] << " only in A, " << by_kind[DiffKind::kOnlyInB] << " only in B";
+    if (r->across_dtypes) out << "; " << r->across_dtypes << " compared by value across float dtypes";
     if (args.headers_only) {
       out << " (headers only: values not read)\n";
     } else {
@@ -980,6 +988,11 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   diff->add_option("--filter", dfa.filter, "Only tensors whose name matches this RE2 regex");
   diff->add_option("--threads", dfa.threads, "Tensors compared at once")->capture_default_str()->check(CLI::Range(1, 256));
   diff->add_option("--max-lines", dfa.max_lines, "Differences printed at most (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  diff->add_option("--atol", dfa.atol,
+                   "Absolute tolerance for float tensors (as numpy.isclose: |a-b| <= atol + rtol*|b|; NaN equals NaN). "
+                   "With --atol or --rtol, float tensors are compared by value, also across float dtypes")
+      ->check(CLI::NonNegativeNumber);
+  diff->add_option("--rtol", dfa.rtol, "Relative tolerance for float tensors (see --atol)")->check(CLI::NonNegativeNumber);
   diff->add_flag("--json", dfa.json, "Machine-readable report (schema safeshard.diff/1; every difference)");
 
   CLI::App* runs = app.add_subcommand("runs", "List the runs safeshardd knows, with their state");

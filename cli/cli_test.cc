@@ -232,6 +232,16 @@ TEST(CliDiffTest, ShardsEqualTheirConsolidationThenOneByteDiffers) {
   // Headers only, or a filter leaving that tensor out: no difference seen.
   EXPECT_EQ(RunCli({"diff", in, out, "--headers-only"}).code, kExitOk);
   EXPECT_EQ(RunCli({"diff", in, out, "--filter", "^lm_head"}).code, kExitOk);
+  // A BF16 cast of the checkpoint: another dtype byte for byte, equal within BF16's rounding.
+  const std::string bf16 = testing::NewTempDir() + "/bf16";
+  ASSERT_EQ(RunCli({"consolidate", in, bf16, "--cast-dtype", "bf16"}).code, kExitOk);
+  Result cast = RunCli({"diff", in, bf16});
+  EXPECT_EQ(cast.code, kExitProblems);
+  EXPECT_THAT(cast.out, HasSubstr("with another dtype"));
+  Result close = RunCli({"diff", in, bf16, "--rtol", "0.00390625", "--atol", "1e-6"});
+  EXPECT_EQ(close.code, kExitOk) << close.out;
+  EXPECT_THAT(close.out, HasSubstr("compared by value across float dtypes"));
+  EXPECT_EQ(RunCli({"diff", in, bf16, "--rtol", "-1"}).code, kExitUsage);
   // Usage errors.
   EXPECT_EQ(RunCli({"diff", in}).code, kExitUsage);
   EXPECT_EQ(RunCli({"diff", in, out, "--filter", "("}).code, kExitUsage);

@@ -1,6 +1,7 @@
 #include "core/diff/diff.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -171,6 +172,88 @@ class Side {
   std::unique_ptr<Slot[]> slots_;
 };
 
+bool IsFloat(DType t) { return CanCast(t, DType::kF64); }
+
+void SetFirstIndex(const TensorLayout& t, uint64_t first, TensorDiff* d) {
+  d->first_element = first;
+  d->first_index.assign(t.shape.size(), 0);
+  uint64_t rest = first;
+  for (size_t k = t.shape.size(); k-- > 0;) {
+    if (t.shape[k] == 0) break;
+    d->first_index[k] = rest % t.shape[k];
+    rest /= t.shape[k];
+  }
+}
+
+// Compares two float tensors of equal shape (dtypes may differ) value by value within the
+// tolerances. Runs are walked in elements; values are decoded to double in blocks.
+absl::Status CompareNumeric(const TensorLayout& ta, Side& sa, const TensorLayout& tb, Side& sb,
+                            const DiffOptions& o, TensorDiff* d, bool* differ) {
+  *differ = false;
+  std::vector<Run> ra, rb;
+  BuildRuns(ta, &ra);  // whole-byte dtypes: always aligned
+  BuildRuns(tb, &rb);
+  const uint64_t ea = BitsOf(ta.dtype) / 8, eb = BitsOf(tb.dtype) / 8;
+  constexpr uint64_t kBlock = 1 << 16;
+  std::vector<double> va(kBlock), vb(kBlock);
+  size_t i = 0, j = 0;
+  uint64_t ia = 0, jb = 0;  // elements consumed of ra[i], rb[j]
+  uint64_t count = 0, first = 0;
+  double max_diff = 0;
+  while (i < ra.size() && j < rb.size()) {
+    if (o.cancel && o.cancel->load()) return absl::CancelledError("diff cancelled");
+    const uint64_t n = std::min({ra[i].size / ea - ia, rb[j].size / eb - jb, kBlock});
+    absl::StatusOr<absl::string_view> pa = sa.Bytes(ra[i].file, ra[i].at + ia * ea, n * ea, ta.name);
+    if (!pa.ok()) return pa.status();
+    absl::StatusOr<absl::string_view> pb = sb.Bytes(rb[j].file, rb[j].at + jb * eb, n * eb, tb.name);
+    if (!pb.ok()) return pb.status();
+    CastElements(ta.dtype, pa->data(), DType::kF64, va.data(), n);
+    CastElements(tb.dtype, pb->data(), DType::kF64, vb.data(), n);
+    const uint64_t global = ra[i].start / ea + ia;
+    for (uint64_t k = 0; k < n; ++k) {
+      const double a = va[k], b = vb[k];
+      bool same;
+      if (std::isnan(a) || std::isnan(b)) {
+        same = std::isnan(a) && std::isnan(b);
+      } else if (std::isinf(a) || std::isinf(b)) {
+        same = a == b;
+      } else {
+        const double diff = std::fabs(a - b);
+        max_diff = std::max(max_diff, diff);
+        same = diff <= o.atol + o.rtol * std::fabs(b);
+      }
+      if (!same) {
+        if (count == 0) {
+          first = global + k;
+          d->first_a = FormatElement(ta.dtype, pa->data() + k * ea);
+          d->first_b = FormatElement(tb.dtype, pb->data() + k * eb);
+        }
+        ++count;
+      }
+    }
+    ia += n;
+    jb += n;
+    if (ia * ea == ra[i].size) ++i, ia = 0;
+    if (jb * eb == rb[j].size) ++j, jb = 0;
+  }
+  if (i < ra.size() || j < rb.size()) {
+    return absl::InternalError(absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different element counts"));
+  }
+  d->max_abs_diff = max_diff;
+  if (count > 0) {
+    *differ = true;
+    d->kind = DiffKind::kValues;
+    d->differing_elements = count;
+    SetFirstIndex(ta, first, d);
+    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(ta.numel()), " elements differ beyond atol=", o.atol,
+                             " rtol=", o.rtol, "; first at [", absl::StrJoin(d->first_index, ", "), "]: A ", d->first_a,
+                             ", B ", d->first_b, "; max |A-B| = ", absl::StrFormat("%.6g", max_diff),
+                             ta.dtype != tb.dtype ? absl::StrCat(" (A ", DTypeName(ta.dtype), ", B ", DTypeName(tb.dtype), ")")
+                                                  : std::string());
+  }
+  return absl::OkStatus();
+}
+
 // Compares the bytes of two tensors of equal dtype and shape. Fills `d` when they differ.
 absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout& tb, Side& sb,
                            const DiffOptions& o, TensorDiff* d, bool* differ) {
@@ -221,14 +304,7 @@ absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout&
     *differ = true;
     d->kind = DiffKind::kValues;
     d->differing_elements = count;
-    d->first_element = first;
-    d->first_index.assign(ta.shape.size(), 0);
-    uint64_t rest = first;
-    for (size_t k = ta.shape.size(); k-- > 0;) {
-      if (ta.shape[k] == 0) break;
-      d->first_index[k] = rest % ta.shape[k];
-      rest /= ta.shape[k];
-    }
+    SetFirstIndex(ta, first, d);
     d->first_a = first_a;
     d->first_b = first_b;
     d->detail = absl::StrCat(Grouped(count), " of ", Grouped(ta.numel()), " elements differ; first at [",
@@ -268,7 +344,8 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
     const TensorLayout& tb = *both[k].second;
     TensorDiff& d = result[k];
     d.name = ta.name;
-    if (ta.dtype != tb.dtype) {
+    const bool numeric = o.numeric() && IsFloat(ta.dtype) && IsFloat(tb.dtype);
+    if (ta.dtype != tb.dtype && !numeric) {
       d.kind = DiffKind::kDType;
       d.detail = absl::StrCat("A ", Describe(ta), ", B ", Describe(tb));
       differs[k] = 1;
@@ -284,6 +361,11 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
     } else if (!o.headers_only) {
       to_compare.push_back(k);
       total += ta.bytes();
+      if (ta.dtype != tb.dtype) ++rep.across_dtypes;
+    } else if (ta.dtype != tb.dtype) {  // headers only: another dtype cannot be checked by value
+      d.kind = DiffKind::kDType;
+      d.detail = absl::StrCat("A ", Describe(ta), ", B ", Describe(tb), " (headers only: values not compared)");
+      differs[k] = 1;
     }
   }
 
@@ -298,7 +380,11 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
     }
     const size_t k = to_compare[n];
     bool differ = false;
-    absl::Status s = CompareValues(*both[k].first, sa, *both[k].second, sb, o, &result[k], &differ);
+    const TensorLayout& ta = *both[k].first;
+    const TensorLayout& tb = *both[k].second;
+    absl::Status s = o.numeric() && IsFloat(ta.dtype) && IsFloat(tb.dtype)
+                         ? CompareNumeric(ta, sa, tb, sb, o, &result[k], &differ)
+                         : CompareValues(ta, sa, tb, sb, o, &result[k], &differ);
     if (!s.ok()) {
       std::lock_guard<std::mutex> l(mu);
       if (first_error.ok()) first_error = s;

@@ -39,10 +39,19 @@ struct TensorDiff {
   uint64_t first_element = 0;
   std::vector<uint64_t> first_index;  // first_element as a multi-index
   std::string first_a, first_b;       // that element's value on each side ("0x3f80 (1)")
+  double max_abs_diff = 0;            // numeric comparisons: the largest |a - b| (finite values)
 };
 
 struct DiffOptions {
   bool headers_only = false;  // names, dtypes and shapes only: no tensor data is read
+  // Tolerances for floating-point tensors (F64/F32/F16/BF16), as numpy.isclose: an element is
+  // equal when |a - b| <= atol + rtol * |b| (NaN equals NaN, infinities of one sign are equal).
+  // When either is set, float tensors are compared by value, also across float dtypes (an F32
+  // tensor against its BF16 cast is not a difference if every value is within tolerance);
+  // otherwise every tensor is compared byte for byte and another dtype is a difference.
+  double atol = 0;
+  double rtol = 0;
+  bool numeric() const { return atol > 0 || rtol > 0; }
   int threads = 4;            // tensors compared at once
   std::function<bool(const std::string&)> filter;  // only these names (all when empty)
   const std::atomic<bool>* cancel = nullptr;
@@ -53,6 +62,7 @@ struct DiffReport {
   uint64_t in_both = 0;         // names present on both sides
   uint64_t identical = 0;       // of those: same dtype, shape and (when compared) bytes
   uint64_t bytes_compared = 0;  // per side
+  uint64_t across_dtypes = 0;   // tensors compared by value across float dtypes (numeric mode)
   std::vector<TensorDiff> diffs;  // sorted by name
   bool identical_all() const { return diffs.empty(); }
 };

@@ -97,6 +97,41 @@ TEST(DiffTest, ReportsTheFirstDifferingElementAndHowMany) {
   EXPECT_TRUE(DiffOrDie(in, out, {.headers_only = true}).identical_all());
 }
 
+TEST(DiffTest, TolerancesCompareFloatsByValueAcrossDTypes) {
+  // A: per-rank shards with F32/F16/BF16 tensors; B: their consolidation cast to BF16.
+  const std::vector<ExampleTensor> model = {
+      {"w.f32", DType::kF32, {16, 12}, Sharding::kColumn},
+      {"m.f32", DType::kF32, {8, 10}, Sharding::kMesh},
+      {"h.f16", DType::kF16, {6, 20}, Sharding::kRow},
+      {"ids.i64", DType::kI64, {10, 3}, Sharding::kRow},
+  };
+  const std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, model, {.ranks = 4}).ok());
+  const std::string bf16 = testing::NewTempDir() + "/bf16";
+  ConsolidateOptions co;
+  co.cast_dtype = DType::kBF16;
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, bf16, co).ok());
+  // Byte for byte: every float tensor has another dtype.
+  DiffReport exact = DiffOrDie(in, bf16);
+  ASSERT_EQ(exact.diffs.size(), 3u);
+  for (const TensorDiff& d : exact.diffs) EXPECT_EQ(d.kind, DiffKind::kDType) << d.name;
+  // Within BF16's rounding (relative 2^-8; NaN matches NaN): no difference; the integer tensor
+  // is still compared byte for byte.
+  DiffReport close = DiffOrDie(in, bf16, {.atol = 0, .rtol = 1.0 / 256});
+  EXPECT_TRUE(close.identical_all()) << (close.diffs.empty() ? "" : close.diffs[0].detail);
+  EXPECT_EQ(close.across_dtypes, 3u);
+  EXPECT_EQ(close.identical, 4u);
+  // A tighter tolerance than the cast's rounding: values differ, with the first one and the
+  // largest difference reported.
+  DiffReport tight = DiffOrDie(in, bf16, {.atol = 0, .rtol = 1e-9});
+  ASSERT_FALSE(tight.diffs.empty());
+  const TensorDiff& d = tight.diffs[0];
+  EXPECT_EQ(d.kind, DiffKind::kValues);
+  EXPECT_GT(d.differing_elements, 0u);
+  EXPECT_GT(d.max_abs_diff, 0);
+  EXPECT_NE(d.detail.find("beyond atol=0 rtol=1e-09"), std::string::npos) << d.detail;
+}
+
 TEST(DiffTest, NamesDTypesShapesAndIncompleteTensors) {
   const std::string a = testing::NewTempDir(), b = testing::NewTempDir();
   testing::WriteFile(a + "/model.safetensors",
