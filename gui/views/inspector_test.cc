@@ -4,6 +4,8 @@
 // against a daemon started here — and screenshots kept as test outputs.
 #include <QAbstractItemModelTester>
 #include <QApplication>
+#include <QInputDialog>
+#include <QTimer>
 #include <QCheckBox>
 #include <QComboBox>
 #include <QDir>
@@ -445,12 +447,26 @@ TEST(InspectorTest, CompareWithAnotherCheckpointListsDifferencesAndSelectsTheTen
   EXPECT_EQ(m->rowCount(), 0);
   EXPECT_TRUE(w.compare_summary().contains("identical")) << w.compare_summary().toStdString();
   w.CompareWith(QString::fromStdString(b));
-  ASSERT_TRUE(Open(w, b));
+  ASSERT_TRUE(Open(w, b));  // the comparison may or may not have finished first
   EXPECT_EQ(m->rowCount(), 0);
   EXPECT_FALSE(w.comparing());
+  int before = done.count();
+  // Tools > Compare With URL... takes what is typed (here a plain directory).
+  QAction* compare_url = w.findChild<QAction*>("compare_url");
+  ASSERT_NE(compare_url, nullptr);
+  QTimer::singleShot(0, [&] {
+    auto* dialog = qobject_cast<QInputDialog*>(QApplication::activeModalWidget());
+    ASSERT_NE(dialog, nullptr);
+    dialog->setTextValue(QString::fromStdString(ck));
+    dialog->accept();
+  });
+  compare_url->trigger();
+  ASSERT_TRUE(WaitUntil([&] { return done.count() > before; }));
+  EXPECT_EQ(m->rowCount(), 2) << w.compare_summary().toStdString();  // B is open now: A's extra is missing
   // A missing other checkpoint: said in place.
+  before = done.count();
   w.CompareWith("/nonexistent/checkpoint");
-  ASSERT_TRUE(WaitUntil([&] { return done.count() > 2; }));
+  ASSERT_TRUE(WaitUntil([&] { return done.count() > before; }));
   EXPECT_TRUE(w.compare_summary().contains("Cannot compare with")) << w.compare_summary().toStdString();
 }
 
@@ -590,7 +606,18 @@ TEST(InspectorTest, OpensAnHttpUrlComputesValuesAndConsolidatesLocally) {
   MainWindow w(Options());
   w.show();
   const std::string url = (*server)->url() + "/runs/step-5";
-  ASSERT_TRUE(Open(w, url)) << w.banner_text().toStdString();
+  // File > Open URL... with the URL typed in.
+  QAction* open_url = w.findChild<QAction*>("open_url");
+  ASSERT_NE(open_url, nullptr);
+  QSignalSpy loaded_url(&w, &MainWindow::layoutLoaded);
+  QTimer::singleShot(0, [&] {
+    auto* dialog = qobject_cast<QInputDialog*>(QApplication::activeModalWidget());
+    ASSERT_NE(dialog, nullptr);
+    dialog->setTextValue(QString::fromStdString(" " + url + " "));
+    dialog->accept();
+  });
+  open_url->trigger();
+  ASSERT_TRUE(WaitUntil([&] { return loaded_url.count() > 0; })) << w.banner_text().toStdString();
   EXPECT_EQ(w.checkpoint()->root(), url);
   EXPECT_TRUE(w.checkpoint()->problems().empty());
   // Values read over HTTP.

@@ -15,6 +15,7 @@
 #include <QFutureWatcher>
 #include <QHBoxLayout>
 #include <QHeaderView>
+#include <QInputDialog>
 #include <QLabel>
 #include <QLineEdit>
 #include <QMenuBar>
@@ -347,6 +348,18 @@ void MainWindow::BuildMenus() {
     if (!f.isEmpty()) OpenPath(f);
   });
   open_file->setShortcut(QKeySequence("Ctrl+Shift+O"));
+  QAction* open_url = file->addAction("Open &URL…", this, [this] {
+    bool ok = false;
+    const QString url = QInputDialog::getText(
+        this, "Open URL",
+        "Checkpoint URL: http(s)://host/dir (a JSON directory index or model.safetensors.index.json), "
+        "hf://ORG/REPO[@REVISION]/PATH ($HF_ENDPOINT). The token comes from $HF_TOKEN or "
+        "~/.cache/huggingface/token.",
+        QLineEdit::Normal, path_.contains("://") ? path_ : QString(), &ok);
+    if (ok && !url.trimmed().isEmpty()) OpenPath(url.trimmed());
+  });
+  open_url->setObjectName("open_url");
+  open_url->setShortcut(QKeySequence("Ctrl+L"));
   recent_menu_ = file->addMenu("Open &Recent");
   QAction* reload = file->addAction("&Reload", this, [this] {
     if (!path_.isEmpty()) OpenPath(path_);
@@ -371,6 +384,18 @@ void MainWindow::BuildMenus() {
     if (!d.isEmpty()) CompareWith(d);
   });
   compare->setShortcut(QKeySequence("Ctrl+Shift+D"));
+  QAction* compare_url = tools->addAction("Compare With &URL…", this, [this] {
+    if (!layout_) {
+      ShowBanner("Open a checkpoint first, then compare it with another.", true);
+      return;
+    }
+    bool ok = false;
+    const QString url = QInputDialog::getText(this, "Compare with URL",
+                                              "Other checkpoint: a directory, http(s):// or hf:// URL",
+                                              QLineEdit::Normal, QString(), &ok);
+    if (ok && !url.trimmed().isEmpty()) CompareWith(url.trimmed());
+  });
+  compare_url->setObjectName("compare_url");
   compare->setToolTip("Compare this checkpoint with another tensor by tensor: names, dtypes, shapes and every byte");
   tools->addSeparator();
   tools->addAction("Copy Tensor List as Text", this, [this] {
