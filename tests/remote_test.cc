@@ -278,6 +278,18 @@ TEST_F(RemoteTest, AServerWithoutRangesIsRefusedWithoutDownloadingWholeFiles) {
   EXPECT_LT(served, file_size / 2) << "transfers of unwanted bytes must stop early";
 }
 
+TEST_F(RemoteTest, WritingRangesOfAnExistingRemoteFileIsRefusedClearly) {
+  // WebDAV has no partial writes: whole files are PUT (Create); OpenForWrite says so, and hf://
+  // refuses every write.
+  auto fs = Fs();
+  auto w = fs->OpenForWrite(server_->url() + "/out/model.safetensors");
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kUnimplemented) << w.status();
+  EXPECT_NE(std::string(w.status().message()).find("write the output locally"), std::string::npos) << w.status();
+  HfFileSystem hf(HttpOptions{}, server_->url());
+  EXPECT_EQ(hf.OpenForWrite("hf://acme/tiny/x.safetensors").status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(hf.Create("hf://acme/tiny/x.safetensors").status().code(), absl::StatusCode::kPermissionDenied);
+}
+
 TEST_F(RemoteTest, OpeningEmptyAndTinyFilesGivesTheirSizes) {
   std::filesystem::create_directories(root_ + "/small");
   testing::WriteFile(root_ + "/small/empty.bin", "");

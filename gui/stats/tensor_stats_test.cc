@@ -49,6 +49,22 @@ TEST(TensorStatsTest, ExactValuesAndSpecialCounts) {
   EXPECT_TRUE(s->note.empty());
 }
 
+TEST(TensorStatsTest, ComplexAndSubByteDTypesAreAClearError) {
+  // C64 (complex) and F4 have no single numeric reading here: said, naming the tensor and dtype.
+  CheckpointLayout ck = ScanOne(
+      R"({"c":{"dtype":"C64","shape":[2],"data_offsets":[0,16]},)"
+      R"("f":{"dtype":"F4","shape":[4],"data_offsets":[16,18]}})",
+      std::string(18, '\x11'));
+  for (const char* name : {"c", "f"}) {
+    ASSERT_NE(ck.FindTensor(name), nullptr) << name;
+    auto s = ComputeTensorStats(LocalFileSystem(), ck, *ck.FindTensor(name), {});
+    ASSERT_FALSE(s.ok()) << name;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kUnimplemented) << s.status();
+    EXPECT_NE(std::string(s.status().message()).find(std::string("tensor \"") + name + "\""), std::string::npos)
+        << s.status();
+  }
+}
+
 TEST(TensorStatsTest, DecodesFp8AndBf16) {
   // F8_E4M3: 0x38 = 1.0, 0xb8 = -1.0, 0x7f = NaN, 0x00 = 0.
   CheckpointLayout ck = ScanOne(
