@@ -11,6 +11,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -208,6 +209,26 @@ int64_t ParseHttpDate(const std::string& s) {
 std::string WithSlash(std::string url) {
   if (url.empty() || url.back() != '/') url.push_back('/');
   return url;
+}
+
+// A 206 answer's "Content-Range: bytes FIRST-LAST/TOTAL" (TOTAL may be "*": unknown, 0 here).
+struct ContentRange {
+  uint64_t first = 0, last = 0, total = 0;
+};
+std::optional<ContentRange> ParseContentRange(const HttpFileSystem::Response& resp) {
+  auto it = resp.headers.find("content-range");
+  if (it == resp.headers.end()) return std::nullopt;
+  absl::string_view v = it->second;
+  if (!absl::ConsumePrefix(&v, "bytes ")) return std::nullopt;
+  const size_t dash = v.find('-'), slash = v.find('/');
+  if (dash == absl::string_view::npos || slash == absl::string_view::npos || slash < dash) return std::nullopt;
+  ContentRange r;
+  if (!absl::SimpleAtoi(v.substr(0, dash), &r.first) || !absl::SimpleAtoi(v.substr(dash + 1, slash - dash - 1), &r.last) ||
+      r.last < r.first) {
+    return std::nullopt;
+  }
+  if (v.substr(slash + 1) != "*" && !absl::SimpleAtoi(v.substr(slash + 1), &r.total)) return std::nullopt;
+  return r;
 }
 
 // "scheme://host[:port]" of a URL ("" if it has none).
@@ -479,16 +500,7 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
       // The bytes the answer says it carries ("bytes a-b/total": fewer than asked at the end of
       // a file), else the bytes asked for.
       uint64_t want = req.range->second - req.range->first + 1;
-      auto cr = resp.headers.find("content-range");
-      if (cr != resp.headers.end()) {
-        absl::string_view v = cr->second;
-        uint64_t a = 0, b = 0;
-        if (absl::ConsumePrefix(&v, "bytes ") && v.find('-') != absl::string_view::npos &&
-            absl::SimpleAtoi(v.substr(0, v.find('-')), &a) &&
-            absl::SimpleAtoi(v.substr(v.find('-') + 1, v.find('/') - v.find('-') - 1), &b) && b >= a) {
-          want = b - a + 1;
-        }
-      }
+      if (std::optional<ContentRange> cr = ParseContentRange(resp)) want = cr->last - cr->first + 1;
       if (resp.received != want) {  // truncated mid-transfer
         last = absl::UnavailableError(absl::StrCat(Describe(req), ": got ", resp.received, " of ", want,
                                                    " bytes (connection dropped)"));
@@ -568,12 +580,11 @@ absl::StatusOr<FileStat> HttpFileSystem::StatUrl(const std::string& path, std::s
     g.dst_size = 1;
     absl::StatusOr<Response> gr = Send(g);
     if (!gr.ok()) return gr.status();
-    auto cr = gr->headers.find("content-range");
-    uint64_t total = 0;
-    if (cr == gr->headers.end() || !absl::SimpleAtoi(cr->second.substr(cr->second.rfind('/') + 1), &total)) {
-      return absl::UnavailableError(absl::StrCat("GET ", url, ": no Content-Range in the answer"));
+    std::optional<ContentRange> cr = ParseContentRange(*gr);
+    if (!cr || cr->total == 0) {
+      return absl::UnavailableError(absl::StrCat("GET ", url, ": no Content-Range with the file size in the answer"));
     }
-    st.size = total;
+    st.size = cr->total;
     st.mtime_ns = ParseHttpDate(header("last-modified"));
     return st;
   }
@@ -661,11 +672,10 @@ absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std
     // A refused token, a server down after all retries: final. A 404 (maybe an hf:// directory)
     // or 416 (an empty file) is told apart by the HEAD below.
     if (!resp.ok() && !absl::IsNotFound(resp.status()) && !absl::IsOutOfRange(resp.status())) return resp.status();
-    uint64_t total = 0;
     if (resp.ok() && resp->code == 206 && !resp->overflow) {
-      auto cr = resp->headers.find("content-range");
-      if (cr != resp->headers.end() && absl::SimpleAtoi(cr->second.substr(cr->second.rfind('/') + 1), &total) &&
-          resp->received == std::min<uint64_t>(total, kOpenPrefixBytes)) {
+      std::optional<ContentRange> cr = ParseContentRange(*resp);
+      const uint64_t total = cr ? cr->total : 0;
+      if (total > 0 && resp->received == std::min<uint64_t>(total, kOpenPrefixBytes)) {
         prefix.resize(resp->received);
         std::string etag;
         auto e = resp->headers.find("etag");
