@@ -535,15 +535,10 @@ class Executor {
     inputs_.resize(plan_.inputs.size());
     maps_.resize(plan_.inputs.size());
     for (int f : need_in) {
-      ASSIGN_OR_RETURN(inputs_[f], fs.OpenRead(plan_.inputs[f]));
-      ASSIGN_OR_RETURN(maps_[f], inputs_[f]->Map());
       // The plan's offsets come from the scan: refuse a file replaced since then.
-      const ScannedIdentity& id = plan_.input_ids[f];
-      const absl::string_view bytes = maps_[f]->data();
-      RETURN_IF_ERROR(CheckUnchanged(*inputs_[f], id,
-                                     bytes.size() >= id.data_start && id.data_start >= 8
-                                         ? std::optional<absl::string_view>(bytes.substr(8, id.data_start - 8))
-                                         : std::nullopt));
+      ASSIGN_OR_RETURN(MappedInput in, MapUnchanged(fs, plan_.inputs[f], plan_.input_ids[f]));
+      inputs_[f] = std::move(in.file);
+      maps_[f] = std::move(in.map);
     }
     outputs_.resize(out_paths.size());
     out_maps_.assign(out_paths.size(), nullptr);

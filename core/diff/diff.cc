@@ -14,6 +14,7 @@
 #include "core/format/dtype.h"
 #include "core/util/format.h"
 #include "core/util/parallel.h"
+#include "core/util/status_macros.h"
 
 namespace safeshard {
 
@@ -142,14 +143,9 @@ class Side {
       Slot& s = slots_[file];
       std::lock_guard<std::mutex> l(s.mu);
       if (!s.map) {
-        const std::string path = JoinPath(ck_.root(), ck_.files()[file].name);
-        absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs_.OpenRead(path);
-        if (!f.ok()) return f.status();
-        absl::Status same = CheckUnchanged(**f, IdentityOf(ck_.files()[file]));
-        if (!same.ok()) return same;
-        absl::StatusOr<std::shared_ptr<const MappedRegion>> r = (*f)->Map();
-        if (!r.ok()) return r.status();
-        s.map = *r;
+        ASSIGN_OR_RETURN(MappedInput in, MapUnchanged(fs_, JoinPath(ck_.root(), ck_.files()[file].name),
+                                                      IdentityOf(ck_.files()[file])));
+        s.map = std::move(in.map);
       }
       m = s.map;
     }

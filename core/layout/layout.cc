@@ -170,6 +170,18 @@ absl::Status CheckUnchanged(const ReadableFile& file, const ScannedIdentity& sca
   return absl::OkStatus();
 }
 
+absl::StatusOr<MappedInput> MapUnchanged(FileSystem& fs, const std::string& path, const ScannedIdentity& scanned) {
+  MappedInput in;
+  ASSIGN_OR_RETURN(in.file, fs.OpenRead(path));
+  ASSIGN_OR_RETURN(in.map, in.file->Map());
+  const absl::string_view bytes = in.map->data();
+  RETURN_IF_ERROR(CheckUnchanged(*in.file, scanned,
+                                 bytes.size() >= scanned.data_start && scanned.data_start >= 8
+                                     ? std::optional<absl::string_view>(bytes.substr(8, scanned.data_start - 8))
+                                     : std::nullopt));
+  return in;
+}
+
 void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape,
                    const std::vector<Chunk>& chunks, const std::vector<FileInfo>& files,
                    const ScanOptions& options, std::vector<Problem>* problems) {

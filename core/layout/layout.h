@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -144,6 +145,14 @@ ScannedIdentity IdentityOf(const FileInfo& info);  // requires info.header
 // [8, data_start) already in memory (e.g. mapped); otherwise they are read from `file`.
 absl::Status CheckUnchanged(const ReadableFile& file, const ScannedIdentity& scanned,
                             std::optional<absl::string_view> header_bytes = std::nullopt);
+
+// Opens and maps a scanned file, then checks it is still the file the scan saw (its header is
+// compared from the mapping: no extra read).
+struct MappedInput {
+  std::unique_ptr<ReadableFile> file;
+  std::shared_ptr<const MappedRegion> map;
+};
+absl::StatusOr<MappedInput> MapUnchanged(FileSystem& fs, const std::string& path, const ScannedIdentity& scanned);
 
 // Checks that `chunks` (same rank as `shape`) tile `shape` exactly; appends kGap, kOverlap
 // and kOutOfBounds problems naming the tensor and the element ranges. Exposed for tests.
