@@ -181,31 +181,73 @@ void SetFirstIndex(const TensorLayout& t, uint64_t first, TensorDiff* d) {
   }
 }
 
+// Walks the runs of A and B together over the tensor's global order, in units of `ua` bytes of A
+// and `ub` bytes of B (1 and 1: bytes; the element sizes: elements), at most `max_units` at a
+// time: fn(bytes of A, bytes of B, units, global index of the first unit).
+template <typename Fn>
+absl::Status WalkTogether(const TensorLayout& ta, Side& sa, const std::vector<Run>& ra, uint64_t ua,
+                          const TensorLayout& tb, Side& sb, const std::vector<Run>& rb, uint64_t ub,
+                          uint64_t max_units, const DiffOptions& o, Fn&& fn) {
+  size_t i = 0, j = 0;
+  uint64_t ia = 0, jb = 0;  // units consumed of ra[i], rb[j]
+  while (i < ra.size() && j < rb.size()) {
+    if (o.cancel && o.cancel->load()) return absl::CancelledError("diff cancelled");
+    const uint64_t n = std::min({ra[i].size / ua - ia, rb[j].size / ub - jb, max_units});
+    ASSIGN_OR_RETURN(absl::string_view pa, sa.Bytes(ra[i].file, ra[i].at + ia * ua, n * ua, ta.name));
+    ASSIGN_OR_RETURN(absl::string_view pb, sb.Bytes(rb[j].file, rb[j].at + jb * ub, n * ub, tb.name));
+    fn(pa.data(), pb.data(), n, ra[i].start / ua + ia);
+    ia += n;
+    jb += n;
+    if (ia * ua == ra[i].size) ++i, ia = 0;
+    if (jb * ub == rb[j].size) ++j, jb = 0;
+  }
+  if (i < ra.size() || j < rb.size()) {  // both tile the same tensor: cannot happen without a problem
+    return absl::InternalError(absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different sizes"));
+  }
+  return absl::OkStatus();
+}
+
+// Differing elements: how many, and the first with both values.
+struct Mismatches {
+  uint64_t count = 0, first = 0;
+  std::string a, b;
+  void Add(uint64_t element, DType da, const char* pa, DType db, const char* pb) {
+    if (count++ == 0) {
+      first = element;
+      a = FormatElement(da, pa);
+      b = FormatElement(db, pb);
+    }
+  }
+  // Fills `d` (kind values) when there are any; `criterion` follows "elements differ".
+  bool Report(const TensorLayout& t, const std::string& criterion, const std::string& suffix, TensorDiff* d) const {
+    if (count == 0) return false;
+    d->kind = DiffKind::kValues;
+    d->differing_elements = count;
+    SetFirstIndex(t, first, d);
+    d->first_a = a;
+    d->first_b = b;
+    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(t.numel()), " elements differ", criterion, "; first at [",
+                             absl::StrJoin(d->first_index, ", "), "]: A ", a, ", B ", b, suffix);
+    return true;
+  }
+};
+
 // Compares two float tensors of equal shape (dtypes may differ) value by value within the
-// tolerances. Runs are walked in elements; values are decoded to double in blocks.
+// tolerances, decoding blocks of elements to double.
 absl::Status CompareNumeric(const TensorLayout& ta, Side& sa, const TensorLayout& tb, Side& sb,
                             const DiffOptions& o, TensorDiff* d, bool* differ) {
-  *differ = false;
   std::vector<Run> ra, rb;
   BuildRuns(ta, &ra);  // whole-byte dtypes: always aligned
   BuildRuns(tb, &rb);
   const uint64_t ea = BitsOf(ta.dtype) / 8, eb = BitsOf(tb.dtype) / 8;
   constexpr uint64_t kBlock = 1 << 16;
   std::vector<double> va(kBlock), vb(kBlock);
-  size_t i = 0, j = 0;
-  uint64_t ia = 0, jb = 0;  // elements consumed of ra[i], rb[j]
-  uint64_t count = 0, first = 0;
+  Mismatches m;
   double max_diff = 0;
-  while (i < ra.size() && j < rb.size()) {
-    if (o.cancel && o.cancel->load()) return absl::CancelledError("diff cancelled");
-    const uint64_t n = std::min({ra[i].size / ea - ia, rb[j].size / eb - jb, kBlock});
-    absl::StatusOr<absl::string_view> pa = sa.Bytes(ra[i].file, ra[i].at + ia * ea, n * ea, ta.name);
-    if (!pa.ok()) return pa.status();
-    absl::StatusOr<absl::string_view> pb = sb.Bytes(rb[j].file, rb[j].at + jb * eb, n * eb, tb.name);
-    if (!pb.ok()) return pb.status();
-    CastElements(ta.dtype, pa->data(), DType::kF64, va.data(), n);
-    CastElements(tb.dtype, pb->data(), DType::kF64, vb.data(), n);
-    const uint64_t global = ra[i].start / ea + ia;
+  RETURN_IF_ERROR(WalkTogether(ta, sa, ra, ea, tb, sb, rb, eb, kBlock, o,
+                               [&](const char* pa, const char* pb, uint64_t n, uint64_t global) {
+    CastElements(ta.dtype, pa, DType::kF64, va.data(), n);
+    CastElements(tb.dtype, pb, DType::kF64, vb.data(), n);
     for (uint64_t k = 0; k < n; ++k) {
       const double a = va[k], b = vb[k];
       bool same;
@@ -218,42 +260,22 @@ absl::Status CompareNumeric(const TensorLayout& ta, Side& sa, const TensorLayout
         max_diff = std::max(max_diff, diff);
         same = diff <= o.atol + o.rtol * std::fabs(b);
       }
-      if (!same) {
-        if (count == 0) {
-          first = global + k;
-          d->first_a = FormatElement(ta.dtype, pa->data() + k * ea);
-          d->first_b = FormatElement(tb.dtype, pb->data() + k * eb);
-        }
-        ++count;
-      }
+      if (!same) m.Add(global + k, ta.dtype, pa + k * ea, tb.dtype, pb + k * eb);
     }
-    ia += n;
-    jb += n;
-    if (ia * ea == ra[i].size) ++i, ia = 0;
-    if (jb * eb == rb[j].size) ++j, jb = 0;
-  }
-  if (i < ra.size() || j < rb.size()) {
-    return absl::InternalError(absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different element counts"));
-  }
+  }));
   d->max_abs_diff = max_diff;
-  if (count > 0) {
-    *differ = true;
-    d->kind = DiffKind::kValues;
-    d->differing_elements = count;
-    SetFirstIndex(ta, first, d);
-    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(ta.numel()), " elements differ beyond atol=", o.atol,
-                             " rtol=", o.rtol, "; first at [", absl::StrJoin(d->first_index, ", "), "]: A ", d->first_a,
-                             ", B ", d->first_b, "; max |A-B| = ", absl::StrFormat("%.6g", max_diff),
-                             ta.dtype != tb.dtype ? absl::StrCat(" (A ", DTypeName(ta.dtype), ", B ", DTypeName(tb.dtype), ")")
-                                                  : std::string());
-  }
+  *differ = m.Report(ta, absl::StrCat(" beyond atol=", o.atol, " rtol=", o.rtol),
+                     absl::StrCat("; max |A-B| = ", absl::StrFormat("%.6g", max_diff),
+                                  ta.dtype != tb.dtype
+                                      ? absl::StrCat(" (A ", DTypeName(ta.dtype), ", B ", DTypeName(tb.dtype), ")")
+                                      : std::string()),
+                     d);
   return absl::OkStatus();
 }
 
 // Compares the bytes of two tensors of equal dtype and shape. Fills `d` when they differ.
 absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout& tb, Side& sb,
                            const DiffOptions& o, TensorDiff* d, bool* differ) {
-  *differ = false;
   std::vector<Run> ra, rb;
   if (!BuildRuns(ta, &ra) || !BuildRuns(tb, &rb)) {
     d->kind = DiffKind::kNotCompared;
@@ -262,50 +284,17 @@ absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout&
     return absl::OkStatus();
   }
   const uint64_t ebytes = static_cast<uint64_t>(std::max(1, BitsOf(ta.dtype) / 8));
-  size_t i = 0, j = 0;
-  uint64_t ia = 0, jb = 0;  // bytes consumed of ra[i], rb[j]
-  uint64_t first = UINT64_MAX, count = 0;
-  std::string first_a, first_b;
-  while (i < ra.size() && j < rb.size()) {
-    if (o.cancel && o.cancel->load()) return absl::CancelledError("diff cancelled");
-    const uint64_t n = std::min(ra[i].size - ia, rb[j].size - jb);
-    absl::StatusOr<absl::string_view> pa = sa.Bytes(ra[i].file, ra[i].at + ia, n, ta.name);
-    if (!pa.ok()) return pa.status();
-    absl::StatusOr<absl::string_view> pb = sb.Bytes(rb[j].file, rb[j].at + jb, n, tb.name);
-    if (!pb.ok()) return pb.status();
-    if (std::memcmp(pa->data(), pb->data(), n) != 0) {
-      // Element by element (runs hold whole elements: both start on element boundaries).
-      const uint64_t global = ra[i].start + ia;
-      for (uint64_t k = 0; k < n; k += ebytes) {
-        const uint64_t m = std::min(ebytes, n - k);
-        if (std::memcmp(pa->data() + k, pb->data() + k, m) != 0) {
-          if (count == 0) {
-            first = (global + k) / ebytes;
-            first_a = FormatElement(ta.dtype, pa->data() + k);
-            first_b = FormatElement(tb.dtype, pb->data() + k);
-          }
-          ++count;
-        }
-      }
+  Mismatches m;
+  RETURN_IF_ERROR(WalkTogether(ta, sa, ra, 1, tb, sb, rb, 1, UINT64_MAX, o,
+                               [&](const char* pa, const char* pb, uint64_t n, uint64_t global) {
+    if (std::memcmp(pa, pb, n) == 0) return;
+    // Element by element (runs hold whole elements: both start on element boundaries).
+    for (uint64_t k = 0; k < n; k += ebytes) {
+      const uint64_t len = std::min(ebytes, n - k);
+      if (std::memcmp(pa + k, pb + k, len) != 0) m.Add((global + k) / ebytes, ta.dtype, pa + k, tb.dtype, pb + k);
     }
-    ia += n;
-    jb += n;
-    if (ia == ra[i].size) ++i, ia = 0;
-    if (jb == rb[j].size) ++j, jb = 0;
-  }
-  if (i < ra.size() || j < rb.size()) {  // both tile the same tensor: cannot happen without a problem
-    return absl::InternalError(absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different byte counts"));
-  }
-  if (count > 0) {
-    *differ = true;
-    d->kind = DiffKind::kValues;
-    d->differing_elements = count;
-    SetFirstIndex(ta, first, d);
-    d->first_a = first_a;
-    d->first_b = first_b;
-    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(ta.numel()), " elements differ; first at [",
-                             absl::StrJoin(d->first_index, ", "), "]: A ", first_a, ", B ", first_b);
-  }
+  }));
+  *differ = m.Report(ta, "", "", d);
   return absl::OkStatus();
 }
 
