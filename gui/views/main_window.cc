@@ -37,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/diff/diff.h"
 #include "core/io/url.h"
+#include "core/util/status_macros.h"
 #include "gui/models/diff_model.h"
 #include "gui/models/list_models.h"
 #include "gui/views/consolidate_dialog.h"
@@ -62,6 +63,26 @@ int VisibleRowsBelow(const QAbstractItemModel& m, const QModelIndex& parent, int
     n += VisibleRowsBelow(m, m.index(r, 0, parent), limit - n);
   }
   return n;
+}
+
+// A path or URL scanned with the file system it names (a URL's own, taking the token from
+// $HF_TOKEN or the HF token file; `local` for plain paths). Runs off the GUI thread.
+struct Scanned {
+  std::shared_ptr<FileSystem> fs;
+  CheckpointLayout layout;
+};
+absl::StatusOr<Scanned> ResolveAndScan(FileSystem* local, const QString& path) {
+  std::shared_ptr<FileSystem> fs;
+  std::string where = path.toStdString();
+  if (!UrlScheme(where).empty()) {
+    ASSIGN_OR_RETURN(ResolvedPath resolved, ResolveUrl(where));
+    fs = resolved.fs;
+    where = resolved.path;
+  } else {
+    fs = std::shared_ptr<FileSystem>(local, [](FileSystem*) {});
+  }
+  ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(*fs, where));
+  return Scanned{std::move(fs), std::move(layout)};
 }
 
 struct Loaded {
@@ -492,28 +513,16 @@ void MainWindow::CompareWith(const QString& other) {
     Compared r;
     QElapsedTimer clock;
     clock.start();
-    std::shared_ptr<FileSystem> fs_b;
-    std::string where = other.toStdString();
-    if (!UrlScheme(where).empty()) {
-      absl::StatusOr<ResolvedPath> resolved = ResolveUrl(where);
-      if (!resolved.ok()) {
-        r.status = resolved.status();
-        return r;
-      }
-      fs_b = resolved->fs;
-      where = resolved->path;
-    } else {
-      fs_b = std::shared_ptr<FileSystem>(local, [](FileSystem*) {});
-    }
-    absl::StatusOr<CheckpointLayout> b = CheckpointLayout::Scan(*fs_b, where);
+    absl::StatusOr<Scanned> b = ResolveAndScan(local, other);
     if (!b.ok()) {
       r.status = b.status();
       return r;
     }
-    r.b_desc = absl::StrCat(b->root(), " (", CheckpointKindName(b->kind()), ", ", b->files().size(), " files)");
+    const CheckpointLayout& lb = b->layout;
+    r.b_desc = absl::StrCat(lb.root(), " (", CheckpointKindName(lb.kind()), ", ", lb.files().size(), " files)");
     DiffOptions o;
     o.cancel = cancel.get();
-    absl::StatusOr<DiffReport> d = DiffCheckpoints(*fs_a, *a, *fs_b, *b, o);
+    absl::StatusOr<DiffReport> d = DiffCheckpoints(*fs_a, *a, *b->fs, lb, o);
     if (!d.ok()) {
       r.status = d.status();
       return r;
@@ -554,25 +563,13 @@ void MainWindow::OpenPath(const QString& path) {
     Loaded r;
     QElapsedTimer clock;
     clock.start();
-    // A URL gets the file system it names (token from $HF_TOKEN or the HF token file).
-    std::string where = path.toStdString();
-    if (!UrlScheme(where).empty()) {
-      absl::StatusOr<ResolvedPath> resolved = ResolveUrl(where);
-      if (!resolved.ok()) {
-        r.status = resolved.status();
-        return r;
-      }
-      r.fs = resolved->fs;
-      where = resolved->path;
-    } else {
-      r.fs = std::shared_ptr<FileSystem>(fs, [](FileSystem*) {});
-    }
-    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*r.fs, where);
+    absl::StatusOr<Scanned> ck = ResolveAndScan(fs, path);
     if (!ck.ok()) {
       r.status = ck.status();
       return r;
     }
-    r.layout = std::make_shared<const CheckpointLayout>(std::move(*ck));
+    r.fs = std::move(ck->fs);
+    r.layout = std::make_shared<const CheckpointLayout>(std::move(ck->layout));
     r.prepared = TensorTreeModel::Prepare(r.layout, flat);
     r.seconds = clock.elapsed() / 1000.0;
     return r;
