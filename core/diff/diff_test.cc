@@ -1,6 +1,5 @@
 #include "core/diff/diff.h"
 
-#include <fstream>
 
 #include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
@@ -40,16 +39,6 @@ DiffReport DiffOrDie(const std::string& a, const std::string& b, DiffOptions o =
   return r.ok() ? *r : DiffReport{};
 }
 
-void FlipByte(const std::string& path, uint64_t at) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(at));
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x01);
-  f.seekp(static_cast<std::streamoff>(at));
-  f.write(&c, 1);
-}
-
 TEST(DiffTest, PerRankShardsEqualTheirConsolidationByteForByte) {
   const std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, Model(), {.ranks = 4}).ok());
@@ -74,14 +63,10 @@ TEST(DiffTest, ReportsTheFirstDifferingElementAndHowMany) {
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, Model(), {.ranks = 4}).ok());
   const std::string out = testing::NewTempDir() + "/out";
   ASSERT_TRUE(Consolidate(LocalFileSystem(), in, out, {}).ok());
-  CheckpointLayout lo = ScanOrDie(out);
-  const TensorLayout* t = lo.FindTensor("mesh.f32");
-  ASSERT_NE(t, nullptr);
-  const std::string file = out + "/" + lo.files()[t->chunks[0].file].name;
   // Elements [5, 7] and [6, 2] of the [8, 10] F32 tensor (the mesh's lower-right and lower-left
   // blocks, so in different rank files of A).
-  FlipByte(file, t->chunks[0].begin + (5 * 10 + 7) * 4);
-  FlipByte(file, t->chunks[0].begin + (6 * 10 + 2) * 4 + 3);
+  testing::FlipTensorByte(out, "mesh.f32", (5 * 10 + 7) * 4);
+  testing::FlipTensorByte(out, "mesh.f32", (6 * 10 + 2) * 4 + 3);
   DiffReport r = DiffOrDie(in, out);
   ASSERT_EQ(r.diffs.size(), 1u);
   const TensorDiff& d = r.diffs[0];

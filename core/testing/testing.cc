@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "core/layout/layout.h"
 #include "gtest/gtest.h"
 
 namespace safeshard::testing {
@@ -44,6 +45,24 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!f) ADD_FAILURE() << "cannot write " << path;
+}
+
+void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset, uint8_t mask) {
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  const TensorLayout* t = ck->FindTensor(tensor);
+  ASSERT_NE(t, nullptr) << tensor;
+  ASSERT_EQ(t->chunks.size(), 1u) << tensor << " is not stored whole";
+  const Chunk& c = t->chunks[0];
+  ASSERT_LT(offset, c.end - c.begin);
+  std::fstream f(JoinPath(dir, ck->files()[c.file].name), std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(c.begin + offset));
+  char b = 0;
+  f.read(&b, 1);
+  b = static_cast<char>(b ^ mask);
+  f.seekp(static_cast<std::streamoff>(c.begin + offset));
+  f.write(&b, 1);
+  ASSERT_TRUE(f.good()) << "cannot rewrite " << tensor;
 }
 
 std::string ReadFile(const std::string& path) {

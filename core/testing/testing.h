@@ -38,6 +38,10 @@ std::string BuildSafetensors(std::vector<TensorSpec> specs,
 // Builds a file from raw header JSON and a buffer: `u64 len(json)` + json + buffer.
 std::string RawSafetensors(const std::string& json, const std::string& buffer);
 
+// XORs `mask` into byte `offset` of tensor `tensor`'s data (row-major) in the checkpoint `dir`,
+// whose tensor is stored whole in one file (a consolidated checkpoint): a one-byte corruption.
+void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset, uint8_t mask = 0x01);
+
 // The deterministic byte pattern of tensor `name` (n bytes).
 std::string PatternBytes(const std::string& name, uint64_t n);
 

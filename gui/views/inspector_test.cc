@@ -406,14 +406,7 @@ TEST(InspectorTest, CompareWithAnotherCheckpointListsDifferencesAndSelectsTheTen
   // B: the consolidation of A with one element of one tensor changed, and one tensor more.
   const std::string b = testing::NewTempDir() + "/b";
   ASSERT_TRUE(Consolidate(LocalFileSystem(), ck, b, {}).ok());
-  auto lb = CheckpointLayout::Scan(LocalFileSystem(), b);
-  ASSERT_TRUE(lb.ok());
-  const TensorLayout* t = lb->FindTensor("model.layers.1.mlp.up_proj.weight");
-  ASSERT_NE(t, nullptr);
-  const std::string file = b + "/" + lb->files()[t->chunks[0].file].name;
-  std::string bytes = testing::ReadFile(file);
-  bytes[t->chunks[0].begin + 2 * (3 * t->shape[1] + 5)] ^= 0x10;  // BF16 element [3, 5]
-  testing::WriteFile(file, bytes);
+  testing::FlipTensorByte(b, "model.layers.1.mlp.up_proj.weight", 2 * (3 * 64 + 5), 0x10);  // [256, 64] F16: [3, 5]
   testing::WriteFile(b + "/extra.safetensors", testing::BuildSafetensors({{"extra.bias", DType::kF32, {8}}}));
 
   MainWindow w(Options());
