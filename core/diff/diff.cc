@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -302,6 +303,18 @@ absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout&
 
 absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a, FileSystem& fb,
                                            const CheckpointLayout& b, const DiffOptions& o) {
+  // A file whose header cannot be read hides which tensors it holds: every "only in" would be a
+  // guess, so there is no comparison.
+  for (const auto* side : {&a, &b}) {
+    for (const FileInfo& f : side->files()) {
+      if (f.error) {
+        const std::string path = JoinPath(side->root(), f.name);
+        return absl::FailedPreconditionError(absl::StrCat(
+            absl::StrContains(*f.error, path) ? "" : path + ": ", *f.error,
+            " (which tensors this file holds is unknown, so the checkpoints cannot be compared)"));
+      }
+    }
+  }
   DiffReport rep;
   auto wanted = [&](const std::string& n) { return !o.filter || o.filter(n); };
   // Pairs present on both sides, and the one-sided names.

@@ -67,7 +67,8 @@ struct DiffReport {
   bool identical_all() const { return diffs.empty(); }
 };
 
-// Both layouts must come from CheckpointLayout::Scan on `fa` and `fb`. Errors reading data
+// Both layouts must come from CheckpointLayout::Scan on `fa` and `fb`. kFailedPrecondition when a
+// file of either side has an unreadable header (its tensors are unknown). Errors reading data
 // (a truncated file, a remote failure) are returned, naming the file and offset.
 absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a, FileSystem& fb,
                                            const CheckpointLayout& b, const DiffOptions& options);

@@ -158,6 +158,17 @@ TEST(DiffTest, NamesDTypesShapesAndIncompleteTensors) {
   EXPECT_EQ(g.diffs[0].name, "mesh.f32");
 }
 
+TEST(DiffTest, AnUnreadableFileIsAnErrorNotMissingTensors) {
+  const std::string a = testing::NewTempDir(), b = testing::NewTempDir();
+  testing::WriteFile(a + "/model.safetensors", testing::BuildSafetensors({{"w", DType::kF32, {4}}}));
+  testing::WriteFile(b + "/model.safetensors", "garbage");
+  CheckpointLayout la = ScanOrDie(a), lb = ScanOrDie(b);
+  auto r = DiffCheckpoints(LocalFileSystem(), la, LocalFileSystem(), lb, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(r.status().message()).find(b + "/model.safetensors: "), std::string::npos) << r.status();
+}
+
 TEST(DiffTest, AFileChangedAfterTheScanIsAnErrorNamingIt) {
   const std::string a = testing::NewTempDir(), b = testing::NewTempDir();
   const std::string bytes = testing::BuildSafetensors({{"w", DType::kF32, {64}}});
