@@ -26,6 +26,8 @@ constexpr std::array<DTypeInfo, kNumDTypes> kTable = {{
     {DType::kF8_E5M2, "F8_E5M2", 8, true},
     {DType::kF8_E4M3, "F8_E4M3", 8, true},
     {DType::kF8_E8M0, "F8_E8M0", 8, true},
+    {DType::kF8_E4M3FNUZ, "F8_E4M3FNUZ", 8, true},
+    {DType::kF8_E5M2FNUZ, "F8_E5M2FNUZ", 8, true},
     {DType::kI16, "I16", 16, false},
     {DType::kU16, "U16", 16, false},
     {DType::kF16, "F16", 16, true},
@@ -47,7 +49,8 @@ int BitsOf(DType t) { return Info(t).bits; }
 absl::string_view DTypeName(DType t) { return Info(t).name; }
 bool IsFloatingPoint(DType t) { return Info(t).floating; }
 bool IsFloat8(DType t) {
-  return t == DType::kF8_E4M3 || t == DType::kF8_E5M2 || t == DType::kF8_E8M0;
+  return t == DType::kF8_E4M3 || t == DType::kF8_E5M2 || t == DType::kF8_E8M0 ||
+         t == DType::kF8_E4M3FNUZ || t == DType::kF8_E5M2FNUZ;
 }
 bool IsSubByte(DType t) { return Info(t).bits < 8; }
 int AlignmentOf(DType t) { return Info(t).bits < 8 ? 1 : Info(t).bits / 8; }

@@ -27,6 +27,8 @@ enum class DType : uint8_t {
   kF8_E5M2,
   kF8_E4M3,
   kF8_E8M0,
+  kF8_E4M3FNUZ,  // AMD's E4M3: bias 8, no infinities, NaN only 0x80 (no negative zero)
+  kF8_E5M2FNUZ,  // AMD's E5M2: bias 16, no infinities, NaN only 0x80
   kI16,
   kU16,
   kF16,
@@ -40,7 +42,7 @@ enum class DType : uint8_t {
   kU64,
 };
 
-inline constexpr int kNumDTypes = 20;
+inline constexpr int kNumDTypes = 22;
 
 // Bits per element (4, 6, 8, 16, 32 or 64).
 int BitsOf(DType t);

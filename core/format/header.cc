@@ -86,8 +86,8 @@ absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t fi
   if (prefix.substr(0, kLfsMagic.size()) == kLfsMagic) {
     return Fail(HeaderError::kGitLfsPointer, file,
                 absl::StrCat("the file (", file_size,
-                             " bytes) is a Git LFS pointer, not tensor data; fetch the real "
-                             "file with `git lfs pull`"));
+                             " bytes) is a Git LFS pointer (its text starts at byte offset 0), "
+                             "not tensor data; fetch the real file with `git lfs pull`"));
   }
   if (file_size < 8 || prefix.size() < 8) {
     return Fail(HeaderError::kFileTooSmall, file,
@@ -138,8 +138,11 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
 
   nlohmann::json root;
   std::vector<std::pair<std::string, nlohmann::json>> members;
-  internal::StrictParseResult pr =
-      internal::ParseJsonStrict(json.begin(), json.end(), &root, &members);
+  static const std::vector<std::string> kEntryKeys = {"dtype", "shape", "data_offsets"};
+  internal::StrictParseOptions po;
+  po.keep_entry_keys = &kEntryKeys;  // other members of an entry are checked, never stored
+  po.except_member = kMetadataKey;
+  internal::StrictParseResult pr = internal::ParseJsonStrict(json, &root, &members, po);
   if (!pr.ok) {
     return Fail(HeaderError::kInvalidJson, file,
                 absl::StrCat("header JSON does not parse at byte offset ", 8 + pr.error_byte,
@@ -148,7 +151,9 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
   if (pr.duplicate) {
     return Fail(HeaderError::kDuplicateKey, file,
                 absl::StrCat("key ", Quote(*pr.duplicate),
-                             " appears more than once in the header (byte offset 8)"));
+                             " appears more than once in one object of the header (repeated at "
+                             "byte offset ",
+                             8 + pr.duplicate_byte, ")"));
   }
   if (!root.is_object()) {
     return Fail(HeaderError::kHeaderNotObject, file,
@@ -156,24 +161,30 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
   }
 
   h.tensors.reserve(members.size());
-  for (const auto& [key, v] : members) {
+  for (size_t mi = 0; mi < members.size(); ++mi) {
+    const auto& [key, v] = members[mi];
+    const uint64_t at = 8 + (mi < pr.member_key_bytes.size() ? pr.member_key_bytes[mi] : 0);
     if (key == kMetadataKey) {
+      if (v.is_null()) continue;  // null means no metadata (upstream; MLX writes it)
       h.has_metadata = true;
       if (!v.is_object()) {
         return Fail(HeaderError::kInvalidMetadata, file,
-                    "__metadata__ must be an object of string values");
+                    absl::StrCat("__metadata__ (byte offset ", at,
+                                 ") must be an object of string values or null, not ",
+                                 v.type_name()));
       }
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
           return Fail(HeaderError::kInvalidMetadata, file,
-                      absl::StrCat("__metadata__ value for ", Quote(m.key()),
-                                   " is not a string (", m.value().type_name(), ")"));
+                      absl::StrCat("__metadata__ (byte offset ", at, ") value for ",
+                                   Quote(m.key()), " is not a string (", m.value().type_name(),
+                                   ")"));
         }
         h.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    const std::string where = absl::StrCat("tensor ", Quote(key));
+    const std::string where = absl::StrCat("tensor ", Quote(key), " (entry at byte offset ", at, ")");
     if (!v.is_object()) {
       return Fail(HeaderError::kInvalidTensorEntry, file,
                   absl::StrCat(where, ": entry is not an object"));
@@ -229,7 +240,7 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                                               &bits)) {
       return Fail(HeaderError::kShapeOverflow, file,
                   absl::StrCat(where, ": shape [", absl::StrJoin(t.shape, ", "),
-                               "] overflows 64 bits"));
+                               "] of ", DTypeName(t.dtype), " overflows 64 bits"));
     }
     if (bits % 8 != 0) {
       return Fail(HeaderError::kMisalignedBits, file,

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -288,6 +290,106 @@ TEST(HeaderTest, SerializesCompactJsonInDataOrder) {
   EXPECT_LT(json.size() - compact.size(), 8u);
   EXPECT_EQ(json.substr(0, compact.size()), compact);
   EXPECT_EQ(json.substr(compact.size()), std::string(json.size() - compact.size(), ' '));
+}
+
+// --- Parity with the safetensors crate (0.8) ---
+
+TEST(HeaderTest, NullMetadataMeansNone) {
+  // MLX writes "__metadata__": null in LoRA adapters; upstream reads it as no metadata.
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(
+      R"({"__metadata__":null,"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_FALSE(h->has_metadata);
+  EXPECT_TRUE(h->metadata.empty());
+  ASSERT_EQ(h->tensors.size(), 1u);
+  // Other non-object metadata is still refused, naming the offset of the member.
+  ExpectError(ParseImage(RawSafetensors(R"({"__metadata__":3})", "")),
+              HeaderError::kInvalidMetadata, "byte offset 9");
+}
+
+TEST(HeaderTest, RejectsTrailingBytesAfterTheJsonValue) {
+  const std::string entry = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
+  // A NUL then garbage inside the N header bytes: nlohmann would stop at the NUL.
+  ExpectError(ParseImage(RawSafetensors(entry + std::string("\0xyz", 4), "z")),
+              HeaderError::kInvalidJson, "trailing characters");
+  ExpectError(ParseImage(RawSafetensors(entry + std::string(" \0", 2), "z")),
+              HeaderError::kInvalidJson,
+              absl::StrCat("byte offset ", 8 + entry.size() + 1));
+  ExpectError(ParseImage(RawSafetensors(entry + "x", "z")), HeaderError::kInvalidJson);
+  // Whitespace after the value is fine (writers pad with spaces).
+  absl::StatusOr<Header> ok = ParseImage(RawSafetensors(entry + " \n\t\r ", "z"));
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
+TEST(HeaderTest, AcceptsFnuzFloat8DTypes) {
+  for (const char* name : {"F8_E4M3FNUZ", "F8_E5M2FNUZ"}) {
+    absl::StatusOr<Header> h = ParseImage(RawSafetensors(
+        absl::StrCat(R"({"a":{"dtype":")", name, R"(","shape":[2,2],"data_offsets":[0,4]}})"),
+        "zzzz"));
+    ASSERT_TRUE(h.ok()) << name << ": " << h.status();
+    EXPECT_EQ(DTypeName(h->tensors[0].dtype), name);
+    EXPECT_EQ(BitsOf(h->tensors[0].dtype), 8);
+    EXPECT_TRUE(IsFloat8(h->tensors[0].dtype));
+  }
+}
+
+TEST(HeaderTest, RefusesDeepNestingInAnExtraFieldQuickly) {
+  // serde_json's recursion limit: 127 nested containers parse, the 128th is refused.
+  auto nested = [](int depth) {
+    return std::string(depth, '[') + std::string(depth, ']');
+  };
+  const std::string pre = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)";
+  // Root object and entry object are two levels.
+  absl::StatusOr<Header> ok = ParseImage(RawSafetensors(pre + nested(125) + "}}", "z"));
+  EXPECT_TRUE(ok.ok()) << ok.status();
+  ExpectError(ParseImage(RawSafetensors(pre + nested(126) + "}}", "z")),
+              HeaderError::kInvalidJson, "recursion limit");
+  // 20 MB of nesting is refused at the 128th bracket, not after building a DOM of it.
+  const std::string huge = pre + std::string(10'000'000, '[') + std::string(10'000'000, ']') + "}}";
+  absl::StatusOr<Header> r = ParseImage(RawSafetensors(huge, "z"));
+  ExpectError(r, HeaderError::kInvalidJson,
+              absl::StrCat("byte offset ", 8 + pre.size() + 125));
+}
+
+TEST(HeaderTest, WideExtraFieldsAreCheckedButNotKept) {
+  std::string wide = "[";
+  for (int i = 0; i < 200000; ++i) absl::StrAppend(&wide, i ? "," : "", i);
+  wide += "]";
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)" + wide + "}}", "z"));
+  ASSERT_TRUE(h.ok()) << h.status();
+  // Duplicates inside a discarded extra field are still refused, like everywhere else.
+  ExpectError(ParseImage(RawSafetensors(
+                  R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":{"k":1,"k":2}}})",
+                  "z")),
+              HeaderError::kDuplicateKey, "\"k\"");
+}
+
+TEST(HeaderTest, EveryRuleNamesAByteOffset) {
+  const std::string dup =
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})";
+  // The duplicate's own offset, not the header's start: the second "a" is at JSON byte 53.
+  ExpectError(ParseImage(RawSafetensors(dup, "zz")), HeaderError::kDuplicateKey,
+              absl::StrCat("byte offset ", 8 + dup.find("\"a\"", 2)));
+  ExpectError(ParseImage(RawSafetensors(R"({"__metadata__":{"n":1}})", "")),
+              HeaderError::kInvalidMetadata, "byte offset 9");
+  const std::string bad_entry = R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":3})";
+  ExpectError(ParseImage(RawSafetensors(bad_entry, "z")), HeaderError::kInvalidTensorEntry,
+              absl::StrCat("tensor \"a\" (entry at byte offset ", 8 + bad_entry.find("\"a\""), ")"));
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}})",
+                                std::string(16, 'z'))),
+      HeaderError::kUnknownDType, "byte offset 9");
+  ExpectError(ParseImage(RawSafetensors(
+                  R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
+                  "")),
+              HeaderError::kShapeOverflow, "byte offset 9");
+  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})",
+                                        "z")),
+              HeaderError::kMisalignedBits, "byte offset 9");
+  const std::string lfs =
+      "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n";
+  ExpectError(ParseImage(lfs), HeaderError::kGitLfsPointer, "byte offset 0");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "core/format/index_json.h"
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -63,6 +64,21 @@ TEST(IndexJsonTest, AcceptsMissingMetadataAndIntegralFloatSize) {
       ParseIndexJson(R"({"metadata": {"total_size": 1.0e3}, "weight_map": {}})", "i");
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(b->total_size, 1000u);
+}
+
+TEST(IndexJsonTest, RejectsTrailingBytesAndDeepNesting) {
+  const std::string ok = R"({"weight_map": {"w": "model-00001-of-00001.safetensors"}})";
+  ASSERT_TRUE(ParseIndexJson(ok, "i.json").ok());
+  absl::StatusOr<IndexJson> nul = ParseIndexJson(ok + std::string("\n\0junk", 6), "i.json");
+  ASSERT_FALSE(nul.ok());
+  EXPECT_THAT(std::string(nul.status().message()), ::testing::HasSubstr("trailing characters"));
+  EXPECT_THAT(std::string(nul.status().message()),
+              ::testing::HasSubstr(absl::StrCat("byte offset ", ok.size() + 1)));
+  const std::string deep = R"({"metadata": {"x": )" + std::string(200, '[') +
+                           std::string(200, ']') + R"(}, "weight_map": {}})";
+  absl::StatusOr<IndexJson> d = ParseIndexJson(deep, "i.json");
+  ASSERT_FALSE(d.ok());
+  EXPECT_THAT(std::string(d.status().message()), ::testing::HasSubstr("recursion limit"));
 }
 
 }  // namespace

@@ -23,6 +23,15 @@ double DecodeF8(uint8_t v, DType t) {
     if (v == 0xff) return std::numeric_limits<double>::quiet_NaN();
     return std::ldexp(1.0, static_cast<int>(v) - 127);
   }
+  if (t == DType::kF8_E4M3FNUZ || t == DType::kF8_E5M2FNUZ) {  // no inf, no -0: 0x80 is NaN
+    if (v == 0x80) return std::numeric_limits<double>::quiet_NaN();
+    const bool e4 = t == DType::kF8_E4M3FNUZ;
+    const int mbits = e4 ? 3 : 2, bias = e4 ? 8 : 16;
+    const int e = (v & 0x7f) >> mbits, m = v & ((1 << mbits) - 1);
+    out = e == 0 ? std::ldexp(static_cast<double>(m) / (1 << mbits), 1 - bias)
+                 : std::ldexp(1 + static_cast<double>(m) / (1 << mbits), e - bias);
+    return sign ? -out : out;
+  }
   if (t == DType::kF8_E4M3) {
     const int e = (v >> 3) & 0xf, m = v & 0x7;
     if (e == 0xf && m == 0x7) return std::numeric_limits<double>::quiet_NaN();
@@ -65,7 +74,9 @@ absl::StatusOr<torch::Tensor> ToDouble(const char* p, int64_t n, DType t) {
       return manual([p](int64_t i) { uint64_t v; std::memcpy(&v, p + 8 * i, 8); return static_cast<double>(v); });
     case DType::kF8_E4M3:
     case DType::kF8_E5M2:
-    case DType::kF8_E8M0: {
+    case DType::kF8_E8M0:
+    case DType::kF8_E4M3FNUZ:
+    case DType::kF8_E5M2FNUZ: {
       double table[256];
       for (int v = 0; v < 256; ++v) table[v] = DecodeF8(static_cast<uint8_t>(v), t);
       return manual([p, &table](int64_t i) { return table[static_cast<uint8_t>(p[i])]; });
