@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/format/internal/json_util.h"
+#include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard {
@@ -30,24 +31,48 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
     if (t == nullptr) {
       return bad(absl::StrCat("names tensor ", Quote(fqn), " which the file does not hold"));
     }
-    auto so = value.is_object() ? value.find("saved_offsets") : value.end();
+    auto so = value.is_object() ? value.find(kSavedOffsetsKey) : value.end();
     if (!value.is_object() || so == value.end() || !so->is_array()) {
       return bad(absl::StrCat("tensor ", Quote(fqn), ": expected {\"saved_offsets\": [...]}"));
     }
-    std::vector<uint64_t> offsets;
-    for (const auto& o : *so) {
-      uint64_t v;
-      if (!internal::ReadU64(o, &v)) {
-        return bad(absl::StrCat("tensor ", Quote(fqn), ": offset ", o.dump(),
-                                " is not a non-negative integer"));
+    auto read_dims = [&](const nlohmann::json& arr, absl::string_view what,
+                         std::vector<uint64_t>* out) -> absl::Status {
+      for (const auto& o : arr) {
+        uint64_t v;
+        if (!internal::ReadU64(o, &v)) {
+          return bad(absl::StrCat("tensor ", Quote(fqn), ": ", what, " entry ", o.dump(),
+                                  " is not a non-negative integer"));
+        }
+        out->push_back(v);
       }
-      offsets.push_back(v);
-    }
-    if (offsets.size() != t->shape.size()) {
-      return bad(absl::StrCat("tensor ", Quote(fqn), ": ", offsets.size(),
-                              " saved_offsets for a tensor of rank ", t->shape.size()));
-    }
+      if (out->size() != t->shape.size()) {
+        return bad(absl::StrCat("tensor ", Quote(fqn), ": ", out->size(), " ", what,
+                                " entries for a tensor of rank ", t->shape.size()));
+      }
+      return absl::OkStatus();
+    };
+    std::vector<uint64_t> offsets;
+    RETURN_IF_ERROR(read_dims(*so, kSavedOffsetsKey, &offsets));
     info.saved_offsets[fqn] = std::move(offsets);
+    if (auto lf = value.find(kLogicalFqnKey); lf != value.end() && !lf->is_null()) {
+      if (!lf->is_string() || lf->get_ref<const std::string&>().empty()) {
+        return bad(absl::StrCat("tensor ", Quote(fqn), ": logical_fqn ", lf->dump(),
+                                " is not a non-empty string"));
+      }
+      if (lf->get_ref<const std::string&>() == kMetadataKey) {
+        return bad(absl::StrCat("tensor ", Quote(fqn), ": logical_fqn cannot be __metadata__"));
+      }
+      info.logical_fqn[fqn] = lf->get<std::string>();
+    }
+    if (auto gs = value.find(kGlobalShapeKey); gs != value.end() && !gs->is_null()) {
+      if (!gs->is_array()) {
+        return bad(absl::StrCat("tensor ", Quote(fqn), ": global_shape ", gs->dump(),
+                                " is not an array"));
+      }
+      std::vector<uint64_t> shape;
+      RETURN_IF_ERROR(read_dims(*gs, kGlobalShapeKey, &shape));
+      info.global_shape[fqn] = std::move(shape);
+    }
   }
   for (const TensorEntry& t : h.tensors) {
     info.saved_offsets.try_emplace(t.name, std::vector<uint64_t>(t.shape.size(), 0));
@@ -55,19 +80,34 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
   return std::optional<ShardingInfo>(std::move(info));
 }
 
+const std::string& ShardingInfo::LogicalName(const std::string& key) const {
+  auto it = logical_fqn.find(key);
+  return it == logical_fqn.end() ? key : it->second;
+}
+
+std::string PhysicalShardKey(absl::string_view fqn, int k) {
+  return absl::StrCat(fqn, kPhysicalShardInfix, k);
+}
+
 std::string SerializeShardingInfo(const ShardingInfo& info) {
   std::string out = "{";
   bool first = true;
-  for (const auto& [fqn, offsets] : info.saved_offsets) {
+  for (const auto& [key, offsets] : info.saved_offsets) {
     if (!first) out += ", ";
     first = false;
-    absl::StrAppend(&out, Quote(fqn), ": {\"saved_offsets\": [", absl::StrJoin(offsets, ", "),
-                    "]}");
+    absl::StrAppend(&out, Quote(key), ": {");
+    if (auto lf = info.logical_fqn.find(key); lf != info.logical_fqn.end()) {
+      absl::StrAppend(&out, "\"logical_fqn\": ", Quote(lf->second), ", ");
+    }
+    absl::StrAppend(&out, "\"saved_offsets\": [", absl::StrJoin(offsets, ", "), "]");
+    if (auto gs = info.global_shape.find(key); gs != info.global_shape.end()) {
+      absl::StrAppend(&out, ", \"global_shape\": [", absl::StrJoin(gs->second, ", "), "]");
+    }
+    out += "}";
   }
   out += "}";
   return out;
 }
-
 std::map<std::string, std::string> ShardedFileMetadata(const ShardingInfo& info) {
   return {{std::string(kShardingInfoKey), SerializeShardingInfo(info)},
           {std::string(kDcpVersionKey), std::string(kDcpVersion)},

@@ -2,8 +2,13 @@
 //
 // PyTorch's HuggingFaceStorageWriter (save_sharded=True) writes, in each rank's file,
 // `__metadata__` = {"DCP_SHARDING_INFO": "<json string>", "DCP_VERSION": "1.0", "format": "pt"}
-// where the JSON string is `{"fqn": {"saved_offsets": [o0, o1, ...]}, ...}`: the offsets of this
-// rank's chunk within the global tensor.
+// where the JSON string is `{"key": {"saved_offsets": [o0, o1, ...]}, ...}`: the offsets of this
+// rank's chunk within the global tensor. Older writers key it by the tensor's name (fqn).
+// PyTorch's newest writer adds `"logical_fqn": "fqn"` to every entry and, when one rank holds
+// several chunks of one tensor (strided FSDP2+TP sharding), stores them under physical keys
+// `"{fqn}.__dcp_shard_{k}"` (k = 0, 1, ...) in one file; PR #189945 adds `"global_shape": [...]`
+// per entry so that a lost trailing chunk is visible. All three forms are read; the writer
+// emits logical_fqn and global_shape.
 //
 //   ASSIGN_OR_RETURN(std::optional<ShardingInfo> info, ReadShardingInfo(header, "shard-...")); 
 //   if (info) { const std::vector<uint64_t>& off = info->saved_offsets.at("w"); }
@@ -29,10 +34,26 @@ inline constexpr absl::string_view kDcpVersion = "1.0";
 inline constexpr absl::string_view kFormatKey = "format";
 inline constexpr absl::string_view kFormatPt = "pt";
 
+inline constexpr absl::string_view kLogicalFqnKey = "logical_fqn";
+inline constexpr absl::string_view kSavedOffsetsKey = "saved_offsets";
+inline constexpr absl::string_view kGlobalShapeKey = "global_shape";
+inline constexpr absl::string_view kPhysicalShardInfix = ".__dcp_shard_";
+
 struct ShardingInfo {
-  // fqn -> offsets of this file's chunk within the global tensor (one per dimension).
+  // Physical key (the tensor's name in the file) -> offsets of that chunk within the global
+  // tensor (one per dimension).
   std::map<std::string, std::vector<uint64_t>> saved_offsets;
+  // Physical key -> logical tensor name, when the entry carries logical_fqn.
+  std::map<std::string, std::string> logical_fqn;
+  // Physical key -> global shape of the logical tensor, when the entry carries global_shape.
+  std::map<std::string, std::vector<uint64_t>> global_shape;
+
+  // The logical tensor a physical key belongs to (the key itself for older writers).
+  const std::string& LogicalName(const std::string& key) const;
 };
+
+// "{fqn}.__dcp_shard_{k}": the physical key of the k-th chunk of `fqn` held by one rank.
+std::string PhysicalShardKey(absl::string_view fqn, int k);
 
 // Reads DCP_SHARDING_INFO from `h`. nullopt if the file has none (a plain safetensors file).
 // Errors (kDataLoss) when the string is not valid JSON of the documented shape, names a tensor
@@ -42,7 +63,9 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
                                                              absl::string_view file);
 
 // The DCP_SHARDING_INFO string as Python's json.dumps writes it:
-// {"a": {"saved_offsets": [0, 4]}, "b": {"saved_offsets": [0]}}  (in `info` key order).
+// {"a": {"saved_offsets": [0, 4]}, "b": {"saved_offsets": [0]}}  (in `info` key order), and with
+// logical names: {"w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0],
+// "global_shape": [8, 4]}, ...}.
 std::string SerializeShardingInfo(const ShardingInfo& info);
 
 // {"DCP_SHARDING_INFO": ..., "DCP_VERSION": "1.0", "format": "pt"}.

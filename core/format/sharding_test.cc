@@ -65,5 +65,53 @@ TEST(ShardingTest, RejectsMalformedInfo) {
   }
 }
 
+TEST(ShardingTest, ReadsPyTorchNewestPhysicalKeysWithLogicalNames) {
+  // One rank holding two row blocks of "w" (strided FSDP2+TP): physical keys w.__dcp_shard_k.
+  absl::StatusOr<Header> h = LayoutHeader(
+      {{"w.__dcp_shard_0", DType::kF32, {2, 8}}, {"w.__dcp_shard_1", DType::kF32, {2, 8}},
+       {"b", DType::kF32, {8}}},
+      {});
+  ASSERT_TRUE(h.ok());
+  h->metadata["DCP_SHARDING_INFO"] =
+      R"({"w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0], "global_shape": [8, 8]},)"
+      R"( "w.__dcp_shard_1": {"logical_fqn": "w", "saved_offsets": [4, 0], "global_shape": [8, 8]},)"
+      R"( "b": {"logical_fqn": "b", "saved_offsets": [0]}})";
+  absl::StatusOr<std::optional<ShardingInfo>> r = ReadShardingInfo(*h, "f");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const ShardingInfo& info = **r;
+  EXPECT_EQ(info.LogicalName("w.__dcp_shard_0"), "w");
+  EXPECT_EQ(info.LogicalName("w.__dcp_shard_1"), "w");
+  EXPECT_EQ(info.LogicalName("b"), "b");
+  EXPECT_EQ(info.saved_offsets.at("w.__dcp_shard_1"), (std::vector<uint64_t>{4, 0}));
+  EXPECT_EQ(info.global_shape.at("w.__dcp_shard_0"), (std::vector<uint64_t>{8, 8}));
+  EXPECT_EQ(info.global_shape.count("b"), 0u);
+  // What the writer emits reads back the same.
+  h->metadata = ShardedFileMetadata(info);
+  EXPECT_EQ(h->metadata.at("DCP_SHARDING_INFO"),
+            R"({"b": {"logical_fqn": "b", "saved_offsets": [0]}, )"
+            R"("w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0], "global_shape": [8, 8]}, )"
+            R"("w.__dcp_shard_1": {"logical_fqn": "w", "saved_offsets": [4, 0], "global_shape": [8, 8]}})");
+  absl::StatusOr<std::optional<ShardingInfo>> back = ReadShardingInfo(*h, "f");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)->logical_fqn, info.logical_fqn);
+  EXPECT_EQ((*back)->global_shape, info.global_shape);
+  EXPECT_EQ(PhysicalShardKey("w", 1), "w.__dcp_shard_1");
+}
+
+TEST(ShardingTest, RejectsMalformedLogicalNamesAndGlobalShapes) {
+  Header h = TwoTensors();
+  for (const char* bad : {R"({"w": {"logical_fqn": 3, "saved_offsets": [0, 0]}})",
+                          R"({"w": {"logical_fqn": "", "saved_offsets": [0, 0]}})",
+                          R"({"w": {"logical_fqn": "__metadata__", "saved_offsets": [0, 0]}})",
+                          R"({"w": {"saved_offsets": [0, 0], "global_shape": [8]}})",
+                          R"({"w": {"saved_offsets": [0, 0], "global_shape": "8x8"}})",
+                          R"({"w": {"saved_offsets": [0, 0], "global_shape": [8, -8]}})"}) {
+    h.metadata["DCP_SHARDING_INFO"] = bad;
+    absl::StatusOr<std::optional<ShardingInfo>> r = ReadShardingInfo(h, "shard.st");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("tensor \"w\""));
+  }
+}
+
 }  // namespace
 }  // namespace safeshard
