@@ -64,23 +64,6 @@ struct Checksum {
   }
 };
 
-bool Blocking(ProblemKind k) {
-  switch (k) {
-    case ProblemKind::kInvalidFile:
-    case ProblemKind::kGap:
-    case ProblemKind::kOverlap:
-    case ProblemKind::kOutOfBounds:
-    case ProblemKind::kRankMismatch:
-    case ProblemKind::kDTypeMismatch:
-    case ProblemKind::kShardRanks:
-    case ProblemKind::kShardFileCount:
-    case ProblemKind::kDuplicateTensor:
-      return true;
-    default:
-      return false;
-  }
-}
-
 uint64_t BitsToBytes(uint64_t elems, DType t) { return elems * BitsOf(t) / 8; }
 
 struct WorkItem {
@@ -260,7 +243,7 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
   }
   std::vector<std::string> blocking;
   for (const Problem& p : layout.problems()) {
-    if (Blocking(p.kind)) {
+    if (IsBlocking(p.kind)) {
       blocking.push_back(p.ToString());
     } else {
       plan.warnings.push_back(p.ToString());

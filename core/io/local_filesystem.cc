@@ -257,7 +257,10 @@ class LocalFileSystem_ : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Non-blocking open, then fstat: a FIFO or device under a checkpoint name must not hang the
+    // reader (opening a FIFO for reading blocks until a writer appears); only regular files are
+    // read.
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return ErrnoStatus(errno, "open", path);
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -269,6 +272,13 @@ class LocalFileSystem_ : public FileSystem {
       close(fd);
       return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a file"));
     }
+    if (!S_ISREG(st.st_mode)) {
+      close(fd);
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, ": is not a regular file (", S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket",
+          "); only regular files are read"));
+    }
+    if (int fl = fcntl(fd, F_GETFL); fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     return std::unique_ptr<ReadableFile>(
         new LocalReadable(path, fd, static_cast<uint64_t>(st.st_size)));
   }

@@ -87,8 +87,52 @@ absl::string_view ProblemKindName(ProblemKind k) {
     case ProblemKind::kShardRanks: return "shard_ranks";
     case ProblemKind::kShardFileCount: return "shard_file_count";
     case ProblemKind::kDuplicateTensor: return "duplicate_tensor";
+    case ProblemKind::kGlobalShapeMismatch: return "global_shape_mismatch";
+    case ProblemKind::kInvalidManifest: return "invalid_manifest";
+    case ProblemKind::kManifestMissingFile: return "manifest_missing_file";
+    case ProblemKind::kManifestFileSize: return "manifest_file_size";
+    case ProblemKind::kManifestUnlisted: return "manifest_unlisted_file";
+    case ProblemKind::kManifestRanks: return "manifest_ranks";
+    case ProblemKind::kExpectedRanks: return "expected_ranks";
+    case ProblemKind::kModelFileCount: return "model_file_count";
+    case ProblemKind::kReference: return "reference_mismatch";
+    case ProblemKind::kChecksum: return "checksum_mismatch";
+    case ProblemKind::kUnproven: return "completeness_unproven";
   }
   return "unknown";
+}
+
+bool IsBlocking(ProblemKind k) {
+  switch (k) {
+    case ProblemKind::kInvalidFile:
+    case ProblemKind::kGap:
+    case ProblemKind::kOverlap:
+    case ProblemKind::kOutOfBounds:
+    case ProblemKind::kRankMismatch:
+    case ProblemKind::kDTypeMismatch:
+    case ProblemKind::kIndexMissingFile:    // tensors the index promises are gone
+    case ProblemKind::kIndexMissingTensor:  // the index promises a tensor the file lacks
+    case ProblemKind::kInvalidIndex:        // an index that cannot be read proves nothing
+    case ProblemKind::kShardRanks:
+    case ProblemKind::kShardFileCount:
+    case ProblemKind::kDuplicateTensor:
+    case ProblemKind::kGlobalShapeMismatch:
+    case ProblemKind::kInvalidManifest:
+    case ProblemKind::kManifestMissingFile:
+    case ProblemKind::kManifestFileSize:
+    case ProblemKind::kManifestUnlisted:
+    case ProblemKind::kManifestRanks:
+    case ProblemKind::kExpectedRanks:
+    case ProblemKind::kModelFileCount:
+    case ProblemKind::kReference:
+    case ProblemKind::kChecksum:
+    case ProblemKind::kUnproven:  // only reported with --strict, where it must block
+      return true;
+    case ProblemKind::kNotInIndex:      // the bytes are there; the index is only incomplete
+    case ProblemKind::kIndexTotalSize:  // a metadata number, not data
+      return false;
+  }
+  return true;
 }
 
 std::string Problem::ToString() const {
@@ -330,14 +374,18 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
 absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const std::string& path,
                                                         const ScanOptions& options) {
   CheckpointLayout ck;
+  ck.strict_ = options.strict;
   ASSIGN_OR_RETURN(FileStat st, fs.Stat(path));
   std::vector<std::string> names;
+  bool has_manifest = false;
   if (st.is_dir) {
     ck.root_ = path;
     ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(path));
     for (const DirEntry& e : entries) {
       if (e.is_dir || IsTempFileName(e.name)) continue;
-      if (absl::EndsWith(e.name, kSafetensorsSuffix)) {
+      if (e.name == kManifestFileName) {
+        has_manifest = true;
+      } else if (absl::EndsWith(e.name, kSafetensorsSuffix)) {
         names.push_back(e.name);
       } else if (IsIndexFileName(e.name) && ck.index_file_.empty()) {
         ck.index_file_ = e.name;
@@ -396,8 +444,32 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
   }
 
+  // Completion manifest (bounded: its size is checked before it is read).
+  if (has_manifest) {
+    const std::string mpath = JoinPath(ck.root_, kManifestFileName);
+    absl::StatusOr<Manifest> m = [&]() -> absl::StatusOr<Manifest> {
+      ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, fs.OpenRead(mpath));
+      if (f->size() > kMaxManifestBytes) {
+        return absl::DataLossError(absl::StrCat(f->size(), " bytes, over the ", kMaxManifestBytes,
+                                                "-byte limit of a completion manifest"));
+      }
+      std::string text(f->size(), '\0');
+      RETURN_IF_ERROR(f->ReadAt(0, text.size(), text.data()));
+      return ParseManifest(text, kManifestFileName);
+    }();
+    if (m.ok()) {
+      ck.manifest_ = std::move(*m);
+    } else {
+      ck.problems_.push_back({ProblemKind::kInvalidManifest, kManifestFileName, "",
+                              WithoutPathPrefix(std::string(m.status().message()),
+                                                std::string(kManifestFileName))});
+    }
+  }
+
   // Chunks.
   absl::flat_hash_map<std::string, size_t> pos;
+  std::vector<std::optional<std::vector<uint64_t>>> declared;  // global_shape per tensor
+  std::vector<bool> declared_conflict;
   std::vector<TensorLayout> tensors;
   std::vector<std::set<DType>> dtypes;
   std::vector<std::vector<std::string>> plain_files;  // plain files holding each tensor
@@ -417,20 +489,41 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     fi.dcp = info->has_value();
     (fi.dcp ? dcp_files : plain)++;
     for (const TensorEntry& t : fi.header->tensors) {
-      auto [it, inserted] = pos.try_emplace(t.name, tensors.size());
+      const std::string& logical = fi.dcp ? (*info)->LogicalName(t.name) : t.name;
+      auto [it, inserted] = pos.try_emplace(logical, tensors.size());
       if (inserted) {
         tensors.emplace_back();
-        tensors.back().name = t.name;
+        tensors.back().name = logical;
         tensors.back().dtype = t.dtype;
         dtypes.emplace_back();
         plain_files.emplace_back();
+        declared.emplace_back();
+        declared_conflict.push_back(false);
       }
       TensorLayout& tl = tensors[it->second];
       dtypes[it->second].insert(t.dtype);
       Chunk c;
       c.file = static_cast<int>(fidx);
+      if (logical != t.name) c.key = t.name;
       c.sizes = t.shape;
       c.offsets = fi.dcp ? (*info)->saved_offsets.at(t.name) : std::vector<uint64_t>(t.shape.size());
+      if (fi.dcp) {
+        if (auto gs = (*info)->global_shape.find(t.name); gs != (*info)->global_shape.end()) {
+          std::optional<std::vector<uint64_t>>& d = declared[it->second];
+          if (!d) {
+            d = gs->second;
+          } else if (*d != gs->second) {
+            if (!declared_conflict[it->second]) {
+              ck.problems_.push_back(
+                  {ProblemKind::kGlobalShapeMismatch, fi.name, logical,
+                   absl::StrCat("chunk ", Q(t.name), " declares global_shape [",
+                                absl::StrJoin(gs->second, ", "), "] but another chunk declares [",
+                                absl::StrJoin(*d, ", "), "]")});
+            }
+            declared_conflict[it->second] = true;
+          }
+        }
+      }
       c.begin = fi.header->data_start() + t.begin;
       c.end = fi.header->data_start() + t.end;
       if (!fi.dcp) plain_files[it->second].push_back(fi.name);
@@ -457,6 +550,10 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     if (!same_rank) {
       ck.problems_.push_back({ProblemKind::kRankMismatch, "", t.name,
                               "chunks disagree on the number of dimensions"});
+    } else if (declared[i] && declared[i]->size() != rank) {
+      ck.problems_.push_back({ProblemKind::kGlobalShapeMismatch, "", t.name,
+                              absl::StrCat("global_shape [", absl::StrJoin(*declared[i], ", "),
+                                           "] has another rank than the chunks (", rank, ")")});
     } else {
       t.shape.assign(rank, 0);
       for (const Chunk& c : t.chunks) {
@@ -464,7 +561,13 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
           t.shape[d] = std::max(t.shape[d], c.offsets[d] + c.sizes[d]);
         }
       }
-      if (plain_files[i].empty() || t.chunks.size() > 1) {
+      if (declared[i] && !declared_conflict[i]) {
+        // The declared shape is the truth: chunks outside it are out of bounds, and a chunk
+        // that never arrived (the highest rank's) is a gap.
+        t.shape = *declared[i];
+        t.declared_shape = true;
+      }
+      if (plain_files[i].empty() || t.chunks.size() > 1 || t.declared_shape) {
         CheckCoverage(t.name, t.shape, t.chunks, ck.files_, options, &ck.problems_);
       }
     }
@@ -548,6 +651,107 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
   }
 
+  // Plain "model-0000i-of-0000N" files without an index: every i in 1..N must be here.
+  if (!ck.index_ && plain > 0) {
+    std::set<int> idxs;
+    std::set<int> ns;
+    bool all_named = true;
+    for (const FileInfo& f : ck.files_) {
+      if (!f.header || f.dcp) continue;
+      absl::StatusOr<FileIndex> idx = ParseFileIndex(f.name);
+      if (!idx.ok() || idx->shard || idx->count < 1) {
+        all_named = false;
+        continue;
+      }
+      idxs.insert(idx->index);
+      ns.insert(idx->count);
+    }
+    if (all_named && ns.size() == 1 && *ns.begin() > 1) {
+      std::vector<int> missing;
+      for (int i = 1; i <= *ns.begin() && missing.size() < 16; ++i) {
+        if (!idxs.count(i)) missing.push_back(i);
+      }
+      if (!missing.empty()) {
+        ck.problems_.push_back(
+            {ProblemKind::kModelFileCount, "", "",
+             absl::StrCat("the file names say -of-", *ns.begin(), " but file", missing.size() == 1 ? " " : "s ",
+                          absl::StrJoin(missing, ", "), " of ", *ns.begin(), " ",
+                          missing.size() == 1 ? "is" : "are", " absent (and there is no index json)")});
+      }
+    }
+  }
+
+  // The completion manifest: every listed file present with its size, nothing unlisted, and the
+  // shard files' ranks exactly 1..ranks.
+  if (ck.manifest_) {
+    const Manifest& m = *ck.manifest_;
+    std::map<std::string, const FileInfo*> by_name;
+    for (const FileInfo& f : ck.files_) by_name[f.name] = &f;
+    for (const ManifestFile& mf : m.files) {
+      auto f = by_name.find(mf.name);
+      if (f == by_name.end()) {
+        ck.problems_.push_back({ProblemKind::kManifestMissingFile, mf.name, "",
+                                absl::StrCat("listed in ", kManifestFileName, " (", mf.size,
+                                             " bytes) but absent: its tensors are lost")});
+      } else if (f->second->size != mf.size) {
+        ck.problems_.push_back({ProblemKind::kManifestFileSize, mf.name, "",
+                                absl::StrCat("is ", f->second->size, " bytes but ",
+                                             kManifestFileName, " says ", mf.size,
+                                             f->second->size < mf.size ? " (truncated)" : "")});
+      }
+    }
+    for (const FileInfo& f : ck.files_) {
+      if (m.Find(f.name) == nullptr) {
+        ck.problems_.push_back({ProblemKind::kManifestUnlisted, f.name, "",
+                                absl::StrCat("not listed in ", kManifestFileName,
+                                             ": it was not part of the save the manifest "
+                                             "completed (a leftover, or a file added later)")});
+      }
+    }
+    if (m.ranks) {
+      std::vector<int> missing;
+      for (int r = 1; r <= *m.ranks && missing.size() < 16; ++r) {
+        if (!ranks.count(r)) missing.push_back(r - 1);
+      }
+      std::vector<int> extra;
+      for (int r : ranks) {
+        if (r > *m.ranks) extra.push_back(r - 1);
+      }
+      if (!missing.empty() || !extra.empty()) {
+        std::string msg = absl::StrCat(kManifestFileName, " says ", *m.ranks, " rank",
+                                       *m.ranks == 1 ? "" : "s");
+        if (!missing.empty()) {
+          absl::StrAppend(&msg, "; no shard file of rank ", absl::StrJoin(missing, ", "));
+        }
+        if (!extra.empty()) {
+          absl::StrAppend(&msg, "; shard files of rank ", absl::StrJoin(extra, ", "),
+                          " are beyond it");
+        }
+        ck.problems_.push_back({ProblemKind::kManifestRanks, "", "", msg});
+      }
+    }
+  }
+
+  // The expected rank count (e.g. the training job's world size).
+  if (options.expect_ranks > 0) {
+    std::vector<int> missing;
+    for (int r = 1; r <= options.expect_ranks && missing.size() < 16; ++r) {
+      if (!ranks.count(r)) missing.push_back(r - 1);
+    }
+    std::vector<int> extra;
+    for (int r : ranks) {
+      if (r > options.expect_ranks) extra.push_back(r - 1);
+    }
+    if (!missing.empty() || !extra.empty()) {
+      std::string msg = absl::StrCat("expected ", options.expect_ranks, " rank",
+                                     options.expect_ranks == 1 ? "" : "s", ", found ",
+                                     ranks.size(), " with shard files");
+      if (!missing.empty()) absl::StrAppend(&msg, "; missing rank ", absl::StrJoin(missing, ", "));
+      if (!extra.empty()) absl::StrAppend(&msg, "; unexpected rank ", absl::StrJoin(extra, ", "));
+      ck.problems_.push_back({ProblemKind::kExpectedRanks, "", "", msg});
+    }
+  }
+
   std::sort(tensors.begin(), tensors.end(),
             [](const TensorLayout& a, const TensorLayout& b) { return a.name < b.name; });
   ck.tensors_ = std::move(tensors);
@@ -562,7 +766,222 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   } else {
     ck.kind_ = CheckpointKind::kHfSharded;
   }
+  ck.expect_ranks_ = options.expect_ranks;
+  ck.DecideCompleteness();
   return ck;
+}
+
+void CheckpointLayout::DecideCompleteness() {
+  Completeness c;
+  problems_.erase(std::remove_if(problems_.begin(), problems_.end(),
+                                 [](const Problem& p) { return p.kind == ProblemKind::kUnproven; }),
+                  problems_.end());
+  auto has = [&](std::initializer_list<ProblemKind> kinds) {
+    for (const Problem& p : problems_) {
+      for (ProblemKind k : kinds) {
+        if (p.kind == k) return true;
+      }
+    }
+    return false;
+  };
+  if (manifest_ && !has({ProblemKind::kManifestMissingFile, ProblemKind::kManifestFileSize,
+                         ProblemKind::kManifestUnlisted, ProblemKind::kManifestRanks})) {
+    c.by.push_back(kManifestFileName);
+  }
+  if (reference_matched_) c.by.push_back("the reference model");
+  const bool per_rank = kind_ == CheckpointKind::kDcpSharded || kind_ == CheckpointKind::kMixed;
+  if (per_rank) {
+    if (expect_ranks_ > 0 && !has({ProblemKind::kExpectedRanks})) {
+      c.by.push_back(absl::StrCat("the expected rank count (", expect_ranks_, ")"));
+    }
+    bool all_declared = !tensors_.empty();
+    for (const TensorLayout& t : tensors_) all_declared &= t.declared_shape;
+    if (all_declared) c.by.push_back("global_shape in every shard entry");
+    if (c.by.empty()) {
+      c.unproven = absl::StrCat(
+          "the checkpoint's completeness cannot be proven: a lost highest rank (or any chunk at "
+          "the end of a tensor) leaves no trace in the other ranks' files, and there is no ",
+          kManifestFileName,
+          ", no global_shape in the shards and no expected rank count. Prove it with "
+          "--expect-ranks N (the job's world size) or --reference MODEL_DIR");
+    }
+  } else if (kind_ == CheckpointKind::kHfSharded || kind_ == CheckpointKind::kSingleFile) {
+    if (index_ && !has({ProblemKind::kInvalidIndex})) c.by.push_back(index_file_);
+    bool named = true;
+    int n = 0;
+    for (const FileInfo& f : files_) {
+      absl::StatusOr<FileIndex> idx = ParseFileIndex(f.name);
+      named &= idx.ok() && !idx->shard && idx->count >= 1 && (n == 0 || n == idx->count);
+      if (idx.ok()) n = idx->count;
+    }
+    if (!index_ && named && !has({ProblemKind::kModelFileCount}) &&
+        static_cast<int>(files_.size()) == n) {
+      c.by.push_back(absl::StrCat("the file names (-of-", n, ")"));
+    }
+    if (c.by.empty() && kind_ == CheckpointKind::kSingleFile) {
+      c.by.push_back("the file's own header (a single file)");
+    }
+    if (c.by.empty()) {
+      c.unproven = absl::StrCat(
+          files_.size(), " plain safetensors files with no index json and no -of-N names: a "
+          "lost file would leave no trace. Prove it with --reference MODEL_DIR");
+    }
+  } else {
+    c.unproven = "no safetensors files";
+  }
+  c.proven = c.unproven.empty();
+  if (strict_ && !c.proven) problems_.push_back({ProblemKind::kUnproven, "", "", c.unproven});
+  completeness_ = std::move(c);
+}
+
+void CheckpointLayout::CheckAgainstReference(const CheckpointLayout& ref) {
+  size_t reported = 0, differences = 0;
+  auto add = [&](const std::string& tensor, std::string msg) {
+    ++differences;
+    if (reported++ < 50) problems_.push_back({ProblemKind::kReference, "", tensor, std::move(msg)});
+  };
+  for (const TensorLayout& r : ref.tensors()) {
+    const TensorLayout* t = FindTensor(r.name);
+    if (t == nullptr) {
+      add(r.name, absl::StrCat("in the reference model (", DTypeName(r.dtype), " [",
+                               absl::StrJoin(r.shape, ", "), "]) but not in this checkpoint"));
+    } else if (t->shape != r.shape) {
+      add(r.name, absl::StrCat("shape [", absl::StrJoin(t->shape, ", "), "] but the reference has [",
+                               absl::StrJoin(r.shape, ", "), "]",
+                               t->declared_shape ? "" : " (a trailing chunk may be lost)"));
+    }
+  }
+  for (const TensorLayout& t : tensors_) {
+    if (ref.FindTensor(t.name) == nullptr) add(t.name, "not in the reference model");
+  }
+  if (differences > reported) {
+    problems_.push_back({ProblemKind::kReference, "", "",
+                         absl::StrCat(differences - reported, " more differences from the reference model")});
+  }
+  reference_matched_ = differences == 0 && !ref.tensors().empty();
+  DecideCompleteness();
+}
+
+bool CheckpointLayout::HasBlockingProblem() const {
+  for (const Problem& p : problems_) {
+    if (IsBlocking(p.kind)) return true;
+  }
+  return false;
+}
+
+
+}  // namespace safeshard
+
+namespace safeshard {
+
+absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header& header) {
+  ManifestFile out;
+  out.size = file.size();
+  ContentHasher whole;
+  constexpr uint64_t kBlock = 8 << 20;
+  std::string buf;
+  // Feeds bytes [begin, end) of the file to `whole` and to `part` (if any), block by block.
+  auto feed = [&](uint64_t begin, uint64_t end, ContentHasher* part) -> absl::Status {
+    for (uint64_t pos = begin; pos < end;) {
+      const uint64_t n = std::min(kBlock, end - pos);
+      buf.resize(n);
+      RETURN_IF_ERROR(file.ReadAt(pos, n, buf.data()));
+      whole.Update(buf);
+      if (part != nullptr) part->Update(buf);
+      pos += n;
+    }
+    return absl::OkStatus();
+  };
+  std::vector<const TensorEntry*> order;
+  for (const TensorEntry& t : header.tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(),
+            [](const TensorEntry* a, const TensorEntry* b) { return a->begin < b->begin; });
+  const uint64_t base = header.tensors.empty() ? 0 : header.data_start();
+  uint64_t pos = 0;
+  auto fail = [&](const absl::Status& s, absl::string_view what) {
+    return absl::Status(s.code(), absl::StrCat(file.path(), ": reading ", what, ": ", s.message()));
+  };
+  if (base > file.size()) {
+    return absl::DataLossError(absl::StrCat(file.path(), ": ", file.size(),
+                                            " bytes, shorter than its header (", base, ")"));
+  }
+  if (absl::Status s = feed(0, base, nullptr); !s.ok()) return fail(s, "the header");
+  pos = base;
+  for (const TensorEntry* t : order) {
+    if (base + t->end > file.size() || base + t->begin != pos) {
+      return absl::DataLossError(absl::StrCat(
+          file.path(), ": tensor ", Q(t->name), " bytes [", base + t->begin, ", ", base + t->end,
+          ") do not follow byte ", pos, " in a file of ", file.size(), " bytes (it changed)"));
+    }
+    ContentHasher part;
+    if (absl::Status s = feed(pos, base + t->end, &part); !s.ok()) {
+      return fail(s, absl::StrCat("tensor ", Q(t->name)));
+    }
+    out.tensor_xxh3.push_back(part.Digest());
+    pos = base + t->end;
+  }
+  if (absl::Status s = feed(pos, file.size(), nullptr); !s.ok()) return fail(s, "trailing bytes");
+  out.xxh3 = whole.Digest();
+  return out;
+}
+
+absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointLayout& layout) {
+  ChecksumReport r;
+  if (!layout.manifest()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        layout.root(), ": no valid ", kManifestFileName,
+        " here, so there are no recorded checksums to compare with"));
+  }
+  for (const ManifestFile& mf : layout.manifest()->files) {
+    const FileInfo* info = nullptr;
+    for (const FileInfo& f : layout.files()) {
+      if (f.name == mf.name) info = &f;
+    }
+    if (info == nullptr) continue;  // reported as manifest_missing_file
+    if (!mf.xxh3) {
+      r.unchecked.push_back(mf.name);
+      continue;
+    }
+    const std::string path = JoinPath(layout.root(), mf.name);
+    ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, fs.OpenRead(path));
+    Header empty;
+    const Header& h = info->header ? *info->header : empty;
+    absl::StatusOr<ManifestFile> got = ChecksumFile(*f, h);
+    if (!got.ok()) {
+      r.problems.push_back({ProblemKind::kChecksum, mf.name, "", std::string(got.status().message())});
+      continue;
+    }
+    r.bytes += got->size;
+    if (got->xxh3 == mf.xxh3) continue;
+    std::vector<TensorEntry> order = h.tensors;
+    std::sort(order.begin(), order.end(),
+              [](const TensorEntry& a, const TensorEntry& b) { return a.begin < b.begin; });
+    size_t named = 0;
+    if (info->header && mf.tensor_xxh3.size() == order.size() &&
+        got->tensor_xxh3.size() == order.size()) {
+      for (size_t i = 0; i < order.size(); ++i) {
+        if (got->tensor_xxh3[i] == mf.tensor_xxh3[i]) continue;
+        ++named;
+        r.problems.push_back(
+            {ProblemKind::kChecksum, mf.name, order[i].name,
+             absl::StrCat("bytes [", h.data_start() + order[i].begin, ", ",
+                          h.data_start() + order[i].end, ") have XXH3-64 ",
+                          ChecksumHex(got->tensor_xxh3[i]), " but the manifest recorded ",
+                          ChecksumHex(mf.tensor_xxh3[i]), ": the tensor's data changed after it was written")});
+      }
+    }
+    if (named == 0) {
+      r.problems.push_back(
+          {ProblemKind::kChecksum, mf.name, "",
+           absl::StrCat("the file's XXH3-64 is ", ChecksumHex(*got->xxh3), " but the manifest recorded ",
+                        ChecksumHex(*mf.xxh3),
+                        info->header && mf.tensor_xxh3.size() == order.size()
+                            ? absl::StrCat(" (every tensor matches: the header, bytes [0, ",
+                                           h.data_start(), "), changed)")
+                            : std::string())});
+    }
+  }
+  return r;
 }
 
 }  // namespace safeshard

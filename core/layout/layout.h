@@ -24,6 +24,7 @@
 #include "core/format/dtype.h"
 #include "core/format/header.h"
 #include "core/format/index_json.h"
+#include "core/format/manifest.h"
 #include "core/io/filesystem.h"
 
 namespace safeshard {
@@ -53,12 +54,18 @@ struct Chunk {
   std::vector<uint64_t> sizes;   // the chunk's shape
   uint64_t begin = 0;            // absolute byte range in the file
   uint64_t end = 0;
+  // The chunk's key in its file when it differs from the tensor's (logical) name: PyTorch's
+  // newest writer stores several chunks of one tensor in one rank file as "{fqn}.__dcp_shard_{k}".
+  std::string key;
 };
 
 struct TensorLayout {
   std::string name;
   DType dtype = DType::kU8;
   std::vector<uint64_t> shape;  // global shape
+  // True when the files declare the global shape (DCP_SHARDING_INFO global_shape); otherwise
+  // `shape` is max(offset + size) over the chunks and a lost trailing chunk is invisible.
+  bool declared_shape = false;
   std::vector<Chunk> chunks;
   uint64_t numel() const;
   uint64_t bytes() const;        // bytes of the global tensor
@@ -80,8 +87,22 @@ enum class ProblemKind {
   kShardRanks,         // shard rank indices are not dense 1..R
   kShardFileCount,     // "-of-N" disagrees between files
   kDuplicateTensor,    // the same tensor in several plain files
+  kGlobalShapeMismatch,// chunks declare different global shapes
+  kInvalidManifest,    // safeshard.complete.json failed to parse
+  kManifestMissingFile,// the manifest lists a file that does not exist
+  kManifestFileSize,   // a listed file has another size than the manifest says
+  kManifestUnlisted,   // a safetensors file the manifest does not list
+  kManifestRanks,      // the shard files' ranks are not the manifest's 0..ranks-1
+  kExpectedRanks,      // the shard files' ranks are not the expected 0..N-1 (--expect-ranks)
+  kModelFileCount,     // plain "-of-N" files: some of the N are absent
+  kReference,          // a tensor absent from, extra to, or shaped unlike the reference model
+  kChecksum,           // file or tensor bytes differ from the manifest's checksum
+  kUnproven,           // completeness cannot be proven (a problem only with --strict)
 };
 absl::string_view ProblemKindName(ProblemKind k);
+// Whether a problem makes the checkpoint unfit to consolidate or publish. One table for
+// verify's exit code, consolidation's refusal and the daemon's decision (exhaustive switch).
+bool IsBlocking(ProblemKind k);
 
 struct Problem {
   ProblemKind kind;
@@ -97,6 +118,18 @@ struct ScanOptions {
   uint64_t max_gap_cells = 1 << 22;
   // Files whose headers are read at the same time (remote files: overlapping requests).
   int header_threads = 8;
+  // > 0: the checkpoint must hold per-rank shard files of exactly ranks 0..expect_ranks-1
+  // (what the training job's world size says). A proof of completeness.
+  int expect_ranks = 0;
+  // Completeness that cannot be proven is a kUnproven problem (blocking), not only a note.
+  bool strict = false;
+};
+
+// How a scan knows the checkpoint holds every byte its writer saved, or why it cannot know.
+struct Completeness {
+  bool proven = false;
+  std::vector<std::string> by;  // "manifest", "global_shape", "expected ranks", "index", ...
+  std::string unproven;         // when !proven: what is unknown and how to prove it
 };
 
 class CheckpointLayout {
@@ -116,6 +149,14 @@ class CheckpointLayout {
   // Number of distinct ranks (shard numbers) for DCP checkpoints, else 0.
   int rank_count() const { return rank_count_; }
   uint64_t total_tensor_bytes() const;
+  // safeshard.complete.json, when present and valid.
+  const std::optional<Manifest>& manifest() const { return manifest_; }
+  const Completeness& completeness() const { return completeness_; }
+  // Compares tensor names and global shapes with a reference model (e.g. the HF model the run
+  // started from): every difference is a kReference problem; a full match proves completeness.
+  void CheckAgainstReference(const CheckpointLayout& reference);
+  // Whether any problem is blocking (IsBlocking).
+  bool HasBlockingProblem() const;
 
  private:
   std::string root_;
@@ -126,7 +167,26 @@ class CheckpointLayout {
   std::optional<IndexJson> index_;
   std::string index_file_;
   int rank_count_ = 0;
+  std::optional<Manifest> manifest_;
+  Completeness completeness_;
+  bool strict_ = false;
+  int expect_ranks_ = 0;
+  bool reference_matched_ = false;
+  void DecideCompleteness();
 };
+
+// Re-reads every file the manifest lists (pread, never mapped) and compares its XXH3-64, and
+// each tensor's, with the manifest: kChecksum problems name the file and the tensor, and the
+// byte range. Files without recorded checksums are listed in `unchecked`.
+struct ChecksumReport {
+  std::vector<Problem> problems;
+  std::vector<std::string> unchecked;  // files the manifest has no checksum for
+  uint64_t bytes = 0;
+};
+absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointLayout& layout);
+
+// XXH3-64 of a whole file and of each tensor of its header (in data order), read with pread.
+absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header& header);
 
 // Reads and validates one file's header (8-byte length, then N bytes) without touching data.
 absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path);
