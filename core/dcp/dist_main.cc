@@ -166,13 +166,14 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
       sd.push_back({t.name, FromBytes(safeshard::ExpectedTensorBytes(t), t.shape, *dt)});
       continue;
     }
-    std::vector<std::optional<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
-    const safeshard::ChunkSpec& mine = *chunks[g.rank];
-    safeshard::ShardedTensor st;
-    st.local = FromBytes(safeshard::ChunkBytes(t, mine), mine.sizes, *dt);
-    st.global_shape.assign(t.shape.begin(), t.shape.end());
-    st.offsets.assign(mine.offsets.begin(), mine.offsets.end());
-    sd.push_back({t.name, std::move(st)});
+    std::vector<std::vector<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
+    for (const safeshard::ChunkSpec& mine : chunks[g.rank]) {  // several: strided sharding
+      safeshard::ShardedTensor st;
+      st.local = FromBytes(safeshard::ChunkBytes(t, mine), mine.sizes, *dt);
+      st.global_shape.assign(t.shape.begin(), t.shape.end());
+      st.offsets.assign(mine.offsets.begin(), mine.offsets.end());
+      sd.push_back({t.name, std::move(st)});
+    }
   }
   safeshard::SaveOptions so;
   so.consolidated_output_path = consolidated;
@@ -238,8 +239,9 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     std::vector<safeshard::LoadRequest> reqs;
     std::vector<std::string> expected;
     for (size_t i = 0; i < model.size(); ++i) {
-      std::vector<std::optional<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
-      const safeshard::ChunkSpec& box = *chunks[rank];
+      std::vector<std::vector<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
+      if (chunks[rank].empty()) continue;
+      const safeshard::ChunkSpec& box = chunks[rank][0];
       absl::StatusOr<c10::ScalarType> dt = TorchDType(model[i].dtype);
       if (!dt.ok()) continue;
       std::vector<int64_t> sz(box.sizes.begin(), box.sizes.end());

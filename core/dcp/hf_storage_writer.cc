@@ -12,6 +12,7 @@
 #include "core/format/filenames.h"
 #include "core/format/header.h"
 #include "core/format/index_json.h"
+#include "core/format/manifest.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
@@ -25,11 +26,19 @@ namespace {
 using nlohmann::json;
 
 struct Item {
-  std::string fqn;
+  std::string fqn;   // logical name
+  std::string key;   // physical key in the file: fqn, or "{fqn}.__dcp_shard_{k}" when this
+                     // rank holds several chunks of fqn (strided sharding)
+  const StateDictValue* value = nullptr;
   bool replicated = false;
-  std::vector<int64_t> offsets, sizes;
+  std::vector<int64_t> offsets, sizes, global_shape;
   uint64_t bytes = 0;
 };
+
+const at::Tensor& LocalOf(const StateDictValue& v) {
+  return std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
+                                               : std::get<ShardedTensor>(v).local;
+}
 
 }  // namespace
 
@@ -64,17 +73,33 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     return SaveSharded(sd, where->path, c, o);
   }
   const int rank = c.rank(), world = c.world_size();
-  // 1. Local plan.
+  // 1. Local plan. A name may repeat only as several sharded chunks of one tensor held by this
+  //    rank (strided FSDP2+TP sharding): they are stored under physical keys, as PyTorch does.
   std::vector<Item> items;
-  std::map<std::string, const StateDictValue*> values;
   absl::Status planned = [&]() -> absl::Status {
+    std::map<std::string, std::vector<size_t>> occurrences;
+    for (size_t i = 0; i < sd.size(); ++i) occurrences[sd[i].first].push_back(i);
+    std::map<std::string, int> next_k;
     for (const auto& [fqn, v] : sd) {
-      if (values.count(fqn)) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\" appears twice"));
-      values[fqn] = &v;
+      const std::vector<size_t>& occ = occurrences.at(fqn);
+      if (fqn.empty() || fqn == "__metadata__") {
+        return absl::InvalidArgumentError(absl::StrCat("tensor name \"", fqn, "\" is not allowed"));
+      }
+      if (occ.size() > 1) {
+        for (size_t o : occ) {
+          if (!std::holds_alternative<ShardedTensor>(sd[o].second) ||
+              std::get<ShardedTensor>(sd[o].second).global_shape !=
+                  std::get<ShardedTensor>(sd[occ[0]].second).global_shape) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "tensor \"", fqn, "\" appears twice; only chunks of one sharded tensor (same "
+                "global shape) may repeat"));
+          }
+        }
+      }
       Item it;
       it.fqn = fqn;
-      const at::Tensor& t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
-                                                                   : std::get<ShardedTensor>(v).local;
+      it.value = &v;
+      const at::Tensor& t = LocalOf(v);
       if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\" is undefined"));
       absl::StatusOr<DType> dt = DTypeOfTorch(t.scalar_type());
       if (!dt.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\": ", dt.status().message()));
@@ -83,6 +108,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
       if (std::holds_alternative<at::Tensor>(v)) {
         it.replicated = true;
         it.offsets.assign(it.sizes.size(), 0);
+        it.global_shape = it.sizes;
       } else {
         const ShardedTensor& s = std::get<ShardedTensor>(v);
         if (s.offsets.size() != it.sizes.size() || s.global_shape.size() != it.sizes.size()) {
@@ -95,9 +121,16 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
           }
         }
         it.offsets = s.offsets;
+        it.global_shape = s.global_shape;
         if (t.numel() == 0) continue;  // an empty local shard saves nothing
       }
       items.push_back(std::move(it));
+    }
+    // Physical keys: plain fqn for a single chunk, fqn.__dcp_shard_k for several.
+    std::map<std::string, int> chunks_of;
+    for (const Item& it : items) chunks_of[it.fqn]++;
+    for (Item& it : items) {
+      it.key = chunks_of[it.fqn] > 1 ? PhysicalShardKey(it.fqn, next_k[it.fqn]++) : it.fqn;
     }
     return absl::OkStatus();
   }();
@@ -135,7 +168,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   //    temporary names, `thread_count` files at a time.
   FileSystem& fs = options.fs != nullptr ? *options.fs : LocalFileSystem();
   SaveResult result;
-  std::map<int, std::vector<const Item*>> by_index;
+  std::map<int, std::vector<const Item*>> by_index;  // file index -> items
   int count = 1;
   if (options.fqn_to_index_mapping) {
     for (const auto& [k, v] : *options.fqn_to_index_mapping) count = std::max(count, v);
@@ -154,14 +187,14 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   std::vector<absl::Status> statuses(by_index.size());
   std::vector<uint64_t> bytes(by_index.size(), 0);
   std::vector<std::pair<int, std::vector<const Item*>>> jobs(by_index.begin(), by_index.end());
+  std::vector<ManifestFile> sums(by_index.size());
   auto write_one = [&](size_t j) -> absl::Status {
     const auto& [idx, members] = jobs[j];
     std::vector<TensorSpec> specs;
     ShardingInfo info;
+    std::map<std::string, const Item*> by_key;
     for (const Item* it : members) {
-      const StateDictValue& v = *values.at(it->fqn);
-      const at::Tensor& t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
-                                                                   : std::get<ShardedTensor>(v).local;
+      const at::Tensor& t = LocalOf(*it->value);
       DType dt = *DTypeOfTorch(t.scalar_type());
       auto want = options.fqn_to_dtype_mapping.find(it->fqn);
       if (want != options.fqn_to_dtype_mapping.end() && want->second != dt) {
@@ -173,27 +206,39 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
         }
         dt = want->second;
       }
-      specs.push_back({it->fqn, dt, std::vector<uint64_t>(it->sizes.begin(), it->sizes.end())});
-      info.saved_offsets[it->fqn] = std::vector<uint64_t>(it->offsets.begin(), it->offsets.end());
+      specs.push_back({it->key, dt, std::vector<uint64_t>(it->sizes.begin(), it->sizes.end())});
+      info.saved_offsets[it->key] = std::vector<uint64_t>(it->offsets.begin(), it->offsets.end());
+      info.logical_fqn[it->key] = it->fqn;
+      info.global_shape[it->key] =
+          std::vector<uint64_t>(it->global_shape.begin(), it->global_shape.end());
+      by_key[it->key] = it;
     }
     absl::StatusOr<Header> h = LayoutHeader(std::move(specs), ShardedFileMetadata(info));
     if (!h.ok()) return h.status();
     absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, JoinPath(dir, ShardFileName(rank, idx, count)));
     if (!f.ok()) return f.status();
     outs[j].emplace(std::move(*f));
+    // Checksums are computed from the bytes as they are written (header, then tensors in data
+    // order): the manifest records what this process wrote, not a later re-read.
+    ContentHasher whole;
+    const std::string head = SerializeHeader(*h);
+    whole.Update(head);
     absl::Status st = outs[j]->file().Allocate(h->file_size());
-    if (st.ok()) st = outs[j]->file().WriteAt(0, SerializeHeader(*h));
+    if (st.ok()) st = outs[j]->file().WriteAt(0, head);
     for (const TensorEntry& e : h->tensors) {
       if (!st.ok()) break;
-      const StateDictValue& v = *values.at(e.name);
-      at::Tensor t = std::holds_alternative<at::Tensor>(v) ? std::get<at::Tensor>(v)
-                                                           : std::get<ShardedTensor>(v).local;
+      at::Tensor t = LocalOf(*by_key.at(e.name)->value);
       t = t.is_contiguous() ? t : t.contiguous();  // one tensor at a time, never the file
-      st = outs[j]->file().WriteAt(h->data_start() + e.begin,
-                                   absl::string_view(static_cast<const char*>(t.data_ptr()), e.size()));
+      const absl::string_view bytes_of(static_cast<const char*>(t.data_ptr()), e.size());
+      whole.Update(bytes_of);
+      sums[j].tensor_xxh3.push_back(Xxh3(bytes_of));
+      st = outs[j]->file().WriteAt(h->data_start() + e.begin, bytes_of);
       bytes[j] += e.size();
     }
     if (st.ok()) st = outs[j]->file().Sync();
+    sums[j].name = ShardFileName(rank, idx, count);
+    sums[j].size = h->file_size();
+    sums[j].xxh3 = whole.Digest();
     return st;
   };
   absl::Status written = fs.MakeDirs(dir);
@@ -220,29 +265,31 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   absl::Status all_written = AllGatherStatus(c, written);
   if (!all_written.ok()) return all_written;  // AtomicFile removes the temporary file
 
-  // 4. Rename, then the coordinator publishes the completion manifest last.
+  // 4. Rename, then the coordinator publishes the completion manifest (with every file's size
+  //    and checksums) last.
   absl::Status committed = absl::OkStatus();
-  json mine_files = json::array();
-  for (auto& o : outs) {
-    std::string name = BaseName(o->final_path());
-    if (committed.ok()) committed = o->Commit();
-    if (committed.ok()) mine_files.push_back({{"name", name}, {"size", fs.Stat(JoinPath(dir, name))->size}});
+  Manifest mine_files;
+  for (size_t j = 0; j < outs.size(); ++j) {
+    if (committed.ok()) committed = outs[j]->Commit();
+    if (committed.ok()) mine_files.files.push_back(sums[j]);
   }
-  absl::StatusOr<std::vector<std::string>> sizes = c.AllGather(mine_files.dump());
-  if (!sizes.ok()) return sizes.status();
+  absl::StatusOr<std::vector<std::string>> gathered = c.AllGather(SerializeManifest(mine_files));
+  if (!gathered.ok()) return gathered.status();
   absl::Status all_committed = AllGatherStatus(c, committed);
   if (!all_committed.ok()) return all_committed;
-  json files = json::array();
-  for (const std::string& s : *sizes) {
-    for (const auto& f : json::parse(s)) {
-      result.all_files.emplace_back(f["name"].get<std::string>(), f["size"].get<uint64_t>());
-      files.push_back(f);
+  Manifest m;
+  m.ranks = world;
+  for (const std::string& text : *gathered) {
+    absl::StatusOr<Manifest> part = ParseManifest(text, "a rank's file list");
+    if (!part.ok()) return part.status();
+    for (ManifestFile& f : part->files) {
+      result.all_files.emplace_back(f.name, f.size);
+      m.files.push_back(std::move(f));
     }
   }
   absl::Status manifest = absl::OkStatus();
   if (rank == 0) {
-    json m = {{"format", "safeshard.complete/1"}, {"ranks", world}, {"files", files}};
-    manifest = WriteFileAtomically(fs, JoinPath(dir, kCompletionManifestName), m.dump(2) + "\n");
+    manifest = WriteFileAtomically(fs, JoinPath(dir, kCompletionManifestName), SerializeManifest(m));
   }
   absl::Status done = AllGatherStatus(c, manifest);
   if (!done.ok()) return done;
@@ -271,6 +318,22 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     result.consolidated_files = r->files;
   }
   return result;
+}
+
+absl::StatusOr<SaveResult> Save(const StateDict& sd, const std::string& path, Collective& c,
+                                const SaveOptions& options) {
+  SaveOptions o = options;
+  if (o.thread_count_consolidation > 0) o.num_threads_consolidation = o.thread_count_consolidation;
+  if (o.enable_consolidation) {
+    if (!o.consolidated_output_path.empty() && o.consolidated_output_path != path) {
+      return absl::InvalidArgumentError(
+          "enable_consolidation consolidates into the save path; do not also set "
+          "consolidated_output_path");
+    }
+    o.consolidated_output_path = path;
+    return SaveSharded(sd, JoinPath(path, kShardedDirName), c, o);
+  }
+  return o.save_distributed ? SaveSharded(sd, path, c, o) : SaveFull(sd, path, c, o);
 }
 
 absl::StatusOr<SaveResult> SaveFull(const StateDict& sd, const std::string& dir, Collective& c,

@@ -72,10 +72,30 @@ struct SaveOptions {
   std::map<std::string, DType> fqn_to_dtype_mapping;
   bool diffusers_compatible = false;
   int num_threads_consolidation = 1;
+
+  // PyTorch's newest HuggingFaceStorageWriter parameter names (used by Save()):
+  // save_distributed: per-rank shards (SaveSharded) rather than full files (SaveFull).
+  bool save_distributed = true;
+  // enable_consolidation: the shards go to PATH/sharded/ and their consolidation to PATH.
+  bool enable_consolidation = false;
+  // thread_count_consolidation: copy threads of that consolidation (0: num_threads_consolidation).
+  int thread_count_consolidation = 0;
 };
 
+// The sub-directory the shards go to with enable_consolidation (PyTorch's SHARDED_DIR_NAME).
+inline constexpr char kShardedDirName[] = "sharded";
+
+// Several entries may share a name only as sharded chunks of one tensor held by this rank
+// (strided FSDP2+TP sharding): they are stored in one file under physical keys
+// "{fqn}.__dcp_shard_{k}". Every DCP_SHARDING_INFO entry carries logical_fqn and global_shape.
 absl::StatusOr<SaveResult> SaveSharded(const StateDict& state_dict, const std::string& dir,
                                        Collective& collective, const SaveOptions& options = {});
+
+// PyTorch's newest writer semantics: save_distributed chooses SaveSharded or SaveFull;
+// enable_consolidation saves the shards to `path`/sharded/ and consolidates them into `path`
+// (thread_count_consolidation threads).
+absl::StatusOr<SaveResult> Save(const StateDict& state_dict, const std::string& path,
+                                Collective& collective, const SaveOptions& options = {});
 
 // save_sharded=False: full tensors only (replicated on every rank). Files follow
 // `fqn_to_index_mapping` (one file without it): model-IIIII-of-NNNNN.safetensors, each written by

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/format/filenames.h"
 #include "core/format/header.h"
+#include "core/format/manifest.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/util/status_macros.h"
@@ -72,13 +73,17 @@ std::vector<ExampleTensor> ManySmallTensors(int count) {
   return out;
 }
 
-std::vector<std::optional<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>& tensors,
-                                                 size_t ti, const WriteOptions& o,
-                                                 std::vector<uint64_t>* bytes_per_rank) {
+std::vector<std::vector<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>& tensors,
+                                               size_t ti, const WriteOptions& o,
+                                               std::vector<uint64_t>* bytes_per_rank) {
   const ExampleTensor& t = tensors[ti];
   const int R = o.ranks;
-  std::vector<std::optional<ChunkSpec>> out(R);
+  std::vector<std::vector<ChunkSpec>> out(R);
   Sharding s = t.sharding;
+  if (s == Sharding::kStridedMesh && (t.shape.size() < 2 || o.mesh_rows < 1 || R % o.mesh_rows != 0)) {
+    s = Sharding::kStrided;
+  }
+  if (s == Sharding::kStrided && t.shape.empty()) s = Sharding::kReplicated;
   if ((s == Sharding::kColumn || s == Sharding::kMesh) && t.shape.size() < 2) s = Sharding::kRow;
   if (s == Sharding::kRow && t.shape.empty()) s = Sharding::kReplicated;
   if (s == Sharding::kMesh && (o.mesh_rows < 1 || R % o.mesh_rows != 0)) s = Sharding::kRow;
@@ -109,24 +114,45 @@ std::vector<std::optional<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor
         c.sizes[1] = n1;
         break;
       }
+      case Sharding::kStrided:
+      case Sharding::kStridedMesh: {
+        // Row blocks r and r + P of 2P (P = ranks, or mesh rows for the 2-D form).
+        const int P = s == Sharding::kStrided ? R : o.mesh_rows;
+        const int cols = s == Sharding::kStrided ? 1 : R / o.mesh_rows;
+        const int prow = r / cols;
+        for (int k = 0; k < 2; ++k) {
+          ChunkSpec b = c;
+          auto [lo0, n0] = Split(t.shape[0], 2 * P, prow + k * P);
+          b.offsets[0] = lo0;
+          b.sizes[0] = n0;
+          if (s == Sharding::kStridedMesh) {
+            auto [lo1, n1] = Split(t.shape[1], cols, r % cols);
+            b.offsets[1] = lo1;
+            b.sizes[1] = n1;
+          }
+          out[r].push_back(std::move(b));
+        }
+        continue;
+      }
     }
-    out[r] = std::move(c);
+    out[r].push_back(std::move(c));
   }
   if (s == Sharding::kReplicated) {
     // Saved once, by the rank with the fewest bytes so far (DCP's dedup, balanced by bytes).
     int best = static_cast<int>(std::min_element(bytes_per_rank->begin(), bytes_per_rank->end()) -
                                 bytes_per_rank->begin());
     for (int r = 0; r < R; ++r) {
-      if (r != best) out[r].reset();
+      if (r != best) out[r].clear();
     }
   }
   for (int r = 0; r < R; ++r) {
-    if (!out[r]) continue;
     if (o.drop_chunk && o.drop_chunk->first == t.name && o.drop_chunk->second == r) {
-      out[r].reset();
+      out[r].clear();
       continue;
     }
-    (*bytes_per_rank)[r] += ByteSizeOf(t.dtype, out[r]->sizes).value_or(0);
+    for (const ChunkSpec& c : out[r]) {
+      (*bytes_per_rank)[r] += ByteSizeOf(t.dtype, c.sizes).value_or(0);
+    }
   }
   return out;
 }
@@ -168,38 +194,71 @@ absl::Status WriteDcpCheckpoint(FileSystem& fs, const std::string& dir,
           absl::StrCat("tensor ", t.name, ": the example writer does not generate sub-byte dtypes"));
     }
   }
+  for (const ExampleTensor& t : tensors) {
+    if ((t.sharding == Sharding::kStrided || t.sharding == Sharding::kStridedMesh) &&
+        !o.logical_fqn) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", t.name, ": strided sharding puts two chunks in one rank file, which only "
+          "the newest layout (logical_fqn, physical keys) can express"));
+    }
+  }
   RETURN_IF_ERROR(fs.MakeDirs(dir));
   std::vector<uint64_t> bytes(o.ranks, 0);
   // per rank: (tensor index, chunk)
   std::vector<std::vector<std::pair<size_t, ChunkSpec>>> per_rank(o.ranks);
   for (size_t i = 0; i < tensors.size(); ++i) {
-    std::vector<std::optional<ChunkSpec>> chunks = PlanChunks(tensors, i, o, &bytes);
+    std::vector<std::vector<ChunkSpec>> chunks = PlanChunks(tensors, i, o, &bytes);
     for (int r = 0; r < o.ranks; ++r) {
-      if (chunks[r]) per_rank[r].emplace_back(i, std::move(*chunks[r]));
+      for (ChunkSpec& c : chunks[r]) per_rank[r].emplace_back(i, std::move(c));
     }
   }
   uint64_t total = 0, done = 0;
   for (uint64_t b : bytes) total += b;
+  Manifest manifest;
+  manifest.ranks = o.ranks;
   for (int r = 0; r < o.ranks; ++r) {
     std::vector<TensorSpec> specs;
     ShardingInfo info;
-    std::map<std::string, const std::pair<size_t, ChunkSpec>*> by_name;
+    std::map<std::string, const std::pair<size_t, ChunkSpec>*> by_key;
+    std::map<std::string, int> count;
+    for (const auto& item : per_rank[r]) count[tensors[item.first].name]++;
+    std::map<std::string, int> next;
     for (const auto& item : per_rank[r]) {
       const ExampleTensor& t = tensors[item.first];
-      specs.push_back({t.name, t.dtype, item.second.sizes});
-      info.saved_offsets[t.name] = item.second.offsets;
-      by_name[t.name] = &item;
+      const std::string key =
+          count[t.name] > 1 ? PhysicalShardKey(t.name, next[t.name]++) : t.name;
+      specs.push_back({key, t.dtype, item.second.sizes});
+      info.saved_offsets[key] = item.second.offsets;
+      if (o.logical_fqn) info.logical_fqn[key] = t.name;
+      if (o.global_shape) info.global_shape[key] = t.shape;
+      by_key[key] = &item;
     }
     ASSIGN_OR_RETURN(Header h, LayoutHeader(std::move(specs), ShardedFileMetadata(info)));
-    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(fs, JoinPath(dir, ShardFileName(r, 1, 1))));
-    RETURN_IF_ERROR(out.file().Append(SerializeHeader(h)));
+    const std::string name = ShardFileName(r, 1, 1);
+    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(fs, JoinPath(dir, name)));
+    ManifestFile mf;
+    mf.name = name;
+    ContentHasher whole;
+    const std::string head = SerializeHeader(h);
+    whole.Update(head);
+    RETURN_IF_ERROR(out.file().Append(head));
     for (const TensorEntry& e : h.tensors) {
-      const auto* item = by_name.at(e.name);
-      RETURN_IF_ERROR(out.file().Append(ChunkBytes(tensors[item->first], item->second)));
+      const auto* item = by_key.at(e.name);
+      const std::string bytes_of = ChunkBytes(tensors[item->first], item->second);
+      whole.Update(bytes_of);
+      mf.tensor_xxh3.push_back(Xxh3(bytes_of));
+      RETURN_IF_ERROR(out.file().Append(bytes_of));
     }
     RETURN_IF_ERROR(out.Commit());
+    mf.size = h.file_size();
+    mf.xxh3 = whole.Digest();
+    manifest.files.push_back(std::move(mf));
     done += h.buffer_size;
     if (o.progress) o.progress(done, total);
+  }
+  if (o.manifest) {
+    RETURN_IF_ERROR(WriteFileAtomically(fs, JoinPath(dir, kManifestFileName),
+                                        SerializeManifest(manifest)));
   }
   return absl::OkStatus();
 }

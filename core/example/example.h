@@ -27,6 +27,13 @@ enum class Sharding {
   kRow,         // dim 0 split across ranks (torch.chunk sizes: uneven, possibly empty)
   kColumn,      // dim 1 split across ranks
   kMesh,        // 2-D mesh: dim 0 across mesh rows, dim 1 across mesh columns
+  // Strided (FSDP2 + TP, PyTorch's _StridedShard): dim 0 cut into 2R row blocks, rank r holds
+  // blocks r and r + R: two non-adjacent chunks in one rank file. Needs `logical_fqn` (the
+  // newest PyTorch layout: physical keys "{fqn}.__dcp_shard_{k}").
+  kStrided,
+  // 2-D strided: dim 1 split across mesh columns, dim 0 strided across mesh rows (two row blocks
+  // per rank).
+  kStridedMesh,
 };
 
 struct ExampleTensor {
@@ -56,6 +63,14 @@ struct WriteOptions {
   std::optional<std::pair<std::string, int>> drop_chunk;
   // Called after each rank file is written (bytes so far, total bytes).
   std::function<void(uint64_t, uint64_t)> progress;
+  // PyTorch's newest writer: every DCP_SHARDING_INFO entry carries logical_fqn, and a rank with
+  // several chunks of one tensor stores them under "{fqn}.__dcp_shard_{k}".
+  bool logical_fqn = false;
+  // PR #189945: every entry also carries the tensor's global_shape.
+  bool global_shape = false;
+  // Publish safeshard.complete.json (ranks, files, sizes, XXH3-64 checksums) last, as
+  // safeshard's own writer does.
+  bool manifest = false;
 };
 
 // One file per rank: shard-{rank+1:05}-model-00001-of-00001.safetensors with DCP metadata.
@@ -63,14 +78,14 @@ absl::Status WriteDcpCheckpoint(FileSystem& fs, const std::string& dir,
                                 const std::vector<ExampleTensor>& tensors,
                                 const WriteOptions& options);
 
-// The chunk of `t` that `rank` saves (offsets, sizes); nullopt if that rank saves none.
+// The chunks of `t` that each rank saves (offsets, sizes); empty if that rank saves none.
 struct ChunkSpec {
   std::vector<uint64_t> offsets;
   std::vector<uint64_t> sizes;
 };
-std::vector<std::optional<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>& tensors,
-                                                 size_t tensor_index, const WriteOptions& o,
-                                                 std::vector<uint64_t>* bytes_per_rank);
+std::vector<std::vector<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>& tensors,
+                                               size_t tensor_index, const WriteOptions& o,
+                                               std::vector<uint64_t>* bytes_per_rank);
 
 // The full tensor's bytes as the generator defines them.
 std::string ExpectedTensorBytes(const ExampleTensor& t);

@@ -2,6 +2,8 @@
 
 #include <atomic>
 
+#include "absl/strings/str_cat.h"
+
 #include "core/example/example.h"
 #include "core/format/filenames.h"
 #include "core/format/sharding.h"
@@ -266,6 +268,245 @@ TEST(CoverageTest, CountsMissingElementsBeyondGridLimit) {
   CheckCoverage("t", {100, 10}, chunks, files, {.max_gap_cells = 10}, &problems);
   ASSERT_EQ(problems.size(), 1u);
   EXPECT_THAT(problems[0].message, HasSubstr("10 of 1000"));
+}
+
+// ---- Proof of completeness (issue 11) -------------------------------------------------------
+
+std::vector<ExampleTensor> SmallModel() {
+  return TransformerLikeModel({.layers = 1, .hidden = 16, .vocab = 40});
+}
+
+void RemoveHighestRank(const std::string& dir, int ranks) {
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, ShardFileName(ranks - 1, 1, 1))).ok());
+}
+
+TEST(CompletenessTest, LostHighestRankIsInvisibleFromHeadersAndSaidSo) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2}).ok());
+  RemoveHighestRank(dir, 2);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  // The headers alone cannot tell: no problem, but never a claim of completeness.
+  EXPECT_TRUE(ck->problems().empty()) << Dump(*ck);
+  EXPECT_FALSE(ck->completeness().proven);
+  EXPECT_THAT(ck->completeness().unproven, HasSubstr("--expect-ranks"));
+  // --strict turns that into a blocking problem.
+  auto strict = CheckpointLayout::Scan(LocalFileSystem(), dir, {.strict = true});
+  ASSERT_EQ(OfKind(*strict, ProblemKind::kUnproven).size(), 1u) << Dump(*strict);
+  EXPECT_TRUE(strict->HasBlockingProblem());
+}
+
+TEST(CompletenessTest, LostHighestRankIsCaughtByTheManifest) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true}).ok());
+  auto whole = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_TRUE(whole->problems().empty()) << Dump(*whole);
+  EXPECT_TRUE(whole->completeness().proven);
+  EXPECT_EQ(whole->completeness().by, std::vector<std::string>{"safeshard.complete.json"});
+  RemoveHighestRank(dir, 2);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  auto missing = OfKind(*ck, ProblemKind::kManifestMissingFile);
+  ASSERT_EQ(missing.size(), 1u) << Dump(*ck);
+  EXPECT_EQ(missing[0].file, ShardFileName(1, 1, 1));
+  auto ranks = OfKind(*ck, ProblemKind::kManifestRanks);
+  ASSERT_EQ(ranks.size(), 1u) << Dump(*ck);
+  EXPECT_THAT(ranks[0].message, HasSubstr("says 2 ranks; no shard file of rank 1"));
+  EXPECT_TRUE(ck->HasBlockingProblem());
+  EXPECT_FALSE(ck->completeness().proven);
+}
+
+TEST(CompletenessTest, LostHighestRankIsCaughtByExpectedRanks) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 3}).ok());
+  auto whole = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 3});
+  EXPECT_TRUE(whole->problems().empty()) << Dump(*whole);
+  EXPECT_TRUE(whole->completeness().proven);
+  RemoveHighestRank(dir, 3);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 3});
+  auto r = OfKind(*ck, ProblemKind::kExpectedRanks);
+  ASSERT_EQ(r.size(), 1u) << Dump(*ck);
+  EXPECT_THAT(r[0].message, HasSubstr("expected 3 ranks, found 2 with shard files; missing rank 2"));
+  auto extra = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 1});
+  EXPECT_THAT(OfKind(*extra, ProblemKind::kExpectedRanks).at(0).message, HasSubstr("unexpected rank 1"));
+}
+
+TEST(CompletenessTest, LostHighestRankIsCaughtByGlobalShape) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kF32, {8, 4}, Sharding::kRow},
+                                  {"c", DType::kBF16, {4, 6}, Sharding::kColumn}},
+                                 {.ranks = 2, .logical_fqn = true, .global_shape = true})
+                  .ok());
+  auto whole = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_TRUE(whole->problems().empty()) << Dump(*whole);
+  EXPECT_TRUE(whole->completeness().proven);
+  EXPECT_TRUE(whole->FindTensor("w")->declared_shape);
+  RemoveHighestRank(dir, 2);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  auto gaps = OfKind(*ck, ProblemKind::kGap);
+  ASSERT_EQ(gaps.size(), 2u) << Dump(*ck);
+  EXPECT_EQ(ck->FindTensor("w")->shape, (std::vector<uint64_t>{8, 4}));
+  for (const Problem& g : gaps) {
+    EXPECT_THAT(g.message, HasSubstr(g.tensor == "w" ? "first missing block [4:8, 0:4]"
+                                                     : "first missing block [0:4, 3:6]"));
+  }
+}
+
+TEST(CompletenessTest, ManifestMissingExtraAndResizedFiles) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
+                                 {.ranks = 4, .manifest = true})
+                  .ok());
+  // A middle rank lost, a stray file added, one file grown.
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, ShardFileName(1, 1, 1))).ok());
+  testing::WriteFile(JoinPath(dir, "extra.safetensors"),
+                     testing::RawSafetensors(R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
+  {
+    std::string path = JoinPath(dir, ShardFileName(2, 1, 1));
+    testing::WriteFile(path, testing::ReadFile(path) + "tail");
+  }
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_EQ(OfKind(*ck, ProblemKind::kManifestMissingFile).size(), 1u) << Dump(*ck);
+  auto unlisted = OfKind(*ck, ProblemKind::kManifestUnlisted);
+  ASSERT_EQ(unlisted.size(), 1u) << Dump(*ck);
+  EXPECT_EQ(unlisted[0].file, "extra.safetensors");
+  auto resized = OfKind(*ck, ProblemKind::kManifestFileSize);
+  ASSERT_EQ(resized.size(), 1u) << Dump(*ck);
+  EXPECT_EQ(resized[0].file, ShardFileName(2, 1, 1));
+}
+
+TEST(CompletenessTest, HostileManifestIsAProblemNeverACrash) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
+                                 {.ranks = 2})
+                  .ok());
+  for (const std::string& text :
+       {std::string("{\"format\": \"safeshard.complete/1\", \"ranks\": \"2\", \"files\": []}"),
+        std::string("{\"format\": \"safeshard.complete/1\", \"ranks\": 1e999, \"files\": []}"),
+        std::string("{\"format\": \"safeshard.complete/1\", \"files\": [{\"name\": 5}]}"),
+        std::string(50000, '[') + std::string(50000, ']'), std::string("\0\0\0", 3),
+        std::string("{\"format\": \"safeshard.complete/1\", \"files\": []}\0x", 51)}) {
+    testing::WriteFile(JoinPath(dir, kManifestFileName), text);
+    auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+    ASSERT_TRUE(ck.ok());
+    ASSERT_EQ(OfKind(*ck, ProblemKind::kInvalidManifest).size(), 1u) << Dump(*ck);
+    EXPECT_TRUE(ck->HasBlockingProblem());
+    EXPECT_FALSE(ck->completeness().proven);
+  }
+}
+
+TEST(CompletenessTest, ChecksumMismatchNamesFileAndTensor) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true}).ok());
+  auto clean = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  auto ok = VerifyChecksums(LocalFileSystem(), *clean);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(ok->problems.empty());
+  EXPECT_TRUE(ok->unchecked.empty());
+  EXPECT_GT(ok->bytes, 0u);
+  testing::FlipTensorByte(dir, "model.norm.weight", 3);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_TRUE(ck->problems().empty()) << "a flipped data byte is invisible in headers";
+  auto r = VerifyChecksums(LocalFileSystem(), *ck);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->problems.size(), 1u);
+  const Chunk& c = ck->FindTensor("model.norm.weight")->chunks[0];
+  EXPECT_EQ(r->problems[0].kind, ProblemKind::kChecksum);
+  EXPECT_EQ(r->problems[0].file, ck->files()[c.file].name);
+  EXPECT_EQ(r->problems[0].tensor, "model.norm.weight");
+  EXPECT_THAT(r->problems[0].message, HasSubstr(absl::StrCat("bytes [", c.begin, ", ", c.end, ")")));
+  // Without a manifest there is nothing to compare with: said plainly.
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, kManifestFileName)).ok());
+  auto none = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_EQ(VerifyChecksums(LocalFileSystem(), *none).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(CompletenessTest, ReferenceModelProvesOrRefutes) {
+  std::string dir = testing::NewTempDir(), ref = testing::NewTempDir();
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 4}, Sharding::kRow},
+                                      {"b", DType::kF32, {4}, Sharding::kReplicated}};
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, {.ranks = 2}).ok());
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), ref, model, {.ranks = 1}).ok());
+  auto r = CheckpointLayout::Scan(LocalFileSystem(), ref);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir, {.strict = true});
+  EXPECT_FALSE(ck->completeness().proven);
+  ck->CheckAgainstReference(*r);
+  EXPECT_TRUE(ck->completeness().proven);
+  EXPECT_TRUE(ck->problems().empty()) << Dump(*ck);  // the kUnproven problem is gone
+  RemoveHighestRank(dir, 2);
+  auto lost = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  lost->CheckAgainstReference(*r);
+  auto m = OfKind(*lost, ProblemKind::kReference);
+  ASSERT_FALSE(m.empty()) << Dump(*lost);
+  EXPECT_THAT(m[0].message, HasSubstr("shape [4, 4] but the reference has [8, 4]"));
+}
+
+TEST(CompletenessTest, PlainModelFilesMissingOneOfN) {
+  std::string dir = testing::NewTempDir();
+  const std::string one = testing::RawSafetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z");
+  testing::WriteFile(JoinPath(dir, "model-00001-of-00003.safetensors"), one);
+  testing::WriteFile(JoinPath(dir, "model-00003-of-00003.safetensors"),
+                     testing::RawSafetensors(R"({"c":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  auto r = OfKind(*ck, ProblemKind::kModelFileCount);
+  ASSERT_EQ(r.size(), 1u) << Dump(*ck);
+  EXPECT_THAT(r[0].message, HasSubstr("file 2 of 3 is absent"));
+}
+
+// ---- PyTorch's newest layout: physical keys + logical_fqn ------------------------------------
+
+TEST(NewestLayoutTest, StridedChunksAreOneLogicalTensor) {
+  for (Sharding sh : {Sharding::kStrided, Sharding::kStridedMesh}) {
+    std::string dir = testing::NewTempDir();
+    std::vector<ExampleTensor> model = {{"w", DType::kBF16, {16, 8}, sh},
+                                        {"b", DType::kF32, {8}, Sharding::kReplicated}};
+    ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model,
+                                   {.ranks = 4, .mesh_rows = 2, .logical_fqn = true})
+                    .ok());
+    // Each rank file holds w.__dcp_shard_0 and w.__dcp_shard_1.
+    absl::StatusOr<Header> h = ReadHeader(LocalFileSystem(), JoinPath(dir, ShardFileName(0, 1, 1)));
+    ASSERT_TRUE(h.ok());
+    EXPECT_NE(h->Find("w.__dcp_shard_0"), nullptr);
+    EXPECT_NE(h->Find("w.__dcp_shard_1"), nullptr);
+    auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+    EXPECT_TRUE(ck->problems().empty()) << Dump(*ck);
+    ASSERT_EQ(ck->tensors().size(), 2u);
+    const TensorLayout* w = ck->FindTensor("w");
+    ASSERT_NE(w, nullptr);
+    EXPECT_EQ(ck->FindTensor("w.__dcp_shard_0"), nullptr);
+    EXPECT_EQ(w->shape, (std::vector<uint64_t>{16, 8}));
+    EXPECT_EQ(w->chunks.size(), 8u);
+    for (const Chunk& c : w->chunks) EXPECT_THAT(c.key, ::testing::StartsWith("w.__dcp_shard_"));
+    EXPECT_EQ(ck->FindTensor("b")->chunks[0].key, "");
+    // Dropping one rank's two blocks leaves two gaps, not a renamed tensor.
+    ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model,
+                                   {.ranks = 4, .mesh_rows = 2,
+                                    .drop_chunk = std::make_pair(std::string("w"), 3),
+                                    .logical_fqn = true})
+                    .ok());
+    auto gap = CheckpointLayout::Scan(LocalFileSystem(), dir);
+    EXPECT_FALSE(OfKind(*gap, ProblemKind::kGap).empty()) << Dump(*gap);
+    EXPECT_EQ(gap->FindTensor("w.__dcp_shard_0"), nullptr);
+  }
+}
+
+TEST(NewestLayoutTest, GlobalShapeDisagreementAndOutOfBounds) {
+  std::string dir = testing::NewTempDir();
+  auto write = [&](int rank, const std::string& info, uint64_t rows) {
+    std::string json = absl::StrCat(
+        R"({"__metadata__":{"DCP_SHARDING_INFO":)", testing::Quoted(info),
+        R"(},"w":{"dtype":"U8","shape":[)", rows, R"(,2],"data_offsets":[0,)", rows * 2, "]}}");
+    testing::WriteFile(JoinPath(dir, ShardFileName(rank, 1, 1)),
+                       testing::RawSafetensors(json, std::string(rows * 2, 'z')));
+  };
+  write(0, R"({"w": {"logical_fqn": "w", "saved_offsets": [0, 0], "global_shape": [4, 2]}})", 2);
+  write(1, R"({"w": {"logical_fqn": "w", "saved_offsets": [2, 0], "global_shape": [6, 2]}})", 2);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_EQ(OfKind(*ck, ProblemKind::kGlobalShapeMismatch).size(), 1u) << Dump(*ck);
+  write(1, R"({"w": {"logical_fqn": "w", "saved_offsets": [3, 0], "global_shape": [4, 2]}})", 2);
+  auto oob = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_EQ(OfKind(*oob, ProblemKind::kOutOfBounds).size(), 1u) << Dump(*oob);
 }
 
 }  // namespace

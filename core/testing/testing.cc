@@ -1,5 +1,7 @@
 #include "core/testing/testing.h"
 
+#include "nlohmann/json.hpp"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -64,6 +66,8 @@ void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t 
   f.write(&b, 1);
   ASSERT_TRUE(f.good()) << "cannot rewrite " << tensor;
 }
+
+std::string Quoted(const std::string& s) { return nlohmann::json(s).dump(); }
 
 std::string ReadFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -42,6 +42,9 @@ std::string RawSafetensors(const std::string& json, const std::string& buffer);
 // whose tensor is stored whole in one file (a consolidated checkpoint): a one-byte corruption.
 void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset, uint8_t mask = 0x01);
 
+// `s` as a JSON string literal (quotes and escapes included).
+std::string Quoted(const std::string& s);
+
 // The deterministic byte pattern of tensor `name` (n bytes).
 std::string PatternBytes(const std::string& name, uint64_t n);
 
