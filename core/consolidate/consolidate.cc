@@ -11,6 +11,12 @@
 //      last: a directory with an index is complete; a crash before leaves no index.
 #include "core/consolidate/consolidate.h"
 
+#include "core/util/parallel.h"
+
+#include "core/format/manifest.h"
+
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -248,6 +254,11 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     } else {
       plan.warnings.push_back(p.ToString());
     }
+  }
+  if (blocking.empty() && layout.tensors().empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        layout.root(), ": the checkpoint's ", layout.files().size(),
+        " file(s) hold no tensors; there is nothing to consolidate"));
   }
   if (!blocking.empty()) {
     size_t n = blocking.size();
@@ -688,6 +699,25 @@ class Executor {
 
 }  // namespace
 
+absl::Status CheckOutputIsNotInput(FileSystem& fs, const std::string& input_root,
+                                   const std::string& output_dir) {
+  auto same = absl::InvalidArgumentError(absl::StrCat(
+      output_dir, ": the output directory is the input directory ", input_root,
+      "; inputs are never modified (choose another output directory)"));
+  if (&fs != &LocalFileSystem()) {
+    // Other file systems have no inode identity: compare normalised paths.
+    return DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(input_root, "x"))
+               ? same
+               : absl::OkStatus();
+  }
+  // The same directory by identity, whatever the spelling: "in/.", "./in", "../d/in", a symlink.
+  struct stat in_st, out_st;
+  if (::stat(input_root.c_str(), &in_st) != 0) return absl::OkStatus();  // reported by the scan
+  if (::stat(output_dir.c_str(), &out_st) != 0) return absl::OkStatus();  // not yet created
+  if (in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino) return same;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
                                               const std::string& output_dir,
                                               const ConsolidateOptions& o,
@@ -704,11 +734,12 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
 
   // 1. Plan (every rank), errors shared.
   absl::StatusOr<ConsolidationPlan> plan_or = [&]() -> absl::StatusOr<ConsolidationPlan> {
-    ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input));
-    if (&out_fs == &fs && DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"))) {
-      return absl::InvalidArgumentError(
-          "the output directory is the input directory; inputs are never modified");
-    }
+    ScanOptions so;
+    so.expect_ranks = o.expect_ranks;
+    so.strict = o.strict;
+    ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input, so));
+    if (o.reference_layout != nullptr) layout.CheckAgainstReference(*o.reference_layout);
+    if (&out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout.root(), output_dir));
     return PlanConsolidation(layout, o);
   }();
   RETURN_IF_ERROR(AllGatherStatus(c, plan_or.status()));
@@ -723,15 +754,25 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   std::string temp_list;
   if (rank == 0) {
     prep = PrepareOutputDir(out_fs, plan, output_dir, o, &atomics, &result.warnings);
-    std::vector<std::string> temps;
+    nlohmann::json temps = nlohmann::json::array();
     for (const AtomicFile& a : atomics) temps.push_back(a.temp_path());
-    temp_list = absl::StrJoin(temps, "\n");
+    temp_list = temps.dump();
   }
   RETURN_IF_ERROR(AllGatherStatus(c, prep));
-  ASSIGN_OR_RETURN(std::string temps_joined, c.Broadcast(temp_list, 0));
-  std::vector<std::string> temp_paths =
-      temps_joined.empty() ? std::vector<std::string>()
-                           : std::vector<std::string>(absl::StrSplit(temps_joined, '\n'));
+  // Temporary paths travel as a JSON array: any byte may be in a path (a newline too), so no
+  // path is ever split out of a joined string.
+  ASSIGN_OR_RETURN(std::string temps_json, c.Broadcast(temp_list, 0));
+  std::vector<std::string> temp_paths;
+  {
+    nlohmann::json arr = nlohmann::json::parse(temps_json, nullptr, /*allow_exceptions=*/false);
+    if (!arr.is_array() || arr.size() != plan.outputs.size()) {
+      return absl::InternalError("rank 0 sent a malformed list of temporary output paths");
+    }
+    for (const auto& p : arr) {
+      if (!p.is_string()) return absl::InternalError("malformed temporary output path");
+      temp_paths.push_back(p.get<std::string>());
+    }
+  }
 
   // 3. Copy this rank's share.
   std::vector<WorkItem> items = SplitIntoItems(plan.tasks);
@@ -739,6 +780,57 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   Executor ex(plan, items, assignment[rank], o);
   absl::Status copied = ex.Run(fs, out_fs, temp_paths);
   RETURN_IF_ERROR(AllGatherStatus(c, copied));  // AtomicFiles of rank 0 clean up on error
+
+  // 3b. Checksums of the outputs for their manifest, files shared across ranks by bytes, read
+  //     back while they are still in the page cache.
+  Manifest out_manifest;
+  out_manifest.kind = std::string(kManifestKindConsolidated);
+  if (o.checksums) {
+    std::vector<uint64_t> load(c.world_size(), 0);
+    std::vector<size_t> order(plan.outputs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return plan.outputs[a].header.file_size() > plan.outputs[b].header.file_size();
+    });
+    std::vector<size_t> my_files;
+    for (size_t i : order) {
+      int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      load[r] += plan.outputs[i].header.file_size();
+      if (r == rank) my_files.push_back(i);
+    }
+    std::vector<absl::StatusOr<ManifestFile>> sums(my_files.size(), absl::UnknownError("not run"));
+    int threads = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+    ParallelFor(my_files.size(), std::max(1, threads), [&](size_t k) {
+      const OutputFilePlan& f = plan.outputs[my_files[k]];
+      sums[k] = [&]() -> absl::StatusOr<ManifestFile> {
+        ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, out_fs.OpenRead(temp_paths[my_files[k]]));
+        ASSIGN_OR_RETURN(ManifestFile mf, ChecksumFile(*in, f.header));
+        mf.name = f.name;
+        return mf;
+      }();
+    });
+    Manifest mine;
+    absl::Status summed = absl::OkStatus();
+    for (auto& sm : sums) {
+      if (!sm.ok()) {
+        summed = sm.status();
+        break;
+      }
+      mine.files.push_back(std::move(*sm));
+    }
+    RETURN_IF_ERROR(AllGatherStatus(c, summed));
+    ASSIGN_OR_RETURN(std::vector<std::string> parts, c.AllGather(SerializeManifest(mine)));
+    std::map<std::string, ManifestFile> by_name;
+    for (const std::string& text : parts) {
+      ASSIGN_OR_RETURN(Manifest m, ParseManifest(text, "a rank's checksums"));
+      for (ManifestFile& f : m.files) by_name[f.name] = std::move(f);
+    }
+    for (const OutputFilePlan& f : plan.outputs) {
+      auto it = by_name.find(f.name);
+      if (it == by_name.end()) return absl::InternalError(absl::StrCat("no checksum for ", f.name));
+      out_manifest.files.push_back(std::move(it->second));
+    }
+  }
 
   // 4. Verify.
   if (o.verify) {
@@ -780,6 +872,14 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
           }
         }
       }
+      if (o.checksums) {
+        // The outputs' sizes and checksums, before the index: the index stays the "done" signal.
+        RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, kManifestFileName),
+                                            SerializeManifest(out_manifest)));
+      } else if (out_fs.Stat(JoinPath(output_dir, kManifestFileName)).ok()) {
+        // A manifest of an earlier result would describe other files.
+        RETURN_IF_ERROR(out_fs.Remove(JoinPath(output_dir, kManifestFileName)));
+      }
       IndexJson idx;
       idx.total_size = plan.total_size;
       idx.weight_map = plan.weight_map;
@@ -787,7 +887,11 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
                                           SerializeIndexJson(idx)));
       if (o.verify) {
         ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(out_fs, output_dir));
-        if (!out.problems().empty()) {
+        if (!out.problems().empty() || !out.completeness().proven) {
+          if (out.problems().empty()) {
+            return absl::DataLossError(absl::StrCat("the published output's completeness cannot be proven: ",
+                                                    out.completeness().unproven));
+          }
           return absl::DataLossError(absl::StrCat("the published output fails verification: ",
                                                   out.problems()[0].ToString()));
         }
@@ -797,6 +901,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   }
   RETURN_IF_ERROR(AllGatherStatus(c, published));
   for (const OutputFilePlan& f : plan.outputs) result.files.push_back(f.name);
+  if (o.checksums) result.files.push_back(kManifestFileName);
   result.files.push_back(plan.index_name);
   for (const CopyTask& t : plan.tasks) result.bytes += t.dst_bytes();
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -60,6 +60,15 @@ struct ConsolidateOptions {
   const std::atomic<bool>* cancel = nullptr;                     // set to abandon (kCancelled)
   // Where outputs go when not on the input's file system (e.g. remote input, local output).
   FileSystem* output_fs = nullptr;
+  // Proof of completeness: the input must hold exactly ranks 0..expect_ranks-1 (0: not
+  // checked); `strict` refuses input whose completeness cannot be proven; a reference model's
+  // tensor names and shapes must match.
+  int expect_ranks = 0;
+  bool strict = false;
+  const CheckpointLayout* reference_layout = nullptr;
+  // Publish safeshard.complete.json (kind "consolidated": sizes and XXH3-64 checksums of the
+  // output files) before the index.
+  bool checksums = true;
 };
 
 // One contiguous-run copy job: a chunk of one input tensor into its output tensor.
@@ -119,6 +128,11 @@ struct ConsolidateResult {
   std::optional<VerifyReport> verify;
   std::vector<std::string> warnings;
 };
+
+// kInvalidArgument when `output_dir` is the input directory by identity (st_dev/st_ino on the
+// local file system: any spelling, ".", "..", symlinks).
+absl::Status CheckOutputIsNotInput(FileSystem& fs, const std::string& input_root,
+                                   const std::string& output_dir);
 
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
                                               const std::string& output_dir,

@@ -1,5 +1,7 @@
 #include "core/consolidate/consolidate.h"
 
+#include <unistd.h>
+
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -83,6 +85,7 @@ TEST(ConsolidateTest, EqualsNaiveReassemblyForEveryShardingAndDType) {
     auto r = Consolidate(LocalFileSystem(), in, out, o);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->files, (std::vector<std::string>{"model-00001-of-00001.safetensors",
+                                                  "safeshard.complete.json",
                                                   "model.safetensors.index.json"}));
     ASSERT_TRUE(r->verify.has_value());
     EXPECT_TRUE(r->verify->mismatches.empty());
@@ -345,7 +348,8 @@ TEST(ConsolidateTest, RefusesExistingResultUnlessOverwriting) {
   ASSERT_TRUE(entries.ok());
   for (const DirEntry& e : *entries) names.push_back(e.name);
   EXPECT_EQ(names, (std::vector<std::string>{"model-00001-of-00001.safetensors",
-                                             "model.safetensors.index.json"}));
+                                             "model.safetensors.index.json",
+                                             "safeshard.complete.json"}));
 }
 
 TEST(ConsolidateTest, RefusesImpossibleCastsAndSameDirectory) {
@@ -395,6 +399,117 @@ TEST(ConsolidateTest, MappingAndDTypesFromReferenceModel) {
   auto got = ReadAllTensors(out);
   EXPECT_EQ(got["a"].first, DType::kBF16);
   EXPECT_EQ(got["b"].first, DType::kF16);
+}
+
+TEST(ConsolidateTest, RefusesTheInputDirectoryUnderAnySpelling) {
+  std::string in = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
+  const std::string parent = DirName(in);
+  ASSERT_EQ(symlink(in.c_str(), (parent + "/link").c_str()), 0);
+  for (const std::string& out : {in + "/.", in + "/", parent + "/./in", parent + "/../" +
+                                     BaseName(parent) + "/in", parent + "/link"}) {
+    SCOPED_TRACE(out);
+    ConsolidateOptions o;
+    o.overwrite = true;
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    // Every input shard is still there.
+    auto ck = CheckpointLayout::Scan(LocalFileSystem(), in);
+    ASSERT_TRUE(ck.ok());
+    EXPECT_EQ(ck->files().size(), 4u);
+    EXPECT_TRUE(ck->problems().empty());
+  }
+}
+
+TEST(ConsolidateTest, ANewlineInTheOutputPathIsJustAName) {
+  std::string in = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
+  const std::string base = testing::NewTempDir();
+  // A file named like the part of the path before the newline must stay untouched.
+  testing::WriteFile(base + "/out", "x");
+  const std::string out = base + "/out\nline";
+  ConsolidateOptions o;
+  o.verify = true;
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(testing::ReadFile(base + "/out"), "x");
+  ExpectEqualsNaiveReassembly({{"w", DType::kF32, {8, 2}, Sharding::kRow}}, out);
+}
+
+TEST(ConsolidateTest, PublishesAChecksummedManifestOfItsOutputs) {
+  std::vector<ExampleTensor> model = AcceptanceModel();
+  std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.max_shard_size = 4096;
+  auto r = Consolidate(LocalFileSystem(), WriteModel(model), out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->problems().empty());
+  ASSERT_TRUE(ck->manifest().has_value());
+  EXPECT_EQ(ck->manifest()->kind, "consolidated");
+  EXPECT_EQ(ck->manifest()->files.size(), ck->files().size());
+  EXPECT_TRUE(ck->completeness().proven);
+  auto sums = VerifyChecksums(LocalFileSystem(), *ck);
+  ASSERT_TRUE(sums.ok()) << sums.status();
+  EXPECT_TRUE(sums->problems.empty());
+  EXPECT_TRUE(sums->unchecked.empty());
+  testing::FlipTensorByte(out, "mesh.f32", 1);
+  auto after = VerifyChecksums(LocalFileSystem(), *CheckpointLayout::Scan(LocalFileSystem(), out));
+  ASSERT_EQ(after->problems.size(), 1u);
+  EXPECT_EQ(after->problems[0].tensor, "mesh.f32");
+}
+
+TEST(ConsolidateTest, RefusesALostHighestRankWhenItCanBeProven) {
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 2}, Sharding::kRow}};
+  // By the manifest.
+  std::string in = WriteModel(model, {.ranks = 2, .manifest = true});
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(in, ShardFileName(1, 1, 1))).ok());
+  std::string out = testing::NewTempDir() + "/out";
+  auto r = Consolidate(LocalFileSystem(), in, out, {});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("manifest_missing_file"));
+  EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
+  // By --expect-ranks, and by --strict when nothing proves it.
+  std::string bare = WriteModel(model, {.ranks = 2});
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(bare, ShardFileName(1, 1, 1))).ok());
+  ConsolidateOptions o;
+  o.expect_ranks = 2;
+  EXPECT_THAT(std::string(Consolidate(LocalFileSystem(), bare, out, o).status().message()),
+              ::testing::HasSubstr("expected_ranks"));
+  ConsolidateOptions strict;
+  strict.strict = true;
+  EXPECT_THAT(std::string(Consolidate(LocalFileSystem(), bare, out, strict).status().message()),
+              ::testing::HasSubstr("completeness_unproven"));
+}
+
+TEST(ConsolidateTest, NewestPyTorchLayoutConsolidatesToLogicalTensorsByteExactly) {
+  std::vector<ExampleTensor> model = {{"w", DType::kBF16, {16, 8}, Sharding::kStrided},
+                                      {"m", DType::kF32, {12, 6}, Sharding::kStridedMesh},
+                                      {"r", DType::kF32, {8, 2}, Sharding::kRow},
+                                      {"b", DType::kI64, {3}, Sharding::kReplicated}};
+  for (bool global_shape : {false, true}) {
+    std::string in = WriteModel(model, {.ranks = 4, .mesh_rows = 2, .logical_fqn = true,
+                                        .global_shape = global_shape});
+    std::string out = testing::NewTempDir() + "/out";
+    ConsolidateOptions o;
+    o.verify = true;
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectEqualsNaiveReassembly(model, out);
+    auto idx = ParseIndexJson(testing::ReadFile(out + "/model.safetensors.index.json"), "i");
+    ASSERT_TRUE(idx.ok());
+    EXPECT_EQ(idx->weight_map.size(), 4u);
+    EXPECT_EQ(idx->weight_map.count("w.__dcp_shard_0"), 0u);
+  }
+}
+
+TEST(ConsolidateTest, ZeroTensorCheckpointIsAClearErrorNotACrash) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
+  testing::WriteFile(in + "/" + ShardFileName(0, 1, 1),
+                     testing::RawSafetensors(R"({"__metadata__":{"DCP_SHARDING_INFO":"{}","format":"pt"}})", ""));
+  auto r = Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/out", {});
+  EXPECT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("no tensors"));
 }
 
 }  // namespace
