@@ -72,6 +72,20 @@ ordered_json ProblemJson(const Problem& p) {
   return j;
 }
 
+ordered_json CompletenessJson(const Completeness& c) {
+  ordered_json j;
+  j["proven"] = c.proven;
+  j["by"] = c.by;
+  j["unproven"] = c.proven ? ordered_json() : ordered_json(c.unproven);
+  return j;
+}
+
+// One line on what proves the checkpoint complete, or why nothing does.
+std::string CompletenessLine(const Completeness& c) {
+  if (c.proven) return absl::StrCat("complete: proven by ", absl::StrJoin(c.by, ", "));
+  return absl::StrCat("note: ", c.unproven);
+}
+
 ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
   ordered_json root;
   root["schema"] = "safeshard.inspect/1";
@@ -107,6 +121,7 @@ ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
     for (const Chunk& c : t.chunks) {
       ordered_json cj;
       cj["file"] = ck.files()[c.file].name;
+      if (!c.key.empty()) cj["key"] = c.key;  // physical key (PyTorch's __dcp_shard_k)
       cj["offsets"] = c.offsets;
       cj["sizes"] = c.sizes;
       cj["byte_range"] = {c.begin, c.end};
@@ -129,6 +144,7 @@ ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
   ordered_json problems = ordered_json::array();
   for (const Problem& p : ck.problems()) problems.push_back(ProblemJson(p));
   root["problems"] = std::move(problems);
+  root["completeness"] = CompletenessJson(ck.completeness());
   return root;
 }
 
@@ -182,7 +198,7 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
   out << ", " << ck->files().size() << " file" << (ck->files().size() == 1 ? "" : "s") << ", "
       << HumanBytes(file_bytes);
   if (!ck->index_file().empty()) out << ", index " << ck->index_file();
-  out << "\n\n";
+  out << "\n" << CompletenessLine(ck->completeness()) << "\n\n";
 
   if (a.by_file) {
     for (const FileInfo& f : ck->files()) {
@@ -258,7 +274,11 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
 struct VerifyArgs {
   std::string token;
   std::string path;
+  std::string reference;
+  int expect_ranks = 0;
   bool json = false;
+  bool strict = false;
+  bool checksums = false;
 };
 
 int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
@@ -267,7 +287,10 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     err << "safeshard verify: " << where.status().message() << "\n";
     return kExitUsage;
   }
-  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*where->fs, where->path);
+  ScanOptions so;
+  so.expect_ranks = a.expect_ranks;
+  so.strict = a.strict;
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*where->fs, where->path, so);
   if (!ck.ok()) {
     err << "safeshard verify: " << ck.status().message() << "\n";
     return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
@@ -276,6 +299,30 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     err << "safeshard verify: " << a.path << ": no .safetensors files\n";
     return kExitProblems;
   }
+  if (!a.reference.empty()) {
+    absl::StatusOr<ResolvedPath> rw = Resolve(a.reference, a.token);
+    absl::StatusOr<CheckpointLayout> ref =
+        rw.ok() ? CheckpointLayout::Scan(*rw->fs, rw->path) : absl::StatusOr<CheckpointLayout>(rw.status());
+    if (!ref.ok() || ref->tensors().empty()) {
+      err << "safeshard verify: --reference " << a.reference << ": "
+          << (ref.ok() ? "holds no tensors" : std::string(ref.status().message())) << "\n";
+      return kExitUsage;
+    }
+    ck->CheckAgainstReference(*ref);
+  }
+  std::vector<Problem> problems = ck->problems();
+  std::optional<ChecksumReport> sums;
+  std::string checksum_error;
+  if (a.checksums) {
+    absl::StatusOr<ChecksumReport> r = VerifyChecksums(*where->fs, *ck);
+    if (r.ok()) {
+      sums = std::move(*r);
+      problems.insert(problems.end(), sums->problems.begin(), sums->problems.end());
+    } else {
+      checksum_error = std::string(r.status().message());
+    }
+  }
+  const bool ok = problems.empty() && checksum_error.empty();
   if (a.json) {
     ordered_json j;
     j["schema"] = "safeshard.verify/1";
@@ -283,23 +330,42 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     j["kind"] = std::string(CheckpointKindName(ck->kind()));
     j["files"] = ck->files().size();
     j["tensors"] = ck->tensors().size();
-    j["ok"] = ck->problems().empty();
+    j["ok"] = ok;
     ordered_json p = ordered_json::array();
-    for (const Problem& pr : ck->problems()) p.push_back(ProblemJson(pr));
+    for (const Problem& pr : problems) p.push_back(ProblemJson(pr));
     j["problems"] = std::move(p);
-    out << j.dump(2) << "\n";
-  } else {
-    for (const Problem& p : ck->problems()) out << p.ToString() << "\n";
-    if (ck->problems().empty()) {
-      out << "ok: " << ck->tensors().size() << " tensors in " << ck->files().size()
-          << (ck->files().size() == 1 ? " file (" : " files (") << CheckpointKindName(ck->kind())
-          << "), every tensor fully covered\n";
-    } else {
-      err << ck->problems().size() << " problem" << (ck->problems().size() == 1 ? "" : "s")
-          << " in " << ck->root() << "\n";
+    j["completeness"] = CompletenessJson(ck->completeness());
+    if (a.checksums) {
+      ordered_json c;
+      c["checked"] = sums.has_value();
+      c["error"] = checksum_error.empty() ? ordered_json() : ordered_json(checksum_error);
+      c["bytes"] = sums ? sums->bytes : 0;
+      c["unchecked_files"] = sums ? sums->unchecked : std::vector<std::string>();
+      j["checksums"] = std::move(c);
     }
+    out << j.dump(2) << "\n";
+    return ok ? kExitOk : kExitProblems;
   }
-  return ck->problems().empty() ? kExitOk : kExitProblems;
+  for (const Problem& p : problems) out << p.ToString() << "\n";
+  if (!checksum_error.empty()) out << "checksums: " << checksum_error << "\n";
+  if (ok) {
+    out << "ok: " << ck->tensors().size() << " tensors in " << ck->files().size()
+        << (ck->files().size() == 1 ? " file (" : " files (") << CheckpointKindName(ck->kind())
+        << "), every tensor fully covered\n";
+    if (sums) {
+      out << "checksums: " << HumanBytes(sums->bytes) << " re-read, every recorded XXH3-64 matches";
+      if (!sums->unchecked.empty()) {
+        out << " (" << sums->unchecked.size() << " file(s) have no recorded checksum: "
+            << absl::StrJoin(sums->unchecked, ", ") << ")";
+      }
+      out << "\n";
+    }
+    out << CompletenessLine(ck->completeness()) << "\n";
+  } else {
+    const size_t n = problems.size() + (checksum_error.empty() ? 0 : 1);
+    err << n << " problem" << (n == 1 ? "" : "s") << " in " << ck->root() << "\n";
+  }
+  return ok ? kExitOk : kExitProblems;
 }
 
 // ---- make-example ----------------------------------------------------------------------------
@@ -314,6 +380,7 @@ struct ExampleArgs {
   std::string gap;
   int many = 0;
   bool force = false;
+  bool newest = false, strided = false, manifest = false;
 };
 
 int RunMakeExample(const ExampleArgs& a, std::ostream& out, std::ostream& err) {
@@ -343,6 +410,18 @@ int RunMakeExample(const ExampleArgs& a, std::ostream& out, std::ostream& err) {
   std::vector<ExampleTensor> model =
       a.many > 0 ? ManySmallTensors(a.many)
                  : TransformerLikeModel({.layers = a.layers, .hidden = a.hidden, .vocab = a.vocab});
+  o.logical_fqn = a.newest || a.strided;
+  o.global_shape = a.newest;
+  o.manifest = a.manifest;
+  if (a.strided) {
+    // FSDP2 + TP: MLP and attention projections strided (two row blocks per rank).
+    for (ExampleTensor& t : model) {
+      if (t.sharding == Sharding::kMesh) t.sharding = Sharding::kStridedMesh;
+      if (t.sharding == Sharding::kRow && absl::StrContains(t.name, "layers.")) {
+        t.sharding = Sharding::kStrided;
+      }
+    }
+  }
   absl::Status s = WriteDcpCheckpoint(fs, a.out, model, o);
   if (!s.ok()) {
     err << "safeshard make-example: " << s.message() << "\n";
@@ -403,7 +482,9 @@ struct ConsolidateArgs {
   std::string mapping, reference, max_shard_size, unmapped = "error", cast_dtype, key_map;
   std::vector<std::string> metadata;
   bool restore_dtypes = false, diffusers = false, verify = false, overwrite = false, json = false;
+  bool strict = false, no_checksums = false;
   int threads = 0;
+  int expect_ranks = 0;
 };
 
 int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& err) {
@@ -475,6 +556,9 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   o.verify = a.verify;
   o.overwrite = a.overwrite;
   o.diffusers_index = a.diffusers;
+  o.expect_ranks = a.expect_ranks;
+  o.strict = a.strict;
+  o.checksums = !a.no_checksums;
   ProgressBar bar(err, StderrIsTerminal(err) && !a.json);
   o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
   absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
@@ -506,8 +590,10 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
     return kExitOk;
   }
   for (const std::string& w : warnings) err << "warning: " << w << "\n";
-  out << "consolidated " << HumanBytes(r->bytes) << " into " << r->files.size() - 1 << " file"
-      << (r->files.size() == 2 ? "" : "s") << " in " << a.out
+  size_t tensor_files = 0;
+  for (const std::string& f : r->files) tensor_files += absl::EndsWith(f, ".safetensors");
+  out << "consolidated " << HumanBytes(r->bytes) << " into " << tensor_files << " file"
+      << (tensor_files == 1 ? "" : "s") << " in " << a.out
       << absl::StrFormat(" (%.2fs, %s/s)", r->seconds, HumanBytes(static_cast<uint64_t>(rate)));
   if (r->verify) {
     double vr = r->verify->seconds > 0 ? r->verify->bytes_checked / r->verify->seconds : 0;
@@ -603,6 +689,7 @@ struct DiffArgs {
   bool headers_only = false, json = false;
   int threads = 4;
   int max_lines = 100;
+  int expect_ranks = 0;
   double atol = 0, rtol = 0;
 };
 
@@ -628,8 +715,33 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   if (!a.ok()) return fail(a.status(), a.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
   absl::StatusOr<CheckpointLayout> b = CheckpointLayout::Scan(*wb->fs, wb->path);
   if (!b.ok()) return fail(b.status(), b.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
+  // --expect-ranks applies to a side made of per-rank shards.
+  if (args.expect_ranks > 0) {
+    ScanOptions so;
+    so.expect_ranks = args.expect_ranks;
+    if (a->rank_count() > 0) a = CheckpointLayout::Scan(*wa->fs, wa->path, so);
+    if (b->rank_count() > 0) b = CheckpointLayout::Scan(*wb->fs, wb->path, so);
+    if (!a.ok()) return fail(a.status(), kExitProblems);
+    if (!b.ok()) return fail(b.status(), kExitProblems);
+  }
   for (const auto* ck : {&*a, &*b}) {
     if (ck->files().empty()) return fail(absl::NotFoundError(absl::StrCat(ck->root(), ": no .safetensors files")), kExitUsage);
+  }
+  // A side with a blocking problem (a lost file, a gap, a broken index or manifest) cannot be
+  // "identical" to anything: its missing bytes would be compared as absent, not as lost.
+  for (const auto* ck : {&*a, &*b}) {
+    if (!ck->HasBlockingProblem()) continue;
+    err << "safeshard diff: " << ck->root() << " is incomplete or inconsistent; not compared:\n";
+    int shown = 0;
+    for (const Problem& p : ck->problems()) {
+      if (!IsBlocking(p.kind)) continue;
+      if (shown++ == 10) {
+        err << "  ...\n";
+        break;
+      }
+      err << "  " << p.ToString() << "\n";
+    }
+    return kExitProblems;
   }
   DiffOptions o;
   o.headers_only = args.headers_only;
@@ -892,10 +1004,24 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   CLI::App* verify = app.add_subcommand(
       "verify", "Check a checkpoint from its headers: every file valid, every tensor exactly "
                 "covered by its chunks (no gap, no overlap), dtypes agree, shard ranks dense, "
-                "index json consistent. Prints one problem per line; exit 0 clean, 1 problems.");
+                "index json and completion manifest consistent. Prints one problem per line and "
+                "what proves the checkpoint complete (or that nothing does: a lost highest rank "
+                "is invisible in the other ranks' headers); exit 0 clean, 1 problems.");
   verify->add_option("PATH", va.path, std::string("Checkpoint: ") + kUrlHelp)->required();
   verify->add_option("--token", va.token, kTokenHelp);
   verify->add_flag("--json", va.json, "Machine-readable report (schema safeshard.verify/1)");
+  verify->add_option("--expect-ranks", va.expect_ranks,
+                     "The checkpoint must hold shard files of exactly ranks 0..N-1 (the job's "
+                     "world size): proves no trailing rank was lost")
+      ->check(CLI::Range(1, 1 << 20));
+  verify->add_option("--reference", va.reference,
+                     "Model directory (e.g. the HF model the run started from) whose tensor "
+                     "names and shapes this checkpoint must match: a proof of completeness");
+  verify->add_flag("--strict", va.strict,
+                   "Completeness that cannot be proven is a problem (exit 1), not a note");
+  verify->add_flag("--checksums", va.checksums,
+                   "Re-read every file and compare its XXH3-64 (and each tensor's) with "
+                   "safeshard.complete.json");
 
   ExampleArgs ea;
   CLI::App* example = app.add_subcommand(
@@ -917,6 +1043,15 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   example->add_option("--gap", ea.gap,
                       "TENSOR:RANK: leave out that rank's chunk (a deliberate coverage gap)");
   example->add_flag("--force", ea.force, "Overwrite an existing checkpoint in OUT");
+  example->add_flag("--pytorch-newest", ea.newest,
+                    "PyTorch's newest layout: logical_fqn and global_shape in every "
+                    "DCP_SHARDING_INFO entry");
+  example->add_flag("--strided", ea.strided,
+                    "Strided FSDP2+TP sharding: two row blocks of a layer tensor per rank file, "
+                    "under physical keys {fqn}.__dcp_shard_{k} (implies logical_fqn)");
+  example->add_flag("--manifest", ea.manifest,
+                    "Also publish safeshard.complete.json with checksums (as safeshard's own "
+                    "writer and save-example do)");
   example->add_option("--many", ea.many,
                       "Instead of the transformer, N small replicated F32 [4, 4] tensors spread "
                       "over the ranks (for scan benchmarks)")
@@ -954,6 +1089,16 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   consolidate->add_flag("--verify", ca.verify,
                         "Re-read the output and compare it with the inputs (checksums)");
   consolidate->add_flag("--overwrite", ca.overwrite, "Replace an existing checkpoint in OUT");
+  consolidate->add_option("--expect-ranks", ca.expect_ranks,
+                          "Refuse unless IN holds shard files of exactly ranks 0..N-1 (the job's "
+                          "world size): proves no trailing rank was lost")
+      ->check(CLI::Range(1, 1 << 20));
+  consolidate->add_flag("--strict", ca.strict,
+                        "Refuse IN when its completeness cannot be proven (no manifest, no "
+                        "global_shape, no --expect-ranks)");
+  consolidate->add_flag("--no-checksums", ca.no_checksums,
+                        "Do not publish safeshard.complete.json with the outputs' XXH3-64 "
+                        "checksums (saves one read of the outputs)");
   consolidate->add_flag("--json", ca.json, "Print the result as JSON (no progress bar)");
 
   RemapArgs ra;
@@ -993,6 +1138,9 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
                    "With --atol or --rtol, float tensors are compared by value, also across float dtypes")
       ->check(CLI::NonNegativeNumber);
   diff->add_option("--rtol", dfa.rtol, "Relative tolerance for float tensors (see --atol)")->check(CLI::NonNegativeNumber);
+  diff->add_option("--expect-ranks", dfa.expect_ranks,
+                   "A side made of per-rank shards must hold exactly ranks 0..N-1")
+      ->check(CLI::Range(1, 1 << 20));
   diff->add_flag("--json", dfa.json, "Machine-readable report (schema safeshard.diff/1; every difference)");
 
   CLI::App* runs = app.add_subcommand("runs", "List the runs safeshardd knows, with their state");

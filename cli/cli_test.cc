@@ -2,7 +2,9 @@
 
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "core/example/example.h"
+#include "core/format/filenames.h"
 #include "core/io/filesystem.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
@@ -240,6 +242,129 @@ TEST(CliDiffTest, ShardsEqualTheirConsolidationThenOneByteDiffers) {
   Result missing = RunCli({"diff", in, out + "-missing"});
   EXPECT_EQ(missing.code, kExitUsage);
   EXPECT_THAT(missing.err, HasSubstr(out + "-missing"));
+}
+
+// ---- Issue 11: the verdict must be provable ----------------------------------------------------
+
+void RemoveHighestRank(const std::string& dir, int ranks) {
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, ShardFileName(ranks - 1, 1, 1))).ok());
+}
+
+TEST(CliTest, VerifySaysPlainlyWhenALostHighestRankCannotBeRuledOut) {
+  std::string dir = Example({.ranks = 2});
+  RemoveHighestRank(dir, 2);
+  Result r = RunCli({"verify", dir});
+  EXPECT_EQ(r.code, kExitOk) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("note: the checkpoint's completeness cannot be proven"));
+  EXPECT_THAT(r.out, HasSubstr("--expect-ranks N"));
+  Result strict = RunCli({"verify", "--strict", dir});
+  EXPECT_EQ(strict.code, kExitProblems);
+  EXPECT_THAT(strict.out, HasSubstr("completeness_unproven"));
+  Result expect = RunCli({"verify", "--expect-ranks", "2", dir});
+  EXPECT_EQ(expect.code, kExitProblems);
+  EXPECT_THAT(expect.out, HasSubstr("expected_ranks: expected 2 ranks, found 1 with shard files; missing rank 1"));
+  Result json = RunCli({"verify", "--json", dir});
+  nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_FALSE(j["completeness"]["proven"].get<bool>());
+  EXPECT_THAT(j["completeness"]["unproven"].get<std::string>(), HasSubstr("--expect-ranks"));
+}
+
+TEST(CliTest, VerifyCatchesALostHighestRankThroughTheManifest) {
+  WriteOptions o{.ranks = 2};
+  o.manifest = true;
+  std::string dir = Example(o);
+  Result clean = RunCli({"verify", dir});
+  EXPECT_EQ(clean.code, kExitOk) << clean.out;
+  EXPECT_THAT(clean.out, HasSubstr("complete: proven by safeshard.complete.json"));
+  RemoveHighestRank(dir, 2);
+  Result r = RunCli({"verify", dir});
+  EXPECT_EQ(r.code, kExitProblems);
+  EXPECT_THAT(r.out, HasSubstr("manifest_missing_file: shard-00002-model-00001-of-00001.safetensors"));
+  EXPECT_THAT(r.out, HasSubstr("manifest_ranks"));
+  // consolidate refuses it, writing nothing.
+  std::string out = testing::NewTempDir() + "/out";
+  Result c = RunCli({"consolidate", dir, out});
+  EXPECT_EQ(c.code, kExitProblems);
+  EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
+}
+
+TEST(CliTest, VerifyChecksumsNamesTheFlippedTensor) {
+  WriteOptions o{.ranks = 2};
+  o.manifest = true;
+  std::string dir = Example(o);
+  Result ok = RunCli({"verify", "--checksums", dir});
+  EXPECT_EQ(ok.code, kExitOk) << ok.out;
+  EXPECT_THAT(ok.out, HasSubstr("every recorded XXH3-64 matches"));
+  testing::FlipTensorByte(dir, "model.norm.weight", 0);
+  EXPECT_EQ(RunCli({"verify", dir}).code, kExitOk);  // headers cannot see it
+  Result r = RunCli({"verify", "--checksums", dir});
+  EXPECT_EQ(r.code, kExitProblems);
+  EXPECT_THAT(r.out, HasSubstr("checksum_mismatch: shard-0000"));
+  EXPECT_THAT(r.out, HasSubstr("tensor \"model.norm.weight\""));
+  // No manifest: nothing to compare with, said as a failure of the requested check.
+  Result none = RunCli({"verify", "--checksums", Example({.ranks = 1})});
+  EXPECT_EQ(none.code, kExitProblems);
+  EXPECT_THAT(none.out, HasSubstr("no valid safeshard.complete.json"));
+}
+
+TEST(CliTest, VerifyAgainstAReferenceModel) {
+  std::string ref = Example({.ranks = 1});
+  std::string dir = Example({.ranks = 2});
+  Result ok = RunCli({"verify", "--reference", ref, "--strict", dir});
+  EXPECT_EQ(ok.code, kExitOk) << ok.out;
+  EXPECT_THAT(ok.out, HasSubstr("proven by the reference model"));
+  RemoveHighestRank(dir, 2);
+  Result r = RunCli({"verify", "--reference", ref, dir});
+  EXPECT_EQ(r.code, kExitProblems);
+  EXPECT_THAT(r.out, HasSubstr("reference_mismatch"));
+}
+
+TEST(CliTest, DiffRefusesAnHfInputMissingAnIndexedFile) {
+  std::string in = Example({.ranks = 2});
+  std::string out = testing::NewTempDir() + "/hf";
+  ASSERT_EQ(RunCli({"consolidate", in, out, "--max-shard-size", "4KiB"}).code, kExitOk);
+  ASSERT_EQ(RunCli({"diff", in, out}).code, kExitOk);
+  std::vector<std::string> files;
+  absl::StatusOr<std::vector<DirEntry>> listed = LocalFileSystem().List(out);
+  ASSERT_TRUE(listed.ok());
+  for (const DirEntry& e : *listed) {
+    if (absl::EndsWith(e.name, ".safetensors")) files.push_back(e.name);
+  }
+  ASSERT_GE(files.size(), 2u);
+  ASSERT_TRUE(LocalFileSystem().Remove(out + "/" + files[1]).ok());
+  Result d = RunCli({"diff", in, out});
+  EXPECT_EQ(d.code, kExitProblems);
+  EXPECT_THAT(d.err, HasSubstr("not compared"));
+  // And it is refused as an input, by the manifest and, without it, by the index.
+  Result c = RunCli({"consolidate", out, testing::NewTempDir() + "/again"});
+  EXPECT_EQ(c.code, kExitProblems);
+  EXPECT_THAT(c.err, HasSubstr("manifest_missing_file"));
+  ASSERT_TRUE(LocalFileSystem().Remove(out + "/safeshard.complete.json").ok());
+  Result c2 = RunCli({"consolidate", out, testing::NewTempDir() + "/again"});
+  EXPECT_EQ(c2.code, kExitProblems);
+  EXPECT_THAT(c2.err, HasSubstr("index_missing_file"));
+  EXPECT_EQ(RunCli({"diff", in, out}).code, kExitProblems);
+}
+
+TEST(CliTest, MakeExampleWritesThePyTorchNewestStridedLayout) {
+  std::string dir = testing::NewTempDir() + "/ex";
+  Result w = RunCli({"make-example", dir, "--ranks", "4", "--layers", "1", "--hidden", "16",
+                     "--vocab", "32", "--strided", "--pytorch-newest", "--manifest"});
+  ASSERT_EQ(w.code, kExitOk) << w.err;
+  Result v = RunCli({"verify", dir});
+  EXPECT_EQ(v.code, kExitOk) << v.out;
+  EXPECT_THAT(v.out, HasSubstr("ok: 16 tensors"));
+  Result i = RunCli({"inspect", "--json", dir});
+  nlohmann::json j = nlohmann::json::parse(i.out);
+  bool keyed = false;
+  for (const auto& t : j["tensors"]) {
+    EXPECT_EQ(t["name"].get<std::string>().find("__dcp_shard_"), std::string::npos);
+    for (const auto& c : t["chunks"]) keyed |= c.contains("key");
+  }
+  EXPECT_TRUE(keyed);
+  std::string out = testing::NewTempDir() + "/hf";
+  ASSERT_EQ(RunCli({"consolidate", dir, out, "--verify"}).code, kExitOk);
+  EXPECT_EQ(RunCli({"diff", dir, out}).code, kExitOk);
 }
 
 }  // namespace
