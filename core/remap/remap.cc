@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/format/filenames.h"
 #include "core/format/index_json.h"
+#include "core/format/manifest.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/util/status_macros.h"
@@ -30,7 +31,14 @@ absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap
   }
   RemapPlan plan;
   ASSIGN_OR_RETURN(plan.renames, key_map.MapAll(keys));
-  for (const auto& [a, b] : plan.renames) plan.changed += a != b;
+  for (const auto& [a, b] : plan.renames) {
+    if (b.empty() || b == kMetadataKey) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor \"", a, "\" would be renamed to \"", b,
+          "\", which is not a valid tensor name in a safetensors file"));
+    }
+    plan.changed += a != b;
+  }
   return plan;
 }
 
@@ -73,15 +81,35 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   }
 
   std::vector<AtomicFile> pending;
+  std::vector<ManifestFile> manifest_files;
   for (const FileInfo& f : layout.files()) {
     if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
     Header h = *f.header;
-    for (TensorEntry& t : h.tensors) t.name = ren.at(t.name);
-    h.Reindex();
     ASSIGN_OR_RETURN(std::optional<ShardingInfo> info, ReadShardingInfo(*f.header, f.name));
+    // The rename applies to logical names; a physical key "{fqn}.__dcp_shard_{k}" follows its
+    // tensor's new name, so the file stays consistent with its DCP_SHARDING_INFO.
+    auto new_key = [&](const std::string& key) {
+      if (!info) return ren.at(key);
+      const std::string& logical = info->LogicalName(key);
+      const std::string& renamed = ren.at(logical);
+      if (key == logical) return renamed;
+      if (absl::StartsWith(key, logical + std::string(kPhysicalShardInfix))) {
+        return renamed + key.substr(logical.size());
+      }
+      return key;
+    };
+    for (TensorEntry& t : h.tensors) t.name = new_key(t.name);
+    h.Reindex();
     if (info) {
       ShardingInfo renamed;
-      for (const auto& [k, v] : info->saved_offsets) renamed.saved_offsets[ren.at(k)] = v;
+      for (const auto& [k, v] : info->saved_offsets) {
+        const std::string nk = new_key(k);
+        renamed.saved_offsets[nk] = v;
+        if (info->logical_fqn.count(k)) renamed.logical_fqn[nk] = ren.at(info->LogicalName(k));
+        if (auto gs = info->global_shape.find(k); gs != info->global_shape.end()) {
+          renamed.global_shape[nk] = gs->second;
+        }
+      }
       h.metadata[std::string(kShardingInfoKey)] = SerializeShardingInfo(renamed);
     }
     std::string prefix = SerializeHeader(h);
@@ -94,6 +122,12 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     RETURN_IF_ERROR(out.file().WriteAt(0, prefix));
     RETURN_IF_ERROR(out.file().CopyFrom(*src, f.header->data_start(), prefix.size(), h.buffer_size));
     RETURN_IF_ERROR(out.file().Sync());
+    if (layout.manifest()) {
+      ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> written, out_fs.OpenRead(out.temp_path()));
+      ASSIGN_OR_RETURN(ManifestFile mf, ChecksumFile(*written, h));
+      mf.name = f.name;
+      manifest_files.push_back(std::move(mf));
+    }
     result.bytes_copied += h.buffer_size;
     result.files.push_back(f.name);
     pending.push_back(std::move(out));
@@ -105,7 +139,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
       ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(input));
       for (const DirEntry& e : entries) {
         if (e.is_dir || IsTempFileName(e.name) || absl::EndsWith(e.name, ".safetensors") ||
-            e.name == layout.index_file()) {
+            e.name == layout.index_file() || e.name == kManifestFileName) {
           continue;
         }
         ASSIGN_OR_RETURN(std::string bytes, fs.ReadAll(JoinPath(input, e.name)));
@@ -115,6 +149,14 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   }
   if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
   for (AtomicFile& a : pending) RETURN_IF_ERROR(a.Commit());
+  if (layout.manifest()) {
+    // The renamed files' own sizes and checksums (the input's would describe other bytes).
+    Manifest m = *layout.manifest();
+    m.files = std::move(manifest_files);
+    RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, kManifestFileName),
+                                        SerializeManifest(m)));
+    result.files.push_back(kManifestFileName);
+  }
   if (layout.index()) {
     IndexJson idx = *layout.index();
     idx.weight_map.clear();

@@ -123,5 +123,52 @@ TEST(RemapTest, InPlaceNeedsTheFlag) {
   EXPECT_EQ(TensorBytes(*ck, "new.w"), before.substr(before.size() - 6));
 }
 
+TEST(RemapTest, RenamesLogicalTensorsKeepingPhysicalKeysConsistentAndTheManifestTrue) {
+  std::string in = testing::NewTempDir() + "/in";
+  std::vector<ExampleTensor> model = {{"layers.0.w", DType::kBF16, {16, 8}, Sharding::kStrided},
+                                      {"layers.0.m", DType::kF32, {8, 6}, Sharding::kStridedMesh},
+                                      {"norm", DType::kF32, {8}, Sharding::kReplicated}};
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, model,
+                                 {.ranks = 4, .mesh_rows = 2, .logical_fqn = true,
+                                  .global_shape = true, .manifest = true})
+                  .ok());
+  auto km = KeyMap::Create({{"^layers\\.", "model.layers."}});
+  ASSERT_TRUE(km.ok());
+  std::string out = testing::NewTempDir() + "/out";
+  auto r = Remap(LocalFileSystem(), in, out, *km, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->plan.changed, 2);
+  auto a = CheckpointLayout::Scan(LocalFileSystem(), in);
+  auto b = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(b.ok());
+  std::string problems;
+  for (const Problem& p : b->problems()) problems += p.ToString() + "\n";
+  EXPECT_TRUE(b->problems().empty()) << problems;
+  EXPECT_TRUE(b->completeness().proven);
+  const TensorLayout* w = b->FindTensor("model.layers.0.w");
+  ASSERT_NE(w, nullptr);
+  for (const Chunk& c : w->chunks) {
+    EXPECT_THAT(c.key, ::testing::StartsWith("model.layers.0.w.__dcp_shard_"));
+  }
+  EXPECT_EQ(TensorBytes(*a, "layers.0.w"), TensorBytes(*b, "model.layers.0.w"));
+  auto sums = VerifyChecksums(LocalFileSystem(), *b);
+  ASSERT_TRUE(sums.ok()) << sums.status();
+  EXPECT_TRUE(sums->problems.empty());
+}
+
+TEST(RemapTest, RefusesRenamingATensorToMetadata) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, {{"w", DType::kF32, {4}, Sharding::kRow}},
+                                 {.ranks = 2})
+                  .ok());
+  auto km = KeyMap::Create({{"^w$", "__metadata__"}});
+  ASSERT_TRUE(km.ok());
+  std::string out = testing::NewTempDir() + "/out";
+  auto r = Remap(LocalFileSystem(), in, out, *km, {});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("__metadata__"));
+  EXPECT_FALSE(LocalFileSystem().Stat(out + "/" + ShardFileName(0, 1, 1)).ok());
+}
+
 }  // namespace
 }  // namespace safeshard
