@@ -35,16 +35,11 @@ std::string Bytes(const at::Tensor& t) {
   return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
 }
 
-TEST(HfStorageReaderTest, LoadsRowShardedSaveIntoColumnAndMeshShardings) {
-  std::vector<ExampleTensor> model = {{"w", DType::kBF16, {12, 10}, Sharding::kRow},
-                                      {"m", DType::kF32, {6, 8}, Sharding::kMesh},
-                                      {"s", DType::kI64, {}, Sharding::kReplicated},
-                                      {"e", DType::kF16, {4, 6, 5}, Sharding::kColumn}};
-  std::string dir = testing::NewTempDir() + "/ckpt";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, {.ranks = 4}).ok());
+// Loads every tensor of `model` (saved in `dir`) column-sharded 2 ways (dim 1 where there is
+// one), as one quarter of a 2x2 mesh, and whole, and compares with the generator's bytes.
+void ExpectLoadsIntoOtherShardings(const std::vector<ExampleTensor>& model, const std::string& dir) {
   for (const ExampleTensor& t : model) {
     std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
-    // Column-sharded 2 ways (dim 1 where there is one), then a 2x2 mesh, then whole.
     std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> boxes;
     if (shape.size() >= 2) {
       int64_t half = shape[1] / 2;
@@ -71,6 +66,27 @@ TEST(HfStorageReaderTest, LoadsRowShardedSaveIntoColumnAndMeshShardings) {
       EXPECT_TRUE(Bytes(reqs[0].dest) == Expected(t, off, sz));
     }
   }
+}
+
+TEST(HfStorageReaderTest, LoadsRowShardedSaveIntoColumnAndMeshShardings) {
+  std::vector<ExampleTensor> model = {{"w", DType::kBF16, {12, 10}, Sharding::kRow},
+                                      {"m", DType::kF32, {6, 8}, Sharding::kMesh},
+                                      {"s", DType::kI64, {}, Sharding::kReplicated},
+                                      {"e", DType::kF16, {4, 6, 5}, Sharding::kColumn}};
+  std::string dir = testing::NewTempDir() + "/ckpt";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, {.ranks = 4}).ok());
+  ExpectLoadsIntoOtherShardings(model, dir);
+}
+
+TEST(HfStorageReaderTest, LoadsPyTorchNewestStridedChunksByLogicalName) {
+  std::vector<ExampleTensor> model = {{"w", DType::kBF16, {16, 10}, Sharding::kStrided},
+                                      {"m", DType::kF32, {12, 8}, Sharding::kStridedMesh},
+                                      {"s", DType::kI64, {}, Sharding::kReplicated}};
+  std::string dir = testing::NewTempDir() + "/ckpt";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model,
+                                 {.ranks = 4, .mesh_rows = 2, .logical_fqn = true, .global_shape = true})
+                  .ok());
+  ExpectLoadsIntoOtherShardings(model, dir);
 }
 
 TEST(HfStorageReaderTest, FillsNonContiguousDestinationsAndAppliesKeyMaps) {

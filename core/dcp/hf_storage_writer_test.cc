@@ -119,5 +119,56 @@ TEST(HfStorageWriterTest, ShardedSaveSplitsFilesByMappingInParallelAndRelabelsFp
   EXPECT_TRUE(Bytes(*hf, "q") == Raw(q));
 }
 
+TEST(HfStorageWriterTest, StridedChunksOfOneRankGoToPhysicalKeysWithLogicalNames) {
+  // A 2-rank strided (FSDP2 + TP) row split of an [8, 3] tensor in 4 blocks: rank r holds blocks
+  // r and r + 2, two non-adjacent chunks in its one file.
+  std::string root = testing::NewTempDir() + "/run";
+  at::Tensor full = torch::arange(24, torch::kFloat32).reshape({8, 3});
+  SaveOptions o;
+  o.enable_consolidation = true;  // shards to run/sharded, the consolidation to run
+  o.thread_count_consolidation = 2;
+  auto st = RunRanks(2, [&](int r, Collective& col) {
+    StateDict sd;
+    for (int k = 0; k < 2; ++k) {
+      const int64_t row = 2 * (r + 2 * k);
+      sd.push_back({"w", ShardedTensor{full.slice(0, row, row + 2), {8, 3}, {row, 0}}});
+    }
+    sd.push_back({"b", torch::ones({3}, torch::kFloat32)});
+    return Save(sd, root, col, o).status();
+  });
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;
+  auto shards = CheckpointLayout::Scan(LocalFileSystem(), root + "/sharded");
+  ASSERT_TRUE(shards.ok());
+  std::string problems;
+  for (const Problem& p : shards->problems()) problems += p.ToString() + "\n";
+  EXPECT_TRUE(shards->problems().empty()) << problems;
+  EXPECT_TRUE(shards->completeness().proven);
+  const TensorLayout* w = shards->FindTensor("w");
+  ASSERT_NE(w, nullptr);
+  EXPECT_TRUE(w->declared_shape);
+  ASSERT_EQ(w->chunks.size(), 4u);
+  for (const Chunk& c : w->chunks) {
+    EXPECT_TRUE(c.key == "w.__dcp_shard_0" || c.key == "w.__dcp_shard_1") << c.key;
+  }
+  auto sums = VerifyChecksums(LocalFileSystem(), *shards);
+  ASSERT_TRUE(sums.ok()) << sums.status();
+  EXPECT_TRUE(sums->problems.empty());
+  EXPECT_TRUE(sums->unchecked.empty());
+  // The consolidation in `root` holds the logical tensor, byte for byte.
+  auto hf = CheckpointLayout::Scan(LocalFileSystem(), root);
+  ASSERT_TRUE(hf.ok());
+  EXPECT_TRUE(hf->problems().empty());
+  EXPECT_TRUE(Bytes(*hf, "w") == Raw(full));
+}
+
+TEST(HfStorageWriterTest, RepeatedNamesMustBeChunksOfOneShardedTensor) {
+  std::string dir = testing::NewTempDir() + "/bad";
+  auto st = RunRanks(1, [&](int, Collective& col) {
+    StateDict sd = {{"w", torch::zeros({2})}, {"w", torch::zeros({2})}};
+    return SaveSharded(sd, dir, col).status();
+  });
+  EXPECT_EQ(st[0].code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace safeshard
