@@ -71,7 +71,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   CFG_RETURN(Unknown(root,
                      {"watch_roots", "output_template", "output_files", "dtype", "key_map",
                       "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
-                      "rescan_interval_seconds", "expected_ranks", "retention", "api", "state_db",
+                      "rescan_interval_seconds", "expected_ranks", "strict", "retention", "api", "state_db",
                       "max_attempts"},
                      ""));
   Config c;
@@ -82,6 +82,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   CFG_RETURN(Get(root, "quiet_period_seconds", &c.quiet_period_seconds));
   CFG_RETURN(Get(root, "rescan_interval_seconds", &c.rescan_interval_seconds));
   CFG_RETURN(Get(root, "expected_ranks", &c.expected_ranks));
+  CFG_RETURN(Get(root, "strict", &c.strict));
   CFG_RETURN(Get(root, "state_db", &c.state_db));
   CFG_RETURN(Get(root, "max_attempts", &c.max_attempts));
   if (auto f = root.find("output_files"); f != root.end()) {

@@ -9,7 +9,8 @@
 //     "key_map": [["^model\\.", ""]],
 //     "max_concurrent_jobs": 2, "threads_per_job": 2,
 //     "quiet_period_seconds": 30, "rescan_interval_seconds": 60,
-//     "expected_ranks": 0,                          // 0: unknown
+//     "expected_ranks": 0,                          // 0: unknown; N proves no rank was lost
+//     "strict": false,                              // refuse runs whose completeness is unproven
 //     "retention": {"mode": "keep"},                // or "delete", or {"mode": "keep_last", "keep_last": 3}
 //     "api": {"address": "127.0.0.1", "port": 8470, "token_file": "~/.config/safeshard/token"},
 //     "state_db": "~/.local/state/safeshard/safeshardd.db",
@@ -42,6 +43,9 @@ struct Config {
   double quiet_period_seconds = 30;
   double rescan_interval_seconds = 60;
   int expected_ranks = 0;
+  // Refuse runs whose completeness cannot be proven (no manifest, no global_shape, no
+  // expected_ranks) instead of consolidating them with a warning.
+  bool strict = false;
   std::string retention = "keep";  // keep | delete | keep_last
   int keep_last = 0;
   std::string api_address = "127.0.0.1";

@@ -1,5 +1,8 @@
 #include "daemon/daemon.h"
 
+#include "core/format/manifest.h"
+#include "core/util/status_macros.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -63,6 +66,18 @@ std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_mani
     absl::StrAppend(&fp, e.name, ":", st->size, ":", st->mtime_ns, ";");
   }
   return fp;
+}
+
+// The run's completion manifest, read with a size bound and parsed by core/format/manifest.
+absl::StatusOr<Manifest> ReadRunManifest(const std::string& dir) {
+  const std::string path = JoinPath(dir, kCompletionManifest);
+  ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, LocalFileSystem().OpenRead(path));
+  if (f->size() > kMaxManifestBytes) {
+    return absl::DataLossError(absl::StrCat(path, ": ", f->size(), " bytes, over the limit"));
+  }
+  std::string text(f->size(), '\0');
+  RETURN_IF_ERROR(f->ReadAt(0, text.size(), text.data()));
+  return ParseManifest(text, path);
 }
 
 int64_t BackoffMs(int attempts) {
@@ -416,6 +431,9 @@ void Daemon::WatchLoop() {
 
 std::string Daemon::OutputFor(const std::string& run_dir) const {
   Config c = config();
+  // PyTorch's HuggingFaceStorageWriter(enable_consolidation=True) saves its shards to
+  // RUN/sharded/ and consolidates them into RUN: that is where their output belongs.
+  if (BaseName(run_dir) == kShardedSubdir) return DirName(run_dir);
   std::string parent = DirName(run_dir), name = BaseName(run_dir);
   std::string root;
   for (const std::string& r : c.watch_roots) {
@@ -463,6 +481,11 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   if (!is_new) run = **existing;
   bool has_shards, has_manifest;
   std::string fp = Fingerprint(dir, &has_shards, &has_manifest);
+  if (!has_shards && has_manifest) {
+    // A consolidated output (ours, kind "consolidated") is not a run to consolidate.
+    absl::StatusOr<Manifest> m = ReadRunManifest(dir);
+    if (m.ok() && m->kind == kManifestKindConsolidated) return;
+  }
   if (is_new) {
     run.id = id;
     run.path = dir;
@@ -488,21 +511,38 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   bool ready = false;
   if (has_manifest) {
     run.detection = "manifest";
-    absl::StatusOr<std::string> text = LocalFileSystem().ReadAll(JoinPath(dir, kCompletionManifest));
-    json m = text.ok() ? json::parse(*text, nullptr, false) : json();
-    if (!m.is_object() || !m.contains("files") || !m["files"].is_array()) {
-      why = "completion manifest is unreadable";
+    // The one manifest parser: a malformed or hostile manifest is an error value, never an
+    // exception in the scheduler thread.
+    absl::StatusOr<Manifest> m = ReadRunManifest(dir);
+    if (!m.ok()) {
+      why = absl::StrCat("completion manifest is unreadable: ", m.status().message());
     } else {
       ready = true;
-      for (const auto& f : m["files"]) {
-        std::string name = f.value("name", "");
-        uint64_t size = f.value("size", uint64_t{0});
-        absl::StatusOr<FileStat> st = LocalFileSystem().Stat(JoinPath(dir, name));
-        if (!IsPlainFileName(name) || !st.ok() || st->size != size) {
+      for (const ManifestFile& f : m->files) {
+        absl::StatusOr<FileStat> st = LocalFileSystem().Stat(JoinPath(dir, f.name));
+        if (!st.ok() || st->size != f.size) {
           ready = false;
-          why = absl::StrCat("manifest lists ", name, " (", size, " bytes), which ",
+          why = absl::StrCat("manifest lists ", f.name, " (", f.size, " bytes), which ",
                              st.ok() ? absl::StrCat("has ", st->size, " bytes") : "is missing");
           break;
+        }
+      }
+      if (ready) {
+        // Every listed file is in place; the scan judges the rest (ranks, coverage, extras).
+        ScanOptions so;
+        so.expect_ranks = c.expected_ranks;
+        absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir, so);
+        if (!ck.ok()) {
+          ready = false;
+          why = std::string(ck.status().message());
+        } else if (ck->HasBlockingProblem()) {
+          ready = false;
+          for (const Problem& p : ck->problems()) {
+            if (IsBlocking(p.kind)) {
+              why = p.ToString();
+              break;
+            }
+          }
         }
       }
     }
@@ -513,23 +553,40 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
       why = "changed less than the quiet period ago";
       NoteDeadline(run.last_change_ms + static_cast<int64_t>(quiet_ms) + 1);
     } else {
-      absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+      ScanOptions so;
+      so.expect_ranks = c.expected_ranks;
+      so.strict = c.strict;
+      absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir, so);
       if (!ck.ok()) {
         why = std::string(ck.status().message());
       } else if (!ck->problems().empty()) {
         why = ck->problems()[0].ToString();
       } else if (ck->kind() != CheckpointKind::kDcpSharded) {
         why = "not a per-rank DCP checkpoint";
-      } else if (c.expected_ranks > 0 && ck->rank_count() != c.expected_ranks) {
-        why = absl::StrCat(ck->rank_count(), " rank files, expecting ", c.expected_ranks);
       } else {
         ready = true;
+        if (!ck->completeness().proven) {
+          // Headers alone cannot rule out a lost highest rank: say so (the run's API record
+          // carries it too, under "completeness").
+          Log("warning", "run finished by inference; its completeness cannot be proven",
+              {{"path", dir}, {"why", ck->completeness().unproven}});
+        }
       }
     }
   }
   if (!ready) {
     run.state = "incomplete";
     run.detail = why;
+    (void)store_->UpsertRun(run);
+    return;
+  }
+  // RUN/sharded/ whose writer already consolidated it into RUN (PyTorch's
+  // enable_consolidation publishes RUN's index last): nothing to do.
+  if (BaseName(dir) == kShardedSubdir &&
+      LocalFileSystem().Stat(JoinPath(run.output, std::string(kIndexFileName))).ok() &&
+      run.detail.rfind("published:", 0) != 0) {
+    run.state = "published";
+    run.detail = "consolidated by its writer into " + run.output;
     (void)store_->UpsertRun(run);
     return;
   }
@@ -706,6 +763,8 @@ void Daemon::RunJob(JobRecord j) {
     o.threads = c.threads_per_job;
     o.verify = true;
     o.overwrite = true;
+    o.expect_ranks = c.expected_ranks;
+    o.strict = c.strict;
     o.cancel = &a->cancel;
     o.progress = [&](uint64_t done, uint64_t total) {
       a->done = done;
@@ -848,8 +907,10 @@ absl::StatusOr<json> Daemon::Run(const std::string& id) {
     for (const TensorLayout& t : ck->tensors()) {
       json chunks = json::array();
       for (const Chunk& c : t.chunks) {
-        chunks.push_back({{"file", ck->files()[c.file].name}, {"offsets", c.offsets},
-                          {"sizes", c.sizes}, {"byte_range", {c.begin, c.end}}});
+        json cj = {{"file", ck->files()[c.file].name}, {"offsets", c.offsets},
+                   {"sizes", c.sizes}, {"byte_range", {c.begin, c.end}}};
+        if (!c.key.empty()) cj["key"] = c.key;
+        chunks.push_back(std::move(cj));
       }
       tensors.push_back({{"name", t.name}, {"dtype", std::string(DTypeName(t.dtype))},
                          {"shape", t.shape}, {"chunks", chunks}});
@@ -858,6 +919,9 @@ absl::StatusOr<json> Daemon::Run(const std::string& id) {
     json problems = json::array();
     for (const Problem& p : ck->problems()) problems.push_back(p.ToString());
     j["verification"] = {{"ok", ck->problems().empty()}, {"problems", problems}};
+    j["completeness"] = {{"proven", ck->completeness().proven},
+                         {"by", ck->completeness().by},
+                         {"unproven", ck->completeness().unproven}};
   }
   json jobs = json::array();
   absl::StatusOr<std::vector<JobRecord>> all = store_->ListJobs();

@@ -31,6 +31,8 @@
 namespace safeshard::daemon {
 
 inline constexpr char kCompletionManifest[] = "safeshard.complete.json";
+// PyTorch's enable_consolidation writes shards to RUN/sharded/ and their consolidation to RUN.
+inline constexpr char kShardedSubdir[] = "sharded";
 
 // One JSON object per line on stderr: {"ts": ..., "level": ..., "msg": ..., ...fields}.
 void Log(const std::string& level, const std::string& msg, nlohmann::json fields = {});

@@ -21,6 +21,8 @@
 #include "core/layout/layout.h"
 #include "core/testing/testing.h"
 #include "daemon/daemon.h"
+#include "core/format/filenames.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
@@ -230,7 +232,9 @@ TEST(DaemonE2E, HalfWrittenRunIsLeftAloneUntilComplete) {
   Dirs d;
   DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});
   p.Start();
-  auto model = SmallModel();
+  // Row-sharded and replicated tensors only: losing the highest rank leaves no gap.
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 4}, Sharding::kRow},
+                                      {"b", DType::kF32, {4}, Sharding::kReplicated}};
   std::string staging = testing::NewTempDir() + "/run";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 4}).ok());
   std::string run = d.root + "/half";
@@ -396,6 +400,81 @@ TEST(DaemonE2E, CliTalksToTheDaemon) {
   std::ostringstream out5, err5;
   EXPECT_EQ(RunSafeshard({"safeshard", "runs", "--daemon", "127.0.0.1:1"}, out5, err5), kExitProblems);
   EXPECT_TRUE(absl::StrContains(err5.str(), "cannot reach safeshardd"));
+}
+
+TEST(DaemonE2E, HostileManifestsLeaveTheDaemonAliveAndTheRunIncomplete) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--quiet-period", "3600"});
+  p.Start();
+  const std::vector<std::string> hostile = {
+      R"({"ranks": 2, "files": [{"name": "a.safetensors", "size": "big"}]})",
+      R"({"ranks": "2", "files": 7})",
+      R"({"files": [{"name": 12, "size": -1}]})",
+      std::string(100000, '[') + std::string(100000, ']'),
+      R"({"files": [{"name": "../../etc/passwd", "size": 1}]})",
+      std::string("{\"files\": []}\0junk", 17)};
+  for (size_t i = 0; i < hostile.size(); ++i) {
+    std::string staging = testing::NewTempDir() + "/run";
+    ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, SmallModel(), {.ranks = 2}).ok());
+    testing::WriteFile(staging + "/" + kCompletionManifest, hostile[i]);
+    ASSERT_EQ(std::rename(staging.c_str(), absl::StrCat(d.root, "/h", i).c_str()), 0);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok") << p.log();
+  json runs = p.Get("/v1/runs")["runs"];
+  ASSERT_EQ(runs.size(), hostile.size()) << runs.dump();
+  for (const auto& r : runs) {
+    EXPECT_EQ(r["state"], "incomplete") << r.dump();
+    EXPECT_THAT(r["detail"].get<std::string>(), ::testing::HasSubstr("manifest")) << r.dump();
+  }
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 0u);
+}
+
+TEST(DaemonE2E, ExpectedRanksCatchALostHighestRank) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});
+  p.Start();
+  // Row-sharded and replicated tensors only: losing the highest rank leaves no gap.
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 4}, Sharding::kRow},
+                                      {"b", DType::kF32, {4}, Sharding::kReplicated}};
+  std::string staging = testing::NewTempDir() + "/run";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 4}).ok());
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(staging, ShardFileName(3, 1, 1))).ok());
+  ASSERT_EQ(std::rename(staging.c_str(), (d.root + "/lost").c_str()), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  json runs = p.Get("/v1/runs")["runs"];
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0]["state"], "incomplete");
+  EXPECT_THAT(runs[0]["detail"].get<std::string>(), ::testing::HasSubstr("missing rank 3"));
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/lost-hf/model.safetensors.index.json").ok());
+}
+
+TEST(DaemonE2E, PyTorchShardedSubdirectoryIsConsolidatedIntoItsRunUnlessAlreadyDone) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  auto model = SmallModel();
+  // RUN/sharded/ without a consolidation: the output goes to RUN.
+  PlaceRun(d.root + "/job/step-1/sharded", model);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  ExpectOutputMatches(d.root + "/job/step-1", model);
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/job/step-1/sharded-hf").ok());
+  // RUN/sharded/ that its writer already consolidated into RUN: nothing to do.
+  std::string staging = testing::NewTempDir() + "/step-2";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging + "/sharded", model, {.ranks = 2}).ok());
+  testing::WriteFile(staging + "/model.safetensors.index.json", R"({"metadata": {}, "weight_map": {}})");
+  ASSERT_EQ(std::rename(staging.c_str(), (d.root + "/job/step-2").c_str()), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 1u);
+  bool seen = false;
+  const json all = p.Get("/v1/runs");
+  for (const auto& r : all["runs"]) {
+    if (r["path"].get<std::string>().find("step-2") == std::string::npos) continue;
+    seen = true;
+    EXPECT_EQ(r["state"], "published");
+    EXPECT_THAT(r["detail"].get<std::string>(), ::testing::HasSubstr("consolidated by its writer"));
+  }
+  EXPECT_TRUE(seen) << p.Get("/v1/runs").dump() << p.log();
 }
 
 }  // namespace

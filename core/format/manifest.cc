@@ -66,12 +66,13 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, absl::string_view
   }
   if (!root.is_object()) return bad("top level is not a JSON object");
   Manifest m;
+  // A manifest without "format" is read as version 1 (hand-written ones often omit it).
   auto fmt = root.find("format");
-  if (fmt == root.end() || !fmt->is_string() ||
-      fmt->get_ref<const std::string&>().rfind("safeshard.complete/", 0) != 0) {
+  if (fmt != root.end() && (!fmt->is_string() ||
+                            fmt->get_ref<const std::string&>().rfind("safeshard.complete/", 0) != 0)) {
     return bad(absl::StrCat("\"format\" must be \"", kManifestFormat, "\""));
   }
-  if (*fmt != std::string(kManifestFormat)) {
+  if (fmt != root.end() && *fmt != std::string(kManifestFormat)) {
     return bad(absl::StrCat("format ", fmt->dump(), " is newer than this safeshard understands (",
                             kManifestFormat, ")"));
   }

@@ -54,7 +54,9 @@ TEST(ManifestTest, HostileManifestsAreErrorsNeverCrashes) {
   const std::string f = R"("format": "safeshard.complete/1")";
   ExpectRefused("", "not valid JSON");
   ExpectRefused("[]", "not a JSON object");
-  ExpectRefused("{}", "\"format\"");
+  ExpectRefused("{}", "\"files\"");
+  ExpectRefused(R"({"format": 1, "files": []})", "\"format\"");
+  ExpectRefused(R"({"format": "other/1", "files": []})", "\"format\"");
   ExpectRefused(R"({"format": "safeshard.complete/9", "files": []})", "newer");
   ExpectRefused("{" + f + R"(, "ranks": "4", "files": []})", "\"ranks\"");
   ExpectRefused("{" + f + R"(, "ranks": -1, "files": []})", "\"ranks\"");
