@@ -26,7 +26,9 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
   if (pr.duplicate) return bad(absl::StrCat("key ", Quote(*pr.duplicate), " repeated"));
   if (!root.is_object()) return bad("not a JSON object");
   ShardingInfo info;
-  for (const auto& [fqn, value] : members) {
+  for (const auto& member : members) {
+    const std::string& fqn = member.first;  // (a structured binding cannot be captured by clang 14)
+    const nlohmann::json& value = member.second;
     const TensorEntry* t = h.Find(fqn);
     if (t == nullptr) {
       return bad(absl::StrCat("names tensor ", Quote(fqn), " which the file does not hold"));

@@ -41,13 +41,14 @@ QVariant ChunkModel::data(const QModelIndex& index, int role) const {
     case kOffsets: return Q(absl::StrCat("[", absl::StrJoin(c.offsets, ", "), "]"));
     case kSizes: return Q(absl::StrCat("[", absl::StrJoin(c.sizes, ", "), "]"));
     case kByteRange: return Q(absl::StrCat("[", c.begin, ", ", c.end, ")"));
+    case kKey: return Q(c.key.empty() ? tensor_->name : c.key);
   }
   return {};
 }
 
 QVariant ChunkModel::headerData(int s, Qt::Orientation o, int role) const {
   if (o != Qt::Horizontal || role != Qt::DisplayRole) return {};
-  return Header(s, {"File", "Rank", "Offsets", "Sizes", "Bytes"});
+  return Header(s, {"File", "Rank", "Offsets", "Sizes", "Bytes", "Key in file"});
 }
 
 void LayoutTableModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {

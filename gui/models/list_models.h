@@ -18,7 +18,9 @@ class ChunkModel : public QAbstractTableModel {
   Q_OBJECT
 
  public:
-  enum Column { kFile, kRank, kOffsets, kSizes, kByteRange, kColumnCount };
+  // kKey: the chunk's key in its file, which differs from the tensor's (logical) name when
+  // PyTorch's newest writer stored several chunks of it in one rank file ("w.__dcp_shard_1").
+  enum Column { kFile, kRank, kOffsets, kSizes, kByteRange, kKey, kColumnCount };
   explicit ChunkModel(QObject* parent = nullptr) : QAbstractTableModel(parent) {}
   // Shows the chunks of `tensor` (nullptr: none).
   void SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor);

@@ -1,6 +1,8 @@
 #include "gui/models/diff_model.h"
 #include "gui/models/list_models.h"
 
+#include <set>
+
 #include <QAbstractItemModelTester>
 #include <QCoreApplication>
 
@@ -36,6 +38,25 @@ TEST(ListModelsTest, ChunkModelShowsEveryChunkOfTheTensor) {
   EXPECT_EQ(model.data(model.index(0, ChunkModel::kSizes)).toString(), "[2, 3]");
   model.SetTensor(layout, nullptr);
   EXPECT_EQ(model.rowCount(), 0);
+}
+
+TEST(ListModelsTest, ChunkModelShowsLogicalTensorsWithEachChunksPhysicalKey) {
+  std::string dir = testing::NewTempDir() + "/newest";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kBF16, {16, 4}, Sharding::kStrided}},
+                                 {.ranks = 2, .logical_fqn = true})
+                  .ok());
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  auto layout = std::make_shared<const CheckpointLayout>(std::move(*ck));
+  ASSERT_EQ(layout->tensors().size(), 1u);  // one logical tensor, not w.__dcp_shard_0/1
+  ChunkModel model;
+  QAbstractItemModelTester tester(&model, QAbstractItemModelTester::FailureReportingMode::Fatal);
+  model.SetTensor(layout, layout->FindTensor("w"));
+  ASSERT_EQ(model.rowCount(), 4);
+  std::set<QString> keys;
+  for (int r = 0; r < 4; ++r) keys.insert(model.data(model.index(r, ChunkModel::kKey)).toString());
+  EXPECT_EQ(keys, (std::set<QString>{"w.__dcp_shard_0", "w.__dcp_shard_1"}));
+  EXPECT_EQ(model.headerData(ChunkModel::kKey, Qt::Horizontal).toString(), "Key in file");
 }
 
 TEST(ListModelsTest, ProblemsAndFilesModels) {

@@ -117,6 +117,8 @@ TEST(InspectorTest, OpensFiltersAndSelects) {
   ASSERT_TRUE(Open(w, ck));
   EXPECT_TRUE(w.summary_text().contains("dcp_sharded, 4 ranks")) << w.summary_text().toStdString();
   EXPECT_TRUE(w.summary_text().contains("consistent"));
+  // No manifest, no global_shape: the summary says completeness is unproven, never "complete".
+  EXPECT_TRUE(w.summary_text().contains("completeness unproven")) << w.summary_text().toStdString();
   EXPECT_TRUE(w.banner_text().isEmpty());
   const int all = VisibleTensors(w).size();
   EXPECT_EQ(all, static_cast<int>(w.checkpoint()->tensors().size()));
@@ -258,6 +260,33 @@ std::string InnerSplitCheckpoint(int drop = -1) {
                        testing::BuildSafetensors(specs, ShardedFileMetadata(info)));
   }
   return dir;
+}
+
+TEST(InspectorTest, NewestPyTorchLayoutShowsLogicalTensorsWithEachChunksKey) {
+  WriteOptions o{.ranks = 4, .mesh_rows = 2};
+  o.logical_fqn = true;
+  o.global_shape = true;
+  o.manifest = true;
+  const std::string ck = MakeCheckpoint("newest", o,
+                                        {{"model.layers.0.mlp.up_proj.weight", DType::kBF16, {64, 32}, Sharding::kStridedMesh},
+                                         {"model.layers.0.attn.q_proj.weight", DType::kBF16, {32, 32}, Sharding::kStrided},
+                                         {"model.norm.weight", DType::kF32, {32}, Sharding::kReplicated}});
+  MainWindow w(Options());
+  w.show();
+  ASSERT_TRUE(Open(w, ck));
+  EXPECT_TRUE(w.summary_text().contains("consistent, complete")) << w.summary_text().toStdString();
+  const QStringList v = VisibleTensors(w);
+  EXPECT_EQ(v.size(), 3);
+  for (const QString& n : v) EXPECT_FALSE(n.contains("__dcp_shard_")) << n.toStdString();
+  const TensorLayout* t = w.checkpoint()->FindTensor("model.layers.0.mlp.up_proj.weight");
+  ASSERT_NE(t, nullptr);
+  ASSERT_EQ(t->chunks.size(), 8u);  // 4 ranks x 2 strided row blocks
+  ASSERT_TRUE(w.SelectTensor("model.layers.0.mlp.up_proj.weight"));
+  EXPECT_EQ(w.chunk_view->model()->rowCount(), 8);
+  const QString tip = w.shard_map->ChunkDescription(0);
+  EXPECT_TRUE(tip.contains("stored as <b>model.layers.0.mlp.up_proj.weight.__dcp_shard_")) << tip.toStdString();
+  EXPECT_TRUE(w.shard_map->gaps().empty());
+  SaveScreenshot(&w, "inspector-newest-strided.png");
 }
 
 TEST(InspectorTest, ThreeDimensionalTensorsShowDim0ByTheRestFlattened) {

@@ -1,5 +1,7 @@
 #include "gui/views/main_window.h"
 
+#include "absl/strings/str_join.h"
+
 #include <QAction>
 #include <QApplication>
 #include <QCheckBox>
@@ -627,9 +629,18 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs, std::shared_ptr<const C
                         .arg(layout_->tensors().size())
                         .arg(totals.join(" · "))
                         .arg(problems ? QString("<span style='color:#b00020'><b>%1 problem(s)</b></span>").arg(problems)
-                                      : QString("<span style='color:#2e7d32'>consistent</span>"))
+                             : layout_->completeness().proven
+                                 ? QString("<span style='color:#2e7d32'>consistent, complete</span>")
+                                 : QString("<span style='color:#2e7d32'>consistent</span> · "
+                                           "<span style='color:#8a5a00'>completeness unproven</span>"))
                         .arg(static_cast<int>(seconds * 1000)));
   summary_->setTextFormat(Qt::RichText);
+  // What proves the checkpoint complete, or why nothing does (a lost highest rank leaves no
+  // trace in the other ranks' headers).
+  const Completeness& comp = layout_->completeness();
+  summary_->setToolTip(comp.proven ? QString("Complete: proven by %1")
+                                         .arg(QString::fromStdString(absl::StrJoin(comp.by, ", ")))
+                                   : QString::fromStdString(comp.unproven));
   if (problems) {
     ShowBanner(QString("<b>%1 problem(s)</b> in %2 — the first: %3. See the Problems panel; "
                        "tensors with problems are marked in the tree.")

@@ -283,12 +283,18 @@ QString ShardMapWidget::ChunkDescription(int chunk) const {
     if (d) slice += ", ";
     slice += Slice(c.offsets[d], c.sizes[d]);
   }
-  return QString("<b>%1</b>[%2]<br>file <b>%3</b>%4<br>offsets %5, sizes %6<br>bytes %7 – %8 of the file (%9)")
-      .arg(QString::fromStdString(tensor_->name).toHtmlEscaped(), slice,
-           QString::fromStdString(f.name).toHtmlEscaped(),
-           f.shard ? QString(" (rank %1)").arg(*f.shard - 1) : QString(), DimsText(c.offsets),
-           DimsText(c.sizes), QString::number(static_cast<qulonglong>(c.begin)),
-           QString::number(static_cast<qulonglong>(c.end)), HumanBytes(c.end - c.begin));
+  QString text =
+      QString("<b>%1</b>[%2]<br>file <b>%3</b>%4<br>offsets %5, sizes %6<br>bytes %7 – %8 of the file (%9)")
+          .arg(QString::fromStdString(tensor_->name).toHtmlEscaped(), slice,
+               QString::fromStdString(f.name).toHtmlEscaped(),
+               f.shard ? QString(" (rank %1)").arg(*f.shard - 1) : QString(), DimsText(c.offsets),
+               DimsText(c.sizes), QString::number(static_cast<qulonglong>(c.begin)),
+               QString::number(static_cast<qulonglong>(c.end)), HumanBytes(c.end - c.begin));
+  if (!c.key.empty()) {
+    // PyTorch's newest layout: this chunk is stored under its own key in the rank file.
+    text += QString("<br>stored as <b>%1</b>").arg(QString::fromStdString(c.key).toHtmlEscaped());
+  }
+  return text;
 }
 
 void ShardMapWidget::resizeEvent(QResizeEvent*) { Relayout(); }
