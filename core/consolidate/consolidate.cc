@@ -11,6 +11,7 @@
 //      last: a directory with an index is complete; a crash before leaves no index.
 #include "core/consolidate/consolidate.h"
 
+#include "core/io/sigbus_guard.h"
 #include "core/util/parallel.h"
 
 #include "core/format/manifest.h"
@@ -635,25 +636,37 @@ class Executor {
                                                 src_file.size(), " bytes): it changed or shrank"));
       }
       const char* p = src_file.data() + src;
+      const std::string& in_path = plan_.inputs[c.input_file];
+      // Reads of the input mapping run under GuardMappedAccess: an input truncated by another
+      // process while it is copied is an error naming it, not a SIGBUS that kills the process.
       if (same) {
-        if (hash) sum.Update(p, src_n);
-        if (out_map != nullptr && src_n < kSmallRun) {
-          std::memcpy(out_map + dst, p, src_n);
+        const bool small = out_map != nullptr && src_n < kSmallRun;
+        if (hash || small) {
+          RETURN_IF_ERROR(GuardMappedAccess(in_path, src, [&] {
+            if (hash) sum.Update(p, src_n);
+            if (small) std::memcpy(out_map + dst, p, src_n);
+          }));
+        }
+        if (small) {
         } else if (!hash) {
           // Large runs: an in-kernel copy (copy_file_range), no user-space touch of the bytes.
           RETURN_IF_ERROR(out.CopyFrom(*inputs_[c.input_file], src, dst, src_n));
         } else {
+          // write() from the mapping: a truncated input is EFAULT there, never SIGBUS.
           RETURN_IF_ERROR(out.WriteAt(dst, absl::string_view(p, src_n)));
         }
       } else {
         const uint64_t ss = BitsOf(c.src_dtype) / 8, ds = BitsOf(c.dst_dtype) / 8;
         const uint64_t per = std::max<uint64_t>(1, kCastBuffer / ds);
         buf->resize(per * ds);
+        char* const out_buf = buf->data();
         for (uint64_t e = 0; e < elems; e += per) {
           uint64_t m = std::min(per, elems - e);
-          CastElements(c.src_dtype, p + e * ss, c.dst_dtype, buf->data(), m);
-          if (hash) sum.Update(buf->data(), m * ds);
-          RETURN_IF_ERROR(out.WriteAt(dst + e * ds, absl::string_view(buf->data(), m * ds)));
+          RETURN_IF_ERROR(GuardMappedAccess(in_path, src + e * ss, [&] {
+            CastElements(c.src_dtype, p + e * ss, c.dst_dtype, out_buf, m);
+            if (hash) sum.Update(out_buf, m * ds);
+          }));
+          RETURN_IF_ERROR(out.WriteAt(dst + e * ds, absl::string_view(out_buf, m * ds)));
         }
       }
       if (((r - it.run_begin) & 63) == 63 && o_.cancel && o_.cancel->load()) {
@@ -701,20 +714,12 @@ class Executor {
 
 absl::Status CheckOutputIsNotInput(FileSystem& fs, const std::string& input_root,
                                    const std::string& output_dir) {
-  auto same = absl::InvalidArgumentError(absl::StrCat(
-      output_dir, ": the output directory is the input directory ", input_root,
-      "; inputs are never modified (choose another output directory)"));
-  if (&fs != &LocalFileSystem()) {
-    // Other file systems have no inode identity: compare normalised paths.
-    return DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(input_root, "x"))
-               ? same
-               : absl::OkStatus();
+  if (SameDirectory(fs, input_root, output_dir) ||
+      DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(input_root, "x"))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        output_dir, ": the output directory is the input directory ", input_root,
+        "; inputs are never modified (choose another output directory)"));
   }
-  // The same directory by identity, whatever the spelling: "in/.", "./in", "../d/in", a symlink.
-  struct stat in_st, out_st;
-  if (::stat(input_root.c_str(), &in_st) != 0) return absl::OkStatus();  // reported by the scan
-  if (::stat(output_dir.c_str(), &out_st) != 0) return absl::OkStatus();  // not yet created
-  if (in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino) return same;
   return absl::OkStatus();
 }
 
@@ -752,8 +757,14 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   std::vector<AtomicFile> atomics;
   absl::Status prep = absl::OkStatus();
   std::string temp_list;
+  std::optional<DirectoryLock> lock;  // held by rank 0 until the index is published
   if (rank == 0) {
-    prep = PrepareOutputDir(out_fs, plan, output_dir, o, &atomics, &result.warnings);
+    prep = [&]() -> absl::Status {
+      RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
+      ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(out_fs, output_dir));
+      lock.emplace(std::move(l));
+      return PrepareOutputDir(out_fs, plan, output_dir, o, &atomics, &result.warnings);
+    }();
     nlohmann::json temps = nlohmann::json::array();
     for (const AtomicFile& a : atomics) temps.push_back(a.temp_path());
     temp_list = temps.dump();

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/consolidate/dtype_cast.h"
 #include "core/example/example.h"
+#include "core/io/atomic_file.h"
 #include "core/format/filenames.h"
 #include "core/format/index_json.h"
 #include "core/format/sharding.h"
@@ -510,6 +511,48 @@ TEST(ConsolidateTest, ZeroTensorCheckpointIsAClearErrorNotACrash) {
   auto r = Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/out", {});
   EXPECT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("no tensors"));
+}
+
+TEST(ConsolidateTest, ASecondWriterIntoTheSameDirectoryIsRefusedWhileTheFirstHoldsIt) {
+  std::string in = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(out).ok());
+  {
+    absl::StatusOr<DirectoryLock> held = DirectoryLock::Acquire(LocalFileSystem(), out);
+    ASSERT_TRUE(held.ok()) << held.status();
+    auto r = Consolidate(LocalFileSystem(), in, out, {});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("another safeshard process"));
+    EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
+  }
+  // Released with its holder (also when a process dies): the next run proceeds.
+  auto r = Consolidate(LocalFileSystem(), in, out, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+TEST(ConsolidateTest, AnInputTruncatedWhileItIsCopiedIsAnErrorNotASigbus) {
+  for (bool cast : {false, true}) {
+    std::string in = WriteModel({{"w", DType::kF32, {512, 1024}, Sharding::kRow}}, {.ranks = 2});
+    std::string out = testing::NewTempDir() + "/out";
+    ConsolidateOptions o;
+    o.threads = 1;
+    o.verify = true;  // every run is hashed from the mapping
+    if (cast) o.cast_dtype = DType::kBF16;
+    bool truncated = false;
+    o.progress = [&](uint64_t, uint64_t) {
+      if (truncated) return;
+      truncated = true;
+      for (int r = 0; r < 2; ++r) {
+        ASSERT_EQ(truncate(JoinPath(in, ShardFileName(r, 1, 1)).c_str(), 4096), 0);
+      }
+    };
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("shrank while it was being read"));
+    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("shard-0000"));
+    EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
+  }
 }
 
 }  // namespace

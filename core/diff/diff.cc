@@ -1,5 +1,9 @@
 #include "core/diff/diff.h"
 
+#include <tuple>
+
+#include "core/io/sigbus_guard.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -138,6 +142,8 @@ class Side {
   Side(FileSystem& fs, const CheckpointLayout& ck)
       : fs_(fs), ck_(ck), slots_(new Slot[ck.files().size()]) {}
 
+  std::string Path(int file) const { return JoinPath(ck_.root(), ck_.files()[file].name); }
+
   absl::StatusOr<absl::string_view> Bytes(int file, uint64_t at, uint64_t n, const std::string& tensor) {
     std::shared_ptr<const MappedRegion> m;
     {
@@ -196,7 +202,20 @@ absl::Status WalkTogether(const TensorLayout& ta, Side& sa, const std::vector<Ru
     const uint64_t n = std::min({ra[i].size / ua - ia, rb[j].size / ub - jb, max_units});
     ASSIGN_OR_RETURN(absl::string_view pa, sa.Bytes(ra[i].file, ra[i].at + ia * ua, n * ua, ta.name));
     ASSIGN_OR_RETURN(absl::string_view pb, sb.Bytes(rb[j].file, rb[j].at + jb * ub, n * ub, tb.name));
-    fn(pa.data(), pb.data(), n, ra[i].start / ua + ia);
+    // Both are mappings: touch every page under the SIGBUS guard first (a file truncated by
+    // another process becomes an error naming it), then compare with the guard still up.
+    for (const auto& [side, bytes, file, at] :
+         {std::tuple<Side*, absl::string_view, int, uint64_t>{&sa, pa, ra[i].file, ra[i].at + ia * ua},
+          std::tuple<Side*, absl::string_view, int, uint64_t>{&sb, pb, rb[j].file, rb[j].at + jb * ub}}) {
+      const std::string path = side->Path(file);
+      RETURN_IF_ERROR(GuardMappedAccess(path, at, [&] {
+        volatile char sink = 0;
+        for (size_t k = 0; k < bytes.size(); k += 4096) sink = sink + bytes[k];
+        if (!bytes.empty()) sink = sink + bytes[bytes.size() - 1];
+      }));
+    }
+    RETURN_IF_ERROR(GuardMappedAccess(sa.Path(ra[i].file), ra[i].at + ia * ua,
+                                      [&] { fn(pa.data(), pb.data(), n, ra[i].start / ua + ia); }));
     ia += n;
     jb += n;
     if (ia * ua == ra[i].size) ++i, ia = 0;
@@ -212,11 +231,16 @@ absl::Status WalkTogether(const TensorLayout& ta, Side& sa, const std::vector<Ru
 struct Mismatches {
   uint64_t count = 0, first = 0;
   std::string a, b;
+  // Runs under GuardMappedAccess: the element bytes are copied out of the mappings before
+  // anything allocates, so a SIGBUS can only interrupt a memcpy.
   void Add(uint64_t element, DType da, const char* pa, DType db, const char* pb) {
     if (count++ == 0) {
       first = element;
-      a = FormatElement(da, pa);
-      b = FormatElement(db, pb);
+      char ca[16], cb[16];
+      std::memcpy(ca, pa, std::max(1, BitsOf(da) / 8));
+      std::memcpy(cb, pb, std::max(1, BitsOf(db) / 8));
+      a = FormatElement(da, ca);
+      b = FormatElement(db, cb);
     }
   }
   // Fills `d` (kind values) when there are any; `criterion` follows "elements differ".

@@ -1,5 +1,7 @@
 #include "core/diff/diff.h"
 
+#include <unistd.h>
+
 
 #include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
@@ -179,6 +181,31 @@ TEST(DiffTest, AFileChangedAfterTheScanIsAnErrorNamingIt) {
   auto r = DiffCheckpoints(LocalFileSystem(), la, LocalFileSystem(), lb, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(std::string(r.status().message()).find(b + "/model.safetensors"), std::string::npos) << r.status();
+}
+
+TEST(DiffTest, AFileTruncatedWhileItIsComparedIsAnErrorNotASigbus) {
+  const std::string a = testing::NewTempDir() + "/a";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), a,
+                                 {{"x", DType::kF32, {256, 1024}, Sharding::kRow},
+                                  {"y", DType::kF32, {256, 1024}, Sharding::kRow}},
+                                 {.ranks = 1})
+                  .ok());
+  const std::string b = testing::NewTempDir() + "/b";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), a, b, {}).ok());
+  CheckpointLayout la = ScanOrDie(a), lb = ScanOrDie(b);
+  DiffOptions o;
+  o.threads = 1;
+  bool truncated = false;
+  o.progress = [&](uint64_t, uint64_t) {
+    if (truncated) return;
+    truncated = true;
+    ASSERT_EQ(truncate((b + "/model-00001-of-00001.safetensors").c_str(), 4096), 0);
+  };
+  auto r = DiffCheckpoints(LocalFileSystem(), la, LocalFileSystem(), lb, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("shrank while it was being read"), std::string::npos)
+      << r.status();
 }
 
 }  // namespace

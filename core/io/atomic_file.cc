@@ -1,5 +1,15 @@
 #include "core/io/atomic_file.h"
 
+#include <cstring>
+
+#include <cerrno>
+
+#include <fcntl.h>
+
+#include <sys/stat.h>
+
+#include <sys/file.h>
+
 #include <errno.h>
 #include <signal.h>
 #include <unistd.h>
@@ -96,6 +106,43 @@ absl::Status WriteFileAtomically(FileSystem& fs, const std::string& path,
   absl::Status s = f->file().Append(contents);
   if (!s.ok()) return s;
   return f->Commit();
+}
+
+}  // namespace safeshard
+
+namespace safeshard {
+
+absl::StatusOr<DirectoryLock> DirectoryLock::Acquire(FileSystem& fs, const std::string& dir) {
+  if (&fs != &LocalFileSystem()) return DirectoryLock(-1);
+  // flock() on the directory itself: nothing is created in it, and the lock goes with the
+  // process (a kill -9 never leaves it stuck).
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::Status(errno == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kInternal,
+                        absl::StrCat(dir, ": cannot open the directory to lock it: ", strerror(errno)));
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK) {
+      return absl::UnavailableError(absl::StrCat(
+          dir, ": another safeshard process is writing into this directory (it holds the "
+          "directory's lock); run again once it has finished"));
+    }
+    return absl::InternalError(absl::StrCat(dir, ": flock: ", strerror(e)));
+  }
+  return DirectoryLock(fd);
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) close(fd_);  // releases the flock
+}
+
+bool SameDirectory(FileSystem& fs, const std::string& a, const std::string& b) {
+  if (&fs != &LocalFileSystem()) return DirName(JoinPath(a, "x")) == DirName(JoinPath(b, "x"));
+  struct stat sa, sb;
+  if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 }  // namespace safeshard

@@ -62,6 +62,30 @@ class AtomicFile {
 absl::Status WriteFileAtomically(FileSystem& fs, const std::string& path,
                                  absl::string_view contents);
 
+// An exclusive lock on an output directory for the whole of an operation that writes there
+// (consolidate, remap): a second writer into the same directory fails at once with kUnavailable
+// instead of publishing its index over the other's data. The lock is flock() on the directory
+// itself (nothing is created in it; released when the process dies, so a kill -9 never leaves
+// it stuck); on other file systems than the local one it is a no-op.
+//
+//   ASSIGN_OR_RETURN(DirectoryLock lock, DirectoryLock::Acquire(fs, out_dir));
+class DirectoryLock {
+ public:
+  static absl::StatusOr<DirectoryLock> Acquire(FileSystem& fs, const std::string& dir);
+  DirectoryLock(DirectoryLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  DirectoryLock& operator=(DirectoryLock&&) = delete;
+  ~DirectoryLock();
+
+ private:
+  explicit DirectoryLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+// Whether two local paths name the same directory by identity (st_dev/st_ino: any spelling,
+// ".", "..", symlinks). False when either does not exist; on other file systems, compares the
+// normalised paths.
+bool SameDirectory(FileSystem& fs, const std::string& a, const std::string& b);
+
 }  // namespace safeshard
 
 #endif  // SAFESHARD_CORE_IO_ATOMIC_FILE_H_

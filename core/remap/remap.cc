@@ -50,7 +50,9 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     return absl::InvalidArgumentError(absl::StrCat(input, ": no .safetensors files"));
   }
   FileSystem& out_fs = o.output_fs != nullptr ? *o.output_fs : fs;
-  const bool same = &out_fs == &fs && DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x"));
+  const bool same = &out_fs == &fs && (SameDirectory(fs, output_dir, layout.root()) ||
+                                        DirName(JoinPath(output_dir, "x")) ==
+                                            DirName(JoinPath(layout.root(), "x")));
   if (same && !o.in_place) {
     return absl::InvalidArgumentError(
         "the output directory is the input directory; pass --in-place to rewrite it");
@@ -60,6 +62,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   }
   RemapResult result;
   ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map));
+  RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
+  ASSIGN_OR_RETURN(DirectoryLock lock, DirectoryLock::Acquire(out_fs, same ? layout.root() : output_dir));
   const std::map<std::string, std::string>& ren = result.plan.renames;
 
   if (!same) {

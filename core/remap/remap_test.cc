@@ -1,5 +1,7 @@
 #include "core/remap/remap.h"
 
+#include <unistd.h>
+
 #include "core/example/example.h"
 #include "core/format/filenames.h"
 #include "core/format/index_json.h"
@@ -168,6 +170,25 @@ TEST(RemapTest, RefusesRenamingATensorToMetadata) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("__metadata__"));
   EXPECT_FALSE(LocalFileSystem().Stat(out + "/" + ShardFileName(0, 1, 1)).ok());
+}
+
+TEST(RemapTest, TheInputUnderAnotherSpellingNeedsInPlace) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, {{"w", DType::kF32, {4}, Sharding::kRow}},
+                                 {.ranks = 2})
+                  .ok());
+  ASSERT_EQ(symlink(in.c_str(), (in + "-link").c_str()), 0);
+  auto km = KeyMap::Create({{"^w$", "v"}});
+  ASSERT_TRUE(km.ok());
+  for (const std::string& out : {in + "/.", in + "-link", DirName(in) + "/./in"}) {
+    RemapOptions o;
+    o.overwrite = true;
+    auto r = Remap(LocalFileSystem(), in, out, *km, o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << out;
+    auto ck = CheckpointLayout::Scan(LocalFileSystem(), in);
+    ASSERT_TRUE(ck.ok());
+    EXPECT_NE(ck->FindTensor("w"), nullptr) << "the input was rewritten through " << out;
+  }
 }
 
 }  // namespace
