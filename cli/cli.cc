@@ -1,5 +1,7 @@
 #include "cli/cli.h"
 
+#include "core/io/atomic_file.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -187,9 +189,11 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
     err << "safeshard inspect: " << ck.status().message() << "\n";
     return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
   }
+  // The listing is printed whatever the state; the exit code says whether it is sound.
+  const int code = ck->HasBlockingProblem() || ck->files().empty() ? kExitProblems : kExitOk;
   if (a.json) {
     out << LayoutJson(*ck, filter.get()).dump(2) << "\n";
-    return kExitOk;
+    return code;
   }
   uint64_t file_bytes = 0;
   for (const FileInfo& f : ck->files()) file_bytes += f.size;
@@ -266,7 +270,7 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
         << (ck->problems().size() == 1 ? "" : "s") << " found; run `safeshard verify "
         << a.path << "` for the list\n";
   }
-  return kExitOk;
+  return code;
 }
 
 // ---- verify ----------------------------------------------------------------------------------
@@ -300,6 +304,11 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     return kExitProblems;
   }
   if (!a.reference.empty()) {
+    if (SameDirectory(*where->fs, a.reference, ck->root()) || a.reference == a.path) {
+      err << "safeshard verify: --reference " << a.reference
+          << " is the checkpoint itself; it proves nothing about it\n";
+      return kExitUsage;
+    }
     absl::StatusOr<ResolvedPath> rw = Resolve(a.reference, a.token);
     absl::StatusOr<CheckpointLayout> ref =
         rw.ok() ? CheckpointLayout::Scan(*rw->fs, rw->path) : absl::StatusOr<CheckpointLayout>(rw.status());

@@ -367,5 +367,20 @@ TEST(CliTest, MakeExampleWritesThePyTorchNewestStridedLayout) {
   EXPECT_EQ(RunCli({"diff", dir, out}).code, kExitOk);
 }
 
+TEST(CliTest, InspectExitsOneOnABrokenCheckpointAndReferenceCannotBeItself) {
+  std::string dir = Example({.ranks = 2});
+  testing::WriteFile(dir + "/junk.safetensors", "not a safetensors file at all");
+  Result i = RunCli({"inspect", dir});
+  EXPECT_EQ(i.code, kExitProblems);
+  EXPECT_THAT(i.out, HasSubstr("not complete"));
+  Result j = RunCli({"inspect", "--json", dir});
+  EXPECT_EQ(j.code, kExitProblems);
+  EXPECT_FALSE(nlohmann::json::parse(j.out)["completeness"]["proven"].get<bool>());
+  std::string good = Example({.ranks = 2});
+  Result self = RunCli({"verify", "--reference", good, good});
+  EXPECT_EQ(self.code, kExitUsage);
+  EXPECT_THAT(self.err, HasSubstr("the checkpoint itself"));
+}
+
 }  // namespace
 }  // namespace safeshard

@@ -48,11 +48,15 @@ std::string NormalizeDir(std::string p) {
   return p;
 }
 
+// Everything under the watch roots is read and written through this: a symbolic link planted
+// under a root (a shard file, the manifest, an output file) is never followed (O_NOFOLLOW).
+FileSystem& RootsFs() { return LocalFileSystemNoFollow(); }
+
 // Files of a run dir with sizes and mtimes: what "nothing changed" compares.
 std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_manifest) {
   *has_shards = false;
   *has_manifest = false;
-  absl::StatusOr<std::vector<DirEntry>> entries = LocalFileSystem().List(dir);
+  absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
   if (!entries.ok()) return "";
   std::string fp;
   for (const DirEntry& e : *entries) {
@@ -61,7 +65,7 @@ std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_mani
     *has_shards |= shard;
     *has_manifest |= e.name == kCompletionManifest;
     if (!shard && e.name != kCompletionManifest) continue;
-    absl::StatusOr<FileStat> st = LocalFileSystem().Stat(JoinPath(dir, e.name));
+    absl::StatusOr<FileStat> st = RootsFs().Stat(JoinPath(dir, e.name));
     if (!st.ok()) continue;
     absl::StrAppend(&fp, e.name, ":", st->size, ":", st->mtime_ns, ";");
   }
@@ -71,7 +75,7 @@ std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_mani
 // The run's completion manifest, read with a size bound and parsed by core/format/manifest.
 absl::StatusOr<Manifest> ReadRunManifest(const std::string& dir) {
   const std::string path = JoinPath(dir, kCompletionManifest);
-  ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, LocalFileSystem().OpenRead(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> f, RootsFs().OpenRead(path));
   if (f->size() > kMaxManifestBytes) {
     return absl::DataLossError(absl::StrCat(path, ": ", f->size(), " bytes, over the limit"));
   }
@@ -207,8 +211,8 @@ absl::Status Daemon::Start() {
   absl::StatusOr<std::vector<JobRecord>> interrupted = store_->RequeueInterrupted();
   if (!interrupted.ok()) return interrupted.status();
   for (const JobRecord& j : *interrupted) {
-    if (!j.output.empty() && LocalFileSystem().Stat(j.output).ok()) {
-      absl::StatusOr<std::vector<std::string>> cleaned = CleanStaleTempFiles(LocalFileSystem(), j.output);
+    if (!j.output.empty() && RootsFs().Stat(j.output).ok()) {
+      absl::StatusOr<std::vector<std::string>> cleaned = CleanStaleTempFiles(RootsFs(), j.output);
       Log("info", "re-queued a job interrupted by a restart",
           {{"job", j.id}, {"output", j.output},
            {"temporary_files_removed", cleaned.ok() ? cleaned->size() : 0}});
@@ -364,7 +368,7 @@ void Daemon::AddWatchesBelow(const std::string& dir) {
   if (inotify_fd_ < 0) return;
   int wd = inotify_add_watch(inotify_fd_, dir.c_str(),
                              IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE |
-                                 IN_MODIFY | IN_ONLYDIR);
+                                 IN_MODIFY | IN_ONLYDIR | IN_DONT_FOLLOW);
   if (wd < 0) {
     if (errno == ENOSPC) {
       if (watch_limit_errors_++ == 0) {
@@ -375,10 +379,11 @@ void Daemon::AddWatchesBelow(const std::string& dir) {
     return;
   }
   watches_[wd] = dir;
-  absl::StatusOr<std::vector<DirEntry>> entries = LocalFileSystem().List(dir);
+  absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
   if (!entries.ok()) return;
   for (const DirEntry& e : *entries) {
-    if (e.is_dir && e.name[0] != '.') AddWatchesBelow(JoinPath(dir, e.name));
+    // Symbolic links under a root are never followed (no cycles, nothing outside the roots).
+    if (e.is_dir && !e.is_symlink && e.name[0] != '.') AddWatchesBelow(JoinPath(dir, e.name));
   }
 }
 
@@ -429,6 +434,49 @@ void Daemon::WatchLoop() {
   }
 }
 
+std::string Daemon::WhyParked(const std::string& dir, const std::string& output) const {
+  absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
+  if (entries.ok()) {
+    for (const DirEntry& e : *entries) {
+      const bool shard = absl::EndsWith(e.name, ".safetensors") || e.name == kCompletionManifest ||
+                         absl::EndsWith(e.name, ".safetensors.index.json");
+      if (e.is_symlink && shard) {
+        return absl::StrCat(e.name,
+                            " is a symbolic link: links under a watch root are never followed "
+                            "(copy the file into the run instead)");
+      }
+    }
+  }
+  return WhyOutputRefused(dir, output);
+}
+
+std::string Daemon::WhyOutputRefused(const std::string& source, const std::string& output) const {
+  absl::StatusOr<std::string> out = ResolveUnderRoots(output);
+  if (!out.ok()) {
+    return absl::StrCat("its output ", output,
+                        " would be outside the watch roots (set output_template so that it "
+                        "resolves under a root): ", out.status().message());
+  }
+  for (const std::string& r : config().watch_roots) {
+    if (*out == r) return absl::StrCat("its output would be the watch root ", r, " itself");
+  }
+  if (SameDirectory(RootsFs(), source, *out) || *out == source ||
+      absl::StartsWith(*out, source + "/")) {
+    return absl::StrCat("its output ", *out, " would be inside its own source ", source);
+  }
+  // No component below the root may be a symbolic link (checked again when the job starts).
+  for (std::string p = *out; p.size() > 1; p = DirName(p)) {
+    bool is_root = false;
+    for (const std::string& r : config().watch_roots) is_root |= p == r;
+    if (is_root) break;
+    struct stat st;
+    if (lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+      return absl::StrCat("its output path ", *out, " goes through the symbolic link ", p);
+    }
+  }
+  return "";
+}
+
 std::string Daemon::OutputFor(const std::string& run_dir) const {
   Config c = config();
   // PyTorch's HuggingFaceStorageWriter(enable_consolidation=True) saves its shards to
@@ -453,12 +501,13 @@ void Daemon::ScanTrees(std::vector<std::string> stack, bool recursive, int64_t n
   while (!stack.empty()) {
     std::string d = stack.back();
     stack.pop_back();
-    absl::StatusOr<std::vector<DirEntry>> entries = LocalFileSystem().List(d);
+    absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(d);
     if (!entries.ok()) continue;
     bool run = false;
     for (const DirEntry& e : *entries) {
       if (e.is_dir) {
-        if (recursive && e.name[0] != '.') stack.push_back(JoinPath(d, e.name));
+        // Symbolic links under a root are never followed (no cycles, nothing outside the roots).
+        if (recursive && !e.is_symlink && e.name[0] != '.') stack.push_back(JoinPath(d, e.name));
       } else if ((absl::StartsWith(e.name, "shard-") && absl::EndsWith(e.name, ".safetensors")) ||
                  e.name == kCompletionManifest) {
         run = true;
@@ -507,6 +556,17 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
     return;
   }
   Config c = config();
+  // What needs a person, decided before anything is read: a symlinked shard or manifest (never
+  // followed), and an output that would land outside the roots or on a source.
+  if (std::string park = WhyParked(dir, run.output); !park.empty()) {
+    if (run.state != "parked" || run.detail != park) {
+      run.state = "parked";
+      run.detail = park;
+      Log("warning", "run parked", {{"path", dir}, {"why", park}});
+      (void)store_->UpsertRun(run);
+    }
+    return;
+  }
   std::string why;
   bool ready = false;
   if (has_manifest) {
@@ -519,7 +579,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
     } else {
       ready = true;
       for (const ManifestFile& f : m->files) {
-        absl::StatusOr<FileStat> st = LocalFileSystem().Stat(JoinPath(dir, f.name));
+        absl::StatusOr<FileStat> st = RootsFs().Stat(JoinPath(dir, f.name));
         if (!st.ok() || st->size != f.size) {
           ready = false;
           why = absl::StrCat("manifest lists ", f.name, " (", f.size, " bytes), which ",
@@ -531,7 +591,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
         // Every listed file is in place; the scan judges the rest (ranks, coverage, extras).
         ScanOptions so;
         so.expect_ranks = c.expected_ranks;
-        absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir, so);
+        absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(RootsFs(), dir, so);
         if (!ck.ok()) {
           ready = false;
           why = std::string(ck.status().message());
@@ -556,7 +616,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
       ScanOptions so;
       so.expect_ranks = c.expected_ranks;
       so.strict = c.strict;
-      absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir, so);
+      absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(RootsFs(), dir, so);
       if (!ck.ok()) {
         why = std::string(ck.status().message());
       } else if (!ck->problems().empty()) {
@@ -583,7 +643,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   // RUN/sharded/ whose writer already consolidated it into RUN (PyTorch's
   // enable_consolidation publishes RUN's index last): nothing to do.
   if (BaseName(dir) == kShardedSubdir &&
-      LocalFileSystem().Stat(JoinPath(run.output, std::string(kIndexFileName))).ok() &&
+      RootsFs().Stat(JoinPath(run.output, std::string(kIndexFileName))).ok() &&
       run.detail.rfind("published:", 0) != 0) {
     run.state = "published";
     run.detail = "consolidated by its writer into " + run.output;
@@ -591,7 +651,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
     return;
   }
   // An output already published for exactly these files is never redone.
-  if (LocalFileSystem().Stat(JoinPath(run.output, std::string(kIndexFileName))).ok() &&
+  if (RootsFs().Stat(JoinPath(run.output, std::string(kIndexFileName))).ok() &&
       run.detail == "published:" + fp) {
     run.state = "published";
     (void)store_->UpsertRun(run);
@@ -709,6 +769,20 @@ void Daemon::RunJob(JobRecord j) {
   Config c = config();
   absl::StatusOr<std::optional<RunRecord>> run_or = store_->GetRun(j.run_id);
   RunRecord run = run_or.ok() && run_or->has_value() ? **run_or : RunRecord{};
+  if (std::string refused = WhyOutputRefused(run.path, j.output); !refused.empty()) {
+    // The output was fine when the job was queued and is not now (e.g. a directory swapped for a
+    // symlink): nothing is written.
+    j.state = "failed";
+    j.retryable = false;
+    j.error = refused;
+    j.finished_ms = NowMs();
+    (void)store_->UpdateJob(j);
+    Log("error", "job refused: its output is not safe to write", {{"job", j.id}, {"why", refused}});
+    absl::MutexLock l(&mu_);
+    a->finished = true;
+    schedule_ = true;
+    return;
+  }
   j.state = "running";
   j.attempts++;
   j.started_ms = NowMs();
@@ -730,7 +804,7 @@ void Daemon::RunJob(JobRecord j) {
       RemapOptions ro;
       ro.cancel = &a->cancel;
       ro.overwrite = true;
-      status = Remap(LocalFileSystem(), run.path, j.output, *km, ro).status();
+      status = Remap(RootsFs(), run.path, j.output, *km, ro).status();
     }
   } else {
     ConsolidateOptions o;
@@ -779,7 +853,7 @@ void Daemon::RunJob(JobRecord j) {
       }
     };
     if (status.ok()) {
-      absl::StatusOr<ConsolidateResult> r = Consolidate(LocalFileSystem(), run.path, j.output, o);
+      absl::StatusOr<ConsolidateResult> r = Consolidate(RootsFs(), run.path, j.output, o);
       status = r.status();
       if (r.ok()) {
         j.seconds = r->seconds;
@@ -793,7 +867,7 @@ void Daemon::RunJob(JobRecord j) {
   std::string fp_after = Fingerprint(run.path, &shards, &manifest);
   if (status.ok() && fp_after != fp_before) {
     // The run changed under us: the output does not describe it; withdraw the done signal.
-    (void)LocalFileSystem().Remove(JoinPath(j.output, std::string(kIndexFileName)));
+    (void)RootsFs().Remove(JoinPath(j.output, std::string(kIndexFileName)));
     status = absl::AbortedError("the run changed while it was being consolidated; will retry");
   }
   j.finished_ms = NowMs();
@@ -854,12 +928,12 @@ void Daemon::ApplyRetention(const RunRecord& run) {
   Config c = config();
   if (c.retention == "keep") return;
   auto drop_sources = [](const std::string& dir) {
-    absl::StatusOr<std::vector<DirEntry>> entries = LocalFileSystem().List(dir);
+    absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
     if (!entries.ok()) return;
     for (const DirEntry& e : *entries) {
       if ((absl::StartsWith(e.name, "shard-") && absl::EndsWith(e.name, ".safetensors")) ||
           e.name == kCompletionManifest) {
-        (void)LocalFileSystem().Remove(JoinPath(dir, e.name));
+        (void)RootsFs().Remove(JoinPath(dir, e.name));
       }
     }
     Log("info", "removed source shards after a verified consolidation", {{"path", dir}});
@@ -901,7 +975,7 @@ absl::StatusOr<json> Daemon::Run(const std::string& id) {
   absl::StatusOr<RunRecord> r = FindRun(id);
   if (!r.ok()) return r.status();
   json j = RunJson(*r);
-  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), r->path);
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(RootsFs(), r->path);
   if (ck.ok()) {
     json tensors = json::array();
     for (const TensorLayout& t : ck->tensors()) {
@@ -1019,6 +1093,23 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
   if (!km.ok()) return km.status();
   absl::StatusOr<std::string> out = ResolveUnderRoots(output);
   if (!out.ok()) return out.status();
+  if (std::string refused = WhyOutputRefused(run->path, *out); !refused.empty()) {
+    return absl::PermissionDeniedError(absl::StrCat("remap output refused: ", refused));
+  }
+  // Another run's source or published output is never a remap's output.
+  absl::StatusOr<std::vector<RunRecord>> runs = store_->ListRuns();
+  if (!runs.ok()) return runs.status();
+  for (const RunRecord& r : *runs) {
+    for (const std::string& taken : {r.path, r.output}) {
+      if (taken.empty()) continue;
+      if (*out == taken || absl::StartsWith(*out, taken + "/") ||
+          SameDirectory(RootsFs(), *out, taken)) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "remap output ", *out, " is ", taken == r.path ? "the source" : "the output",
+            " of run ", r.id, " (", taken, "); choose a new directory"));
+      }
+    }
+  }
   JobRecord j;
   j.run_id = run->id;
   j.kind = "remap";

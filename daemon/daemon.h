@@ -86,6 +86,11 @@ class Daemon {
   void RunJob(JobRecord job);
   void ApplyRetention(const RunRecord& run);
   std::string OutputFor(const std::string& run_dir) const;
+  // Why a run needs a person before it can be consolidated (a symlinked shard or manifest, an
+  // output outside the roots or on its source); empty when it can proceed.
+  std::string WhyParked(const std::string& dir, const std::string& output) const;
+  // Why `output` may not be written for the run at `source`; empty when it may.
+  std::string WhyOutputRefused(const std::string& source, const std::string& output) const;
   absl::StatusOr<RunRecord> FindRun(const std::string& id_or_path);
   void AddWatchesBelow(const std::string& dir);
   Config config() const;

@@ -712,17 +712,6 @@ class Executor {
 
 }  // namespace
 
-absl::Status CheckOutputIsNotInput(FileSystem& fs, const std::string& input_root,
-                                   const std::string& output_dir) {
-  if (SameDirectory(fs, input_root, output_dir) ||
-      DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(input_root, "x"))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        output_dir, ": the output directory is the input directory ", input_root,
-        "; inputs are never modified (choose another output directory)"));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
                                               const std::string& output_dir,
                                               const ConsolidateOptions& o,
@@ -744,7 +733,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     so.strict = o.strict;
     ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input, so));
     if (o.reference_layout != nullptr) layout.CheckAgainstReference(*o.reference_layout);
-    if (&out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout.root(), output_dir));
+    if (&out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout, output_dir));
     return PlanConsolidation(layout, o);
   }();
   RETURN_IF_ERROR(AllGatherStatus(c, plan_or.status()));

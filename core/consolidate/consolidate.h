@@ -129,11 +129,6 @@ struct ConsolidateResult {
   std::vector<std::string> warnings;
 };
 
-// kInvalidArgument when `output_dir` is the input directory by identity (st_dev/st_ino on the
-// local file system: any spelling, ".", "..", symlinks).
-absl::Status CheckOutputIsNotInput(FileSystem& fs, const std::string& input_root,
-                                   const std::string& output_dir);
-
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
                                               const std::string& output_dir,
                                               const ConsolidateOptions& options,

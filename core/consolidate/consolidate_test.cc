@@ -555,5 +555,27 @@ TEST(ConsolidateTest, AnInputTruncatedWhileItIsCopiedIsAnErrorNotASigbus) {
   }
 }
 
+TEST(ConsolidateTest, RefusesAnOutputHoldingInputFilesReachedThroughLinks) {
+  // The HF cache layout: snapshots/ holds symlinks to blobs/. Consolidating snapshots into blobs
+  // with --overwrite would replace or delete the very files being read.
+  std::string base = testing::NewTempDir();
+  std::string blobs = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
+  std::string snap = base + "/snap";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(snap).ok());
+  for (int r = 0; r < 4; ++r) {
+    const std::string name = ShardFileName(r, 1, 1);
+    ASSERT_EQ(symlink(JoinPath(blobs, name).c_str(), JoinPath(snap, name).c_str()), 0);
+  }
+  ConsolidateOptions o;
+  o.overwrite = true;
+  auto r = Consolidate(LocalFileSystem(), snap, blobs, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("one of the input files"));
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), snap);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_EQ(ck->files().size(), 4u);
+}
+
 }  // namespace
 }  // namespace safeshard

@@ -113,7 +113,7 @@ absl::Status WriteFileAtomically(FileSystem& fs, const std::string& path,
 namespace safeshard {
 
 absl::StatusOr<DirectoryLock> DirectoryLock::Acquire(FileSystem& fs, const std::string& dir) {
-  if (&fs != &LocalFileSystem()) return DirectoryLock(-1);
+  if (!fs.local()) return DirectoryLock(-1);
   // flock() on the directory itself: nothing is created in it, and the lock goes with the
   // process (a kill -9 never leaves it stuck).
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -139,7 +139,7 @@ DirectoryLock::~DirectoryLock() {
 }
 
 bool SameDirectory(FileSystem& fs, const std::string& a, const std::string& b) {
-  if (&fs != &LocalFileSystem()) return DirName(JoinPath(a, "x")) == DirName(JoinPath(b, "x"));
+  if (!fs.local()) return DirName(JoinPath(a, "x")) == DirName(JoinPath(b, "x"));
   struct stat sa, sb;
   if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
   return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;

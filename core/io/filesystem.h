@@ -33,7 +33,8 @@ struct FileStat {
 
 struct DirEntry {
   std::string name;  // no directory part
-  bool is_dir = false;
+  bool is_dir = false;      // a directory (for a symlink: what it points to is one)
+  bool is_symlink = false;  // the entry itself is a symbolic link
 };
 
 // A read-only view of a whole file; stays valid while the shared_ptr lives.
@@ -106,9 +107,16 @@ class FileSystem {
 
   // Convenience: the whole file as a string.
   absl::StatusOr<std::string> ReadAll(const std::string& path);
+
+  // True for the local file system (paths have device/inode identity, flock works).
+  virtual bool local() const { return false; }
 };
 
 FileSystem& LocalFileSystem();
+// The local file system, except that the last component of every path opened for reading or
+// writing must not be a symbolic link (O_NOFOLLOW: ELOOP otherwise). safeshardd reads and
+// writes under its roots through it: a symlink planted there is never followed.
+FileSystem& LocalFileSystemNoFollow();
 std::unique_ptr<FileSystem> NewMemFileSystem();
 
 // Path helpers.

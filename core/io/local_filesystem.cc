@@ -224,8 +224,19 @@ class LocalWritable : public WritableFile {
   uint64_t map_size_ = 0;
 };
 
+// open() failures; ELOOP under O_NOFOLLOW means the path's last component is a symlink.
+absl::Status OpenError(int err, absl::string_view op, absl::string_view path) {
+  if (err == ELOOP) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": is a symbolic link, which is never followed here (copy the file in instead)"));
+  }
+  return ErrnoStatus(err, op, path);
+}
+
 class LocalFileSystem_ : public FileSystem {
  public:
+  explicit LocalFileSystem_(bool nofollow = false) : nofollow_(nofollow ? O_NOFOLLOW : 0) {}
+  bool local() const override { return true; }
   absl::StatusOr<FileStat> Stat(const std::string& path) override {
     struct stat st;
     if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", path);
@@ -244,11 +255,17 @@ class LocalFileSystem_ : public FileSystem {
       std::string name = e->d_name;
       if (name == "." || name == "..") continue;
       bool is_dir = e->d_type == DT_DIR;
-      if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) {
+      bool is_symlink = e->d_type == DT_LNK;
+      if (e->d_type == DT_UNKNOWN) {
+        struct stat lst;
+        is_symlink = lstat(JoinPath(dir, name).c_str(), &lst) == 0 && S_ISLNK(lst.st_mode);
+        is_dir = !is_symlink && S_ISDIR(lst.st_mode);
+      }
+      if (is_symlink) {
         struct stat st;
         is_dir = stat(JoinPath(dir, name).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
       }
-      out.push_back({std::move(name), is_dir});
+      out.push_back({std::move(name), is_dir, is_symlink});
     }
     closedir(d);
     std::sort(out.begin(), out.end(),
@@ -260,8 +277,8 @@ class LocalFileSystem_ : public FileSystem {
     // Non-blocking open, then fstat: a FIFO or device under a checkpoint name must not hang the
     // reader (opening a FIFO for reading blocks until a writer appears); only regular files are
     // read.
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) return ErrnoStatus(errno, "open", path);
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | nofollow_);
+    if (fd < 0) return OpenError(errno, "open", path);
     struct stat st;
     if (fstat(fd, &st) != 0) {
       int e = errno;
@@ -284,14 +301,14 @@ class LocalFileSystem_ : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return ErrnoStatus(errno, "create", path);
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | nofollow_, 0644);
+    if (fd < 0) return OpenError(errno, "create", path);
     return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd < 0) return ErrnoStatus(errno, "open for writing", path);
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | nofollow_);
+    if (fd < 0) return OpenError(errno, "open for writing", path);
     return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
   }
 
@@ -335,7 +352,7 @@ class LocalFileSystem_ : public FileSystem {
   absl::Status CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
                          uint64_t dst_offset, uint64_t n) override {
     auto* local = dynamic_cast<LocalWritable*>(&dst);
-    int in = open(src.c_str(), O_RDONLY | O_CLOEXEC);
+    int in = open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | nofollow_);
     if (in < 0) return ErrnoStatus(errno, "open", src);
     loff_t off_in = static_cast<loff_t>(src_offset), off_out = static_cast<loff_t>(dst_offset);
     uint64_t left = n;
@@ -371,12 +388,20 @@ class LocalFileSystem_ : public FileSystem {
     if (r != 0 && e != EINVAL) return ErrnoStatus(e, "fsync directory", dir);
     return absl::OkStatus();
   }
+
+ private:
+  const int nofollow_;
 };
 
 }  // namespace
 
 FileSystem& LocalFileSystem() {
   static FileSystem* fs = new LocalFileSystem_();
+  return *fs;
+}
+
+FileSystem& LocalFileSystemNoFollow() {
+  static FileSystem* fs = new LocalFileSystem_(/*nofollow=*/true);
   return *fs;
 }
 

@@ -1,5 +1,7 @@
 #include "core/layout/layout.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <set>
@@ -382,10 +384,12 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     ck.root_ = path;
     ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(path));
     for (const DirEntry& e : entries) {
-      if (e.is_dir || IsTempFileName(e.name)) continue;
       if (e.name == kManifestFileName) {
-        has_manifest = true;
-      } else if (absl::EndsWith(e.name, kSafetensorsSuffix)) {
+        has_manifest = true;  // whatever it is: a directory or FIFO there is an invalid manifest
+        continue;
+      }
+      if (e.is_dir || IsTempFileName(e.name)) continue;
+      if (absl::EndsWith(e.name, kSafetensorsSuffix)) {
         names.push_back(e.name);
       } else if (IsIndexFileName(e.name) && ck.index_file_.empty()) {
         ck.index_file_ = e.name;
@@ -507,6 +511,16 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       if (logical != t.name) c.key = t.name;
       c.sizes = t.shape;
       c.offsets = fi.dcp ? (*info)->saved_offsets.at(t.name) : std::vector<uint64_t>(t.shape.size());
+      for (size_t d = 0; d < c.offsets.size(); ++d) {
+        uint64_t end;
+        if (__builtin_add_overflow(c.offsets[d], c.sizes[d], &end)) {
+          ck.problems_.push_back({ProblemKind::kOutOfBounds, fi.name, logical,
+                                  absl::StrCat("chunk ", Q(t.name), " at offset ", c.offsets[d],
+                                               " of size ", c.sizes[d], " in dimension ", d,
+                                               " ends beyond 2^64")});
+          c.offsets[d] = 0;  // keep the global shape finite; the problem blocks everything
+        }
+      }
       if (fi.dcp) {
         if (auto gs = (*info)->global_shape.find(t.name); gs != (*info)->global_shape.end()) {
           std::optional<std::vector<uint64_t>>& d = declared[it->second];
@@ -634,15 +648,19 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     int r_max = *ranks.rbegin();
     if (static_cast<int>(ranks.size()) != r_max) {
       std::vector<int> missing;
+      size_t absent = 0;
       for (int r = 1; r <= r_max; ++r) {
-        if (!ranks.count(r)) missing.push_back(r);
+        if (ranks.count(r)) continue;
+        if (missing.size() < 16) missing.push_back(r);
+        ++absent;
       }
       ck.problems_.push_back(
           {ProblemKind::kShardRanks, "", "",
            absl::StrCat("shard rank indices are not dense 1..", r_max, ": missing shard-",
-                        absl::StrJoin(missing, ", shard-"), " (",
-                        missing.size() == 1 ? "a rank's file is" : "ranks' files are",
-                        " absent)")});
+                        absl::StrJoin(missing, ", shard-"),
+                        absent > missing.size() ? absl::StrCat(" and ", absent - missing.size(), " more")
+                                                : std::string(),
+                        " (", absent == 1 ? "a rank's file is" : "ranks' files are", " absent)")});
     }
     if (counts.size() > 1) {
       ck.problems_.push_back({ProblemKind::kShardFileCount, "", "",
@@ -683,6 +701,11 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
 
   // The completion manifest: every listed file present with its size, nothing unlisted, and the
   // shard files' ranks exactly 1..ranks.
+  if (ck.manifest_ && ck.manifest_->kind == kManifestKindConsolidated && dcp_files > 0) {
+    ck.problems_.push_back({ProblemKind::kInvalidManifest, kManifestFileName, "",
+                            "says kind \"consolidated\" but the directory holds per-rank DCP "
+                            "shards; it was not written for these files"});
+  }
   if (ck.manifest_) {
     const Manifest& m = *ck.manifest_;
     std::map<std::string, const FileInfo*> by_name;
@@ -785,7 +808,8 @@ void CheckpointLayout::DecideCompleteness() {
     return false;
   };
   if (manifest_ && !has({ProblemKind::kManifestMissingFile, ProblemKind::kManifestFileSize,
-                         ProblemKind::kManifestUnlisted, ProblemKind::kManifestRanks})) {
+                         ProblemKind::kManifestUnlisted, ProblemKind::kManifestRanks,
+                         ProblemKind::kInvalidManifest})) {
     c.by.push_back(kManifestFileName);
   }
   if (reference_matched_) c.by.push_back("the reference model");
@@ -794,16 +818,20 @@ void CheckpointLayout::DecideCompleteness() {
     if (expect_ranks_ > 0 && !has({ProblemKind::kExpectedRanks})) {
       c.by.push_back(absl::StrCat("the expected rank count (", expect_ranks_, ")"));
     }
+    // global_shape proves each tensor that is present is fully covered, but not that no tensor
+    // is missing: one saved only by a lost rank (a replicated tensor, say) leaves no trace.
     bool all_declared = !tensors_.empty();
     for (const TensorLayout& t : tensors_) all_declared &= t.declared_shape;
-    if (all_declared) c.by.push_back("global_shape in every shard entry");
     if (c.by.empty()) {
       c.unproven = absl::StrCat(
-          "the checkpoint's completeness cannot be proven: a lost highest rank (or any chunk at "
-          "the end of a tensor) leaves no trace in the other ranks' files, and there is no ",
-          kManifestFileName,
-          ", no global_shape in the shards and no expected rank count. Prove it with "
-          "--expect-ranks N (the job's world size) or --reference MODEL_DIR");
+          "the checkpoint's completeness cannot be proven: a lost highest rank leaves no trace "
+          "in the other ranks' files",
+          all_declared ? " (global_shape shows every tensor present is fully covered, but a "
+                         "tensor saved only by a lost rank would be missing unseen)"
+                       : " (nor does a lost chunk at the end of a tensor)",
+          ", and there is no ", kManifestFileName,
+          " and no expected rank count. Prove it with --expect-ranks N (the job's world size) "
+          "or --reference MODEL_DIR");
     }
   } else if (kind_ == CheckpointKind::kHfSharded || kind_ == CheckpointKind::kSingleFile) {
     if (index_ && !has({ProblemKind::kInvalidIndex})) c.by.push_back(index_file_);
@@ -829,8 +857,17 @@ void CheckpointLayout::DecideCompleteness() {
   } else {
     c.unproven = "no safetensors files";
   }
+  // A checkpoint with a blocking problem is not complete, whatever else says so.
+  bool blocked = false;
+  for (const Problem& p : problems_) blocked |= IsBlocking(p.kind);
+  if (blocked) {
+    c.by.clear();
+    c.unproven = "the checkpoint has blocking problems (listed with it): it is not complete";
+  }
   c.proven = c.unproven.empty();
-  if (strict_ && !c.proven) problems_.push_back({ProblemKind::kUnproven, "", "", c.unproven});
+  if (strict_ && !c.proven && !blocked) {
+    problems_.push_back({ProblemKind::kUnproven, "", "", c.unproven});
+  }
   completeness_ = std::move(c);
 }
 
@@ -932,10 +969,25 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
         layout.root(), ": no valid ", kManifestFileName,
         " here, so there are no recorded checksums to compare with"));
   }
+  // Problems name logical tensors: (file, physical key) -> logical name.
+  std::map<std::pair<int, std::string>, std::string> logical;
+  for (const TensorLayout& t : layout.tensors()) {
+    for (const Chunk& c : t.chunks) {
+      if (!c.key.empty()) logical[{c.file, c.key}] = t.name;
+    }
+  }
+  auto logical_of = [&](int file, const std::string& key) {
+    auto it = logical.find({file, key});
+    return it == logical.end() ? key : it->second;
+  };
   for (const ManifestFile& mf : layout.manifest()->files) {
     const FileInfo* info = nullptr;
-    for (const FileInfo& f : layout.files()) {
-      if (f.name == mf.name) info = &f;
+    int file_index = -1;
+    for (size_t i = 0; i < layout.files().size(); ++i) {
+      if (layout.files()[i].name == mf.name) {
+        info = &layout.files()[i];
+        file_index = static_cast<int>(i);
+      }
     }
     if (info == nullptr) continue;  // reported as manifest_missing_file
     if (!mf.xxh3) {
@@ -952,10 +1004,16 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
       continue;
     }
     r.bytes += got->size;
-    if (got->xxh3 == mf.xxh3) continue;
     std::vector<TensorEntry> order = h.tensors;
     std::sort(order.begin(), order.end(),
               [](const TensorEntry& a, const TensorEntry& b) { return a.begin < b.begin; });
+    if (info->header && !mf.tensor_xxh3.empty() && mf.tensor_xxh3.size() != order.size()) {
+      r.problems.push_back({ProblemKind::kChecksum, mf.name, "",
+                            absl::StrCat("the manifest records ", mf.tensor_xxh3.size(),
+                                         " tensor checksums but the file holds ", order.size(),
+                                         " tensors")});
+    }
+    if (got->xxh3 == mf.xxh3) continue;
     size_t named = 0;
     if (info->header && mf.tensor_xxh3.size() == order.size() &&
         got->tensor_xxh3.size() == order.size()) {
@@ -963,7 +1021,7 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
         if (got->tensor_xxh3[i] == mf.tensor_xxh3[i]) continue;
         ++named;
         r.problems.push_back(
-            {ProblemKind::kChecksum, mf.name, order[i].name,
+            {ProblemKind::kChecksum, mf.name, logical_of(file_index, order[i].name),
              absl::StrCat("bytes [", h.data_start() + order[i].begin, ", ",
                           h.data_start() + order[i].end, ") have XXH3-64 ",
                           ChecksumHex(got->tensor_xxh3[i]), " but the manifest recorded ",
@@ -982,6 +1040,37 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
     }
   }
   return r;
+}
+
+absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input,
+                                   const std::string& output_dir) {
+  if (SameDirectory(fs, input.root(), output_dir) ||
+      DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(input.root(), "x"))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        output_dir, ": the output directory is the input directory ", input.root(),
+        "; inputs are never modified (choose another output directory)"));
+  }
+  // An input file may live in OUT under another name (IN/x -> ../OUT/x symlinks, as in the HF
+  // cache's snapshots/ and blobs/): replacing or removing OUT's files would destroy it.
+  if (!fs.local()) return absl::OkStatus();
+  std::set<std::pair<dev_t, ino_t>> inputs;
+  for (const FileInfo& f : input.files()) {
+    struct stat st;
+    if (::stat(JoinPath(input.root(), f.name).c_str(), &st) == 0) inputs.insert({st.st_dev, st.st_ino});
+  }
+  absl::StatusOr<std::vector<DirEntry>> entries = fs.List(output_dir);
+  if (!entries.ok()) return absl::OkStatus();  // not there yet
+  for (const DirEntry& e : *entries) {
+    struct stat st;
+    const std::string path = JoinPath(output_dir, e.name);
+    if (::lstat(path.c_str(), &st) == 0 && inputs.count({st.st_dev, st.st_ino})) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          output_dir, ": holds ", e.name, ", which is one of the input files (reached from ",
+          input.root(), " through a link); inputs are never modified (choose another output "
+          "directory)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace safeshard

@@ -185,6 +185,12 @@ struct ChecksumReport {
 };
 absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointLayout& layout);
 
+// kInvalidArgument when `output_dir` is the input directory by identity (st_dev/st_ino on the
+// local file system: any spelling, ".", "..", symlinks), or holds one of the input files under
+// any name (symlinks from the input into it).
+absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input,
+                                   const std::string& output_dir);
+
 // XXH3-64 of a whole file and of each tensor of its header (in data order), read with pread.
 absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header& header);
 

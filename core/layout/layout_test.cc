@@ -6,6 +6,7 @@
 
 #include "core/example/example.h"
 #include "core/format/filenames.h"
+#include "core/format/manifest.h"
 #include "core/format/sharding.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
@@ -339,7 +340,9 @@ TEST(CompletenessTest, LostHighestRankIsCaughtByGlobalShape) {
                   .ok());
   auto whole = CheckpointLayout::Scan(LocalFileSystem(), dir);
   EXPECT_TRUE(whole->problems().empty()) << Dump(*whole);
-  EXPECT_TRUE(whole->completeness().proven);
+  // global_shape proves every present tensor is covered, not that no tensor is missing.
+  EXPECT_FALSE(whole->completeness().proven);
+  EXPECT_THAT(whole->completeness().unproven, HasSubstr("a tensor saved only by a lost rank"));
   EXPECT_TRUE(whole->FindTensor("w")->declared_shape);
   RemoveHighestRank(dir, 2);
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
@@ -507,6 +510,88 @@ TEST(NewestLayoutTest, GlobalShapeDisagreementAndOutOfBounds) {
   write(1, R"({"w": {"logical_fqn": "w", "saved_offsets": [3, 0], "global_shape": [4, 2]}})", 2);
   auto oob = CheckpointLayout::Scan(LocalFileSystem(), dir);
   EXPECT_EQ(OfKind(*oob, ProblemKind::kOutOfBounds).size(), 1u) << Dump(*oob);
+}
+
+TEST(CompletenessTest, ATensorOnlyTheLostRankHeldIsNeverCalledComplete) {
+  // Replicated tensors saved by the highest rank vanish with it; global_shape cannot tell.
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, ManySmallTensors(8),
+                                 {.ranks = 4, .logical_fqn = true, .global_shape = true})
+                  .ok());
+  RemoveHighestRank(dir, 4);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir, {.strict = true});
+  EXPECT_LT(ck->tensors().size(), 8u);
+  EXPECT_FALSE(ck->completeness().proven);
+  EXPECT_EQ(OfKind(*ck, ProblemKind::kUnproven).size(), 1u) << Dump(*ck);
+}
+
+TEST(CompletenessTest, BlockingProblemsMeanNotComplete) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true}).ok());
+  RemoveHighestRank(dir, 2);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 1});
+  EXPECT_TRUE(ck->HasBlockingProblem());
+  EXPECT_FALSE(ck->completeness().proven);
+  EXPECT_TRUE(ck->completeness().by.empty());
+}
+
+TEST(CompletenessTest, ManifestThatIsADirectoryOrForOtherFilesIsInvalid) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
+                                 {.ranks = 2})
+                  .ok());
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(JoinPath(dir, kManifestFileName)).ok());
+  auto d = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_EQ(OfKind(*d, ProblemKind::kInvalidManifest).size(), 1u) << Dump(*d);
+  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, kManifestFileName)).ok());
+  Manifest m;
+  m.kind = "consolidated";
+  for (int r = 0; r < 2; ++r) {
+    const std::string name = ShardFileName(r, 1, 1);
+    m.files.push_back({name, LocalFileSystem().Stat(JoinPath(dir, name))->size, std::nullopt, {}});
+  }
+  testing::WriteFile(JoinPath(dir, kManifestFileName), SerializeManifest(m));
+  auto k = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  EXPECT_EQ(OfKind(*k, ProblemKind::kInvalidManifest).size(), 1u) << Dump(*k);
+}
+
+TEST(CompletenessTest, ChecksumListOfAnotherLengthIsAProblem) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 1, .manifest = true}).ok());
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  Manifest m = *ck->manifest();
+  m.files[0].tensor_xxh3.pop_back();
+  testing::WriteFile(JoinPath(dir, kManifestFileName), SerializeManifest(m));
+  auto r = VerifyChecksums(LocalFileSystem(), *CheckpointLayout::Scan(LocalFileSystem(), dir));
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->problems.size(), 1u);
+  EXPECT_THAT(r->problems[0].message, HasSubstr("tensor checksums but the file holds"));
+}
+
+TEST(CompletenessTest, OffsetsThatOverflowAreOutOfBounds) {
+  std::string dir = testing::NewTempDir();
+  const std::string info = R"({"w": {"saved_offsets": [18446744073709551615, 0]}})";
+  std::string json = absl::StrCat(R"({"__metadata__":{"DCP_SHARDING_INFO":)", testing::Quoted(info),
+                                  R"(},"w":{"dtype":"U8","shape":[4,4],"data_offsets":[0,16]}})");
+  testing::WriteFile(JoinPath(dir, ShardFileName(0, 1, 1)), testing::RawSafetensors(json, std::string(16, 'z')));
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  auto r = OfKind(*ck, ProblemKind::kOutOfBounds);
+  ASSERT_FALSE(r.empty()) << Dump(*ck);
+  EXPECT_THAT(r[0].message, HasSubstr("ends beyond 2^64"));
+}
+
+TEST(CompletenessTest, AHugeRankNumberIsOneBoundedLine) {
+  std::string dir = testing::NewTempDir();
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {4}, Sharding::kReplicated}},
+                                 {.ranks = 1})
+                  .ok());
+  ASSERT_EQ(std::rename(JoinPath(dir, ShardFileName(0, 1, 1)).c_str(),
+                        JoinPath(dir, ShardFileName(99998, 1, 1)).c_str()), 0);
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  auto r = OfKind(*ck, ProblemKind::kShardRanks);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_LT(r[0].message.size(), 400u);
+  EXPECT_THAT(r[0].message, HasSubstr("and 99982 more"));
 }
 
 }  // namespace

@@ -60,6 +60,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   if (!same && o.in_place) {
     return absl::InvalidArgumentError("--in-place rewrites the input; give no separate output");
   }
+  if (!same && &out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout, output_dir));
   RemapResult result;
   ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map));
   RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
