@@ -69,7 +69,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   }
   if (!root.is_object()) return absl::InvalidArgumentError("config: must be a JSON object");
   CFG_RETURN(Unknown(root,
-                     {"watch_roots", "output_template", "output_files", "dtype", "key_map",
+                     {"watch_roots", "output_template", "output_root", "output_files", "dtype", "key_map",
                       "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
                       "rescan_interval_seconds", "expected_ranks", "strict", "retention", "api", "state_db",
                       "max_attempts"},
@@ -77,6 +77,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   Config c;
   CFG_RETURN(Get(root, "watch_roots", &c.watch_roots));
   CFG_RETURN(Get(root, "output_template", &c.output_template));
+  CFG_RETURN(Get(root, "output_root", &c.output_root));
   CFG_RETURN(Get(root, "max_concurrent_jobs", &c.max_concurrent_jobs));
   CFG_RETURN(Get(root, "threads_per_job", &c.threads_per_job));
   CFG_RETURN(Get(root, "quiet_period_seconds", &c.quiet_period_seconds));

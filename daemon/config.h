@@ -3,6 +3,7 @@
 //   {
 //     "watch_roots": ["/checkpoints"],
 //     "output_template": "{parent}/{name}-hf",      // {parent}, {name}, {root}
+//     "output_root": "/published",                  // outputs may also go here (else: roots only)
 //     "output_files": {"mode": "single"},           // or {"mode": "max_shard_size", "max_shard_size": "5GB"}
 //                                                   // or {"mode": "reference", "reference": "/models/llama"}
 //     "dtype": {"cast": "bf16"},                    // or {"restore_from_reference": true}; default keep
@@ -32,6 +33,9 @@ namespace safeshard::daemon {
 struct Config {
   std::vector<std::string> watch_roots;
   std::string output_template = "{parent}/{name}-hf";
+  // Outputs must resolve inside a watch root or inside this directory (when set): the daemon
+  // never writes anywhere else.
+  std::string output_root;
   std::string files_mode = "single";  // single | max_shard_size | reference
   std::string max_shard_size;         // e.g. "5GB"
   std::string reference;

@@ -155,6 +155,15 @@ void NotifySystemd(const std::string& state) {
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   ResolvePaths(&config);
+  if (!config.output_root.empty()) {
+    char* real = realpath(config.output_root.c_str(), nullptr);
+    if (real == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("output root ", config.output_root, ": ", std::strerror(errno)));
+    }
+    config.output_root = real;
+    free(real);
+  }
   if (config.watch_roots.empty()) {
     return absl::InvalidArgumentError("no watch roots: pass --watch DIR or set watch_roots");
   }
@@ -347,6 +356,16 @@ void Daemon::Stop() {
 
 void Daemon::Reload(Config c) {
   ResolvePaths(&c);
+  if (!c.output_root.empty()) {
+    char* real = realpath(c.output_root.c_str(), nullptr);
+    if (real == nullptr) {
+      Log("error", "configuration not reloaded: the output root does not exist",
+          {{"output_root", c.output_root}});
+      return;
+    }
+    c.output_root = real;
+    free(real);
+  }
   for (std::string& r : c.watch_roots) {
     char* real = realpath(r.c_str(), nullptr);
     if (real != nullptr) {
@@ -451,7 +470,8 @@ std::string Daemon::WhyParked(const std::string& dir, const std::string& output)
 }
 
 std::string Daemon::WhyOutputRefused(const std::string& source, const std::string& output) const {
-  absl::StatusOr<std::string> out = ResolveUnderRoots(output);
+  const Config c = config();
+  absl::StatusOr<std::string> out = ResolveUnderRoots(output, /*outputs=*/true);
   if (!out.ok()) {
     return absl::StrCat("its output ", output,
                         " would be outside the watch roots (set output_template so that it "
@@ -465,9 +485,10 @@ std::string Daemon::WhyOutputRefused(const std::string& source, const std::strin
     return absl::StrCat("its output ", *out, " would be inside its own source ", source);
   }
   // No component below the root may be a symbolic link (checked again when the job starts).
+  if (*out == c.output_root) return "its output would be the output root itself";
   for (std::string p = *out; p.size() > 1; p = DirName(p)) {
-    bool is_root = false;
-    for (const std::string& r : config().watch_roots) is_root |= p == r;
+    bool is_root = p == c.output_root;
+    for (const std::string& r : c.watch_roots) is_root |= p == r;
     if (is_root) break;
     struct stat st;
     if (lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
@@ -1091,7 +1112,7 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
   if (!run.ok()) return run.status();
   absl::StatusOr<KeyMap> km = KeyMap::FromJson(rules.dump());
   if (!km.ok()) return km.status();
-  absl::StatusOr<std::string> out = ResolveUnderRoots(output);
+  absl::StatusOr<std::string> out = ResolveUnderRoots(output, /*outputs=*/true);
   if (!out.ok()) return out.status();
   if (std::string refused = WhyOutputRefused(run->path, *out); !refused.empty()) {
     return absl::PermissionDeniedError(absl::StrCat("remap output refused: ", refused));
@@ -1154,7 +1175,7 @@ bool Daemon::CheckToken(const std::string& header) const {
   return diff == 0;
 }
 
-absl::StatusOr<std::string> Daemon::ResolveUnderRoots(const std::string& path) const {
+absl::StatusOr<std::string> Daemon::ResolveUnderRoots(const std::string& path, bool outputs) const {
   if (path.empty() || path[0] != '/') {
     return absl::InvalidArgumentError(absl::StrCat("path \"", path, "\" must be absolute"));
   }
@@ -1175,11 +1196,15 @@ absl::StatusOr<std::string> Daemon::ResolveUnderRoots(const std::string& path) c
     return absl::PermissionDeniedError(absl::StrCat("path \"", path, "\" contains . or .."));
   }
   std::string resolved = rest.empty() ? existing : JoinPath(existing, rest);
-  for (const std::string& r : config().watch_roots) {
+  const Config c = config();
+  std::vector<std::string> allowed = c.watch_roots;
+  if (outputs && !c.output_root.empty()) allowed.push_back(c.output_root);
+  for (const std::string& r : allowed) {
     if (resolved == r || absl::StartsWith(resolved, r + "/")) return resolved;
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("path \"", path, "\" (", resolved, ") is not under a watch root"));
+  return absl::PermissionDeniedError(absl::StrCat(
+      "path \"", path, "\" (", resolved, ") is not under a watch root",
+      outputs && !c.output_root.empty() ? " or the output root" : ""));
 }
 
 }  // namespace safeshard::daemon

@@ -65,7 +65,9 @@ class Daemon {
   void RequestRescan();
   bool CheckToken(const std::string& authorization_header) const;
   // A request path must resolve (symlinks too) to somewhere under a watch root.
-  absl::StatusOr<std::string> ResolveUnderRoots(const std::string& path) const;
+  // `path` resolved (symlinks of its existing part included) when it lies under a watch root, or
+  // under the output root too with `outputs`; kPermissionDenied otherwise.
+  absl::StatusOr<std::string> ResolveUnderRoots(const std::string& path, bool outputs = false) const;
 
  private:
   explicit Daemon(Config c, std::unique_ptr<Store> s);

@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <map>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -317,9 +319,8 @@ TEST(DaemonE2E, FullDiskFailsCleanlyAndSucceedsOnceSpaceIsFreed) {
   if (mount("tmpfs", out_fs.c_str(), "tmpfs", 0, "size=1m") != 0) {
     GTEST_SKIP() << "cannot mount a tmpfs here (needs root): " << std::strerror(errno);
   }
-  std::string out_root = d.root + "/outputs";
-  ASSERT_EQ(symlink(out_fs.c_str(), out_root.c_str()), 0);
-  DaemonProcess p(d.root, d.state, {"--output-template", out_fs + "/{name}-hf"});
+  // Outputs go to a configured output root (the daemon writes nowhere but there and its roots).
+  DaemonProcess p(d.root, d.state, {"--output-template", out_fs + "/{name}-hf", "--output-root", out_fs});
   p.Start();
   auto model = TransformerLikeModel({.layers = 2, .hidden = 256, .vocab = 1024});  // ~3 MB
   PlaceRun(d.root + "/r", model);
@@ -475,6 +476,94 @@ TEST(DaemonE2E, PyTorchShardedSubdirectoryIsConsolidatedIntoItsRunUnlessAlreadyD
     EXPECT_THAT(r["detail"].get<std::string>(), ::testing::HasSubstr("consolidated by its writer"));
   }
   EXPECT_TRUE(seen) << p.Get("/v1/runs").dump() << p.log();
+}
+
+// Everything under `dir` (names, sizes, contents), to see that nothing changed there.
+std::map<std::string, std::string> Snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  std::vector<std::string> stack = {dir};
+  while (!stack.empty()) {
+    std::string d = stack.back();
+    stack.pop_back();
+    auto entries = LocalFileSystem().List(d);
+    if (!entries.ok()) continue;
+    for (const DirEntry& e : *entries) {
+      const std::string p = JoinPath(d, e.name);
+      if (e.is_dir && !e.is_symlink) {
+        stack.push_back(p);
+        out[p] = "<dir>";
+      } else {
+        out[p] = e.is_symlink ? "<link>" : testing::ReadFile(p);
+      }
+    }
+  }
+  return out;
+}
+
+TEST(DaemonE2E, HostileTreeLeavesTheDaemonAliveAndWritesOnlyInsideItsRoots) {
+  Dirs d;
+  const std::string outside = testing::NewTempDir();
+  auto model = SmallModel();
+  // Outside the root: a victim file, a private shard, a whole run.
+  testing::WriteFile(outside + "/victim", "do not touch");
+  PlaceRun(outside + "/run", model, 2);
+  ASSERT_EQ(chmod((outside + "/run/" + ShardFileName(0, 1, 1)).c_str(), 0600), 0);
+  const auto before = Snapshot(outside);
+  // 1. A newline in a run's name, beside a symlink named like the part before the newline.
+  ASSERT_EQ(symlink((outside + "/victim").c_str(), (d.root + "/evil").c_str()), 0);
+  PlaceRun(d.root + "/evil\nz", model, 2);
+  // 2. Symlinked directories (out of the root, and cycles) and a symlinked shard file.
+  ASSERT_EQ(symlink((outside + "/run").c_str(), (d.root + "/linked-run").c_str()), 0);
+  ASSERT_EQ(symlink("..", (d.root + "/up").c_str()), 0);
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(d.root + "/loop").ok());
+  ASSERT_EQ(symlink("../loop", (d.root + "/loop/again").c_str()), 0);
+  PlaceRun(d.root + "/symshard", model, 2);
+  ASSERT_EQ(std::remove((d.root + "/symshard/" + ShardFileName(0, 1, 1)).c_str()), 0);
+  ASSERT_EQ(symlink((outside + "/run/" + ShardFileName(0, 1, 1)).c_str(),
+                    (d.root + "/symshard/" + ShardFileName(0, 1, 1)).c_str()), 0);
+  // 3. A FIFO named like a shard, a zero-tensor shard, a corrupt manifest.
+  PlaceRun(d.root + "/fifo", model, 2);
+  ASSERT_EQ(mkfifo((d.root + "/fifo/" + ShardFileName(2, 1, 1)).c_str(), 0644), 0);
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(d.root + "/zero").ok());
+  testing::WriteFile(d.root + "/zero/" + ShardFileName(0, 1, 1),
+                     testing::RawSafetensors(R"({"__metadata__":{"DCP_SHARDING_INFO":"{}","format":"pt"}})", ""));
+  PlaceRun(d.root + "/badmanifest", model, 2);
+  testing::WriteFile(d.root + "/badmanifest/" + kCompletionManifest, R"({"files": [{"name": 1, "size": "x"}]})");
+  // 4. Shards directly in the root: their default output would be the sibling ROOT-hf.
+  {
+    std::string staging = testing::NewTempDir() + "/r";
+    ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 2}).ok());
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(std::rename((staging + "/" + ShardFileName(r, 1, 1)).c_str(),
+                            (d.root + "/" + ShardFileName(r, 1, 1)).c_str()), 0);
+    }
+  }
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  // The one good run (with the newline) is published inside the root.
+  p.WaitJobs([](const json& j) { return CountState(j, "published") >= 1; });
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // rescans over the whole hostile tree
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok") << p.log();
+  ExpectOutputMatches(d.root + "/evil\nz-hf", model);
+  EXPECT_EQ(testing::ReadFile(outside + "/victim"), "do not touch");
+  EXPECT_EQ(Snapshot(outside), before) << "something was written outside the root";
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "-hf").ok()) << "output placed beside the root";
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/symshard-hf/model.safetensors.index.json").ok());
+  const json all = p.Get("/v1/runs");
+  std::map<std::string, json> by_name;
+  for (const auto& r : all["runs"]) by_name[BaseName(r["path"].get<std::string>())] = r;
+  EXPECT_EQ(by_name.count("linked-run"), 0u) << all.dump();
+  EXPECT_EQ(by_name["symshard"]["state"], "parked") << all.dump();
+  EXPECT_THAT(by_name["symshard"]["detail"].get<std::string>(), ::testing::HasSubstr("symbolic link"));
+  EXPECT_EQ(by_name[BaseName(d.root)]["state"], "parked") << all.dump();
+  EXPECT_THAT(by_name[BaseName(d.root)]["detail"].get<std::string>(), ::testing::HasSubstr("outside the watch roots"));
+  EXPECT_NE(by_name["fifo"]["state"], "published");
+  EXPECT_NE(by_name["zero"]["state"], "published");
+  EXPECT_EQ(by_name["badmanifest"]["state"], "incomplete");
+  // Stops promptly.
+  const auto t0 = std::chrono::steady_clock::now();
+  p.Signal(SIGTERM);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
 }
 
 }  // namespace

@@ -15,7 +15,7 @@ namespace {
 
 struct Flags {
   std::string config_file, state_db, api_address, token_file, port_file, output_template,
-      max_shard_size;
+      output_root, max_shard_size;
   std::vector<std::string> watch;
   int port = -1, max_jobs = 0, threads_per_job = 0, expected_ranks = -1;
   double quiet = -1, rescan = -1;
@@ -37,6 +37,7 @@ absl::StatusOr<safeshard::daemon::Config> LoadConfig(const Flags& f) {
   if (!f.api_address.empty()) c.api_address = f.api_address;
   if (!f.token_file.empty()) c.token_file = f.token_file;
   if (!f.output_template.empty()) c.output_template = f.output_template;
+  if (!f.output_root.empty()) c.output_root = f.output_root;
   if (!f.max_shard_size.empty()) {
     c.files_mode = "max_shard_size";
     c.max_shard_size = f.max_shard_size;
@@ -70,6 +71,9 @@ int main(int argc, char** argv) {
   app.add_option("--port", f.port, "API port (default 8470; 0 picks a free one)");
   app.add_option("--port-file", f.port_file, "Write the API port here once listening");
   app.add_option("--token-file", f.token_file, "Bearer token file, created 0600 if missing");
+  app.add_option("--output-root", f.output_root,
+                 "Directory outputs may also be written under (default: only inside the watch "
+                 "roots; the daemon writes nowhere else)");
   app.add_option("--output-template", f.output_template,
                  "Where output goes: {parent}/{name}-hf by default ({root} also known)");
   app.add_option("--max-shard-size", f.max_shard_size, "Split outputs at this size (e.g. 5GB)");
