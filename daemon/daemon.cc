@@ -231,9 +231,25 @@ absl::Status Daemon::Start() {
   if (inotify_fd_ < 0) {
     Log("warning", "inotify unavailable; relying on periodic rescans", {{"error", std::strerror(errno)}});
   }
-  // API server.
+  // API server, bounded: request bodies (kMaxRequestBody), slow or idle clients (short read
+  // and keep-alive timeouts, a larger worker pool), and the Host header (DNS rebinding: a web
+  // page's script may reach 127.0.0.1 under another name; only the names of this address pass).
   auto* srv = new httplib::Server();
   server_ = srv;
+  srv->new_task_queue = [] { return new httplib::ThreadPool(kApiThreads); };
+  srv->set_payload_max_length(kMaxRequestBody);
+  srv->set_read_timeout(2, 0);
+  srv->set_write_timeout(5, 0);
+  srv->set_keep_alive_timeout(2);
+  srv->set_keep_alive_max_count(100);
+  srv->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (HostAllowed(req.get_header_value("Host"))) return httplib::Server::HandlerResponse::Unhandled;
+    res.status = 403;
+    res.set_content("{\"error\": \"Host header not allowed: the API answers only to its own "
+                    "address (127.0.0.1, localhost, [::1] or the configured address)\"}\n",
+                    "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  });
   auto reply = [](httplib::Response& res, int code, const json& body) {
     res.status = code;
     res.set_content(body.dump(2) + "\n", "application/json");
@@ -1165,6 +1181,21 @@ absl::Status Daemon::CancelJob(int64_t id) {
 void Daemon::RequestRescan() {
   absl::MutexLock l(&mu_);
   dirty_ = true;
+}
+
+bool Daemon::HostAllowed(const std::string& host) const {
+  if (host.empty()) return false;  // HTTP/1.1 requires it; curl and browsers send it
+  std::string name = host;
+  // Strip ":port" (after a ']' for IPv6 literals).
+  const size_t colon = name.rfind(':');
+  const size_t bracket = name.rfind(']');
+  if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
+    if (name.substr(colon + 1) != std::to_string(port_)) return false;
+    name = name.substr(0, colon);
+  }
+  const std::string configured = config().api_address;
+  return name == "127.0.0.1" || name == "localhost" || name == "[::1]" ||
+         name == configured || (!configured.empty() && name == "[" + configured + "]");
 }
 
 bool Daemon::CheckToken(const std::string& header) const {

@@ -31,6 +31,9 @@
 namespace safeshard::daemon {
 
 inline constexpr char kCompletionManifest[] = "safeshard.complete.json";
+// Control API bounds: request body bytes, worker threads.
+inline constexpr size_t kMaxRequestBody = 1 << 20;
+inline constexpr size_t kApiThreads = 32;
 // PyTorch's enable_consolidation writes shards to RUN/sharded/ and their consolidation to RUN.
 inline constexpr char kShardedSubdir[] = "sharded";
 
@@ -64,6 +67,8 @@ class Daemon {
   absl::Status CancelJob(int64_t id);
   void RequestRescan();
   bool CheckToken(const std::string& authorization_header) const;
+  // Whether a request's Host header names this API (DNS rebinding defence).
+  bool HostAllowed(const std::string& host) const;
   // A request path must resolve (symlinks too) to somewhere under a watch root.
   // `path` resolved (symlinks of its existing part included) when it lies under a watch root, or
   // under the output root too with `outputs`; kPermissionDenied otherwise.

@@ -2,6 +2,9 @@
 // them out (no marker) and with safeshard's completion manifest, half-written runs, many runs at
 // once, kill -9 and SIGTERM, a full disk, and the API's token and path checks.
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
@@ -564,6 +567,51 @@ TEST(DaemonE2E, HostileTreeLeavesTheDaemonAliveAndWritesOnlyInsideItsRoots) {
   const auto t0 = std::chrono::steady_clock::now();
   p.Signal(SIGTERM);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+}
+
+TEST(DaemonE2E, ApiBoundsBodiesIdleClientsAndHostNames) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  const int port = std::stoi(testing::ReadFile(d.state + "/port"));
+  httplib::Client c("127.0.0.1", port);
+  // DNS rebinding: another name for this address is refused.
+  httplib::Headers evil = {{"Host", "attacker.example:" + std::to_string(port)}};
+  auto r = c.Get("/v1/health", evil);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 403);
+  httplib::Headers ok = {{"Host", "localhost:" + std::to_string(port)}};
+  r = c.Get("/v1/health", ok);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  // A huge body is refused, not buffered.
+  r = c.Post("/v1/rescan", std::string(8 << 20, 'x'), "application/json");
+  EXPECT_TRUE(!r || r->status == 413) << (r ? r->status : -1);
+  // Idle connections do not lock the API out for long.
+  std::vector<int> idle;
+  for (int k = 0; k < 200; ++k) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) idle.push_back(fd); else close(fd);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  bool answered = false;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20) && !answered) {
+    httplib::Client c2("127.0.0.1", port);
+    c2.set_connection_timeout(1);
+    c2.set_read_timeout(20);
+    auto h = c2.Get("/v1/health");
+    answered = h && h->status == 200;
+  }
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(answered);
+  EXPECT_LT(waited, 20.0);
+  std::fprintf(stderr, "health answered %.1f s after 200 idle connections\n", waited);
+  for (int fd : idle) close(fd);
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
 }
 
 }  // namespace
