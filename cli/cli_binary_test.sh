@@ -24,4 +24,11 @@ set +e
 set -e
 [[ $rc -eq 2 ]] || fail "missing argument should exit 2, got $rc"
 "$bin" --help | grep -q "make-example" || fail "--help lists commands"
+# More rank files than the soft open-file limit: the binary raises it to the hard limit.
+if [[ "$(ulimit -Hn)" == unlimited || "$(ulimit -Hn)" -ge 1024 ]]; then
+  "$bin" make-example "$tmp/many" --ranks 300 --many 600 >/dev/null
+  (ulimit -Sn 128; "$bin" consolidate "$tmp/many" "$tmp/many-hf" >/dev/null) ||
+    fail "consolidating 300 rank files under a soft limit of 128 descriptors"
+  "$bin" verify "$tmp/many-hf" >/dev/null || fail "the consolidation of 300 ranks verifies"
+fi
 echo "cli_binary_test: 1 passed, 0 failed"

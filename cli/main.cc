@@ -6,8 +6,10 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "core/util/rlimit.h"
 
 int main(int argc, char** argv) {
+  safeshard::RaiseOpenFileLimit();  // 1,000+ rank files
   std::vector<std::string> args(argv, argv + argc);
   int code = safeshard::RunSafeshard(args, std::cout, std::cerr);
   // Everything is written and closed; skip tearing down the (possibly 100k-tensor) structures.

@@ -10,6 +10,7 @@
 #include "core/io/filesystem.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
+#include "core/util/rlimit.h"
 
 namespace {
 
@@ -54,6 +55,7 @@ absl::StatusOr<safeshard::daemon::Config> LoadConfig(const Flags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  safeshard::RaiseOpenFileLimit();  // 1,000+ rank files
   CLI::App app{
       "safeshardd: watches training output directories and consolidates each finished run of "
       "per-rank DCP shards into the HF layout, crash-safely, with a local HTTP control API "

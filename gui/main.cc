@@ -8,6 +8,7 @@
 
 #include "gui/stats/tensor_stats.h"
 #include "gui/views/main_window.h"
+#include "core/util/rlimit.h"
 
 namespace {
 
@@ -43,6 +44,7 @@ QString DefaultTensor(const safeshard::CheckpointLayout& ck) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  safeshard::RaiseOpenFileLimit();  // 1,000+ rank files
   QCommandLineOption tensor({"t", "tensor"}, "Select this tensor once the checkpoint is open.", "name");
   // --help works without a display.
   for (int i = 1; i < argc; ++i) {

@@ -33,6 +33,7 @@
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
+#include "core/util/rlimit.h"
 
 extern char** environ;
 
@@ -339,6 +340,7 @@ int SpawnRanks(const std::vector<std::string>& base, int ranks) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  safeshard::RaiseOpenFileLimit();  // 1,000+ rank files
   CLI::App app{"safeshard-torch: safeshard's libtorch companion (multi-process consolidation over c10d/Gloo)"};
   app.require_subcommand(1);
   std::string in, out, store, max_shard;
