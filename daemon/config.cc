@@ -1,5 +1,8 @@
 #include "daemon/config.h"
 
+#include "core/consolidate/consolidate.h"
+#include "core/util/status_macros.h"
+
 #include <cstdlib>
 #include <set>
 
@@ -58,6 +61,50 @@ void ResolvePaths(Config* c) {
   c->token_file = ExpandHome(c->token_file);
   c->state_db = ExpandHome(c->state_db);
   for (std::string& r : c->watch_roots) r = ExpandHome(r);
+}
+
+absl::Status ValidateConfig(const Config& c) {
+  if (c.files_mode != "single" && c.files_mode != "max_shard_size" && c.files_mode != "reference") {
+    return absl::InvalidArgumentError(
+        "config: output_files.mode must be single, max_shard_size or reference");
+  }
+  if (c.files_mode == "max_shard_size" && c.max_shard_size.empty()) {
+    return absl::InvalidArgumentError("config: output_files.max_shard_size is required for that mode");
+  }
+  if (c.files_mode == "reference" && c.reference.empty()) {
+    return absl::InvalidArgumentError("config: output_files.reference is required for that mode");
+  }
+  if (c.restore_dtypes && c.reference.empty()) {
+    return absl::InvalidArgumentError("config: dtype.restore_from_reference needs output_files.reference");
+  }
+  if (c.retention != "keep" && c.retention != "delete" && c.retention != "keep_last") {
+    return absl::InvalidArgumentError("config: retention.mode must be keep, delete or keep_last");
+  }
+  if (c.retention == "keep_last" && c.keep_last < 1) {
+    return absl::InvalidArgumentError("config: retention.keep_last must be at least 1");
+  }
+  if (c.max_concurrent_jobs < 1 || c.threads_per_job < 1 || c.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        "config: max_concurrent_jobs, threads_per_job and max_attempts must be at least 1");
+  }
+  if (c.quiet_period_seconds < 0 || c.rescan_interval_seconds <= 0) {
+    return absl::InvalidArgumentError("config: quiet_period_seconds >= 0, rescan_interval_seconds > 0");
+  }
+  if (c.api_port < 0 || c.api_port > 65535) return absl::InvalidArgumentError("config: api.port out of range");
+  if (c.files_mode == "max_shard_size") {
+    // A size that does not parse would silently become "one file" in every job.
+    absl::StatusOr<uint64_t> size = ParseByteSize(c.max_shard_size);
+    if (!size.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: output_files.max_shard_size: ", size.status().message()));
+    }
+  }
+  if (c.expected_ranks < 0) return absl::InvalidArgumentError("config: expected_ranks must be >= 0");
+  if (c.key_map.size() > 0) {
+    absl::StatusOr<KeyMap> km = KeyMap::Create(c.key_map);
+    if (!km.ok()) return absl::InvalidArgumentError(absl::StrCat("config: key_map: ", km.status().message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Config> ParseConfig(absl::string_view text) {
@@ -128,34 +175,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
     CFG_RETURN(Get(*a, "port", &c.api_port, "api."));
     CFG_RETURN(Get(*a, "token_file", &c.token_file, "api."));
   }
-  // Semantic checks.
-  if (c.files_mode != "single" && c.files_mode != "max_shard_size" && c.files_mode != "reference") {
-    return absl::InvalidArgumentError(
-        "config: output_files.mode must be single, max_shard_size or reference");
-  }
-  if (c.files_mode == "max_shard_size" && c.max_shard_size.empty()) {
-    return absl::InvalidArgumentError("config: output_files.max_shard_size is required for that mode");
-  }
-  if (c.files_mode == "reference" && c.reference.empty()) {
-    return absl::InvalidArgumentError("config: output_files.reference is required for that mode");
-  }
-  if (c.restore_dtypes && c.reference.empty()) {
-    return absl::InvalidArgumentError("config: dtype.restore_from_reference needs output_files.reference");
-  }
-  if (c.retention != "keep" && c.retention != "delete" && c.retention != "keep_last") {
-    return absl::InvalidArgumentError("config: retention.mode must be keep, delete or keep_last");
-  }
-  if (c.retention == "keep_last" && c.keep_last < 1) {
-    return absl::InvalidArgumentError("config: retention.keep_last must be at least 1");
-  }
-  if (c.max_concurrent_jobs < 1 || c.threads_per_job < 1 || c.max_attempts < 1) {
-    return absl::InvalidArgumentError(
-        "config: max_concurrent_jobs, threads_per_job and max_attempts must be at least 1");
-  }
-  if (c.quiet_period_seconds < 0 || c.rescan_interval_seconds <= 0) {
-    return absl::InvalidArgumentError("config: quiet_period_seconds >= 0, rescan_interval_seconds > 0");
-  }
-  if (c.api_port < 0 || c.api_port > 65535) return absl::InvalidArgumentError("config: api.port out of range");
+  RETURN_IF_ERROR(ValidateConfig(c));
   return c;
 }
 

@@ -60,6 +60,10 @@ struct Config {
 };
 
 // Parses and validates; every error names the offending key.
+// The checks every configuration must pass, whatever it came from (file, flags, SIGHUP): modes,
+// sizes that parse, key maps that compile, ranges.
+absl::Status ValidateConfig(const Config& c);
+
 absl::StatusOr<Config> ParseConfig(absl::string_view json);
 // Fills defaults that depend on the environment ($HOME) and expands "~/".
 void ResolvePaths(Config* c);

@@ -56,5 +56,24 @@ TEST(ConfigTest, DefaultsAndHomeExpansion) {
   EXPECT_EQ(c->state_db.find("~"), std::string::npos);
 }
 
+TEST(ConfigTest, OptionsThatWouldBeIgnoredByJobsAreRefusedUpFront) {
+  // An unparseable size used to pass and make every job write a single file.
+  auto size = ParseConfig(R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "5XB"}})");
+  ASSERT_FALSE(size.ok());
+  EXPECT_THAT(std::string(size.status().message()), HasSubstr("max_shard_size"));
+  Config c;
+  c.files_mode = "max_shard_size";
+  c.max_shard_size = "lots";
+  EXPECT_FALSE(ValidateConfig(c).ok());  // flags go through the same checks
+  c.max_shard_size = "500MiB";
+  EXPECT_TRUE(ValidateConfig(c).ok());
+  c.expected_ranks = -2;
+  EXPECT_FALSE(ValidateConfig(c).ok());
+  auto strict = ParseConfig(R"({"strict": true, "output_root": "/pub"})");
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  EXPECT_TRUE(strict->strict);
+  EXPECT_EQ(strict->output_root, "/pub");
+}
+
 }  // namespace
 }  // namespace safeshard::daemon

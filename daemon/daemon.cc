@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -89,13 +90,19 @@ int64_t BackoffMs(int attempts) {
   return static_cast<int64_t>(std::min(s, 600.0) * 1000);
 }
 
-std::string RandomToken() {
+// 192 bits from the kernel's CSPRNG; no fallback: a guessable token is worse than no start.
+absl::StatusOr<std::string> RandomToken() {
   unsigned char b[24];
-  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || read(fd, b, sizeof b) != static_cast<ssize_t>(sizeof b)) {
-    for (auto& c : b) c = static_cast<unsigned char>(rand());
+  size_t got = 0;
+  while (got < sizeof b) {
+    ssize_t n = getrandom(b + got, sizeof b - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot draw random bytes for the API token (getrandom: ", std::strerror(errno), ")"));
+    }
+    got += static_cast<size_t>(n);
   }
-  if (fd >= 0) close(fd);
   std::string out;
   for (unsigned char c : b) absl::StrAppendFormat(&out, "%02x", c);
   return out;
@@ -190,7 +197,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   if (d->token_.empty()) {
     st = fs.MakeDirs(DirName(tf));
     if (!st.ok()) return st;
-    d->token_ = RandomToken();
+    absl::StatusOr<std::string> fresh = RandomToken();
+    if (!fresh.ok()) return fresh.status();
+    d->token_ = *fresh;
     int fd = open(tf.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || write(fd, d->token_.data(), d->token_.size()) < 0) {
       return absl::PermissionDeniedError(absl::StrCat(tf, ": cannot write the API token"));
@@ -589,7 +598,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   }
   if (run.state == "queued" || run.state == "running" || run.state == "published" ||
       run.state == "parked" || run.state == "failed") {
-    if (is_new || fp != (**existing).fingerprint) (void)store_->UpsertRun(run);
+    if (is_new || fp != (**existing).fingerprint) Journaled(store_->UpsertRun(run), "UpsertRun");
     return;
   }
   Config c = config();
@@ -600,7 +609,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
       run.state = "parked";
       run.detail = park;
       Log("warning", "run parked", {{"path", dir}, {"why", park}});
-      (void)store_->UpsertRun(run);
+      Journaled(store_->UpsertRun(run), "UpsertRun");
     }
     return;
   }
@@ -674,7 +683,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   if (!ready) {
     run.state = "incomplete";
     run.detail = why;
-    (void)store_->UpsertRun(run);
+    Journaled(store_->UpsertRun(run), "UpsertRun");
     return;
   }
   // RUN/sharded/ whose writer already consolidated it into RUN (PyTorch's
@@ -684,27 +693,35 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
       run.detail.rfind("published:", 0) != 0) {
     run.state = "published";
     run.detail = "consolidated by its writer into " + run.output;
-    (void)store_->UpsertRun(run);
+    Journaled(store_->UpsertRun(run), "UpsertRun");
     return;
   }
   // An output already published for exactly these files is never redone.
   if (RootsFs().Stat(JoinPath(run.output, std::string(kIndexFileName))).ok() &&
       run.detail == "published:" + fp) {
     run.state = "published";
-    (void)store_->UpsertRun(run);
+    Journaled(store_->UpsertRun(run), "UpsertRun");
     return;
   }
-  run.state = "queued";
-  run.detail = "";
-  (void)store_->UpsertRun(run);
   JobRecord j;
   j.run_id = run.id;
   j.output = run.output;
   j.created_ms = now;
   absl::StatusOr<int64_t> jid = store_->AddJob(j);
+  if (!jid.ok()) {
+    // No job: the run stays visible as not done, and the next evaluation tries again.
+    run.state = "incomplete";
+    run.detail = absl::StrCat("could not queue its consolidation: ", jid.status().message());
+    Journaled(store_->UpsertRun(run), "run");
+    Log("error", "could not queue a consolidation", {{"run", run.id}, {"error", run.detail}});
+    return;
+  }
+  run.state = "queued";
+  run.detail = "";
+  Journaled(store_->UpsertRun(run), "run");
   Log("info", "run finished; consolidation queued",
       {{"run", run.id}, {"path", dir}, {"detection", run.detection},
-       {"job", jid.ok() ? *jid : -1}, {"output", run.output}});
+       {"job", *jid}, {"output", run.output}});
 }
 
 void Daemon::StartDueJobs() {
@@ -813,7 +830,7 @@ void Daemon::RunJob(JobRecord j) {
     j.retryable = false;
     j.error = refused;
     j.finished_ms = NowMs();
-    (void)store_->UpdateJob(j);
+    Journaled(store_->UpdateJob(j), "UpdateJob");
     Log("error", "job refused: its output is not safe to write", {{"job", j.id}, {"why", refused}});
     absl::MutexLock l(&mu_);
     a->finished = true;
@@ -824,9 +841,9 @@ void Daemon::RunJob(JobRecord j) {
   j.attempts++;
   j.started_ms = NowMs();
   j.error.clear();
-  (void)store_->UpdateJob(j);
+  Journaled(store_->UpdateJob(j), "UpdateJob");
   run.state = "running";
-  (void)store_->UpsertRun(run);
+  Journaled(store_->UpsertRun(run), "UpsertRun");
   Log("info", "job started", {{"job", j.id}, {"run", run.id}, {"kind", j.kind}, {"attempt", j.attempts}});
 
   bool shards, manifest;
@@ -849,7 +866,11 @@ void Daemon::RunJob(JobRecord j) {
     KeyMap km;
     if (c.files_mode == "max_shard_size") {
       absl::StatusOr<uint64_t> s = ParseByteSize(c.max_shard_size);
-      if (s.ok()) o.max_shard_size = *s;
+      if (s.ok()) {
+        o.max_shard_size = *s;
+      } else {
+        status = s.status();  // never silently one file
+      }
     } else if (c.files_mode == "reference") {
       absl::StatusOr<std::map<std::string, int>> m = MappingFromReference(LocalFileSystem(), c.reference, &warnings);
       if (m.ok()) {
@@ -858,9 +879,13 @@ void Daemon::RunJob(JobRecord j) {
       } else {
         status = m.status();
       }
-      if (c.restore_dtypes) {
+      if (c.restore_dtypes && status.ok()) {
         absl::StatusOr<std::map<std::string, DType>> d = DTypesFromReference(LocalFileSystem(), c.reference);
-        if (d.ok()) o.fqn_to_dtype = *d;
+        if (d.ok()) {
+          o.fqn_to_dtype = *d;
+        } else {
+          status = d.status();  // never silently the shards' dtypes
+        }
       }
     }
     o.cast_dtype = c.cast_dtype;
@@ -869,6 +894,8 @@ void Daemon::RunJob(JobRecord j) {
       if (k.ok()) {
         km = std::move(*k);
         o.key_map = &km;
+      } else if (status.ok()) {
+        status = k.status();  // never silently the original names
       }
     }
     o.threads = c.threads_per_job;
@@ -886,7 +913,7 @@ void Daemon::RunJob(JobRecord j) {
         j.bytes_done = static_cast<int64_t>(done);
         j.bytes_total = static_cast<int64_t>(total);
         if (done == total) j.state = "verifying";
-        (void)store_->UpdateJob(j);
+        Journaled(store_->UpdateJob(j), "UpdateJob");
       }
     };
     if (status.ok()) {
@@ -953,8 +980,8 @@ void Daemon::RunJob(JobRecord j) {
         {{"job", j.id}, {"run", run.id}, {"state", j.state}, {"error", j.error},
          {"retryable", j.retryable}, {"next_attempt_ms", j.next_attempt_ms}});
   }
-  (void)store_->UpdateJob(j);
-  (void)store_->UpsertRun(run);
+  Journaled(store_->UpdateJob(j), "UpdateJob");
+  Journaled(store_->UpsertRun(run), "UpsertRun");
   if (status.ok() && j.kind == "consolidate") ApplyRetention(run);
   absl::MutexLock l(&mu_);
   a->finished = true;
@@ -1089,7 +1116,9 @@ std::string Daemon::Metrics() {
                   "# TYPE safeshard_inotify_overflows_total counter\nsafeshard_inotify_overflows_total ",
                   inotify_overflows_.load(), "\n",
                   "# TYPE safeshard_watch_limit_errors_total counter\nsafeshard_watch_limit_errors_total ",
-                  watch_limit_errors_.load(), "\n");
+                  watch_limit_errors_.load(), "\n",
+                  "# TYPE safeshard_journal_errors_total counter\nsafeshard_journal_errors_total ",
+                  journal_errors_.load(), "\n");
   return out;
 }
 
@@ -1116,7 +1145,7 @@ absl::StatusOr<int64_t> Daemon::RequestConsolidate(const std::string& id_or_path
   if (!id.ok()) return id.status();
   RunRecord r = *run;
   r.state = "queued";
-  (void)store_->UpsertRun(r);
+  Journaled(store_->UpsertRun(r), "UpsertRun");
   absl::MutexLock l(&mu_);
   schedule_ = true;
   return id;
@@ -1181,6 +1210,14 @@ absl::Status Daemon::CancelJob(int64_t id) {
 void Daemon::RequestRescan() {
   absl::MutexLock l(&mu_);
   dirty_ = true;
+}
+
+void Daemon::Journaled(const absl::Status& s, const char* what) {
+  if (s.ok()) return;
+  journal_errors_++;
+  // Every failed write is logged: a journal that silently stops recording makes the state the
+  // API reports a lie (and a full state directory must not stall the daemon unseen).
+  Log("error", "journal write failed", {{"what", what}, {"error", std::string(s.message())}});
 }
 
 bool Daemon::HostAllowed(const std::string& host) const {

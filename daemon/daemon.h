@@ -67,6 +67,9 @@ class Daemon {
   absl::Status CancelJob(int64_t id);
   void RequestRescan();
   bool CheckToken(const std::string& authorization_header) const;
+  // Logs a failed journal write (never discarded silently) and counts it.
+  void Journaled(const absl::Status& s, const char* what);
+  std::atomic<uint64_t> journal_errors_{0};
   // Whether a request's Host header names this API (DNS rebinding defence).
   bool HostAllowed(const std::string& host) const;
   // A request path must resolve (symlinks too) to somewhere under a watch root.

@@ -49,6 +49,10 @@ absl::StatusOr<safeshard::daemon::Config> LoadConfig(const Flags& f) {
   if (f.expected_ranks >= 0) c.expected_ranks = f.expected_ranks;
   if (f.quiet >= 0) c.quiet_period_seconds = f.quiet;
   if (f.rescan > 0) c.rescan_interval_seconds = f.rescan;
+  // Flags go through the same checks as the file (e.g. --max-shard-size 5XB is refused here,
+  // not discovered by every job).
+  absl::Status valid = safeshard::daemon::ValidateConfig(c);
+  if (!valid.ok()) return valid;
   return c;
 }
 

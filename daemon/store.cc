@@ -99,7 +99,10 @@ absl::StatusOr<std::vector<T>> Select(sqlite3* db, const std::string& sql,
   if (!s.ok()) return s.error();
   bind(s);
   std::vector<T> out;
-  while (s.Step() == SQLITE_ROW) out.push_back(read(s));
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) out.push_back(read(s));
+  // A read that stopped early (a corrupt page, I/O error, busy) is an error, never a short list.
+  if (rc != SQLITE_DONE) return s.error();
   return out;
 }
 
