@@ -3,6 +3,11 @@
 // index json goes last. In place, all temporary files are complete before the first rename.
 #include "core/remap/remap.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <optional>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/format/filenames.h"
@@ -14,7 +19,8 @@
 
 namespace safeshard {
 
-absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap& key_map) {
+absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap& key_map,
+                                    const IndexJson* index) {
   for (const FileInfo& f : layout.files()) {
     if (!f.header) {
       return absl::FailedPreconditionError(
@@ -22,15 +28,26 @@ absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap
                        f.error.value_or("")));
     }
   }
+  if (index == nullptr && layout.index()) index = &*layout.index();
   std::vector<std::string> keys;
   for (const TensorLayout& t : layout.tensors()) keys.push_back(t.name);
-  if (layout.index()) {
-    for (const auto& [k, v] : layout.index()->weight_map) {
-      if (layout.FindTensor(k) == nullptr) keys.push_back(k);
+  RemapPlan plan;
+  if (index != nullptr) {
+    for (const auto& [k, v] : index->weight_map) {
+      if (layout.FindTensor(k) != nullptr) continue;
+      // An index entry whose tensor is stored under its new name already (an in-place remap
+      // interrupted between its renames): not a collision, the rename is just done.
+      const std::string mapped = key_map.Apply(k);
+      if (mapped != k && layout.FindTensor(mapped) != nullptr && key_map.Apply(mapped) == mapped) {
+        plan.renames[k] = mapped;
+        continue;
+      }
+      keys.push_back(k);
     }
   }
-  RemapPlan plan;
-  ASSIGN_OR_RETURN(plan.renames, key_map.MapAll(keys));
+  using Renames = std::map<std::string, std::string>;
+  ASSIGN_OR_RETURN(Renames mapped, key_map.MapAll(keys));
+  for (auto& [a, b] : mapped) plan.renames[a] = b;
   for (const auto& [a, b] : plan.renames) {
     if (b.empty() || b == kMetadataKey) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -41,6 +58,16 @@ absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap
   }
   return plan;
 }
+
+namespace {
+
+// In place, the index is moved aside under this name before the first file is rewritten, so a
+// crash leaves no index (the "done" signal) beside half-renamed files; a rerun finds it there.
+std::string PendingIndexName(absl::string_view index_file) {
+  return absl::StrCat(".", index_file, ".safeshard-remap-pending");
+}
+
+}  // namespace
 
 absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
                                   const std::string& output_dir, const KeyMap& key_map,
@@ -62,10 +89,39 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   }
   if (!same && &out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout, output_dir));
   RemapResult result;
-  ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map));
-  RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
-  ASSIGN_OR_RETURN(DirectoryLock lock, DirectoryLock::Acquire(out_fs, same ? layout.root() : output_dir));
+  std::optional<DirectoryLock> lock;
+  if (same) {
+    ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(fs, layout.root()));
+    lock.emplace(std::move(l));
+  }
+  // The index: the scanned one, or, in place after an interrupted run, the one it moved aside.
+  std::optional<IndexJson> index = layout.index();
+  std::string index_file = layout.index_file();
+  std::string pending;
+  if (same) {
+    ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(layout.root()));
+    for (const DirEntry& e : entries) {
+      for (absl::string_view name : {kIndexFileName, kDiffusersIndexFileName}) {
+        if (e.name != PendingIndexName(name)) continue;
+        pending = e.name;
+        if (!index) {
+          const std::string path = JoinPath(layout.root(), e.name);
+          ASSIGN_OR_RETURN(std::string text, fs.ReadAll(path));
+          ASSIGN_OR_RETURN(IndexJson idx, ParseIndexJson(text, path));
+          index = std::move(idx);
+          index_file = std::string(name);
+        }
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map, index ? &*index : nullptr));
   const std::map<std::string, std::string>& ren = result.plan.renames;
+  if (!same) {
+    // Planned (collisions refused) before anything exists in the output.
+    RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
+    ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(out_fs, output_dir));
+    lock.emplace(std::move(l));
+  }
 
   if (!same) {
     RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
@@ -85,7 +141,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     }
   }
 
-  std::vector<AtomicFile> pending;
+  std::vector<AtomicFile> outputs;
   std::vector<ManifestFile> manifest_files;
   for (const FileInfo& f : layout.files()) {
     if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
@@ -135,7 +191,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     }
     result.bytes_copied += h.buffer_size;
     result.files.push_back(f.name);
-    pending.push_back(std::move(out));
+    outputs.push_back(std::move(out));
   }
   // Other files (config.json, tokenizer, ...) go along unchanged.
   if (!same) {
@@ -153,7 +209,19 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     }
   }
   if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
-  for (AtomicFile& a : pending) RETURN_IF_ERROR(a.Commit());
+  if (same && index && pending.empty()) {
+    // Every new file is complete under its temporary name; before the first one replaces its
+    // original, the index stops saying "finished".
+    pending = PendingIndexName(index_file);
+    RETURN_IF_ERROR(fs.Rename(JoinPath(layout.root(), index_file), JoinPath(layout.root(), pending)));
+    RETURN_IF_ERROR(fs.SyncDir(layout.root()));
+  }
+  int committed = 0;
+  const char* crash_after = std::getenv("SAFESHARD_TEST_REMAP_CRASH_AFTER");
+  for (AtomicFile& a : outputs) {
+    RETURN_IF_ERROR(a.Commit());
+    if (crash_after != nullptr && ++committed == std::atoi(crash_after)) _exit(86);  // tests only
+  }
   if (layout.manifest()) {
     // The renamed files' own sizes and checksums (the input's would describe other bytes).
     Manifest m = *layout.manifest();
@@ -162,13 +230,14 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
                                         SerializeManifest(m)));
     result.files.push_back(kManifestFileName);
   }
-  if (layout.index()) {
-    IndexJson idx = *layout.index();
+  if (index) {
+    IndexJson idx = *index;
     idx.weight_map.clear();
-    for (const auto& [k, v] : layout.index()->weight_map) idx.weight_map[ren.at(k)] = v;
+    for (const auto& [k, v] : index->weight_map) idx.weight_map[ren.at(k)] = v;
     RETURN_IF_ERROR(
-        WriteFileAtomically(out_fs, JoinPath(output_dir, layout.index_file()), SerializeIndexJson(idx)));
-    result.files.push_back(layout.index_file());
+        WriteFileAtomically(out_fs, JoinPath(output_dir, index_file), SerializeIndexJson(idx)));
+    result.files.push_back(index_file);
+    if (!pending.empty()) RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), pending)));
   }
   return result;
 }

@@ -2,7 +2,10 @@
 //
 // Headers are rewritten (tensor names and DCP_SHARDING_INFO keys), each file's tensor bytes are
 // copied as one range with copy_file_range (a reflink where the file system supports it), the
-// index json is rewritten last. Other files of the directory (config.json, tokenizer, ...) are
+// index json is rewritten last. In place, every new file is written completely under a
+// temporary name first, the index is moved aside (so a crash never leaves it beside half-renamed
+// files), the files replace the originals, and the new index is published last; a rerun after a
+// crash finishes the job. Other files of the directory (config.json, tokenizer, ...) are
 // copied as they are. Two keys mapping to one name is an error naming both.
 //
 //   ASSIGN_OR_RETURN(KeyMap km, KeyMap::Create({{"^model\\.", ""}}));
@@ -18,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/io/filesystem.h"
+#include "core/format/index_json.h"
 #include "core/layout/layout.h"
 #include "core/remap/keymap.h"
 
@@ -29,7 +33,11 @@ struct RemapPlan {
 };
 
 // kInvalidArgument on collisions; kFailedPrecondition if a file of the checkpoint is invalid.
-absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap& key_map);
+// `index` replaces the layout's index json (an in-place remap resuming from the one it moved
+// aside). An index entry whose tensor already carries its new name (a resumed in-place remap)
+// is not a collision.
+absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap& key_map,
+                                    const IndexJson* index = nullptr);
 
 struct RemapOptions {
   bool in_place = false;   // rewrite the input's files (temporary files + renames)

@@ -1,7 +1,9 @@
 #include "core/remap/remap.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
 #include "core/format/filenames.h"
 #include "core/format/index_json.h"
@@ -189,6 +191,57 @@ TEST(RemapTest, TheInputUnderAnotherSpellingNeedsInPlace) {
     ASSERT_TRUE(ck.ok());
     EXPECT_NE(ck->FindTensor("w"), nullptr) << "the input was rewritten through " << out;
   }
+}
+
+TEST(RemapTest, InPlaceKilledBetweenItsRenamesLeavesNoIndexAndARerunFinishes) {
+  std::string shards = testing::NewTempDir() + "/shards";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), shards,
+                                 TransformerLikeModel({.layers = 2, .hidden = 16, .vocab = 32}),
+                                 {.ranks = 2})
+                  .ok());
+  std::string dir = testing::NewTempDir() + "/hf";
+  ConsolidateOptions co;
+  co.max_shard_size = 2048;  // several files and an index
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), shards, dir, co).ok());
+  auto before = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_GE(before->files().size(), 3u);
+  std::map<std::string, std::string> bytes_before;
+  for (const TensorLayout& t : before->tensors()) bytes_before[t.name] = TensorBytes(*before, t.name);
+  auto km = KeyMap::Create({{"^model\\.layers\\.", "blocks."}});
+  ASSERT_TRUE(km.ok());
+  RemapOptions o;
+  o.in_place = true;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setenv("SAFESHARD_TEST_REMAP_CRASH_AFTER", "1", 1);
+    (void)Remap(LocalFileSystem(), dir, dir, *km, o);
+    _exit(0);  // not reached: the hook exits after the first rename
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 86);
+  // Killed between renames: no index says "finished" beside the half-renamed files.
+  EXPECT_FALSE(LocalFileSystem().Stat(dir + "/model.safetensors.index.json").ok());
+  // The rerun finishes the job: every tensor renamed once, the index rewritten, bytes unchanged.
+  auto r = Remap(LocalFileSystem(), dir, dir, *km, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto after = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(after.ok());
+  std::string problems;
+  for (const Problem& p : after->problems()) problems += p.ToString() + "\n";
+  EXPECT_TRUE(after->problems().empty()) << problems;
+  ASSERT_TRUE(after->index().has_value());
+  EXPECT_EQ(after->index()->weight_map.size(), before->tensors().size());
+  EXPECT_EQ(after->index()->weight_map.count("blocks.0.mlp.up_proj.weight"), 1u);
+  EXPECT_EQ(after->tensors().size(), before->tensors().size());
+  for (const TensorLayout& t : before->tensors()) {
+    const std::string renamed = km->Apply(t.name);
+    EXPECT_TRUE(bytes_before[t.name] == TensorBytes(*after, renamed)) << renamed;
+  }
+  auto entries = LocalFileSystem().List(dir);
+  for (const DirEntry& e : *entries) EXPECT_EQ(e.name.find("remap-pending"), std::string::npos) << e.name;
 }
 
 }  // namespace
