@@ -185,8 +185,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   FileSystem& fs = LocalFileSystem();
   absl::Status st = fs.MakeDirs(DirName(config.state_db));
   if (!st.ok()) return st;
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_db);
+  std::string recovered;
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_db, &recovered);
   if (!store.ok()) return store.status();
+  if (!recovered.empty()) Log("error", "journal corrupt: rebuilt", {{"state_db", config.state_db}, {"what", recovered}});
   std::unique_ptr<Daemon> d(new Daemon(std::move(config), std::move(*store)));
   // Token: created on first start, 0600.
   const std::string& tf = d->config_.token_file;
@@ -478,6 +480,30 @@ void Daemon::WatchLoop() {
   }
 }
 
+bool Daemon::PublishedAfterSources(const std::string& dir, const std::string& output) const {
+  struct stat idx;
+  if (::lstat(JoinPath(output, std::string(kIndexFileName)).c_str(), &idx) != 0 || !S_ISREG(idx.st_mode)) {
+    return false;
+  }
+  absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
+  if (!entries.ok()) return false;
+  bool any = false;
+  for (const DirEntry& e : *entries) {
+    if (!(absl::StartsWith(e.name, "shard-") && absl::EndsWith(e.name, ".safetensors")) &&
+        e.name != kCompletionManifest) {
+      continue;
+    }
+    struct stat st;
+    if (::lstat(JoinPath(dir, e.name).c_str(), &st) != 0) return false;
+    if (st.st_mtim.tv_sec > idx.st_mtim.tv_sec ||
+        (st.st_mtim.tv_sec == idx.st_mtim.tv_sec && st.st_mtim.tv_nsec > idx.st_mtim.tv_nsec)) {
+      return false;
+    }
+    any = true;
+  }
+  return any;
+}
+
 std::string Daemon::WhyParked(const std::string& dir, const std::string& output) const {
   absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
   if (entries.ok()) {
@@ -588,6 +614,15 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
     run.last_change_ms = now;
     run.state = "incomplete";
     run.output = OutputFor(dir);
+    // Not in the journal (first sight, or a journal rebuilt after corruption): an output whose
+    // index was published after every source file last changed is this run's finished result.
+    if (BaseName(dir) != kShardedSubdir && PublishedAfterSources(dir, run.output)) {
+      run.fingerprint = fp;
+      run.state = "published";
+      run.detail = "published:" + fp;
+      Journaled(store_->UpsertRun(run), "run");
+      return;
+    }
   }
   if (fp != run.fingerprint) {
     run.fingerprint = fp;

@@ -99,6 +99,8 @@ class Daemon {
   // Why a run needs a person before it can be consolidated (a symlinked shard or manifest, an
   // output outside the roots or on its source); empty when it can proceed.
   std::string WhyParked(const std::string& dir, const std::string& output) const;
+  // Whether `output` holds an index published after every source file of `dir` last changed.
+  bool PublishedAfterSources(const std::string& dir, const std::string& output) const;
   // Why `output` may not be written for the run at `source`; empty when it may.
   std::string WhyOutputRefused(const std::string& source, const std::string& output) const;
   absl::StatusOr<RunRecord> FindRun(const std::string& id_or_path);

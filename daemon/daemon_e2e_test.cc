@@ -614,5 +614,49 @@ TEST(DaemonE2E, ApiBoundsBodiesIdleClientsAndHostNames) {
   EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
 }
 
+TEST(DaemonE2E, ACorruptJournalIsMovedAsideAndTheStateRebuiltWithoutRedoingWork) {
+  Dirs d;
+  auto model = SmallModel();
+  {
+    DaemonProcess p(d.root, d.state);
+    p.Start();
+    PlaceRun(d.root + "/done", model);
+    p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+    p.Signal(SIGTERM);
+  }
+  const std::string index = d.root + "/done-hf/model.safetensors.index.json";
+  struct stat before;
+  ASSERT_EQ(stat(index.c_str(), &before), 0);
+  // Garbage over the journal's second page onwards.
+  {
+    std::string db = testing::ReadFile(d.state + "/state.db");
+    ASSERT_GT(db.size(), 4096u);
+    for (size_t k = 4096; k < db.size(); ++k) db[k] = static_cast<char>(0xA5 ^ (k * 7));
+    testing::WriteFile(d.state + "/state.db", db);
+  }
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
+  EXPECT_THAT(p.log(), ::testing::HasSubstr("journal corrupt: rebuilt"));
+  bool aside = false;
+  const auto state_files = LocalFileSystem().List(d.state);
+  ASSERT_TRUE(state_files.ok());
+  for (const DirEntry& e : *state_files) aside |= absl::StrContains(e.name, "state.db.corrupt-");
+  EXPECT_TRUE(aside);
+  // The published run is recognised from the file system, not consolidated again.
+  const json runs = p.Get("/v1/runs");
+  ASSERT_EQ(runs["runs"].size(), 1u) << runs.dump();
+  EXPECT_EQ(runs["runs"][0]["state"], "published");
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 0u);
+  struct stat after;
+  ASSERT_EQ(stat(index.c_str(), &after), 0);
+  EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  // And new runs are taken as usual.
+  PlaceRun(d.root + "/next", model);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  ExpectOutputMatches(d.root + "/next-hf", model);
+}
+
 }  // namespace
 }  // namespace safeshard::daemon

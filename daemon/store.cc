@@ -1,5 +1,13 @@
 #include "daemon/store.h"
 
+#include <cstring>
+
+#include <ctime>
+
+#include <unistd.h>
+
+#include <sys/stat.h>
+
 #include <sqlite3.h>
 
 #include <chrono>
@@ -121,7 +129,58 @@ int64_t NowMs() {
       .count();
 }
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+namespace {
+
+// "ok", or what PRAGMA quick_check (or opening) found wrong.
+std::string QuickCheck(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return msg;
+  }
+  std::string result;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, nullptr) != SQLITE_OK) {
+    result = sqlite3_errmsg(db);
+  } else {
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      const unsigned char* t = sqlite3_column_text(st, 0);
+      if (!result.empty()) result += "; ";
+      result += t ? reinterpret_cast<const char*>(t) : "?";
+    }
+    if (rc != SQLITE_DONE) result += std::string(result.empty() ? "" : "; ") + sqlite3_errmsg(db);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path, std::string* recovered) {
+  if (recovered != nullptr) recovered->clear();
+  struct stat existing;
+  if (::stat(path.c_str(), &existing) == 0) {
+    const std::string check = QuickCheck(path);
+    if (check != "ok") {
+      const std::string aside = absl::StrCat(path, ".corrupt-", static_cast<int64_t>(time(nullptr)));
+      for (const char* suffix : {"", "-wal", "-shm"}) {
+        const std::string from = path + suffix;
+        if (::access(from.c_str(), F_OK) == 0 && ::rename(from.c_str(), (aside + suffix).c_str()) != 0) {
+          return absl::UnavailableError(absl::StrCat(path, ": the journal is corrupt (", check,
+                                                     ") and cannot be moved aside: ",
+                                                     std::strerror(errno)));
+        }
+      }
+      if (recovered != nullptr) {
+        *recovered = absl::StrCat("the journal failed SQLite's quick_check (", check,
+                                  "); it was moved to ", aside,
+                                  " and the state is rebuilt from the file system");
+      }
+    }
+  }
   sqlite3* db = nullptr;
   if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : "out of memory";

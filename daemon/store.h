@@ -50,7 +50,12 @@ struct JobRecord {
 
 class Store {
  public:
-  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  // Opens (creating) the journal and runs SQLite's quick_check. A corrupt journal is moved aside
+  // as `<path>.corrupt-<unix time>` (with its -wal/-shm files) and a fresh one is created: the
+  // daemon rebuilds its state from the file system (published outputs and manifests are the
+  // truth). `recovered`, when given, receives a description of what was moved aside (else "").
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path,
+                                                     std::string* recovered = nullptr);
   ~Store();
 
   absl::Status UpsertRun(const RunRecord& r);
