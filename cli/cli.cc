@@ -514,7 +514,7 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   ConsolidateOptions o;
   std::vector<std::string> warnings;
   if (!a.mapping.empty()) {
-    absl::StatusOr<std::string> text = fs.ReadAll(a.mapping);
+    absl::StatusOr<std::string> text = ReadOptionFile(a.mapping);
     if (!text.ok()) return fail(text.status());
     absl::StatusOr<std::map<std::string, int>> m = ParseMappingJson(*text, a.mapping);
     if (!m.ok()) return fail(m.status());
@@ -549,7 +549,7 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   }
   KeyMap km;
   if (!a.key_map.empty()) {
-    absl::StatusOr<std::string> text = fs.ReadAll(a.key_map);
+    absl::StatusOr<std::string> text = ReadOptionFile(a.key_map);
     if (!text.ok()) return fail(text.status());
     absl::StatusOr<KeyMap> k = KeyMap::FromJson(*text);
     if (!k.ok()) return fail(k.status());
@@ -635,7 +635,7 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
   }
   absl::StatusOr<KeyMap> km;
   if (!a.rules_file.empty()) {
-    absl::StatusOr<std::string> text = fs.ReadAll(a.rules_file);
+    absl::StatusOr<std::string> text = ReadOptionFile(a.rules_file);
     if (!text.ok()) return fail(text.status());
     km = KeyMap::FromJson(*text);
   } else {
@@ -700,6 +700,7 @@ struct DiffArgs {
   int max_lines = 100;
   int expect_ranks = 0;
   double atol = 0, rtol = 0;
+  bool by_value = false;  // --atol or --rtol given (even 0)
 };
 
 int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
@@ -757,6 +758,7 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   o.threads = args.threads;
   o.atol = args.atol;
   o.rtol = args.rtol;
+  o.by_value = args.by_value;
   if (filter) o.filter = [&](const std::string& n) { return RE2::PartialMatch(n, *filter); };
   ProgressBar bar(err, StderrIsTerminal(err) && !args.json);
   o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
@@ -1205,7 +1207,10 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   if (example->parsed()) return RunMakeExample(ea, out, err);
   if (consolidate->parsed()) return RunConsolidate(ca, out, err);
   if (remap->parsed()) return RunRemap(ra, out, err);
-  if (diff->parsed()) return RunDiff(dfa, out, err);
+  if (diff->parsed()) {
+    dfa.by_value = diff->count("--atol") > 0 || diff->count("--rtol") > 0;
+    return RunDiff(dfa, out, err);
+  }
   if (runs->parsed()) return RunRuns(da, out, err);
   if (jobs->parsed()) return RunJobs(da, out, err);
   if (dcons->parsed()) return RunDaemonConsolidate(da, out, err);

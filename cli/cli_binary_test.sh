@@ -31,4 +31,8 @@ if [[ "$(ulimit -Hn)" == unlimited || "$(ulimit -Hn)" -ge 1024 ]]; then
     fail "consolidating 300 rank files under a soft limit of 128 descriptors"
   "$bin" verify "$tmp/many-hf" >/dev/null || fail "the consolidation of 300 ranks verifies"
 fi
+# Option files may be pipes (process substitution).
+"$bin" remap "$tmp/ok" "$tmp/ok-renamed" --rules <(printf '[["^lm_head\\\\.", "output."]]') >/dev/null ||
+  fail "remap --rules <(...) from a pipe"
+"$bin" inspect "$tmp/ok-renamed" | grep -q "output.weight" || fail "the rule read from a pipe was applied"
 echo "cli_binary_test: 1 passed, 0 failed"

@@ -195,6 +195,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   absl::StatusOr<std::string> tok = fs.ReadAll(tf);
   if (tok.ok()) {
     d->token_ = std::string(absl::StripAsciiWhitespace(*tok));
+    struct stat tst;
+    if (!d->token_.empty() && ::stat(tf.c_str(), &tst) == 0 && (tst.st_mode & 077) != 0) {
+      // Anyone who can read the token can command the daemon: tighten it, and say so.
+      const bool fixed = ::chmod(tf.c_str(), 0600) == 0;
+      Log("warning", fixed ? "the API token file was readable by others; its mode is now 0600"
+                           : "the API token file is readable by others and its mode cannot be changed",
+          {{"token_file", tf}, {"mode", absl::StrFormat("%04o", tst.st_mode & 07777)}});
+    }
   }
   if (d->token_.empty()) {
     st = fs.MakeDirs(DirName(tf));
@@ -395,10 +403,18 @@ void Daemon::Reload(Config c) {
   }
   for (std::string& r : c.watch_roots) {
     char* real = realpath(r.c_str(), nullptr);
-    if (real != nullptr) {
-      r = real;
-      free(real);
+    if (real == nullptr) {
+      // As at start: a root that does not exist is an error, never silently watched as nothing.
+      Log("error", "configuration not reloaded: a watch root does not exist",
+          {{"root", r}, {"error", std::strerror(errno)}});
+      return;
     }
+    r = real;
+    free(real);
+  }
+  if (absl::Status valid = ValidateConfig(c); !valid.ok()) {
+    Log("error", "configuration not reloaded", {{"error", std::string(valid.message())}});
+    return;
   }
   absl::MutexLock l(&mu_);
   c.api_address = config_.api_address;  // the listening socket stays

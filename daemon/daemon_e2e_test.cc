@@ -96,6 +96,7 @@ class DaemonProcess {
     return r ? r->status : -1;
   }
   const std::string& token() const { return token_; }
+  pid_t pid() const { return pid_; }
   std::string log() const { return LocalFileSystem().ReadAll(state_ + "/log").value_or(""); }
 
   // Polls /v1/jobs until `pred` holds (or the deadline).
@@ -656,6 +657,30 @@ TEST(DaemonE2E, ACorruptJournalIsMovedAsideAndTheStateRebuiltWithoutRedoingWork)
   PlaceRun(d.root + "/next", model);
   p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
   ExpectOutputMatches(d.root + "/next-hf", model);
+}
+
+TEST(DaemonE2E, ReloadRefusesAMissingRootAndAReadableTokenIsTightened) {
+  Dirs d;
+  const std::string extra = testing::NewTempDir();
+  const std::string config = d.state + "/config.json";
+  testing::WriteFile(config, absl::StrCat(R"({"watch_roots": [")", extra, R"("]})"));
+  testing::WriteFile(d.state + "/token", "0123456789abcdef0123456789abcdef\n");
+  ASSERT_EQ(chmod((d.state + "/token").c_str(), 0644), 0);
+  DaemonProcess p(d.root, d.state, {"--config", config});
+  p.Start();
+  struct stat st;
+  ASSERT_EQ(stat((d.state + "/token").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 077, 0u) << "token file left readable by others";
+  EXPECT_THAT(p.log(), ::testing::HasSubstr("readable by others"));
+  testing::WriteFile(config, R"({"watch_roots": ["/does/not/exist"]})");
+  const int port = std::stoi(testing::ReadFile(d.state + "/port"));
+  (void)port;
+  json before = p.Get("/v1/health");
+  ASSERT_EQ(kill(p.pid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_THAT(p.log(), ::testing::HasSubstr("a watch root does not exist"));
+  EXPECT_EQ(p.Get("/v1/health")["roots"], before["roots"]);
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
 }
 
 }  // namespace

@@ -25,7 +25,7 @@ struct Flags {
 absl::StatusOr<safeshard::daemon::Config> LoadConfig(const Flags& f) {
   safeshard::daemon::Config c;
   if (!f.config_file.empty()) {
-    absl::StatusOr<std::string> text = safeshard::LocalFileSystem().ReadAll(f.config_file);
+    absl::StatusOr<std::string> text = safeshard::ReadOptionFile(f.config_file);
     if (!text.ok()) return text.status();
     absl::StatusOr<safeshard::daemon::Config> parsed = safeshard::daemon::ParseConfig(*text);
     if (!parsed.ok()) {

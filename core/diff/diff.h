@@ -51,7 +51,10 @@ struct DiffOptions {
   // otherwise every tensor is compared byte for byte and another dtype is a difference.
   double atol = 0;
   double rtol = 0;
-  bool numeric() const { return atol > 0 || rtol > 0; }
+  // Compare float tensors by value (also across float dtypes): set by giving a tolerance, even
+  // 0 (`--atol 0` means "equal values", which is not "equal bytes" across dtypes).
+  bool by_value = false;
+  bool numeric() const { return by_value || atol > 0 || rtol > 0; }
   int threads = 4;            // tensors compared at once
   std::function<bool(const std::string&)> filter;  // only these names (all when empty)
   const std::atomic<bool>* cancel = nullptr;

@@ -208,5 +208,30 @@ TEST(DiffTest, AFileTruncatedWhileItIsComparedIsAnErrorNotASigbus) {
       << r.status();
 }
 
+TEST(DiffTest, ZeroTolerancesStillCompareByValueAcrossDTypes) {
+  // An F32 tensor of values exactly representable in BF16, and its BF16 cast: equal values,
+  // different bytes. With tolerances given (even 0) they are equal; byte for byte they differ.
+  const std::string a = testing::NewTempDir() + "/a", b = testing::NewTempDir() + "/b";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), a, {{"w", DType::kF32, {4}, Sharding::kReplicated}}, {.ranks = 1}).ok());
+  // Make the values BF16-exact: keep only the upper 16 bits of every F32.
+  {
+    CheckpointLayout la = ScanOrDie(a);
+    const Chunk& c = la.FindTensor("w")->chunks[0];
+    std::string path = JoinPath(a, la.files()[c.file].name);
+    std::string bytes = testing::ReadFile(path);
+    for (uint64_t k = c.begin; k < c.end; k += 4) { bytes[k] = 0; bytes[k + 1] = 0; bytes[k + 2] &= 0x7f; }
+    testing::WriteFile(path, bytes);
+  }
+  ConsolidateOptions co;
+  co.cast_dtype = DType::kBF16;
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), a, b, co).ok());
+  DiffOptions zero;
+  zero.by_value = true;
+  DiffReport r = DiffOrDie(a, b, zero);
+  EXPECT_TRUE(r.identical_all()) << (r.diffs.empty() ? "" : r.diffs[0].detail);
+  DiffReport bytes = DiffOrDie(a, b, {});
+  EXPECT_FALSE(bytes.identical_all());
+}
+
 }  // namespace
 }  // namespace safeshard

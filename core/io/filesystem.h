@@ -112,6 +112,10 @@ class FileSystem {
   virtual bool local() const { return false; }
 };
 
+// A small local file named on a command line (a key map, a mapping, a config): read to its end,
+// so `--key-map <(...)` (a pipe) works; at most `max_bytes` (kInvalidArgument beyond).
+absl::StatusOr<std::string> ReadOptionFile(const std::string& path, uint64_t max_bytes = 64 << 20);
+
 FileSystem& LocalFileSystem();
 // The local file system, except that the last component of every path opened for reading or
 // writing must not be a symbolic link (O_NOFOLLOW: ELOOP otherwise). safeshardd reads and

@@ -395,6 +395,36 @@ class LocalFileSystem_ : public FileSystem {
 
 }  // namespace
 
+absl::StatusOr<std::string> ReadOptionFile(const std::string& path, uint64_t max_bytes) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a file"));
+  }
+  std::string out;
+  char buf[1 << 16];
+  while (true) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return ErrnoStatus(e, "read", path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max_bytes) {
+      close(fd);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": more than ", max_bytes, " bytes; this is not an option file"));
+    }
+  }
+  close(fd);
+  return out;
+}
+
 FileSystem& LocalFileSystem() {
   static FileSystem* fs = new LocalFileSystem_();
   return *fs;
