@@ -1,5 +1,7 @@
 #include "cli/cli.h"
 
+#include <sys/stat.h>
+
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -380,6 +382,33 @@ TEST(CliTest, InspectExitsOneOnABrokenCheckpointAndReferenceCannotBeItself) {
   Result self = RunCli({"verify", "--reference", good, good});
   EXPECT_EQ(self.code, kExitUsage);
   EXPECT_THAT(self.err, HasSubstr("the checkpoint itself"));
+}
+
+TEST(CliTest, AFifoNamedLikeAShardIsAnErrorNotAHang) {
+  std::string dir = Example({.ranks = 2});
+  ASSERT_EQ(mkfifo((dir + "/shard-00003-model-00001-of-00001.safetensors").c_str(), 0644), 0);
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"verify", dir}, {"inspect", dir},
+        {"consolidate", dir, testing::NewTempDir() + "/out"}}) {
+    Result r = RunCli(args);  // returns (a blocking open would hang here forever)
+    EXPECT_EQ(r.code, kExitProblems) << args[0];
+    if (args[0] != "inspect") EXPECT_THAT(r.out + r.err, HasSubstr("not a regular file")) << args[0];
+  }
+}
+
+TEST(CliTest, AnIndexEntryLeavingTheDirectoryBlocksConsolidation) {
+  std::string in = Example({.ranks = 2});
+  std::string hf = testing::NewTempDir() + "/hf";
+  ASSERT_EQ(RunCli({"consolidate", in, hf}).code, kExitOk);
+  std::string index = testing::ReadFile(hf + "/model.safetensors.index.json");
+  const std::string from = "\"lm_head.weight\": \"model-00001-of-00001.safetensors\"";
+  ASSERT_NE(index.find(from), std::string::npos);
+  index.replace(index.find(from), from.size(), "\"lm_head.weight\": \"../../etc/passwd\"");
+  testing::WriteFile(hf + "/model.safetensors.index.json", index);
+  Result c = RunCli({"consolidate", hf, testing::NewTempDir() + "/again"});
+  EXPECT_EQ(c.code, kExitProblems);
+  EXPECT_THAT(c.err, HasSubstr("invalid_index"));
+  EXPECT_EQ(RunCli({"verify", hf}).code, kExitProblems);
 }
 
 }  // namespace

@@ -720,6 +720,8 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
         why = ck->problems()[0].ToString();
       } else if (ck->kind() != CheckpointKind::kDcpSharded) {
         why = "not a per-rank DCP checkpoint";
+      } else if (ck->tensors().empty()) {
+        why = "its shard files hold no tensors";
       } else {
         ready = true;
         if (!ck->completeness().proven) {

@@ -361,9 +361,18 @@ TEST(DaemonE2E, ApiRefusesMissingTokensAndPathsOutsideTheRoots) {
   ASSERT_EQ(symlink(outside.c_str(), (d.root + "/link").c_str()), 0);
   rules["output"] = d.root + "/link/renamed";
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  // Never the root itself, a run's source, or a published output (its own or another run's).
+  PlaceRun(d.root + "/other", SmallModel(), 2);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 2; });
+  for (const std::string& taken : {d.root, d.root + "/run", d.root + "/run-hf", d.root + "/other",
+                                   d.root + "/other-hf", d.root + "/other/sub"}) {
+    rules["output"] = taken;
+    EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403) << taken;
+  }
+  EXPECT_EQ(CheckpointLayout::Scan(LocalFileSystem(), d.root + "/other")->files().size(), 2u);
   rules["output"] = d.root + "/renamed";
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 202);
-  p.WaitJobs([](const json& j) { return CountState(j, "published") == 2; });
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 3; });
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), d.root + "/renamed");
   ASSERT_TRUE(ck.ok());
   EXPECT_NE(ck->FindTensor("norm.weight"), nullptr);
@@ -564,6 +573,8 @@ TEST(DaemonE2E, HostileTreeLeavesTheDaemonAliveAndWritesOnlyInsideItsRoots) {
   EXPECT_NE(by_name["fifo"]["state"], "published");
   EXPECT_NE(by_name["zero"]["state"], "published");
   EXPECT_EQ(by_name["badmanifest"]["state"], "incomplete");
+  // Cycles (up -> .., loop/again -> ../loop) never multiply a run: one job, for the one good run.
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 1u) << p.Get("/v1/jobs").dump();
   // Stops promptly.
   const auto t0 = std::chrono::steady_clock::now();
   p.Signal(SIGTERM);

@@ -669,8 +669,9 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
   }
 
-  // Plain "model-0000i-of-0000N" files without an index: every i in 1..N must be here.
-  if (!ck.index_ && plain > 0) {
+  // Plain "model-0000i-of-0000N" files without an index: every i in 1..N must be here (when a
+  // directory was scanned; a single file named by its path is judged alone).
+  if (!ck.index_ && plain > 0 && st.is_dir) {
     std::set<int> idxs;
     std::set<int> ns;
     bool all_named = true;
@@ -790,6 +791,7 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     ck.kind_ = CheckpointKind::kHfSharded;
   }
   ck.expect_ranks_ = options.expect_ranks;
+  ck.single_path_ = !st.is_dir;
   ck.DecideCompleteness();
   return ck;
 }
@@ -842,7 +844,7 @@ void CheckpointLayout::DecideCompleteness() {
       named &= idx.ok() && !idx->shard && idx->count >= 1 && (n == 0 || n == idx->count);
       if (idx.ok()) n = idx->count;
     }
-    if (!index_ && named && !has({ProblemKind::kModelFileCount}) &&
+    if (!index_ && named && !single_path_ && !has({ProblemKind::kModelFileCount}) &&
         static_cast<int>(files_.size()) == n) {
       c.by.push_back(absl::StrCat("the file names (-of-", n, ")"));
     }

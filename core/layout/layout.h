@@ -172,6 +172,7 @@ class CheckpointLayout {
   bool strict_ = false;
   int expect_ranks_ = 0;
   bool reference_matched_ = false;
+  bool single_path_ = false;  // a file was scanned by its path, not a directory
   void DecideCompleteness();
 };
 

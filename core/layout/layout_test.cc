@@ -455,6 +455,9 @@ TEST(CompletenessTest, PlainModelFilesMissingOneOfN) {
   auto r = OfKind(*ck, ProblemKind::kModelFileCount);
   ASSERT_EQ(r.size(), 1u) << Dump(*ck);
   EXPECT_THAT(r[0].message, HasSubstr("file 2 of 3 is absent"));
+  // One file named by its path is judged alone.
+  auto one_file = CheckpointLayout::Scan(LocalFileSystem(), JoinPath(dir, "model-00001-of-00003.safetensors"));
+  EXPECT_TRUE(one_file->problems().empty()) << Dump(*one_file);
 }
 
 // ---- PyTorch's newest layout: physical keys + logical_fqn ------------------------------------
