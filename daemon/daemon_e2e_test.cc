@@ -156,6 +156,18 @@ std::vector<ExampleTensor> SmallModel() {
   return TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 256});
 }
 
+// Row-sharded and replicated tensors only: losing the highest rank leaves no gap.
+std::vector<ExampleTensor> RowAndReplicatedModel() {
+  return {{"w", DType::kF32, {8, 4}, Sharding::kRow}, {"b", DType::kF32, {4}, Sharding::kReplicated}};
+}
+
+// `model` saved as `ranks` per-rank shards in a new directory outside any root.
+std::string Staged(const std::vector<ExampleTensor>& model, int ranks) {
+  std::string staging = testing::NewTempDir() + "/run";
+  EXPECT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = ranks}).ok());
+  return staging;
+}
+
 struct Dirs {
   std::string root, state;
   Dirs() : root(testing::NewTempDir()), state(testing::NewTempDir()) {}
@@ -238,11 +250,8 @@ TEST(DaemonE2E, HalfWrittenRunIsLeftAloneUntilComplete) {
   Dirs d;
   DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});
   p.Start();
-  // Row-sharded and replicated tensors only: losing the highest rank leaves no gap.
-  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 4}, Sharding::kRow},
-                                      {"b", DType::kF32, {4}, Sharding::kReplicated}};
-  std::string staging = testing::NewTempDir() + "/run";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 4}).ok());
+  const std::vector<ExampleTensor> model = SmallModel();
+  const std::string staging = Staged(model, 4);
   std::string run = d.root + "/half";
   ASSERT_TRUE(LocalFileSystem().MakeDirs(run).ok());
   for (int r = 0; r < 3; ++r) {
@@ -448,11 +457,8 @@ TEST(DaemonE2E, ExpectedRanksCatchALostHighestRank) {
   Dirs d;
   DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});
   p.Start();
-  // Row-sharded and replicated tensors only: losing the highest rank leaves no gap.
-  std::vector<ExampleTensor> model = {{"w", DType::kF32, {8, 4}, Sharding::kRow},
-                                      {"b", DType::kF32, {4}, Sharding::kReplicated}};
-  std::string staging = testing::NewTempDir() + "/run";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 4}).ok());
+  const std::vector<ExampleTensor> model = RowAndReplicatedModel();
+  const std::string staging = Staged(model, 4);
   ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(staging, ShardFileName(3, 1, 1))).ok());
   ASSERT_EQ(std::rename(staging.c_str(), (d.root + "/lost").c_str()), 0);
   std::this_thread::sleep_for(std::chrono::seconds(4));
