@@ -259,7 +259,8 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     } else {
       for (size_t i = 0; i < reqs.size(); ++i) {
         at::Tensor t = reqs[i].dest.contiguous();
-        if (std::memcmp(t.data_ptr(), expected[i].data(), expected[i].size()) != 0) {
+        if (!expected[i].empty() &&  // an empty tensor has no data pointer
+            std::memcmp(t.data_ptr(), expected[i].data(), expected[i].size()) != 0) {
           report = absl::StrCat("tensor \"", reqs[i].fqn, "\": loaded values differ from the saved ones");
           break;
         }

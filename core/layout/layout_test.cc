@@ -388,7 +388,7 @@ TEST(CompletenessTest, HostileManifestIsAProblemNeverACrash) {
         std::string("{\"format\": \"safeshard.complete/1\", \"ranks\": 1e999, \"files\": []}"),
         std::string("{\"format\": \"safeshard.complete/1\", \"files\": [{\"name\": 5}]}"),
         std::string(50000, '[') + std::string(50000, ']'), std::string("\0\0\0", 3),
-        std::string("{\"format\": \"safeshard.complete/1\", \"files\": []}\0x", 51)}) {
+        std::string("{\"format\": \"safeshard.complete/1\", \"files\": []}") + std::string("\0x", 2)}) {
     testing::WriteFile(JoinPath(dir, kManifestFileName), text);
     auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
     ASSERT_TRUE(ck.ok());
