@@ -63,6 +63,18 @@ void ResolvePaths(Config* c) {
   for (std::string& r : c->watch_roots) r = ExpandHome(r);
 }
 
+int Config::ExpectedRanksFor(const std::string& run_dir) const {
+  size_t best = 0;
+  int n = expected_ranks;
+  for (const auto& [r, ranks] : expected_ranks_by_root) {
+    if ((run_dir == r || run_dir.rfind(r + "/", 0) == 0) && r.size() > best) {
+      best = r.size();
+      n = ranks;
+    }
+  }
+  return n;
+}
+
 absl::Status ValidateConfig(const Config& c) {
   if (c.files_mode != "single" && c.files_mode != "max_shard_size" && c.files_mode != "reference") {
     return absl::InvalidArgumentError(
@@ -100,6 +112,12 @@ absl::Status ValidateConfig(const Config& c) {
     }
   }
   if (c.expected_ranks < 0) return absl::InvalidArgumentError("config: expected_ranks must be >= 0");
+  for (const auto& [r, n] : c.expected_ranks_by_root) {
+    if (n < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: expected_ranks_by_root[\"", r, "\"] must be at least 1"));
+    }
+  }
   if (c.key_map.size() > 0) {
     absl::StatusOr<KeyMap> km = KeyMap::Create(c.key_map);
     if (!km.ok()) return absl::InvalidArgumentError(absl::StrCat("config: key_map: ", km.status().message()));
@@ -118,7 +136,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   CFG_RETURN(Unknown(root,
                      {"watch_roots", "output_template", "output_root", "output_files", "dtype", "key_map",
                       "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
-                      "rescan_interval_seconds", "expected_ranks", "strict", "retention", "api", "state_db",
+                      "rescan_interval_seconds", "expected_ranks", "expected_ranks_by_root", "strict", "retention", "api", "state_db",
                       "max_attempts"},
                      ""));
   Config c;
@@ -131,6 +149,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   CFG_RETURN(Get(root, "rescan_interval_seconds", &c.rescan_interval_seconds));
   CFG_RETURN(Get(root, "expected_ranks", &c.expected_ranks));
   CFG_RETURN(Get(root, "strict", &c.strict));
+  CFG_RETURN(Get(root, "expected_ranks_by_root", &c.expected_ranks_by_root));
   CFG_RETURN(Get(root, "state_db", &c.state_db));
   CFG_RETURN(Get(root, "max_attempts", &c.max_attempts));
   if (auto f = root.find("output_files"); f != root.end()) {

@@ -11,6 +11,7 @@
 //     "max_concurrent_jobs": 2, "threads_per_job": 2,
 //     "quiet_period_seconds": 30, "rescan_interval_seconds": 60,
 //     "expected_ranks": 0,                          // 0: unknown; N proves no rank was lost
+//     "expected_ranks_by_root": {"/ckpt/llama": 64}, // per root, overrides expected_ranks
 //     "strict": false,                              // refuse runs whose completeness is unproven
 //     "retention": {"mode": "keep"},                // or "delete", or {"mode": "keep_last", "keep_last": 3}
 //     "api": {"address": "127.0.0.1", "port": 8470, "token_file": "~/.config/safeshard/token"},
@@ -20,6 +21,7 @@
 #ifndef SAFESHARD_DAEMON_CONFIG_H_
 #define SAFESHARD_DAEMON_CONFIG_H_
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,6 +49,11 @@ struct Config {
   double quiet_period_seconds = 30;
   double rescan_interval_seconds = 60;
   int expected_ranks = 0;
+  // Per watch root (after the roots are resolved): runs under that root must have exactly this
+  // many ranks; overrides expected_ranks. {"expected_ranks_by_root": {"/ckpt/llama": 64}}.
+  std::map<std::string, int> expected_ranks_by_root;
+  // The expected rank count of a run directory: its root's entry, else expected_ranks (0: any).
+  int ExpectedRanksFor(const std::string& run_dir) const;
   // Refuse runs whose completeness cannot be proven (no manifest, no global_shape, no
   // expected_ranks) instead of consolidating them with a warning.
   bool strict = false;

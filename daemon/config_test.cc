@@ -75,5 +75,17 @@ TEST(ConfigTest, OptionsThatWouldBeIgnoredByJobsAreRefusedUpFront) {
   EXPECT_EQ(strict->output_root, "/pub");
 }
 
+TEST(ConfigTest, ExpectedRanksPerRoot) {
+  auto c = ParseConfig(R"({"watch_roots": ["/a", "/a/b", "/c"], "expected_ranks": 2,
+                           "expected_ranks_by_root": {"/a": 8, "/a/b": 64}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->ExpectedRanksFor("/a/run"), 8);
+  EXPECT_EQ(c->ExpectedRanksFor("/a/b/run"), 64);  // the deepest root wins
+  EXPECT_EQ(c->ExpectedRanksFor("/ab/run"), 2);    // not under "/a"
+  EXPECT_EQ(c->ExpectedRanksFor("/c/x"), 2);
+  EXPECT_FALSE(ParseConfig(R"({"expected_ranks_by_root": {"/a": 0}})").ok());
+  EXPECT_FALSE(ParseConfig(R"({"expected_ranks_by_root": {"/a": "8"}})").ok());
+}
+
 }  // namespace
 }  // namespace safeshard::daemon

@@ -73,6 +73,19 @@ std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_mani
   return fp;
 }
 
+// Every key of expected_ranks_by_root must be one of the (resolved) watch roots.
+absl::Status CheckRanksByRoot(const Config& c) {
+  for (const auto& [r, n] : c.expected_ranks_by_root) {
+    bool known = false;
+    for (const std::string& w : c.watch_roots) known |= w == r;
+    if (!known) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: expected_ranks_by_root names ", r, ", which is not a watch root"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The run's completion manifest, read with a size bound and parsed by core/format/manifest.
 absl::StatusOr<Manifest> ReadRunManifest(const std::string& dir) {
   const std::string path = JoinPath(dir, kCompletionManifest);
@@ -174,6 +187,16 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   if (config.watch_roots.empty()) {
     return absl::InvalidArgumentError("no watch roots: pass --watch DIR or set watch_roots");
   }
+  {
+    // Keys of expected_ranks_by_root name roots: resolve them like the roots.
+    std::map<std::string, int> by_root;
+    for (const auto& [r, n] : config.expected_ranks_by_root) {
+      char* real = realpath(r.c_str(), nullptr);
+      by_root[real != nullptr ? std::string(real) : r] = n;
+      free(real);
+    }
+    config.expected_ranks_by_root = std::move(by_root);
+  }
   for (std::string& r : config.watch_roots) {
     char* real = realpath(r.c_str(), nullptr);
     if (real == nullptr) {
@@ -182,6 +205,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
     r = real;
     free(real);
   }
+  RETURN_IF_ERROR(CheckRanksByRoot(config));
   FileSystem& fs = LocalFileSystem();
   absl::Status st = fs.MakeDirs(DirName(config.state_db));
   if (!st.ok()) return st;
@@ -412,7 +436,18 @@ void Daemon::Reload(Config c) {
     r = real;
     free(real);
   }
-  if (absl::Status valid = ValidateConfig(c); !valid.ok()) {
+  {
+    std::map<std::string, int> by_root;
+    for (const auto& [r, n] : c.expected_ranks_by_root) {
+      char* real = realpath(r.c_str(), nullptr);
+      by_root[real != nullptr ? std::string(real) : r] = n;
+      free(real);
+    }
+    c.expected_ranks_by_root = std::move(by_root);
+  }
+  absl::Status valid = ValidateConfig(c);
+  if (valid.ok()) valid = CheckRanksByRoot(c);
+  if (!valid.ok()) {
     Log("error", "configuration not reloaded", {{"error", std::string(valid.message())}});
     return;
   }
@@ -687,7 +722,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
       if (ready) {
         // Every listed file is in place; the scan judges the rest (ranks, coverage, extras).
         ScanOptions so;
-        so.expect_ranks = c.expected_ranks;
+        so.expect_ranks = c.ExpectedRanksFor(dir);
         absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(RootsFs(), dir, so);
         if (!ck.ok()) {
           ready = false;
@@ -711,7 +746,7 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
       NoteDeadline(run.last_change_ms + static_cast<int64_t>(quiet_ms) + 1);
     } else {
       ScanOptions so;
-      so.expect_ranks = c.expected_ranks;
+      so.expect_ranks = c.ExpectedRanksFor(dir);
       so.strict = c.strict;
       absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(RootsFs(), dir, so);
       if (!ck.ok()) {
@@ -954,7 +989,7 @@ void Daemon::RunJob(JobRecord j) {
     o.threads = c.threads_per_job;
     o.verify = true;
     o.overwrite = true;
-    o.expect_ranks = c.expected_ranks;
+    o.expect_ranks = c.ExpectedRanksFor(run.path);
     o.strict = c.strict;
     o.cancel = &a->cancel;
     o.progress = [&](uint64_t done, uint64_t total) {

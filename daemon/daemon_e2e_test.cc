@@ -453,9 +453,18 @@ TEST(DaemonE2E, HostileManifestsLeaveTheDaemonAliveAndTheRunIncomplete) {
   EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 0u);
 }
 
-TEST(DaemonE2E, ExpectedRanksCatchALostHighestRank) {
+class ExpectedRanksE2E : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ExpectedRanksE2E, CatchALostHighestRank) {
   Dirs d;
-  DaemonProcess p(d.root, d.state, {"--expected-ranks", "4"});
+  // The global setting (--expected-ranks), or the per-root one in the config file.
+  std::vector<std::string> flags = {"--expected-ranks", "4"};
+  if (GetParam()) {
+    testing::WriteFile(d.state + "/config.json",
+                       absl::StrCat(R"({"expected_ranks_by_root": {)", testing::Quoted(d.root), ": 4}}"));
+    flags = {"--config", d.state + "/config.json"};
+  }
+  DaemonProcess p(d.root, d.state, flags);
   p.Start();
   const std::vector<ExampleTensor> model = RowAndReplicatedModel();
   const std::string staging = Staged(model, 4);
@@ -468,6 +477,7 @@ TEST(DaemonE2E, ExpectedRanksCatchALostHighestRank) {
   EXPECT_THAT(runs[0]["detail"].get<std::string>(), ::testing::HasSubstr("missing rank 3"));
   EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/lost-hf/model.safetensors.index.json").ok());
 }
+INSTANTIATE_TEST_SUITE_P(GlobalOrPerRoot, ExpectedRanksE2E, ::testing::Bool());
 
 TEST(DaemonE2E, PyTorchShardedSubdirectoryIsConsolidatedIntoItsRunUnlessAlreadyDone) {
   Dirs d;
