@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "core/example/example.h"
+#include "core/layout/layout.h"
 #include "core/format/filenames.h"
 #include "core/io/filesystem.h"
 #include "core/testing/testing.h"
@@ -248,6 +249,11 @@ TEST(CliDiffTest, ShardsEqualTheirConsolidationThenOneByteDiffers) {
 
 // ---- Issue 11: the verdict must be provable ----------------------------------------------------
 
+size_t CheckpointLayoutFiles(const std::string& dir) {
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  return ck.ok() ? ck->files().size() : 0;
+}
+
 void RemoveHighestRank(const std::string& dir, int ranks) {
   ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, ShardFileName(ranks - 1, 1, 1))).ok());
 }
@@ -409,6 +415,26 @@ TEST(CliTest, AnIndexEntryLeavingTheDirectoryBlocksConsolidation) {
   EXPECT_EQ(c.code, kExitProblems);
   EXPECT_THAT(c.err, HasSubstr("invalid_index"));
   EXPECT_EQ(RunCli({"verify", hf}).code, kExitProblems);
+}
+
+TEST(CliTest, OutputsThatOnlyBecomeTheInputOnceCreatedAndShardsInOutAreRefused) {
+  std::string in = Example({.ranks = 2});
+  // "IN/new/.." is IN once "new" exists.
+  Result r = RunCli({"consolidate", in, in + "/nonexist/..", "--overwrite"});
+  EXPECT_EQ(r.code, kExitUsage) << r.err;
+  EXPECT_EQ(CheckpointLayoutFiles(in), 2u);
+  // An OUT holding another checkpoint's per-rank shards is never replaced, even with --overwrite.
+  std::string other = Example({.ranks = 2});
+  Result o = RunCli({"consolidate", in, other, "--overwrite"});
+  EXPECT_EQ(o.code, kExitProblems) << o.err;
+  EXPECT_THAT(o.err, HasSubstr("holds per-rank shards"));
+  EXPECT_EQ(CheckpointLayoutFiles(other), 2u);
+  // A directory named like a shard is reported, not skipped.
+  ASSERT_EQ(mkdir((in + "/shard-00003-model-00001-of-00001.safetensors").c_str(), 0755), 0);
+  EXPECT_EQ(RunCli({"verify", in}).code, kExitProblems);
+  // Names that are not UTF-8 are printed, never an abort.
+  Result bad = RunCli({"verify", "--json", in + "/\xff"});
+  EXPECT_EQ(bad.code, kExitUsage);
 }
 
 }  // namespace

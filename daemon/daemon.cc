@@ -155,7 +155,7 @@ void Log(const std::string& level, const std::string& msg, json fields) {
   }
   static absl::Mutex* mu = new absl::Mutex();
   absl::MutexLock l(mu);
-  std::cerr << j.dump() << std::endl;
+  std::cerr << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 
 void NotifySystemd(const std::string& state) {
@@ -286,6 +286,16 @@ absl::Status Daemon::Start() {
   srv->set_keep_alive_timeout(2);
   srv->set_keep_alive_max_count(100);
   srv->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // httplib does not cap chunked bodies: the API takes none (its bodies are small JSON with a
+    // Content-Length). Several Host headers are refused too.
+    if (req.get_header_value_count("Host") > 1 ||
+        absl::StrContains(absl::AsciiStrToLower(req.get_header_value("Transfer-Encoding")), "chunked")) {
+      res.status = 400;
+      res.set_content("{\"error\": \"chunked request bodies and repeated Host headers are not accepted\"}\n",
+                      "application/json");
+      res.set_header("Connection", "close");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (HostAllowed(req.get_header_value("Host"))) return httplib::Server::HandlerResponse::Unhandled;
     res.status = 403;
     res.set_content("{\"error\": \"Host header not allowed: the API answers only to its own "
@@ -295,7 +305,7 @@ absl::Status Daemon::Start() {
   });
   auto reply = [](httplib::Response& res, int code, const json& body) {
     res.status = code;
-    res.set_content(body.dump(2) + "\n", "application/json");
+    res.set_content(body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", "application/json");
   };
   auto error = [reply](httplib::Response& res, const absl::Status& s) {
     int code = 500;
@@ -585,6 +595,15 @@ std::string Daemon::WhyOutputRefused(const std::string& source, const std::strin
   if (SameDirectory(RootsFs(), source, *out) || *out == source ||
       absl::StartsWith(*out, source + "/")) {
     return absl::StrCat("its output ", *out, " would be inside its own source ", source);
+  }
+  // Another run's source (per-rank shards) is never an output.
+  if (absl::StatusOr<std::vector<DirEntry>> in_out = RootsFs().List(*out); in_out.ok()) {
+    for (const DirEntry& e : *in_out) {
+      if (absl::StartsWith(e.name, "shard-") && absl::EndsWith(e.name, ".safetensors")) {
+        return absl::StrCat("its output ", *out, " holds per-rank shards (", e.name,
+                            "): another run's source");
+      }
+    }
   }
   // No component below the root may be a symbolic link (checked again when the job starts).
   if (*out == c.output_root) return "its output would be the output root itself";
@@ -1243,7 +1262,7 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
                                              const std::string& output) {
   absl::StatusOr<RunRecord> run = FindRun(id_or_path);
   if (!run.ok()) return run.status();
-  absl::StatusOr<KeyMap> km = KeyMap::FromJson(rules.dump());
+  absl::StatusOr<KeyMap> km = KeyMap::FromJson(rules.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   if (!km.ok()) return km.status();
   absl::StatusOr<std::string> out = ResolveUnderRoots(output, /*outputs=*/true);
   if (!out.ok()) return out.status();
@@ -1267,7 +1286,7 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
   JobRecord j;
   j.run_id = run->id;
   j.kind = "remap";
-  j.rules = rules.dump();
+  j.rules = rules.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   j.output = *out;
   j.created_ms = NowMs();
   absl::StatusOr<int64_t> id = store_->AddJob(j);

@@ -710,5 +710,33 @@ TEST(DaemonE2E, ReloadRefusesAMissingRootAndAReadableTokenIsTightened) {
   EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
 }
 
+TEST(DaemonE2E, NonUtf8NamesChunkedBodiesAndOutputsOnOtherRunsAreHandled) {
+  Dirs d;
+  auto model = SmallModel();
+  PlaceRun(d.root + "/b\xff", model, 2);           // a run name that is not UTF-8
+  PlaceRun(d.root + "/runA", model, 2);
+  PlaceRun(d.root + "/runA-hf", model, 2);         // runA's default output is another run's source
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  const json runs = p.Get("/v1/runs");
+  ASSERT_TRUE(runs.is_object()) << p.log();
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
+  EXPECT_EQ(CheckpointLayout::Scan(LocalFileSystem(), d.root + "/runA-hf")->files().size(), 2u)
+      << "another run's shards were replaced";
+  // A chunked body is refused before it is read.
+  const int port = std::stoi(testing::ReadFile(d.state + "/port"));
+  httplib::Client c("127.0.0.1", port);
+  auto r = c.Post("/v1/rescan", 64 << 20,
+                  [](size_t, size_t, httplib::DataSink& sink) {
+                    static const std::string block(1 << 20, 'x');
+                    sink.write(block.data(), block.size());
+                    return true;
+                  },
+                  "application/json");
+  EXPECT_TRUE(!r || r->status == 400 || r->status == 413) << (r ? r->status : -1);
+  EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
+}
+
 }  // namespace
 }  // namespace safeshard::daemon

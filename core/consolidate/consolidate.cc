@@ -485,6 +485,21 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
   std::vector<std::string> existing;
   for (const DirEntry& e : entries) {
     if (IsTempFileName(e.name)) continue;
+    // Per-rank shards are some checkpoint's source: never replaced, not even with --overwrite.
+    if (absl::StatusOr<FileIndex> idx = ParseFileIndex(e.name); idx.ok() && idx->shard) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          out, " holds per-rank shards (", e.name, "): it is a checkpoint's source, never an "
+          "output to replace; choose another output directory"));
+    }
+    if (e.name == kManifestFileName) {
+      absl::StatusOr<std::string> text = fs.ReadAll(JoinPath(out, e.name));
+      absl::StatusOr<Manifest> m = text.ok() ? ParseManifest(*text, e.name) : text.status();
+      if (m.ok() && m->kind == kManifestKindShards) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            out, " holds the completion manifest of per-rank shards: it is a checkpoint's "
+            "source, never an output to replace"));
+      }
+    }
     if (absl::EndsWith(e.name, ".safetensors") || absl::EndsWith(e.name, ".safetensors.index.json")) {
       existing.push_back(e.name);
     }
@@ -750,28 +765,35 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   if (rank == 0) {
     prep = [&]() -> absl::Status {
       RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
+      // Again now that OUT exists: "IN/new/.." only resolves to IN once "new" is there.
+      if (&out_fs == &fs && SameDirectory(fs, output_dir, plan.input_root)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            output_dir, ": the output directory is the input directory ", plan.input_root,
+            "; inputs are never modified (choose another output directory)"));
+      }
       ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(out_fs, output_dir));
       lock.emplace(std::move(l));
       return PrepareOutputDir(out_fs, plan, output_dir, o, &atomics, &result.warnings);
     }();
-    nlohmann::json temps = nlohmann::json::array();
-    for (const AtomicFile& a : atomics) temps.push_back(a.temp_path());
-    temp_list = temps.dump();
+    for (const AtomicFile& a : atomics) absl::StrAppend(&temp_list, a.temp_path().size(), ":", a.temp_path());
   }
   RETURN_IF_ERROR(AllGatherStatus(c, prep));
-  // Temporary paths travel as a JSON array: any byte may be in a path (a newline too), so no
-  // path is ever split out of a joined string.
-  ASSIGN_OR_RETURN(std::string temps_json, c.Broadcast(temp_list, 0));
+  // Temporary paths travel length-prefixed ("<bytes>:<path>" each): any byte may be in a path (a
+  // newline, bytes that are not UTF-8), so no path is ever split out of a joined string.
+  ASSIGN_OR_RETURN(std::string temps_joined, c.Broadcast(temp_list, 0));
   std::vector<std::string> temp_paths;
-  {
-    nlohmann::json arr = nlohmann::json::parse(temps_json, nullptr, /*allow_exceptions=*/false);
-    if (!arr.is_array() || arr.size() != plan.outputs.size()) {
+  for (absl::string_view rest = temps_joined; !rest.empty();) {
+    const size_t colon = rest.find(':');
+    size_t n = 0;
+    if (colon == absl::string_view::npos || !absl::SimpleAtoi(rest.substr(0, colon), &n) ||
+        n > rest.size() - colon - 1) {
       return absl::InternalError("rank 0 sent a malformed list of temporary output paths");
     }
-    for (const auto& p : arr) {
-      if (!p.is_string()) return absl::InternalError("malformed temporary output path");
-      temp_paths.push_back(p.get<std::string>());
-    }
+    temp_paths.emplace_back(rest.substr(colon + 1, n));
+    rest.remove_prefix(colon + 1 + n);
+  }
+  if (temp_paths.size() != plan.outputs.size()) {
+    return absl::InternalError("rank 0 sent a malformed list of temporary output paths");
   }
 
   // 3. Copy this rank's share.

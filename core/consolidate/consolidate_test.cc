@@ -426,7 +426,7 @@ TEST(ConsolidateTest, ANewlineInTheOutputPathIsJustAName) {
   const std::string base = testing::NewTempDir();
   // A file named like the part of the path before the newline must stay untouched.
   testing::WriteFile(base + "/out", "x");
-  const std::string out = base + "/out\nline";
+  const std::string out = base + "/out\nline\xff";  // a newline, and a byte that is not UTF-8
   ConsolidateOptions o;
   o.verify = true;
   auto r = Consolidate(LocalFileSystem(), in, out, o);

@@ -22,7 +22,7 @@
 namespace safeshard {
 namespace {
 
-std::string Q(absl::string_view s) { return nlohmann::json(std::string(s)).dump(); }
+std::string Q(absl::string_view s) { return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
 std::string Box(const std::vector<uint64_t>& lo, const std::vector<uint64_t>& hi) {
   std::vector<std::string> parts;
@@ -388,7 +388,9 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
         has_manifest = true;  // whatever it is: a directory or FIFO there is an invalid manifest
         continue;
       }
-      if (e.is_dir || IsTempFileName(e.name)) continue;
+      if (IsTempFileName(e.name)) continue;
+      // A directory under a checkpoint file's name is reported (its open fails), not skipped.
+      if (e.is_dir && !absl::EndsWith(e.name, kSafetensorsSuffix)) continue;
       if (absl::EndsWith(e.name, kSafetensorsSuffix)) {
         names.push_back(e.name);
       } else if (IsIndexFileName(e.name) && ck.index_file_.empty()) {

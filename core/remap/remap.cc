@@ -119,6 +119,11 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   if (!same) {
     // Planned (collisions refused) before anything exists in the output.
     RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
+    // Again now that OUT exists: "IN/new/.." only resolves to IN once "new" is there.
+    if (&out_fs == &fs && SameDirectory(fs, output_dir, layout.root())) {
+      return absl::InvalidArgumentError(
+          "the output directory is the input directory; pass --in-place to rewrite it");
+    }
     ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(out_fs, output_dir));
     lock.emplace(std::move(l));
   }

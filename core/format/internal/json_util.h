@@ -247,7 +247,7 @@ inline bool ReadU64(const nlohmann::json& v, uint64_t* out, bool allow_float = f
 
 // JSON-quoted form of a name, for error messages.
 inline std::string Quote(absl::string_view s) {
-  return nlohmann::json(std::string(s)).dump();
+  return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace safeshard::internal
