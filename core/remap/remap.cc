@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <optional>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,7 @@
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/util/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace safeshard {
 
@@ -61,11 +63,9 @@ absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap
 
 namespace {
 
-// In place, the index is moved aside under this name before the first file is rewritten, so a
-// crash leaves no index (the "done" signal) beside half-renamed files; a rerun finds it there.
-std::string PendingIndexName(absl::string_view index_file) {
-  return absl::StrCat(".", index_file, ".safeshard-remap-pending");
-}
+// In place: the journal of a remap in progress (its renames and the index it removed), so that a
+// run interrupted between its renames is finished by the next one, exactly.
+constexpr char kRemapJournal[] = ".safeshard-remap-journal.json";
 
 }  // namespace
 
@@ -93,28 +93,45 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   if (same) {
     ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(fs, layout.root()));
     lock.emplace(std::move(l));
+    RETURN_IF_ERROR(CleanStaleTempFiles(fs, layout.root()).status());  // of a killed earlier run
   }
   // The index: the scanned one, or, in place after an interrupted run, the one it moved aside.
   std::optional<IndexJson> index = layout.index();
   std::string index_file = layout.index_file();
-  std::string pending;
-  if (same) {
-    ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(layout.root()));
-    for (const DirEntry& e : entries) {
-      for (absl::string_view name : {kIndexFileName, kDiffusersIndexFileName}) {
-        if (e.name != PendingIndexName(name)) continue;
-        pending = e.name;
-        if (!index) {
-          const std::string path = JoinPath(layout.root(), e.name);
-          ASSIGN_OR_RETURN(std::string text, fs.ReadAll(path));
-          ASSIGN_OR_RETURN(IndexJson idx, ParseIndexJson(text, path));
-          index = std::move(idx);
-          index_file = std::string(name);
-        }
-      }
+  // In place, an interrupted run left its journal: the renames it was applying and the index
+  // it had moved aside. Resuming applies exactly those renames (never the rules a second time
+  // to names already renamed), whatever rules this run was given.
+  const std::string journal_path = JoinPath(layout.root(), kRemapJournal);
+  bool resuming = false;
+  if (same && fs.Stat(journal_path).ok()) {
+    ASSIGN_OR_RETURN(std::string text, fs.ReadAll(journal_path));
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("renames") || !j["renames"].is_object() ||
+        !j.contains("index_file") || !j["index_file"].is_string()) {
+      return absl::DataLossError(absl::StrCat(journal_path, ": the journal of an interrupted remap is "
+                                              "unreadable; restore the directory from a copy"));
     }
+    RemapPlan plan;
+    for (auto it = j["renames"].begin(); it != j["renames"].end(); ++it) {
+      if (!it.value().is_string()) return absl::DataLossError(absl::StrCat(journal_path, ": malformed"));
+      plan.renames[it.key()] = it.value().get<std::string>();
+    }
+    std::set<std::string> renamed;
+    for (const auto& [from, to] : plan.renames) renamed.insert(to);
+    for (const TensorLayout& t : layout.tensors()) {
+      if (!plan.renames.count(t.name)) plan.renames[t.name] = t.name;  // already renamed
+    }
+    for (const auto& [from, to] : plan.renames) plan.changed += from != to;
+    index_file = j["index_file"].get<std::string>();
+    if (j.contains("index") && j["index"].is_string()) {
+      ASSIGN_OR_RETURN(IndexJson idx, ParseIndexJson(j["index"].get<std::string>(), journal_path));
+      index = std::move(idx);
+    }
+    result.plan = std::move(plan);
+    resuming = true;
+  } else {
+    ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map, index ? &*index : nullptr));
   }
-  ASSIGN_OR_RETURN(result.plan, PlanRemap(layout, key_map, index ? &*index : nullptr));
   const std::map<std::string, std::string>& ren = result.plan.renames;
   if (!same) {
     // Planned (collisions refused) before anything exists in the output.
@@ -214,12 +231,20 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     }
   }
   if (o.cancel && o.cancel->load()) return absl::CancelledError("remap cancelled");
-  if (same && index && pending.empty()) {
-    // Every new file is complete under its temporary name; before the first one replaces its
-    // original, the index stops saying "finished".
-    pending = PendingIndexName(index_file);
-    RETURN_IF_ERROR(fs.Rename(JoinPath(layout.root(), index_file), JoinPath(layout.root(), pending)));
+  if (same && !resuming) {
+    // Every new file is complete under its temporary name. Before the first one replaces its
+    // original: the journal (renames + the old index), then the index stops saying "finished".
+    nlohmann::json j;
+    nlohmann::json renames = nlohmann::json::object();
+    for (const auto& [from, to] : ren) renames[from] = to;
+    j["renames"] = std::move(renames);
+    j["index_file"] = index ? index_file : std::string();
+    j["index"] = index ? nlohmann::json(SerializeIndexJson(*index)) : nlohmann::json();
+    RETURN_IF_ERROR(WriteFileAtomically(fs, journal_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace)));
+    if (index) RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), index_file)));
     RETURN_IF_ERROR(fs.SyncDir(layout.root()));
+  } else if (same && resuming && index && fs.Stat(JoinPath(layout.root(), index_file)).ok()) {
+    RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), index_file)));
   }
   int committed = 0;
   const char* crash_after = std::getenv("SAFESHARD_TEST_REMAP_CRASH_AFTER");
@@ -242,7 +267,10 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     RETURN_IF_ERROR(
         WriteFileAtomically(out_fs, JoinPath(output_dir, index_file), SerializeIndexJson(idx)));
     result.files.push_back(index_file);
-    if (!pending.empty()) RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), pending)));
+  }
+  if (same && fs.Stat(journal_path).ok()) {
+    RETURN_IF_ERROR(fs.Remove(journal_path));  // finished: nothing to resume
+    RETURN_IF_ERROR(fs.SyncDir(layout.root()));
   }
   return result;
 }

@@ -3,9 +3,10 @@
 // Headers are rewritten (tensor names and DCP_SHARDING_INFO keys), each file's tensor bytes are
 // copied as one range with copy_file_range (a reflink where the file system supports it), the
 // index json is rewritten last. In place, every new file is written completely under a
-// temporary name first, the index is moved aside (so a crash never leaves it beside half-renamed
-// files), the files replace the originals, and the new index is published last; a rerun after a
-// crash finishes the job. Other files of the directory (config.json, tokenizer, ...) are
+// temporary name first, a journal of the renames (and the old index) is written and the index
+// removed (so a crash never leaves it beside half-renamed files), the files replace the
+// originals, and the new index is published last; a rerun after a crash applies exactly the
+// journaled renames. Other files of the directory (config.json, tokenizer, ...) are
 // copied as they are. Two keys mapping to one name is an error naming both.
 //
 //   ASSIGN_OR_RETURN(KeyMap km, KeyMap::Create({{"^model\\.", ""}}));

@@ -1,11 +1,14 @@
 #include "core/remap/remap.h"
 
+#include "absl/strings/match.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
 #include "core/format/filenames.h"
+#include "core/io/atomic_file.h"
 #include "core/format/index_json.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
@@ -207,7 +210,9 @@ TEST(RemapTest, InPlaceKilledBetweenItsRenamesLeavesNoIndexAndARerunFinishes) {
   ASSERT_GE(before->files().size(), 3u);
   std::map<std::string, std::string> bytes_before;
   for (const TensorLayout& t : before->tensors()) bytes_before[t.name] = TensorBytes(*before, t.name);
-  auto km = KeyMap::Create({{"^model\\.layers\\.", "blocks."}});
+  // A rule that is not idempotent (x. -> x.x. on a second pass): a resumed run must not apply it
+  // twice to the names already renamed.
+  auto km = KeyMap::Create({{"^(.*)$", "x.\\1"}});
   ASSERT_TRUE(km.ok());
   RemapOptions o;
   o.in_place = true;
@@ -234,14 +239,20 @@ TEST(RemapTest, InPlaceKilledBetweenItsRenamesLeavesNoIndexAndARerunFinishes) {
   EXPECT_TRUE(after->problems().empty()) << problems;
   ASSERT_TRUE(after->index().has_value());
   EXPECT_EQ(after->index()->weight_map.size(), before->tensors().size());
-  EXPECT_EQ(after->index()->weight_map.count("blocks.0.mlp.up_proj.weight"), 1u);
+  EXPECT_EQ(after->index()->weight_map.count("x.model.layers.0.mlp.up_proj.weight"), 1u);
+  for (const TensorLayout& t : after->tensors()) {
+    EXPECT_FALSE(absl::StartsWith(t.name, "x.x.")) << t.name << " renamed twice";
+  }
   EXPECT_EQ(after->tensors().size(), before->tensors().size());
   for (const TensorLayout& t : before->tensors()) {
     const std::string renamed = km->Apply(t.name);
     EXPECT_TRUE(bytes_before[t.name] == TensorBytes(*after, renamed)) << renamed;
   }
   auto entries = LocalFileSystem().List(dir);
-  for (const DirEntry& e : *entries) EXPECT_EQ(e.name.find("remap-pending"), std::string::npos) << e.name;
+  for (const DirEntry& e : *entries) {
+    EXPECT_EQ(e.name.find("remap-journal"), std::string::npos) << e.name;
+    EXPECT_FALSE(IsTempFileName(e.name)) << e.name << " left by the killed run";
+  }
 }
 
 }  // namespace
