@@ -73,6 +73,17 @@ std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_mani
   return fp;
 }
 
+// Keys of expected_ranks_by_root name roots: resolved like the roots (symlinks, "..").
+void ResolveRanksByRoot(Config* c) {
+  std::map<std::string, int> by_root;
+  for (const auto& [r, n] : c->expected_ranks_by_root) {
+    char* real = realpath(r.c_str(), nullptr);
+    by_root[real != nullptr ? std::string(real) : r] = n;
+    free(real);
+  }
+  c->expected_ranks_by_root = std::move(by_root);
+}
+
 // Every key of expected_ranks_by_root must be one of the (resolved) watch roots.
 absl::Status CheckRanksByRoot(const Config& c) {
   for (const auto& [r, n] : c.expected_ranks_by_root) {
@@ -187,16 +198,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   if (config.watch_roots.empty()) {
     return absl::InvalidArgumentError("no watch roots: pass --watch DIR or set watch_roots");
   }
-  {
-    // Keys of expected_ranks_by_root name roots: resolve them like the roots.
-    std::map<std::string, int> by_root;
-    for (const auto& [r, n] : config.expected_ranks_by_root) {
-      char* real = realpath(r.c_str(), nullptr);
-      by_root[real != nullptr ? std::string(real) : r] = n;
-      free(real);
-    }
-    config.expected_ranks_by_root = std::move(by_root);
-  }
+  ResolveRanksByRoot(&config);
   for (std::string& r : config.watch_roots) {
     char* real = realpath(r.c_str(), nullptr);
     if (real == nullptr) {
@@ -446,15 +448,7 @@ void Daemon::Reload(Config c) {
     r = real;
     free(real);
   }
-  {
-    std::map<std::string, int> by_root;
-    for (const auto& [r, n] : c.expected_ranks_by_root) {
-      char* real = realpath(r.c_str(), nullptr);
-      by_root[real != nullptr ? std::string(real) : r] = n;
-      free(real);
-    }
-    c.expected_ranks_by_root = std::move(by_root);
-  }
+  ResolveRanksByRoot(&c);
   absl::Status valid = ValidateConfig(c);
   if (valid.ok()) valid = CheckRanksByRoot(c);
   if (!valid.ok()) {
