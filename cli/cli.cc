@@ -1,5 +1,6 @@
 #include "cli/cli.h"
 
+#include "core/format/internal/json_util.h"
 #include "core/io/atomic_file.h"
 
 #include <unistd.h>
@@ -192,7 +193,7 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
   // The listing is printed whatever the state; the exit code says whether it is sound.
   const int code = ck->HasBlockingProblem() || ck->files().empty() ? kExitProblems : kExitOk;
   if (a.json) {
-    out << LayoutJson(*ck, filter.get()).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << internal::DumpJson(LayoutJson(*ck, filter.get()), 2) << "\n";
     return code;
   }
   uint64_t file_bytes = 0;
@@ -352,7 +353,7 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
       c["unchecked_files"] = sums ? sums->unchecked : std::vector<std::string>();
       j["checksums"] = std::move(c);
     }
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << internal::DumpJson(j, 2) << "\n";
     return ok ? kExitOk : kExitProblems;
   }
   for (const Problem& p : problems) out << p.ToString() << "\n";
@@ -595,7 +596,7 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
       j["verify"] = {{"bytes", r->verify->bytes_checked}, {"seconds", r->verify->seconds}};
     }
     j["warnings"] = warnings;
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << internal::DumpJson(j, 2) << "\n";
     return kExitOk;
   }
   for (const std::string& w : warnings) err << "warning: " << w << "\n";
@@ -802,7 +803,7 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
       list.push_back(std::move(e));
     }
     j["differences"] = std::move(list);
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << internal::DumpJson(j, 2) << "\n";
   } else {
     int shown = 0;
     for (const TensorDiff& d : r->diffs) {
@@ -884,7 +885,7 @@ int RunRuns(const DaemonArgs& a, std::ostream& out, std::ostream& err) {
   nlohmann::json j;
   if (int rc = DaemonGet(a, "/v1/runs", err, &j); rc != kExitOk) return rc;
   if (a.json) {
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << internal::DumpJson(j, 2) << "\n";
     return kExitOk;
   }
   std::vector<std::vector<std::string>> rows = {{"ID", "STATE", "DETECTION", "PATH", "DETAIL"}};
@@ -903,7 +904,7 @@ int RunJobs(const DaemonArgs& a, std::ostream& out, std::ostream& err) {
   nlohmann::json j;
   if (int rc = DaemonGet(a, "/v1/jobs", err, &j); rc != kExitOk) return rc;
   if (a.json) {
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    out << internal::DumpJson(j, 2) << "\n";
     return kExitOk;
   }
   std::vector<std::vector<std::string>> rows = {{"JOB", "RUN", "KIND", "STATE", "PROGRESS", "ERROR"}};

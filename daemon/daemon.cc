@@ -1,5 +1,6 @@
 #include "daemon/daemon.h"
 
+#include "core/format/internal/json_util.h"
 #include "core/format/manifest.h"
 #include "core/util/status_macros.h"
 
@@ -166,7 +167,7 @@ void Log(const std::string& level, const std::string& msg, json fields) {
   }
   static absl::Mutex* mu = new absl::Mutex();
   absl::MutexLock l(mu);
-  std::cerr << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  std::cerr << internal::DumpJson(j) << std::endl;
 }
 
 void NotifySystemd(const std::string& state) {
@@ -307,7 +308,7 @@ absl::Status Daemon::Start() {
   });
   auto reply = [](httplib::Response& res, int code, const json& body) {
     res.status = code;
-    res.set_content(body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", "application/json");
+    res.set_content(internal::DumpJson(body, 2) + "\n", "application/json");
   };
   auto error = [reply](httplib::Response& res, const absl::Status& s) {
     int code = 500;
@@ -1256,7 +1257,7 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
                                              const std::string& output) {
   absl::StatusOr<RunRecord> run = FindRun(id_or_path);
   if (!run.ok()) return run.status();
-  absl::StatusOr<KeyMap> km = KeyMap::FromJson(rules.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  absl::StatusOr<KeyMap> km = KeyMap::FromJson(internal::DumpJson(rules));
   if (!km.ok()) return km.status();
   absl::StatusOr<std::string> out = ResolveUnderRoots(output, /*outputs=*/true);
   if (!out.ok()) return out.status();
@@ -1280,7 +1281,7 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path, cons
   JobRecord j;
   j.run_id = run->id;
   j.kind = "remap";
-  j.rules = rules.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  j.rules = internal::DumpJson(rules);
   j.output = *out;
   j.created_ms = NowMs();
   absl::StatusOr<int64_t> id = store_->AddJob(j);

@@ -240,13 +240,15 @@ absl::Status WriteDcpCheckpoint(FileSystem& fs, const std::string& dir,
     mf.name = name;
     ContentHasher whole;
     const std::string head = SerializeHeader(h);
-    whole.Update(head);
+    if (o.manifest) whole.Update(head);
     RETURN_IF_ERROR(out.file().Append(head));
     for (const TensorEntry& e : h.tensors) {
       const auto* item = by_key.at(e.name);
       const std::string bytes_of = ChunkBytes(tensors[item->first], item->second);
-      whole.Update(bytes_of);
-      mf.tensor_xxh3.push_back(Xxh3(bytes_of));
+      if (o.manifest) {  // checksums only when a manifest will carry them
+        whole.Update(bytes_of);
+        mf.tensor_xxh3.push_back(Xxh3(bytes_of));
+      }
       RETURN_IF_ERROR(out.file().Append(bytes_of));
     }
     RETURN_IF_ERROR(out.Commit());

@@ -1,3 +1,4 @@
+#include "core/format/internal/json_util.h"
 #include "core/layout/layout.h"
 
 #include <sys/stat.h>
@@ -22,7 +23,7 @@
 namespace safeshard {
 namespace {
 
-std::string Q(absl::string_view s) { return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+std::string Q(absl::string_view s) { return internal::Quote(s); }
 
 std::string Box(const std::vector<uint64_t>& lo, const std::vector<uint64_t>& hi) {
   std::vector<std::string> parts;
@@ -933,10 +934,6 @@ absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header
     }
     return absl::OkStatus();
   };
-  std::vector<const TensorEntry*> order;
-  for (const TensorEntry& t : header.tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(),
-            [](const TensorEntry* a, const TensorEntry* b) { return a->begin < b->begin; });
   const uint64_t base = header.tensors.empty() ? 0 : header.data_start();
   uint64_t pos = 0;
   auto fail = [&](const absl::Status& s, absl::string_view what) {
@@ -948,7 +945,8 @@ absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header
   }
   if (absl::Status s = feed(0, base, nullptr); !s.ok()) return fail(s, "the header");
   pos = base;
-  for (const TensorEntry* t : order) {
+  for (const TensorEntry& entry : header.tensors) {  // in data order, as every Header keeps them
+    const TensorEntry* t = &entry;
     if (base + t->end > file.size() || base + t->begin != pos) {
       return absl::DataLossError(absl::StrCat(
           file.path(), ": tensor ", Q(t->name), " bytes [", base + t->begin, ", ", base + t->end,
@@ -1008,9 +1006,7 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
       continue;
     }
     r.bytes += got->size;
-    std::vector<TensorEntry> order = h.tensors;
-    std::sort(order.begin(), order.end(),
-              [](const TensorEntry& a, const TensorEntry& b) { return a.begin < b.begin; });
+    const std::vector<TensorEntry>& order = h.tensors;  // in data order, as every Header keeps them
     if (info->header && !mf.tensor_xxh3.empty() && mf.tensor_xxh3.size() != order.size()) {
       r.problems.push_back({ProblemKind::kChecksum, mf.name, "",
                             absl::StrCat("the manifest records ", mf.tensor_xxh3.size(),

@@ -1,6 +1,7 @@
 // Remap protocol: plan from headers (collisions refused before writing); every output file is
 // written under a temporary name (new header + one copied byte range), fsynced and renamed; the
 // index json goes last. In place, all temporary files are complete before the first rename.
+#include "core/format/internal/json_util.h"
 #include "core/remap/remap.h"
 
 #include <unistd.h>
@@ -240,7 +241,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     j["renames"] = std::move(renames);
     j["index_file"] = index ? index_file : std::string();
     j["index"] = index ? nlohmann::json(SerializeIndexJson(*index)) : nlohmann::json();
-    RETURN_IF_ERROR(WriteFileAtomically(fs, journal_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace)));
+    RETURN_IF_ERROR(WriteFileAtomically(fs, journal_path, internal::DumpJson(j, 2)));
     if (index) RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), index_file)));
     RETURN_IF_ERROR(fs.SyncDir(layout.root()));
   } else if (same && resuming && index && fs.Stat(JoinPath(layout.root(), index_file)).ok()) {

@@ -245,10 +245,15 @@ inline bool ReadU64(const nlohmann::json& v, uint64_t* out, bool allow_float = f
   return false;
 }
 
-// JSON-quoted form of a name, for error messages.
-inline std::string Quote(absl::string_view s) {
-  return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+// Serialises JSON whose strings may hold bytes that are not UTF-8 (any file name can): such
+// bytes become U+FFFD instead of nlohmann throwing. indent -1 is compact.
+template <typename Json>
+std::string DumpJson(const Json& j, int indent = -1) {
+  return j.dump(indent, ' ', false, Json::error_handler_t::replace);
 }
+
+// JSON-quoted form of a name, for error messages.
+inline std::string Quote(absl::string_view s) { return DumpJson(nlohmann::json(std::string(s))); }
 
 }  // namespace safeshard::internal
 
