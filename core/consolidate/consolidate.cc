@@ -477,22 +477,22 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
 
 namespace {
 
+// `fs` is the output directory itself (FileSystem::OpenBeneath); `out` names it in messages.
 absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
                               const std::string& out, const ConsolidateOptions& o,
                               std::vector<AtomicFile>* atomics, std::vector<std::string>* warnings) {
-  RETURN_IF_ERROR(fs.MakeDirs(out));
-  ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(out));
+  ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(""));
   std::vector<std::string> existing;
   for (const DirEntry& e : entries) {
     if (IsTempFileName(e.name)) continue;
     // Per-rank shards are some checkpoint's source: never replaced, not even with --overwrite.
     if (absl::StatusOr<FileIndex> idx = ParseFileIndex(e.name); idx.ok() && idx->shard) {
       return absl::FailedPreconditionError(absl::StrCat(
-          out, " holds per-rank shards (", e.name, "): it is a checkpoint's source, never an "
+          out, " holds per-rank shards (", internal::Quote(e.name), "): it is a checkpoint's source, never an "
           "output to replace; choose another output directory"));
     }
     if (e.name == kManifestFileName) {
-      absl::StatusOr<std::string> text = fs.ReadAll(JoinPath(out, e.name));
+      absl::StatusOr<std::string> text = fs.ReadAll(e.name);
       absl::StatusOr<Manifest> m = text.ok() ? ParseManifest(*text, e.name) : text.status();
       if (m.ok() && m->kind == kManifestKindShards) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -506,20 +506,34 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
   }
   if (!existing.empty() && !o.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat(
-        out, " already holds a checkpoint (", existing[0],
+        out, " already holds a checkpoint (", internal::Quote(existing[0]),
         existing.size() > 1 ? ", ..." : "", "); pass --overwrite to replace it"));
   }
-  ASSIGN_OR_RETURN(std::vector<std::string> cleaned, CleanStaleTempFiles(fs, out));
+  ASSIGN_OR_RETURN(std::vector<std::string> cleaned, CleanStaleTempFiles(fs, ""));
   if (!cleaned.empty()) {
     warnings->push_back(absl::StrCat("removed ", cleaned.size(),
                                      " temporary file(s) of an interrupted earlier run in ", out));
   }
-  // An existing result stops being "finished" first: its index goes before anything else.
-  for (const std::string& n : existing) {
-    if (absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(JoinPath(out, n)));
+  // --overwrite: the existing result goes now, the index first (it stops being "finished"), then
+  // its manifest (which would otherwise still prove the old files complete), then its files. A
+  // run that fails or is killed from here on leaves no old checkpoint that looks whole.
+  if (!existing.empty()) {
+    std::stable_partition(existing.begin(), existing.end(), [](const std::string& n) {
+      return absl::EndsWith(n, ".index.json");
+    });
+    for (const std::string& n : existing) {
+      if (absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(n));
+    }
+    if (fs.Stat(std::string(kManifestFileName)).ok()) {
+      RETURN_IF_ERROR(fs.Remove(std::string(kManifestFileName)));
+    }
+    for (const std::string& n : existing) {
+      if (!absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(n));
+    }
+    RETURN_IF_ERROR(fs.SyncDir(""));
   }
   for (const OutputFilePlan& f : plan.outputs) {
-    ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, JoinPath(out, f.name)));
+    ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, f.name));
     RETURN_IF_ERROR(a.file().Allocate(f.header.file_size()));
     RETURN_IF_ERROR(a.file().WriteAt(0, SerializeHeader(f.header)));
     atomics->push_back(std::move(a));
@@ -757,7 +771,10 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   result.output_dir = output_dir;
   result.warnings = plan.warnings;
 
-  // 2. Output files (rank 0).
+  // 2. Output files (rank 0). Every output path resolves beneath the output directory's
+  //    descriptor, opened once: replacing OUT (or anything in it) by a symlink mid-run cannot
+  //    redirect a write, and no path is ever rebuilt from a string.
+  std::unique_ptr<FileSystem> out_dir;  // outlives the AtomicFiles that point into it
   std::vector<AtomicFile> atomics;
   absl::Status prep = absl::OkStatus();
   std::string temp_list;
@@ -771,14 +788,22 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
             output_dir, ": the output directory is the input directory ", plan.input_root,
             "; inputs are never modified (choose another output directory)"));
       }
-      ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(out_fs, output_dir));
+      ASSIGN_OR_RETURN(out_dir, out_fs.OpenBeneath(output_dir));
+      ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(*out_dir, ""));
       lock.emplace(std::move(l));
-      return PrepareOutputDir(out_fs, plan, output_dir, o, &atomics, &result.warnings);
+      return PrepareOutputDir(*out_dir, plan, output_dir, o, &atomics, &result.warnings);
     }();
     for (const AtomicFile& a : atomics) absl::StrAppend(&temp_list, a.temp_path().size(), ":", a.temp_path());
   }
   RETURN_IF_ERROR(AllGatherStatus(c, prep));
-  // Temporary paths travel length-prefixed ("<bytes>:<path>" each): any byte may be in a path (a
+  absl::Status opened = absl::OkStatus();
+  if (rank != 0) {  // every other rank opens OUT for itself, once
+    absl::StatusOr<std::unique_ptr<FileSystem>> d = out_fs.OpenBeneath(output_dir);
+    if (d.ok()) out_dir = std::move(*d);
+    opened = d.status();
+  }
+  RETURN_IF_ERROR(AllGatherStatus(c, opened));
+  // Temporary paths (relative to OUT) travel length-prefixed ("<bytes>:<path>" each): any byte may be in a path (a
   // newline, bytes that are not UTF-8), so no path is ever split out of a joined string.
   ASSIGN_OR_RETURN(std::string temps_joined, c.Broadcast(temp_list, 0));
   std::vector<std::string> temp_paths;
@@ -800,7 +825,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   std::vector<WorkItem> items = SplitIntoItems(plan.tasks);
   std::vector<std::vector<size_t>> assignment = AssignToRanks(items, c.world_size());
   Executor ex(plan, items, assignment[rank], o);
-  absl::Status copied = ex.Run(fs, out_fs, temp_paths);
+  absl::Status copied = ex.Run(fs, *out_dir, temp_paths);
   RETURN_IF_ERROR(AllGatherStatus(c, copied));  // AtomicFiles of rank 0 clean up on error
 
   // 3b. Checksums of the outputs for their manifest, files shared across ranks by bytes, read
@@ -825,7 +850,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     ParallelFor(my_files.size(), std::max(1, threads), [&](size_t k) {
       const OutputFilePlan& f = plan.outputs[my_files[k]];
       sums[k] = [&]() -> absl::StatusOr<ManifestFile> {
-        ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, out_fs.OpenRead(temp_paths[my_files[k]]));
+        ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, out_dir->OpenRead(temp_paths[my_files[k]]));
         ASSIGN_OR_RETURN(ManifestFile mf, ChecksumFile(*in, f.header));
         mf.name = f.name;
         return mf;
@@ -857,7 +882,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   // 4. Verify.
   if (o.verify) {
     VerifyReport mine;
-    absl::Status vs = ex.Verify(out_fs, temp_paths, &mine);
+    absl::Status vs = ex.Verify(*out_dir, temp_paths, &mine);
     if (vs.ok() && !mine.mismatches.empty()) {
       vs = absl::DataLossError(absl::StrCat("verification failed: ",
                                             absl::StrJoin(mine.mismatches, "; ")));
@@ -884,28 +909,15 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     published = [&]() -> absl::Status {
       if (o.cancel && o.cancel->load()) return absl::CancelledError("consolidation cancelled");
       for (AtomicFile& a : atomics) RETURN_IF_ERROR(a.Commit());
-      if (o.overwrite) {
-        std::set<std::string> keep;
-        for (const OutputFilePlan& f : plan.outputs) keep.insert(f.name);
-        ASSIGN_OR_RETURN(std::vector<DirEntry> entries, out_fs.List(output_dir));
-        for (const DirEntry& e : entries) {
-          if (absl::EndsWith(e.name, ".safetensors") && !keep.count(e.name) && !IsTempFileName(e.name)) {
-            RETURN_IF_ERROR(out_fs.Remove(JoinPath(output_dir, e.name)));
-          }
-        }
-      }
       if (o.checksums) {
         // The outputs' sizes and checksums, before the index: the index stays the "done" signal.
-        RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, kManifestFileName),
+        RETURN_IF_ERROR(WriteFileAtomically(*out_dir, std::string(kManifestFileName),
                                             SerializeManifest(out_manifest)));
-      } else if (out_fs.Stat(JoinPath(output_dir, kManifestFileName)).ok()) {
-        // A manifest of an earlier result would describe other files.
-        RETURN_IF_ERROR(out_fs.Remove(JoinPath(output_dir, kManifestFileName)));
       }
       if (o.verify) {
         // The published files, re-scanned before the index says "finished": a failure here
         // leaves no index (never an exit 1 beside a published index).
-        ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(out_fs, output_dir));
+        ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(*out_dir, ""));
         for (const Problem& p : out.problems()) {
           if (IsBlocking(p.kind)) {
             return absl::DataLossError(absl::StrCat(
@@ -921,8 +933,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       IndexJson idx;
       idx.total_size = plan.total_size;
       idx.weight_map = plan.weight_map;
-      RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, plan.index_name),
-                                          SerializeIndexJson(idx)));
+      RETURN_IF_ERROR(WriteFileAtomically(*out_dir, plan.index_name, SerializeIndexJson(idx)));
       return absl::OkStatus();
     }();
   }

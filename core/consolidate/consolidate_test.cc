@@ -218,6 +218,70 @@ TEST(ConsolidateTest, CancellationLeavesNoPartialOutput) {
   EXPECT_TRUE(LocalFileSystem().List(out)->empty());
 }
 
+TEST(ConsolidateTest, OutputDirectorySwappedForASymlinkMidRunWritesOnlyIntoTheOriginal) {
+  std::vector<ExampleTensor> model;
+  for (int i = 0; i < 8; ++i) {
+    model.push_back({absl::StrCat("w", i), DType::kF32, {256, 256}, Sharding::kColumn});
+  }
+  std::string in = WriteModel(model);
+  const std::string base = testing::NewTempDir();
+  const std::string out = base + "/out", moved = base + "/moved", elsewhere = base + "/elsewhere";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(elsewhere).ok());
+  ConsolidateOptions o;
+  o.threads = 1;
+  bool swapped = false;
+  o.progress = [&](uint64_t, uint64_t) {
+    if (swapped) return;
+    swapped = true;
+    // Someone with write access to OUT's parent moves OUT away and plants a symlink.
+    ASSERT_EQ(rename(out.c_str(), moved.c_str()), 0);
+    ASSERT_EQ(symlink(elsewhere.c_str(), out.c_str()), 0);
+  };
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(swapped);
+  EXPECT_TRUE(LocalFileSystem().List(elsewhere)->empty()) << "a write followed the planted symlink";
+  std::vector<std::string> names;
+  auto listed = LocalFileSystem().List(moved);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  for (const DirEntry& e : *listed) names.push_back(e.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"model-00001-of-00001.safetensors",
+                                             "model.safetensors.index.json",
+                                             "safeshard.complete.json"}));
+  ExpectEqualsNaiveReassembly(model, moved);
+}
+
+TEST(ConsolidateTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
+  std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions first;
+  first.max_shard_size = 40;  // two files, so "-of-00002" names could prove the old result
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), WriteModel({{"a", DType::kF32, {8}, Sharding::kRow},
+                                                         {"b", DType::kF32, {8}, Sharding::kRow}}),
+                          out, first).ok());
+  ASSERT_GE(LocalFileSystem().List(out)->size(), 3u);
+  std::vector<ExampleTensor> model;
+  for (int i = 0; i < 8; ++i) {
+    model.push_back({absl::StrCat("w", i), DType::kF32, {256, 256}, Sharding::kColumn});
+  }
+  std::atomic<bool> cancel{false};
+  ConsolidateOptions o;
+  o.overwrite = true;
+  o.threads = 1;
+  o.cancel = &cancel;
+  o.progress = [&](uint64_t, uint64_t) { cancel = true; };
+  auto r = Consolidate(LocalFileSystem(), WriteModel(model), out, o);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  // Neither the old index, nor its manifest, nor its files: nothing a user or verify could take
+  // for a finished checkpoint.
+  std::vector<std::string> names;
+  auto listed = LocalFileSystem().List(out);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  for (const DirEntry& e : *listed) names.push_back(e.name);
+  EXPECT_THAT(names, ::testing::IsEmpty());
+  auto layout = CheckpointLayout::Scan(LocalFileSystem(), out);
+  EXPECT_TRUE(!layout.ok() || layout->tensors().empty());
+}
+
 TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {
   // A file rewritten after the scan (same size, other tensor names and so other offsets) or
   // replaced by one of another size: the plan's offsets no longer describe it, so nothing is

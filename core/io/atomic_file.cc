@@ -116,11 +116,15 @@ absl::StatusOr<DirectoryLock> DirectoryLock::Acquire(FileSystem& fs, const std::
   if (!fs.local()) return DirectoryLock(-1);
   // flock() on the directory itself: nothing is created in it, and the lock goes with the
   // process (a kill -9 never leaves it stuck).
-  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::Status(errno == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kInternal,
-                        absl::StrCat(dir, ": cannot open the directory to lock it: ", strerror(errno)));
+  absl::StatusOr<int> opened = fs.OpenDirectoryFd(dir);
+  if (!opened.ok() && opened.status().code() == absl::StatusCode::kUnimplemented) {
+    return DirectoryLock(-1);
   }
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(),
+                        absl::StrCat("cannot open the directory to lock it: ", opened.status().message()));
+  }
+  const int fd = *opened;
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int e = errno;
     close(fd);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace safeshard {
 
@@ -25,6 +26,117 @@ absl::Status WritableFile::CopyFrom(ReadableFile& src, uint64_t src_offset, uint
                                             " lie beyond the end of the file"));
   }
   return WriteAt(dst_offset, data.substr(src_offset, n));
+}
+
+absl::StatusOr<std::string> NormalizeBeneath(absl::string_view dir, absl::string_view rel) {
+  if (!rel.empty() && rel.front() == '/') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        JoinPath(dir, rel), ": an absolute path where a path inside ", dir, " is required"));
+  }
+  std::string out;
+  for (absl::string_view c : absl::StrSplit(rel, '/')) {
+    if (c.empty() || c == ".") continue;
+    if (c == "..") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          JoinPath(dir, rel), ": \"..\" would leave ", dir, "; only paths inside it are used"));
+    }
+    if (!out.empty()) out.push_back('/');
+    out.append(c.data(), c.size());
+  }
+  return out;
+}
+
+namespace {
+
+// OpenBeneath() elsewhere than on the local file system: forwards with `dir/` prefixed (those
+// file systems have no symbolic links).
+class PrefixFileSystem : public FileSystem {
+ public:
+  PrefixFileSystem(FileSystem* base, std::string dir) : base_(base), dir_(std::move(dir)) {}
+
+  absl::StatusOr<FileStat> Stat(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->Stat(*full);
+  }
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->List(*full);
+  }
+  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->OpenRead(*full);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->Create(*full);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->OpenForWrite(*full);
+  }
+  absl::Status Rename(const std::string& from, const std::string& to) override {
+    absl::StatusOr<std::string> f = Full(from), t = Full(to);
+    if (!f.ok()) return f.status();
+    if (!t.ok()) return t.status();
+    return base_->Rename(*f, *t);
+  }
+  absl::Status Remove(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->Remove(*full);
+  }
+  absl::Status MakeDirs(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->MakeDirs(*full);
+  }
+  absl::Status SyncDir(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->SyncDir(*full);
+  }
+  absl::Status CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
+                         uint64_t dst_offset, uint64_t n) override {
+    absl::StatusOr<std::string> full = Full(src);
+    if (!full.ok()) return full.status();
+    return base_->CopyRange(*full, src_offset, dst, dst_offset, n);
+  }
+  bool local() const override { return base_->local(); }
+  absl::StatusOr<int> OpenDirectoryFd(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->OpenDirectoryFd(*full);
+  }
+  absl::StatusOr<std::unique_ptr<FileSystem>> OpenBeneath(const std::string& p) override {
+    absl::StatusOr<std::string> full = Full(p);
+    if (!full.ok()) return full.status();
+    return base_->OpenBeneath(*full);
+  }
+
+ private:
+  absl::StatusOr<std::string> Full(const std::string& p) const {
+    absl::StatusOr<std::string> rel = NormalizeBeneath(dir_, p);
+    if (!rel.ok()) return rel.status();
+    return rel->empty() ? dir_ : JoinPath(dir_, *rel);
+  }
+  FileSystem* base_;
+  std::string dir_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FileSystem>> FileSystem::OpenBeneath(const std::string& dir) {
+  absl::StatusOr<FileStat> st = Stat(dir);
+  if (!st.ok()) return st.status();
+  if (!st->is_dir) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, ": is not a directory"));
+  }
+  return std::unique_ptr<FileSystem>(new PrefixFileSystem(this, dir));
 }
 
 absl::Status FileSystem::CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,

@@ -110,6 +110,23 @@ class FileSystem {
 
   // True for the local file system (paths have device/inode identity, flock works).
   virtual bool local() const { return false; }
+
+  // A file system confined to the existing directory `dir`, which is opened once, now. Paths
+  // given to the result are relative to that directory ("" and "." name the directory itself);
+  // an absolute path or a ".." component is refused, and every path resolves beneath the
+  // directory without following any symbolic link (openat2 RESOLVE_BENEATH |
+  // RESOLVE_NO_SYMLINKS on the local file system). Replacing `dir`, or anything inside it, by a
+  // symlink after this call cannot redirect a read or a write: output I/O goes through it.
+  // Errors name `dir/path`. The local file system follows symlinks in `dir` itself (a user's
+  // OUT may be one); LocalFileSystemNoFollow() refuses a symlink in any component of `dir`.
+  // Elsewhere the result forwards to this file system with `dir/` prefixed.
+  virtual absl::StatusOr<std::unique_ptr<FileSystem>> OpenBeneath(const std::string& dir);
+
+  // An open file descriptor of the directory `dir` (O_RDONLY | O_DIRECTORY, close-on-exec;
+  // the caller closes it), for flock(); kUnimplemented where there is none.
+  virtual absl::StatusOr<int> OpenDirectoryFd(const std::string& dir) {
+    return absl::UnimplementedError(dir + ": no directory descriptors here");
+  }
 };
 
 // A small local file named on a command line (a key map, a mapping, a config): read to its end,
@@ -127,6 +144,9 @@ std::unique_ptr<FileSystem> NewMemFileSystem();
 std::string JoinPath(absl::string_view dir, absl::string_view name);
 std::string DirName(absl::string_view path);   // "." when there is no '/'
 std::string BaseName(absl::string_view path);
+// `rel` as a path beneath a directory: "." and empty components dropped ("" for the directory
+// itself); kInvalidArgument naming `dir/rel` for an absolute path or a ".." component.
+absl::StatusOr<std::string> NormalizeBeneath(absl::string_view dir, absl::string_view rel);
 
 }  // namespace safeshard
 

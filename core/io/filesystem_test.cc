@@ -1,5 +1,8 @@
 #include "core/io/filesystem.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <functional>
 
@@ -152,6 +155,23 @@ INSTANTIATE_TEST_SUITE_P(
                  fs = NewMemFileSystem();
                  EXPECT_TRUE(fs->MakeDirs("/root").ok());
                  return std::make_pair(fs.get(), std::string("/root"));
+               }},
+        // The confined views output I/O goes through: the same contract, relative paths.
+        FsCase{"LocalBeneath",
+               [] {
+                 static std::unique_ptr<FileSystem> fs;
+                 fs = *LocalFileSystem().OpenBeneath(testing::NewTempDir());
+                 EXPECT_TRUE(fs->MakeDirs("sub/dir").ok());
+                 return std::make_pair(fs.get(), std::string("sub/dir"));
+               }},
+        FsCase{"MemBeneath",
+               [] {
+                 static std::unique_ptr<FileSystem> mem, fs;
+                 mem = NewMemFileSystem();
+                 EXPECT_TRUE(mem->MakeDirs("/root").ok());
+                 fs = *mem->OpenBeneath("/root");
+                 EXPECT_TRUE(fs->MakeDirs("sub").ok());
+                 return std::make_pair(fs.get(), std::string("sub"));
                }}),
     [](const ::testing::TestParamInfo<FsCase>& i) { return std::string(i.param.name); });
 
@@ -163,6 +183,114 @@ TEST(PathTest, JoinsAndSplits) {
   EXPECT_EQ(DirName("/y"), "/");
   EXPECT_EQ(BaseName("/x/y.st"), "y.st");
   EXPECT_EQ(BaseName("/x/dir/"), "dir");
+}
+
+class BeneathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = testing::NewTempDir();
+    out_ = base_ + "/out";
+    elsewhere_ = base_ + "/elsewhere";
+    ASSERT_EQ(mkdir(out_.c_str(), 0755), 0);
+    ASSERT_EQ(mkdir(elsewhere_.c_str(), 0755), 0);
+    testing::WriteFile(elsewhere_ + "/victim", "precious");
+  }
+  std::string base_, out_, elsewhere_;
+};
+
+TEST_F(BeneathTest, ReplacingTheDirectoryBySymlinkDoesNotRedirectWrites) {
+  auto fs = LocalFileSystem().OpenBeneath(out_);
+  ASSERT_TRUE(fs.ok()) << fs.status();
+  // The directory is moved away and a symlink to elsewhere planted under its name.
+  ASSERT_EQ(rename(out_.c_str(), (base_ + "/moved").c_str()), 0);
+  ASSERT_EQ(symlink(elsewhere_.c_str(), out_.c_str()), 0);
+  auto w = (*fs)->Create("model.safetensors");
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE((*w)->Append("x").ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  ASSERT_TRUE((*fs)->Rename("model.safetensors", "final.safetensors").ok());
+  EXPECT_EQ(testing::ReadFile(base_ + "/moved/final.safetensors"), "x");
+  auto listed = LocalFileSystem().List(elsewhere_);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);  // only the victim
+  EXPECT_EQ(testing::ReadFile(elsewhere_ + "/victim"), "precious");
+}
+
+TEST_F(BeneathTest, SymlinksInsideAreNeverFollowed) {
+  ASSERT_EQ(symlink((elsewhere_ + "/victim").c_str(), (out_ + "/file-link").c_str()), 0);
+  ASSERT_EQ(symlink(elsewhere_.c_str(), (out_ + "/dir-link").c_str()), 0);
+  auto fs = *LocalFileSystem().OpenBeneath(out_);
+  for (const char* p : {"file-link", "dir-link/victim", "dir-link/new"}) {
+    auto w = fs->Create(p);
+    EXPECT_FALSE(w.ok()) << p;
+    if (!w.ok()) {
+      EXPECT_THAT(w.status().message(), HasSubstr(out_)) << p;
+    }
+    EXPECT_FALSE(fs->OpenForWrite(p).ok()) << p;
+    EXPECT_FALSE(fs->OpenRead(p).ok()) << p;
+  }
+  EXPECT_FALSE(fs->MakeDirs("dir-link/sub").ok());
+  EXPECT_FALSE(fs->List("dir-link").ok());
+  auto entries = fs->List("");
+  ASSERT_TRUE(entries.ok());
+  for (const DirEntry& e : *entries) {
+    EXPECT_TRUE(e.is_symlink) << e.name;
+    EXPECT_FALSE(e.is_dir) << e.name;  // not followed
+  }
+  // Removing or renaming a link acts on the link, never its target.
+  ASSERT_TRUE(fs->Remove("file-link").ok());
+  EXPECT_EQ(testing::ReadFile(elsewhere_ + "/victim"), "precious");
+  EXPECT_EQ(LocalFileSystem().List(elsewhere_)->size(), 1u);
+}
+
+TEST_F(BeneathTest, EscapesAreRefusedWithTheirPath) {
+  auto fs = *LocalFileSystem().OpenBeneath(out_);
+  for (const char* p : {"../elsewhere/victim", "a/../../elsewhere/victim", "/etc/passwd"}) {
+    auto w = fs->Create(p);
+    ASSERT_FALSE(w.ok()) << p;
+    EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument) << p;
+    EXPECT_FALSE(fs->OpenRead(p).ok()) << p;
+    EXPECT_FALSE(fs->Remove(p).ok()) << p;
+  }
+  EXPECT_EQ(testing::ReadFile(elsewhere_ + "/victim"), "precious");
+  // "." and empty components are the directory itself.
+  ASSERT_TRUE(fs->MakeDirs("./a//b").ok());
+  EXPECT_TRUE(fs->Stat("a/./b")->is_dir);
+  EXPECT_TRUE(fs->Stat("")->is_dir);
+}
+
+TEST_F(BeneathTest, NoFollowRefusesASymlinkAnywhereInTheDirectoryPath) {
+  ASSERT_EQ(symlink(elsewhere_.c_str(), (base_ + "/link").c_str()), 0);
+  ASSERT_EQ(mkdir((elsewhere_ + "/sub").c_str(), 0755), 0);
+  EXPECT_FALSE(LocalFileSystemNoFollow().OpenBeneath(base_ + "/link").ok());
+  EXPECT_FALSE(LocalFileSystemNoFollow().OpenBeneath(base_ + "/link/sub").ok());
+  EXPECT_TRUE(LocalFileSystemNoFollow().OpenBeneath(elsewhere_ + "/sub").ok());
+  // The plain local file system follows the user's own symlink to the directory.
+  EXPECT_TRUE(LocalFileSystem().OpenBeneath(base_ + "/link/sub").ok());
+}
+
+TEST_F(BeneathTest, FifoUnderAnOutputNameIsRefusedWithoutHanging) {
+  ASSERT_EQ(mkfifo((out_ + "/model.safetensors").c_str(), 0644), 0);
+  for (FileSystem* fs : {&LocalFileSystem(), &LocalFileSystemNoFollow()}) {
+    auto w = fs->OpenForWrite(out_ + "/model.safetensors");
+    ASSERT_FALSE(w.ok());
+    EXPECT_THAT(w.status().message(), HasSubstr("not a regular file"));
+  }
+  auto b = *LocalFileSystem().OpenBeneath(out_);
+  EXPECT_FALSE(b->OpenForWrite("model.safetensors").ok());
+  EXPECT_FALSE(b->Create("model.safetensors").ok());
+  EXPECT_FALSE(b->OpenRead("model.safetensors").ok());
+}
+
+TEST_F(BeneathTest, DirectoryLockWorksThroughTheConfinedView) {
+  auto fs = *LocalFileSystem().OpenBeneath(out_);
+  auto fd = fs->OpenDirectoryFd("");
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  struct stat a, b;
+  ASSERT_EQ(fstat(*fd, &a), 0);
+  ASSERT_EQ(stat(out_.c_str(), &b), 0);
+  EXPECT_EQ(a.st_ino, b.st_ino);
+  close(*fd);
 }
 
 }  // namespace

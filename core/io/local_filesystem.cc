@@ -2,16 +2,20 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "core/io/filesystem.h"
+#include "core/util/status_macros.h"
 
 namespace safeshard {
 namespace {
@@ -233,6 +237,64 @@ absl::Status OpenError(int err, absl::string_view op, absl::string_view path) {
   return ErrnoStatus(err, op, path);
 }
 
+int OpenAt2(int dirfd, const char* path, int flags, mode_t mode, uint64_t resolve) {
+  struct open_how how;
+  std::memset(&how, 0, sizeof how);
+  how.flags = static_cast<uint64_t>(flags);
+  how.mode = (flags & O_CREAT) ? mode : 0;
+  how.resolve = resolve;
+  return static_cast<int>(syscall(SYS_openat2, dirfd, path, &how, sizeof how));
+}
+
+absl::Status SyncDirFd(int fd, absl::string_view shown) {
+  int r = fsync(fd);
+  int e = errno;
+  close(fd);
+  if (r != 0 && e != EINVAL) return ErrnoStatus(e, "fsync directory", shown);
+  return absl::OkStatus();
+}
+
+// After a non-blocking open for reading: only regular files are read.
+absl::StatusOr<std::unique_ptr<ReadableFile>> FinishOpenRead(int fd, const std::string& path) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return ErrnoStatus(e, "stat", path);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a file"));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": is not a regular file (", S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket",
+        "); only regular files are read"));
+  }
+  if (int fl = fcntl(fd, F_GETFL); fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  return std::unique_ptr<ReadableFile>(
+      new LocalReadable(path, fd, static_cast<uint64_t>(st.st_size)));
+}
+
+// After a non-blocking open for writing: only regular files are written (a FIFO or a device
+// planted under an output name is refused, never written into).
+absl::StatusOr<std::unique_ptr<WritableFile>> FinishOpenWrite(int fd, const std::string& path) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return ErrnoStatus(e, "stat", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": is not a regular file; only regular files are written"));
+  }
+  if (int fl = fcntl(fd, F_GETFL); fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
+}
+
 class LocalFileSystem_ : public FileSystem {
  public:
   explicit LocalFileSystem_(bool nofollow = false) : nofollow_(nofollow ? O_NOFOLLOW : 0) {}
@@ -279,38 +341,28 @@ class LocalFileSystem_ : public FileSystem {
     // read.
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | nofollow_);
     if (fd < 0) return OpenError(errno, "open", path);
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-      int e = errno;
-      close(fd);
-      return ErrnoStatus(e, "stat", path);
-    }
-    if (S_ISDIR(st.st_mode)) {
-      close(fd);
-      return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a file"));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      close(fd);
-      return absl::FailedPreconditionError(absl::StrCat(
-          path, ": is not a regular file (", S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket",
-          "); only regular files are read"));
-    }
-    if (int fl = fcntl(fd, F_GETFL); fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    return std::unique_ptr<ReadableFile>(
-        new LocalReadable(path, fd, static_cast<uint64_t>(st.st_size)));
+    return FinishOpenRead(fd, path);
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | nofollow_, 0644);
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | nofollow_, 0644);
     if (fd < 0) return OpenError(errno, "create", path);
-    return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
+    return FinishOpenWrite(fd, path);
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | nofollow_);
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK | nofollow_);
     if (fd < 0) return OpenError(errno, "open for writing", path);
-    return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
+    return FinishOpenWrite(fd, path);
   }
+
+  absl::StatusOr<int> OpenDirectoryFd(const std::string& dir) override {
+    int fd = OpenDir(dir);
+    if (fd < 0) return OpenError(errno, "open directory", dir);
+    return fd;
+  }
+
+  absl::StatusOr<std::unique_ptr<FileSystem>> OpenBeneath(const std::string& dir) override;
 
   absl::Status Rename(const std::string& from, const std::string& to) override {
     if (rename(from.c_str(), to.c_str()) != 0) {
@@ -382,16 +434,242 @@ class LocalFileSystem_ : public FileSystem {
   absl::Status SyncDir(const std::string& dir) override {
     int fd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return ErrnoStatus(errno, "open directory", dir);
-    int r = fsync(fd);
-    int e = errno;
-    close(fd);
-    if (r != 0 && e != EINVAL) return ErrnoStatus(e, "fsync directory", dir);
-    return absl::OkStatus();
+    return SyncDirFd(fd, dir);
   }
 
  private:
+  // The directory `dir`: following symlinks, or (no-follow) through none in any component.
+  int OpenDir(const std::string& dir) const {
+    const char* p = dir.empty() ? "." : dir.c_str();
+    if (nofollow_ == 0) return open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = OpenAt2(AT_FDCWD, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS);
+    if (fd < 0 && errno == ENOSYS) fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    return fd;
+  }
+
   const int nofollow_;
 };
+
+// A file system confined to one directory descriptor (FileSystem::OpenBeneath).
+class BeneathFileSystem : public FileSystem {
+ public:
+  BeneathFileSystem(int dirfd, std::string display) : dirfd_(dirfd), display_(std::move(display)) {}
+  ~BeneathFileSystem() override { close(dirfd_); }
+  bool local() const override { return true; }
+
+  absl::StatusOr<FileStat> Stat(const std::string& path) override {
+    ASSIGN_OR_RETURN(Parent p, OpenParent(path));
+    struct stat st;
+    int r = p.last.empty() ? fstat(p.fd, &st) : fstatat(p.fd, p.last.c_str(), &st, AT_SYMLINK_NOFOLLOW);
+    if (r != 0) return ErrnoStatus(errno, "stat", Show(path));
+    FileStat out;
+    out.size = static_cast<uint64_t>(st.st_size);
+    out.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    out.is_dir = S_ISDIR(st.st_mode);
+    return out;
+  }
+
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
+    ASSIGN_OR_RETURN(int fd, OpenDirectoryFd(dir));
+    DIR* d = fdopendir(fd);
+    if (d == nullptr) {
+      int e = errno;
+      close(fd);
+      return ErrnoStatus(e, "list directory", Show(dir));
+    }
+    std::vector<DirEntry> out;
+    while (struct dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      unsigned char type = e->d_type;
+      if (type == DT_UNKNOWN) {
+        struct stat lst;
+        if (fstatat(dirfd(d), name.c_str(), &lst, AT_SYMLINK_NOFOLLOW) == 0) {
+          type = S_ISLNK(lst.st_mode) ? DT_LNK : S_ISDIR(lst.st_mode) ? DT_DIR : DT_REG;
+        }
+      }
+      // Symlinks are never followed here: one to a directory is not a directory.
+      out.push_back({std::move(name), type == DT_DIR, type == DT_LNK});
+    }
+    closedir(d);
+    std::sort(out.begin(), out.end(),
+              [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+    return out;
+  }
+
+  absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& path) override {
+    ASSIGN_OR_RETURN(int fd, Open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0, "open"));
+    return FinishOpenRead(fd, Show(path));
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
+    ASSIGN_OR_RETURN(int fd, Open(path, O_RDWR | O_CREAT | O_TRUNC | O_NONBLOCK, 0644, "create"));
+    return FinishOpenWrite(fd, Show(path));
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
+    ASSIGN_OR_RETURN(int fd, Open(path, O_RDWR | O_NONBLOCK, 0, "open for writing"));
+    return FinishOpenWrite(fd, Show(path));
+  }
+
+  absl::Status Rename(const std::string& from, const std::string& to) override {
+    ASSIGN_OR_RETURN(Parent f, OpenParent(from));
+    ASSIGN_OR_RETURN(Parent t, OpenParent(to));
+    if (f.last.empty() || t.last.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(display_, ": cannot rename the directory itself"));
+    }
+    if (renameat(f.fd, f.last.c_str(), t.fd, t.last.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("rename to ", Show(to)), Show(from));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Remove(const std::string& path) override {
+    ASSIGN_OR_RETURN(Parent p, OpenParent(path));
+    if (p.last.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(display_, ": cannot remove the directory itself"));
+    }
+    if (unlinkat(p.fd, p.last.c_str(), 0) != 0) {
+      if ((errno == EISDIR || errno == EPERM) && unlinkat(p.fd, p.last.c_str(), AT_REMOVEDIR) == 0) {
+        return absl::OkStatus();
+      }
+      return ErrnoStatus(errno, "remove", Show(path));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MakeDirs(const std::string& dir) override {
+    ASSIGN_OR_RETURN(std::string rel, NormalizeBeneath(display_, dir));
+    int cur = dup(dirfd_);
+    if (cur < 0) return ErrnoStatus(errno, "dup", display_);
+    std::string done;
+    for (absl::string_view c : absl::StrSplit(rel, '/', absl::SkipEmpty())) {
+      std::string name(c);
+      done = JoinPath(done, name);
+      if (mkdirat(cur, name.c_str(), 0755) != 0 && errno != EEXIST) {
+        int e = errno;
+        close(cur);
+        return ErrnoStatus(e, "make directory", Show(done));
+      }
+      int next = openat(cur, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int e = errno;
+      close(cur);
+      if (next < 0) {
+        if (e == ELOOP || e == ENOTDIR) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              Show(done), ": exists and is not a directory (symbolic links are never followed here)"));
+        }
+        return ErrnoStatus(e, "open directory", Show(done));
+      }
+      cur = next;
+    }
+    close(cur);
+    return absl::OkStatus();
+  }
+
+  absl::Status SyncDir(const std::string& dir) override {
+    ASSIGN_OR_RETURN(int fd, OpenDirectoryFd(dir));
+    return SyncDirFd(fd, Show(dir));
+  }
+
+  absl::Status CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
+                         uint64_t dst_offset, uint64_t n) override {
+    ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, OpenRead(src));
+    return dst.CopyFrom(*in, src_offset, dst_offset, n);
+  }
+
+  absl::StatusOr<int> OpenDirectoryFd(const std::string& dir) override {
+    return Open(dir, O_RDONLY | O_DIRECTORY, 0, "open directory");
+  }
+
+  absl::StatusOr<std::unique_ptr<FileSystem>> OpenBeneath(const std::string& dir) override {
+    ASSIGN_OR_RETURN(int fd, OpenDirectoryFd(dir));
+    ASSIGN_OR_RETURN(std::string rel, NormalizeBeneath(display_, dir));
+    return std::unique_ptr<FileSystem>(
+        new BeneathFileSystem(fd, rel.empty() ? display_ : JoinPath(display_, rel)));
+  }
+
+ private:
+  std::string Show(const std::string& path) const {
+    absl::StatusOr<std::string> rel = NormalizeBeneath(display_, path);
+    return !rel.ok() || rel->empty() ? JoinPath(display_, path) : JoinPath(display_, *rel);
+  }
+
+  // `path` opened beneath the directory, through no symlink at all.
+  absl::StatusOr<int> Open(const std::string& path, int flags, mode_t mode, absl::string_view op) {
+    ASSIGN_OR_RETURN(std::string rel, NormalizeBeneath(display_, path));
+    flags |= O_CLOEXEC;
+    const char* p = rel.empty() ? "." : rel.c_str();
+    int fd = OpenAt2(dirfd_, p, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    if (fd < 0 && errno == ENOSYS) fd = OpenByComponents(rel, flags, mode);
+    if (fd < 0) return OpenError(errno, op, Show(path));
+    return fd;
+  }
+
+  // Kernels without openat2 (before 5.6): one component at a time, O_NOFOLLOW each.
+  int OpenByComponents(const std::string& rel, int flags, mode_t mode) {
+    std::vector<std::string> parts = absl::StrSplit(rel, '/', absl::SkipEmpty());
+    if (parts.empty()) return openat(dirfd_, ".", flags, mode);
+    int cur = dirfd_;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      int next = openat(cur, parts[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int e = errno;
+      if (cur != dirfd_) close(cur);
+      if (next < 0) {
+        errno = e;
+        return -1;
+      }
+      cur = next;
+    }
+    int fd = openat(cur, parts.back().c_str(), flags | O_NOFOLLOW, mode);
+    int e = errno;
+    if (cur != dirfd_) close(cur);
+    errno = e;
+    return fd;
+  }
+
+  // The directory holding `path`'s last component, opened beneath ours, and that component
+  // ("" when `path` names our directory itself).
+  struct Parent {
+    int fd = -1;
+    bool owned = false;
+    std::string last;
+    Parent() = default;
+    Parent(Parent&& o) noexcept : fd(o.fd), owned(o.owned), last(std::move(o.last)) { o.owned = false; }
+    ~Parent() {
+      if (owned) close(fd);
+    }
+  };
+  absl::StatusOr<Parent> OpenParent(const std::string& path) {
+    ASSIGN_OR_RETURN(std::string rel, NormalizeBeneath(display_, path));
+    Parent p;
+    const size_t slash = rel.rfind('/');
+    if (slash == std::string::npos) {
+      p.fd = dirfd_;
+      p.last = rel;
+      return p;
+    }
+    ASSIGN_OR_RETURN(p.fd, OpenDirectoryFd(rel.substr(0, slash)));
+    p.owned = true;
+    p.last = rel.substr(slash + 1);
+    return p;
+  }
+
+  int dirfd_;
+  std::string display_;
+};
+
+absl::StatusOr<std::unique_ptr<FileSystem>> LocalFileSystem_::OpenBeneath(const std::string& dir) {
+  int fd = OpenDir(dir);
+  if (fd < 0) {
+    if (errno == ELOOP) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, ": a component of this path is a symbolic link, which is never followed here"));
+    }
+    return ErrnoStatus(errno, "open directory", dir);
+  }
+  return std::unique_ptr<FileSystem>(new BeneathFileSystem(fd, dir));
+}
 
 }  // namespace
 

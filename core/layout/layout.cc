@@ -140,7 +140,14 @@ bool IsBlocking(ProblemKind k) {
 
 std::string Problem::ToString() const {
   std::string out = absl::StrCat(ProblemKindName(kind), ": ");
-  if (!file.empty()) absl::StrAppend(&out, file, ": ");
+  if (!file.empty()) {
+    // A name with control bytes (a newline, an escape sequence) is quoted, never printed raw:
+    // it must not forge lines of a report.
+    const bool plain = std::none_of(file.begin(), file.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '"';
+    });
+    absl::StrAppend(&out, plain ? file : Q(file), ": ");
+  }
   if (!tensor.empty()) absl::StrAppend(&out, "tensor ", Q(tensor), ": ");
   absl::StrAppend(&out, message);
   return out;

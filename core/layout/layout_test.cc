@@ -316,6 +316,22 @@ TEST(CompletenessTest, LostHighestRankIsCaughtByTheManifest) {
   EXPECT_FALSE(ck->completeness().proven);
 }
 
+TEST(CompletenessTest, AManifestFileNameWithControlBytesIsPrintedQuoted) {
+  std::string dir = testing::NewTempDir();
+  testing::WriteFile(dir + "/model.safetensors", testing::BuildSafetensors({{"w", DType::kF32, {2}}}));
+  testing::WriteFile(dir + "/safeshard.complete.json",
+                     R"({"format": "safeshard.complete/1", "kind": "consolidated", "files": [)"
+                     R"({"name": "evil\nverify: ok\u001b[2J.safetensors", "size": 8}]})");
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  auto missing = OfKind(*ck, ProblemKind::kManifestMissingFile);
+  ASSERT_EQ(missing.size(), 1u) << Dump(*ck);
+  const std::string text = missing[0].ToString();
+  EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+  EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+  EXPECT_THAT(text, HasSubstr("\"evil\\nverify: ok"));
+}
+
 TEST(CompletenessTest, LostHighestRankIsCaughtByExpectedRanks) {
   std::string dir = testing::NewTempDir();
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 3}).ok());

@@ -38,7 +38,22 @@ absl::StatusOr<std::string> ToRe2Rewrite(absl::string_view repl) {
       i = close;
       continue;
     }
-    if (n >= '0' && n <= '9') {
+    if (n == '0') {
+      // Python's re.sub (transformers' key_mapping) reads "\0" as an octal escape, the NUL
+      // character; RE2 would read it as the whole match. Neither guess is safe for a key.
+      return absl::InvalidArgumentError(
+          "\\0 in a replacement is the NUL character in Python's re.sub (transformers' "
+          "key_mapping), not the whole match; write \\g<0> for the whole match");
+    }
+    if (n >= '1' && n <= '9') {
+      if (i + 2 < repl.size() && repl[i + 2] >= '0' && repl[i + 2] <= '9') {
+        // Python reads "\12" as group 12, RE2 as group 1 then "2".
+        return absl::InvalidArgumentError(absl::StrCat(
+            "\\", repl.substr(i + 1, 2), " in a replacement is group ", repl.substr(i + 1, 2),
+            " in Python's re.sub; only groups 1 to 9 are supported (for group ",
+            std::string(1, n), " followed by a digit write \\g<", std::string(1, n), ">",
+            std::string(1, repl[i + 2]), ")"));
+      }
       absl::StrAppend(&out, "\\", std::string(1, n));
     } else if (n == '\\') {
       out += "\\\\";

@@ -24,6 +24,22 @@ TEST(KeyMapTest, BackReferencesInBothSyntaxes) {
   EXPECT_EQ(km->Apply("ln.beta"), "ln.bias");
 }
 
+TEST(KeyMapTest, AmbiguousPythonEscapesAreRefusedNotGuessed) {
+  // Python's re.sub reads "\\0" as NUL and "\\12" as group 12; RE2 would read the whole match
+  // and group 1 + "2". A key must never silently differ from what transformers would produce.
+  for (const char* repl : {"x\\0", "\\0.weight", "\\12"}) {
+    auto km = KeyMap::Create({{"^(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)$", repl}});
+    ASSERT_FALSE(km.ok()) << repl;
+    EXPECT_THAT(std::string(km.status().message()), HasSubstr("Python")) << repl;
+  }
+  auto whole = KeyMap::Create({{"^w$", "\\g<0>.weight"}});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->Apply("w"), "w.weight");
+  auto one_then_digit = KeyMap::Create({{"^(l)$", "\\g<1>2"}});
+  ASSERT_TRUE(one_then_digit.ok());
+  EXPECT_EQ(one_then_digit->Apply("l"), "l2");
+}
+
 TEST(KeyMapTest, RejectsBadRulesNamingThem) {
   auto bad = KeyMap::Create({{"ok", "x"}, {"(", "y"}});
   ASSERT_FALSE(bad.ok());

@@ -77,6 +77,10 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   if (layout.files().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(input, ": no .safetensors files"));
   }
+  if (layout.tensors().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        input, ": holds no tensors (its files' headers list none); nothing to remap, nothing written"));
+  }
   FileSystem& out_fs = o.output_fs != nullptr ? *o.output_fs : fs;
   const bool same = &out_fs == &fs && (SameDirectory(fs, output_dir, layout.root()) ||
                                         DirName(JoinPath(output_dir, "x")) ==
@@ -90,11 +94,15 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   }
   if (!same && &out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout, output_dir));
   RemapResult result;
+  // Every write goes through the output directory's descriptor, opened once (in place: the
+  // input's own directory): a symlink planted in its place later redirects nothing.
+  std::unique_ptr<FileSystem> out_dir;  // outlives the AtomicFiles that point into it
   std::optional<DirectoryLock> lock;
   if (same) {
-    ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(fs, layout.root()));
+    ASSIGN_OR_RETURN(out_dir, fs.OpenBeneath(layout.root()));
+    ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(*out_dir, ""));
     lock.emplace(std::move(l));
-    RETURN_IF_ERROR(CleanStaleTempFiles(fs, layout.root()).status());  // of a killed earlier run
+    RETURN_IF_ERROR(CleanStaleTempFiles(*out_dir, "").status());  // of a killed earlier run
   }
   // The index: the scanned one, or, in place after an interrupted run, the one it moved aside.
   std::optional<IndexJson> index = layout.index();
@@ -104,8 +112,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   // to names already renamed), whatever rules this run was given.
   const std::string journal_path = JoinPath(layout.root(), kRemapJournal);
   bool resuming = false;
-  if (same && fs.Stat(journal_path).ok()) {
-    ASSIGN_OR_RETURN(std::string text, fs.ReadAll(journal_path));
+  if (same && out_dir->Stat(std::string(kRemapJournal)).ok()) {
+    ASSIGN_OR_RETURN(std::string text, out_dir->ReadAll(std::string(kRemapJournal)));
     nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object() || !j.contains("renames") || !j["renames"].is_object() ||
         !j.contains("index_file") || !j["index_file"].is_string()) {
@@ -142,26 +150,34 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
       return absl::InvalidArgumentError(
           "the output directory is the input directory; pass --in-place to rewrite it");
     }
-    ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(out_fs, output_dir));
+    ASSIGN_OR_RETURN(out_dir, out_fs.OpenBeneath(output_dir));
+    ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(*out_dir, ""));
     lock.emplace(std::move(l));
-  }
 
-  if (!same) {
-    RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
-    ASSIGN_OR_RETURN(std::vector<DirEntry> existing, out_fs.List(output_dir));
+    ASSIGN_OR_RETURN(std::vector<DirEntry> existing, out_dir->List(""));
+    std::vector<std::string> old;  // an earlier result: --overwrite removes it first
     for (const DirEntry& e : existing) {
-      if (!o.overwrite && (absl::EndsWith(e.name, ".safetensors") ||
-                           absl::EndsWith(e.name, ".safetensors.index.json"))) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            output_dir, " already holds a checkpoint (", e.name, "); pass --overwrite"));
+      if (IsTempFileName(e.name)) continue;
+      if (absl::EndsWith(e.name, ".safetensors") || absl::EndsWith(e.name, ".safetensors.index.json") ||
+          e.name == kManifestFileName) {
+        if (!o.overwrite && e.name != kManifestFileName) {
+          return absl::AlreadyExistsError(absl::StrCat(
+              output_dir, " already holds a checkpoint (", internal::Quote(e.name), "); pass --overwrite"));
+        }
+        old.push_back(e.name);
       }
     }
-    RETURN_IF_ERROR(CleanStaleTempFiles(out_fs, output_dir).status());
-    for (const DirEntry& e : existing) {
-      if (absl::EndsWith(e.name, ".safetensors.index.json")) {
-        RETURN_IF_ERROR(out_fs.Remove(JoinPath(output_dir, e.name)));
-      }
-    }
+    RETURN_IF_ERROR(CleanStaleTempFiles(*out_dir, "").status());
+    // Index first (the old result stops being "finished"), then its manifest, then its files: a
+    // failure from here on leaves nothing that looks like a whole checkpoint.
+    std::stable_partition(old.begin(), old.end(), [](const std::string& n) {
+      return absl::EndsWith(n, ".index.json");
+    });
+    std::stable_partition(old.begin(), old.end(), [](const std::string& n) {
+      return absl::EndsWith(n, ".index.json") || n == kManifestFileName;
+    });
+    for (const std::string& n : old) RETURN_IF_ERROR(out_dir->Remove(n));
+    if (!old.empty()) RETURN_IF_ERROR(out_dir->SyncDir(""));
   }
 
   std::vector<AtomicFile> outputs;
@@ -201,13 +217,13 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     // The new header is built from the scan: copy only from the file the scan saw.
     ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> src, fs.OpenRead(JoinPath(layout.root(), f.name)));
     RETURN_IF_ERROR(CheckUnchanged(*src, IdentityOf(f)));
-    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(out_fs, JoinPath(output_dir, f.name)));
+    ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(*out_dir, f.name));
     RETURN_IF_ERROR(out.file().Allocate(prefix.size() + h.buffer_size));
     RETURN_IF_ERROR(out.file().WriteAt(0, prefix));
     RETURN_IF_ERROR(out.file().CopyFrom(*src, f.header->data_start(), prefix.size(), h.buffer_size));
     RETURN_IF_ERROR(out.file().Sync());
     if (layout.manifest()) {
-      ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> written, out_fs.OpenRead(out.temp_path()));
+      ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> written, out_dir->OpenRead(out.temp_path()));
       ASSIGN_OR_RETURN(ManifestFile mf, ChecksumFile(*written, h));
       mf.name = f.name;
       manifest_files.push_back(std::move(mf));
@@ -227,7 +243,7 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
           continue;
         }
         ASSIGN_OR_RETURN(std::string bytes, fs.ReadAll(JoinPath(input, e.name)));
-        RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, e.name), bytes));
+        RETURN_IF_ERROR(WriteFileAtomically(*out_dir, e.name, bytes));
       }
     }
   }
@@ -241,11 +257,11 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     j["renames"] = std::move(renames);
     j["index_file"] = index ? index_file : std::string();
     j["index"] = index ? nlohmann::json(SerializeIndexJson(*index)) : nlohmann::json();
-    RETURN_IF_ERROR(WriteFileAtomically(fs, journal_path, internal::DumpJson(j, 2)));
-    if (index) RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), index_file)));
-    RETURN_IF_ERROR(fs.SyncDir(layout.root()));
-  } else if (same && resuming && index && fs.Stat(JoinPath(layout.root(), index_file)).ok()) {
-    RETURN_IF_ERROR(fs.Remove(JoinPath(layout.root(), index_file)));
+    RETURN_IF_ERROR(WriteFileAtomically(*out_dir, std::string(kRemapJournal), internal::DumpJson(j, 2)));
+    if (index) RETURN_IF_ERROR(out_dir->Remove(index_file));
+    RETURN_IF_ERROR(out_dir->SyncDir(""));
+  } else if (same && resuming && index && out_dir->Stat(index_file).ok()) {
+    RETURN_IF_ERROR(out_dir->Remove(index_file));
   }
   int committed = 0;
   const char* crash_after = std::getenv("SAFESHARD_TEST_REMAP_CRASH_AFTER");
@@ -257,21 +273,19 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     // The renamed files' own sizes and checksums (the input's would describe other bytes).
     Manifest m = *layout.manifest();
     m.files = std::move(manifest_files);
-    RETURN_IF_ERROR(WriteFileAtomically(out_fs, JoinPath(output_dir, kManifestFileName),
-                                        SerializeManifest(m)));
+    RETURN_IF_ERROR(WriteFileAtomically(*out_dir, std::string(kManifestFileName), SerializeManifest(m)));
     result.files.push_back(kManifestFileName);
   }
   if (index) {
     IndexJson idx = *index;
     idx.weight_map.clear();
     for (const auto& [k, v] : index->weight_map) idx.weight_map[ren.at(k)] = v;
-    RETURN_IF_ERROR(
-        WriteFileAtomically(out_fs, JoinPath(output_dir, index_file), SerializeIndexJson(idx)));
+    RETURN_IF_ERROR(WriteFileAtomically(*out_dir, index_file, SerializeIndexJson(idx)));
     result.files.push_back(index_file);
   }
-  if (same && fs.Stat(journal_path).ok()) {
-    RETURN_IF_ERROR(fs.Remove(journal_path));  // finished: nothing to resume
-    RETURN_IF_ERROR(fs.SyncDir(layout.root()));
+  if (same && out_dir->Stat(std::string(kRemapJournal)).ok()) {
+    RETURN_IF_ERROR(out_dir->Remove(std::string(kRemapJournal)));  // finished: nothing to resume
+    RETURN_IF_ERROR(out_dir->SyncDir(""));
   }
   return result;
 }

@@ -91,6 +91,38 @@ TEST(RemapTest, CollisionIsRefusedNamingBothKeysWritingNothing) {
   EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
 }
 
+TEST(RemapTest, ZeroTensorInputIsRefusedWritingNothing) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model.safetensors", testing::BuildSafetensors({}));
+  auto km = KeyMap::Create({{"^a", "b"}});
+  std::string out = testing::NewTempDir() + "/o";
+  auto r = Remap(LocalFileSystem(), in, out, *km, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("no tensors"));
+  EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
+}
+
+TEST(RemapTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 {{"a.w", DType::kF32, {8, 4}, Sharding::kRow}}, {.ranks = 2})
+                  .ok());
+  auto km = KeyMap::Create({{"^a", "b"}});
+  RemapOptions ow;
+  ow.overwrite = true;
+  // An earlier result in OUT, then an overwrite that is cancelled: nothing of the old result
+  // (index, manifest, files) is left to pass for a finished checkpoint.
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(Remap(LocalFileSystem(), in, out, *km, {}).ok());
+  std::atomic<bool> cancel{true};
+  ow.cancel = &cancel;
+  auto r = Remap(LocalFileSystem(), in, out, *km, ow);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  auto listed = LocalFileSystem().List(out);
+  ASSERT_TRUE(listed.ok());
+  for (const DirEntry& e : *listed) ADD_FAILURE() << "left in OUT: " << e.name;
+}
+
 TEST(RemapTest, RefusesAnInputReplacedAfterTheScan) {
   const std::string in = testing::NewTempDir();
   const std::string file = in + "/model.safetensors";
