@@ -24,16 +24,16 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "core/remap/keymap.h"
+#include "daemon/api_server.h"
 #include "daemon/config.h"
 #include "daemon/store.h"
+#include "daemon/watcher.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard::daemon {
 
 inline constexpr char kCompletionManifest[] = "safeshard.complete.json";
-// Control API bounds: request body bytes, worker threads.
-inline constexpr size_t kMaxRequestBody = 1 << 20;
-inline constexpr size_t kApiThreads = 32;
 // PyTorch's enable_consolidation writes shards to RUN/sharded/ and their consolidation to RUN.
 inline constexpr char kShardedSubdir[] = "sharded";
 
@@ -53,7 +53,7 @@ class Daemon {
   // when over 90% done); returns when every thread has ended.
   void Stop();
   void Reload(Config config);
-  int port() const { return port_; }
+  int port() const { return api_ ? api_->port() : 0; }
 
   // Control API operations (also used by the HTTP layer).
   nlohmann::json Health();
@@ -63,15 +63,13 @@ class Daemon {
   std::string Metrics();
   absl::StatusOr<int64_t> RequestConsolidate(const std::string& run_id_or_path);
   absl::StatusOr<int64_t> RequestRemap(const std::string& run_id_or_path,
-                                       const nlohmann::json& rules, const std::string& output);
+                                       const std::vector<KeyMap::Rule>& rules, const std::string& output);
   absl::Status CancelJob(int64_t id);
   void RequestRescan();
   bool CheckToken(const std::string& authorization_header) const;
   // Logs a failed journal write (never discarded silently) and counts it.
   void Journaled(const absl::Status& s, const char* what);
   std::atomic<uint64_t> journal_errors_{0};
-  // Whether a request's Host header names this API (DNS rebinding defence).
-  bool HostAllowed(const std::string& host) const;
   // A request path must resolve (symlinks too) to somewhere under a watch root.
   // `path` resolved (symlinks of its existing part included) when it lies under a watch root, or
   // under the output root too with `outputs`; kPermissionDenied otherwise.
@@ -86,7 +84,6 @@ class Daemon {
     bool finished = false;
   };
 
-  void WatchLoop();
   void SchedulerLoop();
   void ScanRoots();
   void ScanTrees(std::vector<std::string> roots, bool recursive, int64_t now);
@@ -104,7 +101,6 @@ class Daemon {
   // Why `output` may not be written for the run at `source`; empty when it may.
   std::string WhyOutputRefused(const std::string& source, const std::string& output) const;
   absl::StatusOr<RunRecord> FindRun(const std::string& id_or_path);
-  void AddWatchesBelow(const std::string& dir);
   Config config() const;
 
   mutable absl::Mutex mu_;
@@ -120,15 +116,12 @@ class Daemon {
   int64_t last_full_scan_ms_ = 0;
   int64_t next_deadline_ms_ = 0;  // under mu_: earliest quiet-period end or retry (0: none)
   std::map<int64_t, std::unique_ptr<ActiveJob>> active_;  // under mu_
-  std::thread watcher_, scheduler_, api_;
-  int inotify_fd_ = -1;
-  std::map<int, std::string> watches_;  // watch descriptor -> dir (watcher thread only)
-  int port_ = 0;
-  void* server_ = nullptr;  // httplib::Server, owned
+  std::thread scheduler_;
+  std::unique_ptr<Watcher> watcher_;
+  std::unique_ptr<ApiServer> api_;
 
   // Metrics.
-  std::atomic<uint64_t> bytes_consolidated_{0}, jobs_published_{0}, jobs_failed_{0},
-      rescans_{0}, inotify_overflows_{0}, watch_limit_errors_{0};
+  std::atomic<uint64_t> bytes_consolidated_{0}, jobs_published_{0}, jobs_failed_{0}, rescans_{0};
   std::atomic<double> seconds_total_{0};
   std::atomic<int> max_running_seen_{0};
 };

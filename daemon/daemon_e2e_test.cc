@@ -30,6 +30,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
+#include "sqlite3.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -394,6 +395,70 @@ TEST(DaemonE2E, ApiRefusesMissingTokensAndPathsOutsideTheRoots) {
   EXPECT_TRUE(absl::StrContains(m->body, "safeshard_bytes_consolidated_total"));
 }
 
+TEST(DaemonE2E, RemapOutputsAreNotRunsAndNeverAnAncestorOrAnOccupiedDirectory) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state);
+  p.Start();
+  PlaceRun(d.root + "/parent/run", SmallModel(), 2);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  std::string id = p.Get("/v1/runs")["runs"][0]["id"];
+  json rules = {{"rules", {{"^model\\.", ""}}}, {"output", d.root + "/parent"}};
+  // An ancestor of a run (its files would land beside the run and replace what is there).
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  // A directory that already holds anything.
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(d.root + "/occupied").ok());
+  testing::WriteFile(d.root + "/occupied/notes.txt", "mine");
+  rules["output"] = d.root + "/occupied";
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  EXPECT_EQ(testing::ReadFile(d.root + "/occupied/notes.txt"), "mine");
+  // Unknown members and repeated keys in the body are refused, not ignored.
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap",
+                   R"({"rules": [["a", "b"]], "output": "/x", "overwrite": true})", p.token()), 400);
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap",
+                   R"({"rules": [["a", "b"]], "output": "/x", "output": "/y"})", p.token()), 400);
+  // A remap's output holds per-rank shards, but it is the remap's result, not a new run.
+  rules["output"] = d.root + "/renamed";
+  ASSERT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 202);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 2; });
+  ASSERT_EQ(p.Post("/v1/rescan", "", p.token()), 202);
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // quiet period and rescans pass
+  const json runs = p.Get("/v1/runs");
+  ASSERT_EQ(runs["runs"].size(), 1u) << runs.dump();
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 2u);
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/renamed-hf").ok());
+}
+
+TEST(DaemonE2E, RunsThatWouldShareOneOutputAreParkedNotOverwritten) {
+  Dirs d;
+  // A template without {name}: every run under a parent maps to the same output.
+  DaemonProcess p(d.root, d.state, {"--output-template", "{parent}/consolidated"});
+  p.Start();
+  PlaceRun(d.root + "/exp/a", SmallModel(), 2);
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  const std::string index = d.root + "/exp/consolidated/model.safetensors.index.json";
+  struct stat before;
+  ASSERT_EQ(stat(index.c_str(), &before), 0);
+  PlaceRun(d.root + "/exp/b", SmallModel(), 2);
+  json runs;
+  for (int k = 0; k < 100; ++k) {
+    runs = p.Get("/v1/runs");
+    bool parked = false;
+    for (const auto& r : runs["runs"]) {
+      parked |= r["path"] == d.root + "/exp/b" && r["state"] == "parked" &&
+                absl::StrContains(r["detail"].get<std::string>(), "also the output of");
+    }
+    if (parked) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  bool parked = false;
+  for (const auto& r : runs["runs"]) parked |= r["path"] == d.root + "/exp/b" && r["state"] == "parked";
+  EXPECT_TRUE(parked) << runs.dump();
+  EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 1u);
+  struct stat after;
+  ASSERT_EQ(stat(index.c_str(), &after), 0);
+  EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec) << "a's output was rewritten";
+}
+
 TEST(DaemonE2E, CliTalksToTheDaemon) {
   Dirs d;
   DaemonProcess p(d.root, d.state);
@@ -617,7 +682,7 @@ TEST(DaemonE2E, ApiBoundsBodiesIdleClientsAndHostNames) {
   EXPECT_TRUE(!r || r->status == 413) << (r ? r->status : -1);
   // Idle connections do not lock the API out for long.
   std::vector<int> idle;
-  for (int k = 0; k < 200; ++k) {
+  for (int k = 0; k < 500; ++k) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -636,8 +701,11 @@ TEST(DaemonE2E, ApiBoundsBodiesIdleClientsAndHostNames) {
   }
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_TRUE(answered);
-  EXPECT_LT(waited, 20.0);
-  std::fprintf(stderr, "health answered %.1f s after 200 idle connections\n", waited);
+  // A liveness bound, not a performance one: served newest first, a new client waits about one
+  // idle timeout (2 s); first come, first served it waited for all 500 (20-30 s).
+  EXPECT_LT(waited, 10.0);
+  std::fprintf(stderr, "health answered %.1f s after %zu idle connections\n", waited, idle.size());
+  EXPECT_GE(idle.size(), 400u);
   for (int fd : idle) close(fd);
   EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
 }
@@ -684,6 +752,32 @@ TEST(DaemonE2E, ACorruptJournalIsMovedAsideAndTheStateRebuiltWithoutRedoingWork)
   PlaceRun(d.root + "/next", model);
   p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
   ExpectOutputMatches(d.root + "/next-hf", model);
+}
+
+TEST(DaemonE2E, AnIntactDatabaseThatIsNotOurJournalIsMovedAsideNotFatal) {
+  const char* kOurRuns =
+      "CREATE TABLE runs (id TEXT PRIMARY KEY, path TEXT UNIQUE, detection TEXT, state TEXT, "
+      "fingerprint TEXT, last_change_ms INTEGER, first_seen_ms INTEGER, output TEXT, detail TEXT);";
+  const std::vector<std::string> foreign = {
+      // Another program's table of the same name.
+      "CREATE TABLE runs (id TEXT, something_else INTEGER); INSERT INTO runs VALUES ('x', 1);",
+      // Our columns, a state this version does not know.
+      std::string(kOurRuns) + "INSERT INTO runs VALUES ('1', '/r', 'inferred', 'exploded', '', 0, 0, '', '');",
+  };
+  for (const std::string& sql : foreign) {
+    SCOPED_TRACE(sql);
+    Dirs d;
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((d.state + "/state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+    DaemonProcess p(d.root, d.state);
+    p.Start();
+    EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
+    EXPECT_THAT(p.log(), ::testing::HasSubstr("journal corrupt: rebuilt"));
+    PlaceRun(d.root + "/run", SmallModel(), 2);
+    p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  }
 }
 
 TEST(DaemonE2E, ReloadRefusesAMissingRootAndAReadableTokenIsTightened) {

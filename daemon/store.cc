@@ -55,16 +55,43 @@ class Stmt {
   int rc_;
 };
 
+constexpr const char* kRunStateNames[] = {"incomplete", "queued", "running", "published", "parked", "failed"};
+constexpr const char* kJobStateNames[] = {"queued", "running", "verifying", "published",
+                                          "failed", "parked", "cancelled"};
+constexpr const char* kJobKindNames[] = {"consolidate", "remap"};
+
+template <typename E, size_t N>
+std::optional<E> ParseName(const char* const (&names)[N], absl::string_view s) {
+  for (size_t i = 0; i < N; ++i) {
+    if (s == names[i]) return static_cast<E>(i);
+  }
+  return std::nullopt;
+}
+
+// The SQL list of a state column's names: "('a', 'b', ...)".
+template <size_t N>
+std::string SqlList(const char* const (&names)[N]) {
+  std::string out = "(";
+  for (size_t i = 0; i < N; ++i) absl::StrAppend(&out, i ? ", " : "", "'", names[i], "'");
+  return out + ")";
+}
+
 constexpr char kJobCols[] =
     "id, run_id, kind, state, output, rules, bytes_done, bytes_total, error, retryable, attempts, "
     "next_attempt_ms, created_ms, started_ms, finished_ms, seconds, verify_bytes";
 
-JobRecord ReadJob(Stmt& s) {
+absl::StatusOr<JobRecord> ReadJob(Stmt& s) {
   JobRecord j;
   j.id = s.Int(0);
   j.run_id = s.Text(1);
-  j.kind = s.Text(2);
-  j.state = s.Text(3);
+  std::optional<JobKind> kind = ParseJobKind(s.Text(2));
+  std::optional<JobState> state = ParseJobState(s.Text(3));
+  if (!kind || !state) {
+    return absl::DataLossError(absl::StrCat("the journal's job ", j.id, " has an unknown kind or state (",
+                                            s.Text(2), ", ", s.Text(3), ")"));
+  }
+  j.kind = *kind;
+  j.state = *state;
   j.output = s.Text(4);
   j.rules = s.Text(5);
   j.bytes_done = s.Int(6);
@@ -81,12 +108,17 @@ JobRecord ReadJob(Stmt& s) {
   return j;
 }
 
-RunRecord ReadRun(Stmt& s) {
+absl::StatusOr<RunRecord> ReadRun(Stmt& s) {
   RunRecord r;
   r.id = s.Text(0);
   r.path = s.Text(1);
   r.detection = s.Text(2);
-  r.state = s.Text(3);
+  std::optional<RunState> state = ParseRunState(s.Text(3));
+  if (!state) {
+    return absl::DataLossError(absl::StrCat("the journal's run ", r.path, " has an unknown state (",
+                                            s.Text(3), ")"));
+  }
+  r.state = *state;
   r.fingerprint = s.Text(4);
   r.last_change_ms = s.Int(5);
   r.first_seen_ms = s.Int(6);
@@ -102,13 +134,17 @@ constexpr char kRunCols[] =
 template <typename T>
 absl::StatusOr<std::vector<T>> Select(sqlite3* db, const std::string& sql,
                                       const std::function<void(Stmt&)>& bind,
-                                      T (*read)(Stmt&)) {
+                                      absl::StatusOr<T> (*read)(Stmt&)) {
   Stmt s(db, sql.c_str());
   if (!s.ok()) return s.error();
   bind(s);
   std::vector<T> out;
   int rc;
-  while ((rc = s.Step()) == SQLITE_ROW) out.push_back(read(s));
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    absl::StatusOr<T> row = read(s);
+    if (!row.ok()) return row.status();
+    out.push_back(std::move(*row));
+  }
   // A read that stopped early (a corrupt page, I/O error, busy) is an error, never a short list.
   if (rc != SQLITE_DONE) return s.error();
   return out;
@@ -123,6 +159,13 @@ absl::StatusOr<std::optional<T>> First(absl::StatusOr<std::vector<T>> rows) {
 
 }  // namespace
 
+const char* Name(RunState s) { return kRunStateNames[static_cast<int>(s)]; }
+const char* Name(JobState s) { return kJobStateNames[static_cast<int>(s)]; }
+const char* Name(JobKind k) { return kJobKindNames[static_cast<int>(k)]; }
+std::optional<RunState> ParseRunState(absl::string_view s) { return ParseName<RunState>(kRunStateNames, s); }
+std::optional<JobState> ParseJobState(absl::string_view s) { return ParseName<JobState>(kJobStateNames, s); }
+std::optional<JobKind> ParseJobKind(absl::string_view s) { return ParseName<JobKind>(kJobKindNames, s); }
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -131,7 +174,51 @@ int64_t NowMs() {
 
 namespace {
 
-// "ok", or what PRAGMA quick_check (or opening) found wrong.
+// One value of a query (its first column of its first row), or "" with `*err` set.
+std::string QueryOne(sqlite3* db, const std::string& sql, std::string* err) {
+  sqlite3_stmt* st = nullptr;
+  std::string out;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) != SQLITE_OK) {
+    *err = sqlite3_errmsg(db);
+  } else if (int rc = sqlite3_step(st); rc == SQLITE_ROW) {
+    const unsigned char* t = sqlite3_column_text(st, 0);
+    out = t ? reinterpret_cast<const char*>(t) : "";
+  } else if (rc != SQLITE_DONE) {
+    *err = sqlite3_errmsg(db);
+  }
+  sqlite3_finalize(st);
+  return out;
+}
+
+// "ok", or why an intact SQLite file is not our journal: tables with other columns (another
+// program's database, another version's schema), or rows with states we do not know.
+std::string CheckSchema(sqlite3* db) {
+  const std::pair<const char*, const char*> tables[] = {{"runs", kRunCols}, {"jobs", kJobCols}};
+  for (const auto& [table, cols] : tables) {
+    std::string err;
+    const std::string exists = QueryOne(
+        db, absl::StrCat("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='", table, "'"), &err);
+    if (!err.empty()) return err;
+    if (exists == "0") continue;  // created on open
+    const std::string have = QueryOne(
+        db, absl::StrCat("SELECT group_concat(name, ', ') FROM pragma_table_info('", table, "')"), &err);
+    if (!err.empty()) return err;
+    if (have != cols) {
+      return absl::StrCat("table ", table, " has the columns (", have, "), not this version's (", cols, ")");
+    }
+  }
+  std::string err;
+  const std::string bad_runs = QueryOne(
+      db, absl::StrCat("SELECT count(*) FROM runs WHERE state NOT IN ", SqlList(kRunStateNames)), &err);
+  if (err.empty() && bad_runs != "0" && !bad_runs.empty()) return absl::StrCat(bad_runs, " run(s) with unknown states");
+  const std::string bad_jobs = QueryOne(
+      db, absl::StrCat("SELECT count(*) FROM jobs WHERE state NOT IN ", SqlList(kJobStateNames),
+                       " OR kind NOT IN ", SqlList(kJobKindNames)), &err);
+  if (err.empty() && bad_jobs != "0" && !bad_jobs.empty()) return absl::StrCat(bad_jobs, " job(s) with unknown states or kinds");
+  return "ok";
+}
+
+// "ok", or what PRAGMA quick_check (or opening, or the schema check) found wrong.
 std::string QuickCheck(const std::string& path) {
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
@@ -153,6 +240,7 @@ std::string QuickCheck(const std::string& path) {
     if (rc != SQLITE_DONE) result += std::string(result.empty() ? "" : "; ") + sqlite3_errmsg(db);
   }
   sqlite3_finalize(st);
+  if (result == "ok") result = CheckSchema(db);
   sqlite3_close(db);
   return result;
 }
@@ -175,7 +263,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path, std:
         }
       }
       if (recovered != nullptr) {
-        *recovered = absl::StrCat("the journal failed SQLite's quick_check (", check,
+        *recovered = absl::StrCat("the journal failed its check (", check,
                                   "); it was moved to ", aside,
                                   " and the state is rebuilt from the file system");
       }
@@ -223,7 +311,7 @@ absl::Status Store::UpsertRun(const RunRecord& r) {
          " path=?2, detection=?3, state=?4, fingerprint=?5, last_change_ms=?6, output=?8,"
          " detail=?9");
   if (!s.ok()) return s.error();
-  s.Bind(1, r.id).Bind(2, r.path).Bind(3, r.detection).Bind(4, r.state).Bind(5, r.fingerprint)
+  s.Bind(1, r.id).Bind(2, r.path).Bind(3, r.detection).Bind(4, std::string(Name(r.state))).Bind(5, r.fingerprint)
       .Bind(6, r.last_change_ms).Bind(7, r.first_seen_ms).Bind(8, r.output).Bind(9, r.detail);
   if (s.Step() != SQLITE_DONE) return s.error();
   return absl::OkStatus();
@@ -248,7 +336,7 @@ absl::StatusOr<int64_t> Store::AddJob(JobRecord j) {
          " retryable, attempts, next_attempt_ms, created_ms, started_ms, finished_ms, seconds,"
          " verify_bytes) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)");
   if (!s.ok()) return s.error();
-  s.Bind(1, j.run_id).Bind(2, j.kind).Bind(3, j.state).Bind(4, j.output).Bind(5, j.rules)
+  s.Bind(1, j.run_id).Bind(2, std::string(Name(j.kind))).Bind(3, std::string(Name(j.state))).Bind(4, j.output).Bind(5, j.rules)
       .Bind(6, j.bytes_done).Bind(7, j.bytes_total).Bind(8, j.error)
       .Bind(9, static_cast<int64_t>(j.retryable)).Bind(10, static_cast<int64_t>(j.attempts))
       .Bind(11, j.next_attempt_ms).Bind(12, j.created_ms).Bind(13, j.started_ms)
@@ -264,7 +352,7 @@ absl::Status Store::UpdateJob(const JobRecord& j) {
          " retryable=?7, attempts=?8, next_attempt_ms=?9, started_ms=?10, finished_ms=?11,"
          " seconds=?12, verify_bytes=?13 WHERE id=?1");
   if (!s.ok()) return s.error();
-  s.Bind(1, j.id).Bind(2, j.state).Bind(3, j.output).Bind(4, j.bytes_done).Bind(5, j.bytes_total)
+  s.Bind(1, j.id).Bind(2, std::string(Name(j.state))).Bind(3, j.output).Bind(4, j.bytes_done).Bind(5, j.bytes_total)
       .Bind(6, j.error).Bind(7, static_cast<int64_t>(j.retryable))
       .Bind(8, static_cast<int64_t>(j.attempts)).Bind(9, j.next_attempt_ms).Bind(10, j.started_ms)
       .Bind(11, j.finished_ms).Bind(12, j.seconds).Bind(13, j.verify_bytes);
@@ -295,7 +383,7 @@ absl::StatusOr<std::vector<JobRecord>> Store::RequeueInterrupted() {
   if (!found.ok()) return found.status();
   std::vector<JobRecord> out = std::move(*found);
   for (JobRecord& j : out) {
-    j.state = "queued";
+    j.state = JobState::kQueued;
     j.bytes_done = 0;
     j.error = "interrupted by a daemon restart; re-queued";
     absl::Status st = UpdateJob(j);

@@ -13,17 +13,38 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
 struct sqlite3;
 
 namespace safeshard::daemon {
 
+// Where a run stands. Stored (and shown by the API) as the names below; a journal holding any
+// other name is not ours and is moved aside at start like a corrupt one.
+enum class RunState {
+  kIncomplete,  // not finished, or not provably finished yet (detail says why)
+  kQueued,      // finished; a consolidation job is queued
+  kRunning,     // a job is working on it
+  kPublished,   // its output is published (detail: "published:<fingerprint>")
+  kParked,      // needs a person (detail says why); nothing is written for it
+  kFailed,      // its job failed for good
+};
+enum class JobState { kQueued, kRunning, kVerifying, kPublished, kFailed, kParked, kCancelled };
+enum class JobKind { kConsolidate, kRemap };
+
+const char* Name(RunState s);
+const char* Name(JobState s);
+const char* Name(JobKind k);
+std::optional<RunState> ParseRunState(absl::string_view s);
+std::optional<JobState> ParseJobState(absl::string_view s);
+std::optional<JobKind> ParseJobKind(absl::string_view s);
+
 struct RunRecord {
   std::string id;           // stable: derived from the path
   std::string path;
   std::string detection;    // "manifest" (safeshard writer) or "inferred" (no marker)
-  std::string state;        // incomplete | ready | queued | published | parked | failed
+  RunState state = RunState::kIncomplete;
   std::string fingerprint;  // files, sizes and mtimes when last looked at
   int64_t last_change_ms = 0;
   int64_t first_seen_ms = 0;
@@ -34,8 +55,8 @@ struct RunRecord {
 struct JobRecord {
   int64_t id = 0;
   std::string run_id;
-  std::string kind = "consolidate";  // consolidate | remap
-  std::string state = "queued";      // queued running verifying published failed parked cancelled
+  JobKind kind = JobKind::kConsolidate;
+  JobState state = JobState::kQueued;
   std::string output;
   std::string rules;                 // remap rules (JSON)
   int64_t bytes_done = 0, bytes_total = 0;
