@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "daemon/api.h"
 
 #include "core/consolidate/consolidate.h"
 #include "core/util/status_macros.h"
@@ -56,7 +57,7 @@ std::string ExpandHome(const std::string& path) {
 }
 
 void ResolvePaths(Config* c) {
-  if (c->token_file.empty()) c->token_file = "~/.config/safeshard/token";
+  if (c->token_file.empty()) c->token_file = std::string("~/") + api::kTokenFileBelowHome;
   if (c->state_db.empty()) c->state_db = "~/.local/state/safeshard/safeshardd.db";
   c->token_file = ExpandHome(c->token_file);
   c->state_db = ExpandHome(c->state_db);

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/api.h"
 #include "absl/status/statusor.h"
 #include "core/format/dtype.h"
 #include "core/remap/keymap.h"
@@ -59,8 +60,8 @@ struct Config {
   bool strict = false;
   std::string retention = "keep";  // keep | delete | keep_last
   int keep_last = 0;
-  std::string api_address = "127.0.0.1";
-  int api_port = 8470;
+  std::string api_address = api::kDefaultAddress;
+  int api_port = api::kDefaultPort;
   std::string token_file;
   std::string state_db;
   int max_attempts = 5;

@@ -1,3 +1,4 @@
+#include "daemon/api.h"
 #include "gui/views/daemon_panel.h"
 
 #include <QDir>
@@ -47,9 +48,9 @@ DaemonPanel::DaemonPanel(QWidget* parent) : QWidget(parent) {
   net_ = new QNetworkAccessManager(this);
   auto* l = new QVBoxLayout(this);
   auto* form = new QFormLayout;
-  address_edit = new QLineEdit("http://127.0.0.1:8470", this);
+  address_edit = new QLineEdit(QString("http://%1:%2").arg(daemon::api::kDefaultAddress).arg(daemon::api::kDefaultPort), this);
   address_edit->setToolTip("The daemon's API address (config \"api\": address and port)");
-  token_file_edit = new QLineEdit(QDir::homePath() + "/.config/safeshard/token", this);
+  token_file_edit = new QLineEdit(QDir::homePath() + "/" + daemon::api::kTokenFileBelowHome, this);
   token_file_edit->setToolTip("File holding the bearer token (needed to consolidate, retry or cancel)");
   connect_button = new QPushButton("Connect", this);
   auto* row = new QHBoxLayout;
@@ -171,8 +172,8 @@ void DaemonPanel::Refresh() {
       }
     });
   };
-  handle(Get("/v1/runs"), true);
-  handle(Get("/v1/jobs"), false);
+  handle(Get(daemon::api::kRuns), true);
+  handle(Get(daemon::api::kJobs), false);
 }
 
 void DaemonPanel::FillRuns() {
@@ -220,7 +221,7 @@ QString DaemonPanel::SelectedRunId() const {
 void DaemonPanel::ConsolidateSelected() {
   const QString id = SelectedRunId();
   if (id.isEmpty()) return SetStatus("Select a run first.", true);
-  QNetworkReply* reply = Post("/v1/runs/" + id + "/consolidate");
+  QNetworkReply* reply = Post(QString::fromStdString(daemon::api::ConsolidatePath(id.toStdString())));
   connect(reply, &QNetworkReply::finished, this, [this, reply, id] {
     reply->deleteLater();
     const QByteArray body = reply->readAll();
@@ -243,7 +244,7 @@ void DaemonPanel::CancelSelectedJob() {
   const int r = jobs_table->currentRow();
   if (r < 0 || jobs_table->item(r, 0) == nullptr) return SetStatus("Select a job first.", true);
   const QString id = jobs_table->item(r, 0)->text();
-  QNetworkReply* reply = Post("/v1/jobs/" + id + "/cancel");
+  QNetworkReply* reply = Post(QString::fromStdString(daemon::api::CancelPath(id.toLongLong())));
   connect(reply, &QNetworkReply::finished, this, [this, reply, id] {
     reply->deleteLater();
     const QByteArray body = reply->readAll();

@@ -1,0 +1,214 @@
+// consolidate.cc: `safeshard consolidate` — per-rank shards (or any checkpoint) into the HF layout.
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "cli/cli.h"
+#include "cli/command.h"
+#include "cli/format_util.h"
+#include "core/format/internal/json_util.h"
+#include "core/io/atomic_file.h"
+#include "core/io/filesystem.h"
+#include "core/io/url.h"
+#include "core/layout/layout.h"
+#include "nlohmann/json.hpp"
+#include "core/consolidate/consolidate.h"
+#include "core/remap/keymap.h"
+
+namespace safeshard::cli {
+namespace {
+
+struct ConsolidateArgs {
+  std::string in, out, token;
+  std::string mapping, reference, max_shard_size, unmapped = "error", cast_dtype, key_map;
+  std::vector<std::string> metadata;
+  bool restore_dtypes = false, diffusers = false, verify = false, overwrite = false, json = false;
+  bool strict = false, no_checksums = false;
+  int threads = 0;
+  int expect_ranks = 0;
+};
+
+int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& err) {
+  FileSystem& fs = LocalFileSystem();
+  auto usage = [&](absl::string_view msg) {
+    err << "safeshard consolidate: " << msg << "\n";
+    return kExitUsage;
+  };
+  auto fail = [&](const absl::Status& s) {
+    err << "safeshard consolidate: " << s.message() << "\n";
+    return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kNotFound
+               ? kExitUsage
+               : kExitProblems;
+  };
+  int choices = !a.mapping.empty() + !a.reference.empty() + !a.max_shard_size.empty();
+  if (choices > 1) return usage("choose one of --mapping, --reference and --max-shard-size");
+  if (a.restore_dtypes && a.reference.empty()) return usage("--restore-dtypes needs --reference");
+  ConsolidateOptions o;
+  std::vector<std::string> warnings;
+  if (!a.mapping.empty()) {
+    absl::StatusOr<std::string> text = ReadOptionFile(a.mapping);
+    if (!text.ok()) return fail(text.status());
+    absl::StatusOr<std::map<std::string, int>> m = ParseMappingJson(*text, a.mapping);
+    if (!m.ok()) return fail(m.status());
+    o.fqn_to_index = *m;
+  }
+  if (!a.reference.empty()) {
+    absl::StatusOr<std::map<std::string, int>> m = MappingFromReference(fs, a.reference, &warnings);
+    if (!m.ok()) return fail(m.status());
+    o.fqn_to_index = *m;
+    if (a.restore_dtypes) {
+      absl::StatusOr<std::map<std::string, DType>> d = DTypesFromReference(fs, a.reference);
+      if (!d.ok()) return fail(d.status());
+      o.fqn_to_dtype = *d;
+    }
+  }
+  if (!a.max_shard_size.empty()) {
+    absl::StatusOr<uint64_t> s = ParseByteSize(a.max_shard_size);
+    if (!s.ok()) return fail(s.status());
+    o.max_shard_size = *s;
+  }
+  if (a.unmapped == "first") {
+    o.unmapped = UnmappedPolicy::kFirst;
+  } else if (a.unmapped == "own-file") {
+    o.unmapped = UnmappedPolicy::kOwnFile;
+  } else if (a.unmapped != "error") {
+    return usage("--unmapped must be error, first or own-file");
+  }
+  if (!a.cast_dtype.empty()) {
+    absl::StatusOr<DType> d = ParseDType(absl::AsciiStrToUpper(a.cast_dtype));
+    if (!d.ok()) return usage(absl::StrCat("--cast-dtype: ", d.status().message()));
+    o.cast_dtype = *d;
+  }
+  KeyMap km;
+  if (!a.key_map.empty()) {
+    absl::StatusOr<std::string> text = ReadOptionFile(a.key_map);
+    if (!text.ok()) return fail(text.status());
+    absl::StatusOr<KeyMap> k = KeyMap::FromJson(*text);
+    if (!k.ok()) return fail(k.status());
+    km = std::move(*k);
+    o.key_map = &km;
+  }
+  for (const std::string& kv : a.metadata) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) return usage("--metadata expects KEY=VALUE");
+    o.metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  o.threads = a.threads;
+  o.verify = a.verify;
+  o.overwrite = a.overwrite;
+  o.diffusers_index = a.diffusers;
+  o.expect_ranks = a.expect_ranks;
+  o.strict = a.strict;
+  o.checksums = !a.no_checksums;
+  ProgressBar bar(err, StderrIsTerminal(err) && !a.json);
+  o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
+  if (!in.ok()) return usage(in.status().message());
+  if (!UrlScheme(a.out).empty() && UrlScheme(a.out) != "file") {
+    return usage("OUT must be a local directory (remote inputs are read with ranged GETs; outputs are written locally)");
+  }
+  absl::StatusOr<ResolvedPath> outp = Resolve(a.out, a.token);
+  if (!outp.ok()) return usage(outp.status().message());
+  o.output_fs = outp->fs.get();
+  absl::StatusOr<ConsolidateResult> r = Consolidate(*in->fs, in->path, outp->path, o);
+  bar.Finish();
+  if (!r.ok()) return fail(r.status());
+  warnings.insert(warnings.end(), r->warnings.begin(), r->warnings.end());
+  double rate = r->seconds > 0 ? r->bytes / r->seconds : 0;
+  if (a.json) {
+    ordered_json j;
+    j["schema"] = "safeshard.consolidate/1";
+    j["output"] = r->output_dir;
+    j["files"] = r->files;
+    j["bytes"] = r->bytes;
+    j["seconds"] = r->seconds;
+    j["bytes_per_second"] = rate;
+    if (r->verify) {
+      j["verify"] = {{"bytes", r->verify->bytes_checked}, {"seconds", r->verify->seconds}};
+    }
+    j["warnings"] = warnings;
+    out << internal::DumpJson(j, 2) << "\n";
+    return kExitOk;
+  }
+  for (const std::string& w : warnings) err << "warning: " << w << "\n";
+  size_t tensor_files = 0;
+  for (const std::string& f : r->files) tensor_files += absl::EndsWith(f, ".safetensors");
+  out << "consolidated " << HumanBytes(r->bytes) << " into " << tensor_files << " file"
+      << (tensor_files == 1 ? "" : "s") << " in " << a.out
+      << absl::StrFormat(" (%.2fs, %s/s)", r->seconds, HumanBytes(static_cast<uint64_t>(rate)));
+  if (r->verify) {
+    double vr = r->verify->seconds > 0 ? r->verify->bytes_checked / r->verify->seconds : 0;
+    out << absl::StrFormat("; verified %s (%s/s)", HumanBytes(r->verify->bytes_checked),
+                           HumanBytes(static_cast<uint64_t>(vr)));
+  }
+  out << "\n";
+  return kExitOk;
+}
+
+
+}  // namespace
+
+std::vector<Subcommand> AddConsolidate(CLI::App& app) {
+  auto a = std::make_shared<ConsolidateArgs>();
+    CLI::App* consolidate = app.add_subcommand(
+      "consolidate",
+      "Merge per-rank DCP shards (or any checkpoint) into the HF layout: "
+      "model-IIIII-of-NNNNN.safetensors + model.safetensors.index.json. Refuses incomplete "
+      "checkpoints before writing; streams runs from the mapped inputs; publishes atomically "
+      "(the index is written last).");
+  consolidate->add_option("IN", a->in, std::string("Checkpoint (per-rank shards): ") + kUrlHelp)->required();
+  consolidate->add_option("--token", a->token, kTokenHelp);
+  consolidate->add_option("OUT", a->out, "Output directory (created)")->required();
+  consolidate->add_option("--mapping", a->mapping,
+                          "JSON file {\"fqn\": file_index} choosing each tensor's output file");
+  consolidate->add_option("--reference", a->reference,
+                          "HF model directory whose index json (or files) choose output files");
+  consolidate->add_option("--max-shard-size", a->max_shard_size,
+                          "Split outputs at this size, e.g. 5GB or 500MiB (save_pretrained rules)");
+  consolidate->add_option("--unmapped", a->unmapped,
+                          "Tensors missing from the mapping: error (default), first, own-file");
+  consolidate->add_option("--threads", a->threads, "Copy threads (default: all cores)")
+      ->check(CLI::Range(0, 1024));
+  consolidate->add_option("--cast-dtype", a->cast_dtype,
+                          "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64");
+  consolidate->add_flag("--restore-dtypes", a->restore_dtypes,
+                        "Convert tensors back to the dtypes of the --reference model");
+  consolidate->add_option("--key-map", a->key_map,
+                          "JSON rules [[\"regex\", \"replacement\"], ...] renaming output keys");
+  consolidate->add_option("--metadata", a->metadata, "KEY=VALUE added to __metadata__ (repeatable)");
+  consolidate->add_flag("--diffusers", a->diffusers,
+                        "Name outputs diffusion_pytorch_model-*.safetensors (+ its index)");
+  consolidate->add_flag("--verify", a->verify,
+                        "Re-read the output and compare it with the inputs (checksums)");
+  consolidate->add_flag("--overwrite", a->overwrite, "Replace an existing checkpoint in OUT");
+  consolidate->add_option("--expect-ranks", a->expect_ranks,
+                          "Refuse unless IN holds shard files of exactly ranks 0..N-1 (the job's "
+                          "world size): proves no trailing rank was lost")
+      ->check(CLI::Range(1, 1 << 20));
+  consolidate->add_flag("--strict", a->strict,
+                        "Refuse IN when its completeness cannot be proven (no manifest, no "
+                        "global_shape, no --expect-ranks)");
+  consolidate->add_flag("--no-checksums", a->no_checksums,
+                        "Do not publish safeshard.complete.json with the outputs' XXH3-64 "
+                        "checksums (saves one read of the outputs)");
+  consolidate->add_flag("--json", a->json, "Print the result as JSON (no progress bar)");
+
+  return {{consolidate, [a](std::ostream& out, std::ostream& err) { return RunConsolidate(*a, out, err); }}};
+}
+
+}  // namespace safeshard::cli

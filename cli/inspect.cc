@@ -1,0 +1,229 @@
+// inspect.cc: `safeshard inspect` — a checkpoint's tensors, chunks and files, from headers only.
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "cli/cli.h"
+#include "cli/command.h"
+#include "cli/format_util.h"
+#include "core/format/internal/json_util.h"
+#include "core/io/atomic_file.h"
+#include "core/io/filesystem.h"
+#include "core/io/url.h"
+#include "core/layout/layout.h"
+#include "nlohmann/json.hpp"
+#include "core/format/dtype.h"
+#include "re2/re2.h"
+
+namespace safeshard::cli {
+namespace {
+
+struct InspectArgs {
+  std::string token;
+  std::string path;
+  bool json = false;
+  bool by_file = false;
+  std::string filter;
+};
+
+ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
+  ordered_json root;
+  root["schema"] = "safeshard.inspect/1";
+  root["path"] = ck.root();
+  root["kind"] = std::string(CheckpointKindName(ck.kind()));
+  root["ranks"] = ck.rank_count();
+  root["index_file"] = ck.index_file().empty() ? ordered_json() : ordered_json(ck.index_file());
+  ordered_json files = ordered_json::array();
+  for (const FileInfo& f : ck.files()) {
+    ordered_json j;
+    j["name"] = f.name;
+    j["size"] = f.size;
+    j["header_size"] = f.header ? ordered_json(f.header->header_size) : ordered_json();
+    j["tensors"] = f.header ? f.header->tensors.size() : 0;
+    j["shard"] = f.shard ? ordered_json(*f.shard) : ordered_json();
+    j["dcp"] = f.dcp;
+    j["metadata"] = f.header ? ordered_json(f.header->metadata) : ordered_json();
+    j["error"] = f.error ? ordered_json(*f.error) : ordered_json();
+    files.push_back(std::move(j));
+  }
+  root["files"] = std::move(files);
+  ordered_json tensors = ordered_json::array();
+  std::map<std::string, std::array<uint64_t, 3>> totals;  // dtype -> tensors, params, bytes
+  for (const TensorLayout& t : ck.tensors()) {
+    if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
+    ordered_json j;
+    j["name"] = t.name;
+    j["dtype"] = std::string(DTypeName(t.dtype));
+    j["shape"] = t.shape;
+    j["parameters"] = t.numel();
+    j["bytes"] = t.bytes();
+    ordered_json chunks = ordered_json::array();
+    for (const Chunk& c : t.chunks) {
+      ordered_json cj;
+      cj["file"] = ck.files()[c.file].name;
+      if (!c.key.empty()) cj["key"] = c.key;  // physical key (PyTorch's __dcp_shard_k)
+      cj["offsets"] = c.offsets;
+      cj["sizes"] = c.sizes;
+      cj["byte_range"] = {c.begin, c.end};
+      chunks.push_back(std::move(cj));
+    }
+    j["chunks"] = std::move(chunks);
+    j["problem"] = t.has_problem;
+    tensors.push_back(std::move(j));
+    auto& tot = totals[std::string(DTypeName(t.dtype))];
+    tot[0] += 1;
+    tot[1] += t.numel();
+    tot[2] += t.bytes();
+  }
+  root["tensors"] = std::move(tensors);
+  ordered_json tj = ordered_json::object();
+  for (const auto& [d, v] : totals) {
+    tj[d] = {{"tensors", v[0]}, {"parameters", v[1]}, {"bytes", v[2]}};
+  }
+  root["totals"] = std::move(tj);
+  ordered_json problems = ordered_json::array();
+  for (const Problem& p : ck.problems()) problems.push_back(ProblemJson(p));
+  root["problems"] = std::move(problems);
+  root["completeness"] = CompletenessJson(ck.completeness());
+  return root;
+}
+
+int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
+  std::unique_ptr<RE2> filter;
+  if (!a.filter.empty()) {
+    filter = std::make_unique<RE2>(a.filter, RE2::Quiet);
+    if (!filter->ok()) {
+      err << "safeshard inspect: --filter: invalid regular expression \"" << a.filter
+          << "\": " << filter->error() << "\n";
+      return kExitUsage;
+    }
+  }
+  absl::StatusOr<ResolvedPath> where = Resolve(a.path, a.token);
+  if (!where.ok()) {
+    err << "safeshard inspect: " << where.status().message() << "\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*where->fs, where->path);
+  if (!ck.ok()) {
+    err << "safeshard inspect: " << ck.status().message() << "\n";
+    return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
+  }
+  // The listing is printed whatever the state; the exit code says whether it is sound.
+  const int code = ck->HasBlockingProblem() || ck->files().empty() ? kExitProblems : kExitOk;
+  if (a.json) {
+    out << internal::DumpJson(LayoutJson(*ck, filter.get()), 2) << "\n";
+    return code;
+  }
+  uint64_t file_bytes = 0;
+  for (const FileInfo& f : ck->files()) file_bytes += f.size;
+  out << "checkpoint " << ck->root() << ": " << CheckpointKindName(ck->kind());
+  if (ck->rank_count() > 0) out << ", " << ck->rank_count() << " ranks";
+  out << ", " << ck->files().size() << " file" << (ck->files().size() == 1 ? "" : "s") << ", "
+      << HumanBytes(file_bytes);
+  if (!ck->index_file().empty()) out << ", index " << ck->index_file();
+  out << "\n" << CompletenessLine(ck->completeness()) << "\n\n";
+
+  if (a.by_file) {
+    for (const FileInfo& f : ck->files()) {
+      out << f.name << "  (" << Grouped(f.size) << " bytes";
+      if (f.shard) out << ", rank " << *f.shard - 1;
+      if (f.dcp) out << ", DCP shard";
+      if (f.header) out << ", header " << Grouped(f.header->data_start()) << " bytes";
+      out << ")\n";
+      if (!f.header) {
+        out << "  error: " << *f.error << "\n\n";
+        continue;
+      }
+      std::vector<const TensorEntry*> order;
+      for (const TensorEntry& t : f.header->tensors) {
+        if (!filter || RE2::PartialMatch(t.name, *filter)) order.push_back(&t);
+      }
+      std::sort(order.begin(), order.end(),
+                [](const TensorEntry* x, const TensorEntry* y) { return x->begin < y->begin; });
+      std::vector<std::vector<std::string>> rows = {{"  BYTES", "NAME", "DTYPE", "SHAPE", "SIZE"}};
+      for (const TensorEntry* t : order) {
+        uint64_t base = f.header->data_start();
+        rows.push_back({absl::StrCat("  [", base + t->begin, ", ", base + t->end, ")"), t->name,
+                        std::string(DTypeName(t->dtype)), ShapeString(t->shape),
+                        HumanBytes(t->size())});
+      }
+      PrintTable(rows, out, {4});
+      out << "\n";
+    }
+  } else {
+    std::vector<std::vector<std::string>> rows = {
+        {"NAME", "DTYPE", "SHAPE", "PARAMS", "BYTES", "CHUNKS", "FILES"}};
+    for (const TensorLayout& t : ck->tensors()) {
+      if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
+      std::set<int> files;
+      for (const Chunk& c : t.chunks) files.insert(c.file);
+      rows.push_back({t.name + (t.has_problem ? "  (!)" : ""), std::string(DTypeName(t.dtype)),
+                      ShapeString(t.shape), Grouped(t.numel()), HumanBytes(t.bytes()),
+                      absl::StrCat(t.chunks.size()), absl::StrCat(files.size())});
+    }
+    PrintTable(rows, out, {3, 4, 5, 6});
+  }
+  std::map<std::string, std::array<uint64_t, 3>> totals;
+  uint64_t all[3] = {0, 0, 0};
+  for (const TensorLayout& t : ck->tensors()) {
+    if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
+    auto& tot = totals[std::string(DTypeName(t.dtype))];
+    tot[0] += 1;
+    tot[1] += t.numel();
+    tot[2] += t.bytes();
+    all[0] += 1;
+    all[1] += t.numel();
+    all[2] += t.bytes();
+  }
+  out << "\ntotals by dtype:\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [d, v] : totals) {
+    rows.push_back({"  " + d, absl::StrCat(Grouped(v[0]), v[0] == 1 ? " tensor" : " tensors"),
+                    absl::StrCat(Grouped(v[1]), " params"), HumanBytes(v[2])});
+  }
+  rows.push_back({"  all", absl::StrCat(Grouped(all[0]), " tensors"),
+                  absl::StrCat(Grouped(all[1]), " params"), HumanBytes(all[2])});
+  PrintTable(rows, out, {1, 2, 3});
+  if (!ck->problems().empty()) {
+    out << "\n" << ck->problems().size() << " problem"
+        << (ck->problems().size() == 1 ? "" : "s") << " found; run `safeshard verify "
+        << a.path << "` for the list\n";
+  }
+  return code;
+}
+
+
+}  // namespace
+
+std::vector<Subcommand> AddInspect(CLI::App& app) {
+  auto a = std::make_shared<InspectArgs>();
+    CLI::App* inspect = app.add_subcommand(
+      "inspect", "List a checkpoint's tensors: dtype, global shape, parameters, bytes, chunks "
+                 "and files; totals by dtype. Reads headers only.");
+  inspect->add_option("PATH", a->path, std::string("Checkpoint: ") + kUrlHelp)->required();
+  inspect->add_option("--token", a->token, kTokenHelp);
+  inspect->add_flag("--json", a->json,
+                    "Machine-readable output (schema safeshard.inspect/1, see README)");
+  inspect->add_option("--filter", a->filter, "Only tensors whose name matches this RE2 regex");
+  inspect->add_flag("--by-file", a->by_file,
+                    "List each file's tensors with their absolute byte ranges");
+
+  return {{inspect, [a](std::ostream& out, std::ostream& err) { return RunInspect(*a, out, err); }}};
+}
+
+}  // namespace safeshard::cli
