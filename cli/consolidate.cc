@@ -28,6 +28,7 @@
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
 #include "core/consolidate/consolidate.h"
+#include "core/consolidate/spec.h"
 #include "core/remap/keymap.h"
 
 namespace safeshard::cli {
@@ -55,66 +56,39 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
                ? kExitUsage
                : kExitProblems;
   };
-  int choices = !a.mapping.empty() + !a.reference.empty() + !a.max_shard_size.empty();
-  if (choices > 1) return usage("choose one of --mapping, --reference and --max-shard-size");
-  if (a.restore_dtypes && a.reference.empty()) return usage("--restore-dtypes needs --reference");
-  ConsolidateOptions o;
-  std::vector<std::string> warnings;
-  if (!a.mapping.empty()) {
-    absl::StatusOr<std::string> text = ReadOptionFile(a.mapping);
-    if (!text.ok()) return fail(text.status());
-    absl::StatusOr<std::map<std::string, int>> m = ParseMappingJson(*text, a.mapping);
-    if (!m.ok()) return fail(m.status());
-    o.fqn_to_index = *m;
-  }
-  if (!a.reference.empty()) {
-    absl::StatusOr<std::map<std::string, int>> m = MappingFromReference(fs, a.reference, &warnings);
-    if (!m.ok()) return fail(m.status());
-    o.fqn_to_index = *m;
-    if (a.restore_dtypes) {
-      absl::StatusOr<std::map<std::string, DType>> d = DTypesFromReference(fs, a.reference);
-      if (!d.ok()) return fail(d.status());
-      o.fqn_to_dtype = *d;
-    }
-  }
-  if (!a.max_shard_size.empty()) {
-    absl::StatusOr<uint64_t> s = ParseByteSize(a.max_shard_size);
-    if (!s.ok()) return fail(s.status());
-    o.max_shard_size = *s;
-  }
-  if (a.unmapped == "first") {
-    o.unmapped = UnmappedPolicy::kFirst;
-  } else if (a.unmapped == "own-file") {
-    o.unmapped = UnmappedPolicy::kOwnFile;
-  } else if (a.unmapped != "error") {
-    return usage("--unmapped must be error, first or own-file");
-  }
-  if (!a.cast_dtype.empty()) {
-    absl::StatusOr<DType> d = ParseDType(absl::AsciiStrToUpper(a.cast_dtype));
-    if (!d.ok()) return usage(absl::StrCat("--cast-dtype: ", d.status().message()));
-    o.cast_dtype = *d;
-  }
-  KeyMap km;
+  // The flags become one ConsolidateSpec (the daemon and the inspector build the same), which
+  // is validated and resolved in one place.
+  ConsolidateSpec spec;
+  spec.mapping_file = a.mapping;
+  spec.reference = a.reference;
+  spec.max_shard_size = a.max_shard_size;
+  spec.unmapped = a.unmapped;
+  spec.restore_dtypes = a.restore_dtypes;
+  spec.cast_dtype = a.cast_dtype;
   if (!a.key_map.empty()) {
     absl::StatusOr<std::string> text = ReadOptionFile(a.key_map);
     if (!text.ok()) return fail(text.status());
     absl::StatusOr<KeyMap> k = KeyMap::FromJson(*text);
-    if (!k.ok()) return fail(k.status());
-    km = std::move(*k);
-    o.key_map = &km;
+    if (!k.ok()) return usage(absl::StrCat("--key-map ", a.key_map, ": ", k.status().message()));
+    spec.key_map = k->rules();
   }
   for (const std::string& kv : a.metadata) {
     size_t eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) return usage("--metadata expects KEY=VALUE");
-    o.metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
+    spec.metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
-  o.threads = a.threads;
-  o.verify = a.verify;
-  o.overwrite = a.overwrite;
-  o.diffusers_index = a.diffusers;
-  o.expect_ranks = a.expect_ranks;
-  o.strict = a.strict;
-  o.checksums = !a.no_checksums;
+  spec.diffusers = a.diffusers;
+  spec.threads = a.threads;
+  spec.verify = a.verify;
+  spec.overwrite = a.overwrite;
+  spec.expect_ranks = a.expect_ranks;
+  spec.strict = a.strict;
+  spec.checksums = !a.no_checksums;
+  if (absl::Status valid = ValidateConsolidateSpec(spec); !valid.ok()) return usage(valid.message());
+  absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved = ResolveConsolidateSpec(fs, spec);
+  if (!resolved.ok()) return fail(resolved.status());
+  ConsolidateOptions& o = (*resolved)->options;
+  std::vector<std::string> warnings = (*resolved)->warnings;
   ProgressBar bar(err, StderrIsTerminal(err) && !a.json);
   o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
   absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
@@ -179,13 +153,13 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
   consolidate->add_option("--reference", a->reference,
                           "HF model directory whose index json (or files) choose output files");
   consolidate->add_option("--max-shard-size", a->max_shard_size,
-                          "Split outputs at this size, e.g. 5GB or 500MiB (save_pretrained rules)");
+                          "Split outputs at this size, with a unit: 5GB, 500MiB (save_pretrained's rules; 5B for bytes)");
   consolidate->add_option("--unmapped", a->unmapped,
                           "Tensors missing from the mapping: error (default), first, own-file");
   consolidate->add_option("--threads", a->threads, "Copy threads (default: all cores)")
       ->check(CLI::Range(0, 1024));
   consolidate->add_option("--cast-dtype", a->cast_dtype,
-                          "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64");
+                          "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64 (also bfloat16, torch.bfloat16, half, float, double)");
   consolidate->add_flag("--restore-dtypes", a->restore_dtypes,
                         "Convert tensors back to the dtypes of the --reference model");
   consolidate->add_option("--key-map", a->key_map,
@@ -195,7 +169,10 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
                         "Name outputs diffusion_pytorch_model-*.safetensors (+ its index)");
   consolidate->add_flag("--verify", a->verify,
                         "Re-read the output and compare it with the inputs (checksums)");
-  consolidate->add_flag("--overwrite", a->overwrite, "Replace an existing checkpoint in OUT");
+  consolidate->add_flag("--overwrite", a->overwrite,
+                        "Replace a checkpoint already in OUT: it is removed (index first) before "
+                        "the new one is written, so a failed run leaves none that looks finished. "
+                        "Per-rank shards in OUT are never replaced");
   consolidate->add_option("--expect-ranks", a->expect_ranks,
                           "Refuse unless IN holds shard files of exactly ranks 0..N-1 (the job's "
                           "world size): proves no trailing rank was lost")

@@ -76,6 +76,27 @@ int Config::ExpectedRanksFor(const std::string& run_dir) const {
   return n;
 }
 
+ConsolidateSpec Config::ConsolidateSpecFor(const std::string& run_dir) const {
+  ConsolidateSpec s;
+  if (files_mode == "max_shard_size") s.max_shard_size = max_shard_size;
+  if (files_mode == "reference") {
+    s.reference = reference;
+    s.unmapped = "own-file";  // tensors the model lacks get files of their own
+  }
+  // Without output_files.mode "reference" the spec has no reference: the validator refuses
+  // this instead of ignoring it.
+  s.restore_dtypes = restore_dtypes;
+  if (cast_dtype) s.cast_dtype = std::string(DTypeName(*cast_dtype));
+  s.key_map = key_map;
+  s.threads = threads_per_job;
+  s.verify = true;
+  s.overwrite = true;
+  s.expect_ranks = ExpectedRanksFor(run_dir);
+  s.strict = strict;
+  s.checksums = true;
+  return s;
+}
+
 absl::Status ValidateConfig(const Config& c) {
   if (c.files_mode != "single" && c.files_mode != "max_shard_size" && c.files_mode != "reference") {
     return absl::InvalidArgumentError(
@@ -87,8 +108,9 @@ absl::Status ValidateConfig(const Config& c) {
   if (c.files_mode == "reference" && c.reference.empty()) {
     return absl::InvalidArgumentError("config: output_files.reference is required for that mode");
   }
-  if (c.restore_dtypes && c.reference.empty()) {
-    return absl::InvalidArgumentError("config: dtype.restore_from_reference needs output_files.reference");
+  if (c.restore_dtypes && c.files_mode != "reference") {
+    return absl::InvalidArgumentError(
+        "config: dtype.restore_from_reference needs output_files {\"mode\": \"reference\", \"reference\": DIR}");
   }
   if (c.retention != "keep" && c.retention != "delete" && c.retention != "keep_last") {
     return absl::InvalidArgumentError("config: retention.mode must be keep, delete or keep_last");
@@ -104,13 +126,11 @@ absl::Status ValidateConfig(const Config& c) {
     return absl::InvalidArgumentError("config: quiet_period_seconds >= 0, rescan_interval_seconds > 0");
   }
   if (c.api_port < 0 || c.api_port > 65535) return absl::InvalidArgumentError("config: api.port out of range");
-  if (c.files_mode == "max_shard_size") {
-    // A size that does not parse would silently become "one file" in every job.
-    absl::StatusOr<uint64_t> size = ParseByteSize(c.max_shard_size);
-    if (!size.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config: output_files.max_shard_size: ", size.status().message()));
-    }
+  // What every job will run, checked now by the one validator (a size without a unit or that
+  // does not parse, a dtype that is not a cast target, a bad key-map rule): never a silent
+  // fallback in a job later.
+  if (absl::Status spec = ValidateConsolidateSpec(c.ConsolidateSpecFor("")); !spec.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", spec.message()));
   }
   if (c.expected_ranks < 0) return absl::InvalidArgumentError("config: expected_ranks must be >= 0");
   for (const auto& [r, n] : c.expected_ranks_by_root) {
@@ -118,10 +138,6 @@ absl::Status ValidateConfig(const Config& c) {
       return absl::InvalidArgumentError(
           absl::StrCat("config: expected_ranks_by_root[\"", r, "\"] must be at least 1"));
     }
-  }
-  if (c.key_map.size() > 0) {
-    absl::StatusOr<KeyMap> km = KeyMap::Create(c.key_map);
-    if (!km.ok()) return absl::InvalidArgumentError(absl::StrCat("config: key_map: ", km.status().message()));
   }
   return absl::OkStatus();
 }
@@ -166,7 +182,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
     std::string cast;
     CFG_RETURN(Get(*d, "cast", &cast, "dtype."));
     if (!cast.empty()) {
-      absl::StatusOr<DType> t = ParseDType(absl::AsciiStrToUpper(cast));
+      absl::StatusOr<DType> t = ParseCastDType(cast);  // as the CLI: bf16, bfloat16, torch.bfloat16, ...
       if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("config: dtype.cast: ", t.status().message()));
       c.cast_dtype = *t;
     }

@@ -28,6 +28,7 @@
 
 #include "daemon/api.h"
 #include "absl/status/statusor.h"
+#include "core/consolidate/spec.h"
 #include "core/format/dtype.h"
 #include "core/remap/keymap.h"
 
@@ -55,6 +56,10 @@ struct Config {
   std::map<std::string, int> expected_ranks_by_root;
   // The expected rank count of a run directory: its root's entry, else expected_ranks (0: any).
   int ExpectedRanksFor(const std::string& run_dir) const;
+  // The consolidation every job of `run_dir` runs (output files, dtypes, key map, threads,
+  // expected ranks, strictness; always verified, replacing an earlier result): the same typed
+  // ConsolidateSpec the CLI and the inspector build, validated by the same function.
+  ConsolidateSpec ConsolidateSpecFor(const std::string& run_dir) const;
   // Refuse runs whose completeness cannot be proven (no manifest, no global_shape, no
   // expected_ranks) instead of consolidating them with a warning.
   bool strict = false;

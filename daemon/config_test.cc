@@ -75,6 +75,31 @@ TEST(ConfigTest, OptionsThatWouldBeIgnoredByJobsAreRefusedUpFront) {
   EXPECT_EQ(strict->output_root, "/pub");
 }
 
+TEST(ConfigTest, JobsRunTheSameTypedSpecAsTheCliValidatedAtLoad) {
+  auto c = ParseConfig(R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "2GiB"},
+                           "dtype": {"cast": "torch.bfloat16"}, "threads_per_job": 3,
+                           "expected_ranks": 4, "strict": true, "key_map": [["^a", "b"]]})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ConsolidateSpec s = c->ConsolidateSpecFor("/run");
+  EXPECT_EQ(s.max_shard_size, "2GiB");
+  EXPECT_EQ(*ParseCastDType(s.cast_dtype), DType::kBF16);
+  EXPECT_EQ(s.threads, 3);
+  EXPECT_EQ(s.expect_ranks, 4);
+  EXPECT_TRUE(s.strict && s.verify && s.overwrite && s.checksums);
+  EXPECT_EQ(s.key_map.size(), 1u);
+  EXPECT_TRUE(ValidateConsolidateSpec(s).ok());
+  // What a job would silently get wrong is refused at load, by the same validator.
+  for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "5"}})", "has no unit"},
+           {R"({"dtype": {"restore_from_reference": true}})", "restore_from_reference"},
+           {R"({"key_map": [["^w$", "\\0"]]})", "key_map"},
+       }) {
+    auto bad = ParseConfig(text);
+    ASSERT_FALSE(bad.ok()) << text;
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(want)) << text;
+  }
+}
+
 TEST(ConfigTest, ExpectedRanksPerRoot) {
   auto c = ParseConfig(R"({"watch_roots": ["/a", "/a/b", "/c"], "expected_ranks": 2,
                            "expected_ranks_by_root": {"/a": 8, "/a/b": 64}})");

@@ -167,48 +167,12 @@ void Daemon::RunJob(JobRecord j) {
       status = Remap(RootsFs(), run.path, j.output, *km, ro).status();
     }
   } else {
-    ConsolidateOptions o;
-    std::vector<std::string> warnings;
-    KeyMap km;
-    if (c.files_mode == "max_shard_size") {
-      absl::StatusOr<uint64_t> s = ParseByteSize(c.max_shard_size);
-      if (s.ok()) {
-        o.max_shard_size = *s;
-      } else {
-        status = s.status();  // never silently one file
-      }
-    } else if (c.files_mode == "reference") {
-      absl::StatusOr<std::map<std::string, int>> m = MappingFromReference(LocalFileSystem(), c.reference, &warnings);
-      if (m.ok()) {
-        o.fqn_to_index = *m;
-        o.unmapped = UnmappedPolicy::kOwnFile;
-      } else {
-        status = m.status();
-      }
-      if (c.restore_dtypes && status.ok()) {
-        absl::StatusOr<std::map<std::string, DType>> d = DTypesFromReference(LocalFileSystem(), c.reference);
-        if (d.ok()) {
-          o.fqn_to_dtype = *d;
-        } else {
-          status = d.status();  // never silently the shards' dtypes
-        }
-      }
-    }
-    o.cast_dtype = c.cast_dtype;
-    if (!c.key_map.empty()) {
-      absl::StatusOr<KeyMap> k = KeyMap::Create(c.key_map);
-      if (k.ok()) {
-        km = std::move(*k);
-        o.key_map = &km;
-      } else if (status.ok()) {
-        status = k.status();  // never silently the original names
-      }
-    }
-    o.threads = c.threads_per_job;
-    o.verify = true;
-    o.overwrite = true;
-    o.expect_ranks = c.ExpectedRanksFor(run.path);
-    o.strict = c.strict;
+    // The one typed spec (validated at start and reload), resolved here: a reference model
+    // that cannot be read fails the job with its error, never "one file".
+    absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved =
+        ResolveConsolidateSpec(LocalFileSystem(), c.ConsolidateSpecFor(run.path));
+    if (!resolved.ok()) status = resolved.status();
+    ConsolidateOptions o = resolved.ok() ? (*resolved)->options : ConsolidateOptions{};
     o.cancel = &a->cancel;
     o.progress = [&](uint64_t done, uint64_t total) {
       a->done = done;

@@ -30,6 +30,7 @@ class KeyMap {
   struct Rule {
     std::string pattern;
     std::string replacement;
+    bool operator==(const Rule&) const = default;
   };
 
   KeyMap();

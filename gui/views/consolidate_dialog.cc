@@ -22,6 +22,7 @@
 #include <QtConcurrent/QtConcurrent>
 
 #include "core/consolidate/consolidate.h"
+#include "core/consolidate/spec.h"
 #include "core/io/url.h"
 #include "gui/views/format_util.h"
 
@@ -166,33 +167,32 @@ void ConsolidateDialog::Start() {
   error_->clear();
   const std::string output = output_edit->text().trimmed().toStdString();
   if (output.empty()) return error_->setText("Choose an output directory.");
-  ConsolidateOptions o;
-  o.threads = threads_spin->value();
-  o.verify = verify_check->isChecked();
-  o.overwrite = overwrite_check->isChecked();
-  const std::string reference = reference_edit->text().trimmed().toStdString();
-  std::vector<std::string> warnings;
+  // The same typed spec the CLI and safeshardd build, validated and resolved in one place.
+  ConsolidateSpec spec;
+  spec.threads = threads_spin->value();
+  spec.verify = verify_check->isChecked();
+  spec.overwrite = overwrite_check->isChecked();
   if (max_size_radio->isChecked()) {
-    absl::StatusOr<uint64_t> size = ParseByteSize(max_size_edit->text().trimmed().toStdString());
-    if (!size.ok()) return error_->setText(QString::fromStdString(std::string(size.status().message())));
-    o.max_shard_size = *size;
+    spec.max_shard_size = max_size_edit->text().trimmed().toStdString();
   } else if (reference_radio->isChecked()) {
-    if (reference.empty()) return error_->setText("Choose the reference model directory.");
-    auto mapping = MappingFromReference(LocalFileSystem(), reference, &warnings);
-    if (!mapping.ok()) return error_->setText(QString::fromStdString(std::string(mapping.status().message())));
-    o.fqn_to_index = std::move(*mapping);
+    spec.reference = reference_edit->text().trimmed().toStdString();
+    if (spec.reference.empty()) return error_->setText("Choose the reference model directory.");
+    spec.unmapped = "own-file";
   }
   const QString dtype = dtype_combo->currentData().toString();
   if (dtype == "reference") {
-    if (reference.empty()) return error_->setText("Restoring dtypes needs the reference model directory.");
-    auto dtypes = DTypesFromReference(LocalFileSystem(), reference);
-    if (!dtypes.ok()) return error_->setText(QString::fromStdString(std::string(dtypes.status().message())));
-    o.fqn_to_dtype = std::move(*dtypes);
+    if (!reference_radio->isChecked()) {
+      return error_->setText("Restoring dtypes reads them from the reference model: choose "
+                             "\"Like the reference model\" and its directory.");
+    }
+    spec.restore_dtypes = true;
   } else if (!dtype.isEmpty()) {
-    absl::StatusOr<DType> d = ParseDType(dtype.toStdString());
-    if (!d.ok()) return error_->setText(QString::fromStdString(std::string(d.status().message())));
-    o.cast_dtype = *d;
+    spec.cast_dtype = dtype.toStdString();
   }
+  absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved = ResolveConsolidateSpec(LocalFileSystem(), spec);
+  if (!resolved.ok()) return error_->setText(QString::fromStdString(std::string(resolved.status().message())));
+  ConsolidateOptions o = (*resolved)->options;
+  const std::vector<std::string> warnings = (*resolved)->warnings;
   auto run = std::make_shared<Run>();
   run->output = output;
   run->total = layout_->total_tensor_bytes();
