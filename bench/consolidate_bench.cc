@@ -40,8 +40,8 @@ int main(int argc, char** argv) {
   }
   safeshard::FileSystem& fs = safeshard::LocalFileSystem();
   std::string in = root + "/in";
-  auto model = safeshard::TransformerLikeModel(
-      {.layers = layers, .hidden = hidden, .vocab = 32000});
+  auto model =
+      safeshard::TransformerLikeModel({.layers = layers, .hidden = hidden, .vocab = 32000});
   uint64_t bytes = 0;
   for (const auto& t : model) bytes += safeshard::ByteSizeOf(t.dtype, t.shape).value_or(0);
   std::cout << absl::StrFormat("generating %.2f GB (%d tensors) as 8 per-rank files in %s\n",
@@ -83,22 +83,25 @@ int main(int argc, char** argv) {
   cp(false);
   consolidate(2);
   auto best = [](std::vector<RunStats> v) {
-    return *std::min_element(v.begin(), v.end(),
-                             [](const RunStats& a, const RunStats& b) { return a.seconds < b.seconds; });
+    return *std::min_element(v.begin(), v.end(), [](const RunStats& a, const RunStats& b) {
+      return a.seconds < b.seconds;
+    });
   };
   RunStats cp_t = best({cp(false), cp(false), cp(false)});
   RunStats cps_t = best({cp(true), cp(true), cp(true)});
   RunStats c1 = best({consolidate(1), consolidate(1), consolidate(1)});
   RunStats c2 = best({consolidate(2), consolidate(2), consolidate(2)});
   auto gbps = [&](double s) { return bytes / s / 1e9; };
-  std::cout << absl::StrFormat("cp (baseline)            %7.3f s  %6.2f GB/s\n", cp_t.seconds, gbps(cp_t.seconds));
-  std::cout << absl::StrFormat("cp + sync                %7.3f s  %6.2f GB/s\n", cps_t.seconds, gbps(cps_t.seconds));
+  std::cout << absl::StrFormat("cp (baseline)            %7.3f s  %6.2f GB/s\n", cp_t.seconds,
+                               gbps(cp_t.seconds));
+  std::cout << absl::StrFormat("cp + sync                %7.3f s  %6.2f GB/s\n", cps_t.seconds,
+                               gbps(cps_t.seconds));
   std::cout << absl::StrFormat(
-      "consolidate, 1 thread    %7.3f s  %6.2f GB/s  ratio %.2fx cp, %.2fx cp+sync\n",
-      c1.seconds, gbps(c1.seconds), cp_t.seconds / c1.seconds, cps_t.seconds / c1.seconds);
+      "consolidate, 1 thread    %7.3f s  %6.2f GB/s  ratio %.2fx cp, %.2fx cp+sync\n", c1.seconds,
+      gbps(c1.seconds), cp_t.seconds / c1.seconds, cps_t.seconds / c1.seconds);
   std::cout << absl::StrFormat(
-      "consolidate, 2 threads   %7.3f s  %6.2f GB/s  ratio %.2fx cp, %.2fx cp+sync\n",
-      c2.seconds, gbps(c2.seconds), cp_t.seconds / c2.seconds, cps_t.seconds / c2.seconds);
+      "consolidate, 2 threads   %7.3f s  %6.2f GB/s  ratio %.2fx cp, %.2fx cp+sync\n", c2.seconds,
+      gbps(c2.seconds), cp_t.seconds / c2.seconds, cps_t.seconds / c2.seconds);
   std::cout << absl::StrFormat("2-vs-1 thread speed-up   %.2fx\n", c1.seconds / c2.seconds);
   std::cout << absl::StrFormat(
       "peak anonymous memory    %.1f MiB (1 thread), %.1f MiB (2 threads); "

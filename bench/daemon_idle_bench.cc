@@ -43,7 +43,8 @@ double CpuSeconds(pid_t pid) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: daemon_idle_bench SAFESHARDD_BINARY [--runs N] [--rescan S] [--window S]\n";
+    std::cerr
+        << "usage: daemon_idle_bench SAFESHARDD_BINARY [--runs N] [--rescan S] [--window S]\n";
     return 2;
   }
   int runs = 1000;
@@ -62,16 +63,30 @@ int main(int argc, char** argv) {
   std::cout << "writing " << runs << " runs under " << root << "\n";
   for (int i = 0; i < runs; ++i) {
     if (!safeshard::WriteDcpCheckpoint(fs, absl::StrCat(root, "/runs/exp", i / 100, "/step-", i),
-                                       model, {.ranks = 2}).ok()) {
+                                       model, {.ranks = 2})
+             .ok()) {
       return 1;
     }
   }
   std::string state = root + "/state";
   (void)fs.MakeDirs(state);
-  std::vector<std::string> args = {argv[1], "--watch", root + "/runs", "--state-db",
-                                   state + "/db", "--token-file", state + "/token", "--port", "0",
-                                   "--port-file", state + "/port", "--quiet-period", "0",
-                                   "--rescan-interval", absl::StrCat(rescan), "--max-jobs", "2"};
+  std::vector<std::string> args = {argv[1],
+                                   "--watch",
+                                   root + "/runs",
+                                   "--state-db",
+                                   state + "/db",
+                                   "--token-file",
+                                   state + "/token",
+                                   "--port",
+                                   "0",
+                                   "--port-file",
+                                   state + "/port",
+                                   "--quiet-period",
+                                   "0",
+                                   "--rescan-interval",
+                                   absl::StrCat(rescan),
+                                   "--max-jobs",
+                                   "2"};
   std::vector<char*> av;
   for (auto& a : args) av.push_back(a.data());
   av.push_back(nullptr);
@@ -102,15 +117,18 @@ int main(int argc, char** argv) {
   double cpu1 = CpuSeconds(pid);
   int rescans_in_window = static_cast<int>(window / rescan);
   std::cout << absl::StrFormat(
-      "idle window %.0f s (rescan every %.0f s, ~%d rescans in it): daemon CPU %.3f s = %.3f%% of one core\n",
+      "idle window %.0f s (rescan every %.0f s, ~%d rescans in it): daemon CPU %.3f s = %.3f%% of "
+      "one core\n",
       window, rescan, rescans_in_window, cpu1 - cpu0, 100.0 * (cpu1 - cpu0) / window);
   // Cost of one full rescan of the 1,000 runs.
   double cpu2 = CpuSeconds(pid);
-  auto h = c.Post("/v1/rescan", {{"Authorization", "Bearer " + fs.ReadAll(state + "/token").value_or("")}},
-                  "", "application/json");
+  auto h = c.Post("/v1/rescan",
+                  {{"Authorization", "Bearer " + fs.ReadAll(state + "/token").value_or("")}}, "",
+                  "application/json");
   std::this_thread::sleep_for(std::chrono::seconds(3));
   double cpu3 = CpuSeconds(pid);
-  std::cout << absl::StrFormat("one forced full rescan of %d runs: %.3f s CPU\n", runs, cpu3 - cpu2);
+  std::cout << absl::StrFormat("one forced full rescan of %d runs: %.3f s CPU\n", runs,
+                               cpu3 - cpu2);
   kill(pid, SIGTERM);
   waitpid(pid, nullptr, 0);
   if (std::system(("rm -rf " + root).c_str()) != 0) std::cerr << "cleanup failed\n";

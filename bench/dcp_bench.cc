@@ -50,9 +50,10 @@ int main(int argc, char** argv) {
   }
   std::string ckpt = root + "/ckpt";
   std::cout << "saving with 4 ranks (tensors are generated first; only the save is timed)\n";
-  std::string out = Capture(absl::StrCat(bin, " save-example ", ckpt, " --ranks 4 --layers ", layers,
-                                         " --hidden ", hidden, " --vocab 32000"));
-  std::regex re(R"(rank (\d+): wrote \S+ \((\d+) tensor bytes\) in ([0-9.]+) s; .*: ([0-9.]+) MiB)");
+  std::string out = Capture(absl::StrCat(bin, " save-example ", ckpt, " --ranks 4 --layers ",
+                                         layers, " --hidden ", hidden, " --vocab 32000"));
+  std::regex re(
+      R"(rank (\d+): wrote \S+ \((\d+) tensor bytes\) in ([0-9.]+) s; .*: ([0-9.]+) MiB)");
   double save_s = 0, mem = 0;
   uint64_t bytes = 0, per_rank_max = 0;
   for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
@@ -69,15 +70,17 @@ int main(int argc, char** argv) {
   // dd of the same bytes: 4 writers in parallel, fsynced like the save.
   std::string dd;
   for (int r = 0; r < 4; ++r) {
-    absl::StrAppend(&dd, "dd if=/dev/zero of=", root, "/dd", r, " bs=1M count=",
-                    per_rank_max / (1 << 20), " conv=fsync status=none & ");
+    absl::StrAppend(&dd, "dd if=/dev/zero of=", root, "/dd", r,
+                    " bs=1M count=", per_rank_max / (1 << 20), " conv=fsync status=none & ");
   }
   dd += "wait";
   double dd_s = Run({"sh", "-c", dd}).seconds;
   std::cout << absl::StrFormat(
-      "save %.2f GB: %.3f s (%.2f GB/s); dd conv=fsync of the same bytes: %.3f s -> ratio %.2fx dd\n",
+      "save %.2f GB: %.3f s (%.2f GB/s); dd conv=fsync of the same bytes: %.3f s -> ratio %.2fx "
+      "dd\n",
       bytes / 1e9, save_s, bytes / 1e9 / save_s, dd_s, dd_s / save_s);
-  std::cout << absl::StrFormat("resident memory beyond the tensors while saving: %.1f MiB (max over ranks)\n", mem);
+  std::cout << absl::StrFormat(
+      "resident memory beyond the tensors while saving: %.1f MiB (max over ranks)\n", mem);
 
   std::string cat = absl::StrCat("cat ", ckpt, "/*.safetensors > /dev/null");
   Run({"sh", "-c", cat});  // warm
@@ -90,7 +93,8 @@ int main(int argc, char** argv) {
   }
   double load_s = std::stod(m[2]);
   std::cout << absl::StrFormat(
-      "load into 4-way column sharding: %.3f s (%.2f GB/s); cat of the files: %.3f s -> ratio %.2fx cat\n",
+      "load into 4-way column sharding: %.3f s (%.2f GB/s); cat of the files: %.3f s -> ratio "
+      "%.2fx cat\n",
       load_s, std::stoull(m[1]) / 1e9 / load_s, cat_s, cat_s / load_s);
   if (std::system(("rm -rf " + root).c_str()) != 0) std::cerr << "cleanup failed\n";
   return 0;

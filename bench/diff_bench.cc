@@ -38,30 +38,38 @@ int main(int argc, char** argv) {
   }
   const std::string root = absl::StrCat("/var/tmp/safeshard-diff-bench-", getpid());
   const std::string in = root + "/in", hf = root + "/hf";
-  auto model = safeshard::TransformerLikeModel({.layers = layers, .hidden = hidden, .vocab = 32000});
+  auto model =
+      safeshard::TransformerLikeModel({.layers = layers, .hidden = hidden, .vocab = 32000});
   uint64_t bytes = 0;
   for (const auto& t : model) bytes += safeshard::ByteSizeOf(t.dtype, t.shape).value_or(0);
-  std::cout << absl::StrFormat("generating %.2f GB (%d tensors) as 8 per-rank files in %s\n", bytes / 1e9,
-                               model.size(), in);
-  if (!safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), in, model, {.ranks = 8}).ok()) return 1;
+  std::cout << absl::StrFormat("generating %.2f GB (%d tensors) as 8 per-rank files in %s\n",
+                               bytes / 1e9, model.size(), in);
+  if (!safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), in, model, {.ranks = 8}).ok())
+    return 1;
   ShellOrDie(absl::StrCat("'", bin, "' consolidate '", in, "' '", hf, "' > /dev/null"));
-  ShellOrDie(absl::StrCat("cp '", hf, "/model-00001-of-00001.safetensors' '", root, "/copy.safetensors'"));
+  ShellOrDie(
+      absl::StrCat("cp '", hf, "/model-00001-of-00001.safetensors' '", root, "/copy.safetensors'"));
   // Warm the page cache for every file involved.
-  ShellOrDie(absl::StrCat("cat '", in, "'/*.safetensors '", hf, "/model-00001-of-00001.safetensors' '", root,
+  ShellOrDie(absl::StrCat("cat '", in, "'/*.safetensors '", hf,
+                          "/model-00001-of-00001.safetensors' '", root,
                           "/copy.safetensors' > /dev/null"));
 
   std::vector<double> cmp, diff, diff1;
   for (int r = 0; r < reps; ++r) {
-    cmp.push_back(TimeCommand(absl::StrCat("cmp '", hf, "/model-00001-of-00001.safetensors' '", root, "/copy.safetensors'")));
+    cmp.push_back(TimeCommand(absl::StrCat("cmp '", hf, "/model-00001-of-00001.safetensors' '",
+                                           root, "/copy.safetensors'")));
     diff.push_back(TimeCommand(absl::StrCat("'", bin, "' diff '", in, "' '", hf, "' > /dev/null")));
-    diff1.push_back(TimeCommand(absl::StrCat("'", bin, "' diff --threads 1 '", in, "' '", hf, "' > /dev/null")));
+    diff1.push_back(TimeCommand(
+        absl::StrCat("'", bin, "' diff --threads 1 '", in, "' '", hf, "' > /dev/null")));
   }
   const double c = Median(cmp), d = Median(diff), d1 = Median(diff1);
-  std::cout << absl::StrFormat("cmp of the consolidated file vs a copy (baseline): %.3f s (%.0f MB/s per side)\n", c,
-                               bytes / 1e6 / c);
-  std::cout << absl::StrFormat("safeshard diff shards vs consolidated (4 threads): %.3f s  ratio %.2fx cmp\n", d, d / c);
-  std::cout << absl::StrFormat("safeshard diff shards vs consolidated (1 thread):  %.3f s  ratio %.2fx cmp\n", d1,
-                               d1 / c);
+  std::cout << absl::StrFormat(
+      "cmp of the consolidated file vs a copy (baseline): %.3f s (%.0f MB/s per side)\n", c,
+      bytes / 1e6 / c);
+  std::cout << absl::StrFormat(
+      "safeshard diff shards vs consolidated (4 threads): %.3f s  ratio %.2fx cmp\n", d, d / c);
+  std::cout << absl::StrFormat(
+      "safeshard diff shards vs consolidated (1 thread):  %.3f s  ratio %.2fx cmp\n", d1, d1 / c);
   ShellOrDie(absl::StrCat("rm -rf '", root, "'"));
   return 0;
 }

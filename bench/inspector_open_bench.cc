@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
   if (std::getenv("QT_QPA_PLATFORM") == nullptr) setenv("QT_QPA_PLATFORM", "offscreen", 1);
   QApplication app(argc, argv);
   if (argc < 2) {
-    std::cerr << "usage: inspector_open_bench SAFESHARD_BINARY [--tensors N] [--files F] [--reps R]\n";
+    std::cerr
+        << "usage: inspector_open_bench SAFESHARD_BINARY [--tensors N] [--files F] [--reps R]\n";
     return 2;
   }
   const std::string bin = argv[1];
@@ -53,8 +54,8 @@ int main(int argc, char** argv) {
   char tmpl[] = "/tmp/safeshard-inspector-bench-XXXXXX";
   const std::string base = mkdtemp(tmpl);
   const std::string dir = base + "/ckpt";
-  absl::Status s = safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), dir,
-                                                 safeshard::ManySmallTensors(tensors), {.ranks = files});
+  absl::Status s = safeshard::WriteDcpCheckpoint(
+      safeshard::LocalFileSystem(), dir, safeshard::ManySmallTensors(tensors), {.ranks = files});
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;
@@ -91,7 +92,8 @@ int main(int argc, char** argv) {
     const double t = std::chrono::duration<double>(Clock::now() - t0).count();
     probe.stop();
     longest = std::max(longest, since.nsecsElapsed() / 1e9);
-    if (static_cast<int>(w.checkpoint()->tensors().size()) != tensors || w.tree_model->rowCount() == 0) {
+    if (static_cast<int>(w.checkpoint()->tensors().size()) != tensors ||
+        w.tree_model->rowCount() == 0) {
       std::cerr << "the tree is not populated\n";
       return 1;
     }
@@ -114,9 +116,10 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat("safeshard inspect --json : %.3f s (median of %d)\n", c, reps);
   std::cout << absl::StrFormat("inspector open -> tree   : %.3f s (median of %d)\n", g, reps);
   std::cout << absl::StrFormat("ratio inspector / inspect --json = %.2fx\n", g / c);
-  std::cout << absl::StrFormat("longest GUI-thread stall while opening: %.0f ms (median)\n", Median(stall) * 1000);
-  std::cout << absl::StrFormat("apply a regex filter: %.0f ms, clear it: %.0f ms (medians)\n", Median(filter) * 1000,
-                               Median(clear) * 1000);
+  std::cout << absl::StrFormat("longest GUI-thread stall while opening: %.0f ms (median)\n",
+                               Median(stall) * 1000);
+  std::cout << absl::StrFormat("apply a regex filter: %.0f ms, clear it: %.0f ms (medians)\n",
+                               Median(filter) * 1000, Median(clear) * 1000);
   std::system(absl::StrFormat("rm -rf '%s'", base).c_str());
   return 0;
 }

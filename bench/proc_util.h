@@ -14,8 +14,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,8 +52,8 @@ inline double TimeCommand(const std::string& cmd) {
 
 struct RunStats {
   double seconds = 0;
-  uint64_t max_rss_kib = 0;        // ru_maxrss: includes touched file-mapped pages
-  uint64_t peak_anon_kib = 0;      // sampled RssAnon: heap, stacks, anonymous mappings
+  uint64_t max_rss_kib = 0;    // ru_maxrss: includes touched file-mapped pages
+  uint64_t peak_anon_kib = 0;  // sampled RssAnon: heap, stacks, anonymous mappings
   int exit_code = -1;
 };
 

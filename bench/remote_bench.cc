@@ -60,8 +60,9 @@ int main(int argc, char** argv) {
 
   // ---- 1. header scan
   {
-    absl::Status s = safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), root + "/scan",
-                                                   safeshard::ManySmallTensors(tensors), {.ranks = files});
+    absl::Status s =
+        safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), root + "/scan",
+                                      safeshard::ManySmallTensors(tensors), {.ranks = files});
     if (!s.ok()) return std::cerr << s << "\n", 1;
     auto local = safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), root + "/scan");
     uint64_t header_bytes = 0;
@@ -71,33 +72,40 @@ int main(int argc, char** argv) {
       const auto& f = local->files()[i];
       header_bytes += f.header->data_start();
       if (i) cfg << "next\nheader = \"Authorization: Bearer " << kToken << "\"\n";
-      cfg << "url = \"" << base << "/scan/" << f.name << "\"\nrange = 0-" << f.header->data_start() - 1
-          << "\noutput = /dev/null\nsilent\nfail\n";
+      cfg << "url = \"" << base << "/scan/" << f.name << "\"\nrange = 0-"
+          << f.header->data_start() - 1 << "\noutput = /dev/null\nsilent\nfail\n";
     }
     cfg.close();
     std::vector<double> ours, curl, local_scan;
     for (int r = 0; r < reps; ++r) {
-      curl.push_back(TimeIt([&] { ShellOrDie(absl::StrCat("curl -K ", root, "/curl-headers.cfg")); }));
+      curl.push_back(
+          TimeIt([&] { ShellOrDie(absl::StrCat("curl -K ", root, "/curl-headers.cfg")); }));
       local_scan.push_back(TimeIt([&] {
         (void)safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), root + "/scan");
       }));
       ours.push_back(TimeIt([&] {
         safeshard::HttpFileSystem fs(ho);
         auto ck = safeshard::CheckpointLayout::Scan(fs, base + "/scan");
-        if (!ck.ok() || static_cast<int>(ck->tensors().size()) != tensors || !ck->problems().empty()) {
+        if (!ck.ok() || static_cast<int>(ck->tensors().size()) != tensors ||
+            !ck->problems().empty()) {
           std::cerr << "remote scan failed: " << ck.status() << "\n";
           std::exit(1);
         }
       }));
     }
-    std::cout << absl::StrFormat("== remote header scan: %d tensors, %d files, %.1f MiB of headers ==\n", tensors,
-                                 files, header_bytes / 1048576.0);
-    std::cout << absl::StrFormat("curl (one process, keep-alive, header ranges): %.3f s\n", Median(curl));
-    std::cout << absl::StrFormat("safeshard remote scan (list + ranged GETs)   : %.3f s\n", Median(ours));
+    std::cout << absl::StrFormat(
+        "== remote header scan: %d tensors, %d files, %.1f MiB of headers ==\n", tensors, files,
+        header_bytes / 1048576.0);
+    std::cout << absl::StrFormat("curl (one process, keep-alive, header ranges): %.3f s\n",
+                                 Median(curl));
+    std::cout << absl::StrFormat("safeshard remote scan (list + ranged GETs)   : %.3f s\n",
+                                 Median(ours));
     std::cout << absl::StrFormat("ratio safeshard / curl = %.2fx\n", Median(ours) / Median(curl));
     std::cout << absl::StrFormat(
-        "(the same scan of the local files: %.3f s; over http it adds %.3f s = %.2fx curl's transfer)\n",
-        Median(local_scan), Median(ours) - Median(local_scan), (Median(ours) - Median(local_scan)) / Median(curl));
+        "(the same scan of the local files: %.3f s; over http it adds %.3f s = %.2fx curl's "
+        "transfer)\n",
+        Median(local_scan), Median(ours) - Median(local_scan),
+        (Median(ours) - Median(local_scan)) / Median(curl));
   }
 
   // ---- 2. 1 GiB load
@@ -106,19 +114,26 @@ int main(int argc, char** argv) {
     const int n = std::max(1, static_cast<int>(gib * 8));
     std::vector<safeshard::ExampleTensor> model;
     for (int i = 0; i < n; ++i) {
-      model.push_back({absl::StrCat("layers.", i, ".w"), safeshard::DType::kF32,
-                       {static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)}, safeshard::Sharding::kRow});
+      model.push_back({absl::StrCat("layers.", i, ".w"),
+                       safeshard::DType::kF32,
+                       {static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)},
+                       safeshard::Sharding::kRow});
     }
-    absl::Status s = safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), root + "/load", model, {.ranks = 4});
+    absl::Status s = safeshard::WriteDcpCheckpoint(safeshard::LocalFileSystem(), root + "/load",
+                                                   model, {.ranks = 4});
     if (!s.ok()) return std::cerr << s << "\n", 1;
-    std::string curl_cmd = absl::StrCat("curl -s --no-progress-meter --fail --parallel --parallel-max 8 -H 'Authorization: Bearer ", kToken, "'");
+    std::string curl_cmd = absl::StrCat(
+        "curl -s --no-progress-meter --fail --parallel --parallel-max 8 -H 'Authorization: Bearer ",
+        kToken, "'");
     uint64_t bytes = 0;
     for (const auto& e : std::filesystem::directory_iterator(root + "/load")) {
       if (e.path().extension() != ".safetensors") continue;
       bytes += e.file_size();
-      absl::StrAppend(&curl_cmd, " ", base, "/load/", e.path().filename().string(), " -o /dev/null");
+      absl::StrAppend(&curl_cmd, " ", base, "/load/", e.path().filename().string(),
+                      " -o /dev/null");
     }
-    ShellOrDie(absl::StrCat("cat ", root, "/load/*.safetensors > /dev/null"));  // warm the page cache
+    ShellOrDie(
+        absl::StrCat("cat ", root, "/load/*.safetensors > /dev/null"));  // warm the page cache
     std::vector<double> ours, curl;
     for (int r = 0; r < reps; ++r) {
       curl.push_back(TimeIt([&] { ShellOrDie(curl_cmd); }));
@@ -134,11 +149,12 @@ int main(int argc, char** argv) {
         }
       }));
     }
-    std::cout << absl::StrFormat("== remote load: %.2f GiB in 4 files into %d full tensors ==\n", bytes / 1073741824.0, n);
-    std::cout << absl::StrFormat("curl --parallel of the files: %.3f s (%.0f MiB/s)\n", Median(curl),
-                                 bytes / 1048576.0 / Median(curl));
-    std::cout << absl::StrFormat("HfStorageReader over http   : %.3f s (%.0f MiB/s)\n", Median(ours),
-                                 bytes / 1048576.0 / Median(ours));
+    std::cout << absl::StrFormat("== remote load: %.2f GiB in 4 files into %d full tensors ==\n",
+                                 bytes / 1073741824.0, n);
+    std::cout << absl::StrFormat("curl --parallel of the files: %.3f s (%.0f MiB/s)\n",
+                                 Median(curl), bytes / 1048576.0 / Median(curl));
+    std::cout << absl::StrFormat("HfStorageReader over http   : %.3f s (%.0f MiB/s)\n",
+                                 Median(ours), bytes / 1048576.0 / Median(ours));
     std::cout << absl::StrFormat("ratio safeshard / curl = %.2fx\n", Median(ours) / Median(curl));
   }
   server->reset();

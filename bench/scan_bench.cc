@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "bench/proc_util.h"
 #include "absl/strings/str_format.h"
+#include "bench/proc_util.h"
 #include "core/example/example.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
@@ -25,7 +25,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double Seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 }  // namespace
 
@@ -52,8 +54,8 @@ int main(int argc, char** argv) {
   if (!fs.MakeDirs(hdr).ok()) return 1;
   std::cout << "generating " << tensors << " tensors in " << files << " files under " << root
             << "\n";
-  absl::Status s = safeshard::WriteDcpCheckpoint(fs, ck, safeshard::ManySmallTensors(tensors),
-                                                 {.ranks = files});
+  absl::Status s =
+      safeshard::WriteDcpCheckpoint(fs, ck, safeshard::ManySmallTensors(tensors), {.ranks = files});
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;
@@ -100,6 +102,7 @@ int main(int argc, char** argv) {
                                sc * 1e3, sc / c);
   std::cout << absl::StrFormat("scan throughput: %.0f tensors/s, %.1f MiB/s of header JSON\n",
                                tensors / sc, header_bytes / 1048576.0 / sc);
-  if (std::system(("rm -rf " + root).c_str()) != 0) std::cerr << "could not remove " << root << "\n";
+  if (std::system(("rm -rf " + root).c_str()) != 0)
+    std::cerr << "could not remove " << root << "\n";
   return 0;
 }

@@ -73,8 +73,8 @@ int RunCompanion(const std::vector<std::string>& args, std::ostream& err) {
 }
 
 int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  if (args.size() > 1 && (args[1] == "dist-consolidate" || args[1] == "save-example" ||
-                          args[1] == "load-check")) {
+  if (args.size() > 1 &&
+      (args[1] == "dist-consolidate" || args[1] == "save-example" || args[1] == "load-check")) {
     return RunCompanion(args, err);
   }
   CLI::App app{kDescription, "safeshard"};
@@ -93,7 +93,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
       "                                      the HF storage writer (shards + completion manifest)\n"
       "  load-check DIR --ranks R --layout col|row|mesh   load into another sharding, verify");
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
-  for (const CLI::App* sub : app.get_subcommands({})) known |= args.size() > 1 && sub->check_name(args[1]);
+  for (const CLI::App* sub : app.get_subcommands({}))
+    known |= args.size() > 1 && sub->check_name(args[1]);
   if (!known) {
     err << "safeshard: unknown command \"" << args[1] << "\"\n";
     err << "Run `safeshard --help` for the list of commands.\n";

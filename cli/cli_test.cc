@@ -6,9 +6,9 @@
 
 #include "absl/strings/match.h"
 #include "core/example/example.h"
-#include "core/layout/layout.h"
 #include "core/format/filenames.h"
 #include "core/io/filesystem.h"
+#include "core/layout/layout.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -50,7 +50,8 @@ TEST(CliTest, VerifyPrintsEachProblemOnItsOwnLineAndExitsOne) {
   WriteOptions o{.ranks = 4};
   o.drop_chunk = std::make_pair(std::string("lm_head.weight"), 1);
   std::string dir = Example(o);
-  ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, "shard-00002-model-00001-of-00001.safetensors")).ok());
+  ASSERT_TRUE(
+      LocalFileSystem().Remove(JoinPath(dir, "shard-00002-model-00001-of-00001.safetensors")).ok());
   Result r = RunCli({"verify", dir});
   EXPECT_EQ(r.code, kExitProblems);
   std::vector<std::string> lines;
@@ -58,7 +59,8 @@ TEST(CliTest, VerifyPrintsEachProblemOnItsOwnLineAndExitsOne) {
   for (std::string l; std::getline(is, l);) lines.push_back(l);
   EXPECT_GE(lines.size(), 3u);
   EXPECT_THAT(r.out, HasSubstr("gap: tensor \"lm_head.weight\""));
-  EXPECT_THAT(r.out, HasSubstr("shard_ranks: shard rank indices are not dense 1..4: missing shard-2"));
+  EXPECT_THAT(r.out,
+              HasSubstr("shard_ranks: shard rank indices are not dense 1..4: missing shard-2"));
 }
 
 TEST(CliTest, VerifyJsonReportsProblems) {
@@ -176,11 +178,13 @@ TEST(CliConsolidateTest, RefusesIncompleteCheckpointAndBadOptions) {
   Result r = RunCli({"consolidate", in, testing::NewTempDir() + "/o"});
   EXPECT_EQ(r.code, kExitProblems);
   EXPECT_THAT(r.err, HasSubstr("gap: tensor \"lm_head.weight\""));
-  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--max-shard-size", "lots"}).code, kExitUsage);
-  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--cast-dtype", "f128"}).code, kExitUsage);
-  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--max-shard-size", "1GB", "--reference",
-                 "/tmp"}).code,
+  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--max-shard-size", "lots"}).code,
             kExitUsage);
+  EXPECT_EQ(RunCli({"consolidate", Example(), "/tmp/o", "--cast-dtype", "f128"}).code, kExitUsage);
+  EXPECT_EQ(
+      RunCli({"consolidate", Example(), "/tmp/o", "--max-shard-size", "1GB", "--reference", "/tmp"})
+          .code,
+      kExitUsage);
 }
 
 TEST(CliRemapTest, DryRunThenApplyAndCollision) {
@@ -214,10 +218,14 @@ TEST(CliDiffTest, ShardsEqualTheirConsolidationThenOneByteDiffers) {
   EXPECT_EQ(same.code, kExitOk) << same.out << same.err;
   EXPECT_THAT(same.out, HasSubstr("identical; 0 only in A, 0 only in B"));
   // One byte of one tensor changed in B.
-  testing::FlipTensorByte(out, "model.embed_tokens.weight", 2 * (2 * 16 + 3), 0x40);  // BF16 [32, 16]: [2, 3]
+  testing::FlipTensorByte(out, "model.embed_tokens.weight", 2 * (2 * 16 + 3),
+                          0x40);  // BF16 [32, 16]: [2, 3]
   Result diff = RunCli({"diff", in, out});
   EXPECT_EQ(diff.code, kExitProblems) << diff.err;
-  EXPECT_THAT(diff.out, HasSubstr("values: model.embed_tokens.weight: 1 of 512 elements differ; first at [2, 3]: A 0x"));
+  EXPECT_THAT(
+      diff.out,
+      HasSubstr(
+          "values: model.embed_tokens.weight: 1 of 512 elements differ; first at [2, 3]: A 0x"));
   EXPECT_THAT(diff.out, HasSubstr("1 with other values"));
   Result js = RunCli({"diff", in, out, "--json"});
   EXPECT_EQ(js.code, kExitProblems);
@@ -270,7 +278,9 @@ TEST(CliTest, VerifySaysPlainlyWhenALostHighestRankCannotBeRuledOut) {
   EXPECT_THAT(strict.out, HasSubstr("completeness_unproven"));
   Result expect = RunCli({"verify", "--expect-ranks", "2", dir});
   EXPECT_EQ(expect.code, kExitProblems);
-  EXPECT_THAT(expect.out, HasSubstr("expected_ranks: expected 2 ranks, found 1 with shard files; missing rank 1"));
+  EXPECT_THAT(
+      expect.out,
+      HasSubstr("expected_ranks: expected 2 ranks, found 1 with shard files; missing rank 1"));
   Result json = RunCli({"verify", "--json", dir});
   nlohmann::json j = nlohmann::json::parse(json.out);
   EXPECT_FALSE(j["completeness"]["proven"].get<bool>());
@@ -287,7 +297,8 @@ TEST(CliTest, VerifyCatchesALostHighestRankThroughTheManifest) {
   RemoveHighestRank(dir, 2);
   Result r = RunCli({"verify", dir});
   EXPECT_EQ(r.code, kExitProblems);
-  EXPECT_THAT(r.out, HasSubstr("manifest_missing_file: shard-00002-model-00001-of-00001.safetensors"));
+  EXPECT_THAT(r.out,
+              HasSubstr("manifest_missing_file: shard-00002-model-00001-of-00001.safetensors"));
   EXPECT_THAT(r.out, HasSubstr("manifest_ranks"));
   // consolidate refuses it, writing nothing.
   std::string out = testing::NewTempDir() + "/out";
@@ -394,11 +405,14 @@ TEST(CliTest, AFifoNamedLikeAShardIsAnErrorNotAHang) {
   std::string dir = Example({.ranks = 2});
   ASSERT_EQ(mkfifo((dir + "/shard-00003-model-00001-of-00001.safetensors").c_str(), 0644), 0);
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"verify", dir}, {"inspect", dir},
+       {std::vector<std::string>{"verify", dir},
+        {"inspect", dir},
         {"consolidate", dir, testing::NewTempDir() + "/out"}}) {
     Result r = RunCli(args);  // returns (a blocking open would hang here forever)
     EXPECT_EQ(r.code, kExitProblems) << args[0];
-    if (args[0] != "inspect") EXPECT_THAT(r.out + r.err, HasSubstr("not a regular file")) << args[0];
+    if (args[0] != "inspect") {
+      EXPECT_THAT(r.out + r.err, HasSubstr("not a regular file")) << args[0];
+    }
   }
 }
 

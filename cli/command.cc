@@ -38,11 +38,14 @@ absl::StatusOr<ResolvedPath> Resolve(const std::string& path, const std::string&
 
 extern const char kUrlHelp[];
 const char kUrlHelp[] =
-    "a directory, a .safetensors file, or a URL: http(s)://host/dir (ranged GETs; listing from a JSON "
-    "directory index or the model index json), hf://ORG/REPO[@REVISION]/PATH ($HF_ENDPOINT), file://";
+    "a directory, a .safetensors file, or a URL: http(s)://host/dir (ranged GETs; listing from a "
+    "JSON "
+    "directory index or the model index json), hf://ORG/REPO[@REVISION]/PATH ($HF_ENDPOINT), "
+    "file://";
 extern const char kTokenHelp[];
 const char kTokenHelp[] =
-    "Bearer token for http(s):// and hf:// (default: $HF_TOKEN, then ~/.cache/huggingface/token); never printed";
+    "Bearer token for http(s):// and hf:// (default: $HF_TOKEN, then ~/.cache/huggingface/token); "
+    "never printed";
 ordered_json ProblemJson(const Problem& p) {
   ordered_json j;
   j["kind"] = std::string(ProblemKindName(p.kind));
@@ -85,6 +88,8 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows, std::ostream&
   }
 }
 
-bool StderrIsTerminal(std::ostream& err) { return &err == &std::cerr && isatty(2); }
+bool StderrIsTerminal(std::ostream& err) {
+  return &err == &std::cerr && isatty(2);
+}
 
 }  // namespace safeshard::cli

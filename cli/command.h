@@ -68,9 +68,8 @@ class ProgressBar {
     int width = 30;
     int fill = static_cast<int>(static_cast<double>(done) / total * width);
     std::string bar = std::string(fill, '#') + std::string(width - fill, '.');
-    std::string eta = rate > 0 && done < total
-                          ? absl::StrFormat("ETA %.0fs", (total - done) / rate)
-                          : "";
+    std::string eta =
+        rate > 0 && done < total ? absl::StrFormat("ETA %.0fs", (total - done) / rate) : "";
     err_ << absl::StrFormat("\r[%s] %3d%% %s / %s  %s/s  %s   ", bar,
                             static_cast<int>(100.0 * done / total), HumanBytes(done),
                             HumanBytes(total), HumanBytes(static_cast<uint64_t>(rate)), eta)
@@ -91,7 +90,6 @@ class ProgressBar {
 };
 
 bool StderrIsTerminal(std::ostream& err);
-
 
 }  // namespace safeshard::cli
 

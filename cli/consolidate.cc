@@ -21,15 +21,15 @@
 #include "cli/cli.h"
 #include "cli/command.h"
 #include "cli/format_util.h"
+#include "core/consolidate/consolidate.h"
+#include "core/consolidate/spec.h"
 #include "core/format/internal/json_util.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
-#include "nlohmann/json.hpp"
-#include "core/consolidate/consolidate.h"
-#include "core/consolidate/spec.h"
 #include "core/remap/keymap.h"
+#include "nlohmann/json.hpp"
 
 namespace safeshard::cli {
 namespace {
@@ -84,8 +84,10 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   spec.expect_ranks = a.expect_ranks;
   spec.strict = a.strict;
   spec.checksums = !a.no_checksums;
-  if (absl::Status valid = ValidateConsolidateSpec(spec); !valid.ok()) return usage(valid.message());
-  absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved = ResolveConsolidateSpec(fs, spec);
+  if (absl::Status valid = ValidateConsolidateSpec(spec); !valid.ok())
+    return usage(valid.message());
+  absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved =
+      ResolveConsolidateSpec(fs, spec);
   if (!resolved.ok()) return fail(resolved.status());
   ConsolidateOptions& o = (*resolved)->options;
   std::vector<std::string> warnings = (*resolved)->warnings;
@@ -94,7 +96,9 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
   if (!in.ok()) return usage(in.status().message());
   if (!UrlScheme(a.out).empty() && UrlScheme(a.out) != "file") {
-    return usage("OUT must be a local directory (remote inputs are read with ranged GETs; outputs are written locally)");
+    return usage(
+        "OUT must be a local directory (remote inputs are read with ranged GETs; outputs are "
+        "written locally)");
   }
   absl::StatusOr<ResolvedPath> outp = Resolve(a.out, a.token);
   if (!outp.ok()) return usage(outp.status().message());
@@ -134,18 +138,18 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   return kExitOk;
 }
 
-
 }  // namespace
 
 std::vector<Subcommand> AddConsolidate(CLI::App& app) {
   auto a = std::make_shared<ConsolidateArgs>();
-    CLI::App* consolidate = app.add_subcommand(
+  CLI::App* consolidate = app.add_subcommand(
       "consolidate",
       "Merge per-rank DCP shards (or any checkpoint) into the HF layout: "
       "model-IIIII-of-NNNNN.safetensors + model.safetensors.index.json. Refuses incomplete "
       "checkpoints before writing; streams runs from the mapped inputs; publishes atomically "
       "(the index is written last).");
-  consolidate->add_option("IN", a->in, std::string("Checkpoint (per-rank shards): ") + kUrlHelp)->required();
+  consolidate->add_option("IN", a->in, std::string("Checkpoint (per-rank shards): ") + kUrlHelp)
+      ->required();
   consolidate->add_option("--token", a->token, kTokenHelp);
   consolidate->add_option("OUT", a->out, "Output directory (created)")->required();
   consolidate->add_option("--mapping", a->mapping,
@@ -153,18 +157,21 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
   consolidate->add_option("--reference", a->reference,
                           "HF model directory whose index json (or files) choose output files");
   consolidate->add_option("--max-shard-size", a->max_shard_size,
-                          "Split outputs at this size, with a unit: 5GB, 500MiB (save_pretrained's rules; 5B for bytes)");
+                          "Split outputs at this size, with a unit: 5GB, 500MiB (save_pretrained's "
+                          "rules; 5B for bytes)");
   consolidate->add_option("--unmapped", a->unmapped,
                           "Tensors missing from the mapping: error (default), first, own-file");
   consolidate->add_option("--threads", a->threads, "Copy threads (default: all cores)")
       ->check(CLI::Range(0, 1024));
   consolidate->add_option("--cast-dtype", a->cast_dtype,
-                          "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64 (also bfloat16, torch.bfloat16, half, float, double)");
+                          "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64 "
+                          "(also bfloat16, torch.bfloat16, half, float, double)");
   consolidate->add_flag("--restore-dtypes", a->restore_dtypes,
                         "Convert tensors back to the dtypes of the --reference model");
   consolidate->add_option("--key-map", a->key_map,
                           "JSON rules [[\"regex\", \"replacement\"], ...] renaming output keys");
-  consolidate->add_option("--metadata", a->metadata, "KEY=VALUE added to __metadata__ (repeatable)");
+  consolidate->add_option("--metadata", a->metadata,
+                          "KEY=VALUE added to __metadata__ (repeatable)");
   consolidate->add_flag("--diffusers", a->diffusers,
                         "Name outputs diffusion_pytorch_model-*.safetensors (+ its index)");
   consolidate->add_flag("--verify", a->verify,
@@ -173,9 +180,10 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
                         "Replace a checkpoint already in OUT: it is removed (index first) before "
                         "the new one is written, so a failed run leaves none that looks finished. "
                         "Per-rank shards in OUT are never replaced");
-  consolidate->add_option("--expect-ranks", a->expect_ranks,
-                          "Refuse unless IN holds shard files of exactly ranks 0..N-1 (the job's "
-                          "world size): proves no trailing rank was lost")
+  consolidate
+      ->add_option("--expect-ranks", a->expect_ranks,
+                   "Refuse unless IN holds shard files of exactly ranks 0..N-1 (the job's "
+                   "world size): proves no trailing rank was lost")
       ->check(CLI::Range(1, 1 << 20));
   consolidate->add_flag("--strict", a->strict,
                         "Refuse IN when its completeness cannot be proven (no manifest, no "
@@ -185,7 +193,8 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
                         "checksums (saves one read of the outputs)");
   consolidate->add_flag("--json", a->json, "Print the result as JSON (no progress bar)");
 
-  return {{consolidate, [a](std::ostream& out, std::ostream& err) { return RunConsolidate(*a, out, err); }}};
+  return {{consolidate,
+           [a](std::ostream& out, std::ostream& err) { return RunConsolidate(*a, out, err); }}};
 }
 
 }  // namespace safeshard::cli

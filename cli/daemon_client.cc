@@ -1,4 +1,5 @@
-// daemon_client.cc: `safeshard runs|jobs|daemon-consolidate` — safeshardd's control API from the shell.
+// daemon_client.cc: `safeshard runs|jobs|daemon-consolidate` — safeshardd's control API from the
+// shell.
 #include <unistd.h>
 
 #include <array>
@@ -26,9 +27,9 @@
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
-#include "nlohmann/json.hpp"
 #include "daemon/api.h"
 #include "httplib.h"
+#include "nlohmann/json.hpp"
 
 namespace safeshard::cli {
 namespace {
@@ -107,7 +108,8 @@ int RunJobs(const DaemonArgs& a, std::ostream& out, std::ostream& err) {
     out << internal::DumpJson(j, 2) << "\n";
     return kExitOk;
   }
-  std::vector<std::vector<std::string>> rows = {{"JOB", "RUN", "KIND", "STATE", "PROGRESS", "ERROR"}};
+  std::vector<std::vector<std::string>> rows = {
+      {"JOB", "RUN", "KIND", "STATE", "PROGRESS", "ERROR"}};
   for (const auto& r : j["jobs"]) {
     uint64_t done = r.value("bytes_done", uint64_t{0}), total = r.value("bytes_total", uint64_t{0});
     std::string prog = total ? absl::StrFormat("%d%% of %s", static_cast<int>(100.0 * done / total),
@@ -145,7 +147,8 @@ int RunDaemonConsolidate(const DaemonArgs& a, std::ostream& out, std::ostream& e
     }
   }
   auto c = Connect(a.address);
-  httplib::Headers h = {{"Authorization", "Bearer " + std::string(absl::StripAsciiWhitespace(*token))}};
+  httplib::Headers h = {
+      {"Authorization", "Bearer " + std::string(absl::StripAsciiWhitespace(*token))}};
   auto r = c->Post(daemon::api::ConsolidatePath(id).c_str(), h, "", "application/json");
   if (!r) {
     err << "safeshard: cannot reach safeshardd at " << a.address << "\n";
@@ -159,7 +162,6 @@ int RunDaemonConsolidate(const DaemonArgs& a, std::ostream& out, std::ostream& e
   return kExitOk;
 }
 
-
 }  // namespace
 
 std::vector<Subcommand> AddDaemonClient(CLI::App& app) {
@@ -168,19 +170,22 @@ std::vector<Subcommand> AddDaemonClient(CLI::App& app) {
   a->token_file = DefaultTokenFile();
   CLI::App* runs = app.add_subcommand("runs", "List the runs safeshardd knows, with their state");
   CLI::App* jobs = app.add_subcommand("jobs", "List safeshardd's jobs with state and progress");
-  CLI::App* dcons = app.add_subcommand(
-      "daemon-consolidate", "Ask safeshardd to consolidate a run (by id or path) now");
+  CLI::App* dcons = app.add_subcommand("daemon-consolidate",
+                                       "Ask safeshardd to consolidate a run (by id or path) now");
   dcons->add_option("RUN", a->run, "Run id (from `safeshard runs`) or its path")->required();
   for (CLI::App* sub : {runs, jobs, dcons}) {
     sub->add_option("--daemon", a->address,
                     "safeshardd's address (default $SAFESHARD_DAEMON or 127.0.0.1:8470)");
     sub->add_flag("--json", a->json, "Print the daemon's JSON answer");
   }
-  dcons->add_option("--token-file", a->token_file, "API token file (default ~/.config/safeshard/token)");
+  dcons->add_option("--token-file", a->token_file,
+                    "API token file (default ~/.config/safeshard/token)");
 
   return {{runs, [a](std::ostream& out, std::ostream& err) { return RunRuns(*a, out, err); }},
           {jobs, [a](std::ostream& out, std::ostream& err) { return RunJobs(*a, out, err); }},
-          {dcons, [a](std::ostream& out, std::ostream& err) { return RunDaemonConsolidate(*a, out, err); }}};
+          {dcons, [a](std::ostream& out, std::ostream& err) {
+             return RunDaemonConsolidate(*a, out, err);
+           }}};
 }
 
 }  // namespace safeshard::cli

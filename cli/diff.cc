@@ -21,14 +21,14 @@
 #include "cli/cli.h"
 #include "cli/command.h"
 #include "cli/format_util.h"
+#include "core/diff/diff.h"
+#include "core/format/dtype.h"
 #include "core/format/internal/json_util.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
-#include "core/diff/diff.h"
-#include "core/format/dtype.h"
 #include "re2/re2.h"
 
 namespace safeshard::cli {
@@ -53,8 +53,8 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   if (!args.filter.empty()) {
     filter = std::make_unique<RE2>(args.filter, RE2::Quiet);
     if (!filter->ok()) {
-      err << "safeshard diff: --filter: invalid regular expression \"" << args.filter << "\": " << filter->error()
-          << "\n";
+      err << "safeshard diff: --filter: invalid regular expression \"" << args.filter
+          << "\": " << filter->error() << "\n";
       return kExitUsage;
     }
   }
@@ -63,9 +63,13 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   absl::StatusOr<ResolvedPath> wb = Resolve(args.b, args.token);
   if (!wb.ok()) return fail(wb.status(), kExitUsage);
   absl::StatusOr<CheckpointLayout> a = CheckpointLayout::Scan(*wa->fs, wa->path);
-  if (!a.ok()) return fail(a.status(), a.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
+  if (!a.ok())
+    return fail(a.status(),
+                a.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
   absl::StatusOr<CheckpointLayout> b = CheckpointLayout::Scan(*wb->fs, wb->path);
-  if (!b.ok()) return fail(b.status(), b.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
+  if (!b.ok())
+    return fail(b.status(),
+                b.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems);
   // --expect-ranks applies to a side made of per-rank shards.
   if (args.expect_ranks > 0) {
     ScanOptions so;
@@ -76,7 +80,9 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
     if (!b.ok()) return fail(b.status(), kExitProblems);
   }
   for (const auto* ck : {&*a, &*b}) {
-    if (ck->files().empty()) return fail(absl::NotFoundError(absl::StrCat(ck->root(), ": no .safetensors files")), kExitUsage);
+    if (ck->files().empty())
+      return fail(absl::NotFoundError(absl::StrCat(ck->root(), ": no .safetensors files")),
+                  kExitUsage);
   }
   // A side with a blocking problem (a lost file, a gap, a broken index or manifest) cannot be
   // "identical" to anything: its missing bytes would be compared as absent, not as lost.
@@ -107,12 +113,14 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   absl::StatusOr<DiffReport> r = DiffCheckpoints(*wa->fs, *a, *wb->fs, *b, o);
   bar.Finish();
   if (!r.ok()) return fail(r.status(), kExitProblems);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::map<DiffKind, uint64_t> by_kind;
   for (const TensorDiff& d : r->diffs) by_kind[d.kind]++;
   auto side = [](const CheckpointLayout& ck) {
-    return absl::StrCat(ck.root(), " (", CheckpointKindName(ck.kind()), ", ", ck.files().size(), " file",
-                        ck.files().size() == 1 ? "" : "s", ", ", ck.tensors().size(), " tensors)");
+    return absl::StrCat(ck.root(), " (", CheckpointKindName(ck.kind()), ", ", ck.files().size(),
+                        " file", ck.files().size() == 1 ? "" : "s", ", ", ck.tensors().size(),
+                        " tensors)");
   };
   if (args.json) {
     ordered_json j;
@@ -156,12 +164,18 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
     }
     out << "A: " << side(*a) << "\nB: " << side(*b) << "\n";
     out << r->in_both << " tensors in both: " << r->identical << " identical";
-    if (by_kind[DiffKind::kValues]) out << ", " << by_kind[DiffKind::kValues] << " with other values";
-    if (by_kind[DiffKind::kDType]) out << ", " << by_kind[DiffKind::kDType] << " with another dtype";
-    if (by_kind[DiffKind::kShape]) out << ", " << by_kind[DiffKind::kShape] << " with another shape";
-    if (by_kind[DiffKind::kNotCompared]) out << ", " << by_kind[DiffKind::kNotCompared] << " not compared";
-    out << "; " << by_kind[DiffKind::kOnlyInA] << " only in A, " << by_kind[DiffKind::kOnlyInB] << " only in B";
-    if (r->across_dtypes) out << "; " << r->across_dtypes << " compared by value across float dtypes";
+    if (by_kind[DiffKind::kValues])
+      out << ", " << by_kind[DiffKind::kValues] << " with other values";
+    if (by_kind[DiffKind::kDType])
+      out << ", " << by_kind[DiffKind::kDType] << " with another dtype";
+    if (by_kind[DiffKind::kShape])
+      out << ", " << by_kind[DiffKind::kShape] << " with another shape";
+    if (by_kind[DiffKind::kNotCompared])
+      out << ", " << by_kind[DiffKind::kNotCompared] << " not compared";
+    out << "; " << by_kind[DiffKind::kOnlyInA] << " only in A, " << by_kind[DiffKind::kOnlyInB]
+        << " only in B";
+    if (r->across_dtypes)
+      out << "; " << r->across_dtypes << " compared by value across float dtypes";
     if (args.headers_only) {
       out << " (headers only: values not read)\n";
     } else {
@@ -171,34 +185,46 @@ int RunDiff(const DiffArgs& args, std::ostream& out, std::ostream& err) {
   return r->identical_all() ? kExitOk : kExitProblems;
 }
 
-
 }  // namespace
 
 std::vector<Subcommand> AddDiff(CLI::App& app) {
   auto a = std::make_shared<DiffArgs>();
-    CLI::App* diff = app.add_subcommand(
-      "diff", "Compare two checkpoints of any layouts (per-rank shards, HF-sharded, single file) tensor by "
-              "tensor: names, dtypes, global shapes and every byte (read straight from the mapped files). "
-              "Prints each difference (for values: how many elements differ, the first one and both of its "
-              "values); exit 0 identical, 1 different.");
+  CLI::App* diff = app.add_subcommand(
+      "diff",
+      "Compare two checkpoints of any layouts (per-rank shards, HF-sharded, single file) tensor by "
+      "tensor: names, dtypes, global shapes and every byte (read straight from the mapped files). "
+      "Prints each difference (for values: how many elements differ, the first one and both of its "
+      "values); exit 0 identical, 1 different.");
   diff->add_option("A", a->a, std::string("First checkpoint: ") + kUrlHelp)->required();
   diff->add_option("B", a->b, "Second checkpoint (same forms)")->required();
   diff->add_option("--token", a->token, kTokenHelp);
-  diff->add_flag("--headers-only", a->headers_only, "Compare names, dtypes and shapes only; read no tensor data");
+  diff->add_flag("--headers-only", a->headers_only,
+                 "Compare names, dtypes and shapes only; read no tensor data");
   diff->add_option("--filter", a->filter, "Only tensors whose name matches this RE2 regex");
-  diff->add_option("--threads", a->threads, "Tensors compared at once")->capture_default_str()->check(CLI::Range(1, 256));
-  diff->add_option("--max-lines", a->max_lines, "Differences printed at most (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  diff->add_option("--atol", a->atol,
-                   "Absolute tolerance for float tensors (as numpy.isclose: |a-b| <= atol + rtol*|b|; NaN equals NaN). "
-                   "With --atol or --rtol, float tensors are compared by value, also across float dtypes")
+  diff->add_option("--threads", a->threads, "Tensors compared at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  diff->add_option("--max-lines", a->max_lines, "Differences printed at most (0: all)")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  diff->add_option("--rtol", a->rtol, "Relative tolerance for float tensors (see --atol)")->check(CLI::NonNegativeNumber);
+  diff->add_option(
+          "--atol", a->atol,
+          "Absolute tolerance for float tensors (as numpy.isclose: |a-b| <= atol + rtol*|b|; NaN "
+          "equals NaN). "
+          "With --atol or --rtol, float tensors are compared by value, also across float dtypes")
+      ->check(CLI::NonNegativeNumber);
+  diff->add_option("--rtol", a->rtol, "Relative tolerance for float tensors (see --atol)")
+      ->check(CLI::NonNegativeNumber);
   diff->add_option("--expect-ranks", a->expect_ranks,
                    "A side made of per-rank shards must hold exactly ranks 0..N-1")
       ->check(CLI::Range(1, 1 << 20));
-  diff->add_flag("--json", a->json, "Machine-readable report (schema safeshard.diff/1; every difference)");
+  diff->add_flag("--json", a->json,
+                 "Machine-readable report (schema safeshard.diff/1; every difference)");
 
-  return {{diff, [a, diff](std::ostream& out, std::ostream& err) { a->by_value = diff->count("--atol") > 0 || diff->count("--rtol") > 0; return RunDiff(*a, out, err); }}};
+  return {{diff, [a, diff](std::ostream& out, std::ostream& err) {
+             a->by_value = diff->count("--atol") > 0 || diff->count("--rtol") > 0;
+             return RunDiff(*a, out, err);
+           }}};
 }
 
 }  // namespace safeshard::cli

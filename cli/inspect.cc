@@ -21,13 +21,13 @@
 #include "cli/cli.h"
 #include "cli/command.h"
 #include "cli/format_util.h"
+#include "core/format/dtype.h"
 #include "core/format/internal/json_util.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
-#include "core/format/dtype.h"
 #include "re2/re2.h"
 
 namespace safeshard::cli {
@@ -200,21 +200,21 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
                   absl::StrCat(Grouped(all[1]), " params"), HumanBytes(all[2])});
   PrintTable(rows, out, {1, 2, 3});
   if (!ck->problems().empty()) {
-    out << "\n" << ck->problems().size() << " problem"
-        << (ck->problems().size() == 1 ? "" : "s") << " found; run `safeshard verify "
-        << a.path << "` for the list\n";
+    out << "\n"
+        << ck->problems().size() << " problem" << (ck->problems().size() == 1 ? "" : "s")
+        << " found; run `safeshard verify " << a.path << "` for the list\n";
   }
   return code;
 }
-
 
 }  // namespace
 
 std::vector<Subcommand> AddInspect(CLI::App& app) {
   auto a = std::make_shared<InspectArgs>();
-    CLI::App* inspect = app.add_subcommand(
-      "inspect", "List a checkpoint's tensors: dtype, global shape, parameters, bytes, chunks "
-                 "and files; totals by dtype. Reads headers only.");
+  CLI::App* inspect = app.add_subcommand(
+      "inspect",
+      "List a checkpoint's tensors: dtype, global shape, parameters, bytes, chunks "
+      "and files; totals by dtype. Reads headers only.");
   inspect->add_option("PATH", a->path, std::string("Checkpoint: ") + kUrlHelp)->required();
   inspect->add_option("--token", a->token, kTokenHelp);
   inspect->add_flag("--json", a->json,
@@ -223,7 +223,8 @@ std::vector<Subcommand> AddInspect(CLI::App& app) {
   inspect->add_flag("--by-file", a->by_file,
                     "List each file's tensors with their absolute byte ranges");
 
-  return {{inspect, [a](std::ostream& out, std::ostream& err) { return RunInspect(*a, out, err); }}};
+  return {
+      {inspect, [a](std::ostream& out, std::ostream& err) { return RunInspect(*a, out, err); }}};
 }
 
 }  // namespace safeshard::cli

@@ -1,4 +1,5 @@
-// make_example.cc: `safeshard make-example` — a generated per-rank checkpoint for trying things out.
+// make_example.cc: `safeshard make-example` — a generated per-rank checkpoint for trying things
+// out.
 #include <unistd.h>
 
 #include <array>
@@ -21,13 +22,13 @@
 #include "cli/cli.h"
 #include "cli/command.h"
 #include "cli/format_util.h"
+#include "core/example/example.h"
 #include "core/format/internal/json_util.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
-#include "core/example/example.h"
 
 namespace safeshard::cli {
 namespace {
@@ -96,26 +97,29 @@ int RunMakeExample(const ExampleArgs& a, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-
-
 }  // namespace
 
 std::vector<Subcommand> AddMakeExample(CLI::App& app) {
   auto a = std::make_shared<ExampleArgs>();
-    CLI::App* example = app.add_subcommand(
-      "make-example", "Write a generated transformer-shaped checkpoint as per-rank DCP shards "
-                      "(the layout PyTorch's HuggingFaceStorageWriter writes with "
-                      "save_sharded=True): row, column and 2-D mesh sharded tensors, several "
-                      "dtypes, a 0-d scalar.");
+  CLI::App* example =
+      app.add_subcommand("make-example",
+                         "Write a generated transformer-shaped checkpoint as per-rank DCP shards "
+                         "(the layout PyTorch's HuggingFaceStorageWriter writes with "
+                         "save_sharded=True): row, column and 2-D mesh sharded tensors, several "
+                         "dtypes, a 0-d scalar.");
   example->add_option("OUT", a->out, "Output directory (created)")->required();
   example->add_option("--ranks", a->ranks, "Number of ranks (files)")
-      ->capture_default_str()->check(CLI::Range(1, 4096));
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   example->add_option("--layers", a->layers, "Transformer layers")
-      ->capture_default_str()->check(CLI::Range(0, 100000));
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
   example->add_option("--hidden", a->hidden, "Hidden size")
-      ->capture_default_str()->check(CLI::Range(uint64_t{1}, uint64_t{1} << 20));
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 20));
   example->add_option("--vocab", a->vocab, "Vocabulary size")
-      ->capture_default_str()->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24));
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24));
   example->add_option("--mesh-rows", a->mesh_rows, "Rows of the 2-D device mesh (divides ranks)")
       ->capture_default_str();
   example->add_option("--gap", a->gap,
@@ -130,12 +134,14 @@ std::vector<Subcommand> AddMakeExample(CLI::App& app) {
   example->add_flag("--manifest", a->manifest,
                     "Also publish safeshard.complete.json with checksums (as safeshard's own "
                     "writer and save-example do)");
-  example->add_option("--many", a->many,
-                      "Instead of the transformer, N small replicated F32 [4, 4] tensors spread "
-                      "over the ranks (for scan benchmarks)")
+  example
+      ->add_option("--many", a->many,
+                   "Instead of the transformer, N small replicated F32 [4, 4] tensors spread "
+                   "over the ranks (for scan benchmarks)")
       ->check(CLI::Range(1, 100000000));
 
-  return {{example, [a](std::ostream& out, std::ostream& err) { return RunMakeExample(*a, out, err); }}};
+  return {{example,
+           [a](std::ostream& out, std::ostream& err) { return RunMakeExample(*a, out, err); }}};
 }
 
 }  // namespace safeshard::cli

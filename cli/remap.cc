@@ -26,9 +26,9 @@
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
-#include "nlohmann/json.hpp"
 #include "core/remap/keymap.h"
 #include "core/remap/remap.h"
+#include "nlohmann/json.hpp"
 
 namespace safeshard::cli {
 namespace {
@@ -40,7 +40,6 @@ struct RemapArgs {
 };
 
 int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
-  FileSystem& fs = LocalFileSystem();
   auto fail = [&](const absl::Status& s) {
     err << "safeshard remap: " << s.message() << "\n";
     return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kNotFound
@@ -78,7 +77,8 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
       rows.push_back({o, o == n ? "  " : "->", o == n ? "(unchanged)" : n});
     }
     PrintTable(rows, out, {});
-    out << plan->changed << " of " << plan->renames.size() << " keys change (dry run: nothing written)\n";
+    out << plan->changed << " of " << plan->renames.size()
+        << " keys change (dry run: nothing written)\n";
     return kExitOk;
   }
   std::string target = a.out.empty() ? a.in : a.out;
@@ -100,7 +100,8 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
   absl::StatusOr<ResolvedPath> outp = Resolve(target, a.token);
   if (!outp.ok()) return fail(outp.status());
   if (in->remote) o.output_fs = outp->fs.get();
-  absl::StatusOr<RemapResult> r = Remap(*in->fs, in->path, in->remote ? outp->path : target, *km, o);
+  absl::StatusOr<RemapResult> r =
+      Remap(*in->fs, in->path, in->remote ? outp->path : target, *km, o);
   if (!r.ok()) return fail(r.status());
   out << "renamed " << r->plan.changed << " of " << r->plan.renames.size() << " tensors; wrote "
       << r->files.size() << " files (" << HumanBytes(r->bytes_copied) << " of tensor bytes copied, "
@@ -108,13 +109,11 @@ int RunRemap(const RemapArgs& a, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-
-
 }  // namespace
 
 std::vector<Subcommand> AddRemap(CLI::App& app) {
   auto a = std::make_shared<RemapArgs>();
-    CLI::App* remap = app.add_subcommand(
+  CLI::App* remap = app.add_subcommand(
       "remap",
       "Rename tensors by ordered regex rules (first matching rule wins, Python re.subn "
       "semantics, \\1 back-references) into a new checkpoint; bytes are copied, never "

@@ -21,13 +21,13 @@
 #include "cli/cli.h"
 #include "cli/command.h"
 #include "cli/format_util.h"
+#include "core/consolidate/consolidate.h"
 #include "core/format/internal/json_util.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
 #include "nlohmann/json.hpp"
-#include "core/consolidate/consolidate.h"
 
 namespace safeshard::cli {
 namespace {
@@ -67,8 +67,8 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
       return kExitUsage;
     }
     absl::StatusOr<ResolvedPath> rw = Resolve(a.reference, a.token);
-    absl::StatusOr<CheckpointLayout> ref =
-        rw.ok() ? CheckpointLayout::Scan(*rw->fs, rw->path) : absl::StatusOr<CheckpointLayout>(rw.status());
+    absl::StatusOr<CheckpointLayout> ref = rw.ok() ? CheckpointLayout::Scan(*rw->fs, rw->path)
+                                                   : absl::StatusOr<CheckpointLayout>(rw.status());
     if (!ref.ok() || ref->tensors().empty()) {
       err << "safeshard verify: --reference " << a.reference << ": "
           << (ref.ok() ? "holds no tensors" : std::string(ref.status().message())) << "\n";
@@ -121,8 +121,9 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     if (sums) {
       out << "checksums: " << HumanBytes(sums->bytes) << " re-read, every recorded XXH3-64 matches";
       if (!sums->unchecked.empty()) {
-        out << " (" << sums->unchecked.size() << " file(s) have no recorded checksum: "
-            << absl::StrJoin(sums->unchecked, ", ") << ")";
+        out << " (" << sums->unchecked.size()
+            << " file(s) have no recorded checksum: " << absl::StrJoin(sums->unchecked, ", ")
+            << ")";
       }
       out << "\n";
     }
@@ -134,23 +135,24 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
   return ok ? kExitOk : kExitProblems;
 }
 
-
 }  // namespace
 
 std::vector<Subcommand> AddVerify(CLI::App& app) {
   auto a = std::make_shared<VerifyArgs>();
-    CLI::App* verify = app.add_subcommand(
-      "verify", "Check a checkpoint from its headers: every file valid, every tensor exactly "
-                "covered by its chunks (no gap, no overlap), dtypes agree, shard ranks dense, "
-                "index json and completion manifest consistent. Prints one problem per line and "
-                "what proves the checkpoint complete (or that nothing does: a lost highest rank "
-                "is invisible in the other ranks' headers); exit 0 clean, 1 problems.");
+  CLI::App* verify = app.add_subcommand(
+      "verify",
+      "Check a checkpoint from its headers: every file valid, every tensor exactly "
+      "covered by its chunks (no gap, no overlap), dtypes agree, shard ranks dense, "
+      "index json and completion manifest consistent. Prints one problem per line and "
+      "what proves the checkpoint complete (or that nothing does: a lost highest rank "
+      "is invisible in the other ranks' headers); exit 0 clean, 1 problems.");
   verify->add_option("PATH", a->path, std::string("Checkpoint: ") + kUrlHelp)->required();
   verify->add_option("--token", a->token, kTokenHelp);
   verify->add_flag("--json", a->json, "Machine-readable report (schema safeshard.verify/1)");
-  verify->add_option("--expect-ranks", a->expect_ranks,
-                     "The checkpoint must hold shard files of exactly ranks 0..N-1 (the job's "
-                     "world size): proves no trailing rank was lost")
+  verify
+      ->add_option("--expect-ranks", a->expect_ranks,
+                   "The checkpoint must hold shard files of exactly ranks 0..N-1 (the job's "
+                   "world size): proves no trailing rank was lost")
       ->check(CLI::Range(1, 1 << 20));
   verify->add_option("--reference", a->reference,
                      "Model directory (e.g. the HF model the run started from) whose tensor "

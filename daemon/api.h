@@ -32,9 +32,15 @@ inline constexpr char kRuns[] = "/v1/runs";
 inline constexpr char kJobs[] = "/v1/jobs";
 inline constexpr char kMetrics[] = "/metrics";
 inline constexpr char kRescan[] = "/v1/rescan";
-inline std::string RunPath(const std::string& id) { return std::string(kRuns) + "/" + id; }
-inline std::string ConsolidatePath(const std::string& id) { return RunPath(id) + "/consolidate"; }
-inline std::string RemapPath(const std::string& id) { return RunPath(id) + "/remap"; }
+inline std::string RunPath(const std::string& id) {
+  return std::string(kRuns) + "/" + id;
+}
+inline std::string ConsolidatePath(const std::string& id) {
+  return RunPath(id) + "/consolidate";
+}
+inline std::string RemapPath(const std::string& id) {
+  return RunPath(id) + "/remap";
+}
 inline std::string CancelPath(long long job) {
   return std::string(kJobs) + "/" + std::to_string(job) + "/cancel";
 }

@@ -97,15 +97,17 @@ void ReplyError(httplib::Response& res, const absl::Status& s) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Bind(Daemon& daemon, const std::string& address,
-                                                           int port) {
+absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Bind(Daemon& daemon,
+                                                           const std::string& address, int port) {
   std::unique_ptr<ApiServer> api(new ApiServer(daemon, address));
   api->server_ = std::make_unique<httplib::Server>();
   api->Route();
   httplib::Server& srv = *api->server_;
-  api->port_ = port == 0 ? srv.bind_to_any_port(address) : (srv.bind_to_port(address, port) ? port : -1);
+  api->port_ =
+      port == 0 ? srv.bind_to_any_port(address) : (srv.bind_to_port(address, port) ? port : -1);
   if (api->port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ":", port, " (in use?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, ":", port, " (in use?)"));
   }
   api->thread_ = std::thread([s = api->server_.get()] { s->listen_after_bind(); });
   return api;
@@ -113,7 +115,9 @@ absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::Bind(Daemon& daemon, const
 
 ApiServer::ApiServer(Daemon& d, std::string address) : daemon_(d), address_(std::move(address)) {}
 
-ApiServer::~ApiServer() { Stop(); }
+ApiServer::~ApiServer() {
+  Stop();
+}
 
 void ApiServer::Stop() {
   if (server_) server_->stop();
@@ -148,18 +152,22 @@ void ApiServer::Route() {
     // httplib does not cap chunked bodies: the API takes none (its bodies are small JSON with a
     // Content-Length). Several Host headers are refused too.
     if (req.get_header_value_count("Host") > 1 ||
-        absl::StrContains(absl::AsciiStrToLower(req.get_header_value("Transfer-Encoding")), "chunked")) {
+        absl::StrContains(absl::AsciiStrToLower(req.get_header_value("Transfer-Encoding")),
+                          "chunked")) {
       res.status = 400;
-      res.set_content("{\"error\": \"chunked request bodies and repeated Host headers are not accepted\"}\n",
-                      "application/json");
+      res.set_content(
+          "{\"error\": \"chunked request bodies and repeated Host headers are not accepted\"}\n",
+          "application/json");
       res.set_header("Connection", "close");
       return httplib::Server::HandlerResponse::Handled;
     }
-    if (HostAllowed(req.get_header_value("Host"))) return httplib::Server::HandlerResponse::Unhandled;
+    if (HostAllowed(req.get_header_value("Host")))
+      return httplib::Server::HandlerResponse::Unhandled;
     res.status = 403;
-    res.set_content("{\"error\": \"Host header not allowed: the API answers only to its own "
-                    "address (127.0.0.1, localhost, [::1] or the configured address)\"}\n",
-                    "application/json");
+    res.set_content(
+        "{\"error\": \"Host header not allowed: the API answers only to its own "
+        "address (127.0.0.1, localhost, [::1] or the configured address)\"}\n",
+        "application/json");
     return httplib::Server::HandlerResponse::Handled;
   });
   Daemon& d = daemon_;
@@ -168,20 +176,17 @@ void ApiServer::Route() {
     Reply(res, 401, {{"error", "missing or wrong bearer token (see the daemon's token file)"}});
     return false;
   };
-  srv.Get(api::kHealth, [&d](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, d.Health());
-  });
-  srv.Get(api::kRuns, [&d](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, d.Runs());
-  });
+  srv.Get(api::kHealth,
+          [&d](const httplib::Request&, httplib::Response& res) { Reply(res, 200, d.Health()); });
+  srv.Get(api::kRuns,
+          [&d](const httplib::Request&, httplib::Response& res) { Reply(res, 200, d.Runs()); });
   srv.Get(R"(/v1/runs/([0-9a-f]+))", [&d](const httplib::Request& req, httplib::Response& res) {
     absl::StatusOr<json> r = d.Run(req.matches[1]);
     if (!r.ok()) return ReplyError(res, r.status());
     Reply(res, 200, *r);
   });
-  srv.Get(api::kJobs, [&d](const httplib::Request&, httplib::Response& res) {
-    Reply(res, 200, d.Jobs());
-  });
+  srv.Get(api::kJobs,
+          [&d](const httplib::Request&, httplib::Response& res) { Reply(res, 200, d.Jobs()); });
   srv.Get(api::kMetrics, [&d](const httplib::Request&, httplib::Response& res) {
     res.set_content(d.Metrics(), "text/plain; version=0.0.4");
   });
@@ -192,25 +197,27 @@ void ApiServer::Route() {
              if (!id.ok()) return ReplyError(res, id.status());
              Reply(res, 202, {{"job", *id}});
            });
-  srv.Post(R"(/v1/runs/([0-9a-f]+)/remap)", [&d, authed](const httplib::Request& req, httplib::Response& res) {
-    if (!authed(req, res)) return;
-    absl::StatusOr<RemapRequest> body = ParseRemapRequest(req.body);
-    if (!body.ok()) return ReplyError(res, body.status());
-    absl::StatusOr<int64_t> id = d.RequestRemap(req.matches[1], body->rules, body->output);
-    if (!id.ok()) return ReplyError(res, id.status());
-    Reply(res, 202, {{"job", *id}});
-  });
+  srv.Post(R"(/v1/runs/([0-9a-f]+)/remap)",
+           [&d, authed](const httplib::Request& req, httplib::Response& res) {
+             if (!authed(req, res)) return;
+             absl::StatusOr<RemapRequest> body = ParseRemapRequest(req.body);
+             if (!body.ok()) return ReplyError(res, body.status());
+             absl::StatusOr<int64_t> id = d.RequestRemap(req.matches[1], body->rules, body->output);
+             if (!id.ok()) return ReplyError(res, id.status());
+             Reply(res, 202, {{"job", *id}});
+           });
   srv.Post(api::kRescan, [&d, authed](const httplib::Request& req, httplib::Response& res) {
     if (!authed(req, res)) return;
     d.RequestRescan();
     Reply(res, 202, {{"rescan", "requested"}});
   });
-  srv.Post(R"(/v1/jobs/(\d{1,18})/cancel)", [&d, authed](const httplib::Request& req, httplib::Response& res) {
-    if (!authed(req, res)) return;
-    absl::Status s = d.CancelJob(std::stoll(req.matches[1]));
-    if (!s.ok()) return ReplyError(res, s);
-    Reply(res, 202, {{"cancel", "requested"}});
-  });
+  srv.Post(R"(/v1/jobs/(\d{1,18})/cancel)",
+           [&d, authed](const httplib::Request& req, httplib::Response& res) {
+             if (!authed(req, res)) return;
+             absl::Status s = d.CancelJob(std::stoll(req.matches[1]));
+             if (!s.ok()) return ReplyError(res, s);
+             Reply(res, 202, {{"cancel", "requested"}});
+           });
 }
 
 }  // namespace safeshard::daemon

@@ -17,7 +17,8 @@ namespace {
 
 using nlohmann::json;
 
-absl::Status Unknown(const json& obj, const std::set<std::string>& allowed, absl::string_view where) {
+absl::Status Unknown(const json& obj, const std::set<std::string>& allowed,
+                     absl::string_view where) {
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     if (!allowed.count(it.key())) {
       return absl::InvalidArgumentError(
@@ -40,10 +41,10 @@ absl::Status Get(const json& obj, const char* key, T* out, absl::string_view whe
   return absl::OkStatus();
 }
 
-#define CFG_RETURN(expr)                  \
-  do {                                    \
-    absl::Status s_ = (expr);             \
-    if (!s_.ok()) return s_;              \
+#define CFG_RETURN(expr)      \
+  do {                        \
+    absl::Status s_ = (expr); \
+    if (!s_.ok()) return s_;  \
   } while (0)
 
 }  // namespace
@@ -103,14 +104,16 @@ absl::Status ValidateConfig(const Config& c) {
         "config: output_files.mode must be single, max_shard_size or reference");
   }
   if (c.files_mode == "max_shard_size" && c.max_shard_size.empty()) {
-    return absl::InvalidArgumentError("config: output_files.max_shard_size is required for that mode");
+    return absl::InvalidArgumentError(
+        "config: output_files.max_shard_size is required for that mode");
   }
   if (c.files_mode == "reference" && c.reference.empty()) {
     return absl::InvalidArgumentError("config: output_files.reference is required for that mode");
   }
   if (c.restore_dtypes && c.files_mode != "reference") {
     return absl::InvalidArgumentError(
-        "config: dtype.restore_from_reference needs output_files {\"mode\": \"reference\", \"reference\": DIR}");
+        "config: dtype.restore_from_reference needs output_files {\"mode\": \"reference\", "
+        "\"reference\": DIR}");
   }
   if (c.retention != "keep" && c.retention != "delete" && c.retention != "keep_last") {
     return absl::InvalidArgumentError("config: retention.mode must be keep, delete or keep_last");
@@ -123,16 +126,19 @@ absl::Status ValidateConfig(const Config& c) {
         "config: max_concurrent_jobs, threads_per_job and max_attempts must be at least 1");
   }
   if (c.quiet_period_seconds < 0 || c.rescan_interval_seconds <= 0) {
-    return absl::InvalidArgumentError("config: quiet_period_seconds >= 0, rescan_interval_seconds > 0");
+    return absl::InvalidArgumentError(
+        "config: quiet_period_seconds >= 0, rescan_interval_seconds > 0");
   }
-  if (c.api_port < 0 || c.api_port > 65535) return absl::InvalidArgumentError("config: api.port out of range");
+  if (c.api_port < 0 || c.api_port > 65535)
+    return absl::InvalidArgumentError("config: api.port out of range");
   // What every job will run, checked now by the one validator (a size without a unit or that
   // does not parse, a dtype that is not a cast target, a bad key-map rule): never a silent
   // fallback in a job later.
   if (absl::Status spec = ValidateConsolidateSpec(c.ConsolidateSpecFor("")); !spec.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("config: ", spec.message()));
   }
-  if (c.expected_ranks < 0) return absl::InvalidArgumentError("config: expected_ranks must be >= 0");
+  if (c.expected_ranks < 0)
+    return absl::InvalidArgumentError("config: expected_ranks must be >= 0");
   for (const auto& [r, n] : c.expected_ranks_by_root) {
     if (n < 1) {
       return absl::InvalidArgumentError(
@@ -151,10 +157,10 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   }
   if (!root.is_object()) return absl::InvalidArgumentError("config: must be a JSON object");
   CFG_RETURN(Unknown(root,
-                     {"watch_roots", "output_template", "output_root", "output_files", "dtype", "key_map",
-                      "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
-                      "rescan_interval_seconds", "expected_ranks", "expected_ranks_by_root", "strict", "retention", "api", "state_db",
-                      "max_attempts"},
+                     {"watch_roots", "output_template", "output_root", "output_files", "dtype",
+                      "key_map", "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
+                      "rescan_interval_seconds", "expected_ranks", "expected_ranks_by_root",
+                      "strict", "retention", "api", "state_db", "max_attempts"},
                      ""));
   Config c;
   CFG_RETURN(Get(root, "watch_roots", &c.watch_roots));
@@ -170,7 +176,8 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   CFG_RETURN(Get(root, "state_db", &c.state_db));
   CFG_RETURN(Get(root, "max_attempts", &c.max_attempts));
   if (auto f = root.find("output_files"); f != root.end()) {
-    if (!f->is_object()) return absl::InvalidArgumentError("config: \"output_files\" must be an object");
+    if (!f->is_object())
+      return absl::InvalidArgumentError("config: \"output_files\" must be an object");
     CFG_RETURN(Unknown(*f, {"mode", "max_shard_size", "reference"}, "output_files."));
     CFG_RETURN(Get(*f, "mode", &c.files_mode, "output_files."));
     CFG_RETURN(Get(*f, "max_shard_size", &c.max_shard_size, "output_files."));
@@ -182,15 +189,19 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
     std::string cast;
     CFG_RETURN(Get(*d, "cast", &cast, "dtype."));
     if (!cast.empty()) {
-      absl::StatusOr<DType> t = ParseCastDType(cast);  // as the CLI: bf16, bfloat16, torch.bfloat16, ...
-      if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("config: dtype.cast: ", t.status().message()));
+      absl::StatusOr<DType> t =
+          ParseCastDType(cast);  // as the CLI: bf16, bfloat16, torch.bfloat16, ...
+      if (!t.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat("config: dtype.cast: ", t.status().message()));
       c.cast_dtype = *t;
     }
     CFG_RETURN(Get(*d, "restore_from_reference", &c.restore_dtypes, "dtype."));
   }
   if (auto k = root.find("key_map"); k != root.end()) {
     absl::StatusOr<KeyMap> km = KeyMap::FromJson(k->dump());
-    if (!km.ok()) return absl::InvalidArgumentError(absl::StrCat("config: key_map: ", km.status().message()));
+    if (!km.ok())
+      return absl::InvalidArgumentError(absl::StrCat("config: key_map: ", km.status().message()));
     c.key_map = km->rules();
   }
   if (auto r = root.find("retention"); r != root.end()) {

@@ -4,18 +4,19 @@
 //     "watch_roots": ["/checkpoints"],
 //     "output_template": "{parent}/{name}-hf",      // {parent}, {name}, {root}
 //     "output_root": "/published",                  // outputs may also go here (else: roots only)
-//     "output_files": {"mode": "single"},           // or {"mode": "max_shard_size", "max_shard_size": "5GB"}
-//                                                   // or {"mode": "reference", "reference": "/models/llama"}
-//     "dtype": {"cast": "bf16"},                    // or {"restore_from_reference": true}; default keep
-//     "key_map": [["^model\\.", ""]],
-//     "max_concurrent_jobs": 2, "threads_per_job": 2,
+//     "output_files": {"mode": "single"},           // or {"mode": "max_shard_size",
+//     "max_shard_size": "5GB"}
+//                                                   // or {"mode": "reference", "reference":
+//                                                   "/models/llama"}
+//     "dtype": {"cast": "bf16"},                    // or {"restore_from_reference": true}; default
+//     keep "key_map": [["^model\\.", ""]], "max_concurrent_jobs": 2, "threads_per_job": 2,
 //     "quiet_period_seconds": 30, "rescan_interval_seconds": 60,
 //     "expected_ranks": 0,                          // 0: unknown; N proves no rank was lost
 //     "expected_ranks_by_root": {"/ckpt/llama": 64}, // per root, overrides expected_ranks
 //     "strict": false,                              // refuse runs whose completeness is unproven
-//     "retention": {"mode": "keep"},                // or "delete", or {"mode": "keep_last", "keep_last": 3}
-//     "api": {"address": "127.0.0.1", "port": 8470, "token_file": "~/.config/safeshard/token"},
-//     "state_db": "~/.local/state/safeshard/safeshardd.db",
+//     "retention": {"mode": "keep"},                // or "delete", or {"mode": "keep_last",
+//     "keep_last": 3} "api": {"address": "127.0.0.1", "port": 8470, "token_file":
+//     "~/.config/safeshard/token"}, "state_db": "~/.local/state/safeshard/safeshardd.db",
 //     "max_attempts": 5
 //   }
 #ifndef SAFESHARD_DAEMON_CONFIG_H_
@@ -26,11 +27,11 @@
 #include <string>
 #include <vector>
 
-#include "daemon/api.h"
 #include "absl/status/statusor.h"
 #include "core/consolidate/spec.h"
 #include "core/format/dtype.h"
 #include "core/remap/keymap.h"
+#include "daemon/api.h"
 
 namespace safeshard::daemon {
 

@@ -38,11 +38,11 @@ TEST(ConfigTest, RejectsUnknownKeysNamingThem) {
 }
 
 TEST(ConfigTest, RejectsBadValues) {
-  for (const char* bad : {R"({"max_concurrent_jobs": 0})", R"({"output_files": {"mode": "x"}})",
-                          R"({"output_files": {"mode": "reference"}})",
-                          R"({"retention": "sometimes"})", R"({"dtype": {"cast": "f128"}})",
-                          R"({"watch_roots": "/a"})", R"({"api": {"port": 70000}})",
-                          R"({"key_map": [["(", ""]]})", "[]", "{", R"({"a": 1, "a": 2})"}) {
+  for (const char* bad :
+       {R"({"max_concurrent_jobs": 0})", R"({"output_files": {"mode": "x"}})",
+        R"({"output_files": {"mode": "reference"}})", R"({"retention": "sometimes"})",
+        R"({"dtype": {"cast": "f128"}})", R"({"watch_roots": "/a"})", R"({"api": {"port": 70000}})",
+        R"({"key_map": [["(", ""]]})", "[]", "{", R"({"a": 1, "a": 2})"}) {
     EXPECT_FALSE(ParseConfig(bad).ok()) << bad;
   }
 }
@@ -58,7 +58,8 @@ TEST(ConfigTest, DefaultsAndHomeExpansion) {
 
 TEST(ConfigTest, OptionsThatWouldBeIgnoredByJobsAreRefusedUpFront) {
   // An unparseable size used to pass and make every job write a single file.
-  auto size = ParseConfig(R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "5XB"}})");
+  auto size =
+      ParseConfig(R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "5XB"}})");
   ASSERT_FALSE(size.ok());
   EXPECT_THAT(std::string(size.status().message()), HasSubstr("max_shard_size"));
   Config c;
@@ -90,7 +91,8 @@ TEST(ConfigTest, JobsRunTheSameTypedSpecAsTheCliValidatedAtLoad) {
   EXPECT_TRUE(ValidateConsolidateSpec(s).ok());
   // What a job would silently get wrong is refused at load, by the same validator.
   for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
-           {R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "5"}})", "has no unit"},
+           {R"({"output_files": {"mode": "max_shard_size", "max_shard_size": "5"}})",
+            "has no unit"},
            {R"({"dtype": {"restore_from_reference": true}})", "restore_from_reference"},
            {R"({"key_map": [["^w$", "\\0"]]})", "key_map"},
        }) {

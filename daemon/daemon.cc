@@ -9,8 +9,8 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/inotify.h>
-#include <sys/socket.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -96,7 +96,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   std::string recovered;
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_db, &recovered);
   if (!store.ok()) return store.status();
-  if (!recovered.empty()) Log("error", "journal corrupt: rebuilt", {{"state_db", config.state_db}, {"what", recovered}});
+  if (!recovered.empty())
+    Log("error", "journal corrupt: rebuilt", {{"state_db", config.state_db}, {"what", recovered}});
   std::unique_ptr<Daemon> d(new Daemon(std::move(config), std::move(*store)));
   // Token: created on first start, 0600.
   const std::string& tf = d->config_.token_file;
@@ -107,8 +108,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
     if (!d->token_.empty() && ::stat(tf.c_str(), &tst) == 0 && (tst.st_mode & 077) != 0) {
       // Anyone who can read the token can command the daemon: tighten it, and say so.
       const bool fixed = ::chmod(tf.c_str(), 0600) == 0;
-      Log("warning", fixed ? "the API token file was readable by others; its mode is now 0600"
-                           : "the API token file is readable by others and its mode cannot be changed",
+      Log("warning",
+          fixed ? "the API token file was readable by others; its mode is now 0600"
+                : "the API token file is readable by others and its mode cannot be changed",
           {{"token_file", tf}, {"mode", absl::StrFormat("%04o", tst.st_mode & 07777)}});
     }
   }
@@ -132,7 +134,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
 
 Daemon::Daemon(Config c, std::unique_ptr<Store> s) : config_(std::move(c)), store_(std::move(s)) {}
 
-Daemon::~Daemon() { Stop(); }
+Daemon::~Daemon() {
+  Stop();
+}
 
 Config Daemon::config() const {
   absl::MutexLock l(&mu_);
@@ -147,7 +151,8 @@ absl::Status Daemon::Start() {
     if (!j.output.empty() && RootsFs().Stat(j.output).ok()) {
       absl::StatusOr<std::vector<std::string>> cleaned = CleanStaleTempFiles(RootsFs(), j.output);
       Log("info", "re-queued a job interrupted by a restart",
-          {{"job", j.id}, {"output", j.output},
+          {{"job", j.id},
+           {"output", j.output},
            {"temporary_files_removed", cleaned.ok() ? cleaned->size() : 0}});
     }
   }
@@ -162,8 +167,10 @@ absl::Status Daemon::Start() {
   watcher_->Start(c.watch_roots);
   scheduler_ = std::thread([this] { SchedulerLoop(); });
   Log("info", "safeshardd started",
-      {{"roots", c.watch_roots}, {"api", absl::StrCat(c.api_address, ":", api_->port())},
-       {"state_db", c.state_db}, {"max_concurrent_jobs", c.max_concurrent_jobs}});
+      {{"roots", c.watch_roots},
+       {"api", absl::StrCat(c.api_address, ":", api_->port())},
+       {"state_db", c.state_db},
+       {"max_concurrent_jobs", c.max_concurrent_jobs}});
   return absl::OkStatus();
 }
 
@@ -260,13 +267,17 @@ absl::StatusOr<json> Daemon::Run(const std::string& id) {
     for (const TensorLayout& t : ck->tensors()) {
       json chunks = json::array();
       for (const Chunk& c : t.chunks) {
-        json cj = {{"file", ck->files()[c.file].name}, {"offsets", c.offsets},
-                   {"sizes", c.sizes}, {"byte_range", {c.begin, c.end}}};
+        json cj = {{"file", ck->files()[c.file].name},
+                   {"offsets", c.offsets},
+                   {"sizes", c.sizes},
+                   {"byte_range", {c.begin, c.end}}};
         if (!c.key.empty()) cj["key"] = c.key;
         chunks.push_back(std::move(cj));
       }
-      tensors.push_back({{"name", t.name}, {"dtype", std::string(DTypeName(t.dtype))},
-                         {"shape", t.shape}, {"chunks", chunks}});
+      tensors.push_back({{"name", t.name},
+                         {"dtype", std::string(DTypeName(t.dtype))},
+                         {"shape", t.shape},
+                         {"chunks", chunks}});
     }
     j["tensors"] = tensors;
     json problems = json::array();
@@ -301,39 +312,42 @@ json Daemon::Jobs() {
       out.push_back(JobJson(j));
     }
   }
-  return {{"jobs", out}, {"max_concurrent_jobs", config_.max_concurrent_jobs},
+  return {{"jobs", out},
+          {"max_concurrent_jobs", config_.max_concurrent_jobs},
           {"max_running_seen", max_running_seen_.load()}};
 }
 
 std::string Daemon::Metrics() {
-  std::map<std::string, int> by_state = {{"queued", 0},    {"running", 0},  {"verifying", 0},
-                                         {"published", 0}, {"failed", 0},   {"parked", 0},
+  std::map<std::string, int> by_state = {{"queued", 0},    {"running", 0}, {"verifying", 0},
+                                         {"published", 0}, {"failed", 0},  {"parked", 0},
                                          {"cancelled", 0}};
   absl::StatusOr<std::vector<JobRecord>> jobs = store_->ListJobs();
   if (jobs.ok()) {
     for (const JobRecord& j : *jobs) by_state[Name(j.state)]++;
   }
-  std::string out =
-      "# HELP safeshard_jobs Jobs by state.\n# TYPE safeshard_jobs gauge\n";
-  for (const auto& [s, n] : by_state) absl::StrAppend(&out, "safeshard_jobs{state=\"", s, "\"} ", n, "\n");
-  absl::StrAppend(&out,
-                  "# HELP safeshard_bytes_consolidated_total Tensor bytes written by published "
-                  "consolidations.\n# TYPE safeshard_bytes_consolidated_total counter\n"
-                  "safeshard_bytes_consolidated_total ", bytes_consolidated_.load(), "\n",
-                  "# HELP safeshard_consolidation_seconds_total Time spent consolidating.\n"
-                  "# TYPE safeshard_consolidation_seconds_total counter\n"
-                  "safeshard_consolidation_seconds_total ", seconds_total_.load(), "\n",
-                  "# TYPE safeshard_jobs_published_total counter\nsafeshard_jobs_published_total ",
-                  jobs_published_.load(), "\n",
-                  "# TYPE safeshard_job_errors_total counter\nsafeshard_job_errors_total ",
-                  jobs_failed_.load(), "\n",
-                  "# TYPE safeshard_rescans_total counter\nsafeshard_rescans_total ", rescans_.load(), "\n",
-                  "# TYPE safeshard_inotify_overflows_total counter\nsafeshard_inotify_overflows_total ",
-                  watcher_ ? watcher_->overflows() : 0, "\n",
-                  "# TYPE safeshard_watch_limit_errors_total counter\nsafeshard_watch_limit_errors_total ",
-                  watcher_ ? watcher_->watch_limit_errors() : 0, "\n",
-                  "# TYPE safeshard_journal_errors_total counter\nsafeshard_journal_errors_total ",
-                  journal_errors_.load(), "\n");
+  std::string out = "# HELP safeshard_jobs Jobs by state.\n# TYPE safeshard_jobs gauge\n";
+  for (const auto& [s, n] : by_state)
+    absl::StrAppend(&out, "safeshard_jobs{state=\"", s, "\"} ", n, "\n");
+  absl::StrAppend(
+      &out,
+      "# HELP safeshard_bytes_consolidated_total Tensor bytes written by published "
+      "consolidations.\n# TYPE safeshard_bytes_consolidated_total counter\n"
+      "safeshard_bytes_consolidated_total ",
+      bytes_consolidated_.load(), "\n",
+      "# HELP safeshard_consolidation_seconds_total Time spent consolidating.\n"
+      "# TYPE safeshard_consolidation_seconds_total counter\n"
+      "safeshard_consolidation_seconds_total ",
+      seconds_total_.load(), "\n",
+      "# TYPE safeshard_jobs_published_total counter\nsafeshard_jobs_published_total ",
+      jobs_published_.load(), "\n",
+      "# TYPE safeshard_job_errors_total counter\nsafeshard_job_errors_total ", jobs_failed_.load(),
+      "\n", "# TYPE safeshard_rescans_total counter\nsafeshard_rescans_total ", rescans_.load(),
+      "\n", "# TYPE safeshard_inotify_overflows_total counter\nsafeshard_inotify_overflows_total ",
+      watcher_ ? watcher_->overflows() : 0, "\n",
+      "# TYPE safeshard_watch_limit_errors_total counter\nsafeshard_watch_limit_errors_total ",
+      watcher_ ? watcher_->watch_limit_errors() : 0, "\n",
+      "# TYPE safeshard_journal_errors_total counter\nsafeshard_journal_errors_total ",
+      journal_errors_.load(), "\n");
   return out;
 }
 
@@ -350,7 +364,8 @@ absl::StatusOr<int64_t> Daemon::RequestConsolidate(const std::string& id_or_path
   absl::StatusOr<RunRecord> run = FindRun(id_or_path);
   if (!run.ok()) return run.status();
   if (run->state == RunState::kRunning || run->state == RunState::kQueued) {
-    return absl::FailedPreconditionError(absl::StrCat("run ", run->id, " is already ", Name(run->state)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("run ", run->id, " is already ", Name(run->state)));
   }
   JobRecord j;
   j.run_id = run->id;
@@ -390,19 +405,20 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path,
       const bool inside = *out == taken || absl::StartsWith(*out, taken + "/") ||
                           SameDirectory(RootsFs(), *out, taken);
       if (inside || absl::StartsWith(taken, *out + "/")) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            "remap output ", *out, inside ? " is " : " contains ",
-            taken == r.path ? "the source" : "the output", " of run ", r.id, " (", taken,
-            "); choose a new directory"));
+        return absl::PermissionDeniedError(
+            absl::StrCat("remap output ", *out, inside ? " is " : " contains ",
+                         taken == r.path ? "the source" : "the output", " of run ", r.id, " (",
+                         taken, "); choose a new directory"));
       }
     }
   }
   // Only a new or empty directory: a remap replaces what it writes, and nothing else may be lost.
-  if (absl::StatusOr<std::vector<DirEntry>> present = RootsFs().List(*out); present.ok() && !present->empty()) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "remap output ", *out, " already holds ", internal::Quote((*present)[0].name),
-        present->size() > 1 ? absl::StrCat(" and ", present->size() - 1, " more") : "",
-        "; choose a new or empty directory"));
+  if (absl::StatusOr<std::vector<DirEntry>> present = RootsFs().List(*out);
+      present.ok() && !present->empty()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("remap output ", *out, " already holds ", internal::Quote((*present)[0].name),
+                     present->size() > 1 ? absl::StrCat(" and ", present->size() - 1, " more") : "",
+                     "; choose a new or empty directory"));
   }
   JobRecord j;
   j.run_id = run->id;
@@ -483,9 +499,9 @@ absl::StatusOr<std::string> Daemon::ResolveUnderRoots(const std::string& path, b
   for (const std::string& r : allowed) {
     if (resolved == r || absl::StartsWith(resolved, r + "/")) return resolved;
   }
-  return absl::PermissionDeniedError(absl::StrCat(
-      "path \"", path, "\" (", resolved, ") is not under a watch root",
-      outputs && !c.output_root.empty() ? " or the output root" : ""));
+  return absl::PermissionDeniedError(
+      absl::StrCat("path \"", path, "\" (", resolved, ") is not under a watch root",
+                   outputs && !c.output_root.empty() ? " or the output root" : ""));
 }
 
 }  // namespace safeshard::daemon

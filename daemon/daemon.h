@@ -16,8 +16,8 @@
 
 #include <atomic>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,7 +63,8 @@ class Daemon {
   std::string Metrics();
   absl::StatusOr<int64_t> RequestConsolidate(const std::string& run_id_or_path);
   absl::StatusOr<int64_t> RequestRemap(const std::string& run_id_or_path,
-                                       const std::vector<KeyMap::Rule>& rules, const std::string& output);
+                                       const std::vector<KeyMap::Rule>& rules,
+                                       const std::string& output);
   absl::Status CancelJob(int64_t id);
   void RequestRescan();
   bool CheckToken(const std::string& authorization_header) const;
@@ -73,7 +74,8 @@ class Daemon {
   // A request path must resolve (symlinks too) to somewhere under a watch root.
   // `path` resolved (symlinks of its existing part included) when it lies under a watch root, or
   // under the output root too with `outputs`; kPermissionDenied otherwise.
-  absl::StatusOr<std::string> ResolveUnderRoots(const std::string& path, bool outputs = false) const;
+  absl::StatusOr<std::string> ResolveUnderRoots(const std::string& path,
+                                                bool outputs = false) const;
 
  private:
   explicit Daemon(Config c, std::unique_ptr<Store> s);

@@ -1,17 +1,17 @@
 // End-to-end tests of safeshardd as a real process: runs written the way PyTorch's writer lays
 // them out (no marker) and with safeshard's completion manifest, half-written runs, many runs at
 // once, kill -9 and SIGTERM, a full disk, and the API's token and path checks.
-#include <fcntl.h>
-#include <sys/socket.h>
-#include <netinet/in.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
-#include <map>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <map>
 
 #include <chrono>
 #include <sstream>
@@ -21,17 +21,17 @@
 #include "absl/strings/str_cat.h"
 #include "cli/cli.h"
 #include "core/example/example.h"
+#include "core/format/filenames.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 #include "core/testing/testing.h"
 #include "daemon/daemon.h"
-#include "core/format/filenames.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
-#include "sqlite3.h"
 #include "nlohmann/json.hpp"
+#include "sqlite3.h"
 
 extern char** environ;
 
@@ -50,17 +50,29 @@ class DaemonProcess {
 
   void Start() {
     (void)LocalFileSystem().Remove(state_ + "/port");
-    std::vector<std::string> args = {"daemon/safeshardd", "--watch", root_, "--state-db",
-                                     state_ + "/state.db", "--token-file", state_ + "/token",
-                                     "--port", "0", "--port-file", state_ + "/port",
-                                     "--quiet-period", "1", "--rescan-interval", "1"};
+    std::vector<std::string> args = {"daemon/safeshardd",
+                                     "--watch",
+                                     root_,
+                                     "--state-db",
+                                     state_ + "/state.db",
+                                     "--token-file",
+                                     state_ + "/token",
+                                     "--port",
+                                     "0",
+                                     "--port-file",
+                                     state_ + "/port",
+                                     "--quiet-period",
+                                     "1",
+                                     "--rescan-interval",
+                                     "1"};
     args.insert(args.end(), extra_.begin(), extra_.end());
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, (state_ + "/log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, (state_ + "/log").c_str(),
+                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
     ASSERT_EQ(posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&fa);
     for (int i = 0; i < 200; ++i) {
@@ -159,7 +171,8 @@ std::vector<ExampleTensor> SmallModel() {
 
 // Row-sharded and replicated tensors only: losing the highest rank leaves no gap.
 std::vector<ExampleTensor> RowAndReplicatedModel() {
-  return {{"w", DType::kF32, {8, 4}, Sharding::kRow}, {"b", DType::kF32, {4}, Sharding::kReplicated}};
+  return {{"w", DType::kF32, {8, 4}, Sharding::kRow},
+          {"b", DType::kF32, {4}, Sharding::kReplicated}};
 }
 
 // `model` saved as `ranks` per-rank shards in a new directory outside any root.
@@ -209,7 +222,8 @@ TEST(DaemonE2E, ManifestRunIsTakenAtOnceAndAWrongManifestIsNot) {
   auto staged = LocalFileSystem().List(staging);
   ASSERT_TRUE(staged.ok());
   for (const DirEntry& e : *staged) {
-    files.push_back({{"name", e.name}, {"size", LocalFileSystem().Stat(staging + "/" + e.name)->size}});
+    files.push_back(
+        {{"name", e.name}, {"size", LocalFileSystem().Stat(staging + "/" + e.name)->size}});
   }
   json bad = {{"ranks", 2}, {"files", files}};
   bad["files"][0]["size"] = 1;
@@ -219,7 +233,9 @@ TEST(DaemonE2E, ManifestRunIsTakenAtOnceAndAWrongManifestIsNot) {
   EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 0u);
   EXPECT_EQ(p.Get("/v1/runs")["runs"][0]["state"], "incomplete");
   json good = {{"ranks", 2}, {"files", files}};
-  ASSERT_TRUE(WriteFileAtomically(LocalFileSystem(), d.root + "/m/" + kCompletionManifest, good.dump()).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(LocalFileSystem(), d.root + "/m/" + kCompletionManifest, good.dump())
+          .ok());
   p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
   EXPECT_EQ(p.Get("/v1/runs")["runs"][0]["detection"], "manifest");
   ExpectOutputMatches(d.root + "/m-hf", model);
@@ -229,9 +245,17 @@ TEST(DaemonE2E, RunFromSafeshardsWriterIsTakenByItsManifest) {
   Dirs d;
   DaemonProcess p(d.root, d.state, {"--quiet-period", "3600"});  // only the manifest can tell
   p.Start();
-  std::vector<std::string> args = {"core/dcp/safeshard-torch", "save-example", d.root + "/w/step-5",
-                                   "--ranks", "4", "--layers", "2", "--hidden", "64",
-                                   "--vocab", "256"};
+  std::vector<std::string> args = {"core/dcp/safeshard-torch",
+                                   "save-example",
+                                   d.root + "/w/step-5",
+                                   "--ranks",
+                                   "4",
+                                   "--layers",
+                                   "2",
+                                   "--hidden",
+                                   "64",
+                                   "--vocab",
+                                   "256"};
   std::vector<char*> av;
   for (auto& a : args) av.push_back(a.data());
   av.push_back(nullptr);
@@ -279,13 +303,15 @@ TEST(DaemonE2E, TwentyRunsTogetherRespectTheConcurrencyBound) {
   std::string staging = testing::NewTempDir();
   for (int i = 0; i < 20; ++i) {
     ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), absl::StrCat(staging, "/all/run", i), model,
-                                   {.ranks = 2}).ok());
+                                   {.ranks = 2})
+                    .ok());
   }
   ASSERT_EQ(std::rename((staging + "/all").c_str(), (d.root + "/all").c_str()), 0);
   json j = p.WaitJobs([](const json& j) { return CountState(j, "published") == 20; }, 120);
   EXPECT_LE(j["max_running_seen"].get<int>(), 2);
   EXPECT_EQ(j["jobs"].size(), 20u);
-  for (int i = 0; i < 20; i += 7) ExpectOutputMatches(absl::StrCat(d.root, "/all/run", i, "-hf"), model);
+  for (int i = 0; i < 20; i += 7)
+    ExpectOutputMatches(absl::StrCat(d.root, "/all/run", i, "-hf"), model);
 }
 
 std::vector<ExampleTensor> BigModel() {
@@ -334,7 +360,8 @@ TEST(DaemonE2E, FullDiskFailsCleanlyAndSucceedsOnceSpaceIsFreed) {
     GTEST_SKIP() << "cannot mount a tmpfs here (needs root): " << std::strerror(errno);
   }
   // Outputs go to a configured output root (the daemon writes nowhere but there and its roots).
-  DaemonProcess p(d.root, d.state, {"--output-template", out_fs + "/{name}-hf", "--output-root", out_fs});
+  DaemonProcess p(d.root, d.state,
+                  {"--output-template", out_fs + "/{name}-hf", "--output-root", out_fs});
   p.Start();
   auto model = TransformerLikeModel({.layers = 2, .hidden = 256, .vocab = 1024});  // ~3 MB
   PlaceRun(d.root + "/r", model);
@@ -388,7 +415,8 @@ TEST(DaemonE2E, ApiRefusesMissingTokensAndPathsOutsideTheRoots) {
   EXPECT_NE(ck->FindTensor("norm.weight"), nullptr);
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/consolidate", "", p.token()), 202);
   EXPECT_TRUE(p.Get("/v1/health")["status"] == "ok");
-  httplib::Client c("127.0.0.1", std::stoi(LocalFileSystem().ReadAll(d.state + "/port").value_or("0")));
+  httplib::Client c("127.0.0.1",
+                    std::stoi(LocalFileSystem().ReadAll(d.state + "/port").value_or("0")));
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m);
   EXPECT_TRUE(absl::StrContains(m->body, "safeshard_jobs{state=\"published\"}")) << m->body;
@@ -413,9 +441,11 @@ TEST(DaemonE2E, RemapOutputsAreNotRunsAndNeverAnAncestorOrAnOccupiedDirectory) {
   EXPECT_EQ(testing::ReadFile(d.root + "/occupied/notes.txt"), "mine");
   // Unknown members and repeated keys in the body are refused, not ignored.
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap",
-                   R"({"rules": [["a", "b"]], "output": "/x", "overwrite": true})", p.token()), 400);
+                   R"({"rules": [["a", "b"]], "output": "/x", "overwrite": true})", p.token()),
+            400);
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap",
-                   R"({"rules": [["a", "b"]], "output": "/x", "output": "/y"})", p.token()), 400);
+                   R"({"rules": [["a", "b"]], "output": "/x", "output": "/y"})", p.token()),
+            400);
   // A remap's output holds per-rank shards, but it is the remap's result, not a new run.
   rules["output"] = d.root + "/renamed";
   ASSERT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 202);
@@ -451,7 +481,8 @@ TEST(DaemonE2E, RunsThatWouldShareOneOutputAreParkedNotOverwritten) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   bool parked = false;
-  for (const auto& r : runs["runs"]) parked |= r["path"] == d.root + "/exp/b" && r["state"] == "parked";
+  for (const auto& r : runs["runs"])
+    parked |= r["path"] == d.root + "/exp/b" && r["state"] == "parked";
   EXPECT_TRUE(parked) << runs.dump();
   EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 1u);
   struct stat after;
@@ -486,7 +517,8 @@ TEST(DaemonE2E, CliTalksToTheDaemon) {
                          out4, err4),
             kExitUsage);
   std::ostringstream out5, err5;
-  EXPECT_EQ(RunSafeshard({"safeshard", "runs", "--daemon", "127.0.0.1:1"}, out5, err5), kExitProblems);
+  EXPECT_EQ(RunSafeshard({"safeshard", "runs", "--daemon", "127.0.0.1:1"}, out5, err5),
+            kExitProblems);
   EXPECT_TRUE(absl::StrContains(err5.str(), "cannot reach safeshardd"));
 }
 
@@ -525,8 +557,8 @@ TEST_P(ExpectedRanksE2E, CatchALostHighestRank) {
   // The global setting (--expected-ranks), or the per-root one in the config file.
   std::vector<std::string> flags = {"--expected-ranks", "4"};
   if (GetParam()) {
-    testing::WriteFile(d.state + "/config.json",
-                       absl::StrCat(R"({"expected_ranks_by_root": {)", testing::Quoted(d.root), ": 4}}"));
+    testing::WriteFile(d.state + "/config.json", absl::StrCat(R"({"expected_ranks_by_root": {)",
+                                                              testing::Quoted(d.root), ": 4}}"));
     flags = {"--config", d.state + "/config.json"};
   }
   DaemonProcess p(d.root, d.state, flags);
@@ -556,8 +588,10 @@ TEST(DaemonE2E, PyTorchShardedSubdirectoryIsConsolidatedIntoItsRunUnlessAlreadyD
   EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/job/step-1/sharded-hf").ok());
   // RUN/sharded/ that its writer already consolidated into RUN: nothing to do.
   std::string staging = testing::NewTempDir() + "/step-2";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging + "/sharded", model, {.ranks = 2}).ok());
-  testing::WriteFile(staging + "/model.safetensors.index.json", R"({"metadata": {}, "weight_map": {}})");
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), staging + "/sharded", model, {.ranks = 2}).ok());
+  testing::WriteFile(staging + "/model.safetensors.index.json",
+                     R"({"metadata": {}, "weight_map": {}})");
   ASSERT_EQ(std::rename(staging.c_str(), (d.root + "/job/step-2").c_str()), 0);
   std::this_thread::sleep_for(std::chrono::seconds(4));
   EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 1u);
@@ -614,22 +648,26 @@ TEST(DaemonE2E, HostileTreeLeavesTheDaemonAliveAndWritesOnlyInsideItsRoots) {
   PlaceRun(d.root + "/symshard", model, 2);
   ASSERT_EQ(std::remove((d.root + "/symshard/" + ShardFileName(0, 1, 1)).c_str()), 0);
   ASSERT_EQ(symlink((outside + "/run/" + ShardFileName(0, 1, 1)).c_str(),
-                    (d.root + "/symshard/" + ShardFileName(0, 1, 1)).c_str()), 0);
+                    (d.root + "/symshard/" + ShardFileName(0, 1, 1)).c_str()),
+            0);
   // 3. A FIFO named like a shard, a zero-tensor shard, a corrupt manifest.
   PlaceRun(d.root + "/fifo", model, 2);
   ASSERT_EQ(mkfifo((d.root + "/fifo/" + ShardFileName(2, 1, 1)).c_str(), 0644), 0);
   ASSERT_TRUE(LocalFileSystem().MakeDirs(d.root + "/zero").ok());
-  testing::WriteFile(d.root + "/zero/" + ShardFileName(0, 1, 1),
-                     testing::RawSafetensors(R"({"__metadata__":{"DCP_SHARDING_INFO":"{}","format":"pt"}})", ""));
+  testing::WriteFile(
+      d.root + "/zero/" + ShardFileName(0, 1, 1),
+      testing::RawSafetensors(R"({"__metadata__":{"DCP_SHARDING_INFO":"{}","format":"pt"}})", ""));
   PlaceRun(d.root + "/badmanifest", model, 2);
-  testing::WriteFile(d.root + "/badmanifest/" + kCompletionManifest, R"({"files": [{"name": 1, "size": "x"}]})");
+  testing::WriteFile(d.root + "/badmanifest/" + kCompletionManifest,
+                     R"({"files": [{"name": 1, "size": "x"}]})");
   // 4. Shards directly in the root: their default output would be the sibling ROOT-hf.
   {
     std::string staging = testing::NewTempDir() + "/r";
     ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), staging, model, {.ranks = 2}).ok());
     for (int r = 0; r < 2; ++r) {
       ASSERT_EQ(std::rename((staging + "/" + ShardFileName(r, 1, 1)).c_str(),
-                            (d.root + "/" + ShardFileName(r, 1, 1)).c_str()), 0);
+                            (d.root + "/" + ShardFileName(r, 1, 1)).c_str()),
+                0);
     }
   }
   DaemonProcess p(d.root, d.state);
@@ -648,9 +686,11 @@ TEST(DaemonE2E, HostileTreeLeavesTheDaemonAliveAndWritesOnlyInsideItsRoots) {
   for (const auto& r : all["runs"]) by_name[BaseName(r["path"].get<std::string>())] = r;
   EXPECT_EQ(by_name.count("linked-run"), 0u) << all.dump();
   EXPECT_EQ(by_name["symshard"]["state"], "parked") << all.dump();
-  EXPECT_THAT(by_name["symshard"]["detail"].get<std::string>(), ::testing::HasSubstr("symbolic link"));
+  EXPECT_THAT(by_name["symshard"]["detail"].get<std::string>(),
+              ::testing::HasSubstr("symbolic link"));
   EXPECT_EQ(by_name[BaseName(d.root)]["state"], "parked") << all.dump();
-  EXPECT_THAT(by_name[BaseName(d.root)]["detail"].get<std::string>(), ::testing::HasSubstr("outside the watch roots"));
+  EXPECT_THAT(by_name[BaseName(d.root)]["detail"].get<std::string>(),
+              ::testing::HasSubstr("outside the watch roots"));
   EXPECT_NE(by_name["fifo"]["state"], "published");
   EXPECT_NE(by_name["zero"]["state"], "published");
   EXPECT_EQ(by_name["badmanifest"]["state"], "incomplete");
@@ -688,7 +728,10 @@ TEST(DaemonE2E, ApiBoundsBodiesIdleClientsAndHostNames) {
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) idle.push_back(fd); else close(fd);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0)
+      idle.push_back(fd);
+    else
+      close(fd);
   }
   const auto t0 = std::chrono::steady_clock::now();
   bool answered = false;
@@ -699,7 +742,8 @@ TEST(DaemonE2E, ApiBoundsBodiesIdleClientsAndHostNames) {
     auto h = c2.Get("/v1/health");
     answered = h && h->status == 200;
   }
-  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_TRUE(answered);
   // A liveness bound, not a performance one: served newest first, a new client waits about one
   // idle timeout (2 s); first come, first served it waited for all 500 (20-30 s).
@@ -762,7 +806,8 @@ TEST(DaemonE2E, AnIntactDatabaseThatIsNotOurJournalIsMovedAsideNotFatal) {
       // Another program's table of the same name.
       "CREATE TABLE runs (id TEXT, something_else INTEGER); INSERT INTO runs VALUES ('x', 1);",
       // Our columns, a state this version does not know.
-      std::string(kOurRuns) + "INSERT INTO runs VALUES ('1', '/r', 'inferred', 'exploded', '', 0, 0, '', '');",
+      std::string(kOurRuns) +
+          "INSERT INTO runs VALUES ('1', '/r', 'inferred', 'exploded', '', 0, 0, '', '');",
   };
   for (const std::string& sql : foreign) {
     SCOPED_TRACE(sql);
@@ -807,9 +852,9 @@ TEST(DaemonE2E, ReloadRefusesAMissingRootAndAReadableTokenIsTightened) {
 TEST(DaemonE2E, NonUtf8NamesChunkedBodiesAndOutputsOnOtherRunsAreHandled) {
   Dirs d;
   auto model = SmallModel();
-  PlaceRun(d.root + "/b\xff", model, 2);           // a run name that is not UTF-8
+  PlaceRun(d.root + "/b\xff", model, 2);  // a run name that is not UTF-8
   PlaceRun(d.root + "/runA", model, 2);
-  PlaceRun(d.root + "/runA-hf", model, 2);         // runA's default output is another run's source
+  PlaceRun(d.root + "/runA-hf", model, 2);  // runA's default output is another run's source
   DaemonProcess p(d.root, d.state);
   p.Start();
   std::this_thread::sleep_for(std::chrono::seconds(5));
@@ -821,13 +866,14 @@ TEST(DaemonE2E, NonUtf8NamesChunkedBodiesAndOutputsOnOtherRunsAreHandled) {
   // A chunked body is refused before it is read.
   const int port = std::stoi(testing::ReadFile(d.state + "/port"));
   httplib::Client c("127.0.0.1", port);
-  auto r = c.Post("/v1/rescan", 64 << 20,
-                  [](size_t, size_t, httplib::DataSink& sink) {
-                    static const std::string block(1 << 20, 'x');
-                    sink.write(block.data(), block.size());
-                    return true;
-                  },
-                  "application/json");
+  auto r = c.Post(
+      "/v1/rescan", 64 << 20,
+      [](size_t, size_t, httplib::DataSink& sink) {
+        static const std::string block(1 << 20, 'x');
+        sink.write(block.data(), block.size());
+        return true;
+      },
+      "application/json");
   EXPECT_TRUE(!r || r->status == 400 || r->status == 413) << (r ? r->status : -1);
   EXPECT_EQ(p.Get("/v1/health")["status"], "ok");
 }

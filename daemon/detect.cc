@@ -31,7 +31,8 @@ using nlohmann::json;
 
 bool Daemon::PublishedAfterSources(const std::string& dir, const std::string& output) const {
   struct stat idx;
-  if (::lstat(JoinPath(output, std::string(kIndexFileName)).c_str(), &idx) != 0 || !S_ISREG(idx.st_mode)) {
+  if (::lstat(JoinPath(output, std::string(kIndexFileName)).c_str(), &idx) != 0 ||
+      !S_ISREG(idx.st_mode)) {
     return false;
   }
   absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
@@ -75,7 +76,8 @@ std::string Daemon::WhyOutputRefused(const std::string& source, const std::strin
   if (!out.ok()) {
     return absl::StrCat("its output ", output,
                         " would be outside the watch roots (set output_template so that it "
-                        "resolves under a root): ", out.status().message());
+                        "resolves under a root): ",
+                        out.status().message());
   }
   for (const std::string& r : config().watch_roots) {
     if (*out == r) return absl::StrCat("its output would be the watch root ", r, " itself");
@@ -202,12 +204,14 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   if (fp != run.fingerprint) {
     run.fingerprint = fp;
     run.last_change_ms = now;
-    if (run.state == RunState::kPublished || run.state == RunState::kParked || run.state == RunState::kFailed) {
+    if (run.state == RunState::kPublished || run.state == RunState::kParked ||
+        run.state == RunState::kFailed) {
       run.state = RunState::kIncomplete;  // re-saved: it will be consolidated again once finished
     }
   }
-  if (run.state == RunState::kQueued || run.state == RunState::kRunning || run.state == RunState::kPublished ||
-      run.state == RunState::kParked || run.state == RunState::kFailed) {
+  if (run.state == RunState::kQueued || run.state == RunState::kRunning ||
+      run.state == RunState::kPublished || run.state == RunState::kParked ||
+      run.state == RunState::kFailed) {
     if (is_new || fp != (**existing).fingerprint) Journaled(store_->UpsertRun(run), "UpsertRun");
     return;
   }
@@ -332,9 +336,11 @@ void Daemon::EvaluateRun(const std::string& dir, int64_t now) {
   run.detail = "";
   Journaled(store_->UpsertRun(run), "run");
   Log("info", "run finished; consolidation queued",
-      {{"run", run.id}, {"path", dir}, {"detection", run.detection},
-       {"job", *jid}, {"output", run.output}});
+      {{"run", run.id},
+       {"path", dir},
+       {"detection", run.detection},
+       {"job", *jid},
+       {"output", run.output}});
 }
-
 
 }  // namespace safeshard::daemon

@@ -35,7 +35,9 @@ std::string NormalizeDir(std::string p) {
   return p;
 }
 
-FileSystem& RootsFs() { return LocalFileSystemNoFollow(); }
+FileSystem& RootsFs() {
+  return LocalFileSystemNoFollow();
+}
 
 // Files of a run dir with sizes and mtimes: what "nothing changed" compares.
 std::string Fingerprint(const std::string& dir, bool* has_shards, bool* has_manifest) {
@@ -136,9 +138,14 @@ json JobJson(const JobRecord& j) {
 }
 
 json RunJson(const RunRecord& r) {
-  return {{"id", r.id},         {"path", r.path},       {"detection", r.detection},
-          {"state", Name(r.state)},   {"output", r.output},   {"detail", r.detail},
-          {"first_seen_ms", r.first_seen_ms}, {"last_change_ms", r.last_change_ms}};
+  return {{"id", r.id},
+          {"path", r.path},
+          {"detection", r.detection},
+          {"state", Name(r.state)},
+          {"output", r.output},
+          {"detail", r.detail},
+          {"first_seen_ms", r.first_seen_ms},
+          {"last_change_ms", r.last_change_ms}};
 }
 
 }  // namespace safeshard::daemon::detail

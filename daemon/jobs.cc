@@ -75,7 +75,8 @@ void Daemon::SchedulerLoop() {
     {
       absl::MutexLock l(&mu_);
       const int64_t now = NowMs();
-      int64_t next = last_full_scan_ms_ + static_cast<int64_t>(config_.rescan_interval_seconds * 1000);
+      int64_t next =
+          last_full_scan_ms_ + static_cast<int64_t>(config_.rescan_interval_seconds * 1000);
       if (next_deadline_ms_ > 0) next = std::min(next, next_deadline_ms_);
       if (watchdog_ms > 0) next = std::min(next, last_watchdog + watchdog_ms);
       auto wake = [this] {
@@ -150,7 +151,8 @@ void Daemon::RunJob(JobRecord j) {
   Journaled(store_->UpdateJob(j), "UpdateJob");
   run.state = RunState::kRunning;
   Journaled(store_->UpsertRun(run), "UpsertRun");
-  Log("info", "job started", {{"job", j.id}, {"run", run.id}, {"kind", Name(j.kind)}, {"attempt", j.attempts}});
+  Log("info", "job started",
+      {{"job", j.id}, {"run", run.id}, {"kind", Name(j.kind)}, {"attempt", j.attempts}});
 
   bool shards, manifest;
   std::string fp_before = Fingerprint(run.path, &shards, &manifest);
@@ -215,8 +217,12 @@ void Daemon::RunJob(JobRecord j) {
     } else if (run.state == RunState::kRunning) {
       run.state = RunState::kPublished;
     }
-    Log("info", "job published", {{"job", j.id}, {"run", run.id}, {"output", j.output},
-                                   {"bytes", j.bytes_total}, {"seconds", j.seconds}});
+    Log("info", "job published",
+        {{"job", j.id},
+         {"run", run.id},
+         {"output", j.output},
+         {"bytes", j.bytes_total},
+         {"seconds", j.seconds}});
   } else {
     jobs_failed_++;
     j.error = std::string(status.message());
@@ -247,8 +253,12 @@ void Daemon::RunJob(JobRecord j) {
         break;
     }
     Log(j.state == JobState::kQueued ? "info" : "error", "job did not publish",
-        {{"job", j.id}, {"run", run.id}, {"state", Name(j.state)}, {"error", j.error},
-         {"retryable", j.retryable}, {"next_attempt_ms", j.next_attempt_ms}});
+        {{"job", j.id},
+         {"run", run.id},
+         {"state", Name(j.state)},
+         {"error", j.error},
+         {"retryable", j.retryable},
+         {"next_attempt_ms", j.next_attempt_ms}});
   }
   Journaled(store_->UpdateJob(j), "UpdateJob");
   Journaled(store_->UpsertRun(run), "UpsertRun");
@@ -281,12 +291,13 @@ void Daemon::ApplyRetention(const RunRecord& run) {
   if (!runs.ok()) return;
   std::vector<RunRecord> siblings;
   for (const RunRecord& r : *runs) {
-    if (r.state == RunState::kPublished && DirName(r.path) == DirName(run.path)) siblings.push_back(r);
+    if (r.state == RunState::kPublished && DirName(r.path) == DirName(run.path))
+      siblings.push_back(r);
   }
-  std::sort(siblings.begin(), siblings.end(),
-            [](const RunRecord& a, const RunRecord& b) { return a.last_change_ms > b.last_change_ms; });
+  std::sort(siblings.begin(), siblings.end(), [](const RunRecord& a, const RunRecord& b) {
+    return a.last_change_ms > b.last_change_ms;
+  });
   for (size_t i = c.keep_last; i < siblings.size(); ++i) drop_sources(siblings[i].path);
 }
-
 
 }  // namespace safeshard::daemon

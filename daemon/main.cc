@@ -8,9 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
+#include "core/util/rlimit.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
-#include "core/util/rlimit.h"
 
 namespace {
 
@@ -29,7 +29,8 @@ absl::StatusOr<safeshard::daemon::Config> LoadConfig(const Flags& f) {
     if (!text.ok()) return text.status();
     absl::StatusOr<safeshard::daemon::Config> parsed = safeshard::daemon::ParseConfig(*text);
     if (!parsed.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(f.config_file, ": ", parsed.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(f.config_file, ": ", parsed.status().message()));
     }
     c = *parsed;
   }
@@ -72,7 +73,8 @@ int main(int argc, char** argv) {
   app.add_option("--config", f.config_file, "JSON configuration file (see README)");
   app.add_option("--watch", f.watch, "Directory to watch, recursively (repeatable)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  app.add_option("--state-db", f.state_db, "SQLite journal (default ~/.local/state/safeshard/safeshardd.db)");
+  app.add_option("--state-db", f.state_db,
+                 "SQLite journal (default ~/.local/state/safeshard/safeshardd.db)");
   app.add_option("--api-address", f.api_address, "Address to listen on (default 127.0.0.1)");
   app.add_option("--port", f.port, "API port (default 8470; 0 picks a free one)");
   app.add_option("--port-file", f.port_file, "Write the API port here once listening");
@@ -86,7 +88,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-jobs", f.max_jobs, "Concurrent consolidations (default 2)");
   app.add_option("--threads-per-job", f.threads_per_job, "Copy threads per job (default 2)");
   app.add_option("--expected-ranks", f.expected_ranks, "Rank files a run must have (0: any)");
-  app.add_option("--quiet-period", f.quiet, "Seconds a marker-less run must stay unchanged (default 30)");
+  app.add_option("--quiet-period", f.quiet,
+                 "Seconds a marker-less run must stay unchanged (default 30)");
   app.add_option("--rescan-interval", f.rescan, "Seconds between full rescans (default 60)");
   CLI11_PARSE(app, argc, argv);
 

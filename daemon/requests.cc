@@ -8,18 +8,22 @@ namespace safeshard::daemon {
 
 absl::StatusOr<RemapRequest> ParseRemapRequest(absl::string_view body) {
   const std::string usage =
-      "the body must be {\"rules\": [[regex, replacement], ...], \"output\": \"/dir/under/a/watch/root\"}";
+      "the body must be {\"rules\": [[regex, replacement], ...], \"output\": "
+      "\"/dir/under/a/watch/root\"}";
   nlohmann::json j;
   std::vector<std::pair<std::string, nlohmann::json>> members;
   internal::StrictParseResult r = internal::ParseJsonStrict(body, &j, &members);
   if (!r.ok) {
-    return absl::InvalidArgumentError(absl::StrCat("request body: ", r.error, " at byte ", r.error_byte, "; ", usage));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request body: ", r.error, " at byte ", r.error_byte, "; ", usage));
   }
   if (r.duplicate) {
-    return absl::InvalidArgumentError(absl::StrCat("request body: the key ", internal::Quote(*r.duplicate),
+    return absl::InvalidArgumentError(absl::StrCat("request body: the key ",
+                                                   internal::Quote(*r.duplicate),
                                                    " appears twice (byte ", r.duplicate_byte, ")"));
   }
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat("request body: not an object; ", usage));
+  if (!j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat("request body: not an object; ", usage));
   RemapRequest out;
   bool have_rules = false, have_output = false;
   for (const auto& [key, value] : members) {
@@ -28,16 +32,21 @@ absl::StatusOr<RemapRequest> ParseRemapRequest(absl::string_view body) {
       have_output = true;
     } else if (key == "rules") {
       absl::StatusOr<KeyMap> km = KeyMap::FromJson(internal::DumpJson(value));
-      if (!km.ok()) return absl::InvalidArgumentError(absl::StrCat("request body: rules: ", km.status().message()));
+      if (!km.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat("request body: rules: ", km.status().message()));
       out.rules = km->rules();
       have_rules = true;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("request body: unexpected member ", internal::Quote(key),
-                                                     key == "output" ? " (not a string)" : "", "; ", usage));
+      return absl::InvalidArgumentError(
+          absl::StrCat("request body: unexpected member ", internal::Quote(key),
+                       key == "output" ? " (not a string)" : "", "; ", usage));
     }
   }
-  if (!have_rules || !have_output) return absl::InvalidArgumentError(absl::StrCat("request body: ", usage));
-  if (out.rules.empty()) return absl::InvalidArgumentError("request body: rules: no rules, nothing to remap");
+  if (!have_rules || !have_output)
+    return absl::InvalidArgumentError(absl::StrCat("request body: ", usage));
+  if (out.rules.empty())
+    return absl::InvalidArgumentError("request body: rules: no rules, nothing to remap");
   return out;
 }
 

@@ -1,7 +1,8 @@
 // requests.h: the bodies of the control API's requests, parsed strictly (bounded depth, no
 // unknown or repeated keys, byte offsets in errors). Torch- and HTTP-free: fuzzed on its own.
 //
-//   ASSIGN_OR_RETURN(RemapRequest r, ParseRemapRequest(R"({"rules": [["^a", "b"]], "output": "/o"})"));
+//   ASSIGN_OR_RETURN(RemapRequest r, ParseRemapRequest(R"({"rules": [["^a", "b"]], "output":
+//   "/o"})"));
 #ifndef SAFESHARD_DAEMON_REQUESTS_H_
 #define SAFESHARD_DAEMON_REQUESTS_H_
 

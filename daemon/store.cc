@@ -55,9 +55,10 @@ class Stmt {
   int rc_;
 };
 
-constexpr const char* kRunStateNames[] = {"incomplete", "queued", "running", "published", "parked", "failed"};
+constexpr const char* kRunStateNames[] = {"incomplete", "queued", "running",
+                                          "published",  "parked", "failed"};
 constexpr const char* kJobStateNames[] = {"queued", "running", "verifying", "published",
-                                          "failed", "parked", "cancelled"};
+                                          "failed", "parked",  "cancelled"};
 constexpr const char* kJobKindNames[] = {"consolidate", "remap"};
 
 template <typename E, size_t N>
@@ -87,8 +88,9 @@ absl::StatusOr<JobRecord> ReadJob(Stmt& s) {
   std::optional<JobKind> kind = ParseJobKind(s.Text(2));
   std::optional<JobState> state = ParseJobState(s.Text(3));
   if (!kind || !state) {
-    return absl::DataLossError(absl::StrCat("the journal's job ", j.id, " has an unknown kind or state (",
-                                            s.Text(2), ", ", s.Text(3), ")"));
+    return absl::DataLossError(absl::StrCat("the journal's job ", j.id,
+                                            " has an unknown kind or state (", s.Text(2), ", ",
+                                            s.Text(3), ")"));
   }
   j.kind = *kind;
   j.state = *state;
@@ -115,8 +117,8 @@ absl::StatusOr<RunRecord> ReadRun(Stmt& s) {
   r.detection = s.Text(2);
   std::optional<RunState> state = ParseRunState(s.Text(3));
   if (!state) {
-    return absl::DataLossError(absl::StrCat("the journal's run ", r.path, " has an unknown state (",
-                                            s.Text(3), ")"));
+    return absl::DataLossError(
+        absl::StrCat("the journal's run ", r.path, " has an unknown state (", s.Text(3), ")"));
   }
   r.state = *state;
   r.fingerprint = s.Text(4);
@@ -159,12 +161,24 @@ absl::StatusOr<std::optional<T>> First(absl::StatusOr<std::vector<T>> rows) {
 
 }  // namespace
 
-const char* Name(RunState s) { return kRunStateNames[static_cast<int>(s)]; }
-const char* Name(JobState s) { return kJobStateNames[static_cast<int>(s)]; }
-const char* Name(JobKind k) { return kJobKindNames[static_cast<int>(k)]; }
-std::optional<RunState> ParseRunState(absl::string_view s) { return ParseName<RunState>(kRunStateNames, s); }
-std::optional<JobState> ParseJobState(absl::string_view s) { return ParseName<JobState>(kJobStateNames, s); }
-std::optional<JobKind> ParseJobKind(absl::string_view s) { return ParseName<JobKind>(kJobKindNames, s); }
+const char* Name(RunState s) {
+  return kRunStateNames[static_cast<int>(s)];
+}
+const char* Name(JobState s) {
+  return kJobStateNames[static_cast<int>(s)];
+}
+const char* Name(JobKind k) {
+  return kJobKindNames[static_cast<int>(k)];
+}
+std::optional<RunState> ParseRunState(absl::string_view s) {
+  return ParseName<RunState>(kRunStateNames, s);
+}
+std::optional<JobState> ParseJobState(absl::string_view s) {
+  return ParseName<JobState>(kJobStateNames, s);
+}
+std::optional<JobKind> ParseJobKind(absl::string_view s) {
+  return ParseName<JobKind>(kJobKindNames, s);
+}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -196,25 +210,35 @@ std::string CheckSchema(sqlite3* db) {
   const std::pair<const char*, const char*> tables[] = {{"runs", kRunCols}, {"jobs", kJobCols}};
   for (const auto& [table, cols] : tables) {
     std::string err;
-    const std::string exists = QueryOne(
-        db, absl::StrCat("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='", table, "'"), &err);
+    const std::string exists =
+        QueryOne(db,
+                 absl::StrCat("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='",
+                              table, "'"),
+                 &err);
     if (!err.empty()) return err;
     if (exists == "0") continue;  // created on open
     const std::string have = QueryOne(
-        db, absl::StrCat("SELECT group_concat(name, ', ') FROM pragma_table_info('", table, "')"), &err);
+        db, absl::StrCat("SELECT group_concat(name, ', ') FROM pragma_table_info('", table, "')"),
+        &err);
     if (!err.empty()) return err;
     if (have != cols) {
-      return absl::StrCat("table ", table, " has the columns (", have, "), not this version's (", cols, ")");
+      return absl::StrCat("table ", table, " has the columns (", have, "), not this version's (",
+                          cols, ")");
     }
   }
   std::string err;
   const std::string bad_runs = QueryOne(
-      db, absl::StrCat("SELECT count(*) FROM runs WHERE state NOT IN ", SqlList(kRunStateNames)), &err);
-  if (err.empty() && bad_runs != "0" && !bad_runs.empty()) return absl::StrCat(bad_runs, " run(s) with unknown states");
-  const std::string bad_jobs = QueryOne(
-      db, absl::StrCat("SELECT count(*) FROM jobs WHERE state NOT IN ", SqlList(kJobStateNames),
-                       " OR kind NOT IN ", SqlList(kJobKindNames)), &err);
-  if (err.empty() && bad_jobs != "0" && !bad_jobs.empty()) return absl::StrCat(bad_jobs, " job(s) with unknown states or kinds");
+      db, absl::StrCat("SELECT count(*) FROM runs WHERE state NOT IN ", SqlList(kRunStateNames)),
+      &err);
+  if (err.empty() && bad_runs != "0" && !bad_runs.empty())
+    return absl::StrCat(bad_runs, " run(s) with unknown states");
+  const std::string bad_jobs =
+      QueryOne(db,
+               absl::StrCat("SELECT count(*) FROM jobs WHERE state NOT IN ",
+                            SqlList(kJobStateNames), " OR kind NOT IN ", SqlList(kJobKindNames)),
+               &err);
+  if (err.empty() && bad_jobs != "0" && !bad_jobs.empty())
+    return absl::StrCat(bad_jobs, " job(s) with unknown states or kinds");
   return "ok";
 }
 
@@ -247,25 +271,27 @@ std::string QuickCheck(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path, std::string* recovered) {
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
+                                                   std::string* recovered) {
   if (recovered != nullptr) recovered->clear();
   struct stat existing;
   if (::stat(path.c_str(), &existing) == 0) {
     const std::string check = QuickCheck(path);
     if (check != "ok") {
-      const std::string aside = absl::StrCat(path, ".corrupt-", static_cast<int64_t>(time(nullptr)));
+      const std::string aside =
+          absl::StrCat(path, ".corrupt-", static_cast<int64_t>(time(nullptr)));
       for (const char* suffix : {"", "-wal", "-shm"}) {
         const std::string from = path + suffix;
-        if (::access(from.c_str(), F_OK) == 0 && ::rename(from.c_str(), (aside + suffix).c_str()) != 0) {
-          return absl::UnavailableError(absl::StrCat(path, ": the journal is corrupt (", check,
-                                                     ") and cannot be moved aside: ",
-                                                     std::strerror(errno)));
+        if (::access(from.c_str(), F_OK) == 0 &&
+            ::rename(from.c_str(), (aside + suffix).c_str()) != 0) {
+          return absl::UnavailableError(
+              absl::StrCat(path, ": the journal is corrupt (", check,
+                           ") and cannot be moved aside: ", std::strerror(errno)));
         }
       }
       if (recovered != nullptr) {
-        *recovered = absl::StrCat("the journal failed its check (", check,
-                                  "); it was moved to ", aside,
-                                  " and the state is rebuilt from the file system");
+        *recovered = absl::StrCat("the journal failed its check (", check, "); it was moved to ",
+                                  aside, " and the state is rebuilt from the file system");
       }
     }
   }
@@ -291,7 +317,9 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path, std:
   return s;
 }
 
-Store::~Store() { sqlite3_close(db_); }
+Store::~Store() {
+  sqlite3_close(db_);
+}
 
 absl::Status Store::Exec(const std::string& sql) {
   char* err = nullptr;
@@ -311,22 +339,30 @@ absl::Status Store::UpsertRun(const RunRecord& r) {
          " path=?2, detection=?3, state=?4, fingerprint=?5, last_change_ms=?6, output=?8,"
          " detail=?9");
   if (!s.ok()) return s.error();
-  s.Bind(1, r.id).Bind(2, r.path).Bind(3, r.detection).Bind(4, std::string(Name(r.state))).Bind(5, r.fingerprint)
-      .Bind(6, r.last_change_ms).Bind(7, r.first_seen_ms).Bind(8, r.output).Bind(9, r.detail);
+  s.Bind(1, r.id)
+      .Bind(2, r.path)
+      .Bind(3, r.detection)
+      .Bind(4, std::string(Name(r.state)))
+      .Bind(5, r.fingerprint)
+      .Bind(6, r.last_change_ms)
+      .Bind(7, r.first_seen_ms)
+      .Bind(8, r.output)
+      .Bind(9, r.detail);
   if (s.Step() != SQLITE_DONE) return s.error();
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<RunRecord>> Store::GetRun(const std::string& id) {
   absl::MutexLock l(&mu_);
-  return First(Select<RunRecord>(db_, absl::StrCat("SELECT ", kRunCols, " FROM runs WHERE id=?1"),
-                                 [&](Stmt& s) { s.Bind(1, id); }, ReadRun));
+  return First(Select<RunRecord>(
+      db_, absl::StrCat("SELECT ", kRunCols, " FROM runs WHERE id=?1"),
+      [&](Stmt& s) { s.Bind(1, id); }, ReadRun));
 }
 
 absl::StatusOr<std::vector<RunRecord>> Store::ListRuns() {
   absl::MutexLock l(&mu_);
-  return Select<RunRecord>(db_, absl::StrCat("SELECT ", kRunCols, " FROM runs ORDER BY path"),
-                           [](Stmt&) {}, ReadRun);
+  return Select<RunRecord>(
+      db_, absl::StrCat("SELECT ", kRunCols, " FROM runs ORDER BY path"), [](Stmt&) {}, ReadRun);
 }
 
 absl::StatusOr<int64_t> Store::AddJob(JobRecord j) {
@@ -336,11 +372,22 @@ absl::StatusOr<int64_t> Store::AddJob(JobRecord j) {
          " retryable, attempts, next_attempt_ms, created_ms, started_ms, finished_ms, seconds,"
          " verify_bytes) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)");
   if (!s.ok()) return s.error();
-  s.Bind(1, j.run_id).Bind(2, std::string(Name(j.kind))).Bind(3, std::string(Name(j.state))).Bind(4, j.output).Bind(5, j.rules)
-      .Bind(6, j.bytes_done).Bind(7, j.bytes_total).Bind(8, j.error)
-      .Bind(9, static_cast<int64_t>(j.retryable)).Bind(10, static_cast<int64_t>(j.attempts))
-      .Bind(11, j.next_attempt_ms).Bind(12, j.created_ms).Bind(13, j.started_ms)
-      .Bind(14, j.finished_ms).Bind(15, j.seconds).Bind(16, j.verify_bytes);
+  s.Bind(1, j.run_id)
+      .Bind(2, std::string(Name(j.kind)))
+      .Bind(3, std::string(Name(j.state)))
+      .Bind(4, j.output)
+      .Bind(5, j.rules)
+      .Bind(6, j.bytes_done)
+      .Bind(7, j.bytes_total)
+      .Bind(8, j.error)
+      .Bind(9, static_cast<int64_t>(j.retryable))
+      .Bind(10, static_cast<int64_t>(j.attempts))
+      .Bind(11, j.next_attempt_ms)
+      .Bind(12, j.created_ms)
+      .Bind(13, j.started_ms)
+      .Bind(14, j.finished_ms)
+      .Bind(15, j.seconds)
+      .Bind(16, j.verify_bytes);
   if (s.Step() != SQLITE_DONE) return s.error();
   return sqlite3_last_insert_rowid(db_);
 }
@@ -352,24 +399,34 @@ absl::Status Store::UpdateJob(const JobRecord& j) {
          " retryable=?7, attempts=?8, next_attempt_ms=?9, started_ms=?10, finished_ms=?11,"
          " seconds=?12, verify_bytes=?13 WHERE id=?1");
   if (!s.ok()) return s.error();
-  s.Bind(1, j.id).Bind(2, std::string(Name(j.state))).Bind(3, j.output).Bind(4, j.bytes_done).Bind(5, j.bytes_total)
-      .Bind(6, j.error).Bind(7, static_cast<int64_t>(j.retryable))
-      .Bind(8, static_cast<int64_t>(j.attempts)).Bind(9, j.next_attempt_ms).Bind(10, j.started_ms)
-      .Bind(11, j.finished_ms).Bind(12, j.seconds).Bind(13, j.verify_bytes);
+  s.Bind(1, j.id)
+      .Bind(2, std::string(Name(j.state)))
+      .Bind(3, j.output)
+      .Bind(4, j.bytes_done)
+      .Bind(5, j.bytes_total)
+      .Bind(6, j.error)
+      .Bind(7, static_cast<int64_t>(j.retryable))
+      .Bind(8, static_cast<int64_t>(j.attempts))
+      .Bind(9, j.next_attempt_ms)
+      .Bind(10, j.started_ms)
+      .Bind(11, j.finished_ms)
+      .Bind(12, j.seconds)
+      .Bind(13, j.verify_bytes);
   if (s.Step() != SQLITE_DONE) return s.error();
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<JobRecord>> Store::GetJob(int64_t id) {
   absl::MutexLock l(&mu_);
-  return First(Select<JobRecord>(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs WHERE id=?1"),
-                                 [&](Stmt& s) { s.Bind(1, id); }, ReadJob));
+  return First(Select<JobRecord>(
+      db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs WHERE id=?1"),
+      [&](Stmt& s) { s.Bind(1, id); }, ReadJob));
 }
 
 absl::StatusOr<std::vector<JobRecord>> Store::ListJobs() {
   absl::MutexLock l(&mu_);
-  return Select<JobRecord>(db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs ORDER BY id"),
-                           [](Stmt&) {}, ReadJob);
+  return Select<JobRecord>(
+      db_, absl::StrCat("SELECT ", kJobCols, " FROM jobs ORDER BY id"), [](Stmt&) {}, ReadJob);
 }
 
 absl::StatusOr<std::vector<JobRecord>> Store::RequeueInterrupted() {

@@ -41,15 +41,15 @@ std::optional<JobState> ParseJobState(absl::string_view s);
 std::optional<JobKind> ParseJobKind(absl::string_view s);
 
 struct RunRecord {
-  std::string id;           // stable: derived from the path
+  std::string id;  // stable: derived from the path
   std::string path;
-  std::string detection;    // "manifest" (safeshard writer) or "inferred" (no marker)
+  std::string detection;  // "manifest" (safeshard writer) or "inferred" (no marker)
   RunState state = RunState::kIncomplete;
   std::string fingerprint;  // files, sizes and mtimes when last looked at
   int64_t last_change_ms = 0;
   int64_t first_seen_ms = 0;
   std::string output;
-  std::string detail;       // why incomplete/parked, or the published index
+  std::string detail;  // why incomplete/parked, or the published index
 };
 
 struct JobRecord {
@@ -58,7 +58,7 @@ struct JobRecord {
   JobKind kind = JobKind::kConsolidate;
   JobState state = JobState::kQueued;
   std::string output;
-  std::string rules;                 // remap rules (JSON)
+  std::string rules;  // remap rules (JSON)
   int64_t bytes_done = 0, bytes_total = 0;
   std::string error;
   bool retryable = false;

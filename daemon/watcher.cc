@@ -15,7 +15,8 @@ void Watcher::Start(const std::vector<std::string>& roots) {
   roots_ = roots;
   fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd_ < 0) {
-    Log("warning", "inotify unavailable; relying on periodic rescans", {{"error", std::strerror(errno)}});
+    Log("warning", "inotify unavailable; relying on periodic rescans",
+        {{"error", std::strerror(errno)}});
     return;
   }
   thread_ = std::thread([this] { Loop(); });
@@ -85,7 +86,8 @@ void Watcher::Loop() {
         changes.dirs.insert(it->second);
       }
     }
-    if (changes.overflow || !changes.dirs.empty() || !changes.trees.empty()) sink_(std::move(changes));
+    if (changes.overflow || !changes.dirs.empty() || !changes.trees.empty())
+      sink_(std::move(changes));
   }
 }
 

@@ -29,12 +29,14 @@ void FuzzHeader(absl::string_view data) {
   uint64_t sum = 0;
   for (const auto& t : h->tensors) sum += t.size();
   Check(sum == h->buffer_size);
-  absl::StatusOr<std::optional<safeshard::ShardingInfo>> info = safeshard::ReadShardingInfo(*h, "f");
+  absl::StatusOr<std::optional<safeshard::ShardingInfo>> info =
+      safeshard::ReadShardingInfo(*h, "f");
   if (info.ok() && info->has_value()) {
     // What was read serialises to sharding info that reads back the same.
     safeshard::Header h3 = *h;
     h3.metadata["DCP_SHARDING_INFO"] = safeshard::SerializeShardingInfo(**info);
-    absl::StatusOr<std::optional<safeshard::ShardingInfo>> back = safeshard::ReadShardingInfo(h3, "g");
+    absl::StatusOr<std::optional<safeshard::ShardingInfo>> back =
+        safeshard::ReadShardingInfo(h3, "g");
     Check(back.ok() && back->has_value());
     Check((*back)->saved_offsets == (*info)->saved_offsets);
     Check((*back)->logical_fqn == (*info)->logical_fqn);
@@ -44,8 +46,8 @@ void FuzzHeader(absl::string_view data) {
   absl::StatusOr<uint64_t> n2 =
       safeshard::ParseHeaderLength(again, again.size() + h->buffer_size, "g");
   Check(n2.ok());
-  absl::StatusOr<safeshard::Header> h2 = safeshard::ParseHeader(
-      absl::string_view(again).substr(8), again.size() + h->buffer_size, "g");
+  absl::StatusOr<safeshard::Header> h2 = safeshard::ParseHeader(absl::string_view(again).substr(8),
+                                                                again.size() + h->buffer_size, "g");
   Check(h2.ok());
   Check(h2->tensors.size() == h->tensors.size());
   for (size_t i = 0; i < h->tensors.size(); ++i) {

@@ -6,16 +6,17 @@
 #include <cstring>
 #include <iostream>
 
+#include "core/util/rlimit.h"
 #include "gui/stats/tensor_stats.h"
 #include "gui/views/main_window.h"
-#include "core/util/rlimit.h"
 
 namespace {
 
 void Describe(QCommandLineParser& parser, QCommandLineOption& tensor) {
   parser.setApplicationDescription(
       "safeshard-inspector: see which shard holds which slice of which tensor of a safetensors\n"
-      "checkpoint (per-rank DCP shards, HF-sharded or single file), check it for gaps and overlaps,\n"
+      "checkpoint (per-rank DCP shards, HF-sharded or single file), check it for gaps and "
+      "overlaps,\n"
       "look at tensor values, and consolidate it or remap its keys.");
   parser.addHelpOption();
   parser.addPositionalArgument(
@@ -45,13 +46,16 @@ QString DefaultTensor(const safeshard::CheckpointLayout& ck) {
 
 int main(int argc, char** argv) {
   safeshard::RaiseOpenFileLimit();  // 1,000+ rank files
-  QCommandLineOption tensor({"t", "tensor"}, "Select this tensor once the checkpoint is open.", "name");
+  QCommandLineOption tensor({"t", "tensor"}, "Select this tensor once the checkpoint is open.",
+                            "name");
   // --help works without a display.
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "--help-all")) {
+    if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help") ||
+        !std::strcmp(argv[i], "--help-all")) {
       QCommandLineParser parser;
       Describe(parser, tensor);
-      std::cout << parser.helpText().replace("<executable_name>", "safeshard-inspector").toStdString();
+      std::cout
+          << parser.helpText().replace("<executable_name>", "safeshard-inspector").toStdString();
       return 0;
     }
   }
@@ -65,9 +69,12 @@ int main(int argc, char** argv) {
       if (type != QtDebugMsg && type != QtInfoMsg) std::cerr << msg.toStdString() << "\n";
     });
   }
-  if (!std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY") && !std::getenv("QT_QPA_PLATFORM")) {
-    std::cerr << "safeshard-inspector: no display (DISPLAY and WAYLAND_DISPLAY are unset). Run it in a desktop "
-                 "session, over ssh -X, or under xvfb-run; for scripts use the safeshard command.\n";
+  if (!std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY") &&
+      !std::getenv("QT_QPA_PLATFORM")) {
+    std::cerr
+        << "safeshard-inspector: no display (DISPLAY and WAYLAND_DISPLAY are unset). Run it in a "
+           "desktop "
+           "session, over ssh -X, or under xvfb-run; for scripts use the safeshard command.\n";
     return 2;
   }
   QApplication app(argc, argv);
@@ -88,7 +95,8 @@ int main(int argc, char** argv) {
   };
   const QString shot = parser.value("screenshot");
   if (!shot.isEmpty()) {
-    options.settings_file = QDir::tempPath() + "/safeshard-inspector-screenshot.ini";  // leave the user's alone
+    options.settings_file =
+        QDir::tempPath() + "/safeshard-inspector-screenshot.ini";  // leave the user's alone
     if (parser.positionalArguments().isEmpty()) {
       std::cerr << "safeshard-inspector: --screenshot needs a checkpoint path\n";
       return 2;
@@ -99,26 +107,28 @@ int main(int argc, char** argv) {
   window.show();
   if (!shot.isEmpty()) {
     const QString select = parser.value(tensor);
-    QObject::connect(&window, &safeshard::gui::MainWindow::loadFailed, &app, [](const QString& msg) {
-      std::cerr << "safeshard-inspector: " << msg.toStdString() << "\n";
-      QCoreApplication::exit(1);
-    });
-    QObject::connect(&window, &safeshard::gui::MainWindow::layoutLoaded, &app, [&window, select, shot] {
-      const QString name = select.isEmpty() ? DefaultTensor(*window.checkpoint()) : select;
-      if (!name.isEmpty() && !window.SelectTensor(name)) {
-        std::cerr << "safeshard-inspector: no tensor \"" << name.toStdString() << "\"\n";
-        QCoreApplication::exit(1);
-        return;
-      }
-      QCoreApplication::processEvents();
-      if (!window.grab().save(shot)) {
-        std::cerr << "safeshard-inspector: cannot write " << shot.toStdString() << "\n";
-        QCoreApplication::exit(1);
-        return;
-      }
-      std::cout << "wrote " << shot.toStdString() << "\n";
-      QCoreApplication::exit(0);
-    });
+    QObject::connect(&window, &safeshard::gui::MainWindow::loadFailed, &app,
+                     [](const QString& msg) {
+                       std::cerr << "safeshard-inspector: " << msg.toStdString() << "\n";
+                       QCoreApplication::exit(1);
+                     });
+    QObject::connect(
+        &window, &safeshard::gui::MainWindow::layoutLoaded, &app, [&window, select, shot] {
+          const QString name = select.isEmpty() ? DefaultTensor(*window.checkpoint()) : select;
+          if (!name.isEmpty() && !window.SelectTensor(name)) {
+            std::cerr << "safeshard-inspector: no tensor \"" << name.toStdString() << "\"\n";
+            QCoreApplication::exit(1);
+            return;
+          }
+          QCoreApplication::processEvents();
+          if (!window.grab().save(shot)) {
+            std::cerr << "safeshard-inspector: cannot write " << shot.toStdString() << "\n";
+            QCoreApplication::exit(1);
+            return;
+          }
+          std::cout << "wrote " << shot.toStdString() << "\n";
+          QCoreApplication::exit(0);
+        });
     window.OpenPath(parser.positionalArguments().first());
     return app.exec();
   }

@@ -80,8 +80,8 @@ TEST(CrashTest, KillNineNeverLeavesAnIndexNextToIncompleteFiles) {
 
   // Calibrate: one uninterrupted run.
   auto t0 = std::chrono::steady_clock::now();
-  int st = Wait(Spawn({bin, "consolidate", in, root + "/calib", "--threads", "2",
-                       "--max-shard-size", "20MB"}));
+  int st = Wait(Spawn(
+      {bin, "consolidate", in, root + "/calib", "--threads", "2", "--max-shard-size", "20MB"}));
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   double full = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ExpectCompleteAndCorrect(root + "/calib", model);

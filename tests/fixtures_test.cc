@@ -136,9 +136,9 @@ TEST(FixturesTest, ShardedSetVerifiesAgainstIndexAndMatchesItsTwin) {
     EXPECT_EQ(TensorBytes(*twin, a), TensorBytes(*sharded, b));
   }
   std::ostringstream out, err;
-  EXPECT_EQ(RunSafeshard({"safeshard", "verify", JoinPath(dir, "safetensors-jl/sharded")}, out,
-                         err),
-            kExitOk)
+  EXPECT_EQ(
+      RunSafeshard({"safeshard", "verify", JoinPath(dir, "safetensors-jl/sharded")}, out, err),
+      kExitOk)
       << out.str();
 }
 

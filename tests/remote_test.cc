@@ -97,7 +97,8 @@ TEST_F(RemoteTest, ScanReadsOnlyHeaderBytes) {
   }
   EXPECT_EQ(data_gets, header_bytes);
   ASSERT_EQ(requests_per_file.size(), 4u);
-  for (const auto& [path, n] : requests_per_file) EXPECT_EQ(n, 2) << path << ": the first 64 bytes, then the rest of the header";
+  for (const auto& [path, n] : requests_per_file)
+    EXPECT_EQ(n, 2) << path << ": the first 64 bytes, then the rest of the header";
   EXPECT_GT(listing, 0u);
   EXPECT_LT(data_gets + listing, file_bytes / 10);
   // Identical layouts (chunks, byte ranges) to the local scan.
@@ -131,18 +132,27 @@ TEST_F(RemoteTest, CliInspectVerifyConsolidateAndRemapTakeUrls) {
   // Consolidate a remote checkpoint into a local directory: the same bytes as from local files.
   const std::string remote_out = testing::NewTempDir() + "/from-remote";
   const std::string local_out = testing::NewTempDir() + "/from-local";
-  ASSERT_EQ(Cli({"consolidate", url, remote_out, "--token", kToken, "--max-shard-size", "100KB"}, &out, &err), 0) << err;
-  ASSERT_EQ(Cli({"consolidate", root_ + "/run", local_out, "--max-shard-size", "100KB"}, &out, &err), 0) << err;
+  ASSERT_EQ(Cli({"consolidate", url, remote_out, "--token", kToken, "--max-shard-size", "100KB"},
+                &out, &err),
+            0)
+      << err;
+  ASSERT_EQ(
+      Cli({"consolidate", root_ + "/run", local_out, "--max-shard-size", "100KB"}, &out, &err), 0)
+      << err;
   int files = 0;
   for (const auto& e : std::filesystem::directory_iterator(local_out)) {
     const std::string name = e.path().filename().string();
-    EXPECT_TRUE(testing::ReadFile(remote_out + "/" + name) == testing::ReadFile(e.path().string())) << name;
+    EXPECT_TRUE(testing::ReadFile(remote_out + "/" + name) == testing::ReadFile(e.path().string()))
+        << name;
     ++files;
   }
   EXPECT_GT(files, 2);
   // Remap a remote checkpoint into a local directory.
   const std::string remapped = testing::NewTempDir() + "/remapped";
-  ASSERT_EQ(Cli({"remap", url, remapped, "--rule", "^model\\.=>backbone.", "--token", kToken}, &out, &err), 0) << err;
+  ASSERT_EQ(Cli({"remap", url, remapped, "--rule", "^model\\.=>backbone.", "--token", kToken}, &out,
+                &err),
+            0)
+      << err;
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), remapped);
   ASSERT_TRUE(ck.ok());
   EXPECT_NE(ck->FindTensor("backbone.embed_tokens.weight"), nullptr);
@@ -216,7 +226,8 @@ TEST_F(RemoteTest, DroppedConnectionsAreRetriedAndTheResultIsExact) {
   auto r = Consolidate(*fs, (*flaky)->url() + url_path, a, o);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE(Consolidate(LocalFileSystem(), root_ + url_path, b, {}).ok());
-  EXPECT_TRUE(testing::ReadFile(a + "/model.safetensors") == testing::ReadFile(b + "/model.safetensors"));
+  EXPECT_TRUE(testing::ReadFile(a + "/model.safetensors") ==
+              testing::ReadFile(b + "/model.safetensors"));
 }
 
 TEST_F(RemoteTest, AFileReplacedOnTheServerWhileOpenIsNotMixedIntoTheResult) {
@@ -234,10 +245,11 @@ TEST_F(RemoteTest, AFileReplacedOnTheServerWhileOpenIsNotMixedIntoTheResult) {
   // A writer replaces the file with other bytes of the same size (nginx's ETag is the
   // modification time and size: a later mtime makes a new version).
   std::string after = before;
-  for (size_t i = before.size() / 2; i < before.size(); ++i) after[i] = static_cast<char>(~after[i]);
+  for (size_t i = before.size() / 2; i < before.size(); ++i)
+    after[i] = static_cast<char>(~after[i]);
   testing::WriteFile(local + ".new", after);
-  std::filesystem::last_write_time(local + ".new",
-                                   std::filesystem::last_write_time(local) + std::chrono::seconds(30));
+  std::filesystem::last_write_time(
+      local + ".new", std::filesystem::last_write_time(local) + std::chrono::seconds(30));
   std::filesystem::rename(local + ".new", local);
   std::string got(before.size(), '\0');
   absl::Status s = (*f)->ReadAt(0, got.size(), got.data());
@@ -247,7 +259,8 @@ TEST_F(RemoteTest, AFileReplacedOnTheServerWhileOpenIsNotMixedIntoTheResult) {
   EXPECT_EQ((*f)->Map().status().code(), absl::StatusCode::kAborted);
   // Not retried: one request each.
   int gets_after_change = 0;
-  for (const auto& e : server_->AccessLog()) gets_after_change += e.method == "GET" && e.status == 412;
+  for (const auto& e : server_->AccessLog())
+    gets_after_change += e.method == "GET" && e.status == 412;
   EXPECT_EQ(gets_after_change, 2);
   // Opened again, the new version reads whole.
   auto g = fs->OpenRead(url);
@@ -259,7 +272,8 @@ TEST_F(RemoteTest, AFileReplacedOnTheServerWhileOpenIsNotMixedIntoTheResult) {
 TEST_F(RemoteTest, AServerWithoutRangesIsRefusedWithoutDownloadingWholeFiles) {
   // 64 MiB behind a server that answers every GET with the whole file.
   const std::string dir = root_ + "/norange/big";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {4096, 4096}, Sharding::kRow}}, {.ranks = 1})
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kF32, {4096, 4096}, Sharding::kRow}}, {.ranks = 1})
                   .ok());
   const std::string url = server_->url() + "/norange/big";
   auto fs = Fs();
@@ -267,7 +281,8 @@ TEST_F(RemoteTest, AServerWithoutRangesIsRefusedWithoutDownloadingWholeFiles) {
   ASSERT_TRUE(ck.ok()) << ck.status();  // a scan reports unreadable files as problems
   ASSERT_EQ(ck->files().size(), 1u);
   ASSERT_TRUE(ck->files()[0].error.has_value());
-  EXPECT_TRUE(absl::StrContains(*ck->files()[0].error, "ignored the Range header")) << *ck->files()[0].error;
+  EXPECT_TRUE(absl::StrContains(*ck->files()[0].error, "ignored the Range header"))
+      << *ck->files()[0].error;
   std::string out, err;
   EXPECT_EQ(Cli({"verify", url, "--token", kToken}, &out, &err), 1);
   EXPECT_TRUE(absl::StrContains(out + err, "ranged reads are required")) << out << err;
@@ -284,10 +299,13 @@ TEST_F(RemoteTest, WritingRangesOfAnExistingRemoteFileIsRefusedClearly) {
   auto fs = Fs();
   auto w = fs->OpenForWrite(server_->url() + "/out/model.safetensors");
   EXPECT_EQ(w.status().code(), absl::StatusCode::kUnimplemented) << w.status();
-  EXPECT_NE(std::string(w.status().message()).find("write the output locally"), std::string::npos) << w.status();
+  EXPECT_NE(std::string(w.status().message()).find("write the output locally"), std::string::npos)
+      << w.status();
   HfFileSystem hf(HttpOptions{}, server_->url());
-  EXPECT_EQ(hf.OpenForWrite("hf://acme/tiny/x.safetensors").status().code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(hf.Create("hf://acme/tiny/x.safetensors").status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(hf.OpenForWrite("hf://acme/tiny/x.safetensors").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(hf.Create("hf://acme/tiny/x.safetensors").status().code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 TEST_F(RemoteTest, OpeningEmptyAndTinyFilesGivesTheirSizes) {
@@ -333,7 +351,8 @@ TEST_F(RemoteTest, ServerErrorsAreRetriedClientErrorsAreNot) {
   EXPECT_NE(bad.status().message().find("5 attempts"), std::string::npos) << bad.status();
   // A 404 is final at once.
   auto fs3 = Fs();
-  EXPECT_EQ(fs3->Stat(server_->url() + "/busy/nope.safetensors").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(fs3->Stat(server_->url() + "/busy/nope.safetensors").status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(fs3->stats().requests.load(), 1u);
   EXPECT_EQ(fs3->stats().retries.load(), 0u);
 }
@@ -352,7 +371,8 @@ TEST_F(RemoteTest, HfUrlsResolveAgainstHfEndpoint) {
   EXPECT_TRUE(ck->problems().empty());
   EXPECT_EQ(ck->files().size(), 4u);
   bool resolved = false;
-  for (const auto& e : server_->AccessLog()) resolved |= absl::StartsWith(e.path, "/acme/tiny/resolve/v1.0/ckpt/");
+  for (const auto& e : server_->AccessLog())
+    resolved |= absl::StartsWith(e.path, "/acme/tiny/resolve/v1.0/ckpt/");
   EXPECT_TRUE(resolved);
   std::string out, err;
   EXPECT_EQ(Cli({"verify", "hf://acme/tiny@v1.0/ckpt", "--token", kToken}, &out, &err), 0) << err;
@@ -372,7 +392,8 @@ TEST_F(RemoteTest, HfListsThroughTheHubTreeApiWhereThereIsNoDirectoryIndex) {
   // ORG/REPO/resolve/REV/, and the tree API's JSON at api/models/ORG/REPO/tree/REV/PATH.
   const std::string endpoint_dir = root_ + "/noindex";
   const std::string files = endpoint_dir + "/acme/tiny/resolve/main/ckpt";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), files, TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), files,
+                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
                                  {.ranks = 2})
                   .ok());
   std::string tree = "[";
@@ -394,18 +415,20 @@ TEST_F(RemoteTest, HfListsThroughTheHubTreeApiWhereThereIsNoDirectoryIndex) {
   EXPECT_EQ(ck->files().size(), 2u);
   EXPECT_TRUE(ck->problems().empty());
   bool used_tree = false;
-  for (const auto& e : server_->AccessLog()) used_tree |= e.path == "/noindex/api/models/acme/tiny/tree/main/ckpt";
+  for (const auto& e : server_->AccessLog())
+    used_tree |= e.path == "/noindex/api/models/acme/tiny/tree/main/ckpt";
   EXPECT_TRUE(used_tree);
 
   // A listing the Hub pages (Link: <...?cursor=N>; rel="next"): 5 rank files over 3 pages.
   const std::string paged = endpoint_dir + "/acme/paged/resolve/main/ckpt";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), paged, TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), paged,
+                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
                                  {.ranks = 5})
                   .ok());
   std::vector<std::string> entries;
   for (const auto& e : std::filesystem::directory_iterator(paged)) {
-    entries.push_back(absl::StrCat(R"({"type":"file","oid":"0","size":)", e.file_size(), R"(,"path":"ckpt/)",
-                                   e.path().filename().string(), R"("})"));
+    entries.push_back(absl::StrCat(R"({"type":"file","oid":"0","size":)", e.file_size(),
+                                   R"(,"path":"ckpt/)", e.path().filename().string(), R"("})"));
   }
   ASSERT_EQ(entries.size(), 5u);
   const std::string page = endpoint_dir + "/api/models/acme/paged/tree/main/ckpt";
@@ -422,15 +445,18 @@ TEST_F(RemoteTest, HfListsThroughTheHubTreeApiWhereThereIsNoDirectoryIndex) {
   EXPECT_EQ(paged_ck->rank_count(), 5);
   EXPECT_TRUE(paged_ck->problems().empty());
   int pages = 0;
-  for (const auto& e : server_->AccessLog()) pages += absl::StartsWith(e.path, "/noindex/api/models/acme/paged/tree/main/ckpt");
+  for (const auto& e : server_->AccessLog())
+    pages += absl::StartsWith(e.path, "/noindex/api/models/acme/paged/tree/main/ckpt");
   EXPECT_EQ(pages, 3);  // FILE, FILE.2, FILE.3: each page once
   unsetenv("HF_ENDPOINT");
 }
 
 TEST(HttpLinkHeaderTest, FindsTheNextPage) {
-  EXPECT_EQ(NextPageLink(R"(<https://hub.example/api/models/a/b/tree/main?cursor=xyz>; rel="next")"),
-            "https://hub.example/api/models/a/b/tree/main?cursor=xyz");
-  EXPECT_EQ(NextPageLink(R"(<https://h/p?page=1>; rel="prev", <https://h/p?page=3>; rel="next")"), "https://h/p?page=3");
+  EXPECT_EQ(
+      NextPageLink(R"(<https://hub.example/api/models/a/b/tree/main?cursor=xyz>; rel="next")"),
+      "https://hub.example/api/models/a/b/tree/main?cursor=xyz");
+  EXPECT_EQ(NextPageLink(R"(<https://h/p?page=1>; rel="prev", <https://h/p?page=3>; rel="next")"),
+            "https://h/p?page=3");
   EXPECT_EQ(NextPageLink(R"(</api/tree?cursor=2>;rel=next)"), "/api/tree?cursor=2");
   EXPECT_EQ(NextPageLink(R"(<https://h/p?page=9>; rel="last")"), "");
   EXPECT_EQ(NextPageLink(""), "");
@@ -440,7 +466,8 @@ TEST(HttpLinkHeaderTest, FindsTheNextPage) {
 TEST_F(RemoteTest, WithoutADirectoryIndexTheModelIndexJsonLists) {
   // An HF-layout checkpoint (several files + index json) where the server lists nothing.
   const std::string src = root_ + "/src";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), src, TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 256}),
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), src,
+                                 TransformerLikeModel({.layers = 2, .hidden = 64, .vocab = 256}),
                                  {.ranks = 2})
                   .ok());
   ConsolidateOptions co;
@@ -499,4 +526,3 @@ TEST_F(RemoteTest, WebDavWritesPublishAtomically) {
 
 }  // namespace
 }  // namespace safeshard
-

@@ -45,9 +45,9 @@ namespace safeshard {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr uint64_t kPieceBytes = 16ull << 20;   // work item size
-constexpr uint64_t kCastBuffer = 1ull << 20;    // conversion buffer per thread
-constexpr uint64_t kSmallRun = 1ull << 20;      // runs below this are memcpy'd into a mapping
+constexpr uint64_t kPieceBytes = 16ull << 20;  // work item size
+constexpr uint64_t kCastBuffer = 1ull << 20;   // conversion buffer per thread
+constexpr uint64_t kSmallRun = 1ull << 20;     // runs below this are memcpy'd into a mapping
 
 uint64_t Mix(uint64_t h, uint64_t w) {
   h ^= w + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
@@ -71,7 +71,9 @@ struct Checksum {
   }
 };
 
-uint64_t BitsToBytes(uint64_t elems, DType t) { return elems * BitsOf(t) / 8; }
+uint64_t BitsToBytes(uint64_t elems, DType t) {
+  return elems * BitsOf(t) / 8;
+}
 
 struct WorkItem {
   uint32_t task;
@@ -96,7 +98,8 @@ std::vector<WorkItem> SplitIntoItems(const std::vector<CopyTask>& tasks) {
         }
       }
     } else {
-      const uint64_t per_item = std::max<uint64_t>(1, kPieceBytes / std::max<uint64_t>(1, run_bytes));
+      const uint64_t per_item =
+          std::max<uint64_t>(1, kPieceBytes / std::max<uint64_t>(1, run_bytes));
       for (uint64_t r = 0; r < c.runs; r += per_item) {
         uint64_t r2 = std::min(c.runs, r + per_item);
         items.push_back({t, r, r2, 0, c.run_elems, (r2 - r) * run_bytes});
@@ -132,8 +135,12 @@ std::string OutputFileName(int index, int count, bool diffusers) {
 
 }  // namespace
 
-uint64_t CopyTask::src_bytes() const { return BitsToBytes(run_elems * runs, src_dtype); }
-uint64_t CopyTask::dst_bytes() const { return BitsToBytes(run_elems * runs, dst_dtype); }
+uint64_t CopyTask::src_bytes() const {
+  return BitsToBytes(run_elems * runs, src_dtype);
+}
+uint64_t CopyTask::dst_bytes() const {
+  return BitsToBytes(run_elems * runs, dst_dtype);
+}
 
 uint64_t CopyTask::DstElemOfRun(uint64_t r) const {
   // Decompose r over dims [0, split_dim) with extents sizes[d], innermost last.
@@ -153,9 +160,15 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
     const char* suffix;
     double mult;
   };
-  const Unit units[] = {{"TIB", 1099511627776.0}, {"GIB", 1073741824.0}, {"MIB", 1048576.0},
-                        {"KIB", 1024.0},          {"TB", 1e12},          {"GB", 1e9},
-                        {"MB", 1e6},              {"KB", 1e3},           {"B", 1}};
+  const Unit units[] = {{"TIB", 1099511627776.0},
+                        {"GIB", 1073741824.0},
+                        {"MIB", 1048576.0},
+                        {"KIB", 1024.0},
+                        {"TB", 1e12},
+                        {"GB", 1e9},
+                        {"MB", 1e6},
+                        {"KB", 1e3},
+                        {"B", 1}};
   double mult = 1;
   absl::string_view num = s;
   for (const Unit& u : units) {
@@ -167,8 +180,8 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
   }
   double v;
   if (!absl::SimpleAtod(absl::StripAsciiWhitespace(num), &v) || v <= 0 || v * mult > 1.8e19) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "size \"", text, "\" is not a positive size such as 5GB, 500MiB or 1000000"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("size \"", text, "\" is not a positive size such as 5GB, 500MiB or 1000000"));
   }
   return static_cast<uint64_t>(v * mult);
 }
@@ -257,9 +270,9 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     }
   }
   if (blocking.empty() && layout.tensors().empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        layout.root(), ": the checkpoint's ", layout.files().size(),
-        " file(s) hold no tensors; there is nothing to consolidate"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(layout.root(), ": the checkpoint's ", layout.files().size(),
+                     " file(s) hold no tensors; there is nothing to consolidate"));
   }
   if (!blocking.empty()) {
     size_t n = blocking.size();
@@ -301,10 +314,9 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     }
     bool relabel_fp8 = (t.dtype == DType::kU8 || t.dtype == DType::kI8) && IsFloat8(d);
     if (d != t.dtype && !relabel_fp8 && !CanCast(t.dtype, d)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", internal::Quote(t.name), ": cannot convert ",
-                       DTypeName(t.dtype), " to ", DTypeName(d),
-                       " (only F64/F32/F16/BF16 convert; FP8 and integers never)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", internal::Quote(t.name), ": cannot convert ", DTypeName(t.dtype), " to ",
+          DTypeName(d), " (only F64/F32/F16/BF16 convert; FP8 and integers never)"));
     }
     dst_dtype[i] = d;
   }
@@ -337,20 +349,19 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
       if (o.unmapped == UnmappedPolicy::kError) {
         size_t n = unmapped.size();
         if (n > 5) unmapped.resize(5);
-        return absl::InvalidArgumentError(absl::StrCat(
-            n, " tensor", n == 1 ? " is" : "s are", " not in the file mapping (",
-            absl::StrJoin(unmapped, ", "), n > 5 ? ", ..." : "",
-            "); pass --unmapped=first or --unmapped=own-file to place them"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(n, " tensor", n == 1 ? " is" : "s are", " not in the file mapping (",
+                         absl::StrJoin(unmapped, ", "), n > 5 ? ", ..." : "",
+                         "); pass --unmapped=first or --unmapped=own-file to place them"));
       }
       int next = std::max(max_index, 1);
       for (size_t i = 0; i < n_tensors; ++i) {
         if (file_of[i] != -1) continue;
         file_of[i] = o.unmapped == UnmappedPolicy::kFirst ? 1 : ++next;
       }
-      plan.warnings.push_back(absl::StrCat(unmapped.size(), " tensor(s) not in the mapping placed ",
-                                           o.unmapped == UnmappedPolicy::kFirst
-                                               ? "in file 1"
-                                               : "in files of their own"));
+      plan.warnings.push_back(absl::StrCat(
+          unmapped.size(), " tensor(s) not in the mapping placed ",
+          o.unmapped == UnmappedPolicy::kFirst ? "in file 1" : "in files of their own"));
     }
     size_t dropped = 0;
     std::string example;
@@ -360,9 +371,9 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
       }
     }
     if (dropped > 0) {
-      plan.warnings.push_back(absl::StrCat(dropped, " mapping entr", dropped == 1 ? "y has" : "ies have",
-                                           " no data and were dropped (tied weights?), e.g. ",
-                                           internal::Quote(example)));
+      plan.warnings.push_back(absl::StrCat(
+          dropped, " mapping entr", dropped == 1 ? "y has" : "ies have",
+          " no data and were dropped (tied weights?), e.g. ", internal::Quote(example)));
     }
   } else if (o.max_shard_size) {
     // huggingface_hub's split_torch_state_dict_into_shards: a tensor over the limit becomes a
@@ -401,7 +412,8 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
   for (const auto& [idx, members] : by_file) {
     std::vector<TensorSpec> specs;
     for (size_t i : members) {
-      specs.push_back({out_name[layout.tensors()[i].name], dst_dtype[i], layout.tensors()[i].shape});
+      specs.push_back(
+          {out_name[layout.tensors()[i].name], dst_dtype[i], layout.tensors()[i].shape});
     }
     OutputFilePlan f;
     f.name = OutputFileName(idx, count, o.diffusers_index);
@@ -456,13 +468,12 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
       }
       if (IsSubByte(t.dtype) || IsSubByte(task.dst_dtype)) {
         const uint64_t bits = BitsOf(t.dtype);
-        bool aligned = (task.run_elems * bits) % 8 == 0 &&
-                       (task.DstElemOfRun(0) * bits) % 8 == 0;
+        bool aligned = (task.run_elems * bits) % 8 == 0 && (task.DstElemOfRun(0) * bits) % 8 == 0;
         for (int d = 0; d < k; ++d) aligned &= (task.gstride[d] * bits) % 8 == 0;
         if (!aligned) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "tensor ", internal::Quote(t.name), ": a ", DTypeName(t.dtype),
-              " chunk at offsets [", absl::StrJoin(c.offsets, ", "),
+              "tensor ", internal::Quote(t.name), ": a ", DTypeName(t.dtype), " chunk at offsets [",
+              absl::StrJoin(c.offsets, ", "),
               "] does not start on a byte boundary in the output; sub-byte chunks must be "
               "byte-aligned"));
         }
@@ -470,44 +481,46 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
       plan.tasks.push_back(std::move(task));
     }
   }
-  plan.index_name =
-      std::string(o.diffusers_index ? kDiffusersIndexFileName : kIndexFileName);
+  plan.index_name = std::string(o.diffusers_index ? kDiffusersIndexFileName : kIndexFileName);
   return plan;
 }
 
 namespace {
 
 // `fs` is the output directory itself (FileSystem::OpenBeneath); `out` names it in messages.
-absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
-                              const std::string& out, const ConsolidateOptions& o,
-                              std::vector<AtomicFile>* atomics, std::vector<std::string>* warnings) {
+absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, const std::string& out,
+                              const ConsolidateOptions& o, std::vector<AtomicFile>* atomics,
+                              std::vector<std::string>* warnings) {
   ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(""));
   std::vector<std::string> existing;
   for (const DirEntry& e : entries) {
     if (IsTempFileName(e.name)) continue;
     // Per-rank shards are some checkpoint's source: never replaced, not even with --overwrite.
     if (absl::StatusOr<FileIndex> idx = ParseFileIndex(e.name); idx.ok() && idx->shard) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          out, " holds per-rank shards (", internal::Quote(e.name), "): it is a checkpoint's source, never an "
-          "output to replace; choose another output directory"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(out, " holds per-rank shards (", internal::Quote(e.name),
+                       "): it is a checkpoint's source, never an "
+                       "output to replace; choose another output directory"));
     }
     if (e.name == kManifestFileName) {
       absl::StatusOr<std::string> text = fs.ReadAll(e.name);
       absl::StatusOr<Manifest> m = text.ok() ? ParseManifest(*text, e.name) : text.status();
       if (m.ok() && m->kind == kManifestKindShards) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            out, " holds the completion manifest of per-rank shards: it is a checkpoint's "
-            "source, never an output to replace"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(out,
+                         " holds the completion manifest of per-rank shards: it is a checkpoint's "
+                         "source, never an output to replace"));
       }
     }
-    if (absl::EndsWith(e.name, ".safetensors") || absl::EndsWith(e.name, ".safetensors.index.json")) {
+    if (absl::EndsWith(e.name, ".safetensors") ||
+        absl::EndsWith(e.name, ".safetensors.index.json")) {
       existing.push_back(e.name);
     }
   }
   if (!existing.empty() && !o.overwrite) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        out, " already holds a checkpoint (", internal::Quote(existing[0]),
-        existing.size() > 1 ? ", ..." : "", "); pass --overwrite to replace it"));
+    return absl::AlreadyExistsError(
+        absl::StrCat(out, " already holds a checkpoint (", internal::Quote(existing[0]),
+                     existing.size() > 1 ? ", ..." : "", "); pass --overwrite to replace it"));
   }
   ASSIGN_OR_RETURN(std::vector<std::string> cleaned, CleanStaleTempFiles(fs, ""));
   if (!cleaned.empty()) {
@@ -518,9 +531,8 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan,
   // its manifest (which would otherwise still prove the old files complete), then its files. A
   // run that fails or is killed from here on leaves no old checkpoint that looks whole.
   if (!existing.empty()) {
-    std::stable_partition(existing.begin(), existing.end(), [](const std::string& n) {
-      return absl::EndsWith(n, ".index.json");
-    });
+    std::stable_partition(existing.begin(), existing.end(),
+                          [](const std::string& n) { return absl::EndsWith(n, ".index.json"); });
     for (const std::string& n : existing) {
       if (absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(n));
     }
@@ -577,7 +589,8 @@ class Executor {
       }
     }
 
-    int threads = o_.threads > 0 ? o_.threads : static_cast<int>(std::thread::hardware_concurrency());
+    int threads =
+        o_.threads > 0 ? o_.threads : static_cast<int>(std::thread::hardware_concurrency());
     threads = std::max(1, std::min<int>(threads, static_cast<int>(mine_.size())));
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) pool.emplace_back([this] { Worker(); });
@@ -609,14 +622,15 @@ class Executor {
         RETURN_IF_ERROR(files[c.output_file]->ReadAt(dst, n, buf.data()));
         sum.Update(buf.data(), n);
       }
-      rep->bytes_checked += BitsToBytes((it.elem_end - it.elem_begin) * (it.run_end - it.run_begin), c.dst_dtype);
+      rep->bytes_checked +=
+          BitsToBytes((it.elem_end - it.elem_begin) * (it.run_end - it.run_begin), c.dst_dtype);
       if (sum.h != hashes_[k] && rep->mismatches.size() < 20) {
         rep->mismatches.push_back(absl::StrCat(
             BaseName(paths[c.output_file]), ": tensor ", internal::Quote(c.tensor),
             ": bytes at file offset ",
             c.dst_begin + BitsToBytes(c.DstElemOfRun(it.run_begin) + it.elem_begin, c.dst_dtype),
-            " differ from the input chunk in ", BaseName(plan_.inputs[c.input_file]),
-            " at offset ", c.src_begin));
+            " differ from the input chunk in ", BaseName(plan_.inputs[c.input_file]), " at offset ",
+            c.src_begin));
       }
     }
     rep->seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -632,7 +646,8 @@ class Executor {
       size_t k = next_.fetch_add(1);
       if (k >= mine_.size()) return;
       if (failed_.load() || (o_.cancel && o_.cancel->load())) {
-        if (o_.cancel && o_.cancel->load()) SetError(absl::CancelledError("consolidation cancelled"));
+        if (o_.cancel && o_.cancel->load())
+          SetError(absl::CancelledError("consolidation cancelled"));
         return;
       }
       absl::Status s = DoItem(k, &buf);
@@ -654,7 +669,8 @@ class Executor {
     const uint64_t elems = it.elem_end - it.elem_begin;
     const uint64_t sbits = BitsOf(c.src_dtype), dbits = BitsOf(c.dst_dtype);
     const uint64_t src_n = elems * sbits / 8;
-    const bool same = c.src_dtype == c.dst_dtype || (sbits == dbits && !CanCast(c.src_dtype, c.dst_dtype));
+    const bool same =
+        c.src_dtype == c.dst_dtype || (sbits == dbits && !CanCast(c.src_dtype, c.dst_dtype));
     for (uint64_t r = it.run_begin; r < it.run_end; ++r) {
       uint64_t src = c.src_begin + (r * c.run_elems + it.elem_begin) * sbits / 8;
       uint64_t dst = c.dst_begin + (c.DstElemOfRun(r) + it.elem_begin) * dbits / 8;
@@ -743,8 +759,7 @@ class Executor {
 
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
                                               const std::string& output_dir,
-                                              const ConsolidateOptions& o,
-                                              Collective* collective) {
+                                              const ConsolidateOptions& o, Collective* collective) {
   auto t0 = Clock::now();
   std::unique_ptr<Collective> single;
   if (collective == nullptr) {
@@ -793,7 +808,8 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       lock.emplace(std::move(l));
       return PrepareOutputDir(*out_dir, plan, output_dir, o, &atomics, &result.warnings);
     }();
-    for (const AtomicFile& a : atomics) absl::StrAppend(&temp_list, a.temp_path().size(), ":", a.temp_path());
+    for (const AtomicFile& a : atomics)
+      absl::StrAppend(&temp_list, a.temp_path().size(), ":", a.temp_path());
   }
   RETURN_IF_ERROR(AllGatherStatus(c, prep));
   absl::Status opened = absl::OkStatus();
@@ -803,8 +819,9 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     opened = d.status();
   }
   RETURN_IF_ERROR(AllGatherStatus(c, opened));
-  // Temporary paths (relative to OUT) travel length-prefixed ("<bytes>:<path>" each): any byte may be in a path (a
-  // newline, bytes that are not UTF-8), so no path is ever split out of a joined string.
+  // Temporary paths (relative to OUT) travel length-prefixed ("<bytes>:<path>" each): any byte may
+  // be in a path (a newline, bytes that are not UTF-8), so no path is ever split out of a joined
+  // string.
   ASSIGN_OR_RETURN(std::string temps_joined, c.Broadcast(temp_list, 0));
   std::vector<std::string> temp_paths;
   for (absl::string_view rest = temps_joined; !rest.empty();) {
@@ -850,7 +867,8 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     ParallelFor(my_files.size(), std::max(1, threads), [&](size_t k) {
       const OutputFilePlan& f = plan.outputs[my_files[k]];
       sums[k] = [&]() -> absl::StatusOr<ManifestFile> {
-        ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, out_dir->OpenRead(temp_paths[my_files[k]]));
+        ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in,
+                         out_dir->OpenRead(temp_paths[my_files[k]]));
         ASSIGN_OR_RETURN(ManifestFile mf, ChecksumFile(*in, f.header));
         mf.name = f.name;
         return mf;
@@ -884,8 +902,8 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     VerifyReport mine;
     absl::Status vs = ex.Verify(*out_dir, temp_paths, &mine);
     if (vs.ok() && !mine.mismatches.empty()) {
-      vs = absl::DataLossError(absl::StrCat("verification failed: ",
-                                            absl::StrJoin(mine.mismatches, "; ")));
+      vs = absl::DataLossError(
+          absl::StrCat("verification failed: ", absl::StrJoin(mine.mismatches, "; ")));
     }
     RETURN_IF_ERROR(AllGatherStatus(c, vs));
     ASSIGN_OR_RETURN(std::vector<std::string> checked,
@@ -925,9 +943,9 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
           }
         }
         if (out.tensors().size() != plan.weight_map.size()) {
-          return absl::DataLossError(absl::StrCat(
-              "the written output holds ", out.tensors().size(), " tensors, the plan ",
-              plan.weight_map.size(), " (no index was published)"));
+          return absl::DataLossError(absl::StrCat("the written output holds ", out.tensors().size(),
+                                                  " tensors, the plan ", plan.weight_map.size(),
+                                                  " (no index was published)"));
         }
       }
       IndexJson idx;

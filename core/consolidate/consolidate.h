@@ -57,7 +57,7 @@ struct ConsolidateOptions {
   bool verify = false;                          // re-read and compare after writing
   bool overwrite = false;                       // replace an existing result in the output dir
   std::function<void(uint64_t done, uint64_t total)> progress;  // this rank's bytes
-  const std::atomic<bool>* cancel = nullptr;                     // set to abandon (kCancelled)
+  const std::atomic<bool>* cancel = nullptr;                    // set to abandon (kCancelled)
   // Where outputs go when not on the input's file system (e.g. remote input, local output).
   FileSystem* output_fs = nullptr;
   // Proof of completeness: the input must hold exactly ranks 0..expect_ranks-1 (0: not
@@ -73,18 +73,18 @@ struct ConsolidateOptions {
 
 // One contiguous-run copy job: a chunk of one input tensor into its output tensor.
 struct CopyTask {
-  int input_file = 0;            // index into ConsolidationPlan::inputs
-  uint64_t src_begin = 0;        // absolute byte offset of the chunk in the input file
+  int input_file = 0;      // index into ConsolidationPlan::inputs
+  uint64_t src_begin = 0;  // absolute byte offset of the chunk in the input file
   int output_file = 0;
-  uint64_t dst_begin = 0;        // absolute byte offset of the output tensor in its file
+  uint64_t dst_begin = 0;  // absolute byte offset of the output tensor in its file
   DType src_dtype = DType::kU8;
   DType dst_dtype = DType::kU8;
   std::vector<uint64_t> offsets, sizes, shape;  // chunk placement in the global tensor
   std::vector<uint64_t> gstride;                // row-major strides of the global tensor
-  int split_dim = 0;             // dims >= split_dim are contiguous within a run
-  uint64_t run_elems = 0;        // elements per run
-  uint64_t runs = 0;             // number of runs
-  std::string tensor;            // output name, for messages
+  int split_dim = 0;                            // dims >= split_dim are contiguous within a run
+  uint64_t run_elems = 0;                       // elements per run
+  uint64_t runs = 0;                            // number of runs
+  std::string tensor;                           // output name, for messages
   uint64_t src_bytes() const;
   uint64_t dst_bytes() const;
   // Element offset within the output tensor of run `r`.
@@ -98,7 +98,7 @@ struct OutputFilePlan {
 
 struct ConsolidationPlan {
   std::string input_root;
-  std::vector<std::string> inputs;  // input file paths
+  std::vector<std::string> inputs;         // input file paths
   std::vector<ScannedIdentity> input_ids;  // what the scan saw of each input (checked on open)
   std::vector<OutputFilePlan> outputs;
   std::vector<CopyTask> tasks;
@@ -142,8 +142,9 @@ absl::StatusOr<std::map<std::string, int>> ParseMappingJson(absl::string_view js
                                                             absl::string_view file);
 // fqn -> file index of a reference HF model directory: its index json, else its files' headers,
 // with file indices from names (falling back to sorted-name order, noted in `warnings`).
-absl::StatusOr<std::map<std::string, int>> MappingFromReference(
-    FileSystem& fs, const std::string& dir, std::vector<std::string>* warnings);
+absl::StatusOr<std::map<std::string, int>> MappingFromReference(FileSystem& fs,
+                                                                const std::string& dir,
+                                                                std::vector<std::string>* warnings);
 // fqn -> dtype of a reference HF model directory (from headers).
 absl::StatusOr<std::map<std::string, DType>> DTypesFromReference(FileSystem& fs,
                                                                  const std::string& dir);

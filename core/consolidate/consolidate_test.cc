@@ -8,10 +8,10 @@
 #include "absl/strings/str_cat.h"
 #include "core/consolidate/dtype_cast.h"
 #include "core/example/example.h"
-#include "core/io/atomic_file.h"
 #include "core/format/filenames.h"
 #include "core/format/index_json.h"
 #include "core/format/sharding.h"
+#include "core/io/atomic_file.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -188,8 +188,9 @@ TEST(ConsolidateTest, RefusesGapsOverlapsAndMissingRanksWritingNothing) {
   for (int r = 0; r < 2; ++r) {
     ShardingInfo info;
     info.saved_offsets["w"] = {static_cast<uint64_t>(r)};
-    testing::WriteFile(JoinPath(overlap, ShardFileName(r, 1, 1)),
-                       testing::BuildSafetensors({{"w", DType::kF32, {2}}}, ShardedFileMetadata(info)));
+    testing::WriteFile(
+        JoinPath(overlap, ShardFileName(r, 1, 1)),
+        testing::BuildSafetensors({{"w", DType::kF32, {2}}}, ShardedFileMetadata(info)));
   }
   for (const std::string& in : {WriteModel(model, gap), missing, overlap}) {
     std::string out = testing::NewTempDir() + "/out";
@@ -212,7 +213,7 @@ TEST(ConsolidateTest, CancellationLeavesNoPartialOutput) {
   ConsolidateOptions o;
   o.threads = 2;
   o.cancel = &cancel;
-  o.progress = [&](uint64_t done, uint64_t) { cancel = true; };
+  o.progress = [&](uint64_t, uint64_t) { cancel = true; };
   auto r = Consolidate(LocalFileSystem(), in, out, o);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
   EXPECT_TRUE(LocalFileSystem().List(out)->empty());
@@ -245,9 +246,9 @@ TEST(ConsolidateTest, OutputDirectorySwappedForASymlinkMidRunWritesOnlyIntoTheOr
   auto listed = LocalFileSystem().List(moved);
   ASSERT_TRUE(listed.ok()) << listed.status();
   for (const DirEntry& e : *listed) names.push_back(e.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"model-00001-of-00001.safetensors",
-                                             "model.safetensors.index.json",
-                                             "safeshard.complete.json"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"model-00001-of-00001.safetensors",
+                                      "model.safetensors.index.json", "safeshard.complete.json"}));
   ExpectEqualsNaiveReassembly(model, moved);
 }
 
@@ -255,9 +256,11 @@ TEST(ConsolidateTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
   std::string out = testing::NewTempDir() + "/out";
   ConsolidateOptions first;
   first.max_shard_size = 40;  // two files, so "-of-00002" names could prove the old result
-  ASSERT_TRUE(Consolidate(LocalFileSystem(), WriteModel({{"a", DType::kF32, {8}, Sharding::kRow},
-                                                         {"b", DType::kF32, {8}, Sharding::kRow}}),
-                          out, first).ok());
+  ASSERT_TRUE(Consolidate(LocalFileSystem(),
+                          WriteModel({{"a", DType::kF32, {8}, Sharding::kRow},
+                                      {"b", DType::kF32, {8}, Sharding::kRow}}),
+                          out, first)
+                  .ok());
   ASSERT_GE(LocalFileSystem().List(out)->size(), 3u);
   std::vector<ExampleTensor> model;
   for (int i = 0; i < 8; ++i) {
@@ -288,10 +291,13 @@ TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {
   // copied from it and nothing is published.
   const std::string in = testing::NewTempDir();
   const std::string file = in + "/model.safetensors";
-  const std::string before = testing::BuildSafetensors({{"aa", DType::kF32, {64}}, {"bb", DType::kF32, {32}}});
-  const std::string same_size = testing::BuildSafetensors({{"ab", DType::kF32, {32}}, {"bb", DType::kF32, {64}}});
+  const std::string before =
+      testing::BuildSafetensors({{"aa", DType::kF32, {64}}, {"bb", DType::kF32, {32}}});
+  const std::string same_size =
+      testing::BuildSafetensors({{"ab", DType::kF32, {32}}, {"bb", DType::kF32, {64}}});
   ASSERT_EQ(before.size(), same_size.size());
-  const std::string bigger = testing::BuildSafetensors({{"aa", DType::kF32, {64}}, {"bb", DType::kF32, {48}}});
+  const std::string bigger =
+      testing::BuildSafetensors({{"aa", DType::kF32, {64}}, {"bb", DType::kF32, {48}}});
   for (const std::string& replacement : {same_size, bigger}) {
     testing::WriteFile(file, before);
     // Open 1 is the scan's; open 2 is the copy's.
@@ -301,7 +307,8 @@ TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(fs.opened(), 2);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
-    EXPECT_THAT(std::string(r.status().message()), HasSubstr(file + ": changed since it was scanned"));
+    EXPECT_THAT(std::string(r.status().message()),
+                HasSubstr(file + ": changed since it was scanned"));
     auto left = LocalFileSystem().List(out);
     if (left.ok()) {
       for (const DirEntry& e : *left) ADD_FAILURE() << "left in the output: " << e.name;
@@ -391,8 +398,7 @@ TEST(ConsolidateTest, AppliesKeyMapAndDiffusersIndexName) {
   auto idx = ParseIndexJson(
       testing::ReadFile(out + "/diffusion_pytorch_model.safetensors.index.json"), "i");
   ASSERT_TRUE(idx.ok()) << idx.status();
-  EXPECT_EQ(idx->weight_map.at("layers.0.w"),
-            "diffusion_pytorch_model-00001-of-00001.safetensors");
+  EXPECT_EQ(idx->weight_map.at("layers.0.w"), "diffusion_pytorch_model-00001-of-00001.safetensors");
 }
 
 TEST(ConsolidateTest, RefusesExistingResultUnlessOverwriting) {
@@ -412,9 +418,9 @@ TEST(ConsolidateTest, RefusesExistingResultUnlessOverwriting) {
   auto entries = LocalFileSystem().List(out);
   ASSERT_TRUE(entries.ok());
   for (const DirEntry& e : *entries) names.push_back(e.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"model-00001-of-00001.safetensors",
-                                             "model.safetensors.index.json",
-                                             "safeshard.complete.json"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"model-00001-of-00001.safetensors",
+                                      "model.safetensors.index.json", "safeshard.complete.json"}));
 }
 
 TEST(ConsolidateTest, RefusesImpossibleCastsAndSameDirectory) {
@@ -470,8 +476,8 @@ TEST(ConsolidateTest, RefusesTheInputDirectoryUnderAnySpelling) {
   std::string in = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
   const std::string parent = DirName(in);
   ASSERT_EQ(symlink(in.c_str(), (parent + "/link").c_str()), 0);
-  for (const std::string& out : {in + "/.", in + "/", parent + "/./in", parent + "/../" +
-                                     BaseName(parent) + "/in", parent + "/link"}) {
+  for (const std::string& out : {in + "/.", in + "/", parent + "/./in",
+                                 parent + "/../" + BaseName(parent) + "/in", parent + "/link"}) {
     SCOPED_TRACE(out);
     ConsolidateOptions o;
     o.overwrite = true;
@@ -552,8 +558,8 @@ TEST(ConsolidateTest, NewestPyTorchLayoutConsolidatesToLogicalTensorsByteExactly
                                       {"r", DType::kF32, {8, 2}, Sharding::kRow},
                                       {"b", DType::kI64, {3}, Sharding::kReplicated}};
   for (bool global_shape : {false, true}) {
-    std::string in = WriteModel(model, {.ranks = 4, .mesh_rows = 2, .logical_fqn = true,
-                                        .global_shape = global_shape});
+    std::string in = WriteModel(
+        model, {.ranks = 4, .mesh_rows = 2, .logical_fqn = true, .global_shape = global_shape});
     std::string out = testing::NewTempDir() + "/out";
     ConsolidateOptions o;
     o.verify = true;
@@ -570,8 +576,9 @@ TEST(ConsolidateTest, NewestPyTorchLayoutConsolidatesToLogicalTensorsByteExactly
 TEST(ConsolidateTest, ZeroTensorCheckpointIsAClearErrorNotACrash) {
   std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
-  testing::WriteFile(in + "/" + ShardFileName(0, 1, 1),
-                     testing::RawSafetensors(R"({"__metadata__":{"DCP_SHARDING_INFO":"{}","format":"pt"}})", ""));
+  testing::WriteFile(
+      in + "/" + ShardFileName(0, 1, 1),
+      testing::RawSafetensors(R"({"__metadata__":{"DCP_SHARDING_INFO":"{}","format":"pt"}})", ""));
   auto r = Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/out", {});
   EXPECT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("no tensors"));
@@ -586,7 +593,8 @@ TEST(ConsolidateTest, ASecondWriterIntoTheSameDirectoryIsRefusedWhileTheFirstHol
     ASSERT_TRUE(held.ok()) << held.status();
     auto r = Consolidate(LocalFileSystem(), in, out, {});
     EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
-    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("another safeshard process"));
+    EXPECT_THAT(std::string(r.status().message()),
+                ::testing::HasSubstr("another safeshard process"));
     EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
   }
   // Released with its holder (also when a process dies): the next run proceeds.
@@ -613,7 +621,8 @@ TEST(ConsolidateTest, AnInputTruncatedWhileItIsCopiedIsAnErrorNotASigbus) {
     auto r = Consolidate(LocalFileSystem(), in, out, o);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
-    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("shrank while it was being read"));
+    EXPECT_THAT(std::string(r.status().message()),
+                ::testing::HasSubstr("shrank while it was being read"));
     EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("shard-0000"));
     EXPECT_FALSE(LocalFileSystem().Stat(out + "/model.safetensors.index.json").ok());
   }

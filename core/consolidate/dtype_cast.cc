@@ -48,9 +48,7 @@ double Load(DType t, const unsigned char* p) {
 
 void Store(DType t, double v, unsigned char* p) {
   switch (t) {
-    case DType::kF64:
-      std::memcpy(p, &v, 8);
-      break;
+    case DType::kF64: std::memcpy(p, &v, 8); break;
     case DType::kF32: {
       float f = static_cast<float>(v);
       std::memcpy(p, &f, 4);
@@ -71,7 +69,9 @@ void Store(DType t, double v, unsigned char* p) {
 
 }  // namespace
 
-float BFloat16ToFloat(uint16_t b) { return FromBits(static_cast<uint32_t>(b) << 16); }
+float BFloat16ToFloat(uint16_t b) {
+  return FromBits(static_cast<uint32_t>(b) << 16);
+}
 
 uint16_t FloatToBFloat16(float f) {
   uint32_t u = Bits(f);
@@ -99,13 +99,14 @@ uint16_t FloatToHalf(float f) {
   uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000);
   uint32_t abs = u & 0x7FFFFFFF;
   if (abs >= 0x7F800000) {  // inf or nan
-    return static_cast<uint16_t>(sign | 0x7C00 | (abs > 0x7F800000 ? 0x200 | ((abs >> 13) & 0x3FF) : 0));
+    return static_cast<uint16_t>(sign | 0x7C00 |
+                                 (abs > 0x7F800000 ? 0x200 | ((abs >> 13) & 0x3FF) : 0));
   }
   if (abs >= 0x477FF000) return static_cast<uint16_t>(sign | 0x7C00);  // rounds to >= 65520: inf
   if (abs < 0x38800000) {  // below the smallest normal half (2^-14): subnormal or zero
     // Round abs * 2^24 to nearest even integer.
     float v = FromBits(abs);
-    float scaled = v * 16777216.0f;  // exact: power of two
+    float scaled = v * 16777216.0f;    // exact: power of two
     float r = std::nearbyint(scaled);  // default rounding mode: to nearest even
     return static_cast<uint16_t>(sign | static_cast<uint16_t>(r));
   }
@@ -114,7 +115,9 @@ uint16_t FloatToHalf(float f) {
   return static_cast<uint16_t>(sign | ((rounded - 0x38000000) >> 13));
 }
 
-bool CanCast(DType from, DType to) { return Castable(from) && Castable(to); }
+bool CanCast(DType from, DType to) {
+  return Castable(from) && Castable(to);
+}
 
 void CastElements(DType from, const void* src, DType to, void* dst, size_t n) {
   const auto* s = static_cast<const unsigned char*>(src);

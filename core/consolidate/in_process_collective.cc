@@ -81,11 +81,13 @@ std::vector<std::unique_ptr<Collective>> NewInProcessGroup(int n, absl::Duration
   return out;
 }
 
-std::unique_ptr<Collective> NewSingleRank() { return std::make_unique<Single>(); }
+std::unique_ptr<Collective> NewSingleRank() {
+  return std::make_unique<Single>();
+}
 
 absl::Status AllGatherStatus(Collective& c, const absl::Status& mine) {
-  absl::StatusOr<std::vector<std::string>> all =
-      c.AllGather(mine.ok() ? "" : absl::StrCat(static_cast<int>(mine.code()), "|", mine.message()));
+  absl::StatusOr<std::vector<std::string>> all = c.AllGather(
+      mine.ok() ? "" : absl::StrCat(static_cast<int>(mine.code()), "|", mine.message()));
   if (!all.ok()) return all.status();
   std::vector<std::string> errors;
   absl::StatusCode code = absl::StatusCode::kOk;

@@ -26,7 +26,8 @@ absl::StatusOr<DType> ParseCastDType(absl::string_view name) {
   if (n == "f32" || n == "fp32" || n == "float32" || n == "float") return DType::kF32;
   if (n == "f64" || n == "fp64" || n == "float64" || n == "double") return DType::kF64;
   return absl::InvalidArgumentError(absl::StrCat(
-      internal::Quote(name), " is not a dtype to cast to: bf16, f16, f32 or f64 (also bfloat16, "
+      internal::Quote(name),
+      " is not a dtype to cast to: bf16, f16, f32 or f64 (also bfloat16, "
       "torch.bfloat16, half, float, double); FP8 and integer targets are never produced"));
 }
 
@@ -50,23 +51,28 @@ absl::Status ValidateConsolidateSpec(const ConsolidateSpec& s) {
                                                 " has no unit; write e.g. 5GB, 500MiB (or ", t,
                                                 "B if bytes are really meant)"));
     }
-    if (absl::StatusOr<uint64_t> n = ParseByteSize(t); !n.ok()) return Bad("max_shard_size", n.status().message());
+    if (absl::StatusOr<uint64_t> n = ParseByteSize(t); !n.ok())
+      return Bad("max_shard_size", n.status().message());
   }
   if (s.unmapped != "error" && s.unmapped != "first" && s.unmapped != "own-file") {
-    return Bad("unmapped", absl::StrCat(internal::Quote(s.unmapped), " is not error, first or own-file"));
+    return Bad("unmapped",
+               absl::StrCat(internal::Quote(s.unmapped), " is not error, first or own-file"));
   }
   if (!s.cast_dtype.empty()) {
-    if (absl::StatusOr<DType> d = ParseCastDType(s.cast_dtype); !d.ok()) return Bad("cast_dtype", d.status().message());
+    if (absl::StatusOr<DType> d = ParseCastDType(s.cast_dtype); !d.ok())
+      return Bad("cast_dtype", d.status().message());
   }
   if (!s.key_map.empty()) {
-    if (absl::StatusOr<KeyMap> km = KeyMap::Create(s.key_map); !km.ok()) return Bad("key_map", km.status().message());
+    if (absl::StatusOr<KeyMap> km = KeyMap::Create(s.key_map); !km.ok())
+      return Bad("key_map", km.status().message());
   }
   for (const auto& [k, v] : s.metadata) {
     if (k.empty()) return Bad("metadata", "an empty key");
     if (k == "format") return Bad("metadata", "\"format\" is always \"pt\"");
   }
   if (s.threads < 0 || s.threads > 1024) return Bad("threads", "must be 0 (every core) to 1024");
-  if (s.expect_ranks < 0 || s.expect_ranks > (1 << 20)) return Bad("expect_ranks", "must be 0 (not checked) to 1048576");
+  if (s.expect_ranks < 0 || s.expect_ranks > (1 << 20))
+    return Bad("expect_ranks", "must be 0 (not checked) to 1048576");
   return absl::OkStatus();
 }
 
@@ -96,9 +102,12 @@ absl::StatusOr<ConsolidateSpec> ParseConsolidateSpec(absl::string_view json) {
   nlohmann::json root;
   std::vector<std::pair<std::string, nlohmann::json>> members;
   internal::StrictParseResult pr = internal::ParseJsonStrict(json, &root, &members);
-  if (!pr.ok) return absl::InvalidArgumentError(absl::StrCat("consolidation spec: ", pr.error, " at byte ", pr.error_byte));
+  if (!pr.ok)
+    return absl::InvalidArgumentError(
+        absl::StrCat("consolidation spec: ", pr.error, " at byte ", pr.error_byte));
   if (pr.duplicate) {
-    return absl::InvalidArgumentError(absl::StrCat("consolidation spec: ", internal::Quote(*pr.duplicate), " given twice"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("consolidation spec: ", internal::Quote(*pr.duplicate), " given twice"));
   }
   if (!root.is_object()) return absl::InvalidArgumentError("consolidation spec: not a JSON object");
   ConsolidateSpec s;
@@ -113,25 +122,39 @@ absl::StatusOr<ConsolidateSpec> ParseConsolidateSpec(absl::string_view json) {
     return true;
   };
   auto integer = [](const nlohmann::json& v, int* out) {
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 30)) return false;
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 30))
+      return false;
     *out = static_cast<int>(v.get<int64_t>());
     return true;
   };
   for (const auto& [key, v] : members) {
     bool ok = false;
-    if (key == "mapping_file") ok = str(v, &s.mapping_file);
-    else if (key == "reference") ok = str(v, &s.reference);
-    else if (key == "max_shard_size") ok = str(v, &s.max_shard_size);
-    else if (key == "unmapped") ok = str(v, &s.unmapped);
-    else if (key == "restore_dtypes") ok = boolean(v, &s.restore_dtypes);
-    else if (key == "cast_dtype") ok = str(v, &s.cast_dtype);
-    else if (key == "diffusers") ok = boolean(v, &s.diffusers);
-    else if (key == "threads") ok = integer(v, &s.threads);
-    else if (key == "verify") ok = boolean(v, &s.verify);
-    else if (key == "overwrite") ok = boolean(v, &s.overwrite);
-    else if (key == "expect_ranks") ok = integer(v, &s.expect_ranks);
-    else if (key == "strict") ok = boolean(v, &s.strict);
-    else if (key == "checksums") ok = boolean(v, &s.checksums);
+    if (key == "mapping_file")
+      ok = str(v, &s.mapping_file);
+    else if (key == "reference")
+      ok = str(v, &s.reference);
+    else if (key == "max_shard_size")
+      ok = str(v, &s.max_shard_size);
+    else if (key == "unmapped")
+      ok = str(v, &s.unmapped);
+    else if (key == "restore_dtypes")
+      ok = boolean(v, &s.restore_dtypes);
+    else if (key == "cast_dtype")
+      ok = str(v, &s.cast_dtype);
+    else if (key == "diffusers")
+      ok = boolean(v, &s.diffusers);
+    else if (key == "threads")
+      ok = integer(v, &s.threads);
+    else if (key == "verify")
+      ok = boolean(v, &s.verify);
+    else if (key == "overwrite")
+      ok = boolean(v, &s.overwrite);
+    else if (key == "expect_ranks")
+      ok = integer(v, &s.expect_ranks);
+    else if (key == "strict")
+      ok = boolean(v, &s.strict);
+    else if (key == "checksums")
+      ok = boolean(v, &s.checksums);
     else if (key == "key_map") {
       absl::StatusOr<KeyMap> km = KeyMap::FromJson(internal::DumpJson(v));
       if (!km.ok()) return Bad("consolidation spec: key_map", km.status().message());
@@ -144,16 +167,19 @@ absl::StatusOr<ConsolidateSpec> ParseConsolidateSpec(absl::string_view json) {
         if (ok) s.metadata[it.key()] = it.value().get<std::string>();
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("consolidation spec: unknown key ", internal::Quote(key)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("consolidation spec: unknown key ", internal::Quote(key)));
     }
-    if (!ok) return absl::InvalidArgumentError(absl::StrCat("consolidation spec: ", key, " has the wrong type"));
+    if (!ok)
+      return absl::InvalidArgumentError(
+          absl::StrCat("consolidation spec: ", key, " has the wrong type"));
   }
   RETURN_IF_ERROR(ValidateConsolidateSpec(s));
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> ResolveConsolidateSpec(FileSystem& fs,
-                                                                              const ConsolidateSpec& s) {
+absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> ResolveConsolidateSpec(
+    FileSystem& fs, const ConsolidateSpec& s) {
   RETURN_IF_ERROR(ValidateConsolidateSpec(s));
   auto r = std::make_unique<ResolvedConsolidation>();
   ConsolidateOptions& o = r->options;

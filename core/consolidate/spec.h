@@ -27,14 +27,14 @@ namespace safeshard {
 
 struct ConsolidateSpec {
   // Output files: at most one of mapping_file, reference and max_shard_size; none: one file.
-  std::string mapping_file;    // JSON {"fqn": 1-based file index}
-  std::string reference;       // an HF model directory whose index json (or files) choose files
-  std::string max_shard_size;  // with a unit: "5GB", "500MiB" (save_pretrained's rules)
+  std::string mapping_file;        // JSON {"fqn": 1-based file index}
+  std::string reference;           // an HF model directory whose index json (or files) choose files
+  std::string max_shard_size;      // with a unit: "5GB", "500MiB" (save_pretrained's rules)
   std::string unmapped = "error";  // tensors the mapping does not name: error | first | own-file
   bool restore_dtypes = false;     // back to the reference model's dtypes (needs reference)
   std::string cast_dtype;          // floating point to bf16 | f16 | f32 | f64 (also "bfloat16",
                                    // "torch.bfloat16", "half", ...); never FP8
-  std::vector<KeyMap::Rule> key_map;           // renames output keys
+  std::vector<KeyMap::Rule> key_map;            // renames output keys
   std::map<std::string, std::string> metadata;  // added to __metadata__
   bool diffusers = false;  // diffusion_pytorch_model-*.safetensors and its index
   int threads = 0;         // 0: every core
@@ -63,13 +63,13 @@ absl::StatusOr<ConsolidateSpec> ParseConsolidateSpec(absl::string_view json);
 // The options a spec asks for, owning what they point to (the key map).
 struct ResolvedConsolidation {
   ConsolidateOptions options;
-  std::unique_ptr<KeyMap> key_map;   // options.key_map points here
+  std::unique_ptr<KeyMap> key_map;    // options.key_map points here
   std::vector<std::string> warnings;  // from reading the reference model
 };
 // Validates, then reads what the spec names (mapping file, reference model). The caller adds
 // progress, cancel and output_fs to the options.
-absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> ResolveConsolidateSpec(FileSystem& fs,
-                                                                              const ConsolidateSpec& spec);
+absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> ResolveConsolidateSpec(
+    FileSystem& fs, const ConsolidateSpec& spec);
 
 }  // namespace safeshard
 

@@ -82,10 +82,14 @@ TEST(ConsolidateSpecTest, ContradictionsAndBadValuesAreRefusedNamingTheField) {
 }
 
 TEST(ConsolidateSpecTest, CastDTypeAcceptsTorchAndNumpySpellings) {
-  for (const char* n : {"bf16", "BF16", "bfloat16", "torch.bfloat16"}) EXPECT_EQ(*ParseCastDType(n), DType::kBF16) << n;
-  for (const char* n : {"f16", "half", "float16", "torch.float16"}) EXPECT_EQ(*ParseCastDType(n), DType::kF16) << n;
-  for (const char* n : {"f32", "float", "float32", "torch.float32"}) EXPECT_EQ(*ParseCastDType(n), DType::kF32) << n;
-  for (const char* n : {"f64", "double", "float64"}) EXPECT_EQ(*ParseCastDType(n), DType::kF64) << n;
+  for (const char* n : {"bf16", "BF16", "bfloat16", "torch.bfloat16"})
+    EXPECT_EQ(*ParseCastDType(n), DType::kBF16) << n;
+  for (const char* n : {"f16", "half", "float16", "torch.float16"})
+    EXPECT_EQ(*ParseCastDType(n), DType::kF16) << n;
+  for (const char* n : {"f32", "float", "float32", "torch.float32"})
+    EXPECT_EQ(*ParseCastDType(n), DType::kF32) << n;
+  for (const char* n : {"f64", "double", "float64"})
+    EXPECT_EQ(*ParseCastDType(n), DType::kF64) << n;
   EXPECT_FALSE(ParseCastDType("int8").ok());
 }
 

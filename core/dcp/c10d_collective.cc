@@ -1,9 +1,9 @@
 #include "core/dcp/c10d_collective.h"
 
+#include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <torch/torch.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -37,7 +37,8 @@ class C10dCollective : public Collective {
   absl::StatusOr<std::vector<std::string>> AllGather(const std::string& mine) override {
     try {
       // Lengths first, then the bytes padded to the longest.
-      std::vector<at::Tensor> len_in = {torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64)};
+      std::vector<at::Tensor> len_in = {
+          torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64)};
       std::vector<std::vector<at::Tensor>> len_out(1);
       for (int r = 0; r < world_; ++r) len_out[0].push_back(torch::zeros({1}, torch::kInt64));
       pg_->allgather(len_out, len_in)->wait();
@@ -91,7 +92,8 @@ absl::StatusOr<GroupOptions> GroupOptionsFromEnv() {
     const char* v = std::getenv(k);
     return v ? v : "";
   };
-  if (!absl::SimpleAtoi(get("RANK"), &o.rank) || !absl::SimpleAtoi(get("WORLD_SIZE"), &o.world_size)) {
+  if (!absl::SimpleAtoi(get("RANK"), &o.rank) ||
+      !absl::SimpleAtoi(get("WORLD_SIZE"), &o.world_size)) {
     return absl::InvalidArgumentError("RANK and WORLD_SIZE must be set (as torchrun does)");
   }
   o.master_addr = get("MASTER_ADDR");

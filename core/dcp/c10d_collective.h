@@ -26,8 +26,8 @@ namespace safeshard {
 struct GroupOptions {
   int rank = 0;
   int world_size = 1;
-  std::string file_store;    // rendezvous file (FileStore) when set
-  std::string master_addr;   // else TCPStore at master_addr:master_port
+  std::string file_store;   // rendezvous file (FileStore) when set
+  std::string master_addr;  // else TCPStore at master_addr:master_port
   int master_port = 29500;
   absl::Duration timeout = absl::Seconds(300);
 };

@@ -32,7 +32,8 @@ pid_t Spawn(std::vector<std::string> args, const std::string& log) {
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, (log + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (log + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
   pid_t pid = -1;
   EXPECT_EQ(posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ), 0);
   posix_spawn_file_actions_destroy(&fa);
@@ -58,7 +59,8 @@ std::map<std::string, std::string> TensorBytes(const std::string& dir) {
 }
 
 TEST(DistConsolidateTest, TwoAndFourProcessesMatchTheNaiveReassembly) {
-  std::vector<ExampleTensor> model = TransformerLikeModel({.layers = 2, .hidden = 128, .vocab = 1000});
+  std::vector<ExampleTensor> model =
+      TransformerLikeModel({.layers = 2, .hidden = 128, .vocab = 1000});
   std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, model, {.ranks = 4}).ok());
   std::string files_single;
@@ -71,11 +73,13 @@ TEST(DistConsolidateTest, TwoAndFourProcessesMatchTheNaiveReassembly) {
     ASSERT_EQ(rc, 0) << testing::ReadFile(log + ".err");
     std::string stdout_text = testing::ReadFile(log);
     for (int r = 0; r < ranks; ++r) {
-      EXPECT_TRUE(absl::StrContains(stdout_text, absl::StrCat("rank ", r, ": copied "))) << stdout_text;
+      EXPECT_TRUE(absl::StrContains(stdout_text, absl::StrCat("rank ", r, ": copied ")))
+          << stdout_text;
     }
     auto got = TensorBytes(out);
     ASSERT_EQ(got.size(), model.size());
-    for (const ExampleTensor& t : model) EXPECT_TRUE(got[t.name] == ExpectedTensorBytes(t)) << t.name;
+    for (const ExampleTensor& t : model)
+      EXPECT_TRUE(got[t.name] == ExpectedTensorBytes(t)) << t.name;
   }
 }
 
@@ -83,14 +87,17 @@ TEST(DistConsolidateTest, AFailingRankFailsEveryRankAndPublishesNothing) {
   std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
                                  TransformerLikeModel({.layers = 1, .hidden = 64, .vocab = 100}),
-                                 {.ranks = 2}).ok());
+                                 {.ranks = 2})
+                  .ok());
   std::string out = testing::NewTempDir() + "/out";
   std::string store = testing::NewTempDir() + "/rdzv";
   std::string log0 = testing::NewTempDir() + "/r0", log1 = testing::NewTempDir() + "/r1";
   pid_t p0 = Spawn({kBin, "dist-consolidate-rank", in, out, "--rank", "0", "--world-size", "2",
-                    "--store", store, "--timeout", "60"}, log0);
+                    "--store", store, "--timeout", "60"},
+                   log0);
   pid_t p1 = Spawn({kBin, "dist-consolidate-rank", in + "/does-not-exist", out, "--rank", "1",
-                    "--world-size", "2", "--store", store, "--timeout", "60"}, log1);
+                    "--world-size", "2", "--store", store, "--timeout", "60"},
+                   log1);
   EXPECT_EQ(Wait(p0), 1);
   EXPECT_EQ(Wait(p1), 1);
   std::string e0 = testing::ReadFile(log0 + ".err");
@@ -102,12 +109,14 @@ TEST(DistConsolidateTest, AFailingRankFailsEveryRankAndPublishesNothing) {
 TEST(DistConsolidateTest, AMissingRankFailsInBoundedTime) {
   std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
-                                 {{"w", DType::kF32, {4, 4}, Sharding::kRow}}, {.ranks = 2}).ok());
+                                 {{"w", DType::kF32, {4, 4}, Sharding::kRow}}, {.ranks = 2})
+                  .ok());
   std::string log = testing::NewTempDir() + "/r0";
   auto t0 = std::chrono::steady_clock::now();
-  pid_t p0 = Spawn({kBin, "dist-consolidate-rank", in, testing::NewTempDir() + "/out", "--rank", "0",
-                    "--world-size", "2", "--store", testing::NewTempDir() + "/rdzv", "--timeout", "3"},
-                   log);
+  pid_t p0 =
+      Spawn({kBin, "dist-consolidate-rank", in, testing::NewTempDir() + "/out", "--rank", "0",
+             "--world-size", "2", "--store", testing::NewTempDir() + "/rdzv", "--timeout", "3"},
+            log);
   EXPECT_NE(Wait(p0), 0);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(secs, 60) << "rank 0 waited far beyond its timeout";
@@ -117,7 +126,8 @@ TEST(DistConsolidateTest, AMissingRankFailsInBoundedTime) {
 TEST(DistConsolidateTest, SafeshardRunsTheTorchCompanion) {
   std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
-                                 {{"w", DType::kBF16, {6, 4}, Sharding::kColumn}}, {.ranks = 2}).ok());
+                                 {{"w", DType::kBF16, {6, 4}, Sharding::kColumn}}, {.ranks = 2})
+                  .ok());
   std::string out = testing::NewTempDir() + "/out";
   std::string log = testing::NewTempDir() + "/log";
   int rc = Wait(Spawn({"cli/safeshard", "dist-consolidate", in, out, "--ranks", "2"}, log));
@@ -162,7 +172,9 @@ TEST(DistSaveTest, ConsolidatedOutputPathEqualsSafeshardConsolidate) {
   std::string hf = testing::NewTempDir() + "/hf";
   std::string log = testing::NewTempDir() + "/log";
   ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "4", "--layers", "1", "--hidden",
-                        "64", "--vocab", "200", "--consolidated-output", hf}, log)), 0)
+                        "64", "--vocab", "200", "--consolidated-output", hf},
+                       log)),
+            0)
       << testing::ReadFile(log + ".err");
   std::string again = testing::NewTempDir() + "/again";
   ASSERT_EQ(Wait(Spawn({"cli/safeshard", "consolidate", out, again}, log)), 0)
@@ -172,7 +184,8 @@ TEST(DistSaveTest, ConsolidatedOutputPathEqualsSafeshardConsolidate) {
   ASSERT_EQ(a->size(), b->size());
   for (size_t i = 0; i < a->size(); ++i) {
     EXPECT_EQ((*a)[i].name, (*b)[i].name);
-    EXPECT_TRUE(testing::ReadFile(hf + "/" + (*a)[i].name) == testing::ReadFile(again + "/" + (*b)[i].name))
+    EXPECT_TRUE(testing::ReadFile(hf + "/" + (*a)[i].name) ==
+                testing::ReadFile(again + "/" + (*b)[i].name))
         << (*a)[i].name << " differs";
   }
 }
@@ -181,7 +194,9 @@ TEST(DistSaveTest, FullSaveWithAMappingWritesTheHfLayout) {
   std::string out = testing::NewTempDir() + "/full";
   std::string log = testing::NewTempDir() + "/log";
   ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "2", "--full", "--layers", "2",
-                        "--hidden", "64", "--vocab", "200"}, log)), 0)
+                        "--hidden", "64", "--vocab", "200"},
+                       log)),
+            0)
       << testing::ReadFile(log + ".err");
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
   ASSERT_TRUE(ck.ok());
@@ -202,7 +217,8 @@ TEST(DistConsolidateTest, TorchrunEnvironmentWithATcpStore) {
   std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
                                  TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
-                                 {.ranks = 2}).ok());
+                                 {.ranks = 2})
+                  .ok());
   std::string out = testing::NewTempDir() + "/out";
   // A port the kernel just handed out as free (sandboxed runs share the network but all have
   // small, equal pids, so no pid-derived port); the ranks meet through TCP.
@@ -231,7 +247,9 @@ TEST(DistLoadTest, LoadsConsolidatedOutputsIntoShards) {
   std::string hf = testing::NewTempDir() + "/hf";
   std::string log = testing::NewTempDir() + "/log";
   ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "2", "--layers", "1", "--hidden",
-                        "64", "--vocab", "100", "--consolidated-output", hf}, log)), 0);
+                        "64", "--vocab", "100", "--consolidated-output", hf},
+                       log)),
+            0);
   int rc = Wait(Spawn({kBin, "load-check", hf, "--ranks", "4", "--layout", "mesh"}, log));
   EXPECT_EQ(rc, 0) << testing::ReadFile(log + ".err");
 }
@@ -247,17 +265,22 @@ TEST(DistRemoteTest, SaveLoadAndConsolidateThroughAUrl) {
   const std::string url = (*server)->url() + "/run";
   const std::string hf = testing::NewTempDir() + "/hf";
   std::string log = testing::NewTempDir() + "/log";
-  ASSERT_EQ(Wait(Spawn({kBin, "save-example", url, "--ranks", "2", "--layers", "1", "--hidden", "64", "--vocab",
-                        "100"}, log)), 0)
+  ASSERT_EQ(Wait(Spawn({kBin, "save-example", url, "--ranks", "2", "--layers", "1", "--hidden",
+                        "64", "--vocab", "100"},
+                       log)),
+            0)
       << testing::ReadFile(log + ".err");
-  EXPECT_TRUE(testing::ReadFile(root + "/run/safeshard.complete.json").find("\"ranks\": 2") != std::string::npos);
+  EXPECT_TRUE(testing::ReadFile(root + "/run/safeshard.complete.json").find("\"ranks\": 2") !=
+              std::string::npos);
   EXPECT_EQ(Wait(Spawn({kBin, "load-check", url, "--ranks", "2", "--layout", "col"}, log)), 0)
       << testing::ReadFile(log + ".err");
-  EXPECT_EQ(Wait(Spawn({kBin, "dist-consolidate", url, hf, "--ranks", "2"}, log)), 0) << testing::ReadFile(log + ".err");
+  EXPECT_EQ(Wait(Spawn({kBin, "dist-consolidate", url, hf, "--ranks", "2"}, log)), 0)
+      << testing::ReadFile(log + ".err");
   // The same bytes as consolidating the served files locally.
   const std::string local = testing::NewTempDir() + "/local";
   ASSERT_TRUE(Consolidate(LocalFileSystem(), root + "/run", local, {}).ok());
-  EXPECT_TRUE(testing::ReadFile(hf + "/model.safetensors") == testing::ReadFile(local + "/model.safetensors"));
+  EXPECT_TRUE(testing::ReadFile(hf + "/model.safetensors") ==
+              testing::ReadFile(local + "/model.safetensors"));
   unsetenv("HF_TOKEN");
 }
 
@@ -265,7 +288,9 @@ TEST(DistLoadTest, FourWayRowSaveLoadsIntoOtherShardingsAndCatchesCorruption) {
   std::string out = testing::NewTempDir() + "/ckpt";
   std::string log = testing::NewTempDir() + "/log";
   ASSERT_EQ(Wait(Spawn({kBin, "save-example", out, "--ranks", "4", "--layers", "1", "--hidden",
-                        "64", "--vocab", "200"}, log)), 0);
+                        "64", "--vocab", "200"},
+                       log)),
+            0);
   for (const auto& [ranks, layout] : std::vector<std::pair<std::string, std::string>>{
            {"2", "col"}, {"2", "mesh"}, {"4", "row"}, {"4", "col"}}) {
     int rc = Wait(Spawn({kBin, "load-check", out, "--ranks", ranks, "--layout", layout}, log));
@@ -284,14 +309,15 @@ TEST(DistSaveTest, ARankThatFailsMidSaveFailsEveryRankAndLeavesNoManifest) {
   std::string out = testing::NewTempDir() + "/ckpt";
   std::string log = testing::NewTempDir() + "/log";
   setenv("SAFESHARD_TEST_FAIL_RANK", "1", 1);
-  int rc = Wait(Spawn({kBin, "save-example", out, "--ranks", "3", "--layers", "1", "--hidden",
-                       "32", "--vocab", "64", "--timeout", "60"},
+  int rc = Wait(Spawn({kBin, "save-example", out, "--ranks", "3", "--layers", "1", "--hidden", "32",
+                       "--vocab", "64", "--timeout", "60"},
                       log));
   unsetenv("SAFESHARD_TEST_FAIL_RANK");
   EXPECT_NE(rc, 0);
   std::string err = testing::ReadFile(log + ".err");
   for (int r = 0; r < 3; ++r) {
-    EXPECT_TRUE(absl::StrContains(err, absl::StrCat("rank ", r, ": rank 1: injected failure"))) << err;
+    EXPECT_TRUE(absl::StrContains(err, absl::StrCat("rank ", r, ": rank 1: injected failure")))
+        << err;
   }
   EXPECT_FALSE(LocalFileSystem().Stat(out + "/safeshard.complete.json").ok());
   auto entries = LocalFileSystem().List(out);

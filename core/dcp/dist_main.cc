@@ -11,15 +11,15 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <chrono>
-#include <sstream>
-#include <thread>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -29,10 +29,10 @@
 #include "core/dcp/c10d_collective.h"
 #include "core/dcp/hf_storage_reader.h"
 #include "core/dcp/hf_storage_writer.h"
-#include "core/layout/layout.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
+#include "core/layout/layout.h"
 #include "core/util/rlimit.h"
 
 extern char** environ;
@@ -112,7 +112,8 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
     return 2;
   }
   if (src->remote) o.output_fs = &safeshard::LocalFileSystem();
-  absl::StatusOr<safeshard::ConsolidateResult> r = safeshard::Consolidate(*src->fs, src->path, out, o, g.c.get());
+  absl::StatusOr<safeshard::ConsolidateResult> r =
+      safeshard::Consolidate(*src->fs, src->path, out, o, g.c.get());
   if (!r.ok()) {
     Err(absl::StrCat("safeshard-torch: rank ", g.rank, ": ", r.status().message()));
     return 1;
@@ -134,12 +135,12 @@ absl::StatusOr<c10::ScalarType> TorchDType(safeshard::DType d) {
     case safeshard::DType::kI8: return c10::kChar;
     case safeshard::DType::kU8: return c10::kByte;
     case safeshard::DType::kBOOL: return c10::kBool;
-    default:
-      return absl::InvalidArgumentError("dtype not available in libtorch 1.13");
+    default: return absl::InvalidArgumentError("dtype not available in libtorch 1.13");
   }
 }
 
-at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& sizes, c10::ScalarType t) {
+at::Tensor FromBytes(const std::string& bytes, const std::vector<uint64_t>& sizes,
+                     c10::ScalarType t) {
   std::vector<int64_t> s(sizes.begin(), sizes.end());
   at::Tensor out = torch::empty(s, torch::TensorOptions().dtype(t));
   if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
@@ -167,7 +168,8 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
       sd.push_back({t.name, FromBytes(safeshard::ExpectedTensorBytes(t), t.shape, *dt)});
       continue;
     }
-    std::vector<std::vector<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
+    std::vector<std::vector<safeshard::ChunkSpec>> chunks =
+        safeshard::PlanChunks(model, i, wo, &ignored);
     for (const safeshard::ChunkSpec& mine : chunks[g.rank]) {  // several: strided sharding
       safeshard::ShardedTensor st;
       st.local = FromBytes(safeshard::ChunkBytes(t, mine), mine.sizes, *dt);
@@ -193,7 +195,8 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
   if (full) {
     // save_sharded=False: layers in file 2, everything else in file 1.
     std::map<std::string, int> mapping;
-    for (const auto& [name, v] : sd) mapping[name] = name.find("layers.") != std::string::npos ? 2 : 1;
+    for (const auto& [name, v] : sd)
+      mapping[name] = name.find("layers.") != std::string::npos ? 2 : 1;
     so.fqn_to_index_mapping = mapping;
   }
   absl::StatusOr<safeshard::SaveResult> r =
@@ -230,7 +233,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
   } else {
     std::vector<safeshard::ExampleTensor> model;
     for (const safeshard::TensorLayout& t : (*ck)->tensors()) {
-      safeshard::Sharding sh = layout == "row" ? safeshard::Sharding::kRow
+      safeshard::Sharding sh = layout == "row"    ? safeshard::Sharding::kRow
                                : layout == "mesh" ? safeshard::Sharding::kMesh
                                                   : safeshard::Sharding::kColumn;
       model.push_back({t.name, t.dtype, t.shape, sh});
@@ -240,7 +243,8 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
     std::vector<safeshard::LoadRequest> reqs;
     std::vector<std::string> expected;
     for (size_t i = 0; i < model.size(); ++i) {
-      std::vector<std::vector<safeshard::ChunkSpec>> chunks = safeshard::PlanChunks(model, i, wo, &ignored);
+      std::vector<std::vector<safeshard::ChunkSpec>> chunks =
+          safeshard::PlanChunks(model, i, wo, &ignored);
       if (chunks[rank].empty()) continue;
       const safeshard::ChunkSpec& box = chunks[rank][0];
       absl::StatusOr<c10::ScalarType> dt = TorchDType(model[i].dtype);
@@ -261,7 +265,8 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
         at::Tensor t = reqs[i].dest.contiguous();
         if (!expected[i].empty() &&  // an empty tensor has no data pointer
             std::memcmp(t.data_ptr(), expected[i].data(), expected[i].size()) != 0) {
-          report = absl::StrCat("tensor \"", reqs[i].fqn, "\": loaded values differ from the saved ones");
+          report = absl::StrCat("tensor \"", reqs[i].fqn,
+                                "\": loaded values differ from the saved ones");
           break;
         }
       }
@@ -269,8 +274,8 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
       tensors = reqs.size();
     }
   }
-  absl::StatusOr<std::vector<std::string>> all =
-      g.c->AllGather(report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
+  absl::StatusOr<std::vector<std::string>> all = g.c->AllGather(
+      report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
   if (!all.ok()) {
     Err(absl::StrCat("safeshard-torch: ", all.status().message()));
     return 1;
@@ -295,7 +300,8 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
   if (rank == 0 && bad == 0) {
     std::cout << absl::StrFormat(
         "ok: %d ranks loaded every tensor of %s as %s-sharded slices (%d bytes in %.3f s) and "
-        "every value matches what was saved\n", world, dir, layout, total, slowest);
+        "every value matches what was saved\n",
+        world, dir, layout, total, slowest);
   }
   return bad == 0 ? 0 : 1;
 }
@@ -306,15 +312,17 @@ int SpawnRanks(const std::vector<std::string>& base, int ranks) {
   const char* tmp = std::getenv("TMPDIR");
   std::string dir = absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/safeshard-rdzv-XXXXXX");
   if (mkdtemp(dir.data()) == nullptr) {
-    Err(absl::StrCat("safeshard-torch: cannot create a rendezvous directory ", dir, ": ", std::strerror(errno)));
+    Err(absl::StrCat("safeshard-torch: cannot create a rendezvous directory ", dir, ": ",
+                     std::strerror(errno)));
     return 1;
   }
   const std::string rdzv = dir + "/store";
   std::vector<pid_t> pids;
   for (int r = 0; r < ranks; ++r) {
     std::vector<std::string> args = base;
-    for (const std::string& a : {std::string("--rank"), std::to_string(r), std::string("--world-size"),
-                                 std::to_string(ranks), std::string("--store"), rdzv}) {
+    for (const std::string& a :
+         {std::string("--rank"), std::to_string(r), std::string("--world-size"),
+          std::to_string(ranks), std::string("--store"), rdzv}) {
       args.push_back(a);
     }
     std::vector<char*> av;
@@ -342,14 +350,16 @@ int SpawnRanks(const std::vector<std::string>& base, int ranks) {
 
 int main(int argc, char** argv) {
   safeshard::RaiseOpenFileLimit();  // 1,000+ rank files
-  CLI::App app{"safeshard-torch: safeshard's libtorch companion (multi-process consolidation over c10d/Gloo)"};
+  CLI::App app{
+      "safeshard-torch: safeshard's libtorch companion (multi-process consolidation over "
+      "c10d/Gloo)"};
   app.require_subcommand(1);
   std::string in, out, store, max_shard;
   int ranks = 2, rank = 0, world = 1, threads = 1;
   bool from_env = false;
   double timeout = 120;
-  CLI::App* dist = app.add_subcommand(
-      "dist-consolidate", "Consolidate with R cooperating processes over c10d (Gloo)");
+  CLI::App* dist = app.add_subcommand("dist-consolidate",
+                                      "Consolidate with R cooperating processes over c10d (Gloo)");
   dist->add_option("IN", in)->required();
   dist->add_option("OUT", out)->required();
   dist->add_option("--ranks", ranks, "Number of processes")->check(CLI::Range(1, 256));
@@ -367,9 +377,10 @@ int main(int argc, char** argv) {
   }
   int layers = 4;
   uint64_t hidden = 256, vocab = 4096;
-  CLI::App* save = app.add_subcommand(
-      "save-example", "R processes save a generated transformer-shaped model over Gloo with the "
-                      "HF storage writer (per-rank DCP shards + completion manifest)");
+  CLI::App* save =
+      app.add_subcommand("save-example",
+                         "R processes save a generated transformer-shaped model over Gloo with the "
+                         "HF storage writer (per-rank DCP shards + completion manifest)");
   save->add_option("OUT", out)->required();
   save->add_option("--ranks", ranks, "Number of processes")->check(CLI::Range(1, 256));
   CLI::App* save_one = app.add_subcommand("save-example-rank", "One rank of save-example");
@@ -381,8 +392,9 @@ int main(int argc, char** argv) {
   std::string consolidated;
   bool full = false;
   for (CLI::App* a : {save, save_one}) {
-    a->add_flag("--full", full, "save_sharded=False: every rank holds full tensors; files by a "
-                                "mapping (layers in file 2) and the index json");
+    a->add_flag("--full", full,
+                "save_sharded=False: every rank holds full tensors; files by a "
+                "mapping (layers in file 2) and the index json");
     a->add_option("--consolidated-output", consolidated,
                   "After the save, all ranks consolidate it into the HF layout here");
     a->add_option("--layers", layers, "Transformer layers");
@@ -392,11 +404,13 @@ int main(int argc, char** argv) {
   }
   std::string layout = "col";
   CLI::App* lc = app.add_subcommand(
-      "load-check", "R processes load a generated checkpoint into another sharding (col, row or "
-                    "mesh) and verify every value");
+      "load-check",
+      "R processes load a generated checkpoint into another sharding (col, row or "
+      "mesh) and verify every value");
   lc->add_option("DIR", in)->required();
   lc->add_option("--ranks", ranks)->check(CLI::Range(1, 256));
-  lc->add_option("--layout", layout, "col, row or mesh")->check(CLI::IsMember({"col", "row", "mesh"}));
+  lc->add_option("--layout", layout, "col, row or mesh")
+      ->check(CLI::IsMember({"col", "row", "mesh"}));
   CLI::App* lc_one = app.add_subcommand("load-check-rank", "One rank of load-check");
   lc_one->add_option("DIR", in)->required();
   lc_one->add_option("--rank", rank);
@@ -416,9 +430,16 @@ int main(int argc, char** argv) {
                         static_cast<uint64_t>(vocab), timeout, consolidated, full);
   }
   if (save->parsed()) {
-    std::vector<std::string> base = {"/proc/self/exe", "save-example-rank", out, "--layers",
-                                     std::to_string(layers), "--hidden", std::to_string(hidden),
-                                     "--vocab", std::to_string(vocab), "--timeout",
+    std::vector<std::string> base = {"/proc/self/exe",
+                                     "save-example-rank",
+                                     out,
+                                     "--layers",
+                                     std::to_string(layers),
+                                     "--hidden",
+                                     std::to_string(hidden),
+                                     "--vocab",
+                                     std::to_string(vocab),
+                                     "--timeout",
                                      std::to_string(timeout)};
     if (!consolidated.empty()) {
       base.push_back("--consolidated-output");
@@ -427,11 +448,13 @@ int main(int argc, char** argv) {
     if (full) base.push_back("--full");
     return SpawnRanks(base, ranks);
   }
-  if (one->parsed()) return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);
+  if (one->parsed())
+    return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);
 
   // dist-consolidate: the ranks are this binary again, meeting through a FileStore.
-  std::vector<std::string> base = {"/proc/self/exe", "dist-consolidate-rank", in, out, "--threads",
-                                   std::to_string(threads), "--timeout", std::to_string(timeout)};
+  std::vector<std::string> base = {
+      "/proc/self/exe", "dist-consolidate-rank", in,          out,
+      "--threads",      std::to_string(threads), "--timeout", std::to_string(timeout)};
   if (!max_shard.empty()) {
     base.push_back("--max-shard-size");
     base.push_back(max_shard);

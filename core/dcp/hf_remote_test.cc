@@ -4,9 +4,9 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "core/consolidate/run_ranks.h"
 #include "core/dcp/hf_storage_reader.h"
 #include "core/dcp/hf_storage_writer.h"
-#include "core/consolidate/run_ranks.h"
 #include "core/io/filesystem.h"
 #include "core/io/http_filesystem.h"
 #include "core/layout/layout.h"
@@ -35,9 +35,10 @@ TEST(HfRemoteTest, SaveOverWebDavThenLoadOnlyTheNeededRanges) {
   SaveOptions o;
   o.token = kToken;
   auto st = RunRanks(2, [&](int r, Collective& c) {
-    StateDict sd = {{"w", ShardedTensor{w.slice(0, 2048 * r, 2048 * (r + 1)), {4096, 256}, {2048 * r, 0}}},
-                    {"v", ShardedTensor{v.slice(1, 48 * r, 48 * (r + 1)), {64, 96}, {0, 48 * r}}},
-                    {"step", step}};
+    StateDict sd = {
+        {"w", ShardedTensor{w.slice(0, 2048 * r, 2048 * (r + 1)), {4096, 256}, {2048 * r, 0}}},
+        {"v", ShardedTensor{v.slice(1, 48 * r, 48 * (r + 1)), {64, 96}, {0, 48 * r}}},
+        {"step", step}};
     return SaveSharded(sd, url, c, o).status();
   });
   for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;

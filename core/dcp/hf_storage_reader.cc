@@ -1,22 +1,22 @@
 #include "core/dcp/hf_storage_reader.h"
 
-#include <atomic>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <optional>
 #include <set>
 #include <thread>
 
-#include "absl/synchronization/mutex.h"
 #include <map>
+#include "absl/synchronization/mutex.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/dcp/hf_storage_writer.h"
 #include "core/io/filesystem.h"
-#include "core/util/parallel.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
+#include "core/util/parallel.h"
 
 namespace safeshard {
 namespace {
@@ -64,7 +64,6 @@ void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<
   }
 }
 
-
 // Remote reads: ranges closer than this are fetched as one request (a round trip costs about as
 // much as this many bytes on a fast link); at least this many fetch threads.
 constexpr uint64_t kCoalesceBytes = 256 << 10;
@@ -75,7 +74,7 @@ constexpr uint64_t kFetchPiece = 16 << 20;
 
 struct Fetched {
   int file;
-  uint64_t begin, end;  // absolute bytes in the file
+  uint64_t begin, end;           // absolute bytes in the file
   std::unique_ptr<char[]> data;  // end - begin bytes (not zero-filled first)
 };
 
@@ -96,25 +95,30 @@ std::optional<std::pair<uint64_t, uint64_t>> NeededRows(const TensorLayout& t, c
   uint64_t row = BitsOf(t.dtype) / 8;
   for (size_t d = 1; d < rank; ++d) row *= c.sizes[d];
   const int64_t off0 = r.offsets.empty() ? 0 : r.offsets[0];
-  const uint64_t lo0 = static_cast<uint64_t>(std::max<int64_t>(off0, static_cast<int64_t>(c.offsets[0]))) - c.offsets[0];
-  const uint64_t hi0 = static_cast<uint64_t>(std::min<int64_t>(off0 + r.dest.size(0),
-                                                               static_cast<int64_t>(c.offsets[0] + c.sizes[0]))) -
-                       c.offsets[0];
+  const uint64_t lo0 =
+      static_cast<uint64_t>(std::max<int64_t>(off0, static_cast<int64_t>(c.offsets[0]))) -
+      c.offsets[0];
+  const uint64_t hi0 =
+      static_cast<uint64_t>(std::min<int64_t>(off0 + r.dest.size(0),
+                                              static_cast<int64_t>(c.offsets[0] + c.sizes[0]))) -
+      c.offsets[0];
   return std::make_pair(c.begin + lo0 * row, c.begin + hi0 * row);
 }
-
 
 // Where the rows NeededRows() gives land in the destination when they are contiguous there too
 // (the chunk and the destination span the same full extent in every dimension but the first,
 // the destination is contiguous and of the stored dtype); nullptr otherwise.
 char* DirectDestination(const TensorLayout& t, const Chunk& c, const LoadRequest& r) {
   const size_t rank = t.shape.size();
-  if (rank == 0 || !r.dest.is_contiguous() || static_cast<size_t>(r.dest.dim()) != rank) return nullptr;
+  if (rank == 0 || !r.dest.is_contiguous() || static_cast<size_t>(r.dest.dim()) != rank)
+    return nullptr;
   absl::StatusOr<DType> want = DTypeOfTorch(r.dest.scalar_type());
-  if (!want.ok() || (*want != t.dtype && !(IsFloat8(t.dtype) && *want == DType::kU8))) return nullptr;
+  if (!want.ok() || (*want != t.dtype && !(IsFloat8(t.dtype) && *want == DType::kU8)))
+    return nullptr;
   for (size_t d = 1; d < rank; ++d) {
     const int64_t off = r.offsets.empty() ? 0 : r.offsets[d];
-    if (off != static_cast<int64_t>(c.offsets[d]) || r.dest.size(static_cast<int64_t>(d)) != static_cast<int64_t>(c.sizes[d])) {
+    if (off != static_cast<int64_t>(c.offsets[d]) ||
+        r.dest.size(static_cast<int64_t>(d)) != static_cast<int64_t>(c.sizes[d])) {
       return nullptr;
     }
   }
@@ -224,8 +228,8 @@ absl::StatusOr<at::Tensor> HfStorageReader::View(const std::string& fqn) {
     }();
     if (!st.ok()) return st.status();
     if (t.chunks.size() != 1) {
-      return absl::FailedPreconditionError(absl::StrCat("tensor \"", fqn, "\" is stored in ",
-                                                        t.chunks.size(), " chunks; load it"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor \"", fqn, "\" is stored in ", t.chunks.size(), " chunks; load it"));
     }
     const Chunk& c = t.chunks[0];
     absl::StatusOr<const MappedRegion*> m = Mapping(c.file);
@@ -233,14 +237,15 @@ absl::StatusOr<at::Tensor> HfStorageReader::View(const std::string& fqn) {
     const char* p = (*m)->data().data() + c.begin;
     const int64_t esize = c10::elementSize(*st);
     if (reinterpret_cast<uintptr_t>(p) % esize != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor \"", fqn, "\" starts at file offset ", c.begin,
-          ", not aligned to its element size: load it into a tensor instead"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor \"", fqn, "\" starts at file offset ", c.begin,
+                       ", not aligned to its element size: load it into a tensor instead"));
     }
     std::shared_ptr<const MappedRegion> keep = maps_[c.file];
     std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
-    return torch::from_blob(const_cast<char*>(p), sizes, [keep](void*) mutable { keep.reset(); },
-                            torch::TensorOptions().dtype(*st));
+    return torch::from_blob(
+        const_cast<char*>(p), sizes, [keep](void*) mutable { keep.reset(); },
+        torch::TensorOptions().dtype(*st));
   }
   return absl::NotFoundError(absl::StrCat(path_, ": no tensor \"", fqn, "\""));
 }
@@ -310,7 +315,8 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
       return a.file != b.file ? a.file < b.file : a.begin < b.begin;
     });
     for (const Span& sp : spans) {
-      if (!fetched.empty() && fetched.back().file == sp.file && sp.begin <= fetched.back().end + kCoalesceBytes) {
+      if (!fetched.empty() && fetched.back().file == sp.file &&
+          sp.begin <= fetched.back().end + kCoalesceBytes) {
         fetched.back().end = std::max(fetched.back().end, sp.end);
       } else {
         fetched.push_back({sp.file, sp.begin, sp.end, nullptr});
@@ -336,7 +342,8 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
     absl::Mutex fmu;
     absl::Status fetch_error;
     std::vector<std::thread> fetchers;
-    const int n = std::min<int>(static_cast<int>(pieces.size()), std::max(threads_, kMinFetchThreads));
+    const int n =
+        std::min<int>(static_cast<int>(pieces.size()), std::max(threads_, kMinFetchThreads));
     for (int i = 0; i < n; ++i) {
       fetchers.emplace_back([&] {
         for (size_t k = next_piece++; k < pieces.size(); k = next_piece++) {
@@ -365,7 +372,8 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
     LoadRequest& r = requests[ri];
     auto it = by_name.find(r.fqn);
     if (it == by_name.end()) {
-      return absl::NotFoundError(absl::StrCat(dir, ": no tensor \"", r.fqn, "\" in the checkpoint"));
+      return absl::NotFoundError(
+          absl::StrCat(dir, ": no tensor \"", r.fqn, "\" in the checkpoint"));
     }
     const TensorLayout& t = *it->second;
     absl::StatusOr<DType> want = DTypeOfTorch(r.dest.scalar_type());
@@ -379,19 +387,20 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
     }
     const size_t rank = t.shape.size();
     if (static_cast<size_t>(r.dest.dim()) != rank) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor \"", r.fqn, "\" has ", rank,
-                                                     " dimensions, the destination ", r.dest.dim()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor \"", r.fqn, "\" has ", rank, " dimensions, the destination ", r.dest.dim()));
     }
     if (r.offsets.empty()) r.offsets.assign(rank, 0);
     std::vector<int64_t> dsz(r.dest.sizes().begin(), r.dest.sizes().end());
     for (size_t d = 0; d < rank; ++d) {
       if (r.offsets[d] < 0 || r.offsets[d] + dsz[d] > static_cast<int64_t>(t.shape[d])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor \"", r.fqn, "\": requested box lies outside its shape [",
-            absl::StrJoin(t.shape, ", "), "] in dimension ", d));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", r.fqn, "\": requested box lies outside its shape [",
+                         absl::StrJoin(t.shape, ", "), "] in dimension ", d));
       }
     }
-    at::Tensor target = r.dest.is_contiguous() ? r.dest : torch::empty(r.dest.sizes(), r.dest.options());
+    at::Tensor target =
+        r.dest.is_contiguous() ? r.dest : torch::empty(r.dest.sizes(), r.dest.options());
     const int64_t esize = target.element_size();
     int64_t covered = 0;
     for (const Chunk& c : t.chunks) {
@@ -416,7 +425,8 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
           if (rows && x.file == c.file && x.begin <= rows->first && rows->second <= x.end) f = &x;
         }
         if (f == nullptr) {
-          return absl::InternalError(absl::StrCat("tensor \"", t.name, "\": fetched bytes not found"));
+          return absl::InternalError(
+              absl::StrCat("tensor \"", t.name, "\": fetched bytes not found"));
         }
         std::vector<int64_t> sub_o = so, sub_sz = ssz;
         if (rank > 0) {
@@ -439,9 +449,9 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
       copied += vol * esize;
     }
     if (covered != target.numel()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor \"", r.fqn, "\": the checkpoint holds ", covered, " of the ", target.numel(),
-          " requested elements"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor \"", r.fqn, "\": the checkpoint holds ", covered, " of the ",
+                       target.numel(), " requested elements"));
     }
     if (!target.is_same(r.dest)) r.dest.copy_(target);
     return absl::OkStatus();

@@ -37,7 +37,8 @@ std::string Bytes(const at::Tensor& t) {
 
 // Loads every tensor of `model` (saved in `dir`) column-sharded 2 ways (dim 1 where there is
 // one), as one quarter of a 2x2 mesh, and whole, and compares with the generator's bytes.
-void ExpectLoadsIntoOtherShardings(const std::vector<ExampleTensor>& model, const std::string& dir) {
+void ExpectLoadsIntoOtherShardings(const std::vector<ExampleTensor>& model,
+                                   const std::string& dir) {
   for (const ExampleTensor& t : model) {
     std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
     std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> boxes;
@@ -59,7 +60,8 @@ void ExpectLoadsIntoOtherShardings(const std::vector<ExampleTensor>& model, cons
     boxes.push_back({std::vector<int64_t>(shape.size(), 0), shape});
     for (const auto& [off, sz] : boxes) {
       SCOPED_TRACE(t.name);
-      std::vector<LoadRequest> reqs = {{t.name, torch::empty(sz, torch::TensorOptions().dtype(Torch(t.dtype))), off}};
+      std::vector<LoadRequest> reqs = {
+          {t.name, torch::empty(sz, torch::TensorOptions().dtype(Torch(t.dtype))), off}};
       LoadStats stats;
       absl::Status s = LoadInto(dir, reqs, nullptr, &stats);
       ASSERT_TRUE(s.ok()) << s;
@@ -83,9 +85,10 @@ TEST(HfStorageReaderTest, LoadsPyTorchNewestStridedChunksByLogicalName) {
                                       {"m", DType::kF32, {12, 8}, Sharding::kStridedMesh},
                                       {"s", DType::kI64, {}, Sharding::kReplicated}};
   std::string dir = testing::NewTempDir() + "/ckpt";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model,
-                                 {.ranks = 4, .mesh_rows = 2, .logical_fqn = true, .global_shape = true})
-                  .ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), dir, model,
+                         {.ranks = 4, .mesh_rows = 2, .logical_fqn = true, .global_shape = true})
+          .ok());
   ExpectLoadsIntoOtherShardings(model, dir);
 }
 
@@ -124,7 +127,8 @@ TEST(HfStorageReaderTest, RefusesWrongDTypesBoxesAndGaps) {
 TEST(HfStorageReaderTest, LoadsFp8IntoUint8) {
   std::string dir = testing::NewTempDir() + "/f8";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
-                                 {{"q", DType::kF8_E5M2, {6, 2}, Sharding::kRow}}, {.ranks = 2}).ok());
+                                 {{"q", DType::kF8_E5M2, {6, 2}, Sharding::kRow}}, {.ranks = 2})
+                  .ok());
   std::vector<LoadRequest> reqs = {{"q", torch::empty({3, 2}, torch::kUInt8), {3, 0}}};
   ASSERT_TRUE(LoadInto(dir, reqs).ok());
   EXPECT_TRUE(Bytes(reqs[0].dest) ==
@@ -158,8 +162,9 @@ TEST(HfStorageReaderTest, CachesMetadataUntilFilesChangeAndReadsInParallel) {
 
 TEST(HfStorageReaderTest, ViewsAlignedWholeTensorsWithoutCopying) {
   std::string dir = testing::NewTempDir();
-  testing::WriteFile(dir + "/model.safetensors",
-                     testing::BuildSafetensors({{"w", DType::kF32, {4, 2}}, {"b", DType::kU8, {3}}}));
+  testing::WriteFile(
+      dir + "/model.safetensors",
+      testing::BuildSafetensors({{"w", DType::kF32, {4, 2}}, {"b", DType::kU8, {3}}}));
   HfStorageReader reader(dir);
   absl::StatusOr<at::Tensor> v = reader.View("w");
   ASSERT_TRUE(v.ok()) << v.status();
@@ -169,7 +174,8 @@ TEST(HfStorageReaderTest, ViewsAlignedWholeTensorsWithoutCopying) {
   EXPECT_TRUE(reader.View("b").ok());
   std::string sharded = testing::NewTempDir() + "/s";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), sharded,
-                                 {{"w", DType::kF32, {4, 2}, Sharding::kRow}}, {.ranks = 2}).ok());
+                                 {{"w", DType::kF32, {4, 2}, Sharding::kRow}}, {.ranks = 2})
+                  .ok());
   HfStorageReader r2(sharded);
   EXPECT_EQ(r2.View("w").status().code(), absl::StatusCode::kFailedPrecondition);
 }

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -26,9 +26,9 @@ namespace {
 using nlohmann::json;
 
 struct Item {
-  std::string fqn;   // logical name
-  std::string key;   // physical key in the file: fqn, or "{fqn}.__dcp_shard_{k}" when this
-                     // rank holds several chunks of fqn (strided sharding)
+  std::string fqn;  // logical name
+  std::string key;  // physical key in the file: fqn, or "{fqn}.__dcp_shard_{k}" when this
+                    // rank holds several chunks of fqn (strided sharding)
   const StateDictValue* value = nullptr;
   bool replicated = false;
   std::vector<int64_t> offsets, sizes, global_shape;
@@ -60,8 +60,8 @@ absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t) {
   }
 }
 
-absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& dir,
-                                       Collective& c, const SaveOptions& options) {
+absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& dir, Collective& c,
+                                       const SaveOptions& options) {
   // A URL (http(s):// over WebDAV, file://, mem://): save through the file system it names.
   if (options.fs == nullptr && !UrlScheme(dir).empty()) {
     UrlOptions uo;
@@ -90,9 +90,10 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
           if (!std::holds_alternative<ShardedTensor>(sd[o].second) ||
               std::get<ShardedTensor>(sd[o].second).global_shape !=
                   std::get<ShardedTensor>(sd[occ[0]].second).global_shape) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "tensor \"", fqn, "\" appears twice; only chunks of one sharded tensor (same "
-                "global shape) may repeat"));
+            return absl::InvalidArgumentError(
+                absl::StrCat("tensor \"", fqn,
+                             "\" appears twice; only chunks of one sharded tensor (same "
+                             "global shape) may repeat"));
           }
         }
       }
@@ -100,9 +101,12 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
       it.fqn = fqn;
       it.value = &v;
       const at::Tensor& t = LocalOf(v);
-      if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\" is undefined"));
+      if (!t.defined())
+        return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\" is undefined"));
       absl::StatusOr<DType> dt = DTypeOfTorch(t.scalar_type());
-      if (!dt.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\": ", dt.status().message()));
+      if (!dt.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", fqn, "\": ", dt.status().message()));
       it.sizes.assign(t.sizes().begin(), t.sizes().end());
       it.bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
       if (std::holds_alternative<at::Tensor>(v)) {
@@ -117,7 +121,9 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
         }
         for (size_t d = 0; d < it.sizes.size(); ++d) {
           if (s.offsets[d] < 0 || s.offsets[d] + it.sizes[d] > s.global_shape[d]) {
-            return absl::InvalidArgumentError(absl::StrCat("tensor \"", fqn, "\": local chunk lies outside the global shape in dimension ", d));
+            return absl::InvalidArgumentError(
+                absl::StrCat("tensor \"", fqn,
+                             "\": local chunk lies outside the global shape in dimension ", d));
           }
         }
         it.offsets = s.offsets;
@@ -156,7 +162,8 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     }
   }
   std::vector<std::pair<std::string, uint64_t>> rep(replicated.begin(), replicated.end());
-  std::stable_sort(rep.begin(), rep.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::stable_sort(rep.begin(), rep.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
   std::map<std::string, int> owner;
   for (const auto& [fqn, bytes] : rep) {
     int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
@@ -200,9 +207,10 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
       if (want != options.fqn_to_dtype_mapping.end() && want->second != dt) {
         // libtorch 1.13 has no float8: FP8 travels as uint8 and is saved back under its name.
         if (!(IsFloat8(want->second) && (dt == DType::kU8 || dt == DType::kI8))) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "tensor \"", it->fqn, "\": fqn_to_dtype_mapping asks for ", DTypeName(want->second),
-              " but the tensor is ", DTypeName(dt), " (only uint8 -> FP8 relabelling is supported)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("tensor \"", it->fqn, "\": fqn_to_dtype_mapping asks for ",
+                           DTypeName(want->second), " but the tensor is ", DTypeName(dt),
+                           " (only uint8 -> FP8 relabelling is supported)"));
         }
         dt = want->second;
       }
@@ -215,7 +223,8 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
     }
     absl::StatusOr<Header> h = LayoutHeader(std::move(specs), ShardedFileMetadata(info));
     if (!h.ok()) return h.status();
-    absl::StatusOr<AtomicFile> f = AtomicFile::Create(fs, JoinPath(dir, ShardFileName(rank, idx, count)));
+    absl::StatusOr<AtomicFile> f =
+        AtomicFile::Create(fs, JoinPath(dir, ShardFileName(rank, idx, count)));
     if (!f.ok()) return f.status();
     outs[j].emplace(std::move(*f));
     // Checksums are computed from the bytes as they are written (header, then tensors in data
@@ -289,7 +298,8 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
   }
   absl::Status manifest = absl::OkStatus();
   if (rank == 0) {
-    manifest = WriteFileAtomically(fs, JoinPath(dir, kCompletionManifestName), SerializeManifest(m));
+    manifest =
+        WriteFileAtomically(fs, JoinPath(dir, kCompletionManifestName), SerializeManifest(m));
   }
   absl::Status done = AllGatherStatus(c, manifest);
   if (!done.ok()) return done;
@@ -312,8 +322,7 @@ absl::StatusOr<SaveResult> SaveSharded(const StateDict& sd, const std::string& d
                                                      ": consolidated_output_path must be local"));
     }
     if (out_where->fs.get() != &fs) co.output_fs = out_where->fs.get();
-    absl::StatusOr<ConsolidateResult> r =
-        Consolidate(fs, dir, out_where->path, co, &c);
+    absl::StatusOr<ConsolidateResult> r = Consolidate(fs, dir, out_where->path, co, &c);
     if (!r.ok()) return r.status();
     result.consolidated_files = r->files;
   }
@@ -350,13 +359,16 @@ absl::StatusOr<SaveResult> SaveFull(const StateDict& sd, const std::string& dir,
         return absl::InvalidArgumentError(absl::StrCat("tensor \"", e.first, "\" appears twice"));
       }
       if (!std::holds_alternative<at::Tensor>(e.second)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor \"", e.first, "\" is sharded: a full save needs whole tensors (save sharded, "
-            "or use consolidated_output_path)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", e.first,
+                         "\" is sharded: a full save needs whole tensors (save sharded, "
+                         "or use consolidated_output_path)"));
       }
       const at::Tensor& t = std::get<at::Tensor>(e.second);
       absl::StatusOr<DType> dt = DTypeOfTorch(t.scalar_type());
-      if (!dt.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor \"", e.first, "\": ", dt.status().message()));
+      if (!dt.ok())
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", e.first, "\": ", dt.status().message()));
       int idx = 1;
       if (options.fqn_to_index_mapping) {
         auto it = options.fqn_to_index_mapping->find(e.first);
@@ -442,7 +454,9 @@ absl::StatusOr<SaveResult> SaveFull(const StateDict& sd, const std::string& dir,
     }
     idx.total_size = total;
     index = WriteFileAtomically(
-        fs, JoinPath(dir, std::string(options.diffusers_compatible ? kDiffusersIndexFileName : kIndexFileName)),
+        fs,
+        JoinPath(dir, std::string(options.diffusers_compatible ? kDiffusersIndexFileName
+                                                               : kIndexFileName)),
         SerializeIndexJson(idx));
   }
   ok = AllGatherStatus(c, index);

@@ -37,9 +37,9 @@ namespace safeshard {
 inline constexpr char kCompletionManifestName[] = "safeshard.complete.json";
 
 struct ShardedTensor {
-  at::Tensor local;                   // this rank's chunk (any strides; may be empty)
+  at::Tensor local;  // this rank's chunk (any strides; may be empty)
   std::vector<int64_t> global_shape;
-  std::vector<int64_t> offsets;       // of `local` within the global tensor
+  std::vector<int64_t> offsets;  // of `local` within the global tensor
 };
 
 using StateDictValue = std::variant<at::Tensor, ShardedTensor>;
@@ -48,9 +48,9 @@ using StateDict = std::vector<std::pair<std::string, StateDictValue>>;
 absl::StatusOr<DType> DTypeOfTorch(c10::ScalarType t);
 
 struct SaveResult {
-  std::vector<std::string> consolidated_files;  // with consolidated_output_path
-  std::string file;      // this rank's file name
-  uint64_t bytes = 0;    // tensor bytes this rank wrote
+  std::vector<std::string> consolidated_files;              // with consolidated_output_path
+  std::string file;                                         // this rank's file name
+  uint64_t bytes = 0;                                       // tensor bytes this rank wrote
   std::vector<std::pair<std::string, uint64_t>> all_files;  // every rank's file and size
 };
 

@@ -4,8 +4,8 @@
 
 #include <thread>
 
-#include "core/format/index_json.h"
 #include "core/consolidate/run_ranks.h"
+#include "core/format/index_json.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 #include "core/testing/testing.h"
@@ -20,7 +20,8 @@ std::string Bytes(const CheckpointLayout& ck, const std::string& name) {
   const TensorLayout* t = ck.FindTensor(name);
   if (t == nullptr || t->chunks.size() != 1) return "";
   const Chunk& c = t->chunks[0];
-  return testing::ReadFile(JoinPath(ck.root(), ck.files()[c.file].name)).substr(c.begin, c.end - c.begin);
+  return testing::ReadFile(JoinPath(ck.root(), ck.files()[c.file].name))
+      .substr(c.begin, c.end - c.begin);
 }
 
 std::string Raw(const at::Tensor& t) {
@@ -98,8 +99,9 @@ TEST(HfStorageWriterTest, ShardedSaveSplitsFilesByMappingInParallelAndRelabelsFp
   o.thread_count = 2;
   o.consolidated_output_path = testing::NewTempDir() + "/hf";
   auto st = RunRanks(2, [&](int r, Collective& col) {
-    StateDict sd = {{"a", ShardedTensor{torch::full({2, 3}, r, torch::kFloat32), {4, 3}, {2 * r, 0}}},
-                    {"q", ShardedTensor{q.slice(0, 2 * r, 2 * r + 2), {4, 4}, {2 * r, 0}}}};
+    StateDict sd = {
+        {"a", ShardedTensor{torch::full({2, 3}, r, torch::kFloat32), {4, 3}, {2 * r, 0}}},
+        {"q", ShardedTensor{q.slice(0, 2 * r, 2 * r + 2), {4, 4}, {2 * r, 0}}}};
     return SaveSharded(sd, dir, col, o).status();
   });
   for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;

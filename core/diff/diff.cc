@@ -94,14 +94,16 @@ bool BuildRuns(const TensorLayout& t, std::vector<Run>* runs) {
       if (d == 0) break;
     }
   }
-  std::sort(runs->begin(), runs->end(), [](const Run& x, const Run& y) { return x.start < y.start; });
+  std::sort(runs->begin(), runs->end(),
+            [](const Run& x, const Run& y) { return x.start < y.start; });
   return true;
 }
 
 std::string FormatElement(DType dt, const char* p) {
   const int bytes = std::max(1, BitsOf(dt) / 8);
   std::string hex = "0x";
-  for (int i = bytes; i-- > 0;) absl::StrAppendFormat(&hex, "%02x", static_cast<unsigned char>(p[i]));
+  for (int i = bytes; i-- > 0;)
+    absl::StrAppendFormat(&hex, "%02x", static_cast<unsigned char>(p[i]));
   std::string value;
   switch (dt) {
     case DType::kF64:
@@ -116,19 +118,19 @@ std::string FormatElement(DType dt, const char* p) {
     case DType::kBOOL: value = p[0] ? "true" : "false"; break;
     case DType::kI8: value = absl::StrCat(static_cast<int8_t>(p[0])); break;
     case DType::kU8: value = absl::StrCat(static_cast<uint8_t>(p[0])); break;
-#define SAFESHARD_INT_CASE(D, T) \
-    case D: {                    \
-      T v;                       \
-      std::memcpy(&v, p, sizeof v); \
-      value = absl::StrCat(v);   \
-      break;                     \
-    }
-    SAFESHARD_INT_CASE(DType::kI16, int16_t)
-    SAFESHARD_INT_CASE(DType::kU16, uint16_t)
-    SAFESHARD_INT_CASE(DType::kI32, int32_t)
-    SAFESHARD_INT_CASE(DType::kU32, uint32_t)
-    SAFESHARD_INT_CASE(DType::kI64, int64_t)
-    SAFESHARD_INT_CASE(DType::kU64, uint64_t)
+#define SAFESHARD_INT_CASE(D, T)  \
+  case D: {                       \
+    T v;                          \
+    std::memcpy(&v, p, sizeof v); \
+    value = absl::StrCat(v);      \
+    break;                        \
+  }
+      SAFESHARD_INT_CASE(DType::kI16, int16_t)
+      SAFESHARD_INT_CASE(DType::kU16, uint16_t)
+      SAFESHARD_INT_CASE(DType::kI32, int32_t)
+      SAFESHARD_INT_CASE(DType::kU32, uint32_t)
+      SAFESHARD_INT_CASE(DType::kI64, int64_t)
+      SAFESHARD_INT_CASE(DType::kU64, uint64_t)
 #undef SAFESHARD_INT_CASE
     default: break;
   }
@@ -144,23 +146,25 @@ class Side {
 
   std::string Path(int file) const { return JoinPath(ck_.root(), ck_.files()[file].name); }
 
-  absl::StatusOr<absl::string_view> Bytes(int file, uint64_t at, uint64_t n, const std::string& tensor) {
+  absl::StatusOr<absl::string_view> Bytes(int file, uint64_t at, uint64_t n,
+                                          const std::string& tensor) {
     std::shared_ptr<const MappedRegion> m;
     {
       Slot& s = slots_[file];
       std::lock_guard<std::mutex> l(s.mu);
       if (!s.map) {
-        ASSIGN_OR_RETURN(MappedInput in, MapUnchanged(fs_, JoinPath(ck_.root(), ck_.files()[file].name),
-                                                      IdentityOf(ck_.files()[file])));
+        ASSIGN_OR_RETURN(MappedInput in,
+                         MapUnchanged(fs_, JoinPath(ck_.root(), ck_.files()[file].name),
+                                      IdentityOf(ck_.files()[file])));
         s.map = std::move(in.map);
       }
       m = s.map;
     }
     const absl::string_view d = m->data();
     if (at > d.size() || n > d.size() - at) {
-      return absl::DataLossError(absl::StrCat(JoinPath(ck_.root(), ck_.files()[file].name), ": tensor \"", tensor,
-                                              "\": bytes [", at, ", ", at + n, ") lie beyond the end of the file (",
-                                              d.size(), " bytes)"));
+      return absl::DataLossError(absl::StrCat(
+          JoinPath(ck_.root(), ck_.files()[file].name), ": tensor \"", tensor, "\": bytes [", at,
+          ", ", at + n, ") lie beyond the end of the file (", d.size(), " bytes)"));
     }
     return d.substr(at, n);
   }
@@ -175,7 +179,9 @@ class Side {
   std::unique_ptr<Slot[]> slots_;
 };
 
-bool IsFloat(DType t) { return CanCast(t, DType::kF64); }
+bool IsFloat(DType t) {
+  return CanCast(t, DType::kF64);
+}
 
 void SetFirstIndex(const TensorLayout& t, uint64_t first, TensorDiff* d) {
   d->first_element = first;
@@ -200,13 +206,16 @@ absl::Status WalkTogether(const TensorLayout& ta, Side& sa, const std::vector<Ru
   while (i < ra.size() && j < rb.size()) {
     if (o.cancel && o.cancel->load()) return absl::CancelledError("diff cancelled");
     const uint64_t n = std::min({ra[i].size / ua - ia, rb[j].size / ub - jb, max_units});
-    ASSIGN_OR_RETURN(absl::string_view pa, sa.Bytes(ra[i].file, ra[i].at + ia * ua, n * ua, ta.name));
-    ASSIGN_OR_RETURN(absl::string_view pb, sb.Bytes(rb[j].file, rb[j].at + jb * ub, n * ub, tb.name));
+    ASSIGN_OR_RETURN(absl::string_view pa,
+                     sa.Bytes(ra[i].file, ra[i].at + ia * ua, n * ua, ta.name));
+    ASSIGN_OR_RETURN(absl::string_view pb,
+                     sb.Bytes(rb[j].file, rb[j].at + jb * ub, n * ub, tb.name));
     // Both are mappings: touch every page under the SIGBUS guard first (a file truncated by
     // another process becomes an error naming it), then compare with the guard still up.
-    for (const auto& [side, bytes, file, at] :
-         {std::tuple<Side*, absl::string_view, int, uint64_t>{&sa, pa, ra[i].file, ra[i].at + ia * ua},
-          std::tuple<Side*, absl::string_view, int, uint64_t>{&sb, pb, rb[j].file, rb[j].at + jb * ub}}) {
+    for (const auto& [side, bytes, file, at] : {std::tuple<Side*, absl::string_view, int, uint64_t>{
+                                                    &sa, pa, ra[i].file, ra[i].at + ia * ua},
+                                                std::tuple<Side*, absl::string_view, int, uint64_t>{
+                                                    &sb, pb, rb[j].file, rb[j].at + jb * ub}}) {
       const std::string path = side->Path(file);
       RETURN_IF_ERROR(GuardMappedAccess(path, at, [&] {
         volatile char sink = 0;
@@ -221,8 +230,10 @@ absl::Status WalkTogether(const TensorLayout& ta, Side& sa, const std::vector<Ru
     if (ia * ua == ra[i].size) ++i, ia = 0;
     if (jb * ub == rb[j].size) ++j, jb = 0;
   }
-  if (i < ra.size() || j < rb.size()) {  // both tile the same tensor: cannot happen without a problem
-    return absl::InternalError(absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different sizes"));
+  if (i < ra.size() ||
+      j < rb.size()) {  // both tile the same tensor: cannot happen without a problem
+    return absl::InternalError(
+        absl::StrCat("tensor \"", ta.name, "\": the chunks of A and B cover different sizes"));
   }
   return absl::OkStatus();
 }
@@ -244,15 +255,17 @@ struct Mismatches {
     }
   }
   // Fills `d` (kind values) when there are any; `criterion` follows "elements differ".
-  bool Report(const TensorLayout& t, const std::string& criterion, const std::string& suffix, TensorDiff* d) const {
+  bool Report(const TensorLayout& t, const std::string& criterion, const std::string& suffix,
+              TensorDiff* d) const {
     if (count == 0) return false;
     d->kind = DiffKind::kValues;
     d->differing_elements = count;
     SetFirstIndex(t, first, d);
     d->first_a = a;
     d->first_b = b;
-    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(t.numel()), " elements differ", criterion, "; first at [",
-                             absl::StrJoin(d->first_index, ", "), "]: A ", a, ", B ", b, suffix);
+    d->detail = absl::StrCat(Grouped(count), " of ", Grouped(t.numel()), " elements differ",
+                             criterion, "; first at [", absl::StrJoin(d->first_index, ", "),
+                             "]: A ", a, ", B ", b, suffix);
     return true;
   }
 };
@@ -271,30 +284,33 @@ absl::Status CompareNumeric(const TensorLayout& ta, Side& sa, const TensorLayout
   double max_diff = 0;
   RETURN_IF_ERROR(WalkTogether(ta, sa, ra, ea, tb, sb, rb, eb, kBlock, o,
                                [&](const char* pa, const char* pb, uint64_t n, uint64_t global) {
-    CastElements(ta.dtype, pa, DType::kF64, va.data(), n);
-    CastElements(tb.dtype, pb, DType::kF64, vb.data(), n);
-    for (uint64_t k = 0; k < n; ++k) {
-      const double a = va[k], b = vb[k];
-      bool same;
-      if (std::isnan(a) || std::isnan(b)) {
-        same = std::isnan(a) && std::isnan(b);
-      } else if (std::isinf(a) || std::isinf(b)) {
-        same = a == b;
-      } else {
-        const double diff = std::fabs(a - b);
-        max_diff = std::max(max_diff, diff);
-        same = diff <= o.atol + o.rtol * std::fabs(b);
-      }
-      if (!same) m.Add(global + k, ta.dtype, pa + k * ea, tb.dtype, pb + k * eb);
-    }
-  }));
+                                 CastElements(ta.dtype, pa, DType::kF64, va.data(), n);
+                                 CastElements(tb.dtype, pb, DType::kF64, vb.data(), n);
+                                 for (uint64_t k = 0; k < n; ++k) {
+                                   const double a = va[k], b = vb[k];
+                                   bool same;
+                                   if (std::isnan(a) || std::isnan(b)) {
+                                     same = std::isnan(a) && std::isnan(b);
+                                   } else if (std::isinf(a) || std::isinf(b)) {
+                                     same = a == b;
+                                   } else {
+                                     const double diff = std::fabs(a - b);
+                                     max_diff = std::max(max_diff, diff);
+                                     same = diff <= o.atol + o.rtol * std::fabs(b);
+                                   }
+                                   if (!same)
+                                     m.Add(global + k, ta.dtype, pa + k * ea, tb.dtype,
+                                           pb + k * eb);
+                                 }
+                               }));
   d->max_abs_diff = max_diff;
-  *differ = m.Report(ta, absl::StrCat(" beyond atol=", o.atol, " rtol=", o.rtol),
-                     absl::StrCat("; max |A-B| = ", absl::StrFormat("%.6g", max_diff),
-                                  ta.dtype != tb.dtype
-                                      ? absl::StrCat(" (A ", DTypeName(ta.dtype), ", B ", DTypeName(tb.dtype), ")")
-                                      : std::string()),
-                     d);
+  *differ = m.Report(
+      ta, absl::StrCat(" beyond atol=", o.atol, " rtol=", o.rtol),
+      absl::StrCat("; max |A-B| = ", absl::StrFormat("%.6g", max_diff),
+                   ta.dtype != tb.dtype
+                       ? absl::StrCat(" (A ", DTypeName(ta.dtype), ", B ", DTypeName(tb.dtype), ")")
+                       : std::string()),
+      d);
   return absl::OkStatus();
 }
 
@@ -304,7 +320,8 @@ absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout&
   std::vector<Run> ra, rb;
   if (!BuildRuns(ta, &ra) || !BuildRuns(tb, &rb)) {
     d->kind = DiffKind::kNotCompared;
-    d->detail = absl::StrCat(DTypeName(ta.dtype), " elements are split inside a byte: values not compared");
+    d->detail =
+        absl::StrCat(DTypeName(ta.dtype), " elements are split inside a byte: values not compared");
     *differ = true;
     return absl::OkStatus();
   }
@@ -312,21 +329,25 @@ absl::Status CompareValues(const TensorLayout& ta, Side& sa, const TensorLayout&
   Mismatches m;
   RETURN_IF_ERROR(WalkTogether(ta, sa, ra, 1, tb, sb, rb, 1, UINT64_MAX, o,
                                [&](const char* pa, const char* pb, uint64_t n, uint64_t global) {
-    if (std::memcmp(pa, pb, n) == 0) return;
-    // Element by element (runs hold whole elements: both start on element boundaries).
-    for (uint64_t k = 0; k < n; k += ebytes) {
-      const uint64_t len = std::min(ebytes, n - k);
-      if (std::memcmp(pa + k, pb + k, len) != 0) m.Add((global + k) / ebytes, ta.dtype, pa + k, tb.dtype, pb + k);
-    }
-  }));
+                                 if (std::memcmp(pa, pb, n) == 0) return;
+                                 // Element by element (runs hold whole elements: both start on
+                                 // element boundaries).
+                                 for (uint64_t k = 0; k < n; k += ebytes) {
+                                   const uint64_t len = std::min(ebytes, n - k);
+                                   if (std::memcmp(pa + k, pb + k, len) != 0)
+                                     m.Add((global + k) / ebytes, ta.dtype, pa + k, tb.dtype,
+                                           pb + k);
+                                 }
+                               }));
   *differ = m.Report(ta, "", "", d);
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a, FileSystem& fb,
-                                           const CheckpointLayout& b, const DiffOptions& o) {
+absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a,
+                                           FileSystem& fb, const CheckpointLayout& b,
+                                           const DiffOptions& o) {
   // A file whose header cannot be read hides which tensors it holds: every "only in" would be a
   // guess, so there is no comparison.
   for (const auto* side : {&a, &b}) {
@@ -353,7 +374,8 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
     }
   }
   for (const TensorLayout& t : b.tensors()) {
-    if (wanted(t.name) && a.FindTensor(t.name) == nullptr) rep.diffs.push_back({DiffKind::kOnlyInB, t.name, Describe(t)});
+    if (wanted(t.name) && a.FindTensor(t.name) == nullptr)
+      rep.diffs.push_back({DiffKind::kOnlyInB, t.name, Describe(t)});
   }
   rep.in_both = both.size();
 
@@ -377,8 +399,9 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
       differs[k] = 1;
     } else if (!o.headers_only && (ta.has_problem || tb.has_problem)) {
       d.kind = DiffKind::kNotCompared;
-      d.detail = absl::StrCat(ta.has_problem ? "A" : "B",
-                              " does not hold it exactly (a gap, overlap or conflict; see `safeshard verify`)");
+      d.detail = absl::StrCat(
+          ta.has_problem ? "A" : "B",
+          " does not hold it exactly (a gap, overlap or conflict; see `safeshard verify`)");
       differs[k] = 1;
     } else if (!o.headers_only) {
       to_compare.push_back(k);
@@ -386,7 +409,8 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
       if (ta.dtype != tb.dtype) ++rep.across_dtypes;
     } else if (ta.dtype != tb.dtype) {  // headers only: another dtype cannot be checked by value
       d.kind = DiffKind::kDType;
-      d.detail = absl::StrCat("A ", Describe(ta), ", B ", Describe(tb), " (headers only: values not compared)");
+      d.detail = absl::StrCat("A ", Describe(ta), ", B ", Describe(tb),
+                              " (headers only: values not compared)");
       differs[k] = 1;
     }
   }
@@ -428,8 +452,9 @@ absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayou
       ++rep.identical;
     }
   }
-  std::sort(rep.diffs.begin(), rep.diffs.end(),
-            [](const TensorDiff& x, const TensorDiff& y) { return x.name != y.name ? x.name < y.name : x.kind < y.kind; });
+  std::sort(rep.diffs.begin(), rep.diffs.end(), [](const TensorDiff& x, const TensorDiff& y) {
+    return x.name != y.name ? x.name < y.name : x.kind < y.kind;
+  });
   return rep;
 }
 

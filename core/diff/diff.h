@@ -55,17 +55,17 @@ struct DiffOptions {
   // 0 (`--atol 0` means "equal values", which is not "equal bytes" across dtypes).
   bool by_value = false;
   bool numeric() const { return by_value || atol > 0 || rtol > 0; }
-  int threads = 4;            // tensors compared at once
+  int threads = 4;                                 // tensors compared at once
   std::function<bool(const std::string&)> filter;  // only these names (all when empty)
   const std::atomic<bool>* cancel = nullptr;
   std::function<void(uint64_t done_bytes, uint64_t total_bytes)> progress;
 };
 
 struct DiffReport {
-  uint64_t in_both = 0;         // names present on both sides
-  uint64_t identical = 0;       // of those: same dtype, shape and (when compared) bytes
-  uint64_t bytes_compared = 0;  // per side
-  uint64_t across_dtypes = 0;   // tensors compared by value across float dtypes (numeric mode)
+  uint64_t in_both = 0;           // names present on both sides
+  uint64_t identical = 0;         // of those: same dtype, shape and (when compared) bytes
+  uint64_t bytes_compared = 0;    // per side
+  uint64_t across_dtypes = 0;     // tensors compared by value across float dtypes (numeric mode)
   std::vector<TensorDiff> diffs;  // sorted by name
   bool identical_all() const { return diffs.empty(); }
 };
@@ -73,8 +73,9 @@ struct DiffReport {
 // Both layouts must come from CheckpointLayout::Scan on `fa` and `fb`. kFailedPrecondition when a
 // file of either side has an unreadable header (its tensors are unknown). Errors reading data
 // (a truncated file, a remote failure) are returned, naming the file and offset.
-absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a, FileSystem& fb,
-                                           const CheckpointLayout& b, const DiffOptions& options);
+absl::StatusOr<DiffReport> DiffCheckpoints(FileSystem& fa, const CheckpointLayout& a,
+                                           FileSystem& fb, const CheckpointLayout& b,
+                                           const DiffOptions& options);
 
 }  // namespace safeshard
 

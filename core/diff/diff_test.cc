@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-
 #include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
 #include "core/testing/testing.h"
@@ -44,7 +43,8 @@ DiffReport DiffOrDie(const std::string& a, const std::string& b, DiffOptions o =
 TEST(DiffTest, PerRankShardsEqualTheirConsolidationByteForByte) {
   const std::string in = testing::NewTempDir() + "/in";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, Model(), {.ranks = 4}).ok());
-  const std::string single = testing::NewTempDir() + "/single", split = testing::NewTempDir() + "/split";
+  const std::string single = testing::NewTempDir() + "/single",
+                    split = testing::NewTempDir() + "/split";
   ASSERT_TRUE(Consolidate(LocalFileSystem(), in, single, {}).ok());
   ConsolidateOptions o;
   o.max_shard_size = 600;
@@ -78,7 +78,8 @@ TEST(DiffTest, ReportsTheFirstDifferingElementAndHowMany) {
   EXPECT_EQ(d.first_element, 57u);
   EXPECT_EQ(d.first_index, (std::vector<uint64_t>{5, 7}));
   EXPECT_NE(d.first_a, d.first_b);
-  EXPECT_NE(d.detail.find("2 of 80 elements differ; first at [5, 7]"), std::string::npos) << d.detail;
+  EXPECT_NE(d.detail.find("2 of 80 elements differ; first at [5, 7]"), std::string::npos)
+      << d.detail;
   EXPECT_EQ(r.identical, Model().size() - 1);
   // The same comparison reading headers only sees no difference: data is not read.
   EXPECT_TRUE(DiffOrDie(in, out, {.headers_only = true}).identical_all());
@@ -151,7 +152,10 @@ TEST(DiffTest, NamesDTypesShapesAndIncompleteTensors) {
 
   // A tensor with a gap in A cannot be compared: said so, never reported equal.
   const std::string in = testing::NewTempDir() + "/in";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, Model(), {.ranks = 4, .drop_chunk = std::make_pair(std::string("mesh.f32"), 1)}).ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), in, Model(),
+                         {.ranks = 4, .drop_chunk = std::make_pair(std::string("mesh.f32"), 1)})
+          .ok());
   const std::string full = testing::NewTempDir() + "/full";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), full, Model(), {.ranks = 4}).ok());
   DiffReport g = DiffOrDie(in, full);
@@ -162,13 +166,15 @@ TEST(DiffTest, NamesDTypesShapesAndIncompleteTensors) {
 
 TEST(DiffTest, AnUnreadableFileIsAnErrorNotMissingTensors) {
   const std::string a = testing::NewTempDir(), b = testing::NewTempDir();
-  testing::WriteFile(a + "/model.safetensors", testing::BuildSafetensors({{"w", DType::kF32, {4}}}));
+  testing::WriteFile(a + "/model.safetensors",
+                     testing::BuildSafetensors({{"w", DType::kF32, {4}}}));
   testing::WriteFile(b + "/model.safetensors", "garbage");
   CheckpointLayout la = ScanOrDie(a), lb = ScanOrDie(b);
   auto r = DiffCheckpoints(LocalFileSystem(), la, LocalFileSystem(), lb, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(std::string(r.status().message()).find(b + "/model.safetensors: "), std::string::npos) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find(b + "/model.safetensors: "), std::string::npos)
+      << r.status();
 }
 
 TEST(DiffTest, AFileChangedAfterTheScanIsAnErrorNamingIt) {
@@ -180,7 +186,8 @@ TEST(DiffTest, AFileChangedAfterTheScanIsAnErrorNamingIt) {
   testing::WriteFile(b + "/model.safetensors", bytes.substr(0, bytes.size() - 16));  // truncated
   auto r = DiffCheckpoints(LocalFileSystem(), la, LocalFileSystem(), lb, {});
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(std::string(r.status().message()).find(b + "/model.safetensors"), std::string::npos) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find(b + "/model.safetensors"), std::string::npos)
+      << r.status();
 }
 
 TEST(DiffTest, AFileTruncatedWhileItIsComparedIsAnErrorNotASigbus) {
@@ -204,7 +211,8 @@ TEST(DiffTest, AFileTruncatedWhileItIsComparedIsAnErrorNotASigbus) {
   auto r = DiffCheckpoints(LocalFileSystem(), la, LocalFileSystem(), lb, o);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
-  EXPECT_NE(std::string(r.status().message()).find("shrank while it was being read"), std::string::npos)
+  EXPECT_NE(std::string(r.status().message()).find("shrank while it was being read"),
+            std::string::npos)
       << r.status();
 }
 
@@ -212,14 +220,20 @@ TEST(DiffTest, ZeroTolerancesStillCompareByValueAcrossDTypes) {
   // An F32 tensor of values exactly representable in BF16, and its BF16 cast: equal values,
   // different bytes. With tolerances given (even 0) they are equal; byte for byte they differ.
   const std::string a = testing::NewTempDir() + "/a", b = testing::NewTempDir() + "/b";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), a, {{"w", DType::kF32, {4}, Sharding::kReplicated}}, {.ranks = 1}).ok());
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), a,
+                                 {{"w", DType::kF32, {4}, Sharding::kReplicated}}, {.ranks = 1})
+                  .ok());
   // Make the values BF16-exact: keep only the upper 16 bits of every F32.
   {
     CheckpointLayout la = ScanOrDie(a);
     const Chunk& c = la.FindTensor("w")->chunks[0];
     std::string path = JoinPath(a, la.files()[c.file].name);
     std::string bytes = testing::ReadFile(path);
-    for (uint64_t k = c.begin; k < c.end; k += 4) { bytes[k] = 0; bytes[k + 1] = 0; bytes[k + 2] &= 0x7f; }
+    for (uint64_t k = c.begin; k < c.end; k += 4) {
+      bytes[k] = 0;
+      bytes[k + 1] = 0;
+      bytes[k + 2] &= 0x7f;
+    }
     testing::WriteFile(path, bytes);
   }
   ConsolidateOptions co;

@@ -52,8 +52,7 @@ std::vector<ExampleTensor> TransformerLikeModel(const ModelOptions& o) {
     out.push_back({p + "mlp.up_proj.weight", DType::kF16, {f, h}, Sharding::kRow});
     out.push_back({p + "mlp.down_proj.weight", DType::kBF16, {h, f}, Sharding::kColumn});
     out.push_back({p + "input_layernorm.weight", DType::kF32, {h}, Sharding::kReplicated});
-    out.push_back({p + "post_attention_layernorm.weight", DType::kF32, {h},
-                   Sharding::kReplicated});
+    out.push_back({p + "post_attention_layernorm.weight", DType::kF32, {h}, Sharding::kReplicated});
   }
   out.push_back({"model.norm.weight", DType::kF32, {h}, Sharding::kReplicated});
   out.push_back({"lm_head.weight", DType::kBF16, {o.vocab, h}, Sharding::kColumn});
@@ -73,14 +72,15 @@ std::vector<ExampleTensor> ManySmallTensors(int count) {
   return out;
 }
 
-std::vector<std::vector<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>& tensors,
-                                               size_t ti, const WriteOptions& o,
+std::vector<std::vector<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>& tensors, size_t ti,
+                                               const WriteOptions& o,
                                                std::vector<uint64_t>* bytes_per_rank) {
   const ExampleTensor& t = tensors[ti];
   const int R = o.ranks;
   std::vector<std::vector<ChunkSpec>> out(R);
   Sharding s = t.sharding;
-  if (s == Sharding::kStridedMesh && (t.shape.size() < 2 || o.mesh_rows < 1 || R % o.mesh_rows != 0)) {
+  if (s == Sharding::kStridedMesh &&
+      (t.shape.size() < 2 || o.mesh_rows < 1 || R % o.mesh_rows != 0)) {
     s = Sharding::kStrided;
   }
   if (s == Sharding::kStrided && t.shape.empty()) s = Sharding::kReplicated;
@@ -90,8 +90,7 @@ std::vector<std::vector<ChunkSpec>> PlanChunks(const std::vector<ExampleTensor>&
   for (int r = 0; r < R; ++r) {
     ChunkSpec c{std::vector<uint64_t>(t.shape.size(), 0), t.shape};
     switch (s) {
-      case Sharding::kReplicated:
-        break;
+      case Sharding::kReplicated: break;
       case Sharding::kRow: {
         auto [lo, n] = Split(t.shape[0], R, r);
         c.offsets[0] = lo;
@@ -171,7 +170,8 @@ std::string ChunkBytes(const ExampleTensor& t, const ChunkSpec& c) {
   for (uint64_t e = 0; e < n; ++e) {
     uint64_t g = 0;
     for (size_t d = 0; d < rank; ++d) g += (c.offsets[d] + idx[d]) * gstride[d];
-    for (uint64_t b = 0; b < esize; ++b) out[e * esize + b] = static_cast<char>(ByteAt(seed, g * esize + b));
+    for (uint64_t b = 0; b < esize; ++b)
+      out[e * esize + b] = static_cast<char>(ByteAt(seed, g * esize + b));
     for (size_t d = rank; d-- > 0;) {
       if (++idx[d] < c.sizes[d]) break;
       idx[d] = 0;
@@ -185,21 +185,21 @@ std::string ExpectedTensorBytes(const ExampleTensor& t) {
 }
 
 absl::Status WriteDcpCheckpoint(FileSystem& fs, const std::string& dir,
-                                const std::vector<ExampleTensor>& tensors,
-                                const WriteOptions& o) {
+                                const std::vector<ExampleTensor>& tensors, const WriteOptions& o) {
   if (o.ranks < 1) return absl::InvalidArgumentError("ranks must be at least 1");
   for (const ExampleTensor& t : tensors) {
     if (IsSubByte(t.dtype)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", t.name, ": the example writer does not generate sub-byte dtypes"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", t.name, ": the example writer does not generate sub-byte dtypes"));
     }
   }
   for (const ExampleTensor& t : tensors) {
     if ((t.sharding == Sharding::kStrided || t.sharding == Sharding::kStridedMesh) &&
         !o.logical_fqn) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", t.name, ": strided sharding puts two chunks in one rank file, which only "
-          "the newest layout (logical_fqn, physical keys) can express"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t.name,
+                       ": strided sharding puts two chunks in one rank file, which only "
+                       "the newest layout (logical_fqn, physical keys) can express"));
     }
   }
   RETURN_IF_ERROR(fs.MakeDirs(dir));
@@ -225,8 +225,7 @@ absl::Status WriteDcpCheckpoint(FileSystem& fs, const std::string& dir,
     std::map<std::string, int> next;
     for (const auto& item : per_rank[r]) {
       const ExampleTensor& t = tensors[item.first];
-      const std::string key =
-          count[t.name] > 1 ? PhysicalShardKey(t.name, next[t.name]++) : t.name;
+      const std::string key = count[t.name] > 1 ? PhysicalShardKey(t.name, next[t.name]++) : t.name;
       specs.push_back({key, t.dtype, item.second.sizes});
       info.saved_offsets[key] = item.second.offsets;
       if (o.logical_fqn) info.logical_fqn[key] = t.name;
@@ -259,8 +258,8 @@ absl::Status WriteDcpCheckpoint(FileSystem& fs, const std::string& dir,
     if (o.progress) o.progress(done, total);
   }
   if (o.manifest) {
-    RETURN_IF_ERROR(WriteFileAtomically(fs, JoinPath(dir, kManifestFileName),
-                                        SerializeManifest(manifest)));
+    RETURN_IF_ERROR(
+        WriteFileAtomically(fs, JoinPath(dir, kManifestFileName), SerializeManifest(manifest)));
   }
   return absl::OkStatus();
 }

@@ -41,19 +41,31 @@ constexpr std::array<DTypeInfo, kNumDTypes> kTable = {{
     {DType::kU64, "U64", 64, false},
 }};
 
-const DTypeInfo& Info(DType t) { return kTable[static_cast<int>(t)]; }
+const DTypeInfo& Info(DType t) {
+  return kTable[static_cast<int>(t)];
+}
 
 }  // namespace
 
-int BitsOf(DType t) { return Info(t).bits; }
-absl::string_view DTypeName(DType t) { return Info(t).name; }
-bool IsFloatingPoint(DType t) { return Info(t).floating; }
+int BitsOf(DType t) {
+  return Info(t).bits;
+}
+absl::string_view DTypeName(DType t) {
+  return Info(t).name;
+}
+bool IsFloatingPoint(DType t) {
+  return Info(t).floating;
+}
 bool IsFloat8(DType t) {
   return t == DType::kF8_E4M3 || t == DType::kF8_E5M2 || t == DType::kF8_E8M0 ||
          t == DType::kF8_E4M3FNUZ || t == DType::kF8_E5M2FNUZ;
 }
-bool IsSubByte(DType t) { return Info(t).bits < 8; }
-int AlignmentOf(DType t) { return Info(t).bits < 8 ? 1 : Info(t).bits / 8; }
+bool IsSubByte(DType t) {
+  return Info(t).bits < 8;
+}
+int AlignmentOf(DType t) {
+  return Info(t).bits < 8 ? 1 : Info(t).bits / 8;
+}
 
 absl::StatusOr<DType> ParseDType(absl::string_view name) {
   for (const DTypeInfo& i : kTable) {
@@ -80,8 +92,8 @@ absl::StatusOr<uint64_t> ByteSizeOf(DType t, std::span<const uint64_t> shape) {
     return absl::InvalidArgumentError("tensor bit size overflows 64 bits");
   }
   if (bits % 8 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        *n, " elements of ", DTypeName(t), " are ", bits, " bits, not a whole number of bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(*n, " elements of ", DTypeName(t), " are ", bits,
+                                                   " bits, not a whole number of bytes"));
   }
   return bits / 8;
 }

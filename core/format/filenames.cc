@@ -5,10 +5,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 
 namespace safeshard {
 namespace {
@@ -53,8 +53,8 @@ absl::StatusOr<FileIndex> ParseFileIndex(absl::string_view name) {
         absl::StrCat(name, ": no \"-IIIII-of-NNNNN\" file index in the name"));
   }
   if (fi.count < 1 || fi.index < 1 || fi.index > fi.count) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": file index ", fi.index,
-                                                   " is outside 1..", fi.count));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": file index ", fi.index, " is outside 1..", fi.count));
   }
   // "shard-RRRRR-model-..." carries the rank as well.
   absl::string_view prefix = before.substr(0, dash);

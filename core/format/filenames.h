@@ -31,9 +31,9 @@ std::string ModelFileName(int index, int count);
 std::string ShardFileName(int rank, int index, int count);
 
 struct FileIndex {
-  int index = 1;              // 1-based model file index
-  int count = 1;              // N in "-of-N"
-  std::optional<int> shard;   // 1-based shard (rank + 1) for "shard-RRRRR-..." names
+  int index = 1;             // 1-based model file index
+  int count = 1;             // N in "-of-N"
+  std::optional<int> shard;  // 1-based shard (rank + 1) for "shard-RRRRR-..." names
 };
 
 // Parses the file index of a safetensors file name (a bare name, no directory):

@@ -39,8 +39,8 @@ TEST(FileNamesTest, RejectsIndicesOutsideRange) {
 }
 
 TEST(FileNamesTest, AssignsParsedIndicesWhenDense) {
-  FileIndexAssignment a = AssignFileIndices(
-      {"model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors"});
+  FileIndexAssignment a =
+      AssignFileIndices({"model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors"});
   EXPECT_FALSE(a.warning.has_value());
   EXPECT_EQ(a.count, 2);
   EXPECT_EQ(a.index_of.at("model-00002-of-00002.safetensors"), 2);
@@ -52,8 +52,8 @@ TEST(FileNamesTest, FallsBackToSortedNamesWithWarning) {
   EXPECT_EQ(a.index_of.at("alpha.safetensors"), 1);
   EXPECT_EQ(a.index_of.at("zeta.safetensors"), 2);
   // Not dense: 1 and 3 of 3 with only two files.
-  FileIndexAssignment b = AssignFileIndices(
-      {"model-00003-of-00003.safetensors", "model-00001-of-00003.safetensors"});
+  FileIndexAssignment b =
+      AssignFileIndices({"model-00003-of-00003.safetensors", "model-00001-of-00003.safetensors"});
   ASSERT_TRUE(b.warning.has_value());
   EXPECT_EQ(b.index_of.at("model-00003-of-00003.safetensors"), 2);
 }

@@ -98,19 +98,21 @@ absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t fi
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(prefix[i]);
   if (n > kMaxHeaderSize) {
-    return Fail(HeaderError::kHeaderTooLarge,
-                file, absl::StrCat("header length at offset 0 is ", n, " bytes, over the ",
-                                   kMaxHeaderSize, "-byte limit"));
+    return Fail(HeaderError::kHeaderTooLarge, file,
+                absl::StrCat("header length at offset 0 is ", n, " bytes, over the ",
+                             kMaxHeaderSize, "-byte limit"));
   }
   if (n > file_size - 8) {
     return Fail(HeaderError::kHeaderLengthExceedsFile, file,
-                absl::StrCat("header length at offset 0 is ", n, " bytes but only ",
-                             file_size - 8, " bytes follow it"));
+                absl::StrCat("header length at offset 0 is ", n, " bytes but only ", file_size - 8,
+                             " bytes follow it"));
   }
   return n;
 }
 
-uint64_t HeaderFingerprint(absl::string_view header_bytes) { return absl::Hash<absl::string_view>{}(header_bytes); }
+uint64_t HeaderFingerprint(absl::string_view header_bytes) {
+  return absl::Hash<absl::string_view>{}(header_bytes);
+}
 
 absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                                    absl::string_view file) {
@@ -145,8 +147,8 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
   internal::StrictParseResult pr = internal::ParseJsonStrict(json, &root, &members, po);
   if (!pr.ok) {
     return Fail(HeaderError::kInvalidJson, file,
-                absl::StrCat("header JSON does not parse at byte offset ", 8 + pr.error_byte,
-                             ": ", pr.error));
+                absl::StrCat("header JSON does not parse at byte offset ", 8 + pr.error_byte, ": ",
+                             pr.error));
   }
   if (pr.duplicate) {
     return Fail(HeaderError::kDuplicateKey, file,
@@ -168,23 +170,23 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
       if (v.is_null()) continue;  // null means no metadata (upstream; MLX writes it)
       h.has_metadata = true;
       if (!v.is_object()) {
-        return Fail(HeaderError::kInvalidMetadata, file,
-                    absl::StrCat("__metadata__ (byte offset ", at,
-                                 ") must be an object of string values or null, not ",
-                                 v.type_name()));
+        return Fail(
+            HeaderError::kInvalidMetadata, file,
+            absl::StrCat("__metadata__ (byte offset ", at,
+                         ") must be an object of string values or null, not ", v.type_name()));
       }
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
           return Fail(HeaderError::kInvalidMetadata, file,
-                      absl::StrCat("__metadata__ (byte offset ", at, ") value for ",
-                                   Quote(m.key()), " is not a string (", m.value().type_name(),
-                                   ")"));
+                      absl::StrCat("__metadata__ (byte offset ", at, ") value for ", Quote(m.key()),
+                                   " is not a string (", m.value().type_name(), ")"));
         }
         h.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    const std::string where = absl::StrCat("tensor ", Quote(key), " (entry at byte offset ", at, ")");
+    const std::string where =
+        absl::StrCat("tensor ", Quote(key), " (entry at byte offset ", at, ")");
     if (!v.is_object()) {
       return Fail(HeaderError::kInvalidTensorEntry, file,
                   absl::StrCat(where, ": entry is not an object"));
@@ -216,9 +218,9 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
     for (const auto& d : *sh) {
       uint64_t dim;
       if (!ReadU64(d, &dim)) {
-        return Fail(HeaderError::kInvalidTensorEntry, file,
-                    absl::StrCat(where, ": shape entry ", d.dump(),
-                                 " is not a non-negative integer"));
+        return Fail(
+            HeaderError::kInvalidTensorEntry, file,
+            absl::StrCat(where, ": shape entry ", d.dump(), " is not a non-negative integer"));
       }
       t.shape.push_back(dim);
     }
@@ -236,11 +238,11 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
     }
     absl::StatusOr<uint64_t> numel = NumElements(t.shape);
     uint64_t bits = 0;
-    if (!numel.ok() || __builtin_mul_overflow(*numel, static_cast<uint64_t>(BitsOf(t.dtype)),
-                                              &bits)) {
+    if (!numel.ok() ||
+        __builtin_mul_overflow(*numel, static_cast<uint64_t>(BitsOf(t.dtype)), &bits)) {
       return Fail(HeaderError::kShapeOverflow, file,
-                  absl::StrCat(where, ": shape [", absl::StrJoin(t.shape, ", "),
-                               "] of ", DTypeName(t.dtype), " overflows 64 bits"));
+                  absl::StrCat(where, ": shape [", absl::StrJoin(t.shape, ", "), "] of ",
+                               DTypeName(t.dtype), " overflows 64 bits"));
     }
     if (bits % 8 != 0) {
       return Fail(HeaderError::kMisalignedBits, file,
@@ -248,11 +250,11 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                                bits, " bits, not a whole number of bytes"));
     }
     if (t.end - t.begin != bits / 8) {
-      return Fail(HeaderError::kSizeMismatch, file,
-                  absl::StrCat(where, ": data_offsets [", t.begin, ", ", t.end, "] span ",
-                               t.end - t.begin, " bytes but ", DTypeName(t.dtype), " [",
-                               absl::StrJoin(t.shape, ", "), "] needs ", bits / 8,
-                               " (file byte offset ", h.data_start() + t.begin, ")"));
+      return Fail(
+          HeaderError::kSizeMismatch, file,
+          absl::StrCat(where, ": data_offsets [", t.begin, ", ", t.end, "] span ", t.end - t.begin,
+                       " bytes but ", DTypeName(t.dtype), " [", absl::StrJoin(t.shape, ", "),
+                       "] needs ", bits / 8, " (file byte offset ", h.data_start() + t.begin, ")"));
     }
     h.tensors.push_back(std::move(t));
   }
@@ -269,9 +271,9 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
     const TensorEntry* t = &tref;
     if (t->begin > cursor) {
       return Fail(HeaderError::kOffsetGap, file,
-                  absl::StrCat("bytes [", cursor, ", ", t->begin, ") of the buffer (file byte offset ",
-                               h.data_start() + cursor, ") belong to no tensor; next is tensor ",
-                               Quote(t->name)));
+                  absl::StrCat("bytes [", cursor, ", ", t->begin,
+                               ") of the buffer (file byte offset ", h.data_start() + cursor,
+                               ") belong to no tensor; next is tensor ", Quote(t->name)));
     }
     if (t->begin < cursor) {
       return Fail(HeaderError::kOffsetOverlap, file,
@@ -351,8 +353,7 @@ std::string SerializeHeaderJson(const Header& h) {
     if (!first) out += ',';
     first = false;
     absl::StrAppend(&out, Quote(t.name), ":{\"dtype\":\"", DTypeName(t.dtype), "\",\"shape\":[",
-                    absl::StrJoin(t.shape, ","), "],\"data_offsets\":[", t.begin, ",", t.end,
-                    "]}");
+                    absl::StrJoin(t.shape, ","), "],\"data_offsets\":[", t.begin, ",", t.end, "]}");
   }
   out += '}';
   out.append((8 - out.size() % 8) % 8, ' ');

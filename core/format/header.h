@@ -20,8 +20,8 @@
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -36,24 +36,24 @@ inline constexpr absl::string_view kMetadataKey = "__metadata__";
 // Why a header was rejected. Each has a stable name (HeaderErrorName) used in messages,
 // JSON output and tests.
 enum class HeaderError {
-  kFileTooSmall,            // fewer than 8 bytes
-  kGitLfsPointer,           // a Git LFS pointer file stored under a .safetensors name
-  kHeaderTooLarge,          // N > 100,000,000
-  kHeaderLengthExceedsFile, // 8 + N > file size
-  kInvalidUtf8,             // header bytes are not UTF-8
-  kInvalidJson,             // not parseable JSON
-  kHeaderNotObject,         // JSON is not an object
-  kDuplicateKey,            // a key repeated in any object of the header
-  kInvalidMetadata,         // __metadata__ not an object of string -> string
-  kInvalidTensorEntry,      // entry missing dtype/shape/data_offsets or of the wrong type
-  kUnknownDType,            // dtype name not in the table
-  kShapeOverflow,           // product of the shape (or its bytes) overflows 64 bits
-  kMisalignedBits,          // sub-byte dtype whose total bits are not whole bytes
-  kSizeMismatch,            // end - begin != numel * bits / 8
-  kInvalidOffsets,          // begin > end
-  kOffsetGap,               // bytes of the buffer that no tensor covers
-  kOffsetOverlap,           // two tensors share bytes
-  kBufferSizeMismatch,      // last tensor end != buffer size (trailing or missing bytes)
+  kFileTooSmall,             // fewer than 8 bytes
+  kGitLfsPointer,            // a Git LFS pointer file stored under a .safetensors name
+  kHeaderTooLarge,           // N > 100,000,000
+  kHeaderLengthExceedsFile,  // 8 + N > file size
+  kInvalidUtf8,              // header bytes are not UTF-8
+  kInvalidJson,              // not parseable JSON
+  kHeaderNotObject,          // JSON is not an object
+  kDuplicateKey,             // a key repeated in any object of the header
+  kInvalidMetadata,          // __metadata__ not an object of string -> string
+  kInvalidTensorEntry,       // entry missing dtype/shape/data_offsets or of the wrong type
+  kUnknownDType,             // dtype name not in the table
+  kShapeOverflow,            // product of the shape (or its bytes) overflows 64 bits
+  kMisalignedBits,           // sub-byte dtype whose total bits are not whole bytes
+  kSizeMismatch,             // end - begin != numel * bits / 8
+  kInvalidOffsets,           // begin > end
+  kOffsetGap,                // bytes of the buffer that no tensor covers
+  kOffsetOverlap,            // two tensors share bytes
+  kBufferSizeMismatch,       // last tensor end != buffer size (trailing or missing bytes)
 };
 
 absl::string_view HeaderErrorName(HeaderError e);
@@ -71,11 +71,11 @@ struct TensorEntry {
 
 struct Header {
   std::map<std::string, std::string> metadata;  // __metadata__ (string -> string)
-  bool has_metadata = false;                   // whether __metadata__ was present
-  std::vector<TensorEntry> tensors;            // in data order (by begin offset, then name)
-  uint64_t header_size = 0;                    // N: JSON bytes including padding
-  uint64_t buffer_size = 0;                    // bytes after the header
-  uint64_t fingerprint = 0;                    // HeaderFingerprint of the N header bytes parsed
+  bool has_metadata = false;                    // whether __metadata__ was present
+  std::vector<TensorEntry> tensors;             // in data order (by begin offset, then name)
+  uint64_t header_size = 0;                     // N: JSON bytes including padding
+  uint64_t buffer_size = 0;                     // bytes after the header
+  uint64_t fingerprint = 0;                     // HeaderFingerprint of the N header bytes parsed
 
   uint64_t data_start() const { return 8 + header_size; }
   uint64_t file_size() const { return data_start() + buffer_size; }

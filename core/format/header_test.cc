@@ -32,8 +32,8 @@ void ExpectError(const absl::StatusOr<Header>& r, HeaderError e, const std::stri
 }
 
 TEST(HeaderTest, ParsesMinimalFile) {
-  absl::StatusOr<Header> h = ParseImage(
-      RawSafetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(8, 'x')));
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(8, 'x')));
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_EQ(h->tensors.size(), 1u);
   EXPECT_EQ(h->tensors[0].name, "a");
@@ -49,8 +49,7 @@ TEST(HeaderTest, RejectsFileShorterThanLengthPrefix) {
 }
 
 TEST(HeaderTest, RecognisesGitLfsPointer) {
-  std::string lfs =
-      "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1234\n";
+  std::string lfs = "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1234\n";
   absl::StatusOr<Header> r = ParseImage(lfs);
   ExpectError(r, HeaderError::kGitLfsPointer, "git lfs pull");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -86,7 +85,8 @@ TEST(HeaderTest, RejectsInvalidUtf8WithOffset) {
 }
 
 TEST(HeaderTest, AcceptsUtf8TensorNames) {
-  std::string json = "{\"\xc3\xa9t\xc3\xa9\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+  std::string json =
+      "{\"\xc3\xa9t\xc3\xa9\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
   absl::StatusOr<Header> h = ParseImage(RawSafetensors(json, "z"));
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->tensors[0].name, "\xc3\xa9t\xc3\xa9");
@@ -147,22 +147,21 @@ TEST(HeaderTest, RejectsUnknownDType) {
                                 std::string(16, 'z'))),
       HeaderError::kUnknownDType, "F128");
   // Names are case-sensitive.
-  ExpectError(
-      ParseImage(RawSafetensors(R"({"a":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}})",
-                                std::string(4, 'z'))),
-      HeaderError::kUnknownDType);
+  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}})",
+                                        std::string(4, 'z'))),
+              HeaderError::kUnknownDType);
 }
 
 TEST(HeaderTest, RejectsShapeOverflow) {
-  ExpectError(ParseImage(RawSafetensors(
-                  R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
-                  "")),
-              HeaderError::kShapeOverflow);
+  ExpectError(
+      ParseImage(RawSafetensors(
+          R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "")),
+      HeaderError::kShapeOverflow);
   // Element count fits but bits do not.
-  ExpectError(ParseImage(RawSafetensors(
-                  R"({"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}})",
-                  "")),
-              HeaderError::kShapeOverflow);
+  ExpectError(
+      ParseImage(RawSafetensors(
+          R"({"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}})", "")),
+      HeaderError::kShapeOverflow);
 }
 
 TEST(HeaderTest, RejectsSizeMismatchWithFileOffset) {
@@ -172,11 +171,11 @@ TEST(HeaderTest, RejectsSizeMismatchWithFileOffset) {
 }
 
 TEST(HeaderTest, SubByteDTypesNeedWholeBytes) {
-  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})",
-                                        "z")),
-              HeaderError::kMisalignedBits, "12 bits");
-  absl::StatusOr<Header> ok = ParseImage(
-      RawSafetensors(R"({"a":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}})", "zz"));
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})", "z")),
+      HeaderError::kMisalignedBits, "12 bits");
+  absl::StatusOr<Header> ok =
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}})", "zz"));
   EXPECT_TRUE(ok.ok()) << ok.status();
   absl::StatusOr<Header> f6 = ParseImage(
       RawSafetensors(R"({"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}})", "zzz"));
@@ -184,9 +183,9 @@ TEST(HeaderTest, SubByteDTypesNeedWholeBytes) {
 }
 
 TEST(HeaderTest, RejectsReversedOffsets) {
-  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[2,1]}})",
-                                        "zz")),
-              HeaderError::kInvalidOffsets);
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[2,1]}})", "zz")),
+      HeaderError::kInvalidOffsets);
 }
 
 TEST(HeaderTest, RejectsGapBetweenTensors) {
@@ -200,8 +199,7 @@ TEST(HeaderTest, RejectsGapBetweenTensors) {
 TEST(HeaderTest, RejectsOverlappingTensors) {
   std::string json =
       R"({"a":{"dtype":"U16","shape":[1],"data_offsets":[0,2]},"b":{"dtype":"U16","shape":[1],"data_offsets":[1,3]}})";
-  ExpectError(ParseImage(RawSafetensors(json, "zzz")), HeaderError::kOffsetOverlap,
-              "tensor \"b\"");
+  ExpectError(ParseImage(RawSafetensors(json, "zzz")), HeaderError::kOffsetOverlap, "tensor \"b\"");
 }
 
 TEST(HeaderTest, AcceptsHeaderOrderDifferentFromDataOrder) {
@@ -217,8 +215,7 @@ TEST(HeaderTest, RejectsTrailingAndMissingBufferBytes) {
   std::string json = R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
   ExpectError(ParseImage(RawSafetensors(json, "zzz")), HeaderError::kBufferSizeMismatch,
               "3 buffer bytes");
-  ExpectError(ParseImage(RawSafetensors(json, "z")), HeaderError::kBufferSizeMismatch,
-              "truncated");
+  ExpectError(ParseImage(RawSafetensors(json, "z")), HeaderError::kBufferSizeMismatch, "truncated");
 }
 
 TEST(HeaderTest, AcceptsEmptyTensorsAndScalars) {
@@ -260,9 +257,9 @@ TEST(HeaderTest, LayoutRejectsDuplicateNames) {
 }
 
 TEST(HeaderTest, SerializeRoundTripsAndPadsToEight) {
-  absl::StatusOr<Header> h = LayoutHeader(
-      {{"w\"q", DType::kF16, {3, 5}}, {"s", DType::kI64, {}}, {"e", DType::kF32, {0}}},
-      {{"format", "pt"}, {"note", "with \"quotes\""}});
+  absl::StatusOr<Header> h =
+      LayoutHeader({{"w\"q", DType::kF16, {3, 5}}, {"s", DType::kI64, {}}, {"e", DType::kF32, {0}}},
+                   {{"format", "pt"}, {"note", "with \"quotes\""}});
   ASSERT_TRUE(h.ok());
   std::string image = SerializeHeader(*h) + std::string(h->buffer_size, '\x01');
   EXPECT_EQ((image.size() - h->buffer_size) % 8, 0u);
@@ -313,8 +310,7 @@ TEST(HeaderTest, RejectsTrailingBytesAfterTheJsonValue) {
   ExpectError(ParseImage(RawSafetensors(entry + std::string("\0xyz", 4), "z")),
               HeaderError::kInvalidJson, "trailing characters");
   ExpectError(ParseImage(RawSafetensors(entry + std::string(" \0", 2), "z")),
-              HeaderError::kInvalidJson,
-              absl::StrCat("byte offset ", 8 + entry.size() + 1));
+              HeaderError::kInvalidJson, absl::StrCat("byte offset ", 8 + entry.size() + 1));
   ExpectError(ParseImage(RawSafetensors(entry + "x", "z")), HeaderError::kInvalidJson);
   // Whitespace after the value is fine (writers pad with spaces).
   absl::StatusOr<Header> ok = ParseImage(RawSafetensors(entry + " \n\t\r ", "z"));
@@ -335,20 +331,17 @@ TEST(HeaderTest, AcceptsFnuzFloat8DTypes) {
 
 TEST(HeaderTest, RefusesDeepNestingInAnExtraFieldQuickly) {
   // serde_json's recursion limit: 127 nested containers parse, the 128th is refused.
-  auto nested = [](int depth) {
-    return std::string(depth, '[') + std::string(depth, ']');
-  };
+  auto nested = [](int depth) { return std::string(depth, '[') + std::string(depth, ']'); };
   const std::string pre = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)";
   // Root object and entry object are two levels.
   absl::StatusOr<Header> ok = ParseImage(RawSafetensors(pre + nested(125) + "}}", "z"));
   EXPECT_TRUE(ok.ok()) << ok.status();
-  ExpectError(ParseImage(RawSafetensors(pre + nested(126) + "}}", "z")),
-              HeaderError::kInvalidJson, "recursion limit");
+  ExpectError(ParseImage(RawSafetensors(pre + nested(126) + "}}", "z")), HeaderError::kInvalidJson,
+              "recursion limit");
   // 20 MB of nesting is refused at the 128th bracket, not after building a DOM of it.
   const std::string huge = pre + std::string(10'000'000, '[') + std::string(10'000'000, ']') + "}}";
   absl::StatusOr<Header> r = ParseImage(RawSafetensors(huge, "z"));
-  ExpectError(r, HeaderError::kInvalidJson,
-              absl::StrCat("byte offset ", 8 + pre.size() + 125));
+  ExpectError(r, HeaderError::kInvalidJson, absl::StrCat("byte offset ", 8 + pre.size() + 125));
 }
 
 TEST(HeaderTest, WideExtraFieldsAreCheckedButNotKept) {
@@ -359,10 +352,10 @@ TEST(HeaderTest, WideExtraFieldsAreCheckedButNotKept) {
       R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":)" + wide + "}}", "z"));
   ASSERT_TRUE(h.ok()) << h.status();
   // Duplicates inside a discarded extra field are still refused, like everywhere else.
-  ExpectError(ParseImage(RawSafetensors(
-                  R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":{"k":1,"k":2}}})",
-                  "z")),
-              HeaderError::kDuplicateKey, "\"k\"");
+  ExpectError(
+      ParseImage(RawSafetensors(
+          R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":{"k":1,"k":2}}})", "z")),
+      HeaderError::kDuplicateKey, "\"k\"");
 }
 
 TEST(HeaderTest, EveryRuleNamesAByteOffset) {
@@ -374,21 +367,21 @@ TEST(HeaderTest, EveryRuleNamesAByteOffset) {
   ExpectError(ParseImage(RawSafetensors(R"({"__metadata__":{"n":1}})", "")),
               HeaderError::kInvalidMetadata, "byte offset 9");
   const std::string bad_entry = R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":3})";
-  ExpectError(ParseImage(RawSafetensors(bad_entry, "z")), HeaderError::kInvalidTensorEntry,
-              absl::StrCat("tensor \"a\" (entry at byte offset ", 8 + bad_entry.find("\"a\""), ")"));
+  ExpectError(
+      ParseImage(RawSafetensors(bad_entry, "z")), HeaderError::kInvalidTensorEntry,
+      absl::StrCat("tensor \"a\" (entry at byte offset ", 8 + bad_entry.find("\"a\""), ")"));
   ExpectError(
       ParseImage(RawSafetensors(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}})",
                                 std::string(16, 'z'))),
       HeaderError::kUnknownDType, "byte offset 9");
-  ExpectError(ParseImage(RawSafetensors(
-                  R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
-                  "")),
-              HeaderError::kShapeOverflow, "byte offset 9");
-  ExpectError(ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})",
-                                        "z")),
-              HeaderError::kMisalignedBits, "byte offset 9");
-  const std::string lfs =
-      "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n";
+  ExpectError(
+      ParseImage(RawSafetensors(
+          R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "")),
+      HeaderError::kShapeOverflow, "byte offset 9");
+  ExpectError(
+      ParseImage(RawSafetensors(R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}})", "z")),
+      HeaderError::kMisalignedBits, "byte offset 9");
+  const std::string lfs = "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n";
   ExpectError(ParseImage(lfs), HeaderError::kGitLfsPointer, "byte offset 0");
 }
 

@@ -35,8 +35,8 @@ TEST(IndexJsonTest, WritesIndentedSortedJson) {
 }
 
 TEST(IndexJsonTest, RejectsPathsThatLeaveTheDirectory) {
-  for (const char* f : {"/abs/model.safetensors", "../model.safetensors", "sub/model.safetensors",
-                        "..", ""}) {
+  for (const char* f :
+       {"/abs/model.safetensors", "../model.safetensors", "sub/model.safetensors", "..", ""}) {
     std::string text = std::string(R"({"weight_map": {"a": ")") + f + "\"}}";
     absl::StatusOr<IndexJson> r = ParseIndexJson(text, "i.json");
     ASSERT_FALSE(r.ok()) << f;
@@ -52,7 +52,9 @@ TEST(IndexJsonTest, RejectsBadStructure) {
         R"({"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}})"}) {
     absl::StatusOr<IndexJson> r = ParseIndexJson(t, "i.json");
     EXPECT_FALSE(r.ok()) << t;
-    if (!r.ok()) EXPECT_THAT(std::string(r.status().message()), HasSubstr("i.json"));
+    if (!r.ok()) {
+      EXPECT_THAT(std::string(r.status().message()), HasSubstr("i.json"));
+    }
   }
 }
 

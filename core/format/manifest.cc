@@ -1,7 +1,7 @@
 #include "core/format/manifest.h"
 
-#include <set>
 #include <xxhash.h>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "core/format/filenames.h"
@@ -61,15 +61,15 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, absl::string_view
     return bad(absl::StrCat("not valid JSON at byte offset ", pr.error_byte, ": ", pr.error));
   }
   if (pr.duplicate) {
-    return bad(absl::StrCat("key ", Quote(*pr.duplicate), " repeated at byte offset ",
-                            pr.duplicate_byte));
+    return bad(
+        absl::StrCat("key ", Quote(*pr.duplicate), " repeated at byte offset ", pr.duplicate_byte));
   }
   if (!root.is_object()) return bad("top level is not a JSON object");
   Manifest m;
   // A manifest without "format" is read as version 1 (hand-written ones often omit it).
   auto fmt = root.find("format");
-  if (fmt != root.end() && (!fmt->is_string() ||
-                            fmt->get_ref<const std::string&>().rfind("safeshard.complete/", 0) != 0)) {
+  if (fmt != root.end() && (!fmt->is_string() || fmt->get_ref<const std::string&>().rfind(
+                                                     "safeshard.complete/", 0) != 0)) {
     return bad(absl::StrCat("\"format\" must be \"", kManifestFormat, "\""));
   }
   if (fmt != root.end() && *fmt != std::string(kManifestFormat)) {
@@ -77,8 +77,8 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, absl::string_view
                             kManifestFormat, ")"));
   }
   if (auto k = root.find("kind"); k != root.end()) {
-    if (!k->is_string() || (*k != std::string(kManifestKindShards) &&
-                            *k != std::string(kManifestKindConsolidated))) {
+    if (!k->is_string() ||
+        (*k != std::string(kManifestKindShards) && *k != std::string(kManifestKindConsolidated))) {
       return bad(absl::StrCat("\"kind\" ", k->dump(), " is neither \"", kManifestKindShards,
                               "\" nor \"", kManifestKindConsolidated, "\""));
     }
@@ -87,15 +87,15 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, absl::string_view
   if (auto r = root.find("ranks"); r != root.end() && !r->is_null()) {
     uint64_t v;
     if (!internal::ReadU64(*r, &v) || v < 1 || v > static_cast<uint64_t>(kMaxManifestRanks)) {
-      return bad(absl::StrCat("\"ranks\" ", r->dump(), " is not an integer in 1..",
-                              kMaxManifestRanks));
+      return bad(
+          absl::StrCat("\"ranks\" ", r->dump(), " is not an integer in 1..", kMaxManifestRanks));
     }
     m.ranks = static_cast<int>(v);
   }
   if (auto c = root.find("checksum"); c != root.end() && !c->is_null()) {
     if (!c->is_string() || *c != std::string(kChecksumAlgorithm)) {
-      return bad(absl::StrCat("checksum algorithm ", c->dump(), " is not \"",
-                              kChecksumAlgorithm, "\""));
+      return bad(
+          absl::StrCat("checksum algorithm ", c->dump(), " is not \"", kChecksumAlgorithm, "\""));
     }
   }
   auto files = root.find("files");
@@ -109,7 +109,8 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, absl::string_view
     auto name = f.find("name");
     if (name == f.end() || !name->is_string() ||
         !IsPlainFileName(name->get_ref<const std::string&>())) {
-      return bad(absl::StrCat(where, ": \"name\" must be a plain file name in the same directory, got ",
+      return bad(absl::StrCat(where,
+                              ": \"name\" must be a plain file name in the same directory, got ",
                               name == f.end() ? "nothing" : name->dump()));
     }
     mf.name = name->get<std::string>();
@@ -131,7 +132,8 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, absl::string_view
     }
     if (auto t = f.find("tensors_xxh3_64"); t != f.end() && !t->is_null()) {
       if (!t->is_array()) {
-        return bad(absl::StrCat(where, " (", Quote(mf.name), "): \"tensors_xxh3_64\" is not an array"));
+        return bad(
+            absl::StrCat(where, " (", Quote(mf.name), "): \"tensors_xxh3_64\" is not an array"));
       }
       mf.tensor_xxh3.reserve(t->size());
       for (const auto& e : *t) {
@@ -174,14 +176,18 @@ std::string SerializeManifest(const Manifest& m) {
 ContentHasher::ContentHasher() : state_(XXH3_createState()) {
   XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
 }
-ContentHasher::~ContentHasher() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+ContentHasher::~ContentHasher() {
+  XXH3_freeState(static_cast<XXH3_state_t*>(state_));
+}
 void ContentHasher::Update(absl::string_view bytes) {
   XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), bytes.data(), bytes.size());
 }
 uint64_t ContentHasher::Digest() const {
   return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_));
 }
-uint64_t Xxh3(absl::string_view bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
+uint64_t Xxh3(absl::string_view bytes) {
+  return XXH3_64bits(bytes.data(), bytes.size());
+}
 
 std::string ChecksumHex(uint64_t v) {
   static constexpr char kDigits[] = "0123456789abcdef";

@@ -22,7 +22,9 @@ void ExpectRefused(const std::string& text, const std::string& substr) {
 TEST(ManifestTest, RoundTripsWithChecksums) {
   Manifest m;
   m.ranks = 2;
-  m.files.push_back({"shard-00001-model-00001-of-00001.safetensors", 123, 0x0123456789abcdefull,
+  m.files.push_back({"shard-00001-model-00001-of-00001.safetensors",
+                     123,
+                     0x0123456789abcdefull,
                      {1, 2, 0xffffffffffffffffull}});
   m.files.push_back({"shard-00002-model-00001-of-00001.safetensors", 0, std::nullopt, {}});
   const std::string text = SerializeManifest(m);
@@ -65,7 +67,8 @@ TEST(ManifestTest, HostileManifestsAreErrorsNeverCrashes) {
   ExpectRefused("{" + f + R"(, "ranks": 0, "files": []})", "\"ranks\"");
   ExpectRefused("{" + f + R"(, "files": {}})", "\"files\"");
   ExpectRefused("{" + f + R"(, "files": [3]})", "files[0] is not an object");
-  ExpectRefused("{" + f + R"(, "files": [{"name": "../x.safetensors", "size": 1}]})", "plain file name");
+  ExpectRefused("{" + f + R"(, "files": [{"name": "../x.safetensors", "size": 1}]})",
+                "plain file name");
   ExpectRefused("{" + f + R"(, "files": [{"name": "/etc/passwd", "size": 1}]})", "plain file name");
   ExpectRefused("{" + f + R"(, "files": [{"name": "a", "size": -5}]})", "\"size\"");
   ExpectRefused("{" + f + R"(, "files": [{"name": "a", "size": 1.5}]})", "\"size\"");

@@ -68,8 +68,8 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
     }
     if (auto gs = value.find(kGlobalShapeKey); gs != value.end() && !gs->is_null()) {
       if (!gs->is_array()) {
-        return bad(absl::StrCat("tensor ", Quote(fqn), ": global_shape ", gs->dump(),
-                                " is not an array"));
+        return bad(
+            absl::StrCat("tensor ", Quote(fqn), ": global_shape ", gs->dump(), " is not an array"));
       }
       std::vector<uint64_t> shape;
       RETURN_IF_ERROR(read_dims(*gs, kGlobalShapeKey, &shape));

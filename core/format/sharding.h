@@ -10,7 +10,7 @@
 // per entry so that a lost trailing chunk is visible. All three forms are read; the writer
 // emits logical_fqn and global_shape.
 //
-//   ASSIGN_OR_RETURN(std::optional<ShardingInfo> info, ReadShardingInfo(header, "shard-...")); 
+//   ASSIGN_OR_RETURN(std::optional<ShardingInfo> info, ReadShardingInfo(header, "shard-..."));
 //   if (info) { const std::vector<uint64_t>& off = info->saved_offsets.at("w"); }
 //   header.metadata = ShardedFileMetadata(info);  // when writing
 #ifndef SAFESHARD_CORE_FORMAT_SHARDING_H_

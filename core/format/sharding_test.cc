@@ -53,10 +53,10 @@ TEST(ShardingTest, UnmentionedTensorsSitAtZero) {
 
 TEST(ShardingTest, RejectsMalformedInfo) {
   Header h = TwoTensors();
-  for (const char* bad : {"not json", "[1]", R"({"x": {"saved_offsets": [0]}})",
-                          R"({"w": {"saved_offsets": [0]}})", R"({"w": {"offsets": [0, 0]}})",
-                          R"({"w": {"saved_offsets": [0, -1]}})",
-                          R"({"w": {"saved_offsets": [0, 0]}, "w": {"saved_offsets": [0, 0]}})"}) {
+  for (const char* bad :
+       {"not json", "[1]", R"({"x": {"saved_offsets": [0]}})", R"({"w": {"saved_offsets": [0]}})",
+        R"({"w": {"offsets": [0, 0]}})", R"({"w": {"saved_offsets": [0, -1]}})",
+        R"({"w": {"saved_offsets": [0, 0]}, "w": {"saved_offsets": [0, 0]}})"}) {
     h.metadata["DCP_SHARDING_INFO"] = bad;
     absl::StatusOr<std::optional<ShardingInfo>> r = ReadShardingInfo(h, "shard.st");
     ASSERT_FALSE(r.ok()) << bad;
@@ -67,10 +67,10 @@ TEST(ShardingTest, RejectsMalformedInfo) {
 
 TEST(ShardingTest, ReadsPyTorchNewestPhysicalKeysWithLogicalNames) {
   // One rank holding two row blocks of "w" (strided FSDP2+TP): physical keys w.__dcp_shard_k.
-  absl::StatusOr<Header> h = LayoutHeader(
-      {{"w.__dcp_shard_0", DType::kF32, {2, 8}}, {"w.__dcp_shard_1", DType::kF32, {2, 8}},
-       {"b", DType::kF32, {8}}},
-      {});
+  absl::StatusOr<Header> h = LayoutHeader({{"w.__dcp_shard_0", DType::kF32, {2, 8}},
+                                           {"w.__dcp_shard_1", DType::kF32, {2, 8}},
+                                           {"b", DType::kF32, {8}}},
+                                          {});
   ASSERT_TRUE(h.ok());
   h->metadata["DCP_SHARDING_INFO"] =
       R"({"w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0], "global_shape": [8, 8]},)"
@@ -87,10 +87,11 @@ TEST(ShardingTest, ReadsPyTorchNewestPhysicalKeysWithLogicalNames) {
   EXPECT_EQ(info.global_shape.count("b"), 0u);
   // What the writer emits reads back the same.
   h->metadata = ShardedFileMetadata(info);
-  EXPECT_EQ(h->metadata.at("DCP_SHARDING_INFO"),
-            R"({"b": {"logical_fqn": "b", "saved_offsets": [0]}, )"
-            R"("w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0], "global_shape": [8, 8]}, )"
-            R"("w.__dcp_shard_1": {"logical_fqn": "w", "saved_offsets": [4, 0], "global_shape": [8, 8]}})");
+  EXPECT_EQ(
+      h->metadata.at("DCP_SHARDING_INFO"),
+      R"({"b": {"logical_fqn": "b", "saved_offsets": [0]}, )"
+      R"("w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0], "global_shape": [8, 8]}, )"
+      R"("w.__dcp_shard_1": {"logical_fqn": "w", "saved_offsets": [4, 0], "global_shape": [8, 8]}})");
   absl::StatusOr<std::optional<ShardingInfo>> back = ReadShardingInfo(*h, "f");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ((*back)->logical_fqn, info.logical_fqn);

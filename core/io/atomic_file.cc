@@ -31,7 +31,7 @@ bool IsTempFileName(absl::string_view name) {
 }
 
 absl::StatusOr<std::vector<std::string>> CleanStaleTempFiles(FileSystem& fs,
-                                                              const std::string& dir) {
+                                                             const std::string& dir) {
   absl::StatusOr<std::vector<DirEntry>> entries = fs.List(dir);
   if (!entries.ok()) return entries.status();
   std::vector<std::string> removed;
@@ -51,11 +51,10 @@ absl::StatusOr<std::vector<std::string>> CleanStaleTempFiles(FileSystem& fs,
 }
 
 absl::StatusOr<AtomicFile> AtomicFile::Create(FileSystem& fs, const std::string& final_path) {
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^
-                                          static_cast<uint64_t>(getpid()));
-  std::string temp = JoinPath(DirName(final_path),
-                              absl::StrFormat(".%s%s%d-%016x", BaseName(final_path), kTempMarker,
-                                              getpid(), rng()));
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()));
+  std::string temp = JoinPath(
+      DirName(final_path),
+      absl::StrFormat(".%s%s%d-%016x", BaseName(final_path), kTempMarker, getpid(), rng()));
   absl::StatusOr<std::unique_ptr<WritableFile>> f = fs.Create(temp);
   if (!f.ok()) return f.status();
   return AtomicFile(&fs, final_path, std::move(temp), std::move(*f));
@@ -77,7 +76,9 @@ AtomicFile::AtomicFile(AtomicFile&& o) noexcept
   o.done_ = true;
 }
 
-AtomicFile::~AtomicFile() { Abandon(); }
+AtomicFile::~AtomicFile() {
+  Abandon();
+}
 
 void AtomicFile::Abandon() {
   if (done_) return;
@@ -121,17 +122,19 @@ absl::StatusOr<DirectoryLock> DirectoryLock::Acquire(FileSystem& fs, const std::
     return DirectoryLock(-1);
   }
   if (!opened.ok()) {
-    return absl::Status(opened.status().code(),
-                        absl::StrCat("cannot open the directory to lock it: ", opened.status().message()));
+    return absl::Status(
+        opened.status().code(),
+        absl::StrCat("cannot open the directory to lock it: ", opened.status().message()));
   }
   const int fd = *opened;
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int e = errno;
     close(fd);
     if (e == EWOULDBLOCK) {
-      return absl::UnavailableError(absl::StrCat(
-          dir, ": another safeshard process is writing into this directory (it holds the "
-          "directory's lock); run again once it has finished"));
+      return absl::UnavailableError(
+          absl::StrCat(dir,
+                       ": another safeshard process is writing into this directory (it holds the "
+                       "directory's lock); run again once it has finished"));
     }
     return absl::InternalError(absl::StrCat(dir, ": flock: ", strerror(e)));
   }

@@ -29,7 +29,7 @@ bool IsTempFileName(absl::string_view name);
 // Removes temporary files in `dir` left by AtomicFiles of processes that no longer run (a crash
 // or kill -9). Returns the names removed.
 absl::StatusOr<std::vector<std::string>> CleanStaleTempFiles(FileSystem& fs,
-                                                              const std::string& dir);
+                                                             const std::string& dir);
 
 class AtomicFile {
  public:

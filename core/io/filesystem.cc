@@ -17,7 +17,7 @@ absl::StatusOr<std::string> FileSystem::ReadAll(const std::string& path) {
 }
 
 absl::Status WritableFile::CopyFrom(ReadableFile& src, uint64_t src_offset, uint64_t dst_offset,
-                                   uint64_t n) {
+                                    uint64_t n) {
   absl::StatusOr<std::shared_ptr<const MappedRegion>> m = src.Map();
   if (!m.ok()) return m.status();
   absl::string_view data = (*m)->data();
@@ -37,8 +37,8 @@ absl::StatusOr<std::string> NormalizeBeneath(absl::string_view dir, absl::string
   for (absl::string_view c : absl::StrSplit(rel, '/')) {
     if (c.empty() || c == ".") continue;
     if (c == "..") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          JoinPath(dir, rel), ": \"..\" would leave ", dir, "; only paths inside it are used"));
+      return absl::InvalidArgumentError(absl::StrCat(JoinPath(dir, rel), ": \"..\" would leave ",
+                                                     dir, "; only paths inside it are used"));
     }
     if (!out.empty()) out.push_back('/');
     out.append(c.data(), c.size());

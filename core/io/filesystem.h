@@ -32,7 +32,7 @@ struct FileStat {
 };
 
 struct DirEntry {
-  std::string name;  // no directory part
+  std::string name;         // no directory part
   bool is_dir = false;      // a directory (for a symlink: what it points to is one)
   bool is_symlink = false;  // the entry itself is a symbolic link
 };
@@ -142,7 +142,7 @@ std::unique_ptr<FileSystem> NewMemFileSystem();
 
 // Path helpers.
 std::string JoinPath(absl::string_view dir, absl::string_view name);
-std::string DirName(absl::string_view path);   // "." when there is no '/'
+std::string DirName(absl::string_view path);  // "." when there is no '/'
 std::string BaseName(absl::string_view path);
 // `rel` as a path beneath a directory: "." and empty components dropped ("" for the directory
 // itself); kInvalidArgument naming `dir/rel` for an absolute path or a ".." component.

@@ -86,8 +86,14 @@ TEST_P(FileSystemConformanceTest, ListsSortedAndStatsDirectories) {
 
 TEST_P(FileSystemConformanceTest, RenameReplacesAndRemoveDeletes) {
   std::string a = JoinPath(root_, "x"), b = JoinPath(root_, "y");
-  { auto w = fs_->Create(a); ASSERT_TRUE((*w)->Append("1").ok()); }
-  { auto w = fs_->Create(b); ASSERT_TRUE((*w)->Append("22").ok()); }
+  {
+    auto w = fs_->Create(a);
+    ASSERT_TRUE((*w)->Append("1").ok());
+  }
+  {
+    auto w = fs_->Create(b);
+    ASSERT_TRUE((*w)->Append("22").ok());
+  }
   ASSERT_TRUE(fs_->Rename(a, b).ok());
   EXPECT_EQ(*fs_->ReadAll(b), "1");
   EXPECT_EQ(fs_->Stat(a).status().code(), absl::StatusCode::kNotFound);
@@ -115,7 +121,11 @@ TEST_P(FileSystemConformanceTest, CopyFromAndCopyRangeMoveExactBytes) {
   std::string src = JoinPath(root_, "src"), dst = JoinPath(root_, "dst");
   std::string data;
   for (int i = 0; i < 100000; ++i) data += static_cast<char>(i * 7);
-  { auto w = fs_->Create(src); ASSERT_TRUE((*w)->Append(data).ok()); ASSERT_TRUE((*w)->Close().ok()); }
+  {
+    auto w = fs_->Create(src);
+    ASSERT_TRUE((*w)->Append(data).ok());
+    ASSERT_TRUE((*w)->Close().ok());
+  }
   auto r = fs_->OpenRead(src);
   auto w = fs_->Create(dst);
   ASSERT_TRUE((*w)->Allocate(50000).ok());
@@ -147,8 +157,7 @@ TEST_P(FileSystemConformanceTest, WritableMappingWritesThrough) {
 INSTANTIATE_TEST_SUITE_P(
     AllFileSystems, FileSystemConformanceTest,
     ::testing::Values(
-        FsCase{"Local",
-               [] { return std::make_pair(&LocalFileSystem(), testing::NewTempDir()); }},
+        FsCase{"Local", [] { return std::make_pair(&LocalFileSystem(), testing::NewTempDir()); }},
         FsCase{"Mem",
                [] {
                  static std::unique_ptr<FileSystem> fs;

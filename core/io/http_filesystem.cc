@@ -48,8 +48,8 @@ struct HttpFileSystem::Response {
   long code = 0;
   std::string body;
   std::map<std::string, std::string> headers;  // lower-case names
-  uint64_t received = 0;                        // body bytes delivered to the sink
-  bool overflow = false;    // more body than `dst` holds arrived (a range ignored): transfer stopped
+  uint64_t received = 0;                       // body bytes delivered to the sink
+  bool overflow = false;  // more body than `dst` holds arrived (a range ignored): transfer stopped
   bool redirected = false;  // the answer came from another URL (a CDN)
 };
 
@@ -69,8 +69,10 @@ struct ThreadHandle {
 };
 CURL* Handle() {
   thread_local ThreadHandle t;
-  if (t.h == nullptr) t.h = curl_easy_init();
-  else curl_easy_reset(t.h);
+  if (t.h == nullptr)
+    t.h = curl_easy_init();
+  else
+    curl_easy_reset(t.h);
   return t.h;
 }
 
@@ -96,7 +98,8 @@ size_t OnBody(char* p, size_t size, size_t n, void* user) {
     // More than was asked for (a server answering a range with the whole file): stop the
     // transfer rather than download a file of any size; the caller sees `overflow`.
     const uint64_t at = t->resp->received;
-    const size_t take = static_cast<size_t>(std::min<uint64_t>(avail, t->req->dst_size - std::min(at, t->req->dst_size)));
+    const size_t take = static_cast<size_t>(
+        std::min<uint64_t>(avail, t->req->dst_size - std::min(at, t->req->dst_size)));
     std::memcpy(t->req->dst + at, data, take);
     t->resp->received += take;
     if (take < avail) {
@@ -160,10 +163,8 @@ bool RetryableCurl(CURLcode c) {
     case CURLE_URL_MALFORMAT:
     case CURLE_NOT_BUILT_IN:
     case CURLE_WRITE_ERROR:  // our sink failed (e.g. a full local disk): not the network
-    case CURLE_ABORTED_BY_CALLBACK:
-      return false;
-    default:
-      return true;
+    case CURLE_ABORTED_BY_CALLBACK: return false;
+    default: return true;
   }
 }
 
@@ -182,21 +183,23 @@ absl::Status StatusForHttp(const HttpFileSystem::Request& r, const HttpFileSyste
       return absl::PermissionDeniedError(absl::StrCat(
           what, resp.code == 401 ? " Unauthorized" : " Forbidden", ": the server refused ",
           has_token ? "the token (check --token, HF_TOKEN or ~/.cache/huggingface/token)"
-                    : "a request without a token (pass --token, or set HF_TOKEN or ~/.cache/huggingface/token)"));
-    case 404:
-      return absl::NotFoundError(absl::StrCat(what, " Not Found"));
+                    : "a request without a token (pass --token, or set HF_TOKEN or "
+                      "~/.cache/huggingface/token)"));
+    case 404: return absl::NotFoundError(absl::StrCat(what, " Not Found"));
     case 405:
-      return absl::FailedPreconditionError(absl::StrCat(what, " Method Not Allowed (is WebDAV enabled for writes?)"));
-    case 409:
-      return absl::FailedPreconditionError(absl::StrCat(what, " Conflict"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, " Method Not Allowed (is WebDAV enabled for writes?)"));
+    case 409: return absl::FailedPreconditionError(absl::StrCat(what, " Conflict"));
     case 412:
-      return absl::AbortedError(absl::StrCat(
-          what, " Precondition Failed: the file changed on the server after it was opened (its ETag no longer "
-                "matches); nothing read from the new version was used, open it again"));
+      return absl::AbortedError(
+          absl::StrCat(what,
+                       " Precondition Failed: the file changed on the server after it was opened "
+                       "(its ETag no longer "
+                       "matches); nothing read from the new version was used, open it again"));
     case 416:
-      return absl::OutOfRangeError(absl::StrCat(what, " Range Not Satisfiable (the file is shorter)"));
-    default:
-      return absl::UnavailableError(absl::StrCat(what));
+      return absl::OutOfRangeError(
+          absl::StrCat(what, " Range Not Satisfiable (the file is shorter)"));
+    default: return absl::UnavailableError(absl::StrCat(what));
   }
 }
 
@@ -221,13 +224,15 @@ std::optional<ContentRange> ParseContentRange(const HttpFileSystem::Response& re
   absl::string_view v = it->second;
   if (!absl::ConsumePrefix(&v, "bytes ")) return std::nullopt;
   const size_t dash = v.find('-'), slash = v.find('/');
-  if (dash == absl::string_view::npos || slash == absl::string_view::npos || slash < dash) return std::nullopt;
+  if (dash == absl::string_view::npos || slash == absl::string_view::npos || slash < dash)
+    return std::nullopt;
   ContentRange r;
-  if (!absl::SimpleAtoi(v.substr(0, dash), &r.first) || !absl::SimpleAtoi(v.substr(dash + 1, slash - dash - 1), &r.last) ||
-      r.last < r.first) {
+  if (!absl::SimpleAtoi(v.substr(0, dash), &r.first) ||
+      !absl::SimpleAtoi(v.substr(dash + 1, slash - dash - 1), &r.last) || r.last < r.first) {
     return std::nullopt;
   }
-  if (v.substr(slash + 1) != "*" && !absl::SimpleAtoi(v.substr(slash + 1), &r.total)) return std::nullopt;
+  if (v.substr(slash + 1) != "*" && !absl::SimpleAtoi(v.substr(slash + 1), &r.total))
+    return std::nullopt;
   return r;
 }
 
@@ -280,7 +285,9 @@ absl::StatusOr<int> NewSpoolFile() {
   const char* dir = std::getenv("TMPDIR");
   std::string tmpl = absl::StrCat(dir && *dir ? dir : "/tmp", "/safeshard-spool-XXXXXX");
   int fd = mkstemp(tmpl.data());
-  if (fd < 0) return absl::ResourceExhaustedError(absl::StrCat(tmpl, ": cannot create a spool file: ", std::strerror(errno)));
+  if (fd < 0)
+    return absl::ResourceExhaustedError(
+        absl::StrCat(tmpl, ": cannot create a spool file: ", std::strerror(errno)));
   unlink(tmpl.c_str());  // gone when closed, whatever happens
   return fd;
 }
@@ -290,9 +297,13 @@ class HttpReadable : public ReadableFile {
   // `etag`: the strong ETag the file had when opened ("" if none); every read then asks for that
   // version (If-Match), so a file replaced mid-read fails with HTTP 412 instead of mixing versions.
   // `prefix`: the file's first bytes, fetched when it was opened (reads within them are free).
-  HttpReadable(HttpFileSystem* fs, std::string path, std::string url, uint64_t size, std::string etag,
-               std::string prefix = "")
-      : fs_(fs), path_(std::move(path)), url_(std::move(url)), size_(size), etag_(std::move(etag)),
+  HttpReadable(HttpFileSystem* fs, std::string path, std::string url, uint64_t size,
+               std::string etag, std::string prefix = "")
+      : fs_(fs),
+        path_(std::move(path)),
+        url_(std::move(url)),
+        size_(size),
+        etag_(std::move(etag)),
         prefix_(std::move(prefix)) {}
   ~HttpReadable() override {
     if (spool_fd_ >= 0) close(spool_fd_);
@@ -304,7 +315,8 @@ class HttpReadable : public ReadableFile {
   absl::Status ReadAt(uint64_t offset, size_t n, char* dst) const override {
     if (offset > size_ || n > size_ - offset) {
       return absl::DataLossError(absl::StrCat(path_, ": ", n, " bytes at offset ", offset,
-                                              " lie beyond the end of the file (", size_, " bytes)"));
+                                              " lie beyond the end of the file (", size_,
+                                              " bytes)"));
     }
     if (n == 0) return absl::OkStatus();
     if (offset + n <= prefix_.size()) {
@@ -329,7 +341,8 @@ class HttpReadable : public ReadableFile {
     spool_fd_ = *fd;
     if (size_ > 0) {
       if (ftruncate(spool_fd_, static_cast<off_t>(size_)) != 0) {
-        return absl::ResourceExhaustedError(absl::StrCat("spool for ", path_, ": ", std::strerror(errno)));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("spool for ", path_, ": ", std::strerror(errno)));
       }
       // Download in ranges so a dropped connection resumes where it stopped.
       constexpr uint64_t kPiece = 64ull << 20;
@@ -344,12 +357,15 @@ class HttpReadable : public ReadableFile {
         absl::StatusOr<HttpFileSystem::Response> resp = fs_->Send(r);
         if (!resp.ok()) return resp.status();
         if (resp->code != 206 && !(at == 0 && n == size_ && resp->received == n)) {
-          return absl::FailedPreconditionError(absl::StrCat("GET ", url_, ": the server ignored the Range header (HTTP ",
-                                                            resp->code, "); ranged reads are required"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("GET ", url_, ": the server ignored the Range header (HTTP ", resp->code,
+                           "); ranged reads are required"));
         }
       }
       void* p = mmap(nullptr, size_, PROT_READ, MAP_SHARED, spool_fd_, 0);
-      if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap spool of ", path_, ": ", std::strerror(errno)));
+      if (p == MAP_FAILED)
+        return absl::InternalError(
+            absl::StrCat("mmap spool of ", path_, ": ", std::strerror(errno)));
       map_ = std::make_shared<SpoolRegion>(p, size_);
     } else {
       map_ = std::make_shared<SpoolRegion>(nullptr, 0);
@@ -381,10 +397,12 @@ class HttpWritable : public WritableFile {
     if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": already closed"));
     size_t done = 0;
     while (done < data.size()) {
-      ssize_t w = pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+      ssize_t w =
+          pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
       if (w < 0) {
         if (errno == EINTR) continue;
-        return absl::ResourceExhaustedError(absl::StrCat(path_, ": local spool write failed: ", std::strerror(errno)));
+        return absl::ResourceExhaustedError(
+            absl::StrCat(path_, ": local spool write failed: ", std::strerror(errno)));
       }
       done += static_cast<size_t>(w);
     }
@@ -393,7 +411,8 @@ class HttpWritable : public WritableFile {
   }
   absl::Status Allocate(uint64_t size) override {
     if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
-      return absl::ResourceExhaustedError(absl::StrCat(path_, ": local spool: ", std::strerror(errno)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(path_, ": local spool: ", std::strerror(errno)));
     }
     size_ = size;
     return absl::OkStatus();
@@ -416,7 +435,9 @@ class HttpWritable : public WritableFile {
 
 }  // namespace
 
-HttpFileSystem::HttpFileSystem(HttpOptions options) : options_(std::move(options)) { GlobalInit(); }
+HttpFileSystem::HttpFileSystem(HttpOptions options) : options_(std::move(options)) {
+  GlobalInit();
+}
 HttpFileSystem::~HttpFileSystem() = default;
 
 absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req) {
@@ -483,7 +504,9 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
     }
     if (rc != CURLE_OK) {
       last = absl::UnavailableError(absl::StrCat(Describe(req), ": ", curl_easy_strerror(rc)));
-      if (t.write_error) return absl::ResourceExhaustedError(absl::StrCat(Describe(req), ": writing the local spool failed"));
+      if (t.write_error)
+        return absl::ResourceExhaustedError(
+            absl::StrCat(Describe(req), ": writing the local spool failed"));
       if (!RetryableCurl(rc)) return last;
       continue;
     }
@@ -502,14 +525,15 @@ absl::StatusOr<HttpFileSystem::Response> HttpFileSystem::Send(const Request& req
       uint64_t want = req.range->second - req.range->first + 1;
       if (std::optional<ContentRange> cr = ParseContentRange(resp)) want = cr->last - cr->first + 1;
       if (resp.received != want) {  // truncated mid-transfer
-        last = absl::UnavailableError(absl::StrCat(Describe(req), ": got ", resp.received, " of ", want,
-                                                   " bytes (connection dropped)"));
+        last = absl::UnavailableError(absl::StrCat(Describe(req), ": got ", resp.received, " of ",
+                                                   want, " bytes (connection dropped)"));
         continue;
       }
     }
     return resp;
   }
-  return absl::UnavailableError(absl::StrCat(last.message(), " (after ", options_.max_attempts, " attempts)"));
+  return absl::UnavailableError(
+      absl::StrCat(last.message(), " (after ", options_.max_attempts, " attempts)"));
 }
 
 absl::Status HttpFileSystem::ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst,
@@ -525,11 +549,12 @@ absl::Status HttpFileSystem::ReadRange(const std::string& url, uint64_t offset, 
   if (!resp.ok()) return resp.status();
   if ((resp->code == 200 && offset > 0) || resp->overflow) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "GET ", url, ": the server ignored the Range header (HTTP 200); ranged reads are required"));
+        "GET ", url,
+        ": the server ignored the Range header (HTTP 200); ranged reads are required"));
   }
   if (resp->received != n) {
-    return absl::DataLossError(absl::StrCat("GET ", url, " (bytes ", offset, "-", offset + n - 1, "): got ",
-                                            resp->received, " bytes"));
+    return absl::DataLossError(absl::StrCat("GET ", url, " (bytes ", offset, "-", offset + n - 1,
+                                            "): got ", resp->received, " bytes"));
   }
   return absl::OkStatus();
 }
@@ -546,11 +571,14 @@ absl::Status HttpFileSystem::PutFile(const std::string& url, int fd, uint64_t si
 }
 
 absl::Status HttpFileSystem::RefuseWrite(const std::string& path) const {
-  return absl::PermissionDeniedError(
-      absl::StrCat(path, ": hf:// is read-only (safeshard reads Hub checkpoints; write locally or over WebDAV)"));
+  return absl::PermissionDeniedError(absl::StrCat(
+      path,
+      ": hf:// is read-only (safeshard reads Hub checkpoints; write locally or over WebDAV)"));
 }
 
-absl::StatusOr<FileStat> HttpFileSystem::Stat(const std::string& path) { return StatUrl(path, nullptr); }
+absl::StatusOr<FileStat> HttpFileSystem::Stat(const std::string& path) {
+  return StatUrl(path, nullptr);
+}
 
 absl::StatusOr<FileStat> HttpFileSystem::StatUrl(const std::string& path, std::string* etag) {
   const std::string url = ToUrl(path);
@@ -565,7 +593,8 @@ absl::StatusOr<FileStat> HttpFileSystem::StatUrl(const std::string& path, std::s
     auto it = resp->headers.find(n);
     return it == resp->headers.end() ? std::string() : it->second;
   };
-  if (resp->code == 301 || resp->code == 302 || resp->code == 303 || resp->code == 307 || resp->code == 308) {
+  if (resp->code == 301 || resp->code == 302 || resp->code == 303 || resp->code == 307 ||
+      resp->code == 308) {
     const std::string loc = header("location");
     if (absl::EndsWith(loc, "/")) {
       st.is_dir = true;
@@ -582,7 +611,8 @@ absl::StatusOr<FileStat> HttpFileSystem::StatUrl(const std::string& path, std::s
     if (!gr.ok()) return gr.status();
     std::optional<ContentRange> cr = ParseContentRange(*gr);
     if (!cr || cr->total == 0) {
-      return absl::UnavailableError(absl::StrCat("GET ", url, ": no Content-Range with the file size in the answer"));
+      return absl::UnavailableError(
+          absl::StrCat("GET ", url, ": no Content-Range with the file size in the answer"));
     }
     st.size = cr->total;
     st.mtime_ns = ParseHttpDate(header("last-modified"));
@@ -620,7 +650,8 @@ absl::StatusOr<std::vector<DirEntry>> HttpFileSystem::List(const std::string& di
           if (!e.is_object() || !e.contains("name") || !e["name"].is_string()) continue;
           out.push_back({e["name"].get<std::string>(), e.value("type", "") == "directory"});
         }
-        std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+        std::sort(out.begin(), out.end(),
+                  [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
         return out;
       }
       why = "its answer is not a JSON directory index";
@@ -650,10 +681,10 @@ absl::StatusOr<std::vector<DirEntry>> HttpFileSystem::List(const std::string& di
       return out;
     }
   }
-  return absl::NotFoundError(absl::StrCat(
-      "cannot list ", url, ": ", why,
-      ", and it has no model.safetensors.index.json (serve a JSON index, e.g. nginx "
-      "\"autoindex on; autoindex_format json;\", or open a single file)"));
+  return absl::NotFoundError(
+      absl::StrCat("cannot list ", url, ": ", why,
+                   ", and it has no model.safetensors.index.json (serve a JSON index, e.g. nginx "
+                   "\"autoindex on; autoindex_format json;\", or open a single file)"));
 }
 
 absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std::string& path) {
@@ -671,7 +702,8 @@ absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std
     absl::StatusOr<Response> resp = Send(r);
     // A refused token, a server down after all retries: final. A 404 (maybe an hf:// directory)
     // or 416 (an empty file) is told apart by the HEAD below.
-    if (!resp.ok() && !absl::IsNotFound(resp.status()) && !absl::IsOutOfRange(resp.status())) return resp.status();
+    if (!resp.ok() && !absl::IsNotFound(resp.status()) && !absl::IsOutOfRange(resp.status()))
+      return resp.status();
     if (resp.ok() && resp->code == 206 && !resp->overflow) {
       std::optional<ContentRange> cr = ParseContentRange(*resp);
       const uint64_t total = cr ? cr->total : 0;
@@ -679,7 +711,8 @@ absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std
         prefix.resize(resp->received);
         std::string etag;
         auto e = resp->headers.find("etag");
-        if (!resp->redirected && e != resp->headers.end() && !absl::StartsWith(e->second, "W/")) etag = e->second;
+        if (!resp->redirected && e != resp->headers.end() && !absl::StartsWith(e->second, "W/"))
+          etag = e->second;
         return std::unique_ptr<ReadableFile>(
             new HttpReadable(this, path, url, total, std::move(etag), std::move(prefix)));
       }
@@ -695,7 +728,8 @@ absl::StatusOr<std::unique_ptr<ReadableFile>> HttpFileSystem::OpenRead(const std
   }
   if (!st.ok()) return st.status();
   if (st->is_dir) return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory"));
-  return std::unique_ptr<ReadableFile>(new HttpReadable(this, path, ToUrl(path), st->size, std::move(etag)));
+  return std::unique_ptr<ReadableFile>(
+      new HttpReadable(this, path, ToUrl(path), st->size, std::move(etag)));
 }
 
 absl::StatusOr<std::unique_ptr<WritableFile>> HttpFileSystem::Create(const std::string& path) {
@@ -705,7 +739,8 @@ absl::StatusOr<std::unique_ptr<WritableFile>> HttpFileSystem::Create(const std::
   return std::unique_ptr<WritableFile>(new HttpWritable(this, path, ToUrl(path), *fd));
 }
 
-absl::StatusOr<std::unique_ptr<WritableFile>> HttpFileSystem::OpenForWrite(const std::string& path) {
+absl::StatusOr<std::unique_ptr<WritableFile>> HttpFileSystem::OpenForWrite(
+    const std::string& path) {
   if (read_only()) return RefuseWrite(path);
   return absl::UnimplementedError(absl::StrCat(
       path, ": ranges of an existing remote file cannot be written; write the output locally"));
@@ -753,16 +788,20 @@ absl::Status HttpFileSystem::MakeDirs(const std::string& dir) {
   return absl::OkStatus();
 }
 
-absl::Status HttpFileSystem::SyncDir(const std::string&) { return absl::OkStatus(); }
+absl::Status HttpFileSystem::SyncDir(const std::string&) {
+  return absl::OkStatus();
+}
 
 // ------------------------------------------------------------------ hf://
 
 absl::StatusOr<HfPath> ParseHfPath(const std::string& url) {
   absl::string_view rest = url;
-  if (!absl::ConsumePrefix(&rest, "hf://")) return absl::InvalidArgumentError(absl::StrCat(url, ": not an hf:// URL"));
+  if (!absl::ConsumePrefix(&rest, "hf://"))
+    return absl::InvalidArgumentError(absl::StrCat(url, ": not an hf:// URL"));
   std::vector<std::string> parts = absl::StrSplit(rest, absl::MaxSplits('/', 2));
   if (parts.size() < 2 || parts[0].empty() || parts[1].empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(url, ": expected hf://ORG/REPO[@REVISION]/PATH"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(url, ": expected hf://ORG/REPO[@REVISION]/PATH"));
   }
   HfPath p;
   p.org = parts[0];
@@ -770,7 +809,8 @@ absl::StatusOr<HfPath> ParseHfPath(const std::string& url) {
   if (size_t at = p.repo.find('@'); at != std::string::npos) {
     p.revision = p.repo.substr(at + 1);
     p.repo = p.repo.substr(0, at);
-    if (p.revision.empty() || p.repo.empty()) return absl::InvalidArgumentError(absl::StrCat(url, ": empty repository or revision"));
+    if (p.revision.empty() || p.repo.empty())
+      return absl::InvalidArgumentError(absl::StrCat(url, ": empty repository or revision"));
   }
   if (parts.size() == 3) p.path = std::string(absl::StripSuffix(parts[2], "/"));
   return p;
@@ -815,7 +855,8 @@ absl::StatusOr<std::vector<DirEntry>> HfFileSystem::ListExtra(const std::string&
     json j = json::parse(resp->body, nullptr, false);
     if (!j.is_array()) {
       if (page == 1) return absl::NotFoundError("not a tree listing");
-      return absl::UnavailableError(absl::StrCat("GET ", r.url, ": page ", page, " of the tree listing is not a JSON array"));
+      return absl::UnavailableError(
+          absl::StrCat("GET ", r.url, ": page ", page, " of the tree listing is not a JSON array"));
     }
     for (const json& e : j) {
       if (!e.is_object() || !e.contains("path") || !e["path"].is_string()) continue;
@@ -826,15 +867,18 @@ absl::StatusOr<std::vector<DirEntry>> HfFileSystem::ListExtra(const std::string&
     if (next.empty()) break;
     if (absl::StartsWith(next, "/")) next = Origin(endpoint_) + next;
     if (Origin(next) != Origin(endpoint_)) {  // the token goes only to the endpoint
-      return absl::UnavailableError(absl::StrCat("GET ", r.url, ": the next page of the tree listing is on another host (",
-                                                 Origin(next), "); not following"));
+      return absl::UnavailableError(
+          absl::StrCat("GET ", r.url, ": the next page of the tree listing is on another host (",
+                       Origin(next), "); not following"));
     }
     if (seen.count(next)) {
-      return absl::UnavailableError(absl::StrCat("GET ", r.url, ": the tree listing's pages loop back to ", next));
+      return absl::UnavailableError(
+          absl::StrCat("GET ", r.url, ": the tree listing's pages loop back to ", next));
     }
     r.url = next;
   }
-  std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+  std::sort(out.begin(), out.end(),
+            [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
   return out;
 }
 

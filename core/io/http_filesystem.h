@@ -19,7 +19,8 @@
 //   - the token goes in `Authorization: Bearer ...` and appears in no message or log.
 //
 //   auto fs = NewHttpFileSystem({.token = "hf_..."});
-//   ASSIGN_OR_RETURN(CheckpointLayout ck, CheckpointLayout::Scan(*fs, "http://127.0.0.1:8080/ckpt"));
+//   ASSIGN_OR_RETURN(CheckpointLayout ck, CheckpointLayout::Scan(*fs,
+//   "http://127.0.0.1:8080/ckpt"));
 #ifndef SAFESHARD_CORE_IO_HTTP_FILESYSTEM_H_
 #define SAFESHARD_CORE_IO_HTTP_FILESYSTEM_H_
 
@@ -33,11 +34,11 @@
 namespace safeshard {
 
 struct HttpOptions {
-  std::string token;                 // sent as a bearer token when not empty
-  int max_attempts = 5;              // per request, for retryable failures
-  int initial_backoff_ms = 100;      // doubled after every failed attempt
+  std::string token;             // sent as a bearer token when not empty
+  int max_attempts = 5;          // per request, for retryable failures
+  int initial_backoff_ms = 100;  // doubled after every failed attempt
   int connect_timeout_s = 10;
-  int stall_timeout_s = 30;          // abort a transfer that moves no byte for this long
+  int stall_timeout_s = 30;  // abort a transfer that moves no byte for this long
   std::string user_agent = "safeshard/1";
 };
 
@@ -66,7 +67,8 @@ class HttpFileSystem : public FileSystem {
 
   // Reads [offset, offset + n) of `url` into dst with one ranged GET (retried). With `etag`, only
   // from that version of the file (If-Match): kAborted (HTTP 412) once it was replaced.
-  absl::Status ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst, const std::string& etag = "");
+  absl::Status ReadRange(const std::string& url, uint64_t offset, size_t n, char* dst,
+                         const std::string& etag = "");
   // Uploads a local file's first `size` bytes to `url` (PUT, retried).
   absl::Status PutFile(const std::string& url, int fd, uint64_t size);
 

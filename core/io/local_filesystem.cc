@@ -24,26 +24,20 @@ absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path) 
   std::string msg = absl::StrCat(path, ": ", op, ": ", std::strerror(err));
   switch (err) {
     case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(msg);
+    case ENOTDIR: return absl::NotFoundError(msg);
     case EACCES:
     case EPERM:
-    case EROFS:
-      return absl::PermissionDeniedError(msg);
+    case EROFS: return absl::PermissionDeniedError(msg);
     case ENOSPC:
     case EDQUOT:
     case EMFILE:
     case ENFILE:
-    case ENOMEM:
-      return absl::ResourceExhaustedError(msg);
-    case EEXIST:
-      return absl::AlreadyExistsError(msg);
+    case ENOMEM: return absl::ResourceExhaustedError(msg);
+    case EEXIST: return absl::AlreadyExistsError(msg);
     case EINTR:
     case EAGAIN:
-    case EIO:
-      return absl::UnavailableError(msg);
-    default:
-      return absl::UnknownError(msg);
+    case EIO: return absl::UnavailableError(msg);
+    default: return absl::UnknownError(msg);
   }
 }
 
@@ -85,9 +79,8 @@ class LocalReadable : public ReadableFile {
         return ErrnoStatus(errno, absl::StrCat("read at byte offset ", offset + done), path_);
       }
       if (r == 0) {
-        return absl::DataLossError(absl::StrCat(path_, ": file ends at byte offset ",
-                                                offset + done, " but ", n - done,
-                                                " more bytes were expected"));
+        return absl::DataLossError(absl::StrCat(path_, ": file ends at byte offset ", offset + done,
+                                                " but ", n - done, " more bytes were expected"));
       }
       done += static_cast<size_t>(r);
     }
@@ -150,8 +143,8 @@ class LocalWritable : public WritableFile {
   absl::Status WriteAt(uint64_t offset, absl::string_view data) override {
     size_t done = 0;
     while (done < data.size()) {
-      ssize_t w = pwrite(fd_, data.data() + done, data.size() - done,
-                         static_cast<off_t>(offset + done));
+      ssize_t w =
+          pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
       if (w < 0) {
         if (errno == EINTR) continue;
         return ErrnoStatus(errno, absl::StrCat("write at byte offset ", offset + done), path_);
@@ -171,8 +164,9 @@ class LocalWritable : public WritableFile {
       if (c < 0) {
         if (errno == EINTR) continue;
         if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) break;
-        return ErrnoStatus(errno, absl::StrCat("copy ", left, " bytes from ", src.path(),
-                                               " at offset ", in_off, " to offset ", out_off),
+        return ErrnoStatus(errno,
+                           absl::StrCat("copy ", left, " bytes from ", src.path(), " at offset ",
+                                        in_off, " to offset ", out_off),
                            path_);
       }
       if (c == 0) {
@@ -288,8 +282,8 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FinishOpenWrite(int fd, const std:
   }
   if (!S_ISREG(st.st_mode)) {
     close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, ": is not a regular file; only regular files are written"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": is not a regular file; only regular files are written"));
   }
   if (int fl = fcntl(fd, F_GETFL); fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
   return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
@@ -345,7 +339,8 @@ class LocalFileSystem_ : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | nofollow_, 0644);
+    int fd =
+        open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | nofollow_, 0644);
     if (fd < 0) return OpenError(errno, "create", path);
     return FinishOpenWrite(fd, path);
   }
@@ -415,13 +410,13 @@ class LocalFileSystem_ : public FileSystem {
         if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) break;
         int e = errno;
         close(in);
-        return ErrnoStatus(e, absl::StrCat("copy ", left, " bytes at offset ", off_in, " to ",
-                                           dst.path()), src);
+        return ErrnoStatus(
+            e, absl::StrCat("copy ", left, " bytes at offset ", off_in, " to ", dst.path()), src);
       }
       if (c == 0) {
         close(in);
-        return absl::DataLossError(absl::StrCat(src, ": file ends at byte offset ", off_in,
-                                                " but ", left, " more bytes were expected"));
+        return absl::DataLossError(absl::StrCat(src, ": file ends at byte offset ", off_in, " but ",
+                                                left, " more bytes were expected"));
       }
       left -= static_cast<uint64_t>(c);
     }
@@ -460,7 +455,8 @@ class BeneathFileSystem : public FileSystem {
   absl::StatusOr<FileStat> Stat(const std::string& path) override {
     ASSIGN_OR_RETURN(Parent p, OpenParent(path));
     struct stat st;
-    int r = p.last.empty() ? fstat(p.fd, &st) : fstatat(p.fd, p.last.c_str(), &st, AT_SYMLINK_NOFOLLOW);
+    int r =
+        p.last.empty() ? fstat(p.fd, &st) : fstatat(p.fd, p.last.c_str(), &st, AT_SYMLINK_NOFOLLOW);
     if (r != 0) return ErrnoStatus(errno, "stat", Show(path));
     FileStat out;
     out.size = static_cast<uint64_t>(st.st_size);
@@ -516,7 +512,8 @@ class BeneathFileSystem : public FileSystem {
     ASSIGN_OR_RETURN(Parent f, OpenParent(from));
     ASSIGN_OR_RETURN(Parent t, OpenParent(to));
     if (f.last.empty() || t.last.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(display_, ": cannot rename the directory itself"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(display_, ": cannot rename the directory itself"));
     }
     if (renameat(f.fd, f.last.c_str(), t.fd, t.last.c_str()) != 0) {
       return ErrnoStatus(errno, absl::StrCat("rename to ", Show(to)), Show(from));
@@ -527,10 +524,12 @@ class BeneathFileSystem : public FileSystem {
   absl::Status Remove(const std::string& path) override {
     ASSIGN_OR_RETURN(Parent p, OpenParent(path));
     if (p.last.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(display_, ": cannot remove the directory itself"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(display_, ": cannot remove the directory itself"));
     }
     if (unlinkat(p.fd, p.last.c_str(), 0) != 0) {
-      if ((errno == EISDIR || errno == EPERM) && unlinkat(p.fd, p.last.c_str(), AT_REMOVEDIR) == 0) {
+      if ((errno == EISDIR || errno == EPERM) &&
+          unlinkat(p.fd, p.last.c_str(), AT_REMOVEDIR) == 0) {
         return absl::OkStatus();
       }
       return ErrnoStatus(errno, "remove", Show(path));
@@ -557,7 +556,8 @@ class BeneathFileSystem : public FileSystem {
       if (next < 0) {
         if (e == ELOOP || e == ENOTDIR) {
           return absl::FailedPreconditionError(absl::StrCat(
-              Show(done), ": exists and is not a directory (symbolic links are never followed here)"));
+              Show(done),
+              ": exists and is not a directory (symbolic links are never followed here)"));
         }
         return ErrnoStatus(e, "open directory", Show(done));
       }
@@ -600,7 +600,8 @@ class BeneathFileSystem : public FileSystem {
     ASSIGN_OR_RETURN(std::string rel, NormalizeBeneath(display_, path));
     flags |= O_CLOEXEC;
     const char* p = rel.empty() ? "." : rel.c_str();
-    int fd = OpenAt2(dirfd_, p, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    int fd = OpenAt2(dirfd_, p, flags, mode,
+                     RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
     if (fd < 0 && errno == ENOSYS) fd = OpenByComponents(rel, flags, mode);
     if (fd < 0) return OpenError(errno, op, Show(path));
     return fd;
@@ -635,7 +636,9 @@ class BeneathFileSystem : public FileSystem {
     bool owned = false;
     std::string last;
     Parent() = default;
-    Parent(Parent&& o) noexcept : fd(o.fd), owned(o.owned), last(std::move(o.last)) { o.owned = false; }
+    Parent(Parent&& o) noexcept : fd(o.fd), owned(o.owned), last(std::move(o.last)) {
+      o.owned = false;
+    }
     ~Parent() {
       if (owned) close(fd);
     }

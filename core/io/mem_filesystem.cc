@@ -40,9 +40,8 @@ class MemReadable : public ReadableFile {
   uint64_t size() const override { return data_->size(); }
   absl::Status ReadAt(uint64_t offset, size_t n, char* dst) const override {
     if (offset > data_->size() || n > data_->size() - offset) {
-      return absl::DataLossError(absl::StrCat(path_, ": file ends at byte offset ",
-                                              data_->size(), " but ", n, " bytes at ", offset,
-                                              " were expected"));
+      return absl::DataLossError(absl::StrCat(path_, ": file ends at byte offset ", data_->size(),
+                                              " but ", n, " bytes at ", offset, " were expected"));
     }
     std::memcpy(dst, data_->data() + offset, n);
     return absl::OkStatus();
@@ -202,6 +201,8 @@ class MemFileSystem : public FileSystem {
 
 }  // namespace
 
-std::unique_ptr<FileSystem> NewMemFileSystem() { return std::make_unique<MemFileSystem>(); }
+std::unique_ptr<FileSystem> NewMemFileSystem() {
+  return std::make_unique<MemFileSystem>();
+}
 
 }  // namespace safeshard

@@ -47,12 +47,15 @@ void RegisterBuiltins(std::map<std::string, UrlSchemeFactory>& r) {
   r["file"] = [](const std::string& url, const UrlOptions&) -> absl::StatusOr<ResolvedPath> {
     std::string path = url.substr(std::string("file://").size());
     if (path.empty() || path[0] != '/') {
-      return absl::InvalidArgumentError(absl::StrCat(url, ": file:// URLs take an absolute path (file:///abs/path)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(url, ": file:// URLs take an absolute path (file:///abs/path)"));
     }
-    return ResolvedPath{std::shared_ptr<FileSystem>(&LocalFileSystem(), [](FileSystem*) {}), path, false};
+    return ResolvedPath{std::shared_ptr<FileSystem>(&LocalFileSystem(), [](FileSystem*) {}), path,
+                        false};
   };
   r["mem"] = [](const std::string& url, const UrlOptions&) -> absl::StatusOr<ResolvedPath> {
-    return ResolvedPath{SharedMemFileSystem(), "/" + url.substr(std::string("mem://").size()), false};
+    return ResolvedPath{SharedMemFileSystem(), "/" + url.substr(std::string("mem://").size()),
+                        false};
   };
   auto http = [](const std::string& url, const UrlOptions& o) -> absl::StatusOr<ResolvedPath> {
     return ResolvedPath{std::make_shared<HttpFileSystem>(WithToken(o)), url, true};
@@ -75,7 +78,8 @@ std::string UrlScheme(const std::string& url) {
   if (p == std::string::npos || p == 0) return {};
   for (size_t i = 0; i < p; ++i) {
     const char c = url[i];
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '-' && c != '.') return {};
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '-' && c != '.')
+      return {};
   }
   return absl::AsciiStrToLower(url.substr(0, p));
 }
@@ -103,7 +107,8 @@ void RegisterUrlScheme(const std::string& scheme, UrlSchemeFactory factory) {
 absl::StatusOr<ResolvedPath> ResolveUrl(const std::string& url, const UrlOptions& options) {
   const std::string scheme = UrlScheme(url);
   if (scheme.empty()) {
-    return ResolvedPath{std::shared_ptr<FileSystem>(&LocalFileSystem(), [](FileSystem*) {}), url, false};
+    return ResolvedPath{std::shared_ptr<FileSystem>(&LocalFileSystem(), [](FileSystem*) {}), url,
+                        false};
   }
   UrlSchemeFactory f;
   std::vector<std::string> known;

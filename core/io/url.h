@@ -38,7 +38,8 @@ struct ResolvedPath {
 absl::StatusOr<ResolvedPath> ResolveUrl(const std::string& url, const UrlOptions& options = {});
 
 // Adds or replaces a scheme ("s3" for "s3://..."); the factory gets the whole URL.
-using UrlSchemeFactory = std::function<absl::StatusOr<ResolvedPath>(const std::string& url, const UrlOptions&)>;
+using UrlSchemeFactory =
+    std::function<absl::StatusOr<ResolvedPath>(const std::string& url, const UrlOptions&)>;
 void RegisterUrlScheme(const std::string& scheme, UrlSchemeFactory factory);
 
 // The token in effect for `options` (explicit, $HF_TOKEN, the token file), or empty.

@@ -1,5 +1,5 @@
-#include "core/format/internal/json_util.h"
 #include "core/layout/layout.h"
+#include "core/format/internal/json_util.h"
 
 #include <sys/stat.h>
 
@@ -10,9 +10,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "core/format/filenames.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
@@ -23,7 +23,9 @@
 namespace safeshard {
 namespace {
 
-std::string Q(absl::string_view s) { return internal::Quote(s); }
+std::string Q(absl::string_view s) {
+  return internal::Quote(s);
+}
 
 std::string Box(const std::vector<uint64_t>& lo, const std::vector<uint64_t>& hi) {
   std::vector<std::string> parts;
@@ -206,8 +208,9 @@ ScannedIdentity IdentityOf(const FileInfo& info) {
 absl::Status CheckUnchanged(const ReadableFile& file, const ScannedIdentity& scanned,
                             std::optional<absl::string_view> header_bytes) {
   auto changed = [&](const std::string& how) {
-    return absl::AbortedError(absl::StrCat(file.path(), ": changed since it was scanned (", how,
-                                           "); nothing was written from it. Run again once its writer has finished"));
+    return absl::AbortedError(
+        absl::StrCat(file.path(), ": changed since it was scanned (", how,
+                     "); nothing was written from it. Run again once its writer has finished"));
   };
   if (file.size() != scanned.size) {
     return changed(absl::StrCat("it had ", scanned.size, " bytes, now ", file.size()));
@@ -218,21 +221,24 @@ absl::Status CheckUnchanged(const ReadableFile& file, const ScannedIdentity& sca
     RETURN_IF_ERROR(file.ReadAt(8, buf.size(), buf.data()));
     header_bytes = buf;
   }
-  if (header_bytes->size() != scanned.data_start - 8 || HeaderFingerprint(*header_bytes) != scanned.fingerprint) {
+  if (header_bytes->size() != scanned.data_start - 8 ||
+      HeaderFingerprint(*header_bytes) != scanned.fingerprint) {
     return changed("its header, bytes [8, " + std::to_string(scanned.data_start) + "), differs");
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<MappedInput> MapUnchanged(FileSystem& fs, const std::string& path, const ScannedIdentity& scanned) {
+absl::StatusOr<MappedInput> MapUnchanged(FileSystem& fs, const std::string& path,
+                                         const ScannedIdentity& scanned) {
   MappedInput in;
   ASSIGN_OR_RETURN(in.file, fs.OpenRead(path));
   ASSIGN_OR_RETURN(in.map, in.file->Map());
   const absl::string_view bytes = in.map->data();
-  RETURN_IF_ERROR(CheckUnchanged(*in.file, scanned,
-                                 bytes.size() >= scanned.data_start && scanned.data_start >= 8
-                                     ? std::optional<absl::string_view>(bytes.substr(8, scanned.data_start - 8))
-                                     : std::nullopt));
+  RETURN_IF_ERROR(
+      CheckUnchanged(*in.file, scanned,
+                     bytes.size() >= scanned.data_start && scanned.data_start >= 8
+                         ? std::optional<absl::string_view>(bytes.substr(8, scanned.data_start - 8))
+                         : std::nullopt));
   return in;
 }
 
@@ -246,8 +252,8 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
     for (size_t d = 0; d < rank; ++d) {
       if (c.offsets[d] + c.sizes[d] > shape[d] || c.offsets[d] + c.sizes[d] < c.offsets[d]) {
         problems->push_back({ProblemKind::kOutOfBounds, file_of(c), tensor,
-                             absl::StrCat("chunk ", ChunkBox(c), " (bytes [", c.begin, ", ",
-                                          c.end, ")) lies outside the tensor shape [",
+                             absl::StrCat("chunk ", ChunkBox(c), " (bytes [", c.begin, ", ", c.end,
+                                          ")) lies outside the tensor shape [",
                                           absl::StrJoin(shape, ", "), "] in dimension ", d)});
         bad = true;
         break;
@@ -293,9 +299,9 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
       ++overlaps;
       problems->push_back(
           {ProblemKind::kOverlap, file_of(a), tensor,
-           absl::StrCat("chunk ", ChunkBox(a), " (bytes [", a.begin, ", ", a.end,
-                        ")) and chunk ", ChunkBox(b), " in ", file_of(b), " (bytes [", b.begin,
-                        ", ", b.end, ")) both hold elements ", Box(lo, hi))});
+           absl::StrCat("chunk ", ChunkBox(a), " (bytes [", a.begin, ", ", a.end, ")) and chunk ",
+                        ChunkBox(b), " in ", file_of(b), " (bytes [", b.begin, ", ", b.end,
+                        ")) both hold elements ", Box(lo, hi))});
     }
   }
 
@@ -320,10 +326,10 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
   if (total == 0) return;
   if (cells > options.max_gap_cells) {
     if (overlaps == 0) {
-      problems->push_back({ProblemKind::kGap, "", tensor,
-                           absl::StrCat(static_cast<uint64_t>(total - covered), " of ",
-                                        static_cast<uint64_t>(total),
-                                        " elements are in no chunk")});
+      problems->push_back(
+          {ProblemKind::kGap, "", tensor,
+           absl::StrCat(static_cast<uint64_t>(total - covered), " of ",
+                        static_cast<uint64_t>(total), " elements are in no chunk")});
     }
     return;
   }
@@ -347,7 +353,10 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
         --d;
         if (++idx[d] < hi[d]) break;
         idx[d] = lo[d];
-        if (d == 0) { d = SIZE_MAX; break; }
+        if (d == 0) {
+          d = SIZE_MAX;
+          break;
+        }
       }
       if (rank == 0 || d == SIZE_MAX) break;
     }
@@ -377,8 +386,8 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
   }
   problems->push_back({ProblemKind::kGap, "", tensor,
                        absl::StrCat(missing, " of ", static_cast<uint64_t>(total),
-                                    " elements are in no chunk; first missing block ",
-                                    Box(lo, hi), " of shape [", absl::StrJoin(shape, ", "), "]")});
+                                    " elements are in no chunk; first missing block ", Box(lo, hi),
+                                    " of shape [", absl::StrJoin(shape, ", "), "]")});
 }
 
 absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const std::string& path,
@@ -474,9 +483,9 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     if (m.ok()) {
       ck.manifest_ = std::move(*m);
     } else {
-      ck.problems_.push_back({ProblemKind::kInvalidManifest, kManifestFileName, "",
-                              WithoutPathPrefix(std::string(m.status().message()),
-                                                std::string(kManifestFileName))});
+      ck.problems_.push_back(
+          {ProblemKind::kInvalidManifest, kManifestFileName, "",
+           WithoutPathPrefix(std::string(m.status().message()), std::string(kManifestFileName))});
     }
   }
 
@@ -491,13 +500,15 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   for (size_t fidx = 0; fidx < ck.files_.size(); ++fidx) {
     FileInfo& fi = ck.files_[fidx];
     if (!fi.header) {
-      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "", WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
+      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "",
+                              WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
       continue;
     }
     absl::StatusOr<std::optional<ShardingInfo>> info = ReadShardingInfo(*fi.header, fi.name);
     if (!info.ok()) {
       fi.error = std::string(info.status().message());
-      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "", WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
+      ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "",
+                              WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
       continue;
     }
     fi.dcp = info->has_value();
@@ -520,14 +531,15 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       c.file = static_cast<int>(fidx);
       if (logical != t.name) c.key = t.name;
       c.sizes = t.shape;
-      c.offsets = fi.dcp ? (*info)->saved_offsets.at(t.name) : std::vector<uint64_t>(t.shape.size());
+      c.offsets =
+          fi.dcp ? (*info)->saved_offsets.at(t.name) : std::vector<uint64_t>(t.shape.size());
       for (size_t d = 0; d < c.offsets.size(); ++d) {
         uint64_t end;
         if (__builtin_add_overflow(c.offsets[d], c.sizes[d], &end)) {
-          ck.problems_.push_back({ProblemKind::kOutOfBounds, fi.name, logical,
-                                  absl::StrCat("chunk ", Q(t.name), " at offset ", c.offsets[d],
-                                               " of size ", c.sizes[d], " in dimension ", d,
-                                               " ends beyond 2^64")});
+          ck.problems_.push_back(
+              {ProblemKind::kOutOfBounds, fi.name, logical,
+               absl::StrCat("chunk ", Q(t.name), " at offset ", c.offsets[d], " of size ",
+                            c.sizes[d], " in dimension ", d, " ends beyond 2^64")});
           c.offsets[d] = 0;  // keep the global shape finite; the problem blocks everything
         }
       }
@@ -564,16 +576,16 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
                               absl::StrCat("chunks disagree on dtype: ", absl::StrJoin(ds, ", "))});
     }
     if (plain_files[i].size() > 1) {
-      ck.problems_.push_back({ProblemKind::kDuplicateTensor, "", t.name,
-                              absl::StrCat("stored whole in several files: ",
-                                           absl::StrJoin(plain_files[i], ", "))});
+      ck.problems_.push_back(
+          {ProblemKind::kDuplicateTensor, "", t.name,
+           absl::StrCat("stored whole in several files: ", absl::StrJoin(plain_files[i], ", "))});
     }
     size_t rank = t.chunks[0].sizes.size();
     bool same_rank = true;
     for (const Chunk& c : t.chunks) same_rank &= c.sizes.size() == rank;
     if (!same_rank) {
-      ck.problems_.push_back({ProblemKind::kRankMismatch, "", t.name,
-                              "chunks disagree on the number of dimensions"});
+      ck.problems_.push_back(
+          {ProblemKind::kRankMismatch, "", t.name, "chunks disagree on the number of dimensions"});
     } else if (declared[i] && declared[i]->size() != rank) {
       ck.problems_.push_back({ProblemKind::kGlobalShapeMismatch, "", t.name,
                               absl::StrCat("global_shape [", absl::StrJoin(*declared[i], ", "),
@@ -668,8 +680,9 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
           {ProblemKind::kShardRanks, "", "",
            absl::StrCat("shard rank indices are not dense 1..", r_max, ": missing shard-",
                         absl::StrJoin(missing, ", shard-"),
-                        absent > missing.size() ? absl::StrCat(" and ", absent - missing.size(), " more")
-                                                : std::string(),
+                        absent > missing.size()
+                            ? absl::StrCat(" and ", absent - missing.size(), " more")
+                            : std::string(),
                         " (", absent == 1 ? "a rank's file is" : "ranks' files are", " absent)")});
     }
     if (counts.size() > 1) {
@@ -703,9 +716,10 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       if (!missing.empty()) {
         ck.problems_.push_back(
             {ProblemKind::kModelFileCount, "", "",
-             absl::StrCat("the file names say -of-", *ns.begin(), " but file", missing.size() == 1 ? " " : "s ",
-                          absl::StrJoin(missing, ", "), " of ", *ns.begin(), " ",
-                          missing.size() == 1 ? "is" : "are", " absent (and there is no index json)")});
+             absl::StrCat("the file names say -of-", *ns.begin(), " but file",
+                          missing.size() == 1 ? " " : "s ", absl::StrJoin(missing, ", "), " of ",
+                          *ns.begin(), " ", missing.size() == 1 ? "is" : "are",
+                          " absent (and there is no index json)")});
       }
     }
   }
@@ -728,10 +742,10 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
                                 absl::StrCat("listed in ", kManifestFileName, " (", mf.size,
                                              " bytes) but absent: its tensors are lost")});
       } else if (f->second->size != mf.size) {
-        ck.problems_.push_back({ProblemKind::kManifestFileSize, mf.name, "",
-                                absl::StrCat("is ", f->second->size, " bytes but ",
-                                             kManifestFileName, " says ", mf.size,
-                                             f->second->size < mf.size ? " (truncated)" : "")});
+        ck.problems_.push_back(
+            {ProblemKind::kManifestFileSize, mf.name, "",
+             absl::StrCat("is ", f->second->size, " bytes but ", kManifestFileName, " says ",
+                          mf.size, f->second->size < mf.size ? " (truncated)" : "")});
       }
     }
     for (const FileInfo& f : ck.files_) {
@@ -752,8 +766,8 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
         if (r > *m.ranks) extra.push_back(r - 1);
       }
       if (!missing.empty() || !extra.empty()) {
-        std::string msg = absl::StrCat(kManifestFileName, " says ", *m.ranks, " rank",
-                                       *m.ranks == 1 ? "" : "s");
+        std::string msg =
+            absl::StrCat(kManifestFileName, " says ", *m.ranks, " rank", *m.ranks == 1 ? "" : "s");
         if (!missing.empty()) {
           absl::StrAppend(&msg, "; no shard file of rank ", absl::StrJoin(missing, ", "));
         }
@@ -778,8 +792,8 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
     if (!missing.empty() || !extra.empty()) {
       std::string msg = absl::StrCat("expected ", options.expect_ranks, " rank",
-                                     options.expect_ranks == 1 ? "" : "s", ", found ",
-                                     ranks.size(), " with shard files");
+                                     options.expect_ranks == 1 ? "" : "s", ", found ", ranks.size(),
+                                     " with shard files");
       if (!missing.empty()) absl::StrAppend(&msg, "; missing rank ", absl::StrJoin(missing, ", "));
       if (!extra.empty()) absl::StrAppend(&msg, "; unexpected rank ", absl::StrJoin(extra, ", "));
       ck.problems_.push_back({ProblemKind::kExpectedRanks, "", "", msg});
@@ -862,9 +876,10 @@ void CheckpointLayout::DecideCompleteness() {
       c.by.push_back("the file's own header (a single file)");
     }
     if (c.by.empty()) {
-      c.unproven = absl::StrCat(
-          files_.size(), " plain safetensors files with no index json and no -of-N names: a "
-          "lost file would leave no trace. Prove it with --reference MODEL_DIR");
+      c.unproven =
+          absl::StrCat(files_.size(),
+                       " plain safetensors files with no index json and no -of-N names: a "
+                       "lost file would leave no trace. Prove it with --reference MODEL_DIR");
     }
   } else {
     c.unproven = "no safetensors files";
@@ -895,8 +910,8 @@ void CheckpointLayout::CheckAgainstReference(const CheckpointLayout& ref) {
       add(r.name, absl::StrCat("in the reference model (", DTypeName(r.dtype), " [",
                                absl::StrJoin(r.shape, ", "), "]) but not in this checkpoint"));
     } else if (t->shape != r.shape) {
-      add(r.name, absl::StrCat("shape [", absl::StrJoin(t->shape, ", "), "] but the reference has [",
-                               absl::StrJoin(r.shape, ", "), "]",
+      add(r.name, absl::StrCat("shape [", absl::StrJoin(t->shape, ", "),
+                               "] but the reference has [", absl::StrJoin(r.shape, ", "), "]",
                                t->declared_shape ? "" : " (a trailing chunk may be lost)"));
     }
   }
@@ -904,8 +919,9 @@ void CheckpointLayout::CheckAgainstReference(const CheckpointLayout& ref) {
     if (ref.FindTensor(t.name) == nullptr) add(t.name, "not in the reference model");
   }
   if (differences > reported) {
-    problems_.push_back({ProblemKind::kReference, "", "",
-                         absl::StrCat(differences - reported, " more differences from the reference model")});
+    problems_.push_back(
+        {ProblemKind::kReference, "", "",
+         absl::StrCat(differences - reported, " more differences from the reference model")});
   }
   reference_matched_ = differences == 0 && !ref.tensors().empty();
   DecideCompleteness();
@@ -917,7 +933,6 @@ bool CheckpointLayout::HasBlockingProblem() const {
   }
   return false;
 }
-
 
 }  // namespace safeshard
 
@@ -974,9 +989,9 @@ absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header
 absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointLayout& layout) {
   ChecksumReport r;
   if (!layout.manifest()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        layout.root(), ": no valid ", kManifestFileName,
-        " here, so there are no recorded checksums to compare with"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(layout.root(), ": no valid ", kManifestFileName,
+                     " here, so there are no recorded checksums to compare with"));
   }
   // Problems name logical tensors: (file, physical key) -> logical name.
   std::map<std::pair<int, std::string>, std::string> logical;
@@ -1009,16 +1024,17 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
     const Header& h = info->header ? *info->header : empty;
     absl::StatusOr<ManifestFile> got = ChecksumFile(*f, h);
     if (!got.ok()) {
-      r.problems.push_back({ProblemKind::kChecksum, mf.name, "", std::string(got.status().message())});
+      r.problems.push_back(
+          {ProblemKind::kChecksum, mf.name, "", std::string(got.status().message())});
       continue;
     }
     r.bytes += got->size;
     const std::vector<TensorEntry>& order = h.tensors;  // in data order, as every Header keeps them
     if (info->header && !mf.tensor_xxh3.empty() && mf.tensor_xxh3.size() != order.size()) {
-      r.problems.push_back({ProblemKind::kChecksum, mf.name, "",
-                            absl::StrCat("the manifest records ", mf.tensor_xxh3.size(),
-                                         " tensor checksums but the file holds ", order.size(),
-                                         " tensors")});
+      r.problems.push_back(
+          {ProblemKind::kChecksum, mf.name, "",
+           absl::StrCat("the manifest records ", mf.tensor_xxh3.size(),
+                        " tensor checksums but the file holds ", order.size(), " tensors")});
     }
     if (got->xxh3 == mf.xxh3) continue;
     size_t named = 0;
@@ -1032,14 +1048,15 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
              absl::StrCat("bytes [", h.data_start() + order[i].begin, ", ",
                           h.data_start() + order[i].end, ") have XXH3-64 ",
                           ChecksumHex(got->tensor_xxh3[i]), " but the manifest recorded ",
-                          ChecksumHex(mf.tensor_xxh3[i]), ": the tensor's data changed after it was written")});
+                          ChecksumHex(mf.tensor_xxh3[i]),
+                          ": the tensor's data changed after it was written")});
       }
     }
     if (named == 0) {
       r.problems.push_back(
           {ProblemKind::kChecksum, mf.name, "",
-           absl::StrCat("the file's XXH3-64 is ", ChecksumHex(*got->xxh3), " but the manifest recorded ",
-                        ChecksumHex(*mf.xxh3),
+           absl::StrCat("the file's XXH3-64 is ", ChecksumHex(*got->xxh3),
+                        " but the manifest recorded ", ChecksumHex(*mf.xxh3),
                         info->header && mf.tensor_xxh3.size() == order.size()
                             ? absl::StrCat(" (every tensor matches: the header, bytes [0, ",
                                            h.data_start(), "), changed)")
@@ -1053,9 +1070,9 @@ absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input
                                    const std::string& output_dir) {
   if (SameDirectory(fs, input.root(), output_dir) ||
       DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(input.root(), "x"))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        output_dir, ": the output directory is the input directory ", input.root(),
-        "; inputs are never modified (choose another output directory)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(output_dir, ": the output directory is the input directory ", input.root(),
+                     "; inputs are never modified (choose another output directory)"));
   }
   // An input file may live in OUT under another name (IN/x -> ../OUT/x symlinks, as in the HF
   // cache's snapshots/ and blobs/): replacing or removing OUT's files would destroy it.
@@ -1063,7 +1080,8 @@ absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input
   std::set<std::pair<dev_t, ino_t>> inputs;
   for (const FileInfo& f : input.files()) {
     struct stat st;
-    if (::stat(JoinPath(input.root(), f.name).c_str(), &st) == 0) inputs.insert({st.st_dev, st.st_ino});
+    if (::stat(JoinPath(input.root(), f.name).c_str(), &st) == 0)
+      inputs.insert({st.st_dev, st.st_ino});
   }
   absl::StatusOr<std::vector<DirEntry>> entries = fs.List(output_dir);
   if (!entries.ok()) return absl::OkStatus();  // not there yet
@@ -1071,10 +1089,11 @@ absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input
     struct stat st;
     const std::string path = JoinPath(output_dir, e.name);
     if (::lstat(path.c_str(), &st) == 0 && inputs.count({st.st_dev, st.st_ino})) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          output_dir, ": holds ", e.name, ", which is one of the input files (reached from ",
-          input.root(), " through a link); inputs are never modified (choose another output "
-          "directory)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(output_dir, ": holds ", e.name,
+                       ", which is one of the input files (reached from ", input.root(),
+                       " through a link); inputs are never modified (choose another output "
+                       "directory)"));
     }
   }
   return absl::OkStatus();

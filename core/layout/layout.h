@@ -43,16 +43,16 @@ struct FileInfo {
   uint64_t size = 0;
   std::optional<Header> header;  // absent when the header is invalid
   std::optional<std::string> error;
-  std::optional<int> shard;      // 1-based rank from a "shard-RRRRR-..." name
-  std::optional<int> file_index; // model file index from the name
-  bool dcp = false;              // has DCP_SHARDING_INFO
+  std::optional<int> shard;       // 1-based rank from a "shard-RRRRR-..." name
+  std::optional<int> file_index;  // model file index from the name
+  bool dcp = false;               // has DCP_SHARDING_INFO
 };
 
 struct Chunk {
-  int file = 0;                  // index into files()
-  std::vector<uint64_t> offsets; // within the global tensor
-  std::vector<uint64_t> sizes;   // the chunk's shape
-  uint64_t begin = 0;            // absolute byte range in the file
+  int file = 0;                   // index into files()
+  std::vector<uint64_t> offsets;  // within the global tensor
+  std::vector<uint64_t> sizes;    // the chunk's shape
+  uint64_t begin = 0;             // absolute byte range in the file
   uint64_t end = 0;
   // The chunk's key in its file when it differs from the tensor's (logical) name: PyTorch's
   // newest writer stores several chunks of one tensor in one rank file as "{fqn}.__dcp_shard_{k}".
@@ -68,36 +68,36 @@ struct TensorLayout {
   bool declared_shape = false;
   std::vector<Chunk> chunks;
   uint64_t numel() const;
-  uint64_t bytes() const;        // bytes of the global tensor
+  uint64_t bytes() const;  // bytes of the global tensor
   bool has_problem = false;
 };
 
 enum class ProblemKind {
-  kInvalidFile,        // header failed validation
-  kGap,                // part of a tensor is in no chunk
-  kOverlap,            // two chunks share elements
-  kOutOfBounds,        // a chunk lies outside the tensor's shape
-  kRankMismatch,       // chunks disagree on the number of dimensions
-  kDTypeMismatch,      // chunks disagree on dtype
-  kIndexMissingFile,   // index names a file that does not exist
-  kIndexMissingTensor, // index says a file holds a tensor it does not
-  kNotInIndex,         // a tensor in the files but not in the index
-  kIndexTotalSize,     // metadata.total_size differs from the sum of tensor bytes
-  kInvalidIndex,       // index json failed to parse
-  kShardRanks,         // shard rank indices are not dense 1..R
-  kShardFileCount,     // "-of-N" disagrees between files
-  kDuplicateTensor,    // the same tensor in several plain files
-  kGlobalShapeMismatch,// chunks declare different global shapes
-  kInvalidManifest,    // safeshard.complete.json failed to parse
-  kManifestMissingFile,// the manifest lists a file that does not exist
-  kManifestFileSize,   // a listed file has another size than the manifest says
-  kManifestUnlisted,   // a safetensors file the manifest does not list
-  kManifestRanks,      // the shard files' ranks are not the manifest's 0..ranks-1
-  kExpectedRanks,      // the shard files' ranks are not the expected 0..N-1 (--expect-ranks)
-  kModelFileCount,     // plain "-of-N" files: some of the N are absent
-  kReference,          // a tensor absent from, extra to, or shaped unlike the reference model
-  kChecksum,           // file or tensor bytes differ from the manifest's checksum
-  kUnproven,           // completeness cannot be proven (a problem only with --strict)
+  kInvalidFile,          // header failed validation
+  kGap,                  // part of a tensor is in no chunk
+  kOverlap,              // two chunks share elements
+  kOutOfBounds,          // a chunk lies outside the tensor's shape
+  kRankMismatch,         // chunks disagree on the number of dimensions
+  kDTypeMismatch,        // chunks disagree on dtype
+  kIndexMissingFile,     // index names a file that does not exist
+  kIndexMissingTensor,   // index says a file holds a tensor it does not
+  kNotInIndex,           // a tensor in the files but not in the index
+  kIndexTotalSize,       // metadata.total_size differs from the sum of tensor bytes
+  kInvalidIndex,         // index json failed to parse
+  kShardRanks,           // shard rank indices are not dense 1..R
+  kShardFileCount,       // "-of-N" disagrees between files
+  kDuplicateTensor,      // the same tensor in several plain files
+  kGlobalShapeMismatch,  // chunks declare different global shapes
+  kInvalidManifest,      // safeshard.complete.json failed to parse
+  kManifestMissingFile,  // the manifest lists a file that does not exist
+  kManifestFileSize,     // a listed file has another size than the manifest says
+  kManifestUnlisted,     // a safetensors file the manifest does not list
+  kManifestRanks,        // the shard files' ranks are not the manifest's 0..ranks-1
+  kExpectedRanks,        // the shard files' ranks are not the expected 0..N-1 (--expect-ranks)
+  kModelFileCount,       // plain "-of-N" files: some of the N are absent
+  kReference,            // a tensor absent from, extra to, or shaped unlike the reference model
+  kChecksum,             // file or tensor bytes differ from the manifest's checksum
+  kUnproven,             // completeness cannot be proven (a problem only with --strict)
 };
 absl::string_view ProblemKindName(ProblemKind k);
 // Whether a problem makes the checkpoint unfit to consolidate or publish. One table for
@@ -219,7 +219,8 @@ struct MappedInput {
   std::unique_ptr<ReadableFile> file;
   std::shared_ptr<const MappedRegion> map;
 };
-absl::StatusOr<MappedInput> MapUnchanged(FileSystem& fs, const std::string& path, const ScannedIdentity& scanned);
+absl::StatusOr<MappedInput> MapUnchanged(FileSystem& fs, const std::string& path,
+                                         const ScannedIdentity& scanned);
 
 // Checks that `chunks` (same rank as `shape`) tile `shape` exactly; appends kGap, kOverlap
 // and kOutOfBounds problems naming the tensor and the element ranges. Exposed for tests.

@@ -136,9 +136,9 @@ TEST(LayoutTest, ReportsOverlapNamingBothFiles) {
   for (int r = 0; r < 2; ++r) {
     ShardingInfo info;
     info.saved_offsets["w"] = {static_cast<uint64_t>(r * 2), 0};  // rows [0,3) and [2,5)
-    testing::WriteFile(JoinPath(dir, ShardFileName(r, 1, 1)),
-                       testing::BuildSafetensors({{"w", DType::kF32, {3, 2}}},
-                                                 ShardedFileMetadata(info)));
+    testing::WriteFile(
+        JoinPath(dir, ShardFileName(r, 1, 1)),
+        testing::BuildSafetensors({{"w", DType::kF32, {3, 2}}}, ShardedFileMetadata(info)));
   }
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   auto ov = OfKind(*ck, ProblemKind::kOverlap);
@@ -198,14 +198,16 @@ TEST(LayoutTest, ChecksIndexTotalSize) {
   std::string dir = testing::NewTempDir();
   testing::WriteFile(JoinPath(dir, "model.safetensors"),
                      testing::BuildSafetensors({{"a", DType::kF32, {2}}}));
-  testing::WriteFile(JoinPath(dir, "model.safetensors.index.json"),
-                     R"({"metadata": {"total_size": 9}, "weight_map": {"a": "model.safetensors"}})");
+  testing::WriteFile(
+      JoinPath(dir, "model.safetensors.index.json"),
+      R"({"metadata": {"total_size": 9}, "weight_map": {"a": "model.safetensors"}})");
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   auto ts = OfKind(*ck, ProblemKind::kIndexTotalSize);
   ASSERT_EQ(ts.size(), 1u) << Dump(*ck);
   EXPECT_THAT(ts[0].message, HasSubstr("hold 8 bytes"));
-  testing::WriteFile(JoinPath(dir, "model.safetensors.index.json"),
-                     R"({"metadata": {"total_size": 8}, "weight_map": {"a": "model.safetensors"}})");
+  testing::WriteFile(
+      JoinPath(dir, "model.safetensors.index.json"),
+      R"({"metadata": {"total_size": 8}, "weight_map": {"a": "model.safetensors"}})");
   EXPECT_TRUE(CheckpointLayout::Scan(LocalFileSystem(), dir)->problems().empty());
 }
 
@@ -299,7 +301,9 @@ TEST(CompletenessTest, LostHighestRankIsInvisibleFromHeadersAndSaidSo) {
 
 TEST(CompletenessTest, LostHighestRankIsCaughtByTheManifest) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true}).ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true})
+          .ok());
   auto whole = CheckpointLayout::Scan(LocalFileSystem(), dir);
   EXPECT_TRUE(whole->problems().empty()) << Dump(*whole);
   EXPECT_TRUE(whole->completeness().proven);
@@ -318,7 +322,8 @@ TEST(CompletenessTest, LostHighestRankIsCaughtByTheManifest) {
 
 TEST(CompletenessTest, AManifestFileNameWithControlBytesIsPrintedQuoted) {
   std::string dir = testing::NewTempDir();
-  testing::WriteFile(dir + "/model.safetensors", testing::BuildSafetensors({{"w", DType::kF32, {2}}}));
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"w", DType::kF32, {2}}}));
   testing::WriteFile(dir + "/safeshard.complete.json",
                      R"({"format": "safeshard.complete/1", "kind": "consolidated", "files": [)"
                      R"({"name": "evil\nverify: ok\u001b[2J.safetensors", "size": 8}]})");
@@ -342,9 +347,11 @@ TEST(CompletenessTest, LostHighestRankIsCaughtByExpectedRanks) {
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 3});
   auto r = OfKind(*ck, ProblemKind::kExpectedRanks);
   ASSERT_EQ(r.size(), 1u) << Dump(*ck);
-  EXPECT_THAT(r[0].message, HasSubstr("expected 3 ranks, found 2 with shard files; missing rank 2"));
+  EXPECT_THAT(r[0].message,
+              HasSubstr("expected 3 ranks, found 2 with shard files; missing rank 2"));
   auto extra = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 1});
-  EXPECT_THAT(OfKind(*extra, ProblemKind::kExpectedRanks).at(0).message, HasSubstr("unexpected rank 1"));
+  EXPECT_THAT(OfKind(*extra, ProblemKind::kExpectedRanks).at(0).message,
+              HasSubstr("unexpected rank 1"));
 }
 
 TEST(CompletenessTest, LostHighestRankIsCaughtByGlobalShape) {
@@ -373,13 +380,15 @@ TEST(CompletenessTest, LostHighestRankIsCaughtByGlobalShape) {
 
 TEST(CompletenessTest, ManifestMissingExtraAndResizedFiles) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
                                  {.ranks = 4, .manifest = true})
                   .ok());
   // A middle rank lost, a stray file added, one file grown.
   ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, ShardFileName(1, 1, 1))).ok());
-  testing::WriteFile(JoinPath(dir, "extra.safetensors"),
-                     testing::RawSafetensors(R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
+  testing::WriteFile(
+      JoinPath(dir, "extra.safetensors"),
+      testing::RawSafetensors(R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
   {
     std::string path = JoinPath(dir, ShardFileName(2, 1, 1));
     testing::WriteFile(path, testing::ReadFile(path) + "tail");
@@ -396,15 +405,16 @@ TEST(CompletenessTest, ManifestMissingExtraAndResizedFiles) {
 
 TEST(CompletenessTest, HostileManifestIsAProblemNeverACrash) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
-                                 {.ranks = 2})
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kF32, {8, 4}, Sharding::kRow}}, {.ranks = 2})
                   .ok());
   for (const std::string& text :
        {std::string("{\"format\": \"safeshard.complete/1\", \"ranks\": \"2\", \"files\": []}"),
         std::string("{\"format\": \"safeshard.complete/1\", \"ranks\": 1e999, \"files\": []}"),
         std::string("{\"format\": \"safeshard.complete/1\", \"files\": [{\"name\": 5}]}"),
         std::string(50000, '[') + std::string(50000, ']'), std::string("\0\0\0", 3),
-        std::string("{\"format\": \"safeshard.complete/1\", \"files\": []}") + std::string("\0x", 2)}) {
+        std::string("{\"format\": \"safeshard.complete/1\", \"files\": []}") +
+            std::string("\0x", 2)}) {
     testing::WriteFile(JoinPath(dir, kManifestFileName), text);
     auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
     ASSERT_TRUE(ck.ok());
@@ -416,7 +426,9 @@ TEST(CompletenessTest, HostileManifestIsAProblemNeverACrash) {
 
 TEST(CompletenessTest, ChecksumMismatchNamesFileAndTensor) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true}).ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true})
+          .ok());
   auto clean = CheckpointLayout::Scan(LocalFileSystem(), dir);
   auto ok = VerifyChecksums(LocalFileSystem(), *clean);
   ASSERT_TRUE(ok.ok()) << ok.status();
@@ -433,7 +445,8 @@ TEST(CompletenessTest, ChecksumMismatchNamesFileAndTensor) {
   EXPECT_EQ(r->problems[0].kind, ProblemKind::kChecksum);
   EXPECT_EQ(r->problems[0].file, ck->files()[c.file].name);
   EXPECT_EQ(r->problems[0].tensor, "model.norm.weight");
-  EXPECT_THAT(r->problems[0].message, HasSubstr(absl::StrCat("bytes [", c.begin, ", ", c.end, ")")));
+  EXPECT_THAT(r->problems[0].message,
+              HasSubstr(absl::StrCat("bytes [", c.begin, ", ", c.end, ")")));
   // Without a manifest there is nothing to compare with: said plainly.
   ASSERT_TRUE(LocalFileSystem().Remove(JoinPath(dir, kManifestFileName)).ok());
   auto none = CheckpointLayout::Scan(LocalFileSystem(), dir);
@@ -463,16 +476,19 @@ TEST(CompletenessTest, ReferenceModelProvesOrRefutes) {
 
 TEST(CompletenessTest, PlainModelFilesMissingOneOfN) {
   std::string dir = testing::NewTempDir();
-  const std::string one = testing::RawSafetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z");
+  const std::string one =
+      testing::RawSafetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z");
   testing::WriteFile(JoinPath(dir, "model-00001-of-00003.safetensors"), one);
-  testing::WriteFile(JoinPath(dir, "model-00003-of-00003.safetensors"),
-                     testing::RawSafetensors(R"({"c":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
+  testing::WriteFile(
+      JoinPath(dir, "model-00003-of-00003.safetensors"),
+      testing::RawSafetensors(R"({"c":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "z"));
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   auto r = OfKind(*ck, ProblemKind::kModelFileCount);
   ASSERT_EQ(r.size(), 1u) << Dump(*ck);
   EXPECT_THAT(r[0].message, HasSubstr("file 2 of 3 is absent"));
   // One file named by its path is judged alone.
-  auto one_file = CheckpointLayout::Scan(LocalFileSystem(), JoinPath(dir, "model-00001-of-00003.safetensors"));
+  auto one_file =
+      CheckpointLayout::Scan(LocalFileSystem(), JoinPath(dir, "model-00001-of-00003.safetensors"));
   EXPECT_TRUE(one_file->problems().empty()) << Dump(*one_file);
 }
 
@@ -503,7 +519,8 @@ TEST(NewestLayoutTest, StridedChunksAreOneLogicalTensor) {
     EXPECT_EQ(ck->FindTensor("b")->chunks[0].key, "");
     // Dropping one rank's two blocks leaves two gaps, not a renamed tensor.
     ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model,
-                                   {.ranks = 4, .mesh_rows = 2,
+                                   {.ranks = 4,
+                                    .mesh_rows = 2,
                                     .drop_chunk = std::make_pair(std::string("w"), 3),
                                     .logical_fqn = true})
                     .ok());
@@ -516,9 +533,9 @@ TEST(NewestLayoutTest, StridedChunksAreOneLogicalTensor) {
 TEST(NewestLayoutTest, GlobalShapeDisagreementAndOutOfBounds) {
   std::string dir = testing::NewTempDir();
   auto write = [&](int rank, const std::string& info, uint64_t rows) {
-    std::string json = absl::StrCat(
-        R"({"__metadata__":{"DCP_SHARDING_INFO":)", testing::Quoted(info),
-        R"(},"w":{"dtype":"U8","shape":[)", rows, R"(,2],"data_offsets":[0,)", rows * 2, "]}}");
+    std::string json = absl::StrCat(R"({"__metadata__":{"DCP_SHARDING_INFO":)",
+                                    testing::Quoted(info), R"(},"w":{"dtype":"U8","shape":[)", rows,
+                                    R"(,2],"data_offsets":[0,)", rows * 2, "]}}");
     testing::WriteFile(JoinPath(dir, ShardFileName(rank, 1, 1)),
                        testing::RawSafetensors(json, std::string(rows * 2, 'z')));
   };
@@ -546,7 +563,9 @@ TEST(CompletenessTest, ATensorOnlyTheLostRankHeldIsNeverCalledComplete) {
 
 TEST(CompletenessTest, BlockingProblemsMeanNotComplete) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true}).ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 2, .manifest = true})
+          .ok());
   RemoveHighestRank(dir, 2);
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir, {.expect_ranks = 1});
   EXPECT_TRUE(ck->HasBlockingProblem());
@@ -556,8 +575,8 @@ TEST(CompletenessTest, BlockingProblemsMeanNotComplete) {
 
 TEST(CompletenessTest, ManifestThatIsADirectoryOrForOtherFilesIsInvalid) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}},
-                                 {.ranks = 2})
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kF32, {8, 4}, Sharding::kRow}}, {.ranks = 2})
                   .ok());
   ASSERT_TRUE(LocalFileSystem().MakeDirs(JoinPath(dir, kManifestFileName)).ok());
   auto d = CheckpointLayout::Scan(LocalFileSystem(), dir);
@@ -576,7 +595,9 @@ TEST(CompletenessTest, ManifestThatIsADirectoryOrForOtherFilesIsInvalid) {
 
 TEST(CompletenessTest, ChecksumListOfAnotherLengthIsAProblem) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 1, .manifest = true}).ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), dir, SmallModel(), {.ranks = 1, .manifest = true})
+          .ok());
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   Manifest m = *ck->manifest();
   m.files[0].tensor_xxh3.pop_back();
@@ -592,7 +613,8 @@ TEST(CompletenessTest, OffsetsThatOverflowAreOutOfBounds) {
   const std::string info = R"({"w": {"saved_offsets": [18446744073709551615, 0]}})";
   std::string json = absl::StrCat(R"({"__metadata__":{"DCP_SHARDING_INFO":)", testing::Quoted(info),
                                   R"(},"w":{"dtype":"U8","shape":[4,4],"data_offsets":[0,16]}})");
-  testing::WriteFile(JoinPath(dir, ShardFileName(0, 1, 1)), testing::RawSafetensors(json, std::string(16, 'z')));
+  testing::WriteFile(JoinPath(dir, ShardFileName(0, 1, 1)),
+                     testing::RawSafetensors(json, std::string(16, 'z')));
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   auto r = OfKind(*ck, ProblemKind::kOutOfBounds);
   ASSERT_FALSE(r.empty()) << Dump(*ck);
@@ -601,11 +623,12 @@ TEST(CompletenessTest, OffsetsThatOverflowAreOutOfBounds) {
 
 TEST(CompletenessTest, AHugeRankNumberIsOneBoundedLine) {
   std::string dir = testing::NewTempDir();
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {4}, Sharding::kReplicated}},
-                                 {.ranks = 1})
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kF32, {4}, Sharding::kReplicated}}, {.ranks = 1})
                   .ok());
   ASSERT_EQ(std::rename(JoinPath(dir, ShardFileName(0, 1, 1)).c_str(),
-                        JoinPath(dir, ShardFileName(99998, 1, 1)).c_str()), 0);
+                        JoinPath(dir, ShardFileName(99998, 1, 1)).c_str()),
+            0);
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   auto r = OfKind(*ck, ProblemKind::kShardRanks);
   ASSERT_EQ(r.size(), 1u);

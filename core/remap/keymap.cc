@@ -50,9 +50,9 @@ absl::StatusOr<std::string> ToRe2Rewrite(absl::string_view repl) {
         // Python reads "\12" as group 12, RE2 as group 1 then "2".
         return absl::InvalidArgumentError(absl::StrCat(
             "\\", repl.substr(i + 1, 2), " in a replacement is group ", repl.substr(i + 1, 2),
-            " in Python's re.sub; only groups 1 to 9 are supported (for group ",
-            std::string(1, n), " followed by a digit write \\g<", std::string(1, n), ">",
-            std::string(1, repl[i + 2]), ")"));
+            " in Python's re.sub; only groups 1 to 9 are supported (for group ", std::string(1, n),
+            " followed by a digit write \\g<", std::string(1, n), ">", std::string(1, repl[i + 2]),
+            ")"));
       }
       absl::StrAppend(&out, "\\", std::string(1, n));
     } else if (n == '\\') {
@@ -83,19 +83,19 @@ absl::StatusOr<KeyMap> KeyMap::Create(std::vector<Rule> rules) {
     const Rule& r = rules[i];
     auto re = std::make_unique<re2::RE2>(r.pattern, re2::RE2::Quiet);
     if (!re->ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("key-map rule ", i + 1, " (", r.pattern,
-                                                     "): invalid regex: ", re->error()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("key-map rule ", i + 1, " (", r.pattern, "): invalid regex: ", re->error()));
     }
     absl::StatusOr<std::string> rw = ToRe2Rewrite(r.replacement);
     if (!rw.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("key-map rule ", i + 1, " (", r.pattern, " => ", r.replacement,
-                       "): ", rw.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat("key-map rule ", i + 1, " (", r.pattern,
+                                                     " => ", r.replacement,
+                                                     "): ", rw.status().message()));
     }
     std::string why;
     if (!re->CheckRewriteString(*rw, &why)) {
-      return absl::InvalidArgumentError(absl::StrCat("key-map rule ", i + 1, " (", r.pattern,
-                                                     " => ", r.replacement, "): ", why));
+      return absl::InvalidArgumentError(
+          absl::StrCat("key-map rule ", i + 1, " (", r.pattern, " => ", r.replacement, "): ", why));
     }
     km.compiled_.push_back(std::move(re));
     km.rewrites_.push_back(*std::move(rw));
@@ -167,9 +167,9 @@ absl::StatusOr<std::map<std::string, std::string>> KeyMap::MapAll(
     }
     auto [it, inserted] = back.emplace(n, k);
     if (!inserted && it->second != k) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "keys ", internal::Quote(it->second), " and ", internal::Quote(k),
-          " both map to ", internal::Quote(n)));
+      return absl::InvalidArgumentError(absl::StrCat("keys ", internal::Quote(it->second), " and ",
+                                                     internal::Quote(k), " both map to ",
+                                                     internal::Quote(n)));
     }
     out[k] = n;
   }

@@ -4,9 +4,9 @@
 // every non-overlapping match (Python `re.subn` semantics, `\1` or `\g<1>` back-references) and
 // no later rule is tried. A key no rule matches is unchanged.
 //
-//   ASSIGN_OR_RETURN(KeyMap km, KeyMap::Create({{"^model\\.", ""}, {"(.*)\\.gamma$", "\\1.weight"}}));
-//   km.Apply("model.layers.0.w") == "layers.0.w";
-//   ASSIGN_OR_RETURN(KeyMap km2, KeyMap::FromJson(R"([["^a\\.", "b."]])"));   // or {"^a\\.": "b."}
+//   ASSIGN_OR_RETURN(KeyMap km, KeyMap::Create({{"^model\\.", ""}, {"(.*)\\.gamma$",
+//   "\\1.weight"}})); km.Apply("model.layers.0.w") == "layers.0.w"; ASSIGN_OR_RETURN(KeyMap km2,
+//   KeyMap::FromJson(R"([["^a\\.", "b."]])"));   // or {"^a\\.": "b."}
 #ifndef SAFESHARD_CORE_REMAP_KEYMAP_H_
 #define SAFESHARD_CORE_REMAP_KEYMAP_H_
 

@@ -11,7 +11,7 @@ using ::testing::HasSubstr;
 TEST(KeyMapTest, FirstMatchingRuleWinsAndRewritesEveryMatch) {
   auto km = KeyMap::Create({{"^model\\.", ""}, {"layers", "blocks"}, {"\\.", "/"}});
   ASSERT_TRUE(km.ok()) << km.status();
-  EXPECT_EQ(km->Apply("model.layers.0.w"), "layers.0.w");  // rule 1 only
+  EXPECT_EQ(km->Apply("model.layers.0.w"), "layers.0.w");      // rule 1 only
   EXPECT_EQ(km->Apply("layers.layers.1"), "blocks.blocks.1");  // all matches (re.subn)
   EXPECT_EQ(km->Apply("a.b.c"), "a/b/c");
   EXPECT_EQ(km->Apply("zzz"), "zzz");
@@ -68,7 +68,8 @@ TEST(KeyMapTest, MapAllRejectsCollisionsNamingBothKeys) {
   ASSERT_TRUE(km.ok());
   auto r = km->MapAll({"enc.w", "dec.w", "other"});
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("\"enc.w\" and \"dec.w\" both map to \"w\""));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("\"enc.w\" and \"dec.w\" both map to \"w\""));
   auto ok = km->MapAll({"enc.w", "dec.b"});
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->at("dec.b"), "b");

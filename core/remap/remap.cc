@@ -1,8 +1,8 @@
 // Remap protocol: plan from headers (collisions refused before writing); every output file is
 // written under a temporary name (new header + one copied byte range), fsynced and renamed; the
 // index json goes last. In place, all temporary files are complete before the first rename.
-#include "core/format/internal/json_util.h"
 #include "core/remap/remap.h"
+#include "core/format/internal/json_util.h"
 
 #include <unistd.h>
 
@@ -27,8 +27,8 @@ absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap
   for (const FileInfo& f : layout.files()) {
     if (!f.header) {
       return absl::FailedPreconditionError(
-          absl::StrCat("cannot remap: ", JoinPath(layout.root(), f.name), " is invalid: ",
-                       f.error.value_or("")));
+          absl::StrCat("cannot remap: ", JoinPath(layout.root(), f.name),
+                       " is invalid: ", f.error.value_or("")));
     }
   }
   if (index == nullptr && layout.index()) index = &*layout.index();
@@ -53,9 +53,9 @@ absl::StatusOr<RemapPlan> PlanRemap(const CheckpointLayout& layout, const KeyMap
   for (auto& [a, b] : mapped) plan.renames[a] = b;
   for (const auto& [a, b] : plan.renames) {
     if (b.empty() || b == kMetadataKey) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor \"", a, "\" would be renamed to \"", b,
-          "\", which is not a valid tensor name in a safetensors file"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", a, "\" would be renamed to \"", b,
+                       "\", which is not a valid tensor name in a safetensors file"));
     }
     plan.changed += a != b;
   }
@@ -79,12 +79,13 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   }
   if (layout.tensors().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        input, ": holds no tensors (its files' headers list none); nothing to remap, nothing written"));
+        input,
+        ": holds no tensors (its files' headers list none); nothing to remap, nothing written"));
   }
   FileSystem& out_fs = o.output_fs != nullptr ? *o.output_fs : fs;
-  const bool same = &out_fs == &fs && (SameDirectory(fs, output_dir, layout.root()) ||
-                                        DirName(JoinPath(output_dir, "x")) ==
-                                            DirName(JoinPath(layout.root(), "x")));
+  const bool same = &out_fs == &fs &&
+                    (SameDirectory(fs, output_dir, layout.root()) ||
+                     DirName(JoinPath(output_dir, "x")) == DirName(JoinPath(layout.root(), "x")));
   if (same && !o.in_place) {
     return absl::InvalidArgumentError(
         "the output directory is the input directory; pass --in-place to rewrite it");
@@ -117,12 +118,14 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object() || !j.contains("renames") || !j["renames"].is_object() ||
         !j.contains("index_file") || !j["index_file"].is_string()) {
-      return absl::DataLossError(absl::StrCat(journal_path, ": the journal of an interrupted remap is "
+      return absl::DataLossError(absl::StrCat(journal_path,
+                                              ": the journal of an interrupted remap is "
                                               "unreadable; restore the directory from a copy"));
     }
     RemapPlan plan;
     for (auto it = j["renames"].begin(); it != j["renames"].end(); ++it) {
-      if (!it.value().is_string()) return absl::DataLossError(absl::StrCat(journal_path, ": malformed"));
+      if (!it.value().is_string())
+        return absl::DataLossError(absl::StrCat(journal_path, ": malformed"));
       plan.renames[it.key()] = it.value().get<std::string>();
     }
     std::set<std::string> renamed;
@@ -158,11 +161,12 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     std::vector<std::string> old;  // an earlier result: --overwrite removes it first
     for (const DirEntry& e : existing) {
       if (IsTempFileName(e.name)) continue;
-      if (absl::EndsWith(e.name, ".safetensors") || absl::EndsWith(e.name, ".safetensors.index.json") ||
-          e.name == kManifestFileName) {
+      if (absl::EndsWith(e.name, ".safetensors") ||
+          absl::EndsWith(e.name, ".safetensors.index.json") || e.name == kManifestFileName) {
         if (!o.overwrite && e.name != kManifestFileName) {
-          return absl::AlreadyExistsError(absl::StrCat(
-              output_dir, " already holds a checkpoint (", internal::Quote(e.name), "); pass --overwrite"));
+          return absl::AlreadyExistsError(absl::StrCat(output_dir, " already holds a checkpoint (",
+                                                       internal::Quote(e.name),
+                                                       "); pass --overwrite"));
         }
         old.push_back(e.name);
       }
@@ -170,9 +174,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     RETURN_IF_ERROR(CleanStaleTempFiles(*out_dir, "").status());
     // Index first (the old result stops being "finished"), then its manifest, then its files: a
     // failure from here on leaves nothing that looks like a whole checkpoint.
-    std::stable_partition(old.begin(), old.end(), [](const std::string& n) {
-      return absl::EndsWith(n, ".index.json");
-    });
+    std::stable_partition(old.begin(), old.end(),
+                          [](const std::string& n) { return absl::EndsWith(n, ".index.json"); });
     std::stable_partition(old.begin(), old.end(), [](const std::string& n) {
       return absl::EndsWith(n, ".index.json") || n == kManifestFileName;
     });
@@ -215,12 +218,14 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     std::string prefix = SerializeHeader(h);
     h.header_size = prefix.size() - 8;
     // The new header is built from the scan: copy only from the file the scan saw.
-    ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> src, fs.OpenRead(JoinPath(layout.root(), f.name)));
+    ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> src,
+                     fs.OpenRead(JoinPath(layout.root(), f.name)));
     RETURN_IF_ERROR(CheckUnchanged(*src, IdentityOf(f)));
     ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::Create(*out_dir, f.name));
     RETURN_IF_ERROR(out.file().Allocate(prefix.size() + h.buffer_size));
     RETURN_IF_ERROR(out.file().WriteAt(0, prefix));
-    RETURN_IF_ERROR(out.file().CopyFrom(*src, f.header->data_start(), prefix.size(), h.buffer_size));
+    RETURN_IF_ERROR(
+        out.file().CopyFrom(*src, f.header->data_start(), prefix.size(), h.buffer_size));
     RETURN_IF_ERROR(out.file().Sync());
     if (layout.manifest()) {
       ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> written, out_dir->OpenRead(out.temp_path()));
@@ -257,7 +262,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     j["renames"] = std::move(renames);
     j["index_file"] = index ? index_file : std::string();
     j["index"] = index ? nlohmann::json(SerializeIndexJson(*index)) : nlohmann::json();
-    RETURN_IF_ERROR(WriteFileAtomically(*out_dir, std::string(kRemapJournal), internal::DumpJson(j, 2)));
+    RETURN_IF_ERROR(
+        WriteFileAtomically(*out_dir, std::string(kRemapJournal), internal::DumpJson(j, 2)));
     if (index) RETURN_IF_ERROR(out_dir->Remove(index_file));
     RETURN_IF_ERROR(out_dir->SyncDir(""));
   } else if (same && resuming && index && out_dir->Stat(index_file).ok()) {
@@ -273,7 +279,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     // The renamed files' own sizes and checksums (the input's would describe other bytes).
     Manifest m = *layout.manifest();
     m.files = std::move(manifest_files);
-    RETURN_IF_ERROR(WriteFileAtomically(*out_dir, std::string(kManifestFileName), SerializeManifest(m)));
+    RETURN_IF_ERROR(
+        WriteFileAtomically(*out_dir, std::string(kManifestFileName), SerializeManifest(m)));
     result.files.push_back(kManifestFileName);
   }
   if (index) {

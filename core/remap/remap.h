@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/io/filesystem.h"
 #include "core/format/index_json.h"
+#include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 #include "core/remap/keymap.h"
 

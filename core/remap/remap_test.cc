@@ -8,8 +8,8 @@
 #include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
 #include "core/format/filenames.h"
-#include "core/io/atomic_file.h"
 #include "core/format/index_json.h"
+#include "core/io/atomic_file.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -81,8 +81,9 @@ TEST(RemapTest, RewritesIndexOfHfCheckpoint) {
 
 TEST(RemapTest, CollisionIsRefusedNamingBothKeysWritingNothing) {
   std::string in = testing::NewTempDir();
-  testing::WriteFile(in + "/model.safetensors",
-                     testing::BuildSafetensors({{"a.w", DType::kF32, {2}}, {"b.w", DType::kF32, {2}}}));
+  testing::WriteFile(
+      in + "/model.safetensors",
+      testing::BuildSafetensors({{"a.w", DType::kF32, {2}}, {"b.w", DType::kF32, {2}}}));
   auto km = KeyMap::Create({{"^[ab]\\.", ""}});
   std::string out = testing::NewTempDir() + "/o";
   auto r = Remap(LocalFileSystem(), in, out, *km, {});
@@ -126,7 +127,8 @@ TEST(RemapTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
 TEST(RemapTest, RefusesAnInputReplacedAfterTheScan) {
   const std::string in = testing::NewTempDir();
   const std::string file = in + "/model.safetensors";
-  testing::WriteFile(file, testing::BuildSafetensors({{"model.aa", DType::kF32, {64}}, {"model.bb", DType::kF32, {32}}}));
+  testing::WriteFile(file, testing::BuildSafetensors(
+                               {{"model.aa", DType::kF32, {64}}, {"model.bb", DType::kF32, {32}}}));
   const std::string replacement =
       testing::BuildSafetensors({{"model.ab", DType::kF32, {32}}, {"model.bb", DType::kF32, {64}}});
   testing::ReplaceOnOpenFileSystem fs(&LocalFileSystem(), file, 2, replacement);
@@ -136,7 +138,8 @@ TEST(RemapTest, RefusesAnInputReplacedAfterTheScan) {
   auto r = Remap(fs, in, out, *km, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr(file + ": changed since it was scanned"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(file + ": changed since it was scanned"));
   auto left = LocalFileSystem().List(out);
   if (left.ok()) {
     for (const DirEntry& e : *left) ADD_FAILURE() << "left in the output: " << e.name;
@@ -167,10 +170,11 @@ TEST(RemapTest, RenamesLogicalTensorsKeepingPhysicalKeysConsistentAndTheManifest
   std::vector<ExampleTensor> model = {{"layers.0.w", DType::kBF16, {16, 8}, Sharding::kStrided},
                                       {"layers.0.m", DType::kF32, {8, 6}, Sharding::kStridedMesh},
                                       {"norm", DType::kF32, {8}, Sharding::kReplicated}};
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in, model,
-                                 {.ranks = 4, .mesh_rows = 2, .logical_fqn = true,
-                                  .global_shape = true, .manifest = true})
-                  .ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(
+          LocalFileSystem(), in, model,
+          {.ranks = 4, .mesh_rows = 2, .logical_fqn = true, .global_shape = true, .manifest = true})
+          .ok());
   auto km = KeyMap::Create({{"^layers\\.", "model.layers."}});
   ASSERT_TRUE(km.ok());
   std::string out = testing::NewTempDir() + "/out";
@@ -241,7 +245,8 @@ TEST(RemapTest, InPlaceKilledBetweenItsRenamesLeavesNoIndexAndARerunFinishes) {
   auto before = CheckpointLayout::Scan(LocalFileSystem(), dir);
   ASSERT_GE(before->files().size(), 3u);
   std::map<std::string, std::string> bytes_before;
-  for (const TensorLayout& t : before->tensors()) bytes_before[t.name] = TensorBytes(*before, t.name);
+  for (const TensorLayout& t : before->tensors())
+    bytes_before[t.name] = TensorBytes(*before, t.name);
   // A rule that is not idempotent (x. -> x.x. on a second pass): a resumed run must not apply it
   // twice to the names already renamed.
   auto km = KeyMap::Create({{"^(.*)$", "x.\\1"}});

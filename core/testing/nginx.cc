@@ -56,25 +56,30 @@ bool CanConnect(int port) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<NginxServer>> NginxServer::Start(const std::string& root, const std::string& token) {
+absl::StatusOr<std::unique_ptr<NginxServer>> NginxServer::Start(const std::string& root,
+                                                                const std::string& token) {
   const std::string nginx = FindNginx();
-  if (nginx.empty()) return absl::FailedPreconditionError("nginx is not installed (run tools/setup)");
+  if (nginx.empty())
+    return absl::FailedPreconditionError("nginx is not installed (run tools/setup)");
   const std::string tmpl_path = FindConfigTemplate();
-  if (tmpl_path.empty()) return absl::FailedPreconditionError("core/testing/nginx.conf.in not found in runfiles");
+  if (tmpl_path.empty())
+    return absl::FailedPreconditionError("core/testing/nginx.conf.in not found in runfiles");
   std::unique_ptr<NginxServer> s(new NginxServer());
   s->prefix_ = NewTempDir();
   for (int attempt = 0; attempt < 5; ++attempt) {
     s->port_ = FreePort();
-    const std::string conf = absl::StrReplaceAll(ReadFile(tmpl_path), {{"@PREFIX@", s->prefix_},
-                                                                       {"@ROOT@", root},
-                                                                       {"@PORT@", std::to_string(s->port_)},
-                                                                       {"@TOKEN@", token},
-                                                                       {"@USER@", geteuid() == 0 ? "user root root;" : ""}});
+    const std::string conf = absl::StrReplaceAll(
+        ReadFile(tmpl_path), {{"@PREFIX@", s->prefix_},
+                              {"@ROOT@", root},
+                              {"@PORT@", std::to_string(s->port_)},
+                              {"@TOKEN@", token},
+                              {"@USER@", geteuid() == 0 ? "user root root;" : ""}});
     WriteFile(s->prefix_ + "/nginx.conf", conf);
     pid_t pid = fork();
     if (pid == 0) {
-      execl(nginx.c_str(), "nginx", "-p", s->prefix_.c_str(), "-c", (s->prefix_ + "/nginx.conf").c_str(), "-e",
-            (s->prefix_ + "/error.log").c_str(), static_cast<char*>(nullptr));
+      execl(nginx.c_str(), "nginx", "-p", s->prefix_.c_str(), "-c",
+            (s->prefix_ + "/nginx.conf").c_str(), "-e", (s->prefix_ + "/error.log").c_str(),
+            static_cast<char*>(nullptr));
       _exit(127);
     }
     s->pid_ = pid;
@@ -107,7 +112,9 @@ NginxServer::~NginxServer() {
   }
 }
 
-std::string NginxServer::url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+std::string NginxServer::url() const {
+  return absl::StrCat("http://127.0.0.1:", port_);
+}
 
 namespace {
 
@@ -168,12 +175,14 @@ std::vector<AccessLogEntry> NginxServer::AccessLog() const {
 }
 
 void NginxServer::ClearAccessLog() {
-  // Wait until every finished request is logged, then truncate (nginx appends: truncating is enough).
+  // Wait until every finished request is logged, then truncate (nginx appends: truncating is
+  // enough).
   Barrier(port_, prefix_ + "/access.log");
   std::ofstream(prefix_ + "/access.log", std::ios::trunc);
 }
 
-absl::StatusOr<std::unique_ptr<FlakyProxy>> FlakyProxy::Start(int upstream_port, int drops, uint64_t drop_after,
+absl::StatusOr<std::unique_ptr<FlakyProxy>> FlakyProxy::Start(int upstream_port, int drops,
+                                                              uint64_t drop_after,
                                                               bool answer_503) {
   std::unique_ptr<FlakyProxy> p(new FlakyProxy());
   p->answer_503_ = answer_503;
@@ -186,7 +195,8 @@ absl::StatusOr<std::unique_ptr<FlakyProxy>> FlakyProxy::Start(int upstream_port,
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(p->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(p->listen_fd_, 64) != 0) {
+  if (bind(p->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      listen(p->listen_fd_, 64) != 0) {
     return absl::UnavailableError(absl::StrCat("proxy: ", std::strerror(errno)));
   }
   socklen_t len = sizeof a;
@@ -204,7 +214,9 @@ FlakyProxy::~FlakyProxy() {
   for (auto& t : relays_) t.join();
 }
 
-std::string FlakyProxy::url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+std::string FlakyProxy::url() const {
+  return absl::StrCat("http://127.0.0.1:", port_);
+}
 
 void FlakyProxy::Serve() {
   while (!stop_) {

@@ -27,7 +27,8 @@ struct AccessLogEntry {
 class NginxServer {
  public:
   // Needs `nginx` on PATH or in /usr/sbin (tools/setup installs it).
-  static absl::StatusOr<std::unique_ptr<NginxServer>> Start(const std::string& root, const std::string& token);
+  static absl::StatusOr<std::unique_ptr<NginxServer>> Start(const std::string& root,
+                                                            const std::string& token);
   ~NginxServer();
   std::string url() const;
   int port() const { return port_; }
@@ -46,7 +47,8 @@ class NginxServer {
 // `answer_503`, answered "503 Service Unavailable" without reaching the server.
 class FlakyProxy {
  public:
-  static absl::StatusOr<std::unique_ptr<FlakyProxy>> Start(int upstream_port, int drops, uint64_t drop_after,
+  static absl::StatusOr<std::unique_ptr<FlakyProxy>> Start(int upstream_port, int drops,
+                                                           uint64_t drop_after,
                                                            bool answer_503 = false);
   ~FlakyProxy();
   int port() const { return port_; }

@@ -49,7 +49,8 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   if (!f) ADD_FAILURE() << "cannot write " << path;
 }
 
-void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset, uint8_t mask) {
+void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset,
+                    uint8_t mask) {
   absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   ASSERT_TRUE(ck.ok()) << ck.status();
   const TensorLayout* t = ck->FindTensor(tensor);
@@ -57,7 +58,8 @@ void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t 
   ASSERT_EQ(t->chunks.size(), 1u) << tensor << " is not stored whole";
   const Chunk& c = t->chunks[0];
   ASSERT_LT(offset, c.end - c.begin);
-  std::fstream f(JoinPath(dir, ck->files()[c.file].name), std::ios::in | std::ios::out | std::ios::binary);
+  std::fstream f(JoinPath(dir, ck->files()[c.file].name),
+                 std::ios::in | std::ios::out | std::ios::binary);
   f.seekg(static_cast<std::streamoff>(c.begin + offset));
   char b = 0;
   f.read(&b, 1);
@@ -67,7 +69,9 @@ void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t 
   ASSERT_TRUE(f.good()) << "cannot rewrite " << tensor;
 }
 
-std::string Quoted(const std::string& s) { return nlohmann::json(s).dump(); }
+std::string Quoted(const std::string& s) {
+  return nlohmann::json(s).dump();
+}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

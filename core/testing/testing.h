@@ -40,7 +40,8 @@ std::string RawSafetensors(const std::string& json, const std::string& buffer);
 
 // XORs `mask` into byte `offset` of tensor `tensor`'s data (row-major) in the checkpoint `dir`,
 // whose tensor is stored whole in one file (a consolidated checkpoint): a one-byte corruption.
-void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset, uint8_t mask = 0x01);
+void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset,
+                    uint8_t mask = 0x01);
 
 // `s` as a JSON string literal (quotes and escapes included).
 std::string Quoted(const std::string& s);
@@ -53,7 +54,9 @@ class ForwardingFileSystem : public FileSystem {
  public:
   explicit ForwardingFileSystem(FileSystem* base) : base_(base) {}
   absl::StatusOr<FileStat> Stat(const std::string& p) override { return base_->Stat(p); }
-  absl::StatusOr<std::vector<DirEntry>> List(const std::string& d) override { return base_->List(d); }
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& d) override {
+    return base_->List(d);
+  }
   absl::StatusOr<std::unique_ptr<ReadableFile>> OpenRead(const std::string& p) override {
     return base_->OpenRead(p);
   }

@@ -20,10 +20,10 @@
 #define SAFESHARD_CONCAT_(a, b) SAFESHARD_CONCAT_INNER_(a, b)
 
 // Returns from the current function if `expr` is not OK.
-#define RETURN_IF_ERROR(expr)                                 \
-  do {                                                        \
-    ::absl::Status safeshard_status_ = (expr);                \
-    if (!safeshard_status_.ok()) return safeshard_status_;    \
+#define RETURN_IF_ERROR(expr)                              \
+  do {                                                     \
+    ::absl::Status safeshard_status_ = (expr);             \
+    if (!safeshard_status_.ok()) return safeshard_status_; \
   } while (0)
 
 // `ASSIGN_OR_RETURN(T v, StatusOrExpr)`: declares/assigns `v` or returns the error.
@@ -41,9 +41,8 @@ namespace safeshard {
 inline absl::Status Annotate(const absl::Status& s, absl::string_view context) {
   if (s.ok()) return s;
   absl::Status out(s.code(), std::string(context) + ": " + std::string(s.message()));
-  s.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) {
-    out.SetPayload(url, payload);
-  });
+  s.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
   return out;
 }
 

@@ -1,6 +1,5 @@
 #include "gui/models/diff_model.h"
 
-
 namespace safeshard::gui {
 
 void DiffModel::SetReport(std::shared_ptr<const DiffReport> report) {
@@ -13,7 +12,9 @@ int DiffModel::rowCount(const QModelIndex& parent) const {
   return parent.isValid() || !report_ ? 0 : static_cast<int>(report_->diffs.size());
 }
 
-int DiffModel::columnCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : kColumnCount; }
+int DiffModel::columnCount(const QModelIndex& parent) const {
+  return parent.isValid() ? 0 : kColumnCount;
+}
 
 QVariant DiffModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || !report_ || index.row() >= rowCount()) return {};
@@ -23,7 +24,8 @@ QVariant DiffModel::data(const QModelIndex& index, int role) const {
     case kInARole: return d.kind != DiffKind::kOnlyInB;
     case Qt::ToolTipRole:
       return QString::fromStdString(d.name + ": " + d.detail) +
-             (d.kind == DiffKind::kOnlyInB ? QString("\n(not in the open checkpoint)") : QString("\nClick to select it"));
+             (d.kind == DiffKind::kOnlyInB ? QString("\n(not in the open checkpoint)")
+                                           : QString("\nClick to select it"));
     case Qt::DisplayRole:
       switch (index.column()) {
         case kKind: return QString(DiffKindName(d.kind));

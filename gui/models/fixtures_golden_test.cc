@@ -3,7 +3,8 @@
 // deliberate gap; every model also runs under QAbstractItemModelTester.
 //
 // To refresh after an intended change:
-//   SAFESHARD_UPDATE_GOLDEN=$PWD/gui/models/testdata/fixtures.golden bazel test //gui/models:fixtures_golden_test
+//   SAFESHARD_UPDATE_GOLDEN=$PWD/gui/models/testdata/fixtures.golden bazel test
+//   //gui/models:fixtures_golden_test
 #include <QAbstractItemModelTester>
 #include <QCoreApplication>
 #include <filesystem>
@@ -26,11 +27,13 @@ namespace {
 std::string DumpTable(const QAbstractItemModel& m) {
   std::string out;
   std::vector<std::string> head;
-  for (int c = 0; c < m.columnCount(); ++c) head.push_back(m.headerData(c, Qt::Horizontal).toString().toStdString());
+  for (int c = 0; c < m.columnCount(); ++c)
+    head.push_back(m.headerData(c, Qt::Horizontal).toString().toStdString());
   absl::StrAppend(&out, "  # ", absl::StrJoin(head, " | "), "\n");
   for (int r = 0; r < m.rowCount(); ++r) {
     std::vector<std::string> cells;
-    for (int c = 0; c < m.columnCount(); ++c) cells.push_back(m.data(m.index(r, c)).toString().toStdString());
+    for (int c = 0; c < m.columnCount(); ++c)
+      cells.push_back(m.data(m.index(r, c)).toString().toStdString());
     absl::StrAppend(&out, "  ", absl::StrJoin(cells, " | "), "\n");
   }
   return out;
@@ -39,7 +42,8 @@ std::string DumpTable(const QAbstractItemModel& m) {
 // Every model over one checkpoint, as text.
 std::string DumpAll(const std::string& label, const std::string& path) {
   auto scanned = CheckpointLayout::Scan(LocalFileSystem(), path);
-  if (!scanned.ok()) return absl::StrCat("== ", label, "\n  scan error: ", scanned.status().message(), "\n");
+  if (!scanned.ok())
+    return absl::StrCat("== ", label, "\n  scan error: ", scanned.status().message(), "\n");
   auto layout = std::make_shared<const CheckpointLayout>(std::move(*scanned));
   std::string out = absl::StrCat("== ", label, " (", CheckpointKindName(layout->kind()), ")\n");
   TensorTreeModel tree;
@@ -71,8 +75,8 @@ std::string DumpAll(const std::string& label, const std::string& path) {
   for (const TensorLayout& t : layout->tensors()) keys.push_back(t.name);
   remap.SetKeys(keys);
   EXPECT_TRUE(remap.SetRules({{"^[^.]*\\.", ""}}).ok());
-  absl::StrAppend(&out, "-- remap ^[^.]*\\. => '' : ", remap.changed(), " changed, ", remap.collisions(),
-                  " collisions\n");
+  absl::StrAppend(&out, "-- remap ^[^.]*\\. => '' : ", remap.changed(), " changed, ",
+                  remap.collisions(), " collisions\n");
   return out;
 }
 
@@ -81,10 +85,12 @@ TEST(FixturesGoldenTest, EveryModelOverEveryFixtureAndAGap) {
   std::vector<std::pair<std::string, std::string>> inputs;  // label, path
   for (const auto& e : std::filesystem::recursive_directory_iterator(fixtures)) {
     const std::string rel = std::filesystem::relative(e.path(), fixtures).string();
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") inputs.push_back({rel, e.path().string()});
+    if (e.is_regular_file() && e.path().extension() == ".safetensors")
+      inputs.push_back({rel, e.path().string()});
     if (e.is_directory()) {
       bool has = false;
-      for (const auto& f : std::filesystem::directory_iterator(e.path())) has |= f.path().extension() == ".safetensors";
+      for (const auto& f : std::filesystem::directory_iterator(e.path()))
+        has |= f.path().extension() == ".safetensors";
       if (has) inputs.push_back({rel + "/", e.path().string()});
     }
   }
@@ -97,8 +103,12 @@ TEST(FixturesGoldenTest, EveryModelOverEveryFixtureAndAGap) {
   WriteOptions o{.ranks = 4};
   o.drop_chunk = std::make_pair(std::string("model.layers.0.mlp.gate_proj.weight"), 1);
   const std::string gap = testing::NewTempDir() + "/gap";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), gap, TransformerLikeModel({.layers = 1, .hidden = 16, .vocab = 32}), o).ok());
-  got += DumpAll("generated 4-rank checkpoint, rank 1's chunk of model.layers.0.mlp.gate_proj.weight dropped", gap);
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), gap,
+                                 TransformerLikeModel({.layers = 1, .hidden = 16, .vocab = 32}), o)
+                  .ok());
+  got += DumpAll(
+      "generated 4-rank checkpoint, rank 1's chunk of model.layers.0.mlp.gate_proj.weight dropped",
+      gap);
 
   if (const char* update = std::getenv("SAFESHARD_UPDATE_GOLDEN")) {
     std::ofstream(update) << got;

@@ -7,7 +7,9 @@
 namespace safeshard::gui {
 namespace {
 
-QString Q(const std::string& s) { return QString::fromStdString(s); }
+QString Q(const std::string& s) {
+  return QString::fromStdString(s);
+}
 
 QString Header(int section, std::initializer_list<const char*> names) {
   int i = 0;
@@ -29,7 +31,9 @@ void ChunkModel::SetTensor(std::shared_ptr<const CheckpointLayout> layout, const
 int ChunkModel::rowCount(const QModelIndex& p) const {
   return p.isValid() || tensor_ == nullptr ? 0 : static_cast<int>(tensor_->chunks.size());
 }
-int ChunkModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+int ChunkModel::columnCount(const QModelIndex& p) const {
+  return p.isValid() ? 0 : kColumnCount;
+}
 
 QVariant ChunkModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || tensor_ == nullptr || role != Qt::DisplayRole) return {};
@@ -60,9 +64,13 @@ void LayoutTableModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout)
 int LayoutTableModel::rowCount(const QModelIndex& p) const {
   return p.isValid() || !layout_ ? 0 : Rows(*layout_);
 }
-int LayoutTableModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : columns_; }
+int LayoutTableModel::columnCount(const QModelIndex& p) const {
+  return p.isValid() ? 0 : columns_;
+}
 
-int ProblemsModel::Rows(const CheckpointLayout& l) const { return static_cast<int>(l.problems().size()); }
+int ProblemsModel::Rows(const CheckpointLayout& l) const {
+  return static_cast<int>(l.problems().size());
+}
 
 QVariant ProblemsModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || !layout_) return {};
@@ -83,7 +91,9 @@ QVariant ProblemsModel::headerData(int s, Qt::Orientation o, int role) const {
   return Header(s, {"Kind", "File", "Tensor", "Problem"});
 }
 
-int FileModel::Rows(const CheckpointLayout& l) const { return static_cast<int>(l.files().size()); }
+int FileModel::Rows(const CheckpointLayout& l) const {
+  return static_cast<int>(l.files().size());
+}
 
 QVariant FileModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid() || !layout_) return {};
@@ -101,8 +111,10 @@ QVariant FileModel::data(const QModelIndex& index, int role) const {
     case kName: return Q(f.name);
     case kRank: return f.shard ? QVariant(*f.shard - 1) : QVariant();
     case kSize: return Q(FormatBytes(f.size));
-    case kHeaderBytes: return f.header ? QVariant(Q(FormatBytes(f.header->data_start()))) : QVariant();
-    case kTensors: return f.header ? QVariant(static_cast<int>(f.header->tensors.size())) : QVariant();
+    case kHeaderBytes:
+      return f.header ? QVariant(Q(FormatBytes(f.header->data_start()))) : QVariant();
+    case kTensors:
+      return f.header ? QVariant(static_cast<int>(f.header->tensors.size())) : QVariant();
     case kState: return f.error ? Q(*f.error) : QString(f.dcp ? "DCP shard" : "plain");
   }
   return {};

@@ -1,5 +1,5 @@
-#include "gui/models/diff_model.h"
 #include "gui/models/list_models.h"
+#include "gui/models/diff_model.h"
 
 #include <set>
 
@@ -42,7 +42,8 @@ TEST(ListModelsTest, ChunkModelShowsEveryChunkOfTheTensor) {
 
 TEST(ListModelsTest, ChunkModelShowsLogicalTensorsWithEachChunksPhysicalKey) {
   std::string dir = testing::NewTempDir() + "/newest";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kBF16, {16, 4}, Sharding::kStrided}},
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir,
+                                 {{"w", DType::kBF16, {16, 4}, Sharding::kStrided}},
                                  {.ranks = 2, .logical_fqn = true})
                   .ok());
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
@@ -79,7 +80,8 @@ TEST(ListModelsTest, DiffModelListsEachDifference) {
   auto report = std::make_shared<DiffReport>();
   report->in_both = 2;
   report->identical = 1;
-  TensorDiff values{DiffKind::kValues, "model.w", "1 of 4 elements differ; first at [0, 1]: A 0x3f80 (1), B 0x4000 (2)"};
+  TensorDiff values{DiffKind::kValues, "model.w",
+                    "1 of 4 elements differ; first at [0, 1]: A 0x3f80 (1), B 0x4000 (2)"};
   TensorDiff only_b{DiffKind::kOnlyInB, "extra", "F32 [2]"};
   report->diffs = {values, only_b};
   DiffModel model;
@@ -89,7 +91,9 @@ TEST(ListModelsTest, DiffModelListsEachDifference) {
   ASSERT_EQ(model.rowCount(), 2);
   EXPECT_EQ(model.data(model.index(0, DiffModel::kKind)).toString(), "values");
   EXPECT_EQ(model.data(model.index(0, DiffModel::kTensor)).toString(), "model.w");
-  EXPECT_TRUE(model.data(model.index(0, DiffModel::kDetail)).toString().startsWith("1 of 4 elements differ"));
+  EXPECT_TRUE(model.data(model.index(0, DiffModel::kDetail))
+                  .toString()
+                  .startsWith("1 of 4 elements differ"));
   EXPECT_EQ(model.data(model.index(1, 0), DiffModel::kTensorNameRole).toString(), "extra");
   EXPECT_FALSE(model.data(model.index(1, 0), DiffModel::kInARole).toBool());
   EXPECT_TRUE(model.data(model.index(0, 0), DiffModel::kInARole).toBool());

@@ -40,7 +40,9 @@ void RemapPreviewModel::Recompute(const KeyMap& km) {
 int RemapPreviewModel::rowCount(const QModelIndex& p) const {
   return p.isValid() ? 0 : static_cast<int>(rows_.size());
 }
-int RemapPreviewModel::columnCount(const QModelIndex& p) const { return p.isValid() ? 0 : kColumnCount; }
+int RemapPreviewModel::columnCount(const QModelIndex& p) const {
+  return p.isValid() ? 0 : kColumnCount;
+}
 
 QVariant RemapPreviewModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid()) return {};
@@ -55,7 +57,8 @@ QVariant RemapPreviewModel::data(const QModelIndex& index, int role) const {
     case kNew: return QString::fromStdString(r.new_name);
     case kState:
       return r.collides ? QStringLiteral("collision")
-                        : (r.old_name == r.new_name ? QStringLiteral("unchanged") : QStringLiteral("renamed"));
+                        : (r.old_name == r.new_name ? QStringLiteral("unchanged")
+                                                    : QStringLiteral("renamed"));
   }
   return {};
 }

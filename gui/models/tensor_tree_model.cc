@@ -15,7 +15,7 @@
 namespace safeshard::gui {
 
 struct TensorTreeModel::Node {
-  std::string label;                 // path component (or full name in flat mode)
+  std::string label;  // path component (or full name in flat mode)
   const TensorLayout* tensor = nullptr;
   Node* parent = nullptr;
   int row = 0;
@@ -47,8 +47,8 @@ std::shared_ptr<TensorTreeModel::Prepared> TensorTreeModel::Prepare(
   absl::flat_hash_map<std::pair<const Node*, std::string>, Node*> groups;
   for (const TensorLayout& t : p->layout->tensors()) {
     Node* cur = &p->root;
-    std::vector<std::string> parts =
-        flat ? std::vector<std::string>{t.name} : std::vector<std::string>(absl::StrSplit(t.name, '.'));
+    std::vector<std::string> parts = flat ? std::vector<std::string>{t.name}
+                                          : std::vector<std::string>(absl::StrSplit(t.name, '.'));
     for (size_t i = 0; i < parts.size(); ++i) {
       const bool leaf = i + 1 == parts.size();
       Node* next = nullptr;
@@ -74,9 +74,8 @@ std::shared_ptr<TensorTreeModel::Prepared> TensorTreeModel::Prepare(
   }
   // Natural order, sums, rows.
   std::function<void(Node*)> finish = [&](Node* n) {
-    std::stable_sort(n->children.begin(), n->children.end(), [](const auto& a, const auto& b) {
-      return NaturalLess(a->label, b->label);
-    });
+    std::stable_sort(n->children.begin(), n->children.end(),
+                     [](const auto& a, const auto& b) { return NaturalLess(a->label, b->label); });
     for (size_t i = 0; i < n->children.size(); ++i) {
       Node* c = n->children[i].get();
       c->row = static_cast<int>(i);
@@ -143,7 +142,9 @@ int TensorTreeModel::rowCount(const QModelIndex& parent) const {
   return static_cast<int>(NodeOf(parent)->children.size());
 }
 
-int TensorTreeModel::columnCount(const QModelIndex&) const { return kColumnCount; }
+int TensorTreeModel::columnCount(const QModelIndex&) const {
+  return kColumnCount;
+}
 
 QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
   if (!index.isValid()) return {};
@@ -175,8 +176,12 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
   if (role != Qt::DisplayRole) return {};
   switch (index.column()) {
     case kName: return QString::fromStdString(n->label);
-    case kDType: return t ? QString::fromUtf8(DTypeName(t->dtype).data(), DTypeName(t->dtype).size()) : QString();
-    case kShape: return t ? QString::fromStdString(absl::StrCat("[", absl::StrJoin(t->shape, ", "), "]")) : QString();
+    case kDType:
+      return t ? QString::fromUtf8(DTypeName(t->dtype).data(), DTypeName(t->dtype).size())
+               : QString();
+    case kShape:
+      return t ? QString::fromStdString(absl::StrCat("[", absl::StrJoin(t->shape, ", "), "]"))
+               : QString();
     case kParameters: return QString::fromStdString(Grouped(n->params));
     case kBytes: return QString::fromStdString(FormatBytes(n->bytes));
     case kChunks: return t ? QVariant(static_cast<int>(t->chunks.size())) : QVariant();
@@ -188,7 +193,8 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
 
 QVariant TensorTreeModel::headerData(int section, Qt::Orientation o, int role) const {
   if (o != Qt::Horizontal || role != Qt::DisplayRole) return {};
-  static const char* kNames[] = {"Name", "DType", "Shape", "Parameters", "Bytes", "Chunks", "Files", "Status"};
+  static const char* kNames[] = {"Name",  "DType",  "Shape", "Parameters",
+                                 "Bytes", "Chunks", "Files", "Status"};
   return section >= 0 && section < kColumnCount ? QString(kNames[section]) : QVariant();
 }
 
@@ -197,7 +203,8 @@ std::string TensorTreeModel::Dump() const {
   std::function<void(const QModelIndex&, int)> walk = [&](const QModelIndex& parent, int depth) {
     for (int r = 0; r < rowCount(parent); ++r) {
       std::vector<std::string> cells;
-      for (int c = 0; c < kColumnCount; ++c) cells.push_back(data(index(r, c, parent)).toString().toStdString());
+      for (int c = 0; c < kColumnCount; ++c)
+        cells.push_back(data(index(r, c, parent)).toString().toStdString());
       absl::StrAppend(&out, std::string(2 * depth, ' '), absl::StrJoin(cells, " | "), "\n");
       walk(index(r, 0, parent), depth + 1);
     }

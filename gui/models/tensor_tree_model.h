@@ -23,7 +23,17 @@ class TensorTreeModel : public QAbstractItemModel {
   Q_OBJECT
 
  public:
-  enum Column { kName, kDType, kShape, kParameters, kBytes, kChunks, kFiles, kStatus, kColumnCount };
+  enum Column {
+    kName,
+    kDType,
+    kShape,
+    kParameters,
+    kBytes,
+    kChunks,
+    kFiles,
+    kStatus,
+    kColumnCount
+  };
   // The full tensor name of a row (empty for group rows).
   static constexpr int kTensorNameRole = Qt::UserRole + 1;
   // The number behind parameters, bytes, chunks and files (qulonglong); their display text is
@@ -35,7 +45,8 @@ class TensorTreeModel : public QAbstractItemModel {
 
   // The row tree of a layout, built anywhere (e.g. off the GUI thread), installed by SetPrepared.
   struct Prepared;
-  static std::shared_ptr<Prepared> Prepare(std::shared_ptr<const CheckpointLayout> layout, bool flat);
+  static std::shared_ptr<Prepared> Prepare(std::shared_ptr<const CheckpointLayout> layout,
+                                           bool flat);
 
   void SetLayout(std::shared_ptr<const CheckpointLayout> layout);  // Prepare + SetPrepared
   void SetPrepared(std::shared_ptr<Prepared> prepared);

@@ -15,7 +15,8 @@
 namespace safeshard::gui {
 namespace {
 
-std::shared_ptr<const CheckpointLayout> Layout(const std::vector<ExampleTensor>& model, WriteOptions o) {
+std::shared_ptr<const CheckpointLayout> Layout(const std::vector<ExampleTensor>& model,
+                                               WriteOptions o) {
   std::string dir = testing::NewTempDir() + "/ckpt";
   EXPECT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, model, o).ok());
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
@@ -46,7 +47,8 @@ TEST(NaturalSortTest, OrdersDigitRunsByValue) {
 TEST(TensorTreeModelTest, PassesTheModelTesterInTreeAndFlatModes) {
   TensorTreeModel model;
   QAbstractItemModelTester tester(&model, QAbstractItemModelTester::FailureReportingMode::Fatal);
-  model.SetLayout(Layout(TransformerLikeModel({.layers = 12, .hidden = 8, .vocab = 16}), {.ranks = 2}));
+  model.SetLayout(
+      Layout(TransformerLikeModel({.layers = 12, .hidden = 8, .vocab = 16}), {.ranks = 2}));
   model.SetFlat(true);
   EXPECT_EQ(model.rowCount(), 12 * 9 + 7);
   model.SetFlat(false);
@@ -55,7 +57,8 @@ TEST(TensorTreeModelTest, PassesTheModelTesterInTreeAndFlatModes) {
 
 TEST(TensorTreeModelTest, GroupsByPrefixInNaturalOrderWithSums) {
   TensorTreeModel model;
-  model.SetLayout(Layout(TransformerLikeModel({.layers = 12, .hidden = 8, .vocab = 16}), {.ranks = 2}));
+  model.SetLayout(
+      Layout(TransformerLikeModel({.layers = 12, .hidden = 8, .vocab = 16}), {.ranks = 2}));
   // model > layers > 0, 1, 2, ..., 10, 11
   QModelIndex m;
   for (int r = 0; r < model.rowCount(); ++r) {
@@ -74,12 +77,16 @@ TEST(TensorTreeModelTest, GroupsByPrefixInNaturalOrderWithSums) {
   QModelIndex l0 = model.index(0, 0, layers);
   qulonglong sum = 0;
   for (int r = 0; r < model.rowCount(l0); ++r) {
-    sum += model.data(model.index(r, TensorTreeModel::kParameters, l0), TensorTreeModel::kValueRole).toULongLong();
+    sum += model.data(model.index(r, TensorTreeModel::kParameters, l0), TensorTreeModel::kValueRole)
+               .toULongLong();
   }
-  EXPECT_EQ(model.data(model.index(0, TensorTreeModel::kParameters, layers), TensorTreeModel::kValueRole).toULongLong(),
-            sum);
+  EXPECT_EQ(
+      model.data(model.index(0, TensorTreeModel::kParameters, layers), TensorTreeModel::kValueRole)
+          .toULongLong(),
+      sum);
   EXPECT_GT(sum, 1000u);
-  EXPECT_TRUE(model.data(model.index(0, TensorTreeModel::kParameters, layers)).toString().contains(','));
+  EXPECT_TRUE(
+      model.data(model.index(0, TensorTreeModel::kParameters, layers)).toString().contains(','));
 }
 
 TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {

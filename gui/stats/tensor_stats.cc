@@ -38,7 +38,9 @@ double DecodeF8(uint8_t v, DType t) {
     out = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
   } else {  // E5M2
     const int e = (v >> 2) & 0x1f, m = v & 0x3;
-    if (e == 0x1f) return m ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity() * (sign ? -1 : 1);
+    if (e == 0x1f)
+      return m ? std::numeric_limits<double>::quiet_NaN()
+               : std::numeric_limits<double>::infinity() * (sign ? -1 : 1);
     out = e == 0 ? std::ldexp(m / 4.0, -14) : std::ldexp(1 + m / 4.0, e - 15);
   }
   return sign ? -out : out;
@@ -47,7 +49,8 @@ double DecodeF8(uint8_t v, DType t) {
 // A block of `n` elements at `p` as a double tensor.
 absl::StatusOr<torch::Tensor> ToDouble(const char* p, int64_t n, DType t) {
   auto blob = [&](torch::ScalarType s) {
-    return torch::from_blob(const_cast<char*>(p), {n}, torch::TensorOptions().dtype(s)).to(torch::kDouble);
+    return torch::from_blob(const_cast<char*>(p), {n}, torch::TensorOptions().dtype(s))
+        .to(torch::kDouble);
   };
   auto manual = [&](const std::function<double(int64_t)>& f) {
     torch::Tensor out = torch::empty({n}, torch::kDouble);
@@ -67,11 +70,23 @@ absl::StatusOr<torch::Tensor> ToDouble(const char* p, int64_t n, DType t) {
     case DType::kF32: return blob(torch::kFloat);
     case DType::kF64: return blob(torch::kDouble);
     case DType::kU16:
-      return manual([p](int64_t i) { uint16_t v; std::memcpy(&v, p + 2 * i, 2); return static_cast<double>(v); });
+      return manual([p](int64_t i) {
+        uint16_t v;
+        std::memcpy(&v, p + 2 * i, 2);
+        return static_cast<double>(v);
+      });
     case DType::kU32:
-      return manual([p](int64_t i) { uint32_t v; std::memcpy(&v, p + 4 * i, 4); return static_cast<double>(v); });
+      return manual([p](int64_t i) {
+        uint32_t v;
+        std::memcpy(&v, p + 4 * i, 4);
+        return static_cast<double>(v);
+      });
     case DType::kU64:
-      return manual([p](int64_t i) { uint64_t v; std::memcpy(&v, p + 8 * i, 8); return static_cast<double>(v); });
+      return manual([p](int64_t i) {
+        uint64_t v;
+        std::memcpy(&v, p + 8 * i, 8);
+        return static_cast<double>(v);
+      });
     case DType::kF8_E4M3:
     case DType::kF8_E5M2:
     case DType::kF8_E8M0:
@@ -101,7 +116,8 @@ absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointL
   std::vector<std::unique_ptr<ReadableFile>> files(layout.files().size());
   std::vector<std::shared_ptr<const MappedRegion>> maps(layout.files().size());
   std::string buffer;
-  auto for_each_block = [&](const std::function<absl::Status(const torch::Tensor&)>& fn) -> absl::Status {
+  auto for_each_block =
+      [&](const std::function<absl::Status(const torch::Tensor&)>& fn) -> absl::Status {
     for (const Chunk& c : tensor.chunks) {
       const FileInfo& f = layout.files()[c.file];
       const std::string path = JoinPath(layout.root(), f.name);
@@ -113,8 +129,9 @@ absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointL
       }
       const uint64_t size = files[c.file]->size();
       if (c.end > size || c.begin > c.end) {
-        return absl::DataLossError(absl::StrCat(path, ": tensor \"", tensor.name, "\" bytes [", c.begin, ", ",
-                                                c.end, ") lie beyond the file's ", size, " bytes"));
+        return absl::DataLossError(absl::StrCat(path, ": tensor \"", tensor.name, "\" bytes [",
+                                                c.begin, ", ", c.end, ") lie beyond the file's ",
+                                                size, " bytes"));
       }
       const int64_t n = static_cast<int64_t>((c.end - c.begin) / esize);
       for (int64_t i = 0; i < n; i += static_cast<int64_t>(o.block_elements)) {
@@ -167,7 +184,10 @@ absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointL
       centered += (fin - s.mean).square().sum().item<double>();
       // Bin i holds [lo + i w, lo + (i+1) w); the maximum goes in the last bin.
       const double w = (s.hist_hi - s.hist_lo) / s.histogram.size();
-      torch::Tensor idx = w > 0 ? ((fin - s.hist_lo) / w).floor().clamp(0.0, static_cast<double>(s.histogram.size() - 1)).to(torch::kLong)
+      torch::Tensor idx = w > 0 ? ((fin - s.hist_lo) / w)
+                                      .floor()
+                                      .clamp(0.0, static_cast<double>(s.histogram.size() - 1))
+                                      .to(torch::kLong)
                                 : torch::zeros({fin.numel()}, torch::kLong);
       torch::Tensor counts = torch::bincount(idx, {}, static_cast<int64_t>(s.histogram.size()));
       const int64_t* cp = counts.data_ptr<int64_t>();
@@ -178,9 +198,11 @@ absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointL
   }
   const uint64_t numel = tensor.numel();
   if (s.elements < numel) {
-    s.note = absl::StrCat("the chunks hold ", s.elements, " of ", numel, " elements (gap): statistics cover what is stored");
+    s.note = absl::StrCat("the chunks hold ", s.elements, " of ", numel,
+                          " elements (gap): statistics cover what is stored");
   } else if (s.elements > numel) {
-    s.note = absl::StrCat("the chunks hold ", s.elements, " elements for ", numel, " (overlap): some are counted twice");
+    s.note = absl::StrCat("the chunks hold ", s.elements, " elements for ", numel,
+                          " (overlap): some are counted twice");
   }
   return s;
 }

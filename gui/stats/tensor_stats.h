@@ -40,7 +40,8 @@ struct StatsOptions {
 // kUnimplemented for dtypes without a numeric reading here (complex, sub-byte floats);
 // kDataLoss naming file, tensor and offset when a chunk lies outside its file.
 absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointLayout& layout,
-                                               const TensorLayout& tensor, const StatsOptions& options);
+                                               const TensorLayout& tensor,
+                                               const StatsOptions& options);
 
 }  // namespace safeshard
 

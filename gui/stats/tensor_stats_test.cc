@@ -29,7 +29,8 @@ CheckpointLayout ScanOne(const std::string& json, const std::string& buffer) {
 }
 
 TEST(TensorStatsTest, ExactValuesAndSpecialCounts) {
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
   CheckpointLayout ck = ScanOne(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}})",
                                 Floats({1, 2, nan, inf, 0, -3}));
   ASSERT_NE(ck.FindTensor("w"), nullptr);
@@ -51,26 +52,26 @@ TEST(TensorStatsTest, ExactValuesAndSpecialCounts) {
 
 TEST(TensorStatsTest, ComplexAndSubByteDTypesAreAClearError) {
   // C64 (complex) and F4 have no single numeric reading here: said, naming the tensor and dtype.
-  CheckpointLayout ck = ScanOne(
-      R"({"c":{"dtype":"C64","shape":[2],"data_offsets":[0,16]},)"
-      R"("f":{"dtype":"F4","shape":[4],"data_offsets":[16,18]}})",
-      std::string(18, '\x11'));
+  CheckpointLayout ck = ScanOne(R"({"c":{"dtype":"C64","shape":[2],"data_offsets":[0,16]},)"
+                                R"("f":{"dtype":"F4","shape":[4],"data_offsets":[16,18]}})",
+                                std::string(18, '\x11'));
   for (const char* name : {"c", "f"}) {
     ASSERT_NE(ck.FindTensor(name), nullptr) << name;
     auto s = ComputeTensorStats(LocalFileSystem(), ck, *ck.FindTensor(name), {});
     ASSERT_FALSE(s.ok()) << name;
     EXPECT_EQ(s.status().code(), absl::StatusCode::kUnimplemented) << s.status();
-    EXPECT_NE(std::string(s.status().message()).find(std::string("tensor \"") + name + "\""), std::string::npos)
+    EXPECT_NE(std::string(s.status().message()).find(std::string("tensor \"") + name + "\""),
+              std::string::npos)
         << s.status();
   }
 }
 
 TEST(TensorStatsTest, DecodesFp8AndBf16) {
   // F8_E4M3: 0x38 = 1.0, 0xb8 = -1.0, 0x7f = NaN, 0x00 = 0.
-  CheckpointLayout ck = ScanOne(
-      R"({"a":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[0,4]},)"
-      R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})",
-      std::string("\x38\xb8\x7f\x00", 4) + std::string("\x80\x3f\x00\xc0", 4));
+  CheckpointLayout ck =
+      ScanOne(R"({"a":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[0,4]},)"
+              R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})",
+              std::string("\x38\xb8\x7f\x00", 4) + std::string("\x80\x3f\x00\xc0", 4));
   ASSERT_NE(ck.FindTensor("a"), nullptr);
   ASSERT_NE(ck.FindTensor("b"), nullptr);
   auto a = ComputeTensorStats(LocalFileSystem(), ck, *ck.FindTensor("a"), {});
@@ -95,9 +96,10 @@ TEST(TensorStatsTest, ChunkedTensorMatchesTheWholeTensorAndBlocksDoNotMatter) {
   ASSERT_EQ(t.chunks.size(), 4u);
   // The same bytes as one plain file.
   const std::string one = testing::NewTempDir();
-  testing::WriteFile(one + "/model.safetensors",
-                     testing::RawSafetensors(R"({"m.w":{"dtype":"BF16","shape":[64,48],"data_offsets":[0,6144]}})",
-                                             ExpectedTensorBytes(model[0])));
+  testing::WriteFile(
+      one + "/model.safetensors",
+      testing::RawSafetensors(R"({"m.w":{"dtype":"BF16","shape":[64,48],"data_offsets":[0,6144]}})",
+                              ExpectedTensorBytes(model[0])));
   auto whole = CheckpointLayout::Scan(LocalFileSystem(), one);
   ASSERT_TRUE(whole.ok());
   auto a = ComputeTensorStats(LocalFileSystem(), *ck, t, {.block_elements = 100});
@@ -118,7 +120,9 @@ TEST(TensorStatsTest, GapIsNotedAndCancelStops) {
   WriteOptions o{.ranks = 4};
   o.drop_chunk = std::make_pair(std::string("w"), 1);
   const std::string dir = testing::NewTempDir() + "/ck";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}}, o).ok());
+  ASSERT_TRUE(
+      WriteDcpCheckpoint(LocalFileSystem(), dir, {{"w", DType::kF32, {8, 4}, Sharding::kRow}}, o)
+          .ok());
   auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
   ASSERT_TRUE(ck.ok());
   auto s = ComputeTensorStats(LocalFileSystem(), *ck, *ck->FindTensor("w"), {});
@@ -126,7 +130,9 @@ TEST(TensorStatsTest, GapIsNotedAndCancelStops) {
   EXPECT_EQ(s->elements, 24u);
   EXPECT_NE(s->note.find("24 of 32"), std::string::npos) << s->note;
   std::atomic<bool> cancel{true};
-  EXPECT_EQ(ComputeTensorStats(LocalFileSystem(), *ck, *ck->FindTensor("w"), {.cancel = &cancel}).status().code(),
+  EXPECT_EQ(ComputeTensorStats(LocalFileSystem(), *ck, *ck->FindTensor("w"), {.cancel = &cancel})
+                .status()
+                .code(),
             absl::StatusCode::kCancelled);
 }
 

@@ -2,9 +2,9 @@
 
 #include <QCheckBox>
 #include <QCloseEvent>
-#include <QDir>
 #include <QComboBox>
 #include <QDialogButtonBox>
+#include <QDir>
 #include <QFileDialog>
 #include <QFormLayout>
 #include <QFutureWatcher>
@@ -53,28 +53,30 @@ QWidget* WithBrowse(QLineEdit* edit, QWidget* parent, bool directory, const QStr
 }
 }  // namespace
 
-ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs,
-                                     QWidget* parent)
+ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout,
+                                     std::shared_ptr<FileSystem> fs, QWidget* parent)
     : QDialog(parent), layout_(std::move(layout)), fs_(fs) {
   setWindowTitle("Consolidate checkpoint");
   auto* l = new QVBoxLayout(this);
   const QString root = QString::fromStdString(layout_->root());
   const bool remote = !UrlScheme(layout_->root()).empty();
-  summary_ = new QLabel(QString("<b>%1</b><br>%2 · %3 files · %4 tensors · %5")
-                            .arg(root.toHtmlEscaped(),
-                                 QString::fromUtf8(CheckpointKindName(layout_->kind()).data()))
-                            .arg(layout_->files().size())
-                            .arg(layout_->tensors().size())
-                            .arg(HumanBytes(layout_->total_tensor_bytes())),
-                        this);
+  summary_ = new QLabel(
+      QString("<b>%1</b><br>%2 · %3 files · %4 tensors · %5")
+          .arg(root.toHtmlEscaped(), QString::fromUtf8(CheckpointKindName(layout_->kind()).data()))
+          .arg(layout_->files().size())
+          .arg(layout_->tensors().size())
+          .arg(HumanBytes(layout_->total_tensor_bytes())),
+      this);
   summary_->setWordWrap(true);
   l->addWidget(summary_);
 
   auto* form = new QFormLayout;
-  output_edit = new QLineEdit(remote ? QDir::homePath() + "/" + QString::fromStdString(BaseName(layout_->root())) + "-hf"
-                                     : root + "-hf",
-                              this);
-  output_edit->setToolTip("A new directory; model-0000i-of-0000N.safetensors and the index json are published there");
+  output_edit = new QLineEdit(
+      remote ? QDir::homePath() + "/" + QString::fromStdString(BaseName(layout_->root())) + "-hf"
+             : root + "-hf",
+      this);
+  output_edit->setToolTip(
+      "A new directory; model-0000i-of-0000N.safetensors and the index json are published there");
   form->addRow("Output directory:", WithBrowse(output_edit, this, true, "Output directory"));
   l->addLayout(form);
 
@@ -86,7 +88,8 @@ ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> lay
   max_size_edit->setToolTip("Like save_pretrained(max_shard_size=...): 5GB, 500MiB, 1e9 or bytes");
   reference_radio = new QRadioButton("Like the reference model", files);
   reference_edit = new QLineEdit(files);
-  reference_edit->setPlaceholderText("HF model directory whose index json or files give the mapping");
+  reference_edit->setPlaceholderText(
+      "HF model directory whose index json or files give the mapping");
   single_radio->setChecked(true);
   fl->addRow(single_radio);
   fl->addRow(max_size_radio, max_size_edit);
@@ -133,15 +136,19 @@ ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> lay
   l->addWidget(buttons);
   connect(start_button, &QPushButton::clicked, this, &ConsolidateDialog::Start);
   connect(cancel_button, &QPushButton::clicked, this, [this] {
-    if (running_) CancelRun(); else QDialog::reject();
+    if (running_)
+      CancelRun();
+    else
+      QDialog::reject();
   });
   timer_ = new QTimer(this);
   timer_->setInterval(100);
   connect(timer_, &QTimer::timeout, this, &ConsolidateDialog::Tick);
   if (!layout_->problems().empty()) {
-    error_->setText(QString("This checkpoint has %1 problem(s); consolidation will refuse gaps, overlaps and "
-                            "dtype disagreements before writing anything.")
-                        .arg(layout_->problems().size()));
+    error_->setText(
+        QString("This checkpoint has %1 problem(s); consolidation will refuse gaps, overlaps and "
+                "dtype disagreements before writing anything.")
+            .arg(layout_->problems().size()));
   }
 }
 
@@ -149,17 +156,25 @@ ConsolidateDialog::~ConsolidateDialog() {
   if (running_) running_->cancel = true;
 }
 
-QString ConsolidateDialog::error_text() const { return error_->text(); }
-QString ConsolidateDialog::status_text() const { return status_->text(); }
+QString ConsolidateDialog::error_text() const {
+  return error_->text();
+}
+QString ConsolidateDialog::status_text() const {
+  return status_->text();
+}
 
 void ConsolidateDialog::SetRunning(bool on) {
-  for (QWidget* w : std::initializer_list<QWidget*>{output_edit, single_radio, max_size_radio, max_size_edit,
-                                                     reference_radio, reference_edit, threads_spin, dtype_combo,
-                                                     verify_check, overwrite_check, start_button}) {
+  for (QWidget* w :
+       std::initializer_list<QWidget*>{output_edit, single_radio, max_size_radio, max_size_edit,
+                                       reference_radio, reference_edit, threads_spin, dtype_combo,
+                                       verify_check, overwrite_check, start_button}) {
     w->setEnabled(!on);
   }
   cancel_button->setText(on ? "Cancel" : "Close");
-  if (on) timer_->start(); else timer_->stop();
+  if (on)
+    timer_->start();
+  else
+    timer_->stop();
 }
 
 void ConsolidateDialog::Start() {
@@ -182,15 +197,18 @@ void ConsolidateDialog::Start() {
   const QString dtype = dtype_combo->currentData().toString();
   if (dtype == "reference") {
     if (!reference_radio->isChecked()) {
-      return error_->setText("Restoring dtypes reads them from the reference model: choose "
-                             "\"Like the reference model\" and its directory.");
+      return error_->setText(
+          "Restoring dtypes reads them from the reference model: choose "
+          "\"Like the reference model\" and its directory.");
     }
     spec.restore_dtypes = true;
   } else if (!dtype.isEmpty()) {
     spec.cast_dtype = dtype.toStdString();
   }
-  absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved = ResolveConsolidateSpec(LocalFileSystem(), spec);
-  if (!resolved.ok()) return error_->setText(QString::fromStdString(std::string(resolved.status().message())));
+  absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved =
+      ResolveConsolidateSpec(LocalFileSystem(), spec);
+  if (!resolved.ok())
+    return error_->setText(QString::fromStdString(std::string(resolved.status().message())));
   ConsolidateOptions o = (*resolved)->options;
   const std::vector<std::string> warnings = (*resolved)->warnings;
   auto run = std::make_shared<Run>();
@@ -198,7 +216,8 @@ void ConsolidateDialog::Start() {
   run->total = layout_->total_tensor_bytes();
   run->clock.start();
   o.cancel = &run->cancel;
-  if (!UrlScheme(layout_->root()).empty()) o.output_fs = &LocalFileSystem();  // remote input, local output
+  if (!UrlScheme(layout_->root()).empty())
+    o.output_fs = &LocalFileSystem();  // remote input, local output
   o.progress = [run](uint64_t done, uint64_t total) {
     run->done = done;
     run->total = total;
@@ -238,9 +257,8 @@ void ConsolidateDialog::Start() {
   });
   std::shared_ptr<FileSystem> fs = fs_;
   std::shared_ptr<const CheckpointLayout> layout = layout_;
-  watcher->setFuture(QtConcurrent::run([fs, layout, output, o, run]() {
-    return Consolidate(*fs, layout->root(), output, o);
-  }));
+  watcher->setFuture(QtConcurrent::run(
+      [fs, layout, output, o, run]() { return Consolidate(*fs, layout->root(), output, o); }));
 }
 
 void ConsolidateDialog::CancelRun() {
@@ -259,7 +277,8 @@ void ConsolidateDialog::Tick() {
   const double rate = secs > 0 ? done / secs : 0;
   if (running_->cancel) return;
   status_->setText(QString("%1 of %2 · %3/s · ETA %4")
-                       .arg(HumanBytes(done), HumanBytes(total), HumanBytes(static_cast<uint64_t>(rate)),
+                       .arg(HumanBytes(done), HumanBytes(total),
+                            HumanBytes(static_cast<uint64_t>(rate)),
                             rate > 0 ? HumanDuration((total - done) / rate) : QString("…")));
 }
 

@@ -29,7 +29,8 @@ class ConsolidateDialog : public QDialog {
 
  public:
   // `fs` holds the layout's files; outputs are written to local directories.
-  ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs, QWidget* parent = nullptr);
+  ConsolidateDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs,
+                    QWidget* parent = nullptr);
   ~ConsolidateDialog() override;
 
   // Starts consolidating with the current choices; invalid choices are shown in the dialog.

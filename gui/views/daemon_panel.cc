@@ -1,5 +1,5 @@
-#include "daemon/api.h"
 #include "gui/views/daemon_panel.h"
+#include "daemon/api.h"
 
 #include <QDir>
 #include <QFile>
@@ -48,10 +48,13 @@ DaemonPanel::DaemonPanel(QWidget* parent) : QWidget(parent) {
   net_ = new QNetworkAccessManager(this);
   auto* l = new QVBoxLayout(this);
   auto* form = new QFormLayout;
-  address_edit = new QLineEdit(QString("http://%1:%2").arg(daemon::api::kDefaultAddress).arg(daemon::api::kDefaultPort), this);
+  address_edit = new QLineEdit(
+      QString("http://%1:%2").arg(daemon::api::kDefaultAddress).arg(daemon::api::kDefaultPort),
+      this);
   address_edit->setToolTip("The daemon's API address (config \"api\": address and port)");
   token_file_edit = new QLineEdit(QDir::homePath() + "/" + daemon::api::kTokenFileBelowHome, this);
-  token_file_edit->setToolTip("File holding the bearer token (needed to consolidate, retry or cancel)");
+  token_file_edit->setToolTip(
+      "File holding the bearer token (needed to consolidate, retry or cancel)");
   connect_button = new QPushButton("Connect", this);
   auto* row = new QHBoxLayout;
   row->addWidget(address_edit, 1);
@@ -71,10 +74,12 @@ DaemonPanel::DaemonPanel(QWidget* parent) : QWidget(parent) {
   l->addWidget(split, 1);
   auto* buttons = new QHBoxLayout;
   consolidate_button = new QPushButton("Consolidate / retry", this);
-  consolidate_button->setToolTip("Queue consolidation of the selected run (also retries a failed or parked one)");
+  consolidate_button->setToolTip(
+      "Queue consolidation of the selected run (also retries a failed or parked one)");
   cancel_job_button = new QPushButton("Cancel job", this);
   open_button = new QPushButton("Open", this);
-  open_button->setToolTip("Open the selected run's consolidated output (or the run itself) in the inspector");
+  open_button->setToolTip(
+      "Open the selected run's consolidated output (or the run itself) in the inspector");
   buttons->addWidget(consolidate_button);
   buttons->addWidget(cancel_job_button);
   buttons->addStretch();
@@ -84,14 +89,17 @@ DaemonPanel::DaemonPanel(QWidget* parent) : QWidget(parent) {
   timer_ = new QTimer(this);
   timer_->setInterval(2000);
   connect(timer_, &QTimer::timeout, this, &DaemonPanel::Refresh);
-  connect(connect_button, &QPushButton::clicked, this, [this] { connected_ ? Disconnect() : Connect(); });
+  connect(connect_button, &QPushButton::clicked, this,
+          [this] { connected_ ? Disconnect() : Connect(); });
   connect(consolidate_button, &QPushButton::clicked, this, &DaemonPanel::ConsolidateSelected);
   connect(cancel_job_button, &QPushButton::clicked, this, &DaemonPanel::CancelSelectedJob);
   connect(open_button, &QPushButton::clicked, this, &DaemonPanel::OpenSelected);
   connect(runs_table, &QTableWidget::cellDoubleClicked, this, &DaemonPanel::OpenSelected);
 }
 
-QString DaemonPanel::status_text() const { return status_->text(); }
+QString DaemonPanel::status_text() const {
+  return status_->text();
+}
 
 void DaemonPanel::SetStatus(const QString& text, bool error) {
   status_->setText(text);
@@ -138,7 +146,8 @@ QString DaemonPanel::ReplyError(QNetworkReply* reply, const QByteArray& body) co
   QString msg = doc.isObject() ? doc.object().value("error").toString() : QString();
   if (msg.isEmpty()) msg = reply->errorString();
   const QString url = reply->url().toString(QUrl::RemoveUserInfo);
-  return code ? QString("%1: HTTP %2: %3").arg(url).arg(code).arg(msg) : QString("%1: %2").arg(url, msg);
+  return code ? QString("%1: HTTP %2: %3").arg(url).arg(code).arg(msg)
+              : QString("%1: %2").arg(url, msg);
 }
 
 void DaemonPanel::Refresh() {
@@ -181,8 +190,9 @@ void DaemonPanel::FillRuns() {
   runs_table->setRowCount(runs_.size());
   for (int i = 0; i < runs_.size(); ++i) {
     const QJsonObject r = runs_[i].toObject();
-    const QStringList cells = {r["id"].toString(), r["state"].toString(), r["detection"].toString(),
-                               r["path"].toString(), r["output"].toString(), r["detail"].toString()};
+    const QStringList cells = {r["id"].toString(),        r["state"].toString(),
+                               r["detection"].toString(), r["path"].toString(),
+                               r["output"].toString(),    r["detail"].toString()};
     for (int c = 0; c < cells.size(); ++c) {
       auto* item = new QTableWidgetItem(cells[c]);
       item->setToolTip(cells[c]);
@@ -198,10 +208,16 @@ void DaemonPanel::FillJobs() {
   for (int i = 0; i < jobs_.size(); ++i) {
     const QJsonObject j = jobs_[i].toObject();
     const double done = j["bytes_done"].toDouble(), total = j["bytes_total"].toDouble();
-    const QString progress = total > 0 ? QString("%1% of %2").arg(100.0 * done / total, 0, 'f', 1).arg(HumanBytes(static_cast<uint64_t>(total)))
+    const QString progress = total > 0 ? QString("%1% of %2")
+                                             .arg(100.0 * done / total, 0, 'f', 1)
+                                             .arg(HumanBytes(static_cast<uint64_t>(total)))
                                        : QString();
-    const QStringList cells = {QString::number(j["id"].toInteger()), j["run"].toString(), j["kind"].toString(),
-                               j["state"].toString(), progress, QString::number(j["attempts"].toInteger()),
+    const QStringList cells = {QString::number(j["id"].toInteger()),
+                               j["run"].toString(),
+                               j["kind"].toString(),
+                               j["state"].toString(),
+                               progress,
+                               QString::number(j["attempts"].toInteger()),
                                j["error"].toString()};
     for (int c = 0; c < cells.size(); ++c) {
       auto* item = new QTableWidgetItem(cells[c]);
@@ -221,7 +237,8 @@ QString DaemonPanel::SelectedRunId() const {
 void DaemonPanel::ConsolidateSelected() {
   const QString id = SelectedRunId();
   if (id.isEmpty()) return SetStatus("Select a run first.", true);
-  QNetworkReply* reply = Post(QString::fromStdString(daemon::api::ConsolidatePath(id.toStdString())));
+  QNetworkReply* reply =
+      Post(QString::fromStdString(daemon::api::ConsolidatePath(id.toStdString())));
   connect(reply, &QNetworkReply::finished, this, [this, reply, id] {
     reply->deleteLater();
     const QByteArray body = reply->readAll();
@@ -260,7 +277,9 @@ void DaemonPanel::OpenSelected() {
   if (r < 0 || r >= runs_.size()) return SetStatus("Select a run first.", true);
   const QJsonObject run = runs_[r].toObject();
   const QString output = run["output"].toString();
-  emit openRequested(run["state"].toString() == "published" && !output.isEmpty() ? output : run["path"].toString());
+  emit openRequested(run["state"].toString() == "published" && !output.isEmpty()
+                         ? output
+                         : run["path"].toString());
 }
 
 }  // namespace safeshard::gui

@@ -23,9 +23,9 @@ class DaemonPanel : public QWidget {
  public:
   explicit DaemonPanel(QWidget* parent = nullptr);
 
-  void Connect();     // starts refreshing
+  void Connect();  // starts refreshing
   void Disconnect();
-  void Refresh();     // one GET of runs and jobs
+  void Refresh();  // one GET of runs and jobs
   void ConsolidateSelected();
   void CancelSelectedJob();
   void OpenSelected();
@@ -45,7 +45,7 @@ class DaemonPanel : public QWidget {
 
  signals:
   void openRequested(const QString& path);
-  void refreshed();      // runs and jobs were updated
+  void refreshed();  // runs and jobs were updated
   void actionDone(bool ok, const QString& message);
 
  private:

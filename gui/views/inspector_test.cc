@@ -4,14 +4,13 @@
 // against a daemon started here — and screenshots kept as test outputs.
 #include <QAbstractItemModelTester>
 #include <QApplication>
-#include <QInputDialog>
-#include <QTimer>
 #include <QCheckBox>
 #include <QComboBox>
 #include <QDir>
 #include <QDockWidget>
 #include <QElapsedTimer>
 #include <QFile>
+#include <QInputDialog>
 #include <QJsonObject>
 #include <QLineEdit>
 #include <QMimeData>
@@ -24,6 +23,7 @@
 #include <QTableWidget>
 #include <QTest>
 #include <QThread>
+#include <QTimer>
 #include <QTreeView>
 #include <condition_variable>
 #include <filesystem>
@@ -72,7 +72,8 @@ std::string MakeCheckpoint(const std::string& name, WriteOptions o = {.ranks = 4
 InspectorOptions Options() {
   InspectorOptions o;
   o.settings_file = QString::fromStdString(testing::NewTempDir() + "/inspector.ini");
-  o.stats = [](FileSystem& fs, const CheckpointLayout& l, const TensorLayout& t, const std::atomic<bool>* cancel) {
+  o.stats = [](FileSystem& fs, const CheckpointLayout& l, const TensorLayout& t,
+               const std::atomic<bool>* cancel) {
     StatsOptions so;
     so.cancel = cancel;
     return ComputeTensorStats(fs, l, t, so);
@@ -104,7 +105,8 @@ QStringList VisibleTensors(MainWindow& w) {
 
 void SaveScreenshot(QWidget* w, const std::string& name) {
   const char* dir = std::getenv("TEST_UNDECLARED_OUTPUTS_DIR");
-  const QString path = QString::fromStdString((dir ? std::string(dir) : testing::NewTempDir()) + "/" + name);
+  const QString path =
+      QString::fromStdString((dir ? std::string(dir) : testing::NewTempDir()) + "/" + name);
   ASSERT_TRUE(w->grab().save(path)) << path.toStdString();
   std::fprintf(stderr, "screenshot: %s\n", path.toStdString().c_str());
 }
@@ -112,7 +114,8 @@ void SaveScreenshot(QWidget* w, const std::string& name) {
 TEST(InspectorTest, OpensFiltersAndSelects) {
   const std::string ck = MakeCheckpoint("run");
   MainWindow w(Options());
-  QAbstractItemModelTester tester(w.tree_proxy, QAbstractItemModelTester::FailureReportingMode::Fatal);
+  QAbstractItemModelTester tester(w.tree_proxy,
+                                  QAbstractItemModelTester::FailureReportingMode::Fatal);
   w.show();
   ASSERT_TRUE(Open(w, ck));
   EXPECT_TRUE(w.summary_text().contains("dcp_sharded, 4 ranks")) << w.summary_text().toStdString();
@@ -127,7 +130,8 @@ TEST(InspectorTest, OpensFiltersAndSelects) {
   // Regex filter, typed.
   QTest::keyClicks(w.filter_edit, "layers\\.[12]\\..*gate");
   QStringList v = VisibleTensors(w);
-  EXPECT_EQ(v, (QStringList{"model.layers.1.mlp.gate_proj.weight", "model.layers.2.mlp.gate_proj.weight"}));
+  EXPECT_EQ(v, (QStringList{"model.layers.1.mlp.gate_proj.weight",
+                            "model.layers.2.mlp.gate_proj.weight"}));
   // An invalid regex keeps the last valid filter and marks the field.
   w.filter_edit->setText("([");
   EXPECT_EQ(VisibleTensors(w).size(), 2);
@@ -138,7 +142,8 @@ TEST(InspectorTest, OpensFiltersAndSelects) {
   w.dtype_filter->setCurrentIndex(w.dtype_filter->findData("F32"));
   v = VisibleTensors(w);
   ASSERT_FALSE(v.isEmpty());
-  for (const QString& n : v) EXPECT_EQ(w.checkpoint()->FindTensor(n.toStdString())->dtype, DType::kF32) << n.toStdString();
+  for (const QString& n : v)
+    EXPECT_EQ(w.checkpoint()->FindTensor(n.toStdString())->dtype, DType::kF32) << n.toStdString();
   w.dtype_filter->setCurrentIndex(0);
   // Only problems: none here.
   w.problems_only->setChecked(true);
@@ -212,7 +217,8 @@ TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
   EXPECT_EQ(w.files_view->selectionModel()->selectedRows().value(0).row(), t->chunks[pick].file);
   EXPECT_EQ(w.byte_map->selected_file(), t->chunks[pick].file);
   const QString tip = map->ChunkDescription(pick);
-  EXPECT_TRUE(tip.contains(QString::fromStdString(w.checkpoint()->files()[t->chunks[pick].file].name)));
+  EXPECT_TRUE(
+      tip.contains(QString::fromStdString(w.checkpoint()->files()[t->chunks[pick].file].name)));
   EXPECT_TRUE(tip.contains(QString::number(t->chunks[pick].begin)));
   // Keyboard: Right moves to the next chunk.
   map->setFocus();
@@ -224,7 +230,8 @@ TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
   map->SetDims(1, 0);
   const QRectF T2 = map->TensorRect();
   EXPECT_NEAR(T2.width() / T2.height(), 256.0 / 64.0, 1e-6);
-  EXPECT_NEAR(map->ChunkRect(pick).left(), T2.left() + T2.width() * t->chunks[pick].offsets[0] / 256.0, 1e-6);
+  EXPECT_NEAR(map->ChunkRect(pick).left(),
+              T2.left() + T2.width() * t->chunks[pick].offsets[0] / 256.0, 1e-6);
   // Heat map: 4 ranks x 1 model file, bytes of each rank's file.
   ASSERT_EQ(w.heat_map->row_count(), 4);
   ASSERT_EQ(w.heat_map->column_count(), 1);
@@ -241,7 +248,8 @@ TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
   for (size_t i = 1; i < segs.size(); ++i) EXPECT_LE(segs[i - 1].end, segs[i].begin);
   // Clicking a heat-map cell selects its file.
   QTest::mouseClick(w.heat_map, Qt::LeftButton, {}, w.heat_map->CellRect(2, 0).center().toPoint());
-  EXPECT_EQ(w.files_view->selectionModel()->selectedRows().value(0).row(), w.heat_map->CellFiles(2, 0)[0]);
+  EXPECT_EQ(w.files_view->selectionModel()->selectedRows().value(0).row(),
+            w.heat_map->CellFiles(2, 0)[0]);
 }
 
 // A 3-D tensor [8, 4, 6] split along its last dimension into three per-rank files; `drop`
@@ -256,8 +264,9 @@ std::string InnerSplitCheckpoint(int drop = -1) {
       info.saved_offsets["t"] = {0, 0, static_cast<uint64_t>(2 * r)};
       specs.push_back({"t", DType::kF32, {8, 4, 2}});
     }
-    testing::WriteFile(dir + "/shard-0000" + std::to_string(r + 1) + "-model-00001-of-00001.safetensors",
-                       testing::BuildSafetensors(specs, ShardedFileMetadata(info)));
+    testing::WriteFile(
+        dir + "/shard-0000" + std::to_string(r + 1) + "-model-00001-of-00001.safetensors",
+        testing::BuildSafetensors(specs, ShardedFileMetadata(info)));
   }
   return dir;
 }
@@ -267,10 +276,11 @@ TEST(InspectorTest, NewestPyTorchLayoutShowsLogicalTensorsWithEachChunksKey) {
   o.logical_fqn = true;
   o.global_shape = true;
   o.manifest = true;
-  const std::string ck = MakeCheckpoint("newest", o,
-                                        {{"model.layers.0.mlp.up_proj.weight", DType::kBF16, {64, 32}, Sharding::kStridedMesh},
-                                         {"model.layers.0.attn.q_proj.weight", DType::kBF16, {32, 32}, Sharding::kStrided},
-                                         {"model.norm.weight", DType::kF32, {32}, Sharding::kReplicated}});
+  const std::string ck = MakeCheckpoint(
+      "newest", o,
+      {{"model.layers.0.mlp.up_proj.weight", DType::kBF16, {64, 32}, Sharding::kStridedMesh},
+       {"model.layers.0.attn.q_proj.weight", DType::kBF16, {32, 32}, Sharding::kStrided},
+       {"model.norm.weight", DType::kF32, {32}, Sharding::kReplicated}});
   MainWindow w(Options());
   w.show();
   ASSERT_TRUE(Open(w, ck));
@@ -284,7 +294,8 @@ TEST(InspectorTest, NewestPyTorchLayoutShowsLogicalTensorsWithEachChunksKey) {
   ASSERT_TRUE(w.SelectTensor("model.layers.0.mlp.up_proj.weight"));
   EXPECT_EQ(w.chunk_view->model()->rowCount(), 8);
   const QString tip = w.shard_map->ChunkDescription(0);
-  EXPECT_TRUE(tip.contains("stored as <b>model.layers.0.mlp.up_proj.weight.__dcp_shard_")) << tip.toStdString();
+  EXPECT_TRUE(tip.contains("stored as <b>model.layers.0.mlp.up_proj.weight.__dcp_shard_"))
+      << tip.toStdString();
   EXPECT_TRUE(w.shard_map->gaps().empty());
   SaveScreenshot(&w, "inspector-newest-strided.png");
 }
@@ -435,8 +446,10 @@ TEST(InspectorTest, CompareWithAnotherCheckpointListsDifferencesAndSelectsTheTen
   // B: the consolidation of A with one element of one tensor changed, and one tensor more.
   const std::string b = testing::NewTempDir() + "/b";
   ASSERT_TRUE(Consolidate(LocalFileSystem(), ck, b, {}).ok());
-  testing::FlipTensorByte(b, "model.layers.1.mlp.up_proj.weight", 2 * (3 * 64 + 5), 0x10);  // [256, 64] F16: [3, 5]
-  testing::WriteFile(b + "/extra.safetensors", testing::BuildSafetensors({{"extra.bias", DType::kF32, {8}}}));
+  testing::FlipTensorByte(b, "model.layers.1.mlp.up_proj.weight", 2 * (3 * 64 + 5),
+                          0x10);  // [256, 64] F16: [3, 5]
+  testing::WriteFile(b + "/extra.safetensors",
+                     testing::BuildSafetensors({{"extra.bias", DType::kF32, {8}}}));
 
   MainWindow w(Options());
   w.resize(1500, 940);
@@ -453,14 +466,18 @@ TEST(InspectorTest, CompareWithAnotherCheckpointListsDifferencesAndSelectsTheTen
   EXPECT_EQ(m->index(0, 1).data().toString(), "extra.bias");
   EXPECT_EQ(m->index(1, 0).data().toString(), "values");
   EXPECT_EQ(m->index(1, 1).data().toString(), "model.layers.1.mlp.up_proj.weight");
-  EXPECT_TRUE(m->index(1, 2).data().toString().contains("first at [3, 5]")) << m->index(1, 2).data().toString().toStdString();
+  EXPECT_TRUE(m->index(1, 2).data().toString().contains("first at [3, 5]"))
+      << m->index(1, 2).data().toString().toStdString();
   EXPECT_TRUE(w.compare_summary().contains("2 difference(s)")) << w.compare_summary().toStdString();
   // Clicking the difference selects its tensor; the one only in B says so instead.
-  QTest::mouseClick(w.diff_view->viewport(), Qt::LeftButton, {}, w.diff_view->visualRect(m->index(1, 1)).center());
+  QTest::mouseClick(w.diff_view->viewport(), Qt::LeftButton, {},
+                    w.diff_view->visualRect(m->index(1, 1)).center());
   ASSERT_NE(w.selected_tensor(), nullptr);
   EXPECT_EQ(w.selected_tensor()->name, "model.layers.1.mlp.up_proj.weight");
-  QTest::mouseClick(w.diff_view->viewport(), Qt::LeftButton, {}, w.diff_view->visualRect(m->index(0, 1)).center());
-  EXPECT_TRUE(w.banner_text().contains("only in the other checkpoint")) << w.banner_text().toStdString();
+  QTest::mouseClick(w.diff_view->viewport(), Qt::LeftButton, {},
+                    w.diff_view->visualRect(m->index(0, 1)).center());
+  EXPECT_TRUE(w.banner_text().contains("only in the other checkpoint"))
+      << w.banner_text().toStdString();
   SaveScreenshot(&w, "inspector_compare.png");
 
   // Compared with itself: identical. Opening another checkpoint clears the comparison.
@@ -484,12 +501,14 @@ TEST(InspectorTest, CompareWithAnotherCheckpointListsDifferencesAndSelectsTheTen
   });
   compare_url->trigger();
   ASSERT_TRUE(WaitUntil([&] { return done.count() > before; }));
-  EXPECT_EQ(m->rowCount(), 2) << w.compare_summary().toStdString();  // B is open now: A's extra is missing
+  EXPECT_EQ(m->rowCount(), 2)
+      << w.compare_summary().toStdString();  // B is open now: A's extra is missing
   // A missing other checkpoint: said in place.
   before = done.count();
   w.CompareWith("/nonexistent/checkpoint");
   ASSERT_TRUE(WaitUntil([&] { return done.count() > before; }));
-  EXPECT_TRUE(w.compare_summary().contains("Cannot compare with")) << w.compare_summary().toStdString();
+  EXPECT_TRUE(w.compare_summary().contains("Cannot compare with"))
+      << w.compare_summary().toStdString();
 }
 
 TEST(InspectorTest, ConsolidationCanBeCancelledAndLeavesNothing) {
@@ -542,7 +561,8 @@ TEST(InspectorTest, RemapRefusesCollisionsAndAppliesOtherwise) {
   // The colliding rows are highlighted.
   QAbstractItemModel* pm = d->preview_view->model();
   bool highlighted = false;
-  for (int r = 0; r < pm->rowCount(); ++r) highlighted |= pm->index(r, 0).data(Qt::BackgroundRole).isValid();
+  for (int r = 0; r < pm->rowCount(); ++r)
+    highlighted |= pm->index(r, 0).data(Qt::BackgroundRole).isValid();
   EXPECT_TRUE(highlighted);
   // A bad regex is reported and keeps Apply off.
   d->SetRules({{"(", "x"}});
@@ -564,7 +584,8 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
   const std::string root = testing::NewTempDir() + "/runs";
   const std::string run = root + "/step-100";
   ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), run,
-                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}), {.ranks = 2})
+                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+                                 {.ranks = 2})
                   .ok());
   daemon::Config c;
   c.watch_roots = {root};
@@ -600,9 +621,12 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
   QTest::mouseClick(p->consolidate_button, Qt::LeftButton);
   ASSERT_TRUE(WaitUntil([&] { return action.count() == 2; }));
   EXPECT_TRUE(action[1][0].toBool()) << action[1][1].toString().toStdString();
-  ASSERT_TRUE(WaitUntil([&] {
-    return p->runs().size() == 1 && p->runs()[0].toObject()["state"].toString() == "published";
-  }, 60000)) << p->status_text().toStdString();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return p->runs().size() == 1 && p->runs()[0].toObject()["state"].toString() == "published";
+      },
+      60000))
+      << p->status_text().toStdString();
   ASSERT_TRUE(WaitUntil([&] { return p->jobs_table->rowCount() == 1; }));
   EXPECT_EQ(p->jobs_table->item(0, 3)->text(), "published");
   // Open: the consolidated output opens in the inspector.
@@ -619,7 +643,8 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
 TEST(InspectorTest, OpensAnHttpUrlComputesValuesAndConsolidatesLocally) {
   const std::string root = testing::NewTempDir() + "/www";
   const std::string ck = root + "/runs/step-5";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), ck, TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), ck,
+                                 TransformerLikeModel({.layers = 1, .hidden = 32, .vocab = 64}),
                                  {.ranks = 2})
                   .ok());
   auto server = testing::NginxServer::Start(root, "gui-token");

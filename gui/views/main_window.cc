@@ -29,8 +29,8 @@
 #include <QSplitter>
 #include <QStatusBar>
 #include <QTabWidget>
-#include <QTimer>
 #include <QTableView>
+#include <QTimer>
 #include <QTreeView>
 #include <QVBoxLayout>
 #include <QtConcurrent/QtConcurrent>
@@ -127,7 +127,8 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   filter_edit = new QLineEdit(left);
   filter_edit->setPlaceholderText("Filter tensors (regex, e.g. layers\\.1[0-9]\\..*proj)");
   filter_edit->setClearButtonEnabled(true);
-  filter_edit->setToolTip("Regular expression matched anywhere in the full tensor name, case-insensitive (Ctrl+F)");
+  filter_edit->setToolTip(
+      "Regular expression matched anywhere in the full tensor name, case-insensitive (Ctrl+F)");
   dtype_filter = new QComboBox(left);
   dtype_filter->addItem("All dtypes", "");
   dtype_filter->setToolTip("Show only tensors of this dtype");
@@ -150,7 +151,8 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   tree_view->setSelectionBehavior(QAbstractItemView::SelectRows);
   tree_view->header()->setStretchLastSection(false);
   const int widths[TensorTreeModel::kColumnCount] = {215, 55, 100, 85, 75, 52, 42, 62};
-  for (int c = 0; c < TensorTreeModel::kColumnCount; ++c) tree_view->header()->resizeSection(c, widths[c]);
+  for (int c = 0; c < TensorTreeModel::kColumnCount; ++c)
+    tree_view->header()->resizeSection(c, widths[c]);
   tree_view->setAccessibleName("Tensors");
   ll->addWidget(tree_view, 1);
 
@@ -237,9 +239,11 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
     if (!flat && !tree_proxy->active()) ExpandSmallTopLevel();
     if (!keep.isEmpty()) SelectTensor(keep);
   });
-  connect(tree_view->selectionModel(), &QItemSelectionModel::currentChanged, this, &MainWindow::OnTensorChanged);
+  connect(tree_view->selectionModel(), &QItemSelectionModel::currentChanged, this,
+          &MainWindow::OnTensorChanged);
   connect(shard_map, &ShardMapWidget::chunkClicked, this, &MainWindow::OnChunkClicked);
-  connect(chunk_view, &QTableView::clicked, this, [this](const QModelIndex& i) { OnChunkClicked(i.row()); });
+  connect(chunk_view, &QTableView::clicked, this,
+          [this](const QModelIndex& i) { OnChunkClicked(i.row()); });
   auto dims_changed = [this] {
     shard_map->SetDims(row_dim_combo->currentData().toInt(), col_dim_combo->currentData().toInt());
   };
@@ -247,8 +251,10 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   connect(col_dim_combo, &QComboBox::activated, this, dims_changed);
   connect(heat_map, &RankFileHeatMap::fileClicked, this, &MainWindow::SelectFile);
   connect(byte_map, &ByteMapWidget::fileClicked, this, &MainWindow::SelectFile);
-  connect(byte_map, &ByteMapWidget::tensorClicked, this, [this](const QString& n) { SelectTensor(n); });
-  connect(files_view, &QTableView::clicked, this, [this](const QModelIndex& i) { SelectFile(i.row()); });
+  connect(byte_map, &ByteMapWidget::tensorClicked, this,
+          [this](const QString& n) { SelectTensor(n); });
+  connect(files_view, &QTableView::clicked, this,
+          [this](const QModelIndex& i) { SelectFile(i.row()); });
   connect(problems_view, &QTableView::activated, this, [this](const QModelIndex& i) {
     if (!layout_ || i.row() >= static_cast<int>(layout_->problems().size())) return;
     const Problem& p = layout_->problems()[i.row()];
@@ -265,7 +271,8 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
     const QString name = diff_model_->data(i, DiffModel::kTensorNameRole).toString();
     if (name.isEmpty()) return;
     if (!diff_model_->data(i, DiffModel::kInARole).toBool()) {
-      ShowBanner(QString("<b>%1</b> is only in the other checkpoint.").arg(name.toHtmlEscaped()), false);
+      ShowBanner(QString("<b>%1</b> is only in the other checkpoint.").arg(name.toHtmlEscaped()),
+                 false);
       return;
     }
     SelectTensor(name);
@@ -275,7 +282,8 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
 
   // --- settings
   flat_check->setChecked(settings_->value("flat", false).toBool());
-  daemon_panel->address_edit->setText(settings_->value("daemon/address", daemon_panel->address_edit->text()).toString());
+  daemon_panel->address_edit->setText(
+      settings_->value("daemon/address", daemon_panel->address_edit->text()).toString());
   daemon_panel->token_file_edit->setText(
       settings_->value("daemon/token_file", daemon_panel->token_file_edit->text()).toString());
   default_state_ = saveState();
@@ -290,7 +298,8 @@ MainWindow::~MainWindow() {
 }
 
 void MainWindow::BuildDocks() {
-  setDockOptions(QMainWindow::AnimatedDocks | QMainWindow::AllowTabbedDocks | QMainWindow::AllowNestedDocks);
+  setDockOptions(QMainWindow::AnimatedDocks | QMainWindow::AllowTabbedDocks |
+                 QMainWindow::AllowNestedDocks);
   // Files: the table and every file's byte map.
   auto* files_dock = new QDockWidget("Files", this);
   files_dock->setObjectName("files");
@@ -333,7 +342,8 @@ void MainWindow::BuildDocks() {
   auto* diff_box = new QWidget(diff_dock_);
   auto* diff_layout = new QVBoxLayout(diff_box);
   diff_layout->setContentsMargins(4, 4, 4, 4);
-  diff_summary = new QLabel("Tools → Compare With… compares this checkpoint with another, every byte.", diff_box);
+  diff_summary = new QLabel(
+      "Tools → Compare With… compares this checkpoint with another, every byte.", diff_box);
   diff_summary->setWordWrap(true);
   diff_summary->setTextInteractionFlags(Qt::TextSelectableByMouse);
   diff_model_ = new DiffModel(this);
@@ -367,7 +377,8 @@ void MainWindow::BuildMenus() {
   });
   open_dir->setShortcut(QKeySequence::Open);
   QAction* open_file = file->addAction("Open Safetensors &File…", this, [this] {
-    const QString f = QFileDialog::getOpenFileName(this, "Open safetensors file", path_, "Safetensors (*.safetensors);;All files (*)");
+    const QString f = QFileDialog::getOpenFileName(this, "Open safetensors file", path_,
+                                                   "Safetensors (*.safetensors);;All files (*)");
     if (!f.isEmpty()) OpenPath(f);
   });
   open_file->setShortcut(QKeySequence("Ctrl+Shift+O"));
@@ -375,7 +386,8 @@ void MainWindow::BuildMenus() {
     bool ok = false;
     const QString url = QInputDialog::getText(
         this, "Open URL",
-        "Checkpoint URL: http(s)://host/dir (a JSON directory index or model.safetensors.index.json), "
+        "Checkpoint URL: http(s)://host/dir (a JSON directory index or "
+        "model.safetensors.index.json), "
         "hf://ORG/REPO[@REVISION]/PATH ($HF_ENDPOINT). The token comes from $HF_TOKEN or "
         "~/.cache/huggingface/token.",
         QLineEdit::Normal, path_.contains("://") ? path_ : QString(), &ok);
@@ -395,7 +407,8 @@ void MainWindow::BuildMenus() {
   QMenu* tools = menuBar()->addMenu("&Tools");
   QAction* cons = tools->addAction("&Consolidate…", this, [this] { OpenConsolidateDialog(); });
   cons->setShortcut(QKeySequence("Ctrl+Shift+C"));
-  cons->setToolTip("Write the standard model-0000i-of-0000N.safetensors layout from this checkpoint");
+  cons->setToolTip(
+      "Write the standard model-0000i-of-0000N.safetensors layout from this checkpoint");
   QAction* remap = tools->addAction("&Remap Keys…", this, [this] { OpenRemapDialog(); });
   remap->setShortcut(QKeySequence("Ctrl+Shift+R"));
   QAction* compare = tools->addAction("Compare &With…", this, [this] {
@@ -403,7 +416,8 @@ void MainWindow::BuildMenus() {
       ShowBanner("Open a checkpoint first, then compare it with another.", true);
       return;
     }
-    const QString d = QFileDialog::getExistingDirectory(this, "Compare with checkpoint directory", path_);
+    const QString d =
+        QFileDialog::getExistingDirectory(this, "Compare with checkpoint directory", path_);
     if (!d.isEmpty()) CompareWith(d);
   });
   compare->setShortcut(QKeySequence("Ctrl+Shift+D"));
@@ -413,13 +427,15 @@ void MainWindow::BuildMenus() {
       return;
     }
     bool ok = false;
-    const QString url = QInputDialog::getText(this, "Compare with URL",
-                                              "Other checkpoint: a directory, http(s):// or hf:// URL",
-                                              QLineEdit::Normal, QString(), &ok);
+    const QString url = QInputDialog::getText(
+        this, "Compare with URL", "Other checkpoint: a directory, http(s):// or hf:// URL",
+        QLineEdit::Normal, QString(), &ok);
     if (ok && !url.trimmed().isEmpty()) CompareWith(url.trimmed());
   });
   compare_url->setObjectName("compare_url");
-  compare->setToolTip("Compare this checkpoint with another tensor by tensor: names, dtypes, shapes and every byte");
+  compare->setToolTip(
+      "Compare this checkpoint with another tensor by tensor: names, dtypes, shapes and every "
+      "byte");
   tools->addSeparator();
   tools->addAction("Copy Tensor List as Text", this, [this] {
     QApplication::clipboard()->setText(QString::fromStdString(tree_model->Dump()));
@@ -440,9 +456,10 @@ void MainWindow::BuildMenus() {
 
   QMenu* help = menuBar()->addMenu("&Help");
   help->addAction("&About", this, [this] {
-    QMessageBox::about(this, "safeshard inspector",
-                       "<b>safeshard inspector</b><p>Which shard holds which slice of which tensor, whether a "
-                       "checkpoint is complete, and its consolidation and key remapping.</p>");
+    QMessageBox::about(
+        this, "safeshard inspector",
+        "<b>safeshard inspector</b><p>Which shard holds which slice of which tensor, whether a "
+        "checkpoint is complete, and its consolidation and key remapping.</p>");
   });
 }
 
@@ -452,15 +469,22 @@ void MainWindow::ShowBanner(const QString& html, bool error) {
     return;
   }
   banner_->setText(html);
-  banner_->setStyleSheet(error ? "background: #fde8e8; color: #8a1111; border-bottom: 1px solid #e0a0a0;"
-                               : "background: #fff6dc; color: #5c4400; border-bottom: 1px solid #e6d090;");
+  banner_->setStyleSheet(
+      error ? "background: #fde8e8; color: #8a1111; border-bottom: 1px solid #e0a0a0;"
+            : "background: #fff6dc; color: #5c4400; border-bottom: 1px solid #e6d090;");
   banner_->show();
 }
 
-QString MainWindow::banner_text() const { return banner_->isVisible() ? banner_->text() : QString(); }
-QString MainWindow::summary_text() const { return summary_->text(); }
+QString MainWindow::banner_text() const {
+  return banner_->isVisible() ? banner_->text() : QString();
+}
+QString MainWindow::summary_text() const {
+  return summary_->text();
+}
 
-QString MainWindow::compare_summary() const { return diff_summary->text(); }
+QString MainWindow::compare_summary() const {
+  return diff_summary->text();
+}
 
 void MainWindow::CompareWith(const QString& other) {
   if (!layout_) {
@@ -488,20 +512,23 @@ void MainWindow::CompareWith(const QString& other) {
     comparing_ = false;
     Compared r = watcher->result();
     if (!r.status.ok()) {
-      diff_summary->setText(QString("<b>Cannot compare with %1</b>: %2")
-                                .arg(other.toHtmlEscaped(),
-                                     QString::fromStdString(std::string(r.status.message())).toHtmlEscaped()));
+      diff_summary->setText(
+          QString("<b>Cannot compare with %1</b>: %2")
+              .arg(other.toHtmlEscaped(),
+                   QString::fromStdString(std::string(r.status.message())).toHtmlEscaped()));
     } else {
       const DiffReport& d = *r.report;
-      const QString verdict = d.identical_all()
-                                  ? QString("<span style='color:#1b5e20'><b>identical</b></span>")
-                                  : QString("<span style='color:#b00020'><b>%1 difference(s)</b></span>").arg(d.diffs.size());
-      diff_summary->setText(QString("A (open) vs B %1: %2 · %3 tensors in both, %4 identical · %5 compared in %6 s")
-                                .arg(QString::fromStdString(r.b_desc).toHtmlEscaped(), verdict)
-                                .arg(d.in_both)
-                                .arg(d.identical)
-                                .arg(HumanBytes(d.bytes_compared))
-                                .arg(r.seconds, 0, 'f', 2));
+      const QString verdict =
+          d.identical_all() ? QString("<span style='color:#1b5e20'><b>identical</b></span>")
+                            : QString("<span style='color:#b00020'><b>%1 difference(s)</b></span>")
+                                  .arg(d.diffs.size());
+      diff_summary->setText(
+          QString("A (open) vs B %1: %2 · %3 tensors in both, %4 identical · %5 compared in %6 s")
+              .arg(QString::fromStdString(r.b_desc).toHtmlEscaped(), verdict)
+              .arg(d.in_both)
+              .arg(d.identical)
+              .arg(HumanBytes(d.bytes_compared))
+              .arg(r.seconds, 0, 'f', 2));
       diff_model_->SetReport(r.report);
       diff_view->resizeColumnsToContents();
     }
@@ -521,7 +548,8 @@ void MainWindow::CompareWith(const QString& other) {
       return r;
     }
     const CheckpointLayout& lb = b->layout;
-    r.b_desc = absl::StrCat(lb.root(), " (", CheckpointKindName(lb.kind()), ", ", lb.files().size(), " files)");
+    r.b_desc = absl::StrCat(lb.root(), " (", CheckpointKindName(lb.kind()), ", ", lb.files().size(),
+                            " files)");
     DiffOptions o;
     o.cancel = cancel.get();
     absl::StatusOr<DiffReport> d = DiffCheckpoints(*fs_a, *a, *b->fs, lb, o);
@@ -551,7 +579,9 @@ void MainWindow::OpenPath(const QString& path) {
     Loaded r = watcher->result();
     if (!r.status.ok()) {
       const QString msg = QString::fromStdString(std::string(r.status.message()));
-      ShowBanner(QString("<b>Cannot open %1</b>: %2").arg(path.toHtmlEscaped(), msg.toHtmlEscaped()), true);
+      ShowBanner(
+          QString("<b>Cannot open %1</b>: %2").arg(path.toHtmlEscaped(), msg.toHtmlEscaped()),
+          true);
       summary_->setText(layout_ ? summary_->text() : QString("Nothing open."));
       emit loadFailed(msg);
       return;
@@ -578,7 +608,8 @@ void MainWindow::OpenPath(const QString& path) {
   }));
 }
 
-void MainWindow::Install(std::shared_ptr<FileSystem> fs, std::shared_ptr<const CheckpointLayout> layout,
+void MainWindow::Install(std::shared_ptr<FileSystem> fs,
+                         std::shared_ptr<const CheckpointLayout> layout,
                          std::shared_ptr<TensorTreeModel::Prepared> prepared, double seconds) {
   selected_ = nullptr;
   chunk_model_->SetTensor(nullptr, nullptr);
@@ -612,28 +643,33 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs, std::shared_ptr<const C
     dtype_filter->clear();
     dtype_filter->addItem("All dtypes", "");
     for (const auto& [name, v] : per_dtype) {
-      dtype_filter->addItem(QString("%1 (%2)").arg(QString::fromStdString(name)).arg(v.second), QString::fromStdString(name));
+      dtype_filter->addItem(QString("%1 (%2)").arg(QString::fromStdString(name)).arg(v.second),
+                            QString::fromStdString(name));
     }
     const int i = dtype_filter->findData(keep);
     dtype_filter->setCurrentIndex(i < 0 ? 0 : i);
   }
   UpdateFilter();
   QStringList totals;
-  for (const auto& [name, v] : per_dtype) totals << QString("%1 %2").arg(QString::fromStdString(name), HumanBytes(v.first));
+  for (const auto& [name, v] : per_dtype)
+    totals << QString("%1 %2").arg(QString::fromStdString(name), HumanBytes(v.first));
   const size_t problems = layout_->problems().size();
   QString kind = QString::fromUtf8(CheckpointKindName(layout_->kind()).data());
   if (layout_->rank_count() > 0) kind += QString(", %1 ranks").arg(layout_->rank_count());
-  summary_->setText(QString("%1 · %2 files · %3 tensors · %4 · %5 · opened in %6 ms")
-                        .arg(kind)
-                        .arg(layout_->files().size())
-                        .arg(layout_->tensors().size())
-                        .arg(totals.join(" · "))
-                        .arg(problems ? QString("<span style='color:#b00020'><b>%1 problem(s)</b></span>").arg(problems)
-                             : layout_->completeness().proven
-                                 ? QString("<span style='color:#2e7d32'>consistent, complete</span>")
-                                 : QString("<span style='color:#2e7d32'>consistent</span> · "
-                                           "<span style='color:#8a5a00'>completeness unproven</span>"))
-                        .arg(static_cast<int>(seconds * 1000)));
+  summary_->setText(
+      QString("%1 · %2 files · %3 tensors · %4 · %5 · opened in %6 ms")
+          .arg(kind)
+          .arg(layout_->files().size())
+          .arg(layout_->tensors().size())
+          .arg(totals.join(" · "))
+          .arg(
+              problems
+                  ? QString("<span style='color:#b00020'><b>%1 problem(s)</b></span>").arg(problems)
+              : layout_->completeness().proven
+                  ? QString("<span style='color:#2e7d32'>consistent, complete</span>")
+                  : QString("<span style='color:#2e7d32'>consistent</span> · "
+                            "<span style='color:#8a5a00'>completeness unproven</span>"))
+          .arg(static_cast<int>(seconds * 1000)));
   summary_->setTextFormat(Qt::RichText);
   // What proves the checkpoint complete, or why nothing does (a lost highest rank leaves no
   // trace in the other ranks' headers).
@@ -663,11 +699,13 @@ void MainWindow::UpdateFilter() {
     return;  // keep the last valid filter
   }
   filter_edit->setStyleSheet({});
-  filter_edit->setToolTip("Regular expression matched anywhere in the full tensor name, case-insensitive (Ctrl+F)");
+  filter_edit->setToolTip(
+      "Regular expression matched anywhere in the full tensor name, case-insensitive (Ctrl+F)");
   tree_proxy->SetCriteria(re, dtype_filter->currentData().toString(), problems_only->isChecked());
   // Filtering shows matches with their groups open; unfiltered, the top level is open.
   if (tree_proxy->active() && tree_proxy->rowCount() > 0) {
-    if (VisibleRowsBelow(*tree_proxy, {}, kMaxAutoExpandRows) < kMaxAutoExpandRows) tree_view->expandAll();
+    if (VisibleRowsBelow(*tree_proxy, {}, kMaxAutoExpandRows) < kMaxAutoExpandRows)
+      tree_view->expandAll();
   } else if (!tree_model->flat()) {
     ExpandSmallTopLevel();
   }
@@ -698,8 +736,11 @@ bool MainWindow::SelectTensor(const QString& name) {
 
 void MainWindow::OnTensorChanged() {
   const QModelIndex cur = tree_view->currentIndex();
-  const QString name = cur.isValid() ? cur.siblingAtColumn(0).data(TensorTreeModel::kTensorNameRole).toString() : QString();
-  const TensorLayout* t = layout_ && !name.isEmpty() ? layout_->FindTensor(name.toStdString()) : nullptr;
+  const QString name =
+      cur.isValid() ? cur.siblingAtColumn(0).data(TensorTreeModel::kTensorNameRole).toString()
+                    : QString();
+  const TensorLayout* t =
+      layout_ && !name.isEmpty() ? layout_->FindTensor(name.toStdString()) : nullptr;
   if (t == selected_) return;
   selected_ = t;
   chunk_model_->SetTensor(layout_, t);
@@ -718,11 +759,13 @@ void MainWindow::UpdateDimCombos() {
   col_dim_combo->addItem("(none)", -1);
   if (selected_) {
     for (size_t d = 0; d < selected_->shape.size(); ++d) {
-      const QString label = QString("dim %1 (%2)").arg(d).arg(static_cast<qulonglong>(selected_->shape[d]));
+      const QString label =
+          QString("dim %1 (%2)").arg(d).arg(static_cast<qulonglong>(selected_->shape[d]));
       row_dim_combo->addItem(label, static_cast<int>(d));
       col_dim_combo->addItem(label, static_cast<int>(d));
     }
-    if (selected_->shape.size() >= 3) col_dim_combo->addItem("the rest, flattened", ShardMapWidget::kRest);
+    if (selected_->shape.size() >= 3)
+      col_dim_combo->addItem("the rest, flattened", ShardMapWidget::kRest);
   }
   row_dim_combo->setCurrentIndex(row_dim_combo->findData(shard_map->row_dim()));
   col_dim_combo->setCurrentIndex(col_dim_combo->findData(shard_map->col_dim()));
@@ -776,7 +819,9 @@ RemapDialog* MainWindow::OpenRemapDialog() {
   return d;
 }
 
-QStringList MainWindow::recent_paths() const { return settings_->value("recent").toStringList(); }
+QStringList MainWindow::recent_paths() const {
+  return settings_->value("recent").toStringList();
+}
 
 void MainWindow::AddRecent(const QString& path) {
   QStringList r = recent_paths();
@@ -791,7 +836,8 @@ void MainWindow::RebuildRecentMenu() {
   recent_menu_->clear();
   const QStringList r = recent_paths();
   for (const QString& p : r) recent_menu_->addAction(p, this, [this, p] { OpenPath(p); });
-  if (r.isEmpty()) recent_menu_->addAction("(none)")->setEnabled(false);
+  if (r.isEmpty())
+    recent_menu_->addAction("(none)")->setEnabled(false);
   else {
     recent_menu_->addSeparator();
     recent_menu_->addAction("Clear", this, [this] {

@@ -50,10 +50,10 @@ class ShardMapWidget;
 class TensorFilterProxy;
 
 struct InspectorOptions {
-  FileSystem* fs = nullptr;    // for plain paths; default: the local file system. URLs
-                               // (http(s)://, hf://) get their own (token from the environment)
-  StatsFunction stats;         // the values tab is disabled without one
-  QString settings_file;       // default: QSettings("safeshard", "inspector")
+  FileSystem* fs = nullptr;  // for plain paths; default: the local file system. URLs
+                             // (http(s)://, hf://) get their own (token from the environment)
+  StatsFunction stats;       // the values tab is disabled without one
+  QString settings_file;     // default: QSettings("safeshard", "inspector")
 };
 
 class MainWindow : public QMainWindow {

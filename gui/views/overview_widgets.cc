@@ -14,7 +14,9 @@ namespace safeshard::gui {
 namespace {
 constexpr double kHeatLeft = 70, kHeatTop = 26, kHeatRow = 26, kHeatMinCol = 92, kHeatMaxCol = 180;
 constexpr double kMapLeft = 230, kMapTop = 28, kMapRow = 24, kMapRight = 10;
-QString Q(const std::string& s) { return QString::fromStdString(s); }
+QString Q(const std::string& s) {
+  return QString::fromStdString(s);
+}
 }  // namespace
 
 QColor DTypeColor(DType d) {
@@ -84,8 +86,12 @@ void RankFileHeatMap::SetLayout(std::shared_ptr<const CheckpointLayout> layout) 
   update();
 }
 
-uint64_t RankFileHeatMap::CellBytes(int r, int c) const { return bytes_[r][c]; }
-const std::vector<int>& RankFileHeatMap::CellFiles(int r, int c) const { return files_[r][c]; }
+uint64_t RankFileHeatMap::CellBytes(int r, int c) const {
+  return bytes_[r][c];
+}
+const std::vector<int>& RankFileHeatMap::CellFiles(int r, int c) const {
+  return files_[r][c];
+}
 
 double RankFileHeatMap::CellWidth() const {
   if (col_labels_.empty()) return kHeatMinCol;
@@ -93,7 +99,8 @@ double RankFileHeatMap::CellWidth() const {
 }
 
 QRectF RankFileHeatMap::CellRect(int r, int c) const {
-  return QRectF(kHeatLeft + c * CellWidth(), kHeatTop + r * kHeatRow, CellWidth() - 2, kHeatRow - 2);
+  return QRectF(kHeatLeft + c * CellWidth(), kHeatTop + r * kHeatRow, CellWidth() - 2,
+                kHeatRow - 2);
 }
 
 std::pair<int, int> RankFileHeatMap::CellAt(QPointF p) const {
@@ -120,13 +127,14 @@ void RankFileHeatMap::paintEvent(QPaintEvent*) {
   p.setPen(palette().color(QPalette::Text));
   for (int c = 0; c < column_count(); ++c) {
     QRectF h(kHeatLeft + c * CellWidth(), 4, CellWidth() - 2, kHeatTop - 6);
-    p.drawText(h, Qt::AlignCenter, p.fontMetrics().elidedText(col_labels_[c], Qt::ElideMiddle, h.width()));
+    p.drawText(h, Qt::AlignCenter,
+               p.fontMetrics().elidedText(col_labels_[c], Qt::ElideMiddle, h.width()));
   }
   const QColor hot(0x2b, 0x5c, 0x9e), cold = palette().color(QPalette::AlternateBase);
   for (int r = 0; r < row_count(); ++r) {
     p.setPen(palette().color(QPalette::Text));
-    p.drawText(QRectF(4, kHeatTop + r * kHeatRow, kHeatLeft - 8, kHeatRow - 2), Qt::AlignRight | Qt::AlignVCenter,
-               row_labels_[r]);
+    p.drawText(QRectF(4, kHeatTop + r * kHeatRow, kHeatLeft - 8, kHeatRow - 2),
+               Qt::AlignRight | Qt::AlignVCenter, row_labels_[r]);
     for (int c = 0; c < column_count(); ++c) {
       const QRectF cell = CellRect(r, c);
       const double t = max_ ? std::sqrt(static_cast<double>(bytes_[r][c]) / max_) : 0;
@@ -195,7 +203,8 @@ void ByteMapWidget::SetLayout(std::shared_ptr<const CheckpointLayout> layout) {
       }
     }
     for (auto& s : segments_) {
-      std::sort(s.begin(), s.end(), [](const Segment& a, const Segment& b) { return a.begin < b.begin; });
+      std::sort(s.begin(), s.end(),
+                [](const Segment& a, const Segment& b) { return a.begin < b.begin; });
     }
   }
   updateGeometry();
@@ -208,8 +217,8 @@ void ByteMapWidget::SetSelectedFile(int file) {
 }
 
 QRectF ByteMapWidget::RowRect(int file) const {
-  return QRectF(kMapLeft, kMapTop + file * kMapRow + 3, std::max(20.0, width() - kMapLeft - kMapRight),
-                kMapRow - 6);
+  return QRectF(kMapLeft, kMapTop + file * kMapRow + 3,
+                std::max(20.0, width() - kMapLeft - kMapRight), kMapRow - 6);
 }
 
 QSize ByteMapWidget::sizeHint() const {
@@ -227,14 +236,16 @@ std::pair<int, int> ByteMapWidget::SegmentAt(QPointF p) const {
   const auto& segs = segments_[f];
   // Last segment beginning at or before pos; widen by half a pixel so thin segments can be hit.
   const double slack = static_cast<double>(size) / row.width() / 2;
-  auto it = std::upper_bound(segs.begin(), segs.end(), pos,
-                             [](double v, const Segment& s) { return v < static_cast<double>(s.begin); });
+  auto it = std::upper_bound(segs.begin(), segs.end(), pos, [](double v, const Segment& s) {
+    return v < static_cast<double>(s.begin);
+  });
   for (auto j = it; j != segs.begin();) {
     --j;
     if (static_cast<double>(j->end) + slack >= pos) return {f, static_cast<int>(j - segs.begin())};
     break;
   }
-  if (it != segs.end() && static_cast<double>(it->begin) - slack <= pos) return {f, static_cast<int>(it - segs.begin())};
+  if (it != segs.end() && static_cast<double>(it->begin) - slack <= pos)
+    return {f, static_cast<int>(it - segs.begin())};
   return {f, -1};
 }
 
@@ -248,7 +259,8 @@ void ByteMapWidget::paintEvent(QPaintEvent* e) {
   }
   // Legend: dtypes present.
   std::map<std::string, QColor> legend;
-  for (const TensorLayout& t : layout_->tensors()) legend[std::string(DTypeName(t.dtype))] = DTypeColor(t.dtype);
+  for (const TensorLayout& t : layout_->tensors())
+    legend[std::string(DTypeName(t.dtype))] = DTypeColor(t.dtype);
   double x = 8;
   p.setPen(palette().color(QPalette::Text));
   p.fillRect(QRectF(x, 8, 12, 12), QColor(0x55, 0x55, 0x55));
@@ -266,11 +278,13 @@ void ByteMapWidget::paintEvent(QPaintEvent* e) {
     const FileInfo& fi = layout_->files()[f];
     const QRectF row = RowRect(f);
     if (f == selected_file_) {
-      p.fillRect(QRectF(0, row.top() - 3, width(), kMapRow), palette().color(QPalette::Highlight).lighter(170));
+      p.fillRect(QRectF(0, row.top() - 3, width(), kMapRow),
+                 palette().color(QPalette::Highlight).lighter(170));
     }
     p.setPen(fi.error ? QColor(200, 20, 20) : palette().color(QPalette::Text));
-    p.drawText(QRectF(6, row.top() - 3, kMapLeft - 12, kMapRow), Qt::AlignLeft | Qt::AlignVCenter,
-               p.fontMetrics().elidedText(Q(fi.name), Qt::ElideMiddle, static_cast<int>(kMapLeft - 12)));
+    p.drawText(
+        QRectF(6, row.top() - 3, kMapLeft - 12, kMapRow), Qt::AlignLeft | Qt::AlignVCenter,
+        p.fontMetrics().elidedText(Q(fi.name), Qt::ElideMiddle, static_cast<int>(kMapLeft - 12)));
     p.fillRect(row, palette().color(QPalette::AlternateBase));
     const double scale = row.width() / static_cast<double>(std::max<uint64_t>(1, fi.size));
     // Segments narrower than a pixel are merged into one-pixel marks.
@@ -279,7 +293,8 @@ void ByteMapWidget::paintEvent(QPaintEvent* e) {
       const double x0 = row.left() + s.begin * scale, x1 = row.left() + s.end * scale;
       if (x1 - x0 < 1 && std::floor(x0) == last_px) continue;
       last_px = std::floor(x0);
-      const QColor c = s.tensor < 0 ? QColor(0x55, 0x55, 0x55) : DTypeColor(layout_->tensors()[s.tensor].dtype);
+      const QColor c =
+          s.tensor < 0 ? QColor(0x55, 0x55, 0x55) : DTypeColor(layout_->tensors()[s.tensor].dtype);
       p.fillRect(QRectF(x0, row.top(), std::max(1.0, x1 - x0), row.height()), c);
       if (x1 - x0 >= 4) {
         p.setPen(c.darker(150));
@@ -288,7 +303,8 @@ void ByteMapWidget::paintEvent(QPaintEvent* e) {
     }
     if (fi.error) {
       p.setPen(QColor(200, 20, 20));
-      p.drawText(row, Qt::AlignCenter, p.fontMetrics().elidedText(Q(*fi.error), Qt::ElideRight, row.width()));
+      p.drawText(row, Qt::AlignCenter,
+                 p.fontMetrics().elidedText(Q(*fi.error), Qt::ElideRight, row.width()));
     }
   }
 }
@@ -319,7 +335,8 @@ bool ByteMapWidget::event(QEvent* e) {
                                           : Q(layout_->tensors()[seg.tensor].name).toHtmlEscaped();
       text += QString("<br>%1<br>bytes %2 – %3 (%4)")
                   .arg(what, QString::number(static_cast<qulonglong>(seg.begin)),
-                       QString::number(static_cast<qulonglong>(seg.end)), HumanBytes(seg.end - seg.begin));
+                       QString::number(static_cast<qulonglong>(seg.end)),
+                       HumanBytes(seg.end - seg.begin));
     }
     QToolTip::showText(he->globalPos(), text, this);
     return true;

@@ -27,8 +27,11 @@ class CollisionProxy : public QIdentityProxyModel {
   using QIdentityProxyModel::QIdentityProxyModel;
   QVariant data(const QModelIndex& index, int role) const override {
     if (role == Qt::BackgroundRole || role == Qt::ForegroundRole) {
-      const bool collides = QIdentityProxyModel::data(index, RemapPreviewModel::kCollisionRole).toBool();
-      if (collides) return role == Qt::BackgroundRole ? QVariant(QColor(255, 214, 214)) : QVariant(QColor(140, 0, 0));
+      const bool collides =
+          QIdentityProxyModel::data(index, RemapPreviewModel::kCollisionRole).toBool();
+      if (collides)
+        return role == Qt::BackgroundRole ? QVariant(QColor(255, 214, 214))
+                                          : QVariant(QColor(140, 0, 0));
     }
     return QIdentityProxyModel::data(index, role);
   }
@@ -36,8 +39,8 @@ class CollisionProxy : public QIdentityProxyModel {
 
 }  // namespace
 
-RemapDialog::RemapDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs,
-                         QWidget* parent)
+RemapDialog::RemapDialog(std::shared_ptr<const CheckpointLayout> layout,
+                         std::shared_ptr<FileSystem> fs, QWidget* parent)
     : QDialog(parent), layout_(std::move(layout)), fs_(fs) {
   setWindowTitle("Remap keys");
   resize(900, 600);
@@ -89,10 +92,12 @@ RemapDialog::RemapDialog(std::shared_ptr<const CheckpointLayout> layout, std::sh
   l->addWidget(status_);
   auto* out = new QHBoxLayout;
   out->addWidget(new QLabel("Output directory:", this));
-  output_edit = new QLineEdit(UrlScheme(layout_->root()).empty()
-                                  ? QString::fromStdString(layout_->root()) + "-remapped"
-                                  : QDir::homePath() + "/" + QString::fromStdString(BaseName(layout_->root())) + "-remapped",
-                              this);
+  output_edit =
+      new QLineEdit(UrlScheme(layout_->root()).empty()
+                        ? QString::fromStdString(layout_->root()) + "-remapped"
+                        : QDir::homePath() + "/" +
+                              QString::fromStdString(BaseName(layout_->root())) + "-remapped",
+                    this);
   out->addWidget(output_edit, 1);
   l->addLayout(out);
   auto* box = new QDialogButtonBox(this);
@@ -164,18 +169,25 @@ void RemapDialog::UpdatePreview() {
     text = QString("<span style='color:#b00020'>%1</span> (the preview shows the last valid rules)")
                .arg(QString::fromStdString(std::string(s.message())).toHtmlEscaped());
   } else if (preview_model->collisions() > 0) {
-    text = QString("<span style='color:#b00020'><b>%1 key(s) collide</b></span>: two tensors would get the same "
-                   "name (highlighted). Apply is refused until the rules keep names distinct.")
+    text = QString(
+               "<span style='color:#b00020'><b>%1 key(s) collide</b></span>: two tensors would get "
+               "the same "
+               "name (highlighted). Apply is refused until the rules keep names distinct.")
                .arg(preview_model->collisions());
   } else {
-    text = QString("%1 of %2 keys renamed.").arg(preview_model->changed()).arg(preview_model->rowCount());
+    text = QString("%1 of %2 keys renamed.")
+               .arg(preview_model->changed())
+               .arg(preview_model->rowCount());
   }
   status_->setText(text);
   apply_button->setEnabled(!running_ && rules_ok_ && preview_model->collisions() == 0 &&
-                           preview_model->changed() > 0 && !output_edit->text().trimmed().isEmpty());
+                           preview_model->changed() > 0 &&
+                           !output_edit->text().trimmed().isEmpty());
 }
 
-QString RemapDialog::status_text() const { return status_->text(); }
+QString RemapDialog::status_text() const {
+  return status_->text();
+}
 
 bool RemapDialog::Apply() {
   if (running_) return false;
@@ -201,12 +213,15 @@ bool RemapDialog::Apply() {
     absl::StatusOr<RemapResult> r = watcher->result();
     UpdatePreview();
     if (!r.ok()) {
-      status_->setText(QString("<span style='color:#b00020'>%1</span>")
-                           .arg(QString::fromStdString(std::string(r.status().message())).toHtmlEscaped()));
+      status_->setText(
+          QString("<span style='color:#b00020'>%1</span>")
+              .arg(QString::fromStdString(std::string(r.status().message())).toHtmlEscaped()));
       emit runFinished(false);
       return;
     }
-    status_->setText(QString("Wrote %1 file(s) with %2 renamed key(s).").arg(r->files.size()).arg(r->plan.changed));
+    status_->setText(QString("Wrote %1 file(s) with %2 renamed key(s).")
+                         .arg(r->files.size())
+                         .arg(r->plan.changed));
     emit runFinished(true);
     emit remapped(output_edit->text().trimmed());
     accept();

@@ -27,7 +27,8 @@ class RemapDialog : public QDialog {
 
  public:
   // `fs` holds the layout's files; outputs are written to local directories.
-  RemapDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs, QWidget* parent = nullptr);
+  RemapDialog(std::shared_ptr<const CheckpointLayout> layout, std::shared_ptr<FileSystem> fs,
+              QWidget* parent = nullptr);
 
   // Replaces the rules in the editor (tests; also "load rules").
   void SetRules(const std::vector<std::pair<QString, QString>>& rules);

@@ -20,7 +20,9 @@ constexpr uint64_t kMaxStripes = 1024;  // per chunk in "rest" mode
 constexpr double kLeft = 64, kTop = 48, kRight = 16, kBottom = 30;
 
 QString Slice(uint64_t off, uint64_t size) {
-  return QString("%1:%2").arg(static_cast<qulonglong>(off)).arg(static_cast<qulonglong>(off + size));
+  return QString("%1:%2")
+      .arg(static_cast<qulonglong>(off))
+      .arg(static_cast<qulonglong>(off + size));
 }
 
 }  // namespace
@@ -45,7 +47,8 @@ ShardMapWidget::ShardMapWidget(QWidget* parent) : QWidget(parent) {
   setAccessibleName("Shard map");
 }
 
-void ShardMapWidget::SetTensor(std::shared_ptr<const CheckpointLayout> layout, const TensorLayout* tensor) {
+void ShardMapWidget::SetTensor(std::shared_ptr<const CheckpointLayout> layout,
+                               const TensorLayout* tensor) {
   layout_ = std::move(layout);
   tensor_ = tensor;
   selected_ = -1;
@@ -97,7 +100,8 @@ std::vector<std::pair<uint64_t, uint64_t>> ShardMapWidget::ColIntervals(int chun
   uint64_t runs = 1;
   for (size_t j = 0; j < k; ++j) runs *= c.sizes[dims[j]];
   std::vector<uint64_t> stride(dims.size(), 1);  // flattened strides of dims
-  for (size_t j = dims.size() - 1; j-- > 0;) stride[j] = stride[j + 1] * tensor_->shape[dims[j + 1]];
+  for (size_t j = dims.size() - 1; j-- > 0;)
+    stride[j] = stride[j + 1] * tensor_->shape[dims[j + 1]];
   const uint64_t run_len = c.sizes[dims[k]] * inner;
   if (runs == 0 || run_len == 0) return {};
   if (runs > kMaxStripes) {  // too many to draw: the bounding interval
@@ -236,7 +240,8 @@ QRectF ShardMapWidget::CellRect(const Cell& c) const {
 }
 
 std::vector<QRectF> ShardMapWidget::ChunkRects(int chunk) const {
-  if (tensor_ == nullptr || chunk < 0 || chunk >= static_cast<int>(tensor_->chunks.size())) return {};
+  if (tensor_ == nullptr || chunk < 0 || chunk >= static_cast<int>(tensor_->chunks.size()))
+    return {};
   auto [r0, r1] = Span(chunk, row_dim_);
   std::vector<QRectF> out;
   for (auto [c0, c1] : ColIntervals(chunk)) out.push_back(CellRect({r0, r1, c0, c1}));
@@ -256,7 +261,8 @@ int ShardMapWidget::ChunkAt(QPointF p) const {
     if (!ChunkRect(i).contains(p)) return false;
     for (const QRectF& r : ChunkRects(i)) {
       // Stripes thinner than a pixel are hit within half a pixel.
-      if (r.adjusted(r.width() < 1 ? -0.5 : 0, 0, r.width() < 1 ? 0.5 : 0, 0).contains(p)) return true;
+      if (r.adjusted(r.width() < 1 ? -0.5 : 0, 0, r.width() < 1 ? 0.5 : 0, 0).contains(p))
+        return true;
     }
     return false;
   };
@@ -275,7 +281,8 @@ void ShardMapWidget::SelectChunk(int chunk) {
 }
 
 QString ShardMapWidget::ChunkDescription(int chunk) const {
-  if (tensor_ == nullptr || chunk < 0 || chunk >= static_cast<int>(tensor_->chunks.size())) return {};
+  if (tensor_ == nullptr || chunk < 0 || chunk >= static_cast<int>(tensor_->chunks.size()))
+    return {};
   const Chunk& c = tensor_->chunks[chunk];
   const FileInfo& f = layout_->files()[c.file];
   QString slice;
@@ -284,7 +291,9 @@ QString ShardMapWidget::ChunkDescription(int chunk) const {
     slice += Slice(c.offsets[d], c.sizes[d]);
   }
   QString text =
-      QString("<b>%1</b>[%2]<br>file <b>%3</b>%4<br>offsets %5, sizes %6<br>bytes %7 – %8 of the file (%9)")
+      QString(
+          "<b>%1</b>[%2]<br>file <b>%3</b>%4<br>offsets %5, sizes %6<br>bytes %7 – %8 of the file "
+          "(%9)")
           .arg(QString::fromStdString(tensor_->name).toHtmlEscaped(), slice,
                QString::fromStdString(f.name).toHtmlEscaped(),
                f.shard ? QString(" (rank %1)").arg(*f.shard - 1) : QString(), DimsText(c.offsets),
@@ -297,7 +306,9 @@ QString ShardMapWidget::ChunkDescription(int chunk) const {
   return text;
 }
 
-void ShardMapWidget::resizeEvent(QResizeEvent*) { Relayout(); }
+void ShardMapWidget::resizeEvent(QResizeEvent*) {
+  Relayout();
+}
 
 void ShardMapWidget::mousePressEvent(QMouseEvent* e) {
   const int c = ChunkAt(e->position());
@@ -309,9 +320,12 @@ void ShardMapWidget::keyPressEvent(QKeyEvent* e) {
   if (tensor_ == nullptr || tensor_->chunks.empty()) return QWidget::keyPressEvent(e);
   const int n = static_cast<int>(tensor_->chunks.size());
   int next = selected_;
-  if (e->key() == Qt::Key_Right || e->key() == Qt::Key_Down) next = (selected_ + 1) % n;
-  else if (e->key() == Qt::Key_Left || e->key() == Qt::Key_Up) next = (selected_ <= 0 ? n : selected_) - 1;
-  else return QWidget::keyPressEvent(e);
+  if (e->key() == Qt::Key_Right || e->key() == Qt::Key_Down)
+    next = (selected_ + 1) % n;
+  else if (e->key() == Qt::Key_Left || e->key() == Qt::Key_Up)
+    next = (selected_ <= 0 ? n : selected_) - 1;
+  else
+    return QWidget::keyPressEvent(e);
   SelectChunk(next);
   emit chunkClicked(next);
 }
@@ -329,7 +343,10 @@ bool ShardMapWidget::event(QEvent* e) {
         }
       }
     }
-    if (text.isEmpty()) QToolTip::hideText(); else QToolTip::showText(he->globalPos(), text, this);
+    if (text.isEmpty())
+      QToolTip::hideText();
+    else
+      QToolTip::showText(he->globalPos(), text, this);
     return true;
   }
   return QWidget::event(e);
@@ -341,7 +358,8 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
   p.fillRect(rect(), palette().base());
   if (tensor_ == nullptr) {
     p.setPen(palette().color(QPalette::PlaceholderText));
-    p.drawText(rect(), Qt::AlignCenter, "Select a tensor to see which file holds which slice of it");
+    p.drawText(rect(), Qt::AlignCenter,
+               "Select a tensor to see which file holds which slice of it");
     return;
   }
   // Caption.
@@ -361,15 +379,18 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
       for (int k = 0; k < static_cast<int>(tensor_->shape.size()); ++k) {
         if (k != row_dim_) parts << QString::number(k);
       }
-      return QString("dims %1 flattened (%2)").arg(parts.join(","), QString::number(static_cast<qulonglong>(Extent(kRest))));
+      return QString("dims %1 flattened (%2)")
+          .arg(parts.join(","), QString::number(static_cast<qulonglong>(Extent(kRest))));
     }
-    return d < 0 ? QString("1") : QString("dim %1 (%2)").arg(d).arg(static_cast<qulonglong>(tensor_->shape[d]));
+    return d < 0 ? QString("1")
+                 : QString("dim %1 (%2)").arg(d).arg(static_cast<qulonglong>(tensor_->shape[d]));
   };
-  QString sub = QString("%1 %2 · %3 chunks in %4 files · rows: %5 · columns: %6")
-                    .arg(QString::fromUtf8(DTypeName(tensor_->dtype).data()), DimsText(tensor_->shape))
-                    .arg(tensor_->chunks.size())
-                    .arg(files.size())
-                    .arg(dim_text(row_dim_), dim_text(col_dim_));
+  QString sub =
+      QString("%1 %2 · %3 chunks in %4 files · rows: %5 · columns: %6")
+          .arg(QString::fromUtf8(DTypeName(tensor_->dtype).data()), DimsText(tensor_->shape))
+          .arg(tensor_->chunks.size())
+          .arg(files.size())
+          .arg(dim_text(row_dim_), dim_text(col_dim_));
   if (aspect_compressed_) sub += " · aspect compressed";
   if (!gaps_.empty()) sub += QString(" · %1 gap region(s)").arg(gaps_.size());
   if (!overlaps_.empty()) sub += QString(" · %1 overlap region(s)").arg(overlaps_.size());
@@ -401,8 +422,10 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
     const int rank = RankOfFile(*layout_, tensor_->chunks[i].file);
     QColor fill = RankColor(rank);
     fill.setAlpha(i == selected_ ? 235 : 190);
-    for (const QRectF& st : stripes) p.fillRect(st.adjusted(0, 0, st.width() < 1 ? 1 - st.width() : 0, 0), fill);
-    const QPen outline(i == selected_ ? palette().color(QPalette::Highlight) : fill.darker(160), i == selected_ ? 3 : 1);
+    for (const QRectF& st : stripes)
+      p.fillRect(st.adjusted(0, 0, st.width() < 1 ? 1 - st.width() : 0, 0), fill);
+    const QPen outline(i == selected_ ? palette().color(QPalette::Highlight) : fill.darker(160),
+                       i == selected_ ? 3 : 1);
     if (stripes.size() == 1) {
       p.setPen(outline);
       p.drawRect(r.adjusted(0.5, 0.5, -0.5, -0.5));
@@ -417,17 +440,23 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
     const Chunk& c = tensor_->chunks[i];
     QString slice;
     for (size_t d = 0; d < c.offsets.size(); ++d) {
-      if (col_dim_ != kRest && static_cast<int>(d) != row_dim_ && static_cast<int>(d) != col_dim_) continue;
+      if (col_dim_ != kRest && static_cast<int>(d) != row_dim_ && static_cast<int>(d) != col_dim_)
+        continue;
       if (!slice.isEmpty()) slice += ", ";
       slice += Slice(c.offsets[d], c.sizes[d]);
     }
-    const QString label = QString("%1\n[%2]").arg(
-        layout_->files()[c.file].shard ? QString("rank %1").arg(rank) : QString("file %1").arg(rank + 1), slice);
-    const QRect needed = p.fontMetrics().boundingRect(QRect(0, 0, 1000, 100), Qt::AlignCenter, label);
+    const QString label =
+        QString("%1\n[%2]")
+            .arg(layout_->files()[c.file].shard ? QString("rank %1").arg(rank)
+                                                : QString("file %1").arg(rank + 1),
+                 slice);
+    const QRect needed =
+        p.fontMetrics().boundingRect(QRect(0, 0, 1000, 100), Qt::AlignCenter, label);
     if (r.width() > needed.width() + 6 && r.height() > needed.height() + 4) {
       p.setPen(fill.lightness() > 150 ? Qt::black : Qt::white);
       p.drawText(r, Qt::AlignCenter, label);
-    } else if (r.width() > p.fontMetrics().horizontalAdvance("r00") + 4 && r.height() > p.fontMetrics().height()) {
+    } else if (r.width() > p.fontMetrics().horizontalAdvance("r00") + 4 &&
+               r.height() > p.fontMetrics().height()) {
       p.setPen(fill.lightness() > 150 ? Qt::black : Qt::white);
       p.drawText(r, Qt::AlignCenter, QString::number(rank));
     }

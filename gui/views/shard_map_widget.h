@@ -46,7 +46,7 @@ class ShardMapWidget : public QWidget {
 
   // Geometry in widget coordinates (valid after a resize; tests call resize() first).
   QRectF TensorRect() const { return tensor_rect_; }
-  QRectF ChunkRect(int chunk) const;           // bounding rectangle
+  QRectF ChunkRect(int chunk) const;                // bounding rectangle
   std::vector<QRectF> ChunkRects(int chunk) const;  // its stripes (one rectangle unless kRest)
   // Element ranges [r0, r1) x [c0, c1) of the shown dims covered by no chunk / by two or more.
   struct Cell {

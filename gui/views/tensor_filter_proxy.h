@@ -29,7 +29,8 @@ class TensorFilterProxy : public QSortFilterProxyModel {
   // Tensors (and groups) with problems are drawn in red.
   QVariant data(const QModelIndex& index, int role) const override {
     if (role == Qt::ForegroundRole &&
-        index.siblingAtColumn(TensorTreeModel::kStatus).data().toString() == QLatin1String("problem")) {
+        index.siblingAtColumn(TensorTreeModel::kStatus).data().toString() ==
+            QLatin1String("problem")) {
       return QColor(176, 0, 32);
     }
     return QSortFilterProxyModel::data(index, role);
@@ -39,11 +40,16 @@ class TensorFilterProxy : public QSortFilterProxyModel {
   bool filterAcceptsRow(int row, const QModelIndex& parent) const override {
     if (!active_) return true;
     const QAbstractItemModel* m = sourceModel();
-    const QString name = m->data(m->index(row, 0, parent), TensorTreeModel::kTensorNameRole).toString();
+    const QString name =
+        m->data(m->index(row, 0, parent), TensorTreeModel::kTensorNameRole).toString();
     if (name.isEmpty()) return false;  // a group: shown when a descendant matches
     if (!name_.pattern().isEmpty() && !name_.match(name).hasMatch()) return false;
-    if (!dtype_.isEmpty() && m->data(m->index(row, TensorTreeModel::kDType, parent)).toString() != dtype_) return false;
-    if (problems_only_ && m->data(m->index(row, TensorTreeModel::kStatus, parent)).toString() != "problem") return false;
+    if (!dtype_.isEmpty() &&
+        m->data(m->index(row, TensorTreeModel::kDType, parent)).toString() != dtype_)
+      return false;
+    if (problems_only_ &&
+        m->data(m->index(row, TensorTreeModel::kStatus, parent)).toString() != "problem")
+      return false;
     return true;
   }
 

@@ -28,7 +28,9 @@ void HistogramWidget::SetStats(const std::optional<TensorStats>& s) {
   update();
 }
 
-QRectF HistogramWidget::Plot() const { return QRectF(8, 8, width() - 16, height() - 30); }
+QRectF HistogramWidget::Plot() const {
+  return QRectF(8, 8, width() - 16, height() - 30);
+}
 
 void HistogramWidget::paintEvent(QPaintEvent*) {
   QPainter p(this);
@@ -41,7 +43,8 @@ void HistogramWidget::paintEvent(QPaintEvent*) {
   for (size_t i = 0; i < h.size(); ++i) {
     // Square-root scale keeps small bins visible next to a dominant one.
     const double frac = std::sqrt(static_cast<double>(h[i]) / peak);
-    const QRectF bar(plot.left() + i * w, plot.bottom() - frac * plot.height(), std::max(1.0, w - 1), frac * plot.height());
+    const QRectF bar(plot.left() + i * w, plot.bottom() - frac * plot.height(),
+                     std::max(1.0, w - 1), frac * plot.height());
     p.fillRect(bar, QColor(0x4e79a7));
   }
   p.setPen(palette().color(QPalette::Text));
@@ -74,7 +77,8 @@ bool HistogramWidget::event(QEvent* e) {
   return QWidget::event(e);
 }
 
-ValuesPanel::ValuesPanel(StatsFunction stats, QWidget* parent) : QWidget(parent), fn_(std::move(stats)) {
+ValuesPanel::ValuesPanel(StatsFunction stats, QWidget* parent)
+    : QWidget(parent), fn_(std::move(stats)) {
   auto* l = new QVBoxLayout(this);
   title_ = new QLabel(this);
   title_->setTextFormat(Qt::RichText);
@@ -84,7 +88,8 @@ ValuesPanel::ValuesPanel(StatsFunction stats, QWidget* parent) : QWidget(parent)
   message_ = new QLabel(this);
   message_->setWordWrap(true);
   compute_ = new QPushButton("Compute statistics", this);
-  compute_->setToolTip("Reads every chunk of the tensor (memory stays bounded) and computes its statistics");
+  compute_->setToolTip(
+      "Reads every chunk of the tensor (memory stays bounded) and computes its statistics");
   histogram_ = new HistogramWidget(this);
   l->addWidget(title_);
   l->addWidget(table_);
@@ -99,9 +104,12 @@ ValuesPanel::~ValuesPanel() {
   if (running_) running_->cancel = true;  // the task owns copies of everything it reads
 }
 
-QString ValuesPanel::message() const { return message_->text(); }
+QString ValuesPanel::message() const {
+  return message_->text();
+}
 
-void ValuesPanel::SetTensor(std::shared_ptr<FileSystem> fs, std::shared_ptr<const CheckpointLayout> layout,
+void ValuesPanel::SetTensor(std::shared_ptr<FileSystem> fs,
+                            std::shared_ptr<const CheckpointLayout> layout,
                             const TensorLayout* tensor) {
   if (running_) {
     running_->cancel = true;  // its result will be dropped
@@ -117,7 +125,8 @@ void ValuesPanel::SetTensor(std::shared_ptr<FileSystem> fs, std::shared_ptr<cons
   if (tensor_->bytes() <= kAutoBytes) {
     Compute();
   } else {
-    message_->setText(QString("%1 of data: press Compute to read it.").arg(HumanBytes(tensor_->bytes())));
+    message_->setText(
+        QString("%1 of data: press Compute to read it.").arg(HumanBytes(tensor_->bytes())));
   }
 }
 
@@ -149,9 +158,10 @@ void ValuesPanel::Compute() {
     }
     emit finished();
   });
-  watcher->setFuture(QtConcurrent::run([fn, fs, layout, tensor, job]() -> absl::StatusOr<TensorStats> {
-    return fn(*fs, *layout, *tensor, &job->cancel);
-  }));
+  watcher->setFuture(
+      QtConcurrent::run([fn, fs, layout, tensor, job]() -> absl::StatusOr<TensorStats> {
+        return fn(*fs, *layout, *tensor, &job->cancel);
+      }));
 }
 
 void ValuesPanel::Show() {
@@ -166,22 +176,29 @@ void ValuesPanel::Show() {
   }
   title_->setText(QString("<b>%1</b> &nbsp; %2 %3")
                       .arg(QString::fromStdString(tensor_->name).toHtmlEscaped(),
-                           QString::fromUtf8(DTypeName(tensor_->dtype).data()), DimsText(tensor_->shape)));
+                           QString::fromUtf8(DTypeName(tensor_->dtype).data()),
+                           DimsText(tensor_->shape)));
   if (!stats_) {
     table_->clear();
     return;
   }
   const TensorStats& s = *stats_;
-  auto row = [](const QString& k, const QString& v) { return QString("<tr><td>%1&nbsp;&nbsp;</td><td align=right>%2</td></tr>").arg(k, v); };
+  auto row = [](const QString& k, const QString& v) {
+    return QString("<tr><td>%1&nbsp;&nbsp;</td><td align=right>%2</td></tr>").arg(k, v);
+  };
   auto num = [](double v) { return QString::number(v, 'g', 7); };
   auto count = [&](uint64_t n) {
-    return QString("%1 (%2%)").arg(static_cast<qulonglong>(n)).arg(s.elements ? 100.0 * n / s.elements : 0, 0, 'f', 2);
+    return QString("%1 (%2%)")
+        .arg(static_cast<qulonglong>(n))
+        .arg(s.elements ? 100.0 * n / s.elements : 0, 0, 'f', 2);
   };
-  table_->setText("<table>" + row("elements", QString::number(static_cast<qulonglong>(s.elements))) +
+  table_->setText("<table>" +
+                  row("elements", QString::number(static_cast<qulonglong>(s.elements))) +
                   row("min", num(s.min)) + row("max", num(s.max)) + row("mean", num(s.mean)) +
                   row("std", num(s.std)) + row("NaN", count(s.nan)) + row("Inf", count(s.inf)) +
                   row("zeros", count(s.zeros)) + "</table>");
-  message_->setText(s.note.empty() ? QString("Read %1.").arg(HumanBytes(s.bytes_read)) : QString::fromStdString(s.note));
+  message_->setText(s.note.empty() ? QString("Read %1.").arg(HumanBytes(s.bytes_read))
+                                   : QString::fromStdString(s.note));
 }
 
 }  // namespace safeshard::gui

@@ -21,7 +21,8 @@ class QPushButton;
 namespace safeshard::gui {
 
 using StatsFunction = std::function<absl::StatusOr<TensorStats>(
-    FileSystem& fs, const CheckpointLayout& layout, const TensorLayout& tensor, const std::atomic<bool>* cancel)>;
+    FileSystem& fs, const CheckpointLayout& layout, const TensorLayout& tensor,
+    const std::atomic<bool>* cancel)>;
 
 class HistogramWidget : public QWidget {
   Q_OBJECT

@@ -80,8 +80,7 @@ class StrictDomBuilder : public nlohmann::json_sax<nlohmann::json> {
                    std::vector<std::pair<std::string, nlohmann::json>>* members,
                    const StrictParseOptions& options, absl::string_view text,
                    const char* const* read_to)
-      : root_(root), r_(r), members_(members), options_(options), text_(text),
-        read_to_(read_to) {}
+      : root_(root), r_(r), members_(members), options_(options), text_(text), read_to_(read_to) {}
 
   bool null() override { return Put(nullptr); }
   bool boolean(bool v) override { return Put(v); }
@@ -253,7 +252,9 @@ std::string DumpJson(const Json& j, int indent = -1) {
 }
 
 // JSON-quoted form of a name, for error messages.
-inline std::string Quote(absl::string_view s) { return DumpJson(nlohmann::json(std::string(s))); }
+inline std::string Quote(absl::string_view s) {
+  return DumpJson(nlohmann::json(std::string(s)));
+}
 
 }  // namespace safeshard::internal
 

@@ -5,7 +5,6 @@
 #include <cstddef>
 
 #include "absl/strings/string_view.h"
-#include "absl/strings/string_view.h"
 
 namespace safeshard::internal {
 
