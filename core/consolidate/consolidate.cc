@@ -16,11 +16,14 @@
 
 #include "core/format/manifest.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <list>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <set>
@@ -553,6 +556,66 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, con
   return absl::OkStatus();
 }
 
+// Inputs opened (and mapped) on demand and kept open up to a bound: a checkpoint of thousands
+// of rank files never needs more descriptors than the bound (the soft RLIMIT_NOFILE may be
+// 1,024), while a smaller one opens and maps each input exactly once. Every (re)open checks the
+// file against what the scan saw.
+class InputCache {
+ public:
+  struct Open {
+    std::unique_ptr<ReadableFile> file;
+    std::shared_ptr<const MappedRegion> map;
+  };
+  InputCache(FileSystem& fs, const ConsolidationPlan& plan, size_t capacity)
+      : fs_(fs), plan_(plan), capacity_(std::max<size_t>(1, capacity)) {}
+
+  absl::StatusOr<std::shared_ptr<Open>> Get(int f) {
+    absl::MutexLock l(&mu_);
+    if (auto bad = failed_.find(f); bad != failed_.end()) return bad->second;  // never retried
+    if (auto it = open_.find(f); it != open_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.second);
+      return it->second.first;
+    }
+    while (open_.size() >= capacity_) {  // in-use handles live on in their users' hands
+      open_.erase(lru_.back());
+      lru_.pop_back();
+    }
+    absl::StatusOr<MappedInput> in = MapUnchanged(fs_, plan_.inputs[f], plan_.input_ids[f]);
+    if (!in.ok()) {
+      failed_.emplace(f, in.status());
+      return in.status();
+    }
+    auto h = std::make_shared<Open>();
+    h->file = std::move(in->file);
+    h->map = std::move(in->map);
+    lru_.push_front(f);
+    open_[f] = {h, lru_.begin()};
+    ++opens_;
+    return h;
+  }
+  uint64_t opens() const { return opens_; }
+
+ private:
+  FileSystem& fs_;
+  const ConsolidationPlan& plan_;
+  const size_t capacity_;
+  absl::Mutex mu_;
+  std::list<int> lru_;
+  std::map<int, std::pair<std::shared_ptr<Open>, std::list<int>::iterator>> open_;
+  std::map<int, absl::Status> failed_;
+  std::atomic<uint64_t> opens_{0};
+};
+
+// How many inputs may stay open at once: `o.max_open_inputs`, else half the soft open-file
+// limit less what the outputs and the rest of the process need.
+size_t InputBound(const ConsolidateOptions& o, size_t outputs) {
+  if (o.max_open_inputs > 0) return static_cast<size_t>(o.max_open_inputs);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 4096;
+  const int64_t room = static_cast<int64_t>(rl.rlim_cur) - 64 - static_cast<int64_t>(outputs);
+  return static_cast<size_t>(std::max<int64_t>(8, room / 2));
+}
+
 class Executor {
  public:
   Executor(const ConsolidationPlan& plan, const std::vector<WorkItem>& items,
@@ -562,19 +625,18 @@ class Executor {
   }
 
   absl::Status Run(FileSystem& fs, FileSystem& out_fs, const std::vector<std::string>& out_paths) {
-    // Open each needed input once and map it once; open each output once.
+    // Inputs through a bounded cache (each opened and mapped once when they all fit); each
+    // output opened once.
     std::set<int> need_in, need_out;
     for (size_t i : mine_) {
       need_in.insert(plan_.tasks[items_[i].task].input_file);
       need_out.insert(plan_.tasks[items_[i].task].output_file);
     }
-    inputs_.resize(plan_.inputs.size());
-    maps_.resize(plan_.inputs.size());
-    for (int f : need_in) {
-      // The plan's offsets come from the scan: refuse a file replaced since then.
-      ASSIGN_OR_RETURN(MappedInput in, MapUnchanged(fs, plan_.inputs[f], plan_.input_ids[f]));
-      inputs_[f] = std::move(in.file);
-      maps_[f] = std::move(in.map);
+    const size_t bound = InputBound(o_, need_out.size());
+    inputs_ = std::make_unique<InputCache>(fs, plan_, bound);
+    if (need_in.size() <= bound) {
+      // They all fit: open, check and map each now, before a byte is copied.
+      for (int f : need_in) RETURN_IF_ERROR(inputs_->Get(f).status());
     }
     outputs_.resize(out_paths.size());
     out_maps_.assign(out_paths.size(), nullptr);
@@ -638,6 +700,7 @@ class Executor {
   }
 
   uint64_t total() const { return total_; }
+  uint64_t input_opens() const { return inputs_ ? inputs_->opens() : 0; }
 
  private:
   void Worker() {
@@ -661,7 +724,8 @@ class Executor {
   absl::Status DoItem(size_t k, std::string* buf) {
     const WorkItem& it = items_[mine_[k]];
     const CopyTask& c = plan_.tasks[it.task];
-    absl::string_view src_file = maps_[c.input_file]->data();
+    ASSIGN_OR_RETURN(std::shared_ptr<InputCache::Open> input, inputs_->Get(c.input_file));
+    absl::string_view src_file = input->map->data();
     WritableFile& out = *outputs_[c.output_file];
     char* out_map = out_maps_[c.output_file];
     Checksum sum;
@@ -695,7 +759,7 @@ class Executor {
         if (small) {
         } else if (!hash) {
           // Large runs: an in-kernel copy (copy_file_range), no user-space touch of the bytes.
-          RETURN_IF_ERROR(out.CopyFrom(*inputs_[c.input_file], src, dst, src_n));
+          RETURN_IF_ERROR(out.CopyFrom(*input->file, src, dst, src_n));
         } else {
           // write() from the mapping: a truncated input is EFAULT there, never SIGBUS.
           RETURN_IF_ERROR(out.WriteAt(dst, absl::string_view(p, src_n)));
@@ -741,8 +805,7 @@ class Executor {
   const std::vector<size_t>& mine_;
   const ConsolidateOptions& o_;
   std::vector<uint64_t> hashes_;
-  std::vector<std::unique_ptr<ReadableFile>> inputs_;
-  std::vector<std::shared_ptr<const MappedRegion>> maps_;
+  std::unique_ptr<InputCache> inputs_;
   std::vector<std::unique_ptr<WritableFile>> outputs_;
   std::vector<char*> out_maps_;
   std::atomic<size_t> next_{0};

@@ -69,6 +69,9 @@ struct ConsolidateOptions {
   // Publish safeshard.complete.json (kind "consolidated": sizes and XXH3-64 checksums of the
   // output files) before the index.
   bool checksums = true;
+  // Inputs kept open (and mapped) at once; 0: half the soft open-file limit. Fewer than the
+  // input files means some are reopened (and re-checked) as the copy moves between them.
+  int max_open_inputs = 0;
 };
 
 // One contiguous-run copy job: a chunk of one input tensor into its output tensor.

@@ -1,5 +1,7 @@
 #include "core/consolidate/consolidate.h"
 
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <thread>
@@ -283,6 +285,42 @@ TEST(ConsolidateTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
   EXPECT_THAT(names, ::testing::IsEmpty());
   auto layout = CheckpointLayout::Scan(LocalFileSystem(), out);
   EXPECT_TRUE(!layout.ok() || layout->tensors().empty());
+}
+
+TEST(ConsolidateTest, MoreRanksThanOpenInputsAllowedStillConsolidatesExactly) {
+  std::vector<ExampleTensor> model = AcceptanceModel();
+  std::string in = WriteModel(model, {.ranks = 8});
+  for (int bound : {1, 3}) {
+    std::string out = testing::NewTempDir() + "/out";
+    ConsolidateOptions o;
+    o.max_open_inputs = bound;
+    o.threads = 2;
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectEqualsNaiveReassembly(model, out);
+  }
+}
+
+TEST(ConsolidateTest, ThreeHundredRankFilesUnderASoftLimitOf64Descriptors) {
+  // 300 rank files, a process allowed 64 descriptors (the default limit for services is often
+  // 1,024 for far more ranks): the bound comes from RLIMIT_NOFILE, no EMFILE.
+  std::vector<ExampleTensor> model = {{"w", DType::kF32, {600, 4}, Sharding::kRow},
+                                      {"b", DType::kBF16, {300, 2}, Sharding::kRow}};
+  std::string in = WriteModel(model, {.ranks = 300});
+  std::string out = testing::NewTempDir() + "/out";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    struct rlimit rl = {64, 64};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(3);
+    auto r = Consolidate(LocalFileSystem(), in, out, {});
+    if (!r.ok()) std::fprintf(stderr, "%s\n", std::string(r.status().message()).c_str());
+    _exit(r.ok() ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ExpectEqualsNaiveReassembly(model, out);
 }
 
 TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {

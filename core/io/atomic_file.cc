@@ -87,10 +87,21 @@ void AtomicFile::Abandon() {
   (void)fs_->Remove(temp_path_);
 }
 
-absl::Status AtomicFile::Commit() {
-  if (done_) return absl::FailedPreconditionError(absl::StrCat(final_path_, ": already finished"));
+absl::Status AtomicFile::CloseFile() {
+  if (done_ || !file_) return absl::OkStatus();
   absl::Status s = file_->Sync();
   if (s.ok()) s = file_->Close();
+  file_.reset();
+  return s;
+}
+
+absl::Status AtomicFile::Commit() {
+  if (done_) return absl::FailedPreconditionError(absl::StrCat(final_path_, ": already finished"));
+  absl::Status s = absl::OkStatus();
+  if (file_) {
+    s = file_->Sync();
+    if (s.ok()) s = file_->Close();
+  }
   if (s.ok()) s = fs_->Rename(temp_path_, final_path_);
   if (!s.ok()) {
     Abandon();

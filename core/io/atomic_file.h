@@ -45,6 +45,10 @@ class AtomicFile {
 
   // fsync, close, rename over the final path, fsync the directory.
   absl::Status Commit();
+  // fsync and close the temporary file now (file() is gone after this); Commit() then only
+  // renames. For operations that write many files before committing them all: descriptors
+  // stay bounded.
+  absl::Status CloseFile();
   // Closes and removes the temporary file (also what the destructor does if not committed).
   void Abandon();
 

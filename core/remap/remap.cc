@@ -233,6 +233,9 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
       mf.name = f.name;
       manifest_files.push_back(std::move(mf));
     }
+    // Written and synced: its descriptor goes now (a 1,000+-rank remap stays under the
+    // open-file limit); the rename waits until every file is ready.
+    RETURN_IF_ERROR(out.CloseFile());
     result.bytes_copied += h.buffer_size;
     result.files.push_back(f.name);
     outputs.push_back(std::move(out));

@@ -2,6 +2,7 @@
 
 #include "absl/strings/match.h"
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,6 +123,31 @@ TEST(RemapTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
   auto listed = LocalFileSystem().List(out);
   ASSERT_TRUE(listed.ok());
   for (const DirEntry& e : *listed) ADD_FAILURE() << "left in OUT: " << e.name;
+}
+
+TEST(RemapTest, ThreeHundredRankFilesUnderASoftLimitOf64Descriptors) {
+  std::string in = testing::NewTempDir() + "/in";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
+                                 {{"a.w", DType::kF32, {600, 2}, Sharding::kRow}}, {.ranks = 300})
+                  .ok());
+  std::string out = testing::NewTempDir() + "/out";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    struct rlimit rl = {64, 64};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(3);
+    auto km = KeyMap::Create({{"^a", "b"}});
+    auto r = Remap(LocalFileSystem(), in, out, *km, {});
+    if (!r.ok()) std::fprintf(stderr, "%s\n", std::string(r.status().message()).c_str());
+    _exit(r.ok() ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->problems().empty());
+  EXPECT_NE(ck->FindTensor("b.w"), nullptr);
 }
 
 TEST(RemapTest, RefusesAnInputReplacedAfterTheScan) {
