@@ -14,24 +14,37 @@
 #include "absl/strings/str_join.h"
 #include "core/dcp/hf_storage_writer.h"
 #include "core/io/filesystem.h"
+#include "core/io/sigbus_guard.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
 #include "core/util/parallel.h"
+#include "core/util/status_macros.h"
 
 namespace safeshard {
 namespace {
 
 // Copies the box [lo, hi) (global coordinates) from a row-major source block (shape ssz at
 // global offset so) into a row-major destination block (shape dsz at global offset dso).
+// Scratch space for CopyBox, sized before the copy: CopyBox itself allocates nothing, so it can
+// run under GuardMappedAccess (a jump out of it skips no destructor).
+struct BoxScratch {
+  explicit BoxScratch(size_t rank) : sst(rank), dst_st(rank), idx(rank) {}
+  std::vector<int64_t> sst, dst_st, idx;
+};
+
 void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<int64_t>& ssz,
              char* dst, const std::vector<int64_t>& dso, const std::vector<int64_t>& dsz,
-             const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, int64_t esize) {
+             const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, int64_t esize,
+             BoxScratch& scratch) {
   const size_t rank = lo.size();
   if (rank == 0) {
     std::memcpy(dst, src, esize);
     return;
   }
-  std::vector<int64_t> sst(rank, 1), dst_st(rank, 1);
+  std::vector<int64_t>& sst = scratch.sst;
+  std::vector<int64_t>& dst_st = scratch.dst_st;
+  std::fill(sst.begin(), sst.end(), 1);
+  std::fill(dst_st.begin(), dst_st.end(), 1);
   for (size_t d = rank; d-- > 1;) {
     sst[d - 1] = sst[d] * ssz[d];
     dst_st[d - 1] = dst_st[d] * dsz[d];
@@ -43,7 +56,8 @@ void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<
     --k;
     run *= hi[k] - lo[k];
   }
-  std::vector<int64_t> idx(lo.begin(), lo.begin() + k);
+  std::vector<int64_t>& idx = scratch.idx;
+  std::copy(lo.begin(), lo.begin() + k, idx.begin());
   while (true) {
     int64_t s = 0, t = 0;
     for (size_t d = 0; d < k; ++d) {
@@ -433,8 +447,9 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
           sub_o[0] = lo[0];
           sub_sz[0] = hi[0] - lo[0];
         }
+        BoxScratch scratch(lo.size());
         CopyBox(f->data.get() + (rows->first - f->begin), sub_o, sub_sz,
-                static_cast<char*>(target.data_ptr()), r.offsets, dsz, lo, hi, esize);
+                static_cast<char*>(target.data_ptr()), r.offsets, dsz, lo, hi, esize, scratch);
       } else {
         absl::string_view data = maps_[c.file]->data();
         if (c.end > data.size()) {
@@ -442,8 +457,13 @@ absl::Status HfStorageReader::ReadData(std::vector<LoadRequest>& requests, LoadS
                                                   "\" bytes [", c.begin, ", ", c.end,
                                                   ") lie beyond the end of the file"));
         }
-        CopyBox(data.data() + c.begin, so, ssz, static_cast<char*>(target.data_ptr()), r.offsets,
-                dsz, lo, hi, esize);
+        // Under GuardMappedAccess: a file truncated by another process while it is read is an
+        // error naming it, not a SIGBUS that kills the training process.
+        BoxScratch scratch(lo.size());
+        RETURN_IF_ERROR(GuardMappedAccess(ck->files()[c.file].name, c.begin, [&] {
+          CopyBox(data.data() + c.begin, so, ssz, static_cast<char*>(target.data_ptr()), r.offsets,
+                  dsz, lo, hi, esize, scratch);
+        }));
       }
       covered += vol;
       copied += vol * esize;

@@ -46,7 +46,9 @@ void InstallSigbusHandler() {
 absl::Status SigbusError(absl::string_view file, uint64_t offset) {
   return absl::DataLossError(absl::StrCat(
       file, ": the file shrank while it was being read (SIGBUS reading its mapping near byte ",
-      offset, "); nothing was published from it. Run again once its writer has finished"));
+      offset,
+      "): another process truncated or is rewriting it. Run again once its writer has "
+      "finished"));
 }
 
 }  // namespace safeshard::internal

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "core/io/sigbus_guard.h"
 #include "core/util/status_macros.h"
 
 namespace safeshard {
@@ -138,14 +139,18 @@ absl::StatusOr<TensorStats> ComputeTensorStats(FileSystem& fs, const CheckpointL
         if (o.cancel && o.cancel->load()) return absl::CancelledError("statistics cancelled");
         const int64_t len = std::min<int64_t>(static_cast<int64_t>(o.block_elements), n - i);
         const uint64_t at = c.begin + static_cast<uint64_t>(i * esize);
-        const char* p;
+        buffer.resize(static_cast<size_t>(len * esize));
         if (maps[c.file]) {
-          p = maps[c.file]->data().data() + at;
+          // Copied out of the mapping under GuardMappedAccess (torch code never touches the
+          // mapping): a file truncated while the inspector reads it is an error naming it,
+          // never a SIGBUS that closes the window.
+          const char* src = maps[c.file]->data().data() + at;
+          RETURN_IF_ERROR(
+              GuardMappedAccess(path, at, [&] { std::memcpy(buffer.data(), src, buffer.size()); }));
         } else {
-          buffer.resize(static_cast<size_t>(len * esize));
           RETURN_IF_ERROR(files[c.file]->ReadAt(at, buffer.size(), buffer.data()));
-          p = buffer.data();
         }
+        const char* p = buffer.data();
         ASSIGN_OR_RETURN(torch::Tensor x, ToDouble(p, len, tensor.dtype));
         RETURN_IF_ERROR(fn(x));
       }
