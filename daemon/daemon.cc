@@ -148,8 +148,11 @@ absl::Status Daemon::Start() {
   absl::StatusOr<std::vector<JobRecord>> interrupted = store_->RequeueInterrupted();
   if (!interrupted.ok()) return interrupted.status();
   for (const JobRecord& j : *interrupted) {
-    if (!j.output.empty() && RootsFs().Stat(j.output).ok()) {
-      absl::StatusOr<std::vector<std::string>> cleaned = CleanStaleTempFiles(RootsFs(), j.output);
+    // Through the output's descriptor, reached through no symlink at all.
+    if (absl::StatusOr<std::unique_ptr<FileSystem>> out =
+            j.output.empty() ? absl::NotFoundError("") : RootsFs().OpenBeneath(j.output);
+        out.ok()) {
+      absl::StatusOr<std::vector<std::string>> cleaned = CleanStaleTempFiles(**out, "");
       Log("info", "re-queued a job interrupted by a restart",
           {{"job", j.id},
            {"output", j.output},

@@ -203,7 +203,13 @@ void Daemon::RunJob(JobRecord j) {
   std::string fp_after = Fingerprint(run.path, &shards, &manifest);
   if (status.ok() && fp_after != fp_before) {
     // The run changed under us: the output does not describe it; withdraw the done signal.
-    (void)RootsFs().Remove(JoinPath(j.output, std::string(kIndexFileName)));
+    if (absl::StatusOr<std::unique_ptr<FileSystem>> out = RootsFs().OpenBeneath(j.output);
+        out.ok()) {
+      if (absl::Status s = (*out)->Remove(std::string(kIndexFileName)); !s.ok()) {
+        Log("error", "could not withdraw the index of an output whose run changed",
+            {{"output", j.output}, {"error", std::string(s.message())}});
+      }
+    }
     status = absl::AbortedError("the run changed while it was being consolidated; will retry");
   }
   j.finished_ms = NowMs();
@@ -272,12 +278,22 @@ void Daemon::ApplyRetention(const RunRecord& run) {
   Config c = config();
   if (c.retention == "keep") return;
   auto drop_sources = [](const std::string& dir) {
-    absl::StatusOr<std::vector<DirEntry>> entries = RootsFs().List(dir);
+    // Deletions through the run's own descriptor, reached through no symlink: a directory on the
+    // way swapped for a link cannot point them at another directory's files.
+    absl::StatusOr<std::unique_ptr<FileSystem>> run_dir = RootsFs().OpenBeneath(dir);
+    if (!run_dir.ok()) {
+      Log("warning", "retention skipped a run",
+          {{"path", dir}, {"error", std::string(run_dir.status().message())}});
+      return;
+    }
+    absl::StatusOr<std::vector<DirEntry>> entries = (*run_dir)->List("");
     if (!entries.ok()) return;
     for (const DirEntry& e : *entries) {
-      if ((absl::StartsWith(e.name, "shard-") && absl::EndsWith(e.name, ".safetensors")) ||
-          e.name == kCompletionManifest) {
-        (void)RootsFs().Remove(JoinPath(dir, e.name));
+      if (!e.is_symlink && (IsShardName(e.name) || e.name == kCompletionManifest)) {
+        if (absl::Status s = (*run_dir)->Remove(e.name); !s.ok()) {
+          Log("warning", "retention could not remove a source file",
+              {{"path", dir}, {"error", std::string(s.message())}});
+        }
       }
     }
     Log("info", "removed source shards after a verified consolidation", {{"path", dir}});
