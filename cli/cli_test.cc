@@ -437,11 +437,17 @@ TEST(CliTest, OutputsThatOnlyBecomeTheInputOnceCreatedAndShardsInOutAreRefused) 
   Result r = RunCli({"consolidate", in, in + "/nonexist/..", "--overwrite"});
   EXPECT_EQ(r.code, kExitUsage) << r.err;
   EXPECT_EQ(CheckpointLayoutFiles(in), 2u);
+  EXPECT_FALSE(LocalFileSystem().Stat(in + "/nonexist").ok())
+      << "a refused run left a directory in IN";
+  Result rr = RunCli({"remap", in, in + "/nonexist2/..", "--rule", "^a=>b"});
+  EXPECT_NE(rr.code, kExitOk);
+  EXPECT_FALSE(LocalFileSystem().Stat(in + "/nonexist2").ok())
+      << "a refused remap left a directory in IN";
   // An OUT holding another checkpoint's per-rank shards is never replaced, even with --overwrite.
   std::string other = Example({.ranks = 2});
   Result o = RunCli({"consolidate", in, other, "--overwrite"});
   EXPECT_EQ(o.code, kExitProblems) << o.err;
-  EXPECT_THAT(o.err, HasSubstr("holds per-rank shards"));
+  EXPECT_THAT(o.err, HasSubstr("a per-rank shard"));
   EXPECT_EQ(CheckpointLayoutFiles(other), 2u);
   // A directory named like a shard is reported, not skipped.
   ASSERT_EQ(mkdir((in + "/shard-00003-model-00001-of-00001.safetensors").c_str(), 0755), 0);

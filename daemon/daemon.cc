@@ -395,6 +395,12 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path,
   for (const KeyMap::Rule& r : rules) rules_json.push_back({r.pattern, r.replacement});
   absl::StatusOr<std::string> out = ResolveUnderRoots(output, /*outputs=*/true);
   if (!out.ok()) return out.status();
+  // Roots are resolved at start: a path that resolves to something else went through a symlink.
+  if (*out != NormalizeDir(output)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("remap output ", output, " goes through a symbolic link (it resolves to ",
+                     *out, "); name the directory itself"));
+  }
   if (std::string refused = WhyOutputRefused(run->path, *out); !refused.empty()) {
     return absl::PermissionDeniedError(absl::StrCat("remap output refused: ", refused));
   }
@@ -413,6 +419,17 @@ absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path,
                          taken == r.path ? "the source" : "the output", " of run ", r.id, " (",
                          taken, "); choose a new directory"));
       }
+    }
+  }
+  // Nor the output of a remap still waiting or running.
+  absl::StatusOr<std::vector<JobRecord>> jobs = store_->ListJobs();
+  if (!jobs.ok()) return jobs.status();
+  for (const JobRecord& jr : *jobs) {
+    const bool pending = jr.state == JobState::kQueued || jr.state == JobState::kRunning ||
+                         jr.state == JobState::kVerifying;
+    if (pending && jr.output == *out) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("remap output ", *out, " is already the output of job ", jr.id));
     }
   }
   // Only a new or empty directory: a remap replaces what it writes, and nothing else may be lost.

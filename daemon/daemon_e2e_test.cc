@@ -439,6 +439,15 @@ TEST(DaemonE2E, RemapOutputsAreNotRunsAndNeverAnAncestorOrAnOccupiedDirectory) {
   rules["output"] = d.root + "/occupied";
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
   EXPECT_EQ(testing::ReadFile(d.root + "/occupied/notes.txt"), "mine");
+  // Through a symlink (even one that stays under the root), or with a NUL that would cut the path.
+  ASSERT_EQ(symlink((d.root + "/parent").c_str(), (d.root + "/link").c_str()), 0);
+  rules["output"] = d.root + "/link/new-out";
+  EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap", rules.dump(), p.token()), 403);
+  EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/parent/new-out").ok());
+  EXPECT_EQ(
+      p.Post("/v1/runs/" + id + "/remap",
+             R"({"rules": [["a", "b"]], "output": ")" + d.root + R"(/nul\u0000x"})", p.token()),
+      400);
   // Unknown members and repeated keys in the body are refused, not ignored.
   EXPECT_EQ(p.Post("/v1/runs/" + id + "/remap",
                    R"({"rules": [["a", "b"]], "output": "/x", "overwrite": true})", p.token()),
@@ -456,6 +465,36 @@ TEST(DaemonE2E, RemapOutputsAreNotRunsAndNeverAnAncestorOrAnOccupiedDirectory) {
   ASSERT_EQ(runs["runs"].size(), 1u) << runs.dump();
   EXPECT_EQ(p.Get("/v1/jobs")["jobs"].size(), 2u);
   EXPECT_FALSE(LocalFileSystem().Stat(d.root + "/renamed-hf").ok());
+}
+
+TEST(DaemonE2E, RunsAppearingTogetherThatWouldShareAnOutputEndOnePublishedOneParked) {
+  Dirs d;
+  DaemonProcess p(d.root, d.state, {"--output-template", "{parent}/consolidated"});
+  // Both finished before the daemon looks: whichever it takes first keeps the output.
+  PlaceRun(d.root + "/exp/a", SmallModel(), 2);
+  PlaceRun(d.root + "/exp/b", SmallModel(), 2);
+  p.Start();
+  p.WaitJobs([](const json& j) { return CountState(j, "published") == 1; });
+  json runs;
+  for (int k = 0; k < 100; ++k) {
+    runs = p.Get("/v1/runs");
+    int published = 0, parked = 0;
+    for (const auto& r : runs["runs"]) {
+      published += r["state"] == "published";
+      parked += r["state"] == "parked";
+    }
+    if (published == 1 && parked == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  int published = 0, parked = 0, queued = 0;
+  for (const auto& r : runs["runs"]) {
+    published += r["state"] == "published";
+    parked += r["state"] == "parked";
+    queued += r["state"] == "queued";
+  }
+  EXPECT_EQ(published, 1) << runs.dump();
+  EXPECT_EQ(parked, 1) << runs.dump();
+  EXPECT_EQ(queued, 0) << "a run left queued forever: " << runs.dump();
 }
 
 TEST(DaemonE2E, RunsThatWouldShareOneOutputAreParkedNotOverwritten) {

@@ -86,10 +86,13 @@ std::string Daemon::WhyOutputRefused(const std::string& source, const std::strin
       absl::StartsWith(*out, source + "/")) {
     return absl::StrCat("its output ", *out, " would be inside its own source ", source);
   }
-  // One output per run: another run that already goes there keeps it.
+  // One output per run: another run that already goes there (queued, running or published)
+  // keeps it; a parked or incomplete one claims nothing.
   if (absl::StatusOr<std::vector<RunRecord>> runs = store_->ListRuns(); runs.ok()) {
     for (const RunRecord& r : *runs) {
-      if (r.path != source && !r.output.empty() && r.output == *out) {
+      const bool claims = r.state == RunState::kQueued || r.state == RunState::kRunning ||
+                          r.state == RunState::kPublished;
+      if (claims && r.path != source && !r.output.empty() && r.output == *out) {
         return absl::StrCat("its output ", *out, " is also the output of run ", r.id, " (", r.path,
                             "); set output_template so that every run has its own (use {name})");
       }

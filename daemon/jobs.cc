@@ -139,6 +139,12 @@ void Daemon::RunJob(JobRecord j) {
     j.finished_ms = NowMs();
     Journaled(store_->UpdateJob(j), "UpdateJob");
     Log("error", "job refused: its output is not safe to write", {{"job", j.id}, {"why", refused}});
+    if (j.kind == JobKind::kConsolidate && !run.id.empty()) {
+      // The run needs a person now: shown as parked with the reason, never "queued" forever.
+      run.state = RunState::kParked;
+      run.detail = refused;
+      Journaled(store_->UpsertRun(run), "UpsertRun");
+    }
     absl::MutexLock l(&mu_);
     a->finished = true;
     schedule_ = true;

@@ -45,6 +45,13 @@ absl::StatusOr<RemapRequest> ParseRemapRequest(absl::string_view body) {
   }
   if (!have_rules || !have_output)
     return absl::InvalidArgumentError(absl::StrCat("request body: ", usage));
+  if (out.output.find('\0') != std::string::npos) {
+    // A C path would end at the NUL: the journal would name another directory than the one written.
+    return absl::InvalidArgumentError("request body: output contains a NUL character");
+  }
+  if (out.output.empty() || out.output[0] != '/') {
+    return absl::InvalidArgumentError("request body: output must be an absolute path");
+  }
   if (out.rules.empty())
     return absl::InvalidArgumentError("request body: rules: no rules, nothing to remap");
   return out;

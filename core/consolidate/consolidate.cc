@@ -494,33 +494,13 @@ namespace {
 absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, const std::string& out,
                               const ConsolidateOptions& o, std::vector<AtomicFile>* atomics,
                               std::vector<std::string>* warnings) {
-  ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(""));
-  std::vector<std::string> existing;
-  for (const DirEntry& e : entries) {
-    if (IsTempFileName(e.name)) continue;
-    // Per-rank shards are some checkpoint's source: never replaced, not even with --overwrite.
-    if (absl::StatusOr<FileIndex> idx = ParseFileIndex(e.name); idx.ok() && idx->shard) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(out, " holds per-rank shards (", internal::Quote(e.name),
-                       "): it is a checkpoint's source, never an "
-                       "output to replace; choose another output directory"));
-    }
-    if (e.name == kManifestFileName) {
-      absl::StatusOr<std::string> text = fs.ReadAll(e.name);
-      absl::StatusOr<Manifest> m = text.ok() ? ParseManifest(*text, e.name) : text.status();
-      if (m.ok() && m->kind == kManifestKindShards) {
-        return absl::FailedPreconditionError(
-            absl::StrCat(out,
-                         " holds the completion manifest of per-rank shards: it is a checkpoint's "
-                         "source, never an output to replace"));
-      }
-    }
-    if (absl::EndsWith(e.name, ".safetensors") ||
-        absl::EndsWith(e.name, ".safetensors.index.json")) {
-      existing.push_back(e.name);
-    }
-  }
-  if (!existing.empty() && !o.overwrite) {
+  // What is there already: only a provable earlier result may be replaced (never per-rank
+  // shards, never a file no earlier result claims), and only with --overwrite.
+  ASSIGN_OR_RETURN(std::vector<std::string> existing, ReplaceableResult(fs, out));
+  const bool any_tensors = std::any_of(existing.begin(), existing.end(), [](const std::string& n) {
+    return absl::EndsWith(n, ".safetensors") || absl::EndsWith(n, ".index.json");
+  });
+  if (any_tensors && !o.overwrite) {
     return absl::AlreadyExistsError(
         absl::StrCat(out, " already holds a checkpoint (", internal::Quote(existing[0]),
                      existing.size() > 1 ? ", ..." : "", "); pass --overwrite to replace it"));
@@ -530,27 +510,18 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, con
     warnings->push_back(absl::StrCat("removed ", cleaned.size(),
                                      " temporary file(s) of an interrupted earlier run in ", out));
   }
-  // --overwrite: the existing result goes now, the index first (it stops being "finished"), then
-  // its manifest (which would otherwise still prove the old files complete), then its files. A
-  // run that fails or is killed from here on leaves no old checkpoint that looks whole.
+  // The earlier result goes now: the index first (it stops being "finished"), then its manifest
+  // (which would otherwise still prove the old files complete), then its files. A run that fails
+  // or is killed from here on leaves no old checkpoint that looks whole.
   if (!existing.empty()) {
-    std::stable_partition(existing.begin(), existing.end(),
-                          [](const std::string& n) { return absl::EndsWith(n, ".index.json"); });
-    for (const std::string& n : existing) {
-      if (absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(n));
-    }
-    if (fs.Stat(std::string(kManifestFileName)).ok()) {
-      RETURN_IF_ERROR(fs.Remove(std::string(kManifestFileName)));
-    }
-    for (const std::string& n : existing) {
-      if (!absl::EndsWith(n, ".index.json")) RETURN_IF_ERROR(fs.Remove(n));
-    }
+    for (const std::string& n : existing) RETURN_IF_ERROR(fs.Remove(n));
     RETURN_IF_ERROR(fs.SyncDir(""));
   }
   for (const OutputFilePlan& f : plan.outputs) {
     ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, f.name));
     RETURN_IF_ERROR(a.file().Allocate(f.header.file_size()));
     RETURN_IF_ERROR(a.file().WriteAt(0, SerializeHeader(f.header)));
+    RETURN_IF_ERROR(a.CloseFile());  // the copy opens it again; descriptors stay few
     atomics->push_back(std::move(a));
   }
   return absl::OkStatus();
@@ -859,9 +830,11 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   std::optional<DirectoryLock> lock;  // held by rank 0 until the index is published
   if (rank == 0) {
     prep = [&]() -> absl::Status {
-      RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
-      // Again now that OUT exists: "IN/new/.." only resolves to IN once "new" is there.
+      ASSIGN_OR_RETURN(std::vector<std::string> made, MakeDirsNoting(out_fs, output_dir));
+      // Again now that OUT exists: "IN/new/.." only resolves to IN once "new" is there (and
+      // "new" is taken away again: a refused run leaves nothing in IN).
       if (&out_fs == &fs && SameDirectory(fs, output_dir, plan.input_root)) {
+        RemoveMadeDirs(out_fs, made);
         return absl::InvalidArgumentError(absl::StrCat(
             output_dir, ": the output directory is the input directory ", plan.input_root,
             "; inputs are never modified (choose another output directory)"));
@@ -1000,7 +973,10 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
         // leaves no index (never an exit 1 beside a published index).
         ASSIGN_OR_RETURN(CheckpointLayout out, CheckpointLayout::Scan(*out_dir, ""));
         for (const Problem& p : out.problems()) {
-          if (IsBlocking(p.kind)) {
+          // The index is what is still to come: its absence is this run's state, not a fault.
+          const bool index_to_come =
+              p.kind == ProblemKind::kManifestMissingFile && p.file == kIndexFileName;
+          if (IsBlocking(p.kind) && !index_to_come) {
             return absl::DataLossError(absl::StrCat(
                 "the written output fails verification (no index was published): ", p.ToString()));
           }

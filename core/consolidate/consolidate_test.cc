@@ -323,6 +323,36 @@ TEST(ConsolidateTest, ThreeHundredRankFilesUnderASoftLimitOf64Descriptors) {
   ExpectEqualsNaiveReassembly(model, out);
 }
 
+TEST(ConsolidateTest, OverwriteNeverDeletesShardsUnderAnyNameOrFilesNoResultClaims) {
+  std::string in = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
+  ConsolidateOptions ow;
+  ow.overwrite = true;
+  // Per-rank shards under names that do not say so: their headers do (DCP_SHARDING_INFO).
+  std::string odd = testing::NewTempDir() + "/odd";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(odd).ok());
+  for (int r = 0; r < 4; ++r) {
+    testing::WriteFile(odd + "/rank" + std::to_string(r) + ".safetensors",
+                       testing::ReadFile(JoinPath(in, ShardFileName(r, 1, 1))));
+  }
+  auto r1 = Consolidate(LocalFileSystem(), in, odd, ow);
+  ASSERT_FALSE(r1.ok());
+  EXPECT_THAT(std::string(r1.status().message()), HasSubstr("per-rank shard"));
+  EXPECT_EQ(LocalFileSystem().List(odd)->size(), 4u);
+  // An earlier result plus a file it does not claim: refused, nothing removed.
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, out, {}).ok());
+  testing::WriteFile(out + "/adapter_model.safetensors",
+                     testing::BuildSafetensors({{"lora", DType::kF32, {2}}}));
+  auto r2 = Consolidate(LocalFileSystem(), in, out, ow);
+  ASSERT_FALSE(r2.ok());
+  EXPECT_THAT(std::string(r2.status().message()), HasSubstr("adapter_model.safetensors"));
+  EXPECT_EQ(LocalFileSystem().List(out)->size(), 4u);  // index, manifest, model, adapter
+  // Without it, the earlier result is replaced.
+  ASSERT_EQ(unlink((out + "/adapter_model.safetensors").c_str()), 0);
+  auto r3 = Consolidate(LocalFileSystem(), in, out, ow);
+  ASSERT_TRUE(r3.ok()) << r3.status();
+}
+
 TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {
   // A file rewritten after the scan (same size, other tensor names and so other offsets) or
   // replaced by one of another size: the plan's offsets no longer describe it, so nothing is

@@ -98,6 +98,22 @@ absl::StatusOr<uint64_t> ParseHeaderLength(absl::string_view prefix, uint64_t fi
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(prefix[i]);
   if (n > kMaxHeaderSize) {
+    // Eight bytes of text there (a README, a JSON or YAML file, a pickle's protocol bytes are
+    // not text) mean it is not a safetensors file at all, not a file with a huge header.
+    const bool text = std::all_of(prefix.begin(), prefix.begin() + 8, [](char c) {
+      const unsigned char u = static_cast<unsigned char>(c);
+      return (u >= 0x20 && u < 0x7f) || c == '\n' || c == '\r' || c == '\t';
+    });
+    if (text) {
+      std::string start(prefix.substr(0, std::min<size_t>(prefix.size(), 24)));
+      for (char& c : start) {
+        if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+        if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+      }
+      return Fail(HeaderError::kHeaderTooLarge, file,
+                  absl::StrCat("not a safetensors file: it starts with text (\"", start,
+                               "...\") where a safetensors file has an 8-byte header length"));
+    }
     return Fail(HeaderError::kHeaderTooLarge, file,
                 absl::StrCat("header length at offset 0 is ", n, " bytes, over the ",
                              kMaxHeaderSize, "-byte limit"));

@@ -387,3 +387,24 @@ TEST(HeaderTest, EveryRuleNamesAByteOffset) {
 
 }  // namespace
 }  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+TEST(HeaderLengthTest, TextIsNotASafetensorsFileNotAHugeHeader) {
+  const std::string readme = "# safeshard\n\nA C++ toolkit for HuggingFace checkpoints.\n";
+  auto n = ParseHeaderLength(readme, readme.size(), "README.md");
+  ASSERT_FALSE(n.ok());
+  EXPECT_THAT(std::string(n.status().message()), ::testing::HasSubstr("not a safetensors file"));
+  EXPECT_THAT(std::string(n.status().message()), ::testing::HasSubstr("\"# safeshard  A C++"));
+  EXPECT_THAT(std::string(n.status().message()),
+              ::testing::Not(::testing::HasSubstr("7526470892662235171")));
+  // Binary garbage keeps the precise length message.
+  const std::string bin("\xff\xff\xff\xff\xff\xff\xff\x7f", 8);
+  auto b = ParseHeaderLength(bin + "xxxx", 12, "x.safetensors");
+  ASSERT_FALSE(b.ok());
+  EXPECT_THAT(std::string(b.status().message()), ::testing::HasSubstr("over the"));
+}
+
+}  // namespace
+}  // namespace safeshard

@@ -139,6 +139,28 @@ absl::StatusOr<std::unique_ptr<FileSystem>> FileSystem::OpenBeneath(const std::s
   return std::unique_ptr<FileSystem>(new PrefixFileSystem(this, dir));
 }
 
+absl::StatusOr<std::vector<std::string>> MakeDirsNoting(FileSystem& fs, const std::string& dir) {
+  std::vector<std::string> made;
+  for (std::string p = dir; !p.empty() && p != "/" && p != "." && !fs.Stat(p).ok();
+       p = DirName(p)) {
+    made.push_back(p);
+    if (DirName(p) == p) break;
+  }
+  absl::Status s = fs.MakeDirs(dir);
+  if (!s.ok()) {
+    RemoveMadeDirs(fs, made);
+    return s;
+  }
+  return made;
+}
+
+void RemoveMadeDirs(FileSystem& fs, const std::vector<std::string>& made) {
+  for (const std::string& d : made) {
+    absl::StatusOr<std::vector<DirEntry>> entries = fs.List(d);
+    if (entries.ok() && entries->empty()) (void)fs.Remove(d);  // rmdir: an empty directory only
+  }
+}
+
 absl::Status FileSystem::CopyRange(const std::string& src, uint64_t src_offset, WritableFile& dst,
                                    uint64_t dst_offset, uint64_t n) {
   absl::StatusOr<std::unique_ptr<ReadableFile>> f = OpenRead(src);

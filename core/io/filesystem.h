@@ -133,6 +133,11 @@ class FileSystem {
 // so `--key-map <(...)` (a pipe) works; at most `max_bytes` (kInvalidArgument beyond).
 absl::StatusOr<std::string> ReadOptionFile(const std::string& path, uint64_t max_bytes = 64 << 20);
 
+// MakeDirs, returning the directories it created (innermost first), so that an operation that
+// then refuses can take them away again (RemoveMadeDirs: only while they are still empty).
+absl::StatusOr<std::vector<std::string>> MakeDirsNoting(FileSystem& fs, const std::string& dir);
+void RemoveMadeDirs(FileSystem& fs, const std::vector<std::string>& made);
+
 FileSystem& LocalFileSystem();
 // The local file system, except that the last component of every path opened for reading or
 // writing must not be a symbolic link (O_NOFOLLOW: ELOOP otherwise). safeshardd reads and

@@ -103,6 +103,7 @@ absl::string_view ProblemKindName(ProblemKind k) {
     case ProblemKind::kReference: return "reference_mismatch";
     case ProblemKind::kChecksum: return "checksum_mismatch";
     case ProblemKind::kUnproven: return "completeness_unproven";
+    case ProblemKind::kNoCheckpoint: return "no_checkpoint";
   }
   return "unknown";
 }
@@ -131,7 +132,8 @@ bool IsBlocking(ProblemKind k) {
     case ProblemKind::kModelFileCount:
     case ProblemKind::kReference:
     case ProblemKind::kChecksum:
-    case ProblemKind::kUnproven:  // only reported with --strict, where it must block
+    case ProblemKind::kUnproven:      // only reported with --strict, where it must block
+    case ProblemKind::kNoCheckpoint:  // nothing to read: never "consistent"
       return true;
     case ProblemKind::kNotInIndex:      // the bytes are there; the index is only incomplete
     case ProblemKind::kIndexTotalSize:  // a metadata number, not data
@@ -390,6 +392,64 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
                                     " of shape [", absl::StrJoin(shape, ", "), "]")});
 }
 
+namespace {
+
+// What a directory without safetensors files holds instead, and what to do about it.
+std::string NoSafetensorsHint(FileSystem& fs, const std::string& dir,
+                              const std::vector<DirEntry>& entries) {
+  std::vector<std::string> distcp, pickles, subdirs, others;
+  size_t looked = 0;
+  for (const DirEntry& e : entries) {
+    if (e.is_dir && !e.is_symlink) {
+      if (looked++ >= 64) continue;  // bounded: a run root with thousands of steps
+      absl::StatusOr<std::vector<DirEntry>> inner = fs.List(JoinPath(dir, e.name));
+      if (inner.ok() && std::any_of(inner->begin(), inner->end(), [](const DirEntry& x) {
+            return absl::EndsWith(x.name, ".safetensors") || IsIndexFileName(x.name);
+          })) {
+        subdirs.push_back(e.name + "/");
+      }
+    } else if (absl::EndsWith(e.name, ".distcp")) {
+      distcp.push_back(e.name);
+    } else if (absl::EndsWith(e.name, ".bin") || absl::EndsWith(e.name, ".pt") ||
+               absl::EndsWith(e.name, ".pth") || absl::EndsWith(e.name, ".ckpt")) {
+      pickles.push_back(e.name);
+    } else {
+      others.push_back(e.name);
+    }
+  }
+  auto some = [](const std::vector<std::string>& v) {
+    std::vector<std::string> q;
+    for (size_t i = 0; i < v.size() && i < 3; ++i) q.push_back(internal::Quote(v[i]));
+    return absl::StrCat(absl::StrJoin(q, ", "),
+                        v.size() > 3 ? absl::StrCat(" and ", v.size() - 3, " more") : "");
+  };
+  if (!subdirs.empty()) {
+    return absl::StrCat("no .safetensors files here, but ", subdirs.size(), " subdirector",
+                        subdirs.size() == 1 ? "y holds" : "ies hold", " checkpoints (",
+                        some(subdirs), "): open one of them");
+  }
+  if (!distcp.empty()) {
+    return absl::StrCat(
+        "no .safetensors files: this is a torch.distributed.checkpoint save in its own .distcp "
+        "format (",
+        some(distcp),
+        "), which safeshard does not read; save with "
+        "HuggingFaceStorageWriter, or convert with "
+        "torch.distributed.checkpoint.format_utils.dcp_to_torch_save");
+  }
+  if (!pickles.empty()) {
+    return absl::StrCat("no .safetensors files: ", some(pickles), " ",
+                        pickles.size() == 1 ? "is" : "are",
+                        " PyTorch pickle weights, which safeshard does not read; convert with "
+                        "transformers' save_pretrained(..., safe_serialization=True)");
+  }
+  if (others.empty()) return "no .safetensors files: the directory is empty";
+  return absl::StrCat("no .safetensors files: none of its ", others.size(), " entries is one (",
+                      some(others), ")");
+}
+
+}  // namespace
+
 absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const std::string& path,
                                                         const ScanOptions& options) {
   CheckpointLayout ck;
@@ -424,6 +484,10 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       }
     }
   found:;
+    if (names.empty() && ck.index_file_.empty() && !has_manifest) {
+      ck.problems_.push_back(
+          {ProblemKind::kNoCheckpoint, "", "", NoSafetensorsHint(fs, path, entries)});
+    }
   } else {
     ck.root_ = DirName(path);
     names.push_back(BaseName(path));
@@ -730,6 +794,15 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     ck.problems_.push_back({ProblemKind::kInvalidManifest, kManifestFileName, "",
                             "says kind \"consolidated\" but the directory holds per-rank DCP "
                             "shards; it was not written for these files"});
+  }
+  if (ck.manifest_ && ck.manifest_->kind == kManifestKindConsolidated && ck.index_file_.empty() &&
+      st.is_dir) {
+    // Consolidation publishes its manifest, then its index last: a manifest without the index
+    // is an output whose writer stopped before it finished.
+    ck.problems_.push_back({ProblemKind::kManifestMissingFile, std::string(kIndexFileName), "",
+                            "absent, while safeshard.complete.json describes a consolidated "
+                            "output: the consolidation that wrote it did not finish (the index is "
+                            "published last)"});
   }
   if (ck.manifest_) {
     const Manifest& m = *ck.manifest_;
@@ -1064,6 +1137,78 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
     }
   }
   return r;
+}
+
+absl::StatusOr<std::vector<std::string>> ReplaceableResult(FileSystem& out_dir,
+                                                           const std::string& shown) {
+  ASSIGN_OR_RETURN(std::vector<DirEntry> entries, out_dir.List(""));
+  std::set<std::string> claimed;
+  std::vector<std::string> indexes, files;
+  bool manifest = false;
+  auto refuse = [&](const std::string& name, absl::string_view why) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        shown, " holds ", internal::Quote(name), ", ", why,
+        ": it is never replaced (not even with --overwrite); move it away or choose another "
+        "output directory"));
+  };
+  for (const DirEntry& e : entries) {
+    if (IsTempFileName(e.name)) continue;
+    if (IsIndexFileName(e.name)) {
+      indexes.push_back(e.name);
+      absl::StatusOr<std::string> text = out_dir.ReadAll(e.name);
+      absl::StatusOr<IndexJson> idx = text.ok() ? ParseIndexJson(*text, e.name) : text.status();
+      if (idx.ok()) {
+        for (const auto& [tensor, file] : idx->weight_map) claimed.insert(file);
+      }
+    } else if (e.name == kManifestFileName) {
+      absl::StatusOr<std::string> text = out_dir.ReadAll(e.name);
+      absl::StatusOr<Manifest> m = text.ok() ? ParseManifest(*text, e.name) : text.status();
+      if (m.ok() && m->kind == kManifestKindShards) {
+        return refuse(e.name, "the completion manifest of per-rank shards (a checkpoint's source)");
+      }
+      if (m.ok()) {
+        for (const ManifestFile& f : m->files) claimed.insert(f.name);
+      }
+      manifest = true;
+    }
+  }
+  // model.safetensors, model-IIIII-of-NNNNN.safetensors and the diffusers equivalents.
+  auto model_name = [](absl::string_view n) {
+    auto digits = [](absl::string_view d) {
+      return std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+    };
+    for (absl::string_view stem : {"diffusion_pytorch_model", "model"}) {
+      absl::string_view r = n;
+      if (!absl::ConsumePrefix(&r, stem)) continue;
+      if (r == kSafetensorsSuffix) return true;
+      if (r.size() == 27 && r[0] == '-' && digits(r.substr(1, 5)) && r.substr(6, 4) == "-of-" &&
+          digits(r.substr(10, 5)) && r.substr(15) == kSafetensorsSuffix) {
+        return true;
+      }
+    }
+    return false;
+  };
+  for (const DirEntry& e : entries) {
+    if (IsTempFileName(e.name) || !absl::EndsWith(e.name, kSafetensorsSuffix)) continue;
+    if (e.is_dir || e.is_symlink) return refuse(e.name, "which is not a regular file");
+    if (absl::StatusOr<FileIndex> idx = ParseFileIndex(e.name); idx.ok() && idx->shard) {
+      return refuse(e.name, "a per-rank shard (a checkpoint's source)");
+    }
+    absl::StatusOr<Header> h = ReadHeader(out_dir, e.name);
+    if (h.ok() && h->metadata.count(std::string(kShardingInfoKey))) {
+      return refuse(e.name, "a per-rank shard (its header carries DCP_SHARDING_INFO)");
+    }
+    if (!claimed.count(e.name) && !model_name(e.name)) {
+      return refuse(e.name,
+                    "which no earlier result claims (neither its index nor its manifest "
+                    "names it, nor is it named like a model file)");
+    }
+    files.push_back(e.name);
+  }
+  std::vector<std::string> out = indexes;
+  if (manifest) out.push_back(std::string(kManifestFileName));
+  out.insert(out.end(), files.begin(), files.end());
+  return out;
 }
 
 absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input,

@@ -98,6 +98,7 @@ enum class ProblemKind {
   kReference,            // a tensor absent from, extra to, or shaped unlike the reference model
   kChecksum,             // file or tensor bytes differ from the manifest's checksum
   kUnproven,             // completeness cannot be proven (a problem only with --strict)
+  kNoCheckpoint,         // a directory with no safetensors files (the message says what it holds)
 };
 absl::string_view ProblemKindName(ProblemKind k);
 // Whether a problem makes the checkpoint unfit to consolidate or publish. One table for
@@ -185,6 +186,17 @@ struct ChecksumReport {
   uint64_t bytes = 0;
 };
 absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointLayout& layout);
+
+// What replacing the checkpoint already in an output directory would remove (`out_dir` is that
+// directory, as FileSystem::OpenBeneath gives it; `shown` names it in messages): its index
+// json(s) first, then its completion manifest, then its model files. Only what is provably an
+// earlier result goes: files its index or its (consolidated) manifest names, and files named
+// like an HF model file (model.safetensors, model-IIIII-of-NNNNN.safetensors and the diffusers
+// names). kFailedPrecondition, removing nothing, when the directory holds per-rank shards (by
+// name, by DCP_SHARDING_INFO in the header, or under a per-rank manifest) or any other
+// .safetensors file (an adapter, a user's file): never deleted on a guess.
+absl::StatusOr<std::vector<std::string>> ReplaceableResult(FileSystem& out_dir,
+                                                           const std::string& shown);
 
 // kInvalidArgument when `output_dir` is the input directory by identity (st_dev/st_ino on the
 // local file system: any spelling, ".", "..", symlinks), or holds one of the input files under

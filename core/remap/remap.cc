@@ -147,9 +147,11 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
   const std::map<std::string, std::string>& ren = result.plan.renames;
   if (!same) {
     // Planned (collisions refused) before anything exists in the output.
-    RETURN_IF_ERROR(out_fs.MakeDirs(output_dir));
-    // Again now that OUT exists: "IN/new/.." only resolves to IN once "new" is there.
+    ASSIGN_OR_RETURN(std::vector<std::string> made, MakeDirsNoting(out_fs, output_dir));
+    // Again now that OUT exists: "IN/new/.." only resolves to IN once "new" is there (and
+    // "new" is taken away again).
     if (&out_fs == &fs && SameDirectory(fs, output_dir, layout.root())) {
+      RemoveMadeDirs(out_fs, made);
       return absl::InvalidArgumentError(
           "the output directory is the input directory; pass --in-place to rewrite it");
     }
@@ -157,28 +159,17 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(*out_dir, ""));
     lock.emplace(std::move(l));
 
-    ASSIGN_OR_RETURN(std::vector<DirEntry> existing, out_dir->List(""));
-    std::vector<std::string> old;  // an earlier result: --overwrite removes it first
-    for (const DirEntry& e : existing) {
-      if (IsTempFileName(e.name)) continue;
-      if (absl::EndsWith(e.name, ".safetensors") ||
-          absl::EndsWith(e.name, ".safetensors.index.json") || e.name == kManifestFileName) {
-        if (!o.overwrite && e.name != kManifestFileName) {
-          return absl::AlreadyExistsError(absl::StrCat(output_dir, " already holds a checkpoint (",
-                                                       internal::Quote(e.name),
-                                                       "); pass --overwrite"));
-        }
-        old.push_back(e.name);
+    // Only a provable earlier result may be replaced (never per-rank shards, never a file no
+    // earlier result claims), and only with --overwrite: index first, then manifest, then files,
+    // so a failure from here on leaves nothing that looks like a whole checkpoint.
+    ASSIGN_OR_RETURN(std::vector<std::string> old, ReplaceableResult(*out_dir, output_dir));
+    for (const std::string& n : old) {
+      if (!o.overwrite && n != kManifestFileName) {
+        return absl::AlreadyExistsError(absl::StrCat(output_dir, " already holds a checkpoint (",
+                                                     internal::Quote(n), "); pass --overwrite"));
       }
     }
     RETURN_IF_ERROR(CleanStaleTempFiles(*out_dir, "").status());
-    // Index first (the old result stops being "finished"), then its manifest, then its files: a
-    // failure from here on leaves nothing that looks like a whole checkpoint.
-    std::stable_partition(old.begin(), old.end(),
-                          [](const std::string& n) { return absl::EndsWith(n, ".index.json"); });
-    std::stable_partition(old.begin(), old.end(), [](const std::string& n) {
-      return absl::EndsWith(n, ".index.json") || n == kManifestFileName;
-    });
     for (const std::string& n : old) RETURN_IF_ERROR(out_dir->Remove(n));
     if (!old.empty()) RETURN_IF_ERROR(out_dir->SyncDir(""));
   }
@@ -250,8 +241,16 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
             e.name == layout.index_file() || e.name == kManifestFileName) {
           continue;
         }
-        ASSIGN_OR_RETURN(std::string bytes, fs.ReadAll(JoinPath(input, e.name)));
-        RETURN_IF_ERROR(WriteFileAtomically(*out_dir, e.name, bytes));
+        // Streamed (in the kernel where it can), never read into memory: optimizer states of
+        // many GB may sit beside the weights. Only regular files go along.
+        absl::StatusOr<std::unique_ptr<ReadableFile>> src = fs.OpenRead(JoinPath(input, e.name));
+        if (!src.ok() && src.status().code() == absl::StatusCode::kFailedPrecondition) continue;
+        if (!src.ok()) return src.status();
+        ASSIGN_OR_RETURN(AtomicFile copy, AtomicFile::Create(*out_dir, e.name));
+        if ((*src)->size() > 0) {
+          RETURN_IF_ERROR(copy.file().CopyFrom(**src, 0, 0, (*src)->size()));
+        }
+        RETURN_IF_ERROR(copy.Commit());
       }
     }
   }

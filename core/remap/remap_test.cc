@@ -105,17 +105,28 @@ TEST(RemapTest, ZeroTensorInputIsRefusedWritingNothing) {
 }
 
 TEST(RemapTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
+  // An HF-layout input (two model files + index): its remap is an HF-layout output.
   std::string in = testing::NewTempDir() + "/in";
-  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), in,
-                                 {{"a.w", DType::kF32, {8, 4}, Sharding::kRow}}, {.ranks = 2})
+  ASSERT_TRUE(Consolidate(LocalFileSystem(),
+                          [] {
+                            std::string d = testing::NewTempDir() + "/dcp";
+                            EXPECT_TRUE(
+                                WriteDcpCheckpoint(LocalFileSystem(), d,
+                                                   {{"a.w", DType::kF32, {8, 4}, Sharding::kRow},
+                                                    {"a.b", DType::kF32, {8}, Sharding::kRow}},
+                                                   {.ranks = 2})
+                                    .ok());
+                            return d;
+                          }(),
+                          in, {.max_shard_size = 100})
                   .ok());
   auto km = KeyMap::Create({{"^a", "b"}});
-  RemapOptions ow;
-  ow.overwrite = true;
-  // An earlier result in OUT, then an overwrite that is cancelled: nothing of the old result
-  // (index, manifest, files) is left to pass for a finished checkpoint.
   std::string out = testing::NewTempDir() + "/out";
   ASSERT_TRUE(Remap(LocalFileSystem(), in, out, *km, {}).ok());
+  // An earlier result in OUT, then an overwrite that is cancelled: nothing of the old result
+  // (index, manifest, files) is left to pass for a finished checkpoint.
+  RemapOptions ow;
+  ow.overwrite = true;
   std::atomic<bool> cancel{true};
   ow.cancel = &cancel;
   auto r = Remap(LocalFileSystem(), in, out, *km, ow);
@@ -123,6 +134,69 @@ TEST(RemapTest, AFailedOverwriteLeavesNoOldResultThatLooksFinished) {
   auto listed = LocalFileSystem().List(out);
   ASSERT_TRUE(listed.ok());
   for (const DirEntry& e : *listed) ADD_FAILURE() << "left in OUT: " << e.name;
+}
+
+TEST(RemapTest, OverwriteNeverDeletesPerRankShardsOrFilesNoResultClaims) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.w", DType::kF32, {4}}}));
+  auto km = KeyMap::Create({{"^a", "b"}});
+  RemapOptions ow;
+  ow.overwrite = true;
+  // Training shards in OUT, under their own names and under any name (DCP_SHARDING_INFO).
+  std::string shards = testing::NewTempDir() + "/shards";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), shards,
+                                 {{"x", DType::kF32, {4}, Sharding::kRow}}, {.ranks = 2})
+                  .ok());
+  std::string renamed = testing::NewTempDir() + "/renamed";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(renamed).ok());
+  ASSERT_EQ(rename((shards + "/" + ShardFileName(0, 1, 1)).c_str(),
+                   (renamed + "/rank0.safetensors").c_str()),
+            0);
+  for (const std::string& out : {shards, renamed}) {
+    const size_t before = LocalFileSystem().List(out)->size();
+    auto r = Remap(LocalFileSystem(), in, out, *km, ow);
+    ASSERT_FALSE(r.ok()) << out;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("per-rank shard"));
+    EXPECT_EQ(LocalFileSystem().List(out)->size(), before) << "something was deleted in " << out;
+  }
+  // An adapter beside an earlier result: not claimed by it, so nothing is replaced.
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(Remap(LocalFileSystem(), in, out, *km, {}).ok());
+  testing::WriteFile(out + "/adapter_model.safetensors",
+                     testing::BuildSafetensors({{"lora", DType::kF32, {2}}}));
+  auto r = Remap(LocalFileSystem(), in, out, *km, ow);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("adapter_model.safetensors"));
+  EXPECT_TRUE(LocalFileSystem().Stat(out + "/adapter_model.safetensors").ok());
+  EXPECT_TRUE(LocalFileSystem().Stat(out + "/model.safetensors").ok());
+}
+
+TEST(RemapTest, LargeFilesBesideTheWeightsAreStreamedNotLoaded) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.w", DType::kF32, {4}}}));
+  testing::WriteFile(in + "/optimizer.pt", "");
+  ASSERT_EQ(truncate((in + "/optimizer.pt").c_str(), 128 << 20), 0);  // sparse: costs no disk
+  std::string out = testing::NewTempDir() + "/out";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto km = KeyMap::Create({{"^a", "b"}});
+    auto r = Remap(LocalFileSystem(), in, out, *km, {});
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (!r.ok()) _exit(1);
+    _exit(ru.ru_maxrss > 96 * 1024 ? 2 : 0);  // kB: well under the 128 MiB file
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: remap failed, 2: it held the extra file in memory";
+  auto st = LocalFileSystem().Stat(out + "/optimizer.pt");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->size, 128u << 20);
 }
 
 TEST(RemapTest, ThreeHundredRankFilesUnderASoftLimitOf64Descriptors) {

@@ -2,6 +2,7 @@
 // select a tensor and check the shard map's geometry, problems, values, consolidation to
 // completion and cancelled, remap refused on a collision and applied without, the daemon panel
 // against a daemon started here — and screenshots kept as test outputs.
+#include <unistd.h>
 #include <QAbstractItemModelTester>
 #include <QApplication>
 #include <QCheckBox>
@@ -25,13 +26,18 @@
 #include <QThread>
 #include <QTimer>
 #include <QTreeView>
+
+#include <cmath>
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
 #include <mutex>
+#include <set>
 
 #include "core/consolidate/consolidate.h"
 #include "core/example/example.h"
+#include "core/format/filenames.h"
+#include "core/format/header.h"
 #include "core/format/sharding.h"
 #include "core/testing/nginx.h"
 #include "core/testing/testing.h"
@@ -180,6 +186,142 @@ TEST(InspectorTest, OpensFiltersAndSelects) {
   EXPECT_EQ(w.checkpoint()->root(), ck);
 }
 
+// One BF16 tensor `name` of `shape`, saved by `ranks` ranks as the chunks `boxes` (offsets,
+// sizes) in per-rank DCP files; rank `skip` writes nothing. Files are sparse: headers are real,
+// tensor bytes are holes (a 250 MB lm_head costs nothing).
+std::string SparseRun(
+    const std::string& name, const std::vector<uint64_t>& shape,
+    const std::vector<std::pair<std::vector<uint64_t>, std::vector<uint64_t>>>& boxes,
+    int skip = -1) {
+  const std::string dir = testing::NewTempDir() + "/run";
+  EXPECT_TRUE(LocalFileSystem().MakeDirs(dir).ok());
+  for (int r = 0; r < static_cast<int>(boxes.size()); ++r) {
+    if (r == skip) continue;
+    Header h;
+    uint64_t n = 2;
+    for (uint64_t d : boxes[r].second) n *= d;
+    h.tensors.push_back({name, DType::kBF16, boxes[r].second, 0, n});
+    h.buffer_size = n;
+    ShardingInfo info;
+    info.saved_offsets[name] = boxes[r].first;
+    info.global_shape[name] = shape;
+    h.metadata["format"] = "pt";
+    h.metadata[std::string(kShardingInfoKey)] = SerializeShardingInfo(info);
+    h.has_metadata = true;
+    h.Reindex();
+    const std::string path = JoinPath(dir, ShardFileName(r, 1, 1));
+    const std::string prefix = SerializeHeader(h);
+    testing::WriteFile(path, prefix);
+    EXPECT_EQ(truncate(path.c_str(), static_cast<off_t>(prefix.size() + n)), 0);
+  }
+  return dir;
+}
+
+std::vector<std::pair<std::vector<uint64_t>, std::vector<uint64_t>>> Split(
+    const std::vector<uint64_t>& shape, const std::vector<int>& ways) {
+  std::vector<std::pair<std::vector<uint64_t>, std::vector<uint64_t>>> out;
+  std::vector<int> idx(shape.size(), 0);
+  while (true) {
+    std::vector<uint64_t> off(shape.size()), sz(shape.size());
+    for (size_t d = 0; d < shape.size(); ++d) {
+      sz[d] = shape[d] / ways[d];
+      off[d] = sz[d] * idx[d];
+    }
+    out.push_back({off, sz});
+    size_t d = shape.size();
+    while (d-- > 0) {
+      if (++idx[d] < ways[d]) break;
+      idx[d] = 0;
+      if (d == 0) return out;
+    }
+  }
+}
+
+// WCAG 2 contrast, computed here from its definition (not with the widget's code).
+double WcagContrast(const QColor& a, const QColor& b) {
+  auto lum = [](const QColor& c) {
+    auto ch = [](double v) {
+      return v <= 0.03928 ? v / 12.92 : std::pow((v + 0.055) / 1.055, 2.4);
+    };
+    return 0.2126 * ch(c.red() / 255.0) + 0.7152 * ch(c.green() / 255.0) +
+           0.0722 * ch(c.blue() / 255.0);
+  };
+  const double x = lum(a), y = lum(b);
+  return (std::max(x, y) + 0.05) / (std::min(x, y) + 0.05);
+}
+
+// Every chunk at least 24 px on its smaller side, labelled, and every label >= 4.5:1.
+void ExpectLegible(const ShardMapWidget& map, const std::string& what) {
+  SCOPED_TRACE(what);
+  const TensorLayout* t = map.tensor();
+  ASSERT_NE(t, nullptr);
+  std::set<int> labelled;
+  for (const ShardMapWidget::Label& l : map.labels()) {
+    EXPECT_GE(WcagContrast(l.fg, l.bg), 4.5) << l.text.toStdString();
+    if (l.chunk >= 0) labelled.insert(l.chunk);
+  }
+  for (int i = 0; i < static_cast<int>(t->chunks.size()); ++i) {
+    const QRectF r = map.ChunkRect(i);
+    EXPECT_GE(std::min(r.width(), r.height()), 24.0)
+        << "chunk " << i << " is " << r.width() << " x " << r.height();
+    EXPECT_TRUE(labelled.count(i)) << "chunk " << i << " has no label";
+  }
+}
+
+TEST(InspectorTest, ShardMapGivesEveryChunkRoomAndReadableLabels) {
+  struct Case {
+    std::string what, name;
+    std::vector<uint64_t> shape;
+    std::vector<int> ways;
+    int skip = -1;
+  };
+  const std::vector<Case> cases = {
+      {"lm_head row-sharded 8 ways", "lm_head.weight", {32000, 4096}, {8, 1}},
+      {"lm_head column-sharded 8 ways", "lm_head.weight", {32000, 4096}, {1, 8}},
+      {"2x4 mesh", "model.layers.0.mlp.up_proj.weight", {11008, 4096}, {2, 4}},
+      {"3-D experts 8 ways", "model.layers.0.mlp.experts.w1", {64, 1408, 2048}, {8, 1, 1}},
+      {"row-sharded with rank 5 lost", "lm_head.weight", {32000, 4096}, {8, 1}, 5},
+  };
+  MainWindow w(Options());  // the default window size
+  w.show();
+  for (const Case& c : cases) {
+    const std::string dir = SparseRun(c.name, c.shape, Split(c.shape, c.ways), c.skip);
+    ASSERT_TRUE(Open(w, dir)) << c.what;
+    ASSERT_TRUE(w.SelectTensor(QString::fromStdString(c.name))) << c.what;
+    QCoreApplication::processEvents();
+    ExpectLegible(*w.shard_map, c.what + " (main window)");
+    ShardMapWidget map;  // alone, at its preferred size
+    map.SetTensor(w.checkpoint(), w.selected_tensor());
+    map.resize(map.sizeHint());
+    ExpectLegible(map, c.what + " (alone)");
+    // The split dimension runs horizontally; the longer one when there are two.
+    if (c.ways[0] > 1 && c.ways.size() == 3) {
+      EXPECT_EQ(map.col_dim(), 0) << c.what;
+    }
+    if (c.skip >= 0) {
+      ASSERT_EQ(map.gaps().size(), 1u);
+      ASSERT_EQ(map.gap_notes().size(), 1u);
+      EXPECT_TRUE(map.gap_notes()[0].contains(
+          "probably rank 5 (file shard-00006-model-00001-of-00001.safetensors, which is not in the "
+          "checkpoint)"))
+          << map.gap_notes()[0].toStdString();
+      bool gap_label = false;
+      for (const ShardMapWidget::Label& l : map.labels())
+        gap_label |= l.chunk < 0 && l.text == "GAP";
+      EXPECT_TRUE(gap_label);
+      SaveScreenshot(&map, "inspector_shard_map_lost_rank.png");
+    }
+  }
+  // True proportions on request: the row-sharded lm_head is then 8 thin bands of equal width.
+  const std::string dir = SparseRun("lm_head.weight", {32000, 4096}, Split({32000, 4096}, {8, 1}));
+  ASSERT_TRUE(Open(w, dir));
+  ASSERT_TRUE(w.SelectTensor("lm_head.weight"));
+  w.shard_map->SetProportional(true);
+  const QRectF T = w.shard_map->TensorRect();
+  EXPECT_NEAR(w.shard_map->ChunkRect(0).width(), T.width() / 8, 1e-6);
+  w.shard_map->SetProportional(false);
+}
+
 TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
   const std::string ck = MakeCheckpoint("mesh");
   MainWindow w(Options());
@@ -190,8 +332,8 @@ TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {
   ShardMapWidget* map = w.shard_map;
   const TensorLayout* t = w.selected_tensor();
   ASSERT_EQ(t->chunks.size(), 4u);
-  EXPECT_EQ(map->row_dim(), 0);
-  EXPECT_EQ(map->col_dim(), 1);
+  map->SetDims(0, 1);
+  map->SetProportional(true);  // this test checks true proportions
   const QRectF T = map->TensorRect();
   ASSERT_GT(T.width(), 50);
   double area = 0;
@@ -307,9 +449,13 @@ TEST(InspectorTest, ThreeDimensionalTensorsShowDim0ByTheRestFlattened) {
   ASSERT_TRUE(Open(w, InnerSplitCheckpoint()));
   ASSERT_TRUE(w.SelectTensor("t"));
   ShardMapWidget* map = w.shard_map;
+  // By itself the map shows the split dimension (2, three pieces) across, the longer other one
+  // (0) down; "dim 0 x the rest flattened" on request, here in true proportions.
+  EXPECT_EQ(map->col_dim(), 2);
   EXPECT_EQ(map->row_dim(), 0);
-  EXPECT_EQ(map->col_dim(), ShardMapWidget::kRest);
-  EXPECT_EQ(w.col_dim_combo->currentData().toInt(), ShardMapWidget::kRest);
+  EXPECT_EQ(w.col_dim_combo->currentData().toInt(), 2);
+  map->SetDims(0, ShardMapWidget::kRest);
+  map->SetProportional(true);
   // Each chunk is 4 stripes of 2 columns in the 24 flattened columns (dim 1 x dim 2).
   const QRectF T = map->TensorRect();
   ASSERT_EQ(w.selected_tensor()->chunks.size(), 3u);
@@ -337,6 +483,7 @@ TEST(InspectorTest, ThreeDimensionalTensorsShowDim0ByTheRestFlattened) {
   ASSERT_TRUE(Open(w, InnerSplitCheckpoint(1)));
   ASSERT_TRUE(w.SelectTensor("t"));
   ASSERT_EQ(w.selected_tensor()->shape, (std::vector<uint64_t>{8, 4, 6}));
+  map->SetDims(0, ShardMapWidget::kRest);
   ASSERT_EQ(map->gaps().size(), 4u);
   for (int b = 0; b < 4; ++b) {
     EXPECT_EQ(map->gaps()[b].r0, 0u);

@@ -135,7 +135,7 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   problems_only = new QCheckBox("Only problems", left);
   problems_only->setToolTip("Show only tensors with gaps, overlaps or other problems");
   flat_check = new QCheckBox("Flat", left);
-  flat_check->setToolTip("A flat list of full names instead of the prefix tree (Ctrl+L)");
+  flat_check->setToolTip("A flat list of full names instead of the prefix tree (Ctrl+Shift+L)");
   bar->addWidget(filter_edit, 1);
   bar->addWidget(dtype_filter);
   bar->addWidget(problems_only);
@@ -150,9 +150,33 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   tree_view->setAlternatingRowColors(true);
   tree_view->setSelectionBehavior(QAbstractItemView::SelectRows);
   tree_view->header()->setStretchLastSection(false);
-  const int widths[TensorTreeModel::kColumnCount] = {215, 55, 100, 85, 75, 52, 42, 62};
+  // Widths from the font: the longest dtype name fits; the name column takes what is left (and
+  // long names are elided in the middle, where they differ least).
+  const QFontMetrics tfm(tree_view->font());
+  int dtype_w = tfm.horizontalAdvance("DType") + 16;
+  for (int d = 0; d < kNumDTypes; ++d) {
+    dtype_w = std::max(
+        dtype_w,
+        tfm.horizontalAdvance(QString::fromUtf8(DTypeName(static_cast<DType>(d)).data())) + 16);
+  }
+  const int widths[TensorTreeModel::kColumnCount] = {215, dtype_w, 100, 85, 75, 52, 42, 62};
   for (int c = 0; c < TensorTreeModel::kColumnCount; ++c)
     tree_view->header()->resizeSection(c, widths[c]);
+  tree_view->header()->setSectionResizeMode(TensorTreeModel::kName, QHeaderView::Stretch);
+  tree_view->header()->setMinimumSectionSize(40);
+  tree_view->setTextElideMode(Qt::ElideMiddle);
+  tree_view->setSortingEnabled(true);
+  tree_view->sortByColumn(-1, Qt::AscendingOrder);  // file order until a header is clicked
+  tree_view->setContextMenuPolicy(Qt::ActionsContextMenu);
+  auto* copy_name = new QAction("Copy Name", tree_view);
+  copy_name->setShortcut(QKeySequence::Copy);
+  copy_name->setShortcutContext(Qt::WidgetShortcut);
+  connect(copy_name, &QAction::triggered, this, [this] {
+    if (const TensorLayout* t = selected_tensor()) {
+      QGuiApplication::clipboard()->setText(QString::fromStdString(t->name));
+    }
+  });
+  tree_view->addAction(copy_name);
   tree_view->setAccessibleName("Tensors");
   ll->addWidget(tree_view, 1);
 
@@ -171,6 +195,11 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   dims->addWidget(row_dim_combo);
   dims->addWidget(new QLabel("Columns:", map_page));
   dims->addWidget(col_dim_combo);
+  proportional_check = new QCheckBox("True proportions", map_page);
+  proportional_check->setToolTip(
+      "Draw every slice to scale. Unchecked (the default), each slice between two chunk "
+      "boundaries gets an equal share of the panel, so thin shards stay readable");
+  dims->addWidget(proportional_check);
   dims->addStretch();
   ml->addLayout(dims);
   auto* map_split = new QSplitter(Qt::Vertical, map_page);
@@ -242,6 +271,7 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   connect(tree_view->selectionModel(), &QItemSelectionModel::currentChanged, this,
           &MainWindow::OnTensorChanged);
   connect(shard_map, &ShardMapWidget::chunkClicked, this, &MainWindow::OnChunkClicked);
+  connect(proportional_check, &QCheckBox::toggled, shard_map, &ShardMapWidget::SetProportional);
   connect(chunk_view, &QTableView::clicked, this,
           [this](const QModelIndex& i) { OnChunkClicked(i.row()); });
   auto dims_changed = [this] {
@@ -448,7 +478,7 @@ void MainWindow::BuildMenus() {
   });
   find->setShortcut(QKeySequence::Find);
   QAction* flat = view->addAction("&Flat List", this, [this] { flat_check->toggle(); });
-  flat->setShortcut(QKeySequence("Ctrl+L"));
+  flat->setShortcut(QKeySequence("Ctrl+Shift+L"));  // Ctrl+L is Open URL
   view->addSeparator();
   for (QDockWidget* d : findChildren<QDockWidget*>()) view->addAction(d->toggleViewAction());
   view->addSeparator();

@@ -91,6 +91,7 @@ class MainWindow : public QMainWindow {
   QCheckBox* flat_check;
   QTabWidget* tabs;
   ShardMapWidget* shard_map;
+  QCheckBox* proportional_check = nullptr;  // shard map: true proportions
   QComboBox* row_dim_combo;
   QComboBox* col_dim_combo;
   QTableView* chunk_view;

@@ -7,14 +7,17 @@
 #include <QPainterPath>
 #include <QToolTip>
 #include <algorithm>
+#include <cmath>
 #include <set>
+#include <tuple>
 
+#include "core/format/filenames.h"
 #include "gui/views/format_util.h"
 
 namespace safeshard::gui {
 namespace {
 
-constexpr double kMaxAspect = 4.0;      // longer side at most 4x the shorter one
+constexpr double kMaxAspect = 4.0;      // proportional mode: longer side at most 4x the shorter
 constexpr size_t kMaxGridLines = 512;   // per axis, for drawing gaps and overlaps exactly
 constexpr uint64_t kMaxStripes = 1024;  // per chunk in "rest" mode
 constexpr double kLeft = 64, kTop = 48, kRight = 16, kBottom = 30;
@@ -24,6 +27,29 @@ QString Slice(uint64_t off, uint64_t size) {
       .arg(static_cast<qulonglong>(off))
       .arg(static_cast<qulonglong>(off + size));
 }
+
+// WCAG 2 relative luminance and contrast ratio.
+double Luminance(const QColor& c) {
+  auto lin = [](double v) { return v <= 0.03928 ? v / 12.92 : std::pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * lin(c.redF()) + 0.7152 * lin(c.greenF()) + 0.0722 * lin(c.blueF());
+}
+double Contrast(const QColor& a, const QColor& b) {
+  const double la = Luminance(a), lb = Luminance(b);
+  return (std::max(la, lb) + 0.05) / (std::min(la, lb) + 0.05);
+}
+
+// `bounds` (sorted, first 0, last the extent) as equal bands: v -> [0, 1].
+double Band(uint64_t v, const std::vector<uint64_t>& bounds) {
+  const size_t n = bounds.size() - 1;
+  size_t i =
+      static_cast<size_t>(std::upper_bound(bounds.begin(), bounds.end(), v) - bounds.begin());
+  i = i == 0 ? 0 : std::min(i - 1, n - 1);
+  const double span = static_cast<double>(bounds[i + 1] - bounds[i]);
+  const double frac = span > 0 ? static_cast<double>(v - bounds[i]) / span : 0;
+  return (static_cast<double>(i) + std::min(1.0, frac)) / static_cast<double>(n);
+}
+
+constexpr double kLegendHeight = 22;
 
 }  // namespace
 
@@ -52,12 +78,53 @@ void ShardMapWidget::SetTensor(std::shared_ptr<const CheckpointLayout> layout,
   layout_ = std::move(layout);
   tensor_ = tensor;
   selected_ = -1;
-  const size_t rank = tensor_ ? tensor_->shape.size() : 0;
-  row_dim_ = rank >= 2 ? 0 : -1;
-  col_dim_ = rank >= 3 ? kRest : (rank == 2 ? 1 : (rank == 1 ? 0 : -1));
+  std::tie(row_dim_, col_dim_) = tensor_ ? AutoDims(*tensor_) : std::pair<int, int>{-1, -1};
   ComputeCoverage();
   Relayout();
   update();
+}
+
+std::pair<int, int> ShardMapWidget::AutoDims(const TensorLayout& t) {
+  const int rank = static_cast<int>(t.shape.size());
+  if (rank == 0) return {-1, -1};
+  if (rank == 1) return {-1, 0};
+  // Pieces along each dimension: the intervals between the chunks' boundaries there.
+  std::vector<size_t> pieces(rank, 1);
+  for (int d = 0; d < rank; ++d) {
+    std::set<uint64_t> b = {0, t.shape[d]};
+    for (const Chunk& c : t.chunks) {
+      if (c.offsets.size() != t.shape.size()) continue;
+      b.insert(std::min(c.offsets[d], t.shape[d]));
+      b.insert(std::min(c.offsets[d] + c.sizes[d], t.shape[d]));
+    }
+    pieces[d] = b.size() - 1;
+  }
+  std::vector<int> order(rank);
+  for (int d = 0; d < rank; ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if (pieces[a] != pieces[b]) return pieces[a] > pieces[b];
+    return t.shape[a] > t.shape[b];
+  });
+  return {order[1], order[0]};  // rows, columns: the first choice runs horizontally
+}
+
+void ShardMapWidget::SetProportional(bool on) {
+  if (on == proportional_) return;
+  proportional_ = on;
+  Relayout();
+  update();
+}
+
+QColor ShardMapWidget::ChunkFill(int chunk) const {
+  if (tensor_ == nullptr || layout_ == nullptr || chunk < 0 ||
+      chunk >= static_cast<int>(tensor_->chunks.size()))
+    return {};
+  const QColor c = RankColor(RankOfFile(*layout_, tensor_->chunks[chunk].file));
+  const QColor bg = palette().color(QPalette::AlternateBase);
+  const double a = 0.78;  // the rank colour, a little of the background through it
+  return QColor::fromRgbF(a * c.redF() + (1 - a) * bg.redF(),
+                          a * c.greenF() + (1 - a) * bg.greenF(),
+                          a * c.blueF() + (1 - a) * bg.blueF());
 }
 
 void ShardMapWidget::SetDims(int row_dim, int col_dim) {
@@ -136,6 +203,9 @@ std::pair<uint64_t, uint64_t> ShardMapWidget::Span(int chunk, int dim) const {
 void ShardMapWidget::ComputeCoverage() {
   gaps_.clear();
   overlaps_.clear();
+  row_bounds_.clear();
+  col_bounds_.clear();
+  gap_notes_.clear();
   coverage_exact_ = true;
   if (tensor_ == nullptr) return;
   const size_t rank = tensor_->shape.size();
@@ -173,6 +243,8 @@ void ShardMapWidget::ComputeCoverage() {
   long double hidden_total = 1;
   for (int d : hidden) hidden_total *= static_cast<long double>(tensor_->shape[d]);
   std::vector<uint64_t> rv(rows.begin(), rows.end()), cv(cols.begin(), cols.end());
+  row_bounds_ = rv;
+  col_bounds_ = cv;
   for (size_t ri = 0; ri + 1 < rv.size(); ++ri) {
     for (size_t ci = 0; ci + 1 < cv.size(); ++ci) {
       const Cell cell{rv[ri], rv[ri + 1], cv[ci], cv[ci + 1]};
@@ -216,27 +288,181 @@ void ShardMapWidget::ComputeCoverage() {
   }
 }
 
+double ShardMapWidget::NoteHeight(const QString& note) const {
+  const QFontMetricsF fm(font());
+  const QRectF r = fm.boundingRect(QRectF(0, 0, std::max(40, width() - 16), 1000),
+                                   Qt::AlignLeft | Qt::TextWordWrap, note);
+  return std::min(r.height(), 2 * fm.height()) + 2;  // at most two lines
+}
+
+double ShardMapWidget::BottomReserve() const {
+  double h = kLegendHeight;
+  for (const QString& n : gap_notes_) h += NoteHeight(n);
+  return h;
+}
+
 void ShardMapWidget::Relayout() {
+  ComputeGapNotes();
   const double aw = std::max(10.0, width() - kLeft - kRight);
-  const double ah = std::max(10.0, height() - kTop - kBottom);
-  const double rows = static_cast<double>(std::max<uint64_t>(1, Extent(row_dim_)));
-  const double cols = static_cast<double>(std::max<uint64_t>(1, Extent(col_dim_)));
-  double aspect = cols / rows;  // width / height
+  const double ah = std::max(10.0, height() - kTop - kBottom - BottomReserve());
   aspect_compressed_ = false;
-  if (aspect > kMaxAspect) aspect = kMaxAspect, aspect_compressed_ = true;
-  if (aspect < 1 / kMaxAspect) aspect = 1 / kMaxAspect, aspect_compressed_ = true;
-  double w = aw, h = aw / aspect;
-  if (h > ah) h = ah, w = ah * aspect;
-  tensor_rect_ = QRectF(kLeft + (aw - w) / 2, kTop + (ah - h) / 2, w, h);
+  if (!proportional_) {
+    tensor_rect_ = QRectF(kLeft, kTop, aw, ah);  // schematic: the whole panel
+  } else {
+    const double rows = static_cast<double>(std::max<uint64_t>(1, Extent(row_dim_)));
+    const double cols = static_cast<double>(std::max<uint64_t>(1, Extent(col_dim_)));
+    double aspect = cols / rows;  // width / height
+    if (aspect > kMaxAspect) aspect = kMaxAspect, aspect_compressed_ = true;
+    if (aspect < 1 / kMaxAspect) aspect = 1 / kMaxAspect, aspect_compressed_ = true;
+    double w = aw, h = aw / aspect;
+    if (h > ah) h = ah, w = ah * aspect;
+    tensor_rect_ = QRectF(kLeft + (aw - w) / 2, kTop + (ah - h) / 2, w, h);
+  }
+  ComputeLabels();
+}
+
+double ShardMapWidget::MapRow(uint64_t v) const {
+  const QRectF& t = tensor_rect_;
+  if (!proportional_ && row_bounds_.size() >= 2) return t.top() + t.height() * Band(v, row_bounds_);
+  return t.top() + t.height() * static_cast<double>(v) /
+                       static_cast<double>(std::max<uint64_t>(1, Extent(row_dim_)));
+}
+
+double ShardMapWidget::MapCol(uint64_t v) const {
+  const QRectF& t = tensor_rect_;
+  if (!proportional_ && col_bounds_.size() >= 2) return t.left() + t.width() * Band(v, col_bounds_);
+  return t.left() + t.width() * static_cast<double>(v) /
+                        static_cast<double>(std::max<uint64_t>(1, Extent(col_dim_)));
 }
 
 QRectF ShardMapWidget::CellRect(const Cell& c) const {
-  const double rows = static_cast<double>(std::max<uint64_t>(1, Extent(row_dim_)));
-  const double cols = static_cast<double>(std::max<uint64_t>(1, Extent(col_dim_)));
-  const QRectF& t = tensor_rect_;
-  const double x0 = t.left() + t.width() * c.c0 / cols, x1 = t.left() + t.width() * c.c1 / cols;
-  const double y0 = t.top() + t.height() * c.r0 / rows, y1 = t.top() + t.height() * c.r1 / rows;
-  return QRectF(QPointF(x0, y0), QPointF(x1, y1));
+  return QRectF(QPointF(MapCol(c.c0), MapRow(c.r0)), QPointF(MapCol(c.c1), MapRow(c.r1)));
+}
+
+void ShardMapWidget::ComputeGapNotes() {
+  gap_notes_.clear();
+  if (tensor_ == nullptr || layout_ == nullptr || gaps_.empty()) return;
+  // Which ranks hold a chunk of this tensor, and which ranks the checkpoint has files of.
+  std::set<int> holding, with_files;
+  int max_rank = -1;
+  for (const Chunk& c : tensor_->chunks) holding.insert(RankOfFile(*layout_, c.file));
+  for (size_t f = 0; f < layout_->files().size(); ++f) {
+    if (!layout_->files()[f].shard) continue;
+    const int r = *layout_->files()[f].shard - 1;
+    with_files.insert(r);
+    max_rank = std::max(max_rank, r);
+  }
+  std::vector<int> missing;  // ranks without a chunk of this tensor, in order, then the next one
+  for (int r = 0; r <= max_rank; ++r) {
+    if (!holding.count(r)) missing.push_back(r);
+  }
+  if (missing.size() < gaps_.size()) {
+    for (int r = max_rank + 1; missing.size() < gaps_.size(); ++r) missing.push_back(r);
+  }
+  auto file_of = [&](int r) -> QString {
+    for (const FileInfo& f : layout_->files()) {
+      if (f.shard && *f.shard - 1 == r) return QString::fromStdString(f.name);
+    }
+    for (const FileInfo& f : layout_->files()) {  // the name it would have
+      absl::StatusOr<FileIndex> fi = ParseFileIndex(f.name);
+      if (fi.ok() && fi->shard)
+        return QString::fromStdString(ShardFileName(r, fi->index, fi->count));
+    }
+    return {};
+  };
+  const bool per_rank = max_rank >= 0;
+  for (size_t g = 0; g < gaps_.size(); ++g) {
+    const Cell& c = gaps_[g];
+    QString where = QString("missing: rows %1, columns %2")
+                        .arg(Slice(c.r0, c.r1 - c.r0), Slice(c.c0, c.c1 - c.c0));
+    if (per_rank && g < missing.size()) {
+      const int r = missing[g];
+      const QString f = file_of(r);
+      where += QString(" — probably rank %1").arg(r);
+      if (!f.isEmpty()) {
+        where += with_files.count(r) ? QString(" (file %1)").arg(f)
+                                     : QString(" (file %1, which is not in the checkpoint)").arg(f);
+      }
+    } else if (!per_rank) {
+      where += " — no file of the checkpoint holds it";
+    }
+    gap_notes_.push_back(where);
+  }
+}
+
+void ShardMapWidget::ComputeLabels() {
+  labels_.clear();
+  if (tensor_ == nullptr || layout_ == nullptr) return;
+  const QFontMetricsF fm(font());
+  const QColor black(Qt::black), white(Qt::white);
+  auto colours = [&](const QColor& fill, Label* l) {
+    l->bg = fill;
+    l->fg = Contrast(black, fill) >= Contrast(white, fill) ? black : white;
+    if (Contrast(l->fg, l->bg) < 4.5) {  // neither reaches it: a plate under the text
+      l->bg = palette().color(QPalette::Base);
+      l->fg = palette().color(QPalette::Text);
+      if (Contrast(l->fg, l->bg) < 4.5) l->bg = white, l->fg = black;
+    }
+  };
+  for (int i = 0; i < static_cast<int>(tensor_->chunks.size()); ++i) {
+    const std::vector<QRectF> stripes = ChunkRects(i);
+    if (stripes.size() != 1) continue;  // striped chunks: tooltips and the chunk table name them
+    const QRectF r = stripes[0];
+    const Chunk& c = tensor_->chunks[i];
+    const int rank = RankOfFile(*layout_, c.file);
+    const QString who = layout_->files()[c.file].shard ? QString("rank %1").arg(rank)
+                                                       : QString("file %1").arg(rank + 1);
+    QString slice;
+    for (size_t d = 0; d < c.offsets.size(); ++d) {
+      if (col_dim_ != kRest && static_cast<int>(d) != row_dim_ && static_cast<int>(d) != col_dim_)
+        continue;
+      if (!slice.isEmpty()) slice += ", ";
+      slice += Slice(c.offsets[d], c.sizes[d]);
+    }
+    Label l;
+    l.chunk = i;
+    const QString full = QString("%1\n[%2]").arg(who, slice);
+    const QRectF need = fm.boundingRect(QRectF(0, 0, 4000, 400), Qt::AlignCenter, full);
+    const double short_w = fm.horizontalAdvance(QString::number(rank));
+    if (r.width() > need.width() + 6 && r.height() > need.height() + 4) {
+      l.text = full;
+      l.rect = r;
+    } else if (r.width() > fm.horizontalAdvance(who) + 6 && r.height() > fm.height() + 2) {
+      l.text = who;
+      l.rect = r;
+    } else if (r.height() > fm.horizontalAdvance(who) + 6 && r.width() > fm.height() + 2) {
+      l.text = who;  // narrow and tall: written bottom to top
+      l.rect = r;
+      l.rotated = true;
+    } else if (r.width() > short_w + 4 && r.height() > fm.height()) {
+      l.text = QString::number(rank);
+      l.rect = r;
+    } else {
+      continue;  // too small for any text: the tooltip and the chunk table name it
+    }
+    colours(ChunkFill(i), &l);
+    labels_.push_back(std::move(l));
+  }
+  // Gaps and overlaps are always labelled, on a plate, inside when they fit, else centred on
+  // them (the hatching alone is easy to miss).
+  QFont bold = font();
+  bold.setBold(true);
+  const QFontMetricsF bm(bold);
+  auto mark = [&](const Cell& cell, const QString& text, const QColor& fg) {
+    const QRectF r = CellRect(cell);
+    Label l;
+    l.text = text;
+    const QSizeF sz(bm.horizontalAdvance(text) + 8, bm.height() + 2);
+    QRectF at(r.center() - QPointF(sz.width() / 2, sz.height() / 2), sz);
+    at.moveLeft(std::clamp(at.left(), 0.0, std::max(0.0, width() - sz.width())));
+    at.moveTop(std::clamp(at.top(), 0.0, std::max(0.0, height() - sz.height())));
+    l.rect = at;
+    l.bg = white;
+    l.fg = fg;
+    labels_.push_back(std::move(l));
+  };
+  for (const Cell& g : gaps_) mark(g, "GAP", QColor(160, 0, 0));
+  for (const Cell& o : overlaps_) mark(o, "OVERLAP", QColor(120, 50, 0));
 }
 
 std::vector<QRectF> ShardMapWidget::ChunkRects(int chunk) const {
@@ -392,12 +618,30 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
           .arg(files.size())
           .arg(dim_text(row_dim_), dim_text(col_dim_));
   if (aspect_compressed_) sub += " · aspect compressed";
-  if (!gaps_.empty()) sub += QString(" · %1 gap region(s)").arg(gaps_.size());
-  if (!overlaps_.empty()) sub += QString(" · %1 overlap region(s)").arg(overlaps_.size());
+  if (!proportional_) sub += " · schematic (equal room per slice)";
   if (!coverage_exact_) sub += " · coverage not drawn (see Problems)";
+  // Gaps and overlaps first, in red: they are why someone looks.
+  QString alert;
+  if (!gaps_.empty())
+    alert += QString("%1 gap%2").arg(gaps_.size()).arg(gaps_.size() == 1 ? "" : "s");
+  if (!overlaps_.empty()) {
+    alert += QString("%1%2 overlap%3")
+                 .arg(alert.isEmpty() ? "" : ", ")
+                 .arg(overlaps_.size())
+                 .arg(overlaps_.size() == 1 ? "" : "s");
+  }
+  double x = 8;
+  if (!alert.isEmpty()) {
+    p.setFont(bold);
+    p.setPen(QColor(180, 0, 0));
+    alert += " · ";
+    p.drawText(QRectF(x, 22, width() - 16, 18), Qt::AlignLeft | Qt::AlignVCenter, alert);
+    x += p.fontMetrics().horizontalAdvance(alert);
+    p.setFont(font());
+  }
   p.setPen(palette().color(QPalette::PlaceholderText));
-  p.drawText(QRectF(8, 22, width() - 16, 18), Qt::AlignLeft | Qt::AlignVCenter,
-             p.fontMetrics().elidedText(sub, Qt::ElideRight, width() - 16));
+  p.drawText(QRectF(x, 22, width() - x - 8, 18), Qt::AlignLeft | Qt::AlignVCenter,
+             p.fontMetrics().elidedText(sub, Qt::ElideRight, static_cast<int>(width() - x - 8)));
 
   const QRectF t = tensor_rect_;
   // Axis labels: 0 and the extent along each shown dimension.
@@ -419,9 +663,7 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
   for (int i : order) {
     const QRectF r = ChunkRect(i);
     const std::vector<QRectF> stripes = ChunkRects(i);
-    const int rank = RankOfFile(*layout_, tensor_->chunks[i].file);
-    QColor fill = RankColor(rank);
-    fill.setAlpha(i == selected_ ? 235 : 190);
+    const QColor fill = ChunkFill(i);
     for (const QRectF& st : stripes)
       p.fillRect(st.adjusted(0, 0, st.width() < 1 ? 1 - st.width() : 0, 0), fill);
     const QPen outline(i == selected_ ? palette().color(QPalette::Highlight) : fill.darker(160),
@@ -435,31 +677,6 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
       p.setPen(dashed);
       p.drawRect(r.adjusted(0.5, 0.5, -0.5, -0.5));
     }
-    if (stripes.size() > 1) continue;  // striped chunks: tooltips and the chunk table name them
-    // Label when it fits.
-    const Chunk& c = tensor_->chunks[i];
-    QString slice;
-    for (size_t d = 0; d < c.offsets.size(); ++d) {
-      if (col_dim_ != kRest && static_cast<int>(d) != row_dim_ && static_cast<int>(d) != col_dim_)
-        continue;
-      if (!slice.isEmpty()) slice += ", ";
-      slice += Slice(c.offsets[d], c.sizes[d]);
-    }
-    const QString label =
-        QString("%1\n[%2]")
-            .arg(layout_->files()[c.file].shard ? QString("rank %1").arg(rank)
-                                                : QString("file %1").arg(rank + 1),
-                 slice);
-    const QRect needed =
-        p.fontMetrics().boundingRect(QRect(0, 0, 1000, 100), Qt::AlignCenter, label);
-    if (r.width() > needed.width() + 6 && r.height() > needed.height() + 4) {
-      p.setPen(fill.lightness() > 150 ? Qt::black : Qt::white);
-      p.drawText(r, Qt::AlignCenter, label);
-    } else if (r.width() > p.fontMetrics().horizontalAdvance("r00") + 4 &&
-               r.height() > p.fontMetrics().height()) {
-      p.setPen(fill.lightness() > 150 ? Qt::black : Qt::white);
-      p.drawText(r, Qt::AlignCenter, QString::number(rank));
-    }
   }
   // Gaps: red hatching; overlaps: cross-hatched dark orange.
   for (const Cell& g : gaps_) {
@@ -468,12 +685,6 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
     p.fillRect(r, QBrush(QColor(200, 20, 20), Qt::BDiagPattern));
     p.setPen(QPen(QColor(200, 20, 20), 2, Qt::DashLine));
     p.drawRect(r.adjusted(1, 1, -1, -1));
-    if (r.width() > 40 && r.height() > 18) {
-      p.setPen(QColor(160, 0, 0));
-      p.setFont(bold);
-      p.drawText(r, Qt::AlignCenter, "GAP");
-      p.setFont(font());
-    }
   }
   for (const Cell& o : overlaps_) {
     const QRectF r = CellRect(o);
@@ -483,6 +694,77 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
   }
   p.setPen(QPen(palette().color(QPalette::Text), 1));
   p.drawRect(t.adjusted(-0.5, -0.5, 0.5, 0.5));
+  // Labels, exactly as computed (colours chosen for contrast).
+  for (const Label& l : labels_) {
+    const bool marker = l.chunk < 0;
+    p.setFont(marker ? bold : font());
+    if (marker || l.bg != ChunkFill(l.chunk)) {
+      // A plate under the text: gap/overlap markers, and labels no text colour reads on.
+      const QSizeF sz =
+          marker ? l.rect.size()
+                 : QSizeF(p.fontMetrics().horizontalAdvance(l.text.section('\n', 0, 0)) + 6,
+                          p.fontMetrics().height() * (l.text.count('\n') + 1) + 2);
+      QRectF plate(l.rect.center() - QPointF(sz.width() / 2, sz.height() / 2), sz);
+      if (l.rotated)
+        plate = QRectF(l.rect.center() - QPointF(sz.height() / 2, sz.width() / 2),
+                       QSizeF(sz.height(), sz.width()));
+      p.fillRect(plate, l.bg);
+      if (marker) {
+        p.setPen(QPen(l.fg, 1));
+        p.drawRect(plate.adjusted(0.5, 0.5, -0.5, -0.5));
+      }
+    }
+    p.setPen(l.fg);
+    if (l.rotated) {
+      p.save();
+      p.translate(l.rect.center());
+      p.rotate(-90);
+      p.drawText(QRectF(-l.rect.height() / 2, -l.rect.width() / 2, l.rect.height(), l.rect.width()),
+                 Qt::AlignCenter, l.text);
+      p.restore();
+    } else {
+      p.drawText(l.rect, Qt::AlignCenter, l.text);
+    }
+  }
+  p.setFont(font());
+  // Legend: rank -> colour, for the ranks of this tensor.
+  std::vector<std::pair<int, int>> ranks;  // rank, a chunk of it
+  for (int i = 0; i < static_cast<int>(tensor_->chunks.size()); ++i) {
+    const int r = RankOfFile(*layout_, tensor_->chunks[i].file);
+    if (std::none_of(ranks.begin(), ranks.end(), [&](auto& e) { return e.first == r; }))
+      ranks.push_back({r, i});
+  }
+  std::sort(ranks.begin(), ranks.end());
+  const bool per_rank = std::any_of(layout_->files().begin(), layout_->files().end(),
+                                    [](const FileInfo& f) { return f.shard.has_value(); });
+  double lx = t.left();
+  const double ly = t.bottom() + 20;
+  const QFontMetrics fm = p.fontMetrics();
+  for (size_t k = 0; k < ranks.size(); ++k) {
+    const QString name = per_rank ? QString("rank %1").arg(ranks[k].first)
+                                  : QString("file %1").arg(ranks[k].first + 1);
+    const double w = 14 + fm.horizontalAdvance(name) + 12;
+    const QString more = QString("+%1 more").arg(ranks.size() - k);
+    if (lx + w + fm.horizontalAdvance(more) > width() - kRight && k + 1 < ranks.size()) {
+      p.setPen(palette().color(QPalette::Text));
+      p.drawText(QRectF(lx, ly, width() - lx, kLegendHeight - 4), Qt::AlignLeft | Qt::AlignVCenter,
+                 more);
+      break;
+    }
+    p.fillRect(QRectF(lx, ly + 4, 10, 10), ChunkFill(ranks[k].second));
+    p.setPen(palette().color(QPalette::Text));
+    p.drawRect(QRectF(lx, ly + 4, 10, 10));
+    p.drawText(QRectF(lx + 14, ly, w, kLegendHeight - 4), Qt::AlignLeft | Qt::AlignVCenter, name);
+    lx += w;
+  }
+  // What is missing, and where it probably went.
+  double ny = ly + kLegendHeight;
+  p.setPen(QColor(180, 0, 0));
+  for (const QString& n : gap_notes_) {
+    const double h = NoteHeight(n);
+    p.drawText(QRectF(8, ny, width() - 16, h), Qt::AlignLeft | Qt::AlignTop | Qt::TextWordWrap, n);
+    ny += h;
+  }
 }
 
 }  // namespace safeshard::gui

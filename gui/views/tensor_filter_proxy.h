@@ -3,7 +3,9 @@
 #ifndef SAFESHARD_GUI_VIEWS_TENSOR_FILTER_PROXY_H_
 #define SAFESHARD_GUI_VIEWS_TENSOR_FILTER_PROXY_H_
 
+#include <QCollator>
 #include <QColor>
+#include <QLocale>
 #include <QRegularExpression>
 #include <QSortFilterProxyModel>
 
@@ -37,6 +39,19 @@ class TensorFilterProxy : public QSortFilterProxyModel {
   }
 
  protected:
+  // Names sort naturally ("layers.2" before "layers.10"), numbers by value, not by their text.
+  bool lessThan(const QModelIndex& a, const QModelIndex& b) const override {
+    const QVariant va = a.data(TensorTreeModel::kValueRole),
+                   vb = b.data(TensorTreeModel::kValueRole);
+    if (va.isValid() && vb.isValid()) return va.toULongLong() < vb.toULongLong();
+    static const QCollator* collator = [] {
+      auto* c = new QCollator(QLocale::c());
+      c->setNumericMode(true);
+      return c;
+    }();
+    return collator->compare(a.data().toString(), b.data().toString()) < 0;
+  }
+
   bool filterAcceptsRow(int row, const QModelIndex& parent) const override {
     if (!active_) return true;
     const QAbstractItemModel* m = sourceModel();
