@@ -27,6 +27,7 @@
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
+#include "core/util/version.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard {
@@ -80,6 +81,7 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
   CLI::App app{kDescription, "safeshard"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every command");
+  app.set_version_flag("--version", std::string("safeshard ") + kVersion);
 
   std::vector<Subcommand> subs;
   for (auto add : {AddInspect, AddVerify, AddMakeExample, AddConsolidate, AddRemap, AddDiff,
@@ -105,6 +107,9 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
     app.parse(rev);
   } catch (const CLI::CallForHelp&) {
     out << app.help();
+    return kExitOk;
+  } catch (const CLI::CallForVersion&) {
+    out << "safeshard " << kVersion << "\n";
     return kExitOk;
   } catch (const CLI::CallForAllHelp&) {
     out << app.help("", CLI::AppFormatMode::All);

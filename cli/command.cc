@@ -88,6 +88,33 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows, std::ostream&
   }
 }
 
+bool NaturalLess(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  while (i < a.size() && j < b.size()) {
+    if (digit(a[i]) && digit(b[j])) {
+      size_t i2 = i, j2 = j;
+      while (i2 < a.size() && digit(a[i2])) ++i2;
+      while (j2 < b.size() && digit(b[j2])) ++j2;
+      // Compare the numbers by value: without leading zeros, the longer is larger.
+      size_t zi = i, zj = j;
+      while (zi + 1 < i2 && a[zi] == '0') ++zi;
+      while (zj + 1 < j2 && b[zj] == '0') ++zj;
+      if (i2 - zi != j2 - zj) return i2 - zi < j2 - zj;
+      const int c = a.compare(zi, i2 - zi, b, zj, j2 - zj);
+      if (c != 0) return c < 0;
+      if (i2 - i != j2 - j) return i2 - i < j2 - j;  // "01" after "1": a stable tie-break
+      i = i2;
+      j = j2;
+    } else {
+      if (a[i] != b[j]) return static_cast<unsigned char>(a[i]) < static_cast<unsigned char>(b[j]);
+      ++i;
+      ++j;
+    }
+  }
+  return a.size() - i < b.size() - j;
+}
+
 bool StderrIsTerminal(std::ostream& err) {
   return &err == &std::cerr && isatty(2);
 }

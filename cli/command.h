@@ -50,6 +50,8 @@ ordered_json ProblemJson(const Problem& p);
 ordered_json CompletenessJson(const Completeness& c);
 // One line on what proves the checkpoint complete, or why nothing does.
 std::string CompletenessLine(const Completeness& c);
+// "layers.2" < "layers.10": runs of digits compare as numbers, everything else bytewise.
+bool NaturalLess(const std::string& a, const std::string& b);
 // Columns padded to their widest cell; `right_aligned` column indices.
 void PrintTable(const std::vector<std::vector<std::string>>& rows, std::ostream& out,
                 const std::set<size_t>& right_aligned);

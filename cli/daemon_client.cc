@@ -158,7 +158,15 @@ int RunDaemonConsolidate(const DaemonArgs& a, std::ostream& out, std::ostream& e
     err << "safeshard daemon-consolidate: safeshardd answered " << r->status << ": " << r->body;
     return kExitProblems;
   }
-  out << "queued: " << r->body;
+  const nlohmann::json answer = nlohmann::json::parse(r->body, nullptr, false);
+  if (a.json) {
+    out << r->body;
+  } else if (answer.is_object() && answer.contains("job") && answer["job"].is_number_integer()) {
+    out << "queued: job " << answer["job"].get<int64_t>() << " consolidates run " << id
+        << " (follow it with `safeshard jobs`)\n";
+  } else {
+    out << "queued: " << r->body;
+  }
   return kExitOk;
 }
 

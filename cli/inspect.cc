@@ -131,7 +131,7 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
   }
   uint64_t file_bytes = 0;
   for (const FileInfo& f : ck->files()) file_bytes += f.size;
-  out << "checkpoint " << ck->root() << ": " << CheckpointKindName(ck->kind());
+  out << "checkpoint " << a.path << ": " << CheckpointKindName(ck->kind());
   if (ck->rank_count() > 0) out << ", " << ck->rank_count() << " ranks";
   out << ", " << ck->files().size() << " file" << (ck->files().size() == 1 ? "" : "s") << ", "
       << HumanBytes(file_bytes);
@@ -168,7 +168,14 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
   } else {
     std::vector<std::vector<std::string>> rows = {
         {"NAME", "DTYPE", "SHAPE", "PARAMS", "BYTES", "CHUNKS", "FILES"}};
-    for (const TensorLayout& t : ck->tensors()) {
+    // Natural order, as the inspector: layers.2 before layers.10.
+    std::vector<const TensorLayout*> sorted;
+    for (const TensorLayout& t : ck->tensors()) sorted.push_back(&t);
+    std::stable_sort(
+        sorted.begin(), sorted.end(),
+        [](const TensorLayout* x, const TensorLayout* y) { return NaturalLess(x->name, y->name); });
+    for (const TensorLayout* tp : sorted) {
+      const TensorLayout& t = *tp;
       if (filter && !RE2::PartialMatch(t.name, *filter)) continue;
       std::set<int> files;
       for (const Chunk& c : t.chunks) files.insert(c.file);

@@ -56,10 +56,6 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     err << "safeshard verify: " << ck.status().message() << "\n";
     return ck.status().code() == absl::StatusCode::kNotFound ? kExitUsage : kExitProblems;
   }
-  if (ck->files().empty()) {
-    err << "safeshard verify: " << a.path << ": no .safetensors files\n";
-    return kExitProblems;
-  }
   if (!a.reference.empty()) {
     if (SameDirectory(*where->fs, a.reference, ck->root()) || a.reference == a.path) {
       err << "safeshard verify: --reference " << a.reference
@@ -130,7 +126,8 @@ int RunVerify(const VerifyArgs& a, std::ostream& out, std::ostream& err) {
     out << CompletenessLine(ck->completeness()) << "\n";
   } else {
     const size_t n = problems.size() + (checksum_error.empty() ? 0 : 1);
-    err << n << " problem" << (n == 1 ? "" : "s") << " in " << ck->root() << "\n";
+    // The verdict goes where "ok" goes: stdout (stderr is for failures to run at all).
+    out << n << " problem" << (n == 1 ? "" : "s") << " in " << a.path << "\n";
   }
   return ok ? kExitOk : kExitProblems;
 }

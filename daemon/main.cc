@@ -9,6 +9,7 @@
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/util/rlimit.h"
+#include "core/util/version.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
       "cleanly, SIGHUP reloads the configuration.",
       "safeshardd"};
   Flags f;
+  app.set_version_flag("--version", std::string("safeshardd ") + safeshard::kVersion);
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--config", f.config_file, "JSON configuration file (see README)");
   app.add_option("--watch", f.watch, "Directory to watch, recursively (repeatable)")

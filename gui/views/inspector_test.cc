@@ -4,6 +4,7 @@
 // against a daemon started here — and screenshots kept as test outputs.
 #include <unistd.h>
 #include <QAbstractItemModelTester>
+#include <QAction>
 #include <QApplication>
 #include <QCheckBox>
 #include <QComboBox>
@@ -31,6 +32,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 
@@ -320,6 +322,32 @@ TEST(InspectorTest, ShardMapGivesEveryChunkRoomAndReadableLabels) {
   const QRectF T = w.shard_map->TensorRect();
   EXPECT_NEAR(w.shard_map->ChunkRect(0).width(), T.width() / 8, 1e-6);
   w.shard_map->SetProportional(false);
+}
+
+TEST(InspectorTest, NoTwoActionsShareAShortcutAndWrongInputsGetGuidance) {
+  MainWindow w(Options());
+  w.show();
+  std::map<QString, QString> seen;
+  for (QAction* a : w.findChildren<QAction*>()) {
+    for (const QKeySequence& k : a->shortcuts()) {
+      if (a->shortcutContext() == Qt::WidgetShortcut) continue;  // local to one widget
+      const QString key = k.toString();
+      EXPECT_FALSE(seen.count(key))
+          << key.toStdString() << " is bound to both \"" << seen[key].toStdString() << "\" and \""
+          << a->text().toStdString() << "\"";
+      seen[key] = a->text();
+    }
+  }
+  // A directory of torch .distcp files is not "consistent": it is explained.
+  const std::string distcp = testing::NewTempDir();
+  testing::WriteFile(distcp + "/__0_0.distcp", "x");
+  ASSERT_TRUE(Open(w, distcp));
+  EXPECT_TRUE(w.banner_text().contains("torch.distributed.checkpoint"))
+      << w.banner_text().toStdString();
+  // A checkpoint opens with a tensor selected: its first problem's, else the first.
+  ASSERT_TRUE(Open(w, MakeCheckpoint("first")));
+  ASSERT_NE(w.selected_tensor(), nullptr);
+  EXPECT_EQ(w.selected_tensor()->name, w.checkpoint()->tensors()[0].name);
 }
 
 TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {

@@ -162,7 +162,6 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   const int widths[TensorTreeModel::kColumnCount] = {215, dtype_w, 100, 85, 75, 52, 42, 62};
   for (int c = 0; c < TensorTreeModel::kColumnCount; ++c)
     tree_view->header()->resizeSection(c, widths[c]);
-  tree_view->header()->setSectionResizeMode(TensorTreeModel::kName, QHeaderView::Stretch);
   tree_view->header()->setMinimumSectionSize(40);
   tree_view->setTextElideMode(Qt::ElideMiddle);
   tree_view->setSortingEnabled(true);
@@ -654,6 +653,15 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs,
   current_fs_ = std::move(fs);
   layout_ = std::move(layout);
   tree_model->SetPrepared(std::move(prepared));
+  {
+    // The name column: what the other columns leave, but never less than a readable 260 px
+    // (the view scrolls sideways then); the user may resize it.
+    int others = 0;
+    for (int c = 1; c < TensorTreeModel::kColumnCount; ++c)
+      others += tree_view->header()->sectionSize(c);
+    tree_view->header()->resizeSection(TensorTreeModel::kName,
+                                       std::max(260, tree_view->viewport()->width() - others));
+  }
   file_model_->SetLayout(layout_);
   problems_model_->SetLayout(layout_);
   heat_map->SetLayout(layout_);
@@ -718,6 +726,17 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs,
     ShowBanner({}, false);
   }
   setWindowTitle(QString("%1 — safeshard inspector").arg(path_));
+  // Something to look at at once: the first tensor with a problem, else the first tensor.
+  if (!layout_->tensors().empty()) {
+    std::string pick = layout_->tensors()[0].name;
+    for (const Problem& p : layout_->problems()) {
+      if (!p.tensor.empty() && layout_->FindTensor(p.tensor) != nullptr) {
+        pick = p.tensor;
+        break;
+      }
+    }
+    SelectTensor(QString::fromStdString(pick));
+  }
 }
 
 void MainWindow::UpdateFilter() {
