@@ -241,17 +241,17 @@ absl::Status WalkTogether(const TensorLayout& ta, Side& sa, const std::vector<Ru
 // Differing elements: how many, and the first with both values.
 struct Mismatches {
   uint64_t count = 0, first = 0;
-  std::string a, b;
-  // Runs under GuardMappedAccess: the element bytes are copied out of the mappings before
-  // anything allocates, so a SIGBUS can only interrupt a memcpy.
-  void Add(uint64_t element, DType da, const char* pa, DType db, const char* pb) {
+  // The first differing element's bytes. Add runs under GuardMappedAccess, so it only copies
+  // bytes (no allocation, nothing a jump could skip); they are formatted in Report.
+  DType da = DType::kU8, db = DType::kU8;
+  char ca[16] = {}, cb[16] = {};
+  void Add(uint64_t element, DType dtype_a, const char* pa, DType dtype_b, const char* pb) {
     if (count++ == 0) {
       first = element;
-      char ca[16], cb[16];
+      da = dtype_a;
+      db = dtype_b;
       std::memcpy(ca, pa, std::max(1, BitsOf(da) / 8));
       std::memcpy(cb, pb, std::max(1, BitsOf(db) / 8));
-      a = FormatElement(da, ca);
-      b = FormatElement(db, cb);
     }
   }
   // Fills `d` (kind values) when there are any; `criterion` follows "elements differ".
@@ -261,6 +261,7 @@ struct Mismatches {
     d->kind = DiffKind::kValues;
     d->differing_elements = count;
     SetFirstIndex(t, first, d);
+    const std::string a = FormatElement(da, ca), b = FormatElement(db, cb);
     d->first_a = a;
     d->first_b = b;
     d->detail = absl::StrCat(Grouped(count), " of ", Grouped(t.numel()), " elements differ",
