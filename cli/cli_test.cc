@@ -136,6 +136,60 @@ TEST(CliTest, InspectJsonIsStable) {
   EXPECT_TRUE(found);
   EXPECT_EQ(j["totals"]["BF16"]["tensors"], 8);
   EXPECT_EQ(RunCli({"inspect", "--json", dir}).out, r.out);  // deterministic
+  // The raw DCP_SHARDING_INFO string is not repeated in the files' metadata (it is the chunks).
+  for (const auto& f : j["files"]) {
+    EXPECT_FALSE(f["metadata"].contains("DCP_SHARDING_INFO")) << f["name"];
+    EXPECT_EQ(f["metadata"]["format"], "pt");
+  }
+}
+
+TEST(CliTest, InspectAndVerifyAgreeOnWrongInputsAndSayWhatIsThere) {
+  // One exit-code table: 0 clean, 1 problems (a wrong input is one), 2 usage.
+  struct Case {
+    std::vector<std::string> files;
+    std::string want;
+  };
+  for (const Case& c :
+       std::vector<Case>{{{}, "the directory is empty"},
+                         {{"__0_0.distcp", ".metadata"}, "torch.distributed.checkpoint"},
+                         {{"pytorch_model.bin"}, "pickle weights"}}) {
+    std::string dir = testing::NewTempDir();
+    for (const std::string& f : c.files) testing::WriteFile(dir + "/" + f, "x");
+    Result i = RunCli({"inspect", dir});
+    Result v = RunCli({"verify", dir});
+    EXPECT_EQ(i.code, kExitProblems) << c.want;
+    EXPECT_EQ(v.code, kExitProblems) << c.want;
+    EXPECT_THAT(i.out, HasSubstr(c.want));
+    EXPECT_THAT(v.out, HasSubstr(c.want));  // the verdict on stdout, like "ok"
+  }
+  // A text file under a checkpoint name is "not a safetensors file", not a huge header length.
+  std::string dir = testing::NewTempDir();
+  testing::WriteFile(dir + "/README.safetensors", "# My model\n\nTrained for 3 epochs.\n");
+  Result v = RunCli({"verify", dir + "/README.safetensors"});
+  EXPECT_EQ(v.code, kExitProblems);
+  EXPECT_THAT(v.out, HasSubstr("not a safetensors file"));
+  Result i = RunCli({"inspect", dir + "/README.safetensors"});
+  EXPECT_EQ(i.code, kExitProblems);
+  EXPECT_THAT(i.out,
+              HasSubstr("checkpoint " + dir + "/README.safetensors"));  // the file, not its dir
+  EXPECT_EQ(RunCli({"inspect", dir + "/missing"}).code, kExitUsage);
+}
+
+TEST(CliTest, VersionAndNaturalOrder) {
+  Result v = RunCli({"--version"});
+  EXPECT_EQ(v.code, kExitOk);
+  EXPECT_THAT(v.out, HasSubstr("safeshard 0."));
+  std::string dir = testing::NewTempDir();
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"layers.10.w", DType::kF32, {2}},
+                                                {"layers.2.w", DType::kF32, {2}},
+                                                {"layers.1.w", DType::kF32, {2}}}));
+  Result r = RunCli({"inspect", dir});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  const size_t p1 = r.out.find("layers.1.w"), p2 = r.out.find("layers.2.w"),
+               p10 = r.out.find("layers.10.w");
+  EXPECT_LT(p1, p2);
+  EXPECT_LT(p2, p10);
 }
 
 TEST(CliTest, MakeExampleRefusesToOverwrite) {

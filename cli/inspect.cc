@@ -23,6 +23,7 @@
 #include "cli/format_util.h"
 #include "core/format/dtype.h"
 #include "core/format/internal/json_util.h"
+#include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
@@ -57,7 +58,17 @@ ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
     j["tensors"] = f.header ? f.header->tensors.size() : 0;
     j["shard"] = f.shard ? ordered_json(*f.shard) : ordered_json();
     j["dcp"] = f.dcp;
-    j["metadata"] = f.header ? ordered_json(f.header->metadata) : ordered_json();
+    // __metadata__ without DCP_SHARDING_INFO: that raw JSON string (megabytes for 100k tensors)
+    // is already in the tensors' chunks, read and checked; only its entry count is kept.
+    if (f.header) {
+      ordered_json meta = ordered_json::object();
+      for (const auto& [k, v] : f.header->metadata) {
+        if (k != kShardingInfoKey) meta[k] = v;
+      }
+      j["metadata"] = std::move(meta);
+    } else {
+      j["metadata"] = ordered_json();
+    }
     j["error"] = f.error ? ordered_json(*f.error) : ordered_json();
     files.push_back(std::move(j));
   }
@@ -207,9 +218,15 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
                   absl::StrCat(Grouped(all[1]), " params"), HumanBytes(all[2])});
   PrintTable(rows, out, {1, 2, 3});
   if (!ck->problems().empty()) {
-    out << "\n"
-        << ck->problems().size() << " problem" << (ck->problems().size() == 1 ? "" : "s")
-        << " found; run `safeshard verify " << a.path << "` for the list\n";
+    // The first few here (what is wrong is the point of looking), the rest from verify.
+    out << "\n";
+    const size_t shown = std::min<size_t>(ck->problems().size(), 3);
+    for (size_t i = 0; i < shown; ++i) out << ck->problems()[i].ToString() << "\n";
+    out << ck->problems().size() << " problem" << (ck->problems().size() == 1 ? "" : "s")
+        << " found";
+    if (shown < ck->problems().size())
+      out << "; run `safeshard verify " << a.path << "` for the list";
+    out << "\n";
   }
   return code;
 }
