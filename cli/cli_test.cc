@@ -175,6 +175,24 @@ TEST(CliTest, InspectAndVerifyAgreeOnWrongInputsAndSayWhatIsThere) {
   EXPECT_EQ(RunCli({"inspect", dir + "/missing"}).code, kExitUsage);
 }
 
+TEST(CliConsolidateTest, DryRunPrintsThePlanAndWritesNothing) {
+  std::string in = Example();
+  std::string out = testing::NewTempDir() + "/out";
+  Result r = RunCli({"consolidate", in, out, "--dry-run", "--max-shard-size", "20KB"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("plan: "));
+  EXPECT_THAT(r.out, HasSubstr("model-00001-of-"));
+  EXPECT_THAT(r.out, HasSubstr("nothing was written"));
+  EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
+  // A bare number is refused: 5 bytes per file is never what is meant.
+  Result bare = RunCli({"consolidate", in, out, "--max-shard-size", "5"});
+  EXPECT_EQ(bare.code, kExitUsage);
+  EXPECT_THAT(bare.err, HasSubstr("has no unit"));
+  // Torch's dtype names are understood.
+  Result cast = RunCli({"consolidate", in, out, "--dry-run", "--cast-dtype", "torch.bfloat16"});
+  EXPECT_EQ(cast.code, kExitOk) << cast.err;
+}
+
 TEST(CliTest, VersionAndNaturalOrder) {
   Result v = RunCli({"--version"});
   EXPECT_EQ(v.code, kExitOk);

@@ -39,7 +39,7 @@ struct ConsolidateArgs {
   std::string mapping, reference, max_shard_size, unmapped = "error", cast_dtype, key_map;
   std::vector<std::string> metadata;
   bool restore_dtypes = false, diffusers = false, verify = false, overwrite = false, json = false;
-  bool strict = false, no_checksums = false;
+  bool strict = false, no_checksums = false, no_model_files = false, dry_run = false;
   int threads = 0;
   int expect_ranks = 0;
 };
@@ -84,6 +84,7 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   spec.expect_ranks = a.expect_ranks;
   spec.strict = a.strict;
   spec.checksums = !a.no_checksums;
+  spec.model_files = !a.no_model_files;
   if (absl::Status valid = ValidateConsolidateSpec(spec); !valid.ok())
     return usage(valid.message());
   absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved =
@@ -103,6 +104,39 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   absl::StatusOr<ResolvedPath> outp = Resolve(a.out, a.token);
   if (!outp.ok()) return usage(outp.status().message());
   o.output_fs = outp->fs.get();
+  if (a.dry_run) {
+    // The plan consolidation would carry out, from the same checks; nothing is written.
+    ScanOptions so;
+    so.expect_ranks = o.expect_ranks;
+    so.strict = o.strict;
+    absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*in->fs, in->path, so);
+    if (!ck.ok()) return fail(ck.status());
+    absl::StatusOr<ConsolidationPlan> plan = PlanConsolidation(*ck, o);
+    if (!plan.ok()) return fail(plan.status());
+    uint64_t total = 0;
+    std::vector<std::vector<std::string>> rows = {{"FILE", "SIZE", "TENSORS"}};
+    for (const OutputFilePlan& f : plan->outputs) {
+      total += f.header.file_size();
+      rows.push_back(
+          {f.name, HumanBytes(f.header.file_size()), absl::StrCat(f.header.tensors.size())});
+    }
+    out << "plan: " << plan->outputs.size() << " file" << (plan->outputs.size() == 1 ? "" : "s")
+        << ", " << HumanBytes(total) << ", " << plan->weight_map.size() << " tensors into " << a.out
+        << "\n";
+    PrintTable(rows, out, {1, 2});
+    std::vector<std::string> extra;
+    if (o.copy_model_files) {
+      for (const std::string& n : ModelFileNames()) {
+        if (in->fs->Stat(JoinPath(plan->input_root, n)).ok()) extra.push_back(n);
+      }
+    }
+    if (o.checksums) extra.push_back(std::string(kManifestFileName));
+    extra.push_back(plan->index_name + " (last)");
+    out << "then: " << absl::StrJoin(extra, ", ") << "\n";
+    for (const std::string& w : plan->warnings) out << "warning: " << w << "\n";
+    out << "nothing was written (--dry-run)\n";
+    return kExitOk;
+  }
   absl::StatusOr<ConsolidateResult> r = Consolidate(*in->fs, in->path, outp->path, o);
   bar.Finish();
   if (!r.ok()) return fail(r.status());
@@ -191,6 +225,12 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
   consolidate->add_flag("--no-checksums", a->no_checksums,
                         "Do not publish safeshard.complete.json with the outputs' XXH3-64 "
                         "checksums (saves one read of the outputs)");
+  consolidate->add_flag("--no-model-files", a->no_model_files,
+                        "Do not copy config.json, generation_config.json and the tokenizer files "
+                        "found beside IN into OUT (copied by default; one already in OUT is kept)");
+  consolidate->add_flag(
+      "--dry-run", a->dry_run,
+      "Check IN and print the output plan (files, sizes, tensors); write nothing");
   consolidate->add_flag("--json", a->json, "Print the result as JSON (no progress bar)");
 
   return {{consolidate,

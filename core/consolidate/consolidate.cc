@@ -791,6 +791,26 @@ class Executor {
 
 }  // namespace
 
+const std::vector<std::string>& ModelFileNames() {
+  static const std::vector<std::string>* names =
+      new std::vector<std::string>{"config.json",
+                                   "generation_config.json",
+                                   "tokenizer.json",
+                                   "tokenizer_config.json",
+                                   "special_tokens_map.json",
+                                   "added_tokens.json",
+                                   "vocab.json",
+                                   "vocab.txt",
+                                   "merges.txt",
+                                   "tokenizer.model",
+                                   "spiece.model",
+                                   "chat_template.jinja",
+                                   "chat_template.json",
+                                   "preprocessor_config.json",
+                                   "processor_config.json"};
+  return *names;
+}
+
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,
                                               const std::string& output_dir,
                                               const ConsolidateOptions& o, Collective* collective) {
@@ -959,10 +979,26 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
 
   // 5. Publish (rank 0): files, then the index last.
   absl::Status published = absl::OkStatus();
+  std::vector<std::string> companions;  // companion files (config.json, ...) copied along
   if (rank == 0) {
     published = [&]() -> absl::Status {
       if (o.cancel && o.cancel->load()) return absl::CancelledError("consolidation cancelled");
       for (AtomicFile& a : atomics) RETURN_IF_ERROR(a.Commit());
+      if (o.copy_model_files) {
+        // config.json, tokenizer files, ...: streamed, regular files only, never over one that
+        // is already in OUT.
+        for (const std::string& name : ModelFileNames()) {
+          absl::StatusOr<std::unique_ptr<ReadableFile>> src =
+              fs.OpenRead(JoinPath(plan.input_root, name));
+          if (!src.ok()) continue;  // absent (or not a regular file): nothing to copy
+          if (out_dir->Stat(name).ok()) continue;
+          ASSIGN_OR_RETURN(AtomicFile copy, AtomicFile::Create(*out_dir, name));
+          if ((*src)->size() > 0)
+            RETURN_IF_ERROR(copy.file().CopyFrom(**src, 0, 0, (*src)->size()));
+          RETURN_IF_ERROR(copy.Commit());
+          companions.push_back(name);
+        }
+      }
       if (o.checksums) {
         // The outputs' sizes and checksums, before the index: the index stays the "done" signal.
         RETURN_IF_ERROR(WriteFileAtomically(*out_dir, std::string(kManifestFileName),
@@ -996,6 +1032,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   }
   RETURN_IF_ERROR(AllGatherStatus(c, published));
   for (const OutputFilePlan& f : plan.outputs) result.files.push_back(f.name);
+  result.files.insert(result.files.end(), companions.begin(), companions.end());
   if (o.checksums) result.files.push_back(kManifestFileName);
   result.files.push_back(plan.index_name);
   for (const CopyTask& t : plan.tasks) result.bytes += t.dst_bytes();

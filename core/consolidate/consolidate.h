@@ -72,7 +72,14 @@ struct ConsolidateOptions {
   // Inputs kept open (and mapped) at once; 0: half the soft open-file limit. Fewer than the
   // input files means some are reopened (and re-checked) as the copy moves between them.
   int max_open_inputs = 0;
+  // Copy the model's small companion files found beside the input (ModelFileNames(): config,
+  // generation config, tokenizer files, chat template) into the output, before the index; one
+  // already in the output is kept.
+  bool copy_model_files = true;
 };
+
+// The companion files of an HF model directory that consolidation copies along.
+const std::vector<std::string>& ModelFileNames();
 
 // One contiguous-run copy job: a chunk of one input tensor into its output tensor.
 struct CopyTask {

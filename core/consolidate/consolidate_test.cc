@@ -353,6 +353,28 @@ TEST(ConsolidateTest, OverwriteNeverDeletesShardsUnderAnyNameOrFilesNoResultClai
   ASSERT_TRUE(r3.ok()) << r3.status();
 }
 
+TEST(ConsolidateTest, CopiesTheModelsConfigAndTokenizerButNeverOverAFileInOut) {
+  std::string in = WriteModel({{"w", DType::kF32, {8, 2}, Sharding::kRow}});
+  testing::WriteFile(in + "/config.json", R"({"model_type": "llama"})");
+  testing::WriteFile(in + "/tokenizer.json", "{}");
+  testing::WriteFile(in + "/optimizer.pt", "not for the HF output");
+  std::string out = testing::NewTempDir() + "/out";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(out).ok());
+  testing::WriteFile(out + "/tokenizer.json", "mine");
+  auto r = Consolidate(LocalFileSystem(), in, out, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(testing::ReadFile(out + "/config.json"), R"({"model_type": "llama"})");
+  EXPECT_EQ(testing::ReadFile(out + "/tokenizer.json"), "mine");  // kept
+  EXPECT_FALSE(LocalFileSystem().Stat(out + "/optimizer.pt").ok());
+  EXPECT_THAT(r->files, ::testing::Contains("config.json"));
+  EXPECT_EQ(r->files.back(), "model.safetensors.index.json");  // still last
+  ConsolidateOptions no;
+  no.copy_model_files = false;
+  std::string out2 = testing::NewTempDir() + "/out2";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, out2, no).ok());
+  EXPECT_FALSE(LocalFileSystem().Stat(out2 + "/config.json").ok());
+}
+
 TEST(ConsolidateTest, RefusesAnInputReplacedBetweenTheScanAndTheCopy) {
   // A file rewritten after the scan (same size, other tensor names and so other offsets) or
   // replaced by one of another size: the plan's offsets no longer describe it, so nothing is

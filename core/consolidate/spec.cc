@@ -95,6 +95,7 @@ std::string SerializeConsolidateSpec(const ConsolidateSpec& s) {
   j["expect_ranks"] = s.expect_ranks;
   j["strict"] = s.strict;
   j["checksums"] = s.checksums;
+  j["model_files"] = s.model_files;
   return internal::DumpJson(j, 2);
 }
 
@@ -155,6 +156,8 @@ absl::StatusOr<ConsolidateSpec> ParseConsolidateSpec(absl::string_view json) {
       ok = boolean(v, &s.strict);
     else if (key == "checksums")
       ok = boolean(v, &s.checksums);
+    else if (key == "model_files")
+      ok = boolean(v, &s.model_files);
     else if (key == "key_map") {
       absl::StatusOr<KeyMap> km = KeyMap::FromJson(internal::DumpJson(v));
       if (!km.ok()) return Bad("consolidation spec: key_map", km.status().message());
@@ -215,6 +218,7 @@ absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> ResolveConsolidateSpec(
   o.expect_ranks = s.expect_ranks;
   o.strict = s.strict;
   o.checksums = s.checksums;
+  o.copy_model_files = s.model_files;
   return r;
 }
 

@@ -36,13 +36,14 @@ struct ConsolidateSpec {
                                    // "torch.bfloat16", "half", ...); never FP8
   std::vector<KeyMap::Rule> key_map;            // renames output keys
   std::map<std::string, std::string> metadata;  // added to __metadata__
-  bool diffusers = false;  // diffusion_pytorch_model-*.safetensors and its index
-  int threads = 0;         // 0: every core
-  bool verify = false;     // re-read the outputs and compare them with the inputs
-  bool overwrite = false;  // replace (remove first) a result already in OUT
-  int expect_ranks = 0;    // IN must hold exactly ranks 0..N-1 (0: not checked)
-  bool strict = false;     // refuse IN when its completeness cannot be proven
-  bool checksums = true;   // publish safeshard.complete.json with the outputs' checksums
+  bool diffusers = false;   // diffusion_pytorch_model-*.safetensors and its index
+  int threads = 0;          // 0: every core
+  bool verify = false;      // re-read the outputs and compare them with the inputs
+  bool overwrite = false;   // replace (remove first) a result already in OUT
+  int expect_ranks = 0;     // IN must hold exactly ranks 0..N-1 (0: not checked)
+  bool strict = false;      // refuse IN when its completeness cannot be proven
+  bool checksums = true;    // publish safeshard.complete.json with the outputs' checksums
+  bool model_files = true;  // copy config.json, tokenizer files, ... found beside the input
 
   bool operator==(const ConsolidateSpec&) const = default;
 };
