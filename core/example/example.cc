@@ -1,5 +1,9 @@
 #include "core/example/example.h"
 
+#include <cstring>
+
+#include <cmath>
+
 #include <algorithm>
 #include <map>
 
@@ -26,6 +30,119 @@ inline uint8_t ByteAt(uint64_t seed, uint64_t pos) {
   x *= 0xBF58476D1CE4E5B9ull;
   x ^= x >> 29;
   return static_cast<uint8_t>(x);
+}
+
+// A deterministic N(0, 1) sample for element `g` of a tensor (Box-Muller on two hashes).
+double Normal(uint64_t seed, uint64_t g) {
+  auto u = [&](uint64_t salt) {
+    uint64_t x = seed ^ ((2 * g + salt) * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 31;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 29;
+    x *= 0x94D049BB133111EBull;
+    x ^= x >> 32;
+    return (static_cast<double>(x >> 11) + 0.5) / 9007199254740992.0;  // (0, 1)
+  };
+  return std::sqrt(-2.0 * std::log(u(0))) * std::cos(6.283185307179586 * u(1));
+}
+
+// F8 code nearest to v (finite codes only), from a table of every code's value.
+uint8_t NearestF8(double v, int exp_bits, int bias, bool fnuz) {
+  const int man_bits = 7 - exp_bits;
+  uint8_t best = 0;
+  double best_d = 1e300;
+  for (int code = 0; code < 256; ++code) {
+    const int sign = code >> 7, e = (code >> man_bits) & ((1 << exp_bits) - 1),
+              m = code & ((1 << man_bits) - 1);
+    if (fnuz && code == 0x80) continue;                         // NaN
+    if (!fnuz && exp_bits == 4 && e == 15 && m == 7) continue;  // E4M3FN NaN
+    if (!fnuz && exp_bits == 5 && e == 31) continue;            // E5M2 inf/NaN
+    const double mag = e == 0 ? std::ldexp(m, 1 - bias - man_bits)
+                              : std::ldexp(1.0 + std::ldexp(m, -man_bits), e - bias);
+    const double d = std::fabs((sign ? -mag : mag) - v);
+    if (d < best_d) best_d = d, best = static_cast<uint8_t>(code);
+  }
+  return best;
+}
+
+uint16_t ToBF16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);  // round to nearest even
+}
+
+uint16_t ToF16(float f) {  // normal-range values (|f| < 65504), round to nearest even
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  const uint32_t sign = (b >> 16) & 0x8000;
+  const int exp = static_cast<int>((b >> 23) & 0xff) - 127 + 15;
+  uint32_t man = b & 0x7fffff;
+  if (exp <= 0) {  // subnormal half (or zero)
+    if (exp < -10) return static_cast<uint16_t>(sign);
+    man |= 0x800000;
+    const int shift = 14 - exp;
+    uint32_t h = man >> shift;
+    const uint32_t rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = (static_cast<uint32_t>(exp) << 10) | (man >> 13);
+  const uint32_t rem = man & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+// Element `g` of an example tensor, encoded in its dtype: N(0, 1) for floating point (so values,
+// histograms and diffs look like weights, not like random bit patterns), small integers for
+// integer dtypes, 0/1 for booleans.
+void EncodeElement(DType t, uint64_t seed, uint64_t g, char* out) {
+  const double v = Normal(seed, g);
+  const int64_t small = static_cast<int64_t>(std::llround(v * 30));  // about -100..100
+  switch (t) {
+    case DType::kF64: std::memcpy(out, &v, 8); return;
+    case DType::kF32: {
+      const float f = static_cast<float>(v);
+      std::memcpy(out, &f, 4);
+      return;
+    }
+    case DType::kBF16: {
+      const uint16_t h = ToBF16(static_cast<float>(v));
+      std::memcpy(out, &h, 2);
+      return;
+    }
+    case DType::kF16: {
+      const uint16_t h = ToF16(static_cast<float>(v));
+      std::memcpy(out, &h, 2);
+      return;
+    }
+    case DType::kF8_E4M3: *out = static_cast<char>(NearestF8(v, 4, 7, false)); return;
+    case DType::kF8_E5M2: *out = static_cast<char>(NearestF8(v, 5, 15, false)); return;
+    case DType::kF8_E4M3FNUZ: *out = static_cast<char>(NearestF8(v, 4, 8, true)); return;
+    case DType::kF8_E5M2FNUZ: *out = static_cast<char>(NearestF8(v, 5, 16, true)); return;
+    case DType::kF8_E8M0:
+      *out = static_cast<char>(127 + std::clamp<int64_t>(std::llround(v * 2), -8, 8));
+      return;
+    case DType::kBOOL: *out = static_cast<char>(v > 0); return;
+    case DType::kI8:
+    case DType::kI16:
+    case DType::kI32:
+    case DType::kI64: {
+      const int64_t x = std::clamp<int64_t>(small, -127, 127);
+      std::memcpy(out, &x, static_cast<size_t>(BitsOf(t) / 8));  // little-endian: low bytes
+      return;
+    }
+    case DType::kU8:
+    case DType::kU16:
+    case DType::kU32:
+    case DType::kU64: {
+      const uint64_t x = static_cast<uint64_t>(std::clamp<int64_t>(small + 128, 0, 255));
+      std::memcpy(out, &x, static_cast<size_t>(BitsOf(t) / 8));
+      return;
+    }
+    default:  // C64 and sub-byte types: the byte pattern
+      for (int b = 0; b < BitsOf(t) / 8; ++b) out[b] = static_cast<char>(ByteAt(seed, g * 8 + b));
+      return;
+  }
 }
 
 // torch.chunk: chunk size ceil(n / parts); later parts may be short or empty.
@@ -170,8 +287,7 @@ std::string ChunkBytes(const ExampleTensor& t, const ChunkSpec& c) {
   for (uint64_t e = 0; e < n; ++e) {
     uint64_t g = 0;
     for (size_t d = 0; d < rank; ++d) g += (c.offsets[d] + idx[d]) * gstride[d];
-    for (uint64_t b = 0; b < esize; ++b)
-      out[e * esize + b] = static_cast<char>(ByteAt(seed, g * esize + b));
+    EncodeElement(t.dtype, seed, g, out.data() + e * esize);
     for (size_t d = rank; d-- > 0;) {
       if (++idx[d] < c.sizes[d]) break;
       idx[d] = 0;
