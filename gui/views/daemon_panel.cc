@@ -32,6 +32,8 @@ QTableWidget* MakeTable(QWidget* parent, const QStringList& headers) {
   t->setEditTriggers(QAbstractItemView::NoEditTriggers);
   t->verticalHeader()->setVisible(false);
   t->horizontalHeader()->setStretchLastSection(true);
+  t->setWordWrap(false);  // one line per run or job, elided; the tooltip has the whole text
+  t->setTextElideMode(Qt::ElideMiddle);
   return t;
 }
 
@@ -66,8 +68,10 @@ DaemonPanel::DaemonPanel(QWidget* parent) : QWidget(parent) {
   status_->setWordWrap(true);
   l->addWidget(status_);
 
-  auto* split = new QSplitter(Qt::Vertical, this);
-  runs_table = MakeTable(split, {"Run", "State", "Detection", "Path", "Output", "Detail"});
+  // Side by side: in a dock along the bottom, each table gets the whole height (stacked, each
+  // showed about two rows).
+  auto* split = new QSplitter(Qt::Horizontal, this);
+  runs_table = MakeTable(split, {"Path", "State", "Output", "Detail", "Detection", "Run ID"});
   jobs_table = MakeTable(split, {"Job", "Run", "Kind", "State", "Progress", "Attempts", "Error"});
   split->addWidget(runs_table);
   split->addWidget(jobs_table);
@@ -108,6 +112,7 @@ void DaemonPanel::SetStatus(const QString& text, bool error) {
 
 void DaemonPanel::Connect() {
   connected_ = true;
+  reached_ = false;
   connect_button->setText("Disconnect");
   address_edit->setEnabled(false);
   SetStatus("Connecting…", false);
@@ -160,9 +165,18 @@ void DaemonPanel::Refresh() {
       const QByteArray body = reply->readAll();
       if (!connected_) return;
       if (reply->error() != QNetworkReply::NoError) {
-        SetStatus(ReplyError(reply, body), true);
+        const QString why = ReplyError(reply, body);
+        if (!reached_) {
+          // Never reached: back to "Connect", with why (not a "Disconnect" button for a
+          // connection that never was).
+          Disconnect();
+          SetStatus("Could not connect: " + why, true);
+          return;
+        }
+        SetStatus(why, true);
         return;
       }
+      reached_ = true;
       const QJsonObject o = QJsonDocument::fromJson(body).object();
       if (runs) {
         runs_ = o.value("runs").toArray();
@@ -190,16 +204,19 @@ void DaemonPanel::FillRuns() {
   runs_table->setRowCount(runs_.size());
   for (int i = 0; i < runs_.size(); ++i) {
     const QJsonObject r = runs_[i].toObject();
-    const QStringList cells = {r["id"].toString(),        r["state"].toString(),
-                               r["detection"].toString(), r["path"].toString(),
-                               r["output"].toString(),    r["detail"].toString()};
+    // The detail in words: a published run's record keeps an internal fingerprint there.
+    QString detail = r["detail"].toString();
+    if (detail.startsWith("published:")) detail = "published into " + r["output"].toString();
+    const QStringList cells = {r["path"].toString(),      r["state"].toString(),
+                               r["output"].toString(),    detail,
+                               r["detection"].toString(), r["id"].toString()};
     for (int c = 0; c < cells.size(); ++c) {
       auto* item = new QTableWidgetItem(cells[c]);
       item->setToolTip(cells[c]);
       if (c == 1) item->setForeground(StateColor(cells[c]));
       runs_table->setItem(i, c, item);
     }
-    if (cells[0] == keep) runs_table->selectRow(i);
+    if (cells[5] == keep) runs_table->selectRow(i);
   }
 }
 
@@ -212,8 +229,13 @@ void DaemonPanel::FillJobs() {
                                              .arg(100.0 * done / total, 0, 'f', 1)
                                              .arg(HumanBytes(static_cast<uint64_t>(total)))
                                        : QString();
+    // The run by its path (its id is in the tooltip).
+    QString run = j["run"].toString();
+    for (const QJsonValue& rv : runs_) {
+      if (rv.toObject()["id"].toString() == run) run = rv.toObject()["path"].toString();
+    }
     const QStringList cells = {QString::number(j["id"].toInteger()),
-                               j["run"].toString(),
+                               run,
                                j["kind"].toString(),
                                j["state"].toString(),
                                progress,
@@ -230,8 +252,8 @@ void DaemonPanel::FillJobs() {
 
 QString DaemonPanel::SelectedRunId() const {
   const int r = runs_table->currentRow();
-  if (r < 0 || runs_table->item(r, 0) == nullptr) return {};
-  return runs_table->item(r, 0)->text();
+  if (r < 0 || runs_table->item(r, 5) == nullptr) return {};
+  return runs_table->item(r, 5)->text();
 }
 
 void DaemonPanel::ConsolidateSelected() {

@@ -62,6 +62,7 @@ class DaemonPanel : public QWidget {
   QLabel* status_;
   QJsonArray runs_, jobs_;
   bool connected_ = false;
+  bool reached_ = false;  // the daemon answered since Connect()
   int in_flight_ = 0;
 };
 

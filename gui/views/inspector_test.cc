@@ -783,7 +783,7 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
   p->token_file_edit->setText(QString::fromStdString(bad));
   QTest::mouseClick(p->connect_button, Qt::LeftButton);
   ASSERT_TRUE(WaitUntil([&] { return p->runs().size() == 1; })) << p->status_text().toStdString();
-  EXPECT_EQ(p->runs_table->item(0, 3)->text().toStdString(), run);
+  EXPECT_EQ(p->runs_table->item(0, 0)->text().toStdString(), run);  // runs by their paths
   p->runs_table->selectRow(0);
   QSignalSpy action(p, &DaemonPanel::actionDone);
   QTest::mouseClick(p->consolidate_button, Qt::LeftButton);
@@ -804,6 +804,9 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
       << p->status_text().toStdString();
   ASSERT_TRUE(WaitUntil([&] { return p->jobs_table->rowCount() == 1; }));
   EXPECT_EQ(p->jobs_table->item(0, 3)->text(), "published");
+  EXPECT_EQ(p->jobs_table->item(0, 1)->text().toStdString(), run);  // the run's path, not its id
+  EXPECT_TRUE(p->runs_table->item(0, 3)->text().startsWith("published into"))
+      << p->runs_table->item(0, 3)->text().toStdString();
   // Open: the consolidated output opens in the inspector.
   p->runs_table->selectRow(0);
   QSignalSpy loaded(&w, &MainWindow::layoutLoaded);
@@ -813,6 +816,12 @@ TEST(InspectorTest, DaemonPanelListsRunsTriggersConsolidationAndOpensTheResult) 
   EXPECT_TRUE(w.checkpoint()->problems().empty());
   p->Disconnect();
   (*d)->Stop();
+  // Nothing listening: the button stays "Connect" and says why.
+  p->address_edit->setText(QString("http://127.0.0.1:%1").arg(testing::FreePort()));
+  QTest::mouseClick(p->connect_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return !p->connected(); })) << p->status_text().toStdString();
+  EXPECT_EQ(p->connect_button->text(), "Connect");
+  EXPECT_TRUE(p->status_text().startsWith("Could not connect")) << p->status_text().toStdString();
 }
 
 TEST(InspectorTest, OpensAnHttpUrlComputesValuesAndConsolidatesLocally) {
