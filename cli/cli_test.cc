@@ -193,6 +193,16 @@ TEST(CliConsolidateTest, DryRunPrintsThePlanAndWritesNothing) {
   EXPECT_EQ(cast.code, kExitOk) << cast.err;
 }
 
+TEST(CliTest, InspectByFileShowsMetadata) {
+  std::string dir = testing::NewTempDir();
+  testing::WriteFile(
+      dir + "/model.safetensors",
+      testing::BuildSafetensors({{"w", DType::kF32, {2}}}, {{"format", "pt"}, {"step", "1000"}}));
+  Result r = RunCli({"inspect", "--by-file", dir});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("metadata: \"format\"=\"pt\", \"step\"=\"1000\""));
+}
+
 TEST(CliTest, VersionAndNaturalOrder) {
   Result v = RunCli({"--version"});
   EXPECT_EQ(v.code, kExitOk);

@@ -160,6 +160,14 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
         out << "  error: " << *f.error << "\n\n";
         continue;
       }
+      // __metadata__ (the DCP sharding info is the chunks, shown as such elsewhere).
+      std::vector<std::string> meta;
+      for (const auto& [k, v] : f.header->metadata) {
+        if (k == kShardingInfoKey) continue;
+        std::string shown = v.size() > 60 ? v.substr(0, 57) + "..." : v;
+        meta.push_back(internal::Quote(k) + "=" + internal::Quote(shown));
+      }
+      if (!meta.empty()) out << "  metadata: " << absl::StrJoin(meta, ", ") << "\n";
       std::vector<const TensorEntry*> order;
       for (const TensorEntry& t : f.header->tensors) {
         if (!filter || RE2::PartialMatch(t.name, *filter)) order.push_back(&t);

@@ -348,6 +348,17 @@ TEST(InspectorTest, NoTwoActionsShareAShortcutAndWrongInputsGetGuidance) {
   ASSERT_TRUE(Open(w, MakeCheckpoint("first")));
   ASSERT_NE(w.selected_tensor(), nullptr);
   EXPECT_EQ(w.selected_tensor()->name, w.checkpoint()->tensors()[0].name);
+  // The byte map outlines the selected tensor.
+  ASSERT_TRUE(w.SelectTensor("lm_head.weight"));
+  EXPECT_EQ(w.byte_map->selected_tensor(),
+            static_cast<int>(w.selected_tensor() - w.checkpoint()->tensors().data()));
+  // One colour per dtype, none of them a rank's colour.
+  std::set<QRgb> dtype_colours;
+  for (int d = 0; d < kNumDTypes; ++d)
+    dtype_colours.insert(DTypeColor(static_cast<DType>(d)).rgb());
+  EXPECT_EQ(dtype_colours.size(), static_cast<size_t>(kNumDTypes));
+  for (int r = 0; r < 30; ++r)
+    EXPECT_FALSE(dtype_colours.count(RankColor(r).rgb())) << "rank " << r;
 }
 
 TEST(InspectorTest, ShardMapGeometryOfAMeshShardedTensor) {

@@ -666,6 +666,7 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs,
   problems_model_->SetLayout(layout_);
   heat_map->SetLayout(layout_);
   byte_map->SetLayout(layout_);
+  byte_map->SetSelectedTensor(-1);
   files_view->resizeColumnToContents(FileModel::kName);
   problems_view->resizeColumnsToContents();
   // DType choices and totals.
@@ -794,6 +795,7 @@ void MainWindow::OnTensorChanged() {
   selected_ = t;
   chunk_model_->SetTensor(layout_, t);
   shard_map->SetTensor(layout_, t);
+  byte_map->SetSelectedTensor(t ? static_cast<int>(t - layout_->tensors().data()) : -1);
   UpdateDimCombos();
   values->SetTensor(current_fs_, layout_, t);
   chunk_view->resizeColumnsToContents();

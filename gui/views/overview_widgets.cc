@@ -20,17 +20,34 @@ QString Q(const std::string& s) {
 }  // namespace
 
 QColor DTypeColor(DType d) {
+  // Pastel (ColorBrewer Set3-like) hues, one per dtype: a different palette from the shard map's
+  // saturated rank colours, so a colour never means a rank here and a dtype there. Integer,
+  // unsigned and F8 families get neighbouring but distinct shades.
   switch (d) {
-    case DType::kBF16: return QColor(0x4e79a7);
-    case DType::kF16: return QColor(0x76b7b2);
-    case DType::kF32: return QColor(0xf28e2b);
-    case DType::kF64: return QColor(0xe15759);
-    case DType::kBOOL: return QColor(0xbab0ac);
-    default: break;
+    case DType::kBF16: return QColor(0x80b1d3);
+    case DType::kF16: return QColor(0x8dd3c7);
+    case DType::kF32: return QColor(0xfdb462);
+    case DType::kF64: return QColor(0xfb8072);
+    case DType::kC64: return QColor(0xe78ac3);
+    case DType::kBOOL: return QColor(0xd9d9d9);
+    case DType::kF8_E4M3: return QColor(0xbc80bd);
+    case DType::kF8_E5M2: return QColor(0xbebada);
+    case DType::kF8_E4M3FNUZ: return QColor(0xfccde5);
+    case DType::kF8_E5M2FNUZ: return QColor(0xdecbe4);
+    case DType::kF8_E8M0: return QColor(0xc2a5cf);
+    case DType::kF4: return QColor(0xf1b6da);
+    case DType::kF6_E2M3: return QColor(0xde77ae);
+    case DType::kF6_E3M2: return QColor(0xf4a582);
+    case DType::kI8: return QColor(0xccebc5);
+    case DType::kI16: return QColor(0xb3de69);
+    case DType::kI32: return QColor(0x8dc86b);
+    case DType::kI64: return QColor(0x66a61e);
+    case DType::kU8: return QColor(0xffffb3);
+    case DType::kU16: return QColor(0xffed6f);
+    case DType::kU32: return QColor(0xe5c494);
+    case DType::kU64: return QColor(0xd8b365);
   }
-  absl::string_view n = DTypeName(d);
-  if (n.substr(0, 2) == "F8") return QColor(0xb07aa1);
-  return QColor(0x59a14f);  // integers
+  return QColor(0x999999);
 }
 
 // ---------------------------------------------------------------- heat map
@@ -301,12 +318,29 @@ void ByteMapWidget::paintEvent(QPaintEvent* e) {
         p.drawLine(QPointF(x1, row.top()), QPointF(x1, row.bottom()));
       }
     }
+    // The selected tensor's bytes: outlined, at least 3 px wide, so even a thin one is found.
+    if (selected_tensor_ >= 0) {
+      for (const Segment& s : segments_[f]) {
+        if (s.tensor != selected_tensor_) continue;
+        const double x0 = row.left() + s.begin * scale, x1 = row.left() + s.end * scale;
+        const double w = std::max(3.0, x1 - x0);
+        p.setPen(QPen(palette().color(QPalette::Highlight), 2));
+        p.setBrush(Qt::NoBrush);
+        p.drawRect(QRectF((x0 + x1) / 2 - w / 2, row.top() - 1, w, row.height() + 2));
+      }
+    }
     if (fi.error) {
       p.setPen(QColor(200, 20, 20));
       p.drawText(row, Qt::AlignCenter,
                  p.fontMetrics().elidedText(Q(*fi.error), Qt::ElideRight, row.width()));
     }
   }
+}
+
+void ByteMapWidget::SetSelectedTensor(int tensor) {
+  if (tensor == selected_tensor_) return;
+  selected_tensor_ = tensor;
+  update();
 }
 
 void ByteMapWidget::mousePressEvent(QMouseEvent* e) {

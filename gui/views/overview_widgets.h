@@ -57,6 +57,9 @@ class ByteMapWidget : public QWidget {
   void SetLayout(std::shared_ptr<const CheckpointLayout> layout);
   void SetSelectedFile(int file);
   int selected_file() const { return selected_file_; }
+  // The tensor whose segments are outlined in every file (-1: none); an index into the layout.
+  void SetSelectedTensor(int tensor);
+  int selected_tensor() const { return selected_tensor_; }
 
   struct Segment {
     uint64_t begin, end;  // absolute bytes in the file
@@ -81,6 +84,7 @@ class ByteMapWidget : public QWidget {
   std::shared_ptr<const CheckpointLayout> layout_;
   std::vector<std::vector<Segment>> segments_;
   int selected_file_ = -1;
+  int selected_tensor_ = -1;
 };
 
 QColor DTypeColor(DType d);
