@@ -387,6 +387,7 @@ absl::StatusOr<int64_t> Daemon::RequestConsolidate(const std::string& id_or_path
 absl::StatusOr<int64_t> Daemon::RequestRemap(const std::string& id_or_path,
                                              const std::vector<KeyMap::Rule>& rules,
                                              const std::string& output) {
+  absl::MutexLock serial(&requests_mu_);  // the checks below and AddJob, as one step
   absl::StatusOr<RunRecord> run = FindRun(id_or_path);
   if (!run.ok()) return run.status();
   absl::StatusOr<KeyMap> km = KeyMap::Create(rules);

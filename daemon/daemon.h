@@ -106,6 +106,7 @@ class Daemon {
   Config config() const;
 
   mutable absl::Mutex mu_;
+  absl::Mutex requests_mu_;  // API requests that check, then add a job: one at a time
   Config config_;
   std::unique_ptr<Store> store_;
   std::string token_;

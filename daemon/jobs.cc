@@ -155,8 +155,13 @@ void Daemon::RunJob(JobRecord j) {
   j.started_ms = NowMs();
   j.error.clear();
   Journaled(store_->UpdateJob(j), "UpdateJob");
-  run.state = RunState::kRunning;
-  Journaled(store_->UpsertRun(run), "UpsertRun");
+  // A remap job is about its output only: its source run's state is the consolidation's.
+  const bool owns_run = j.kind == JobKind::kConsolidate;
+  const RunRecord run_before = run;
+  if (owns_run) {
+    run.state = RunState::kRunning;
+    Journaled(store_->UpsertRun(run), "UpsertRun");
+  }
   Log("info", "job started",
       {{"job", j.id}, {"run", run.id}, {"kind", Name(j.kind)}, {"attempt", j.attempts}});
 
@@ -273,7 +278,11 @@ void Daemon::RunJob(JobRecord j) {
          {"next_attempt_ms", j.next_attempt_ms}});
   }
   Journaled(store_->UpdateJob(j), "UpdateJob");
-  Journaled(store_->UpsertRun(run), "UpsertRun");
+  if (owns_run) {
+    Journaled(store_->UpsertRun(run), "UpsertRun");
+  } else {
+    run = run_before;  // untouched by a remap's outcome
+  }
   if (status.ok() && j.kind == JobKind::kConsolidate) ApplyRetention(run);
   absl::MutexLock l(&mu_);
   a->finished = true;

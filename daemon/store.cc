@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace safeshard::daemon {
@@ -250,6 +251,7 @@ std::string QuickCheck(const std::string& path) {
     sqlite3_close(db);
     return msg;
   }
+  sqlite3_busy_timeout(db, 5000);
   std::string result;
   sqlite3_stmt* st = nullptr;
   if (sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, nullptr) != SQLITE_OK) {
@@ -277,6 +279,12 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
   struct stat existing;
   if (::stat(path.c_str(), &existing) == 0) {
     const std::string check = QuickCheck(path);
+    if (absl::StrContains(check, "locked") || absl::StrContains(check, "busy")) {
+      // Another process holds it (a second safeshardd?): not corruption, never moved aside.
+      return absl::UnavailableError(
+          absl::StrCat(path, ": the journal is in use by another process (", check,
+                       "); is another safeshardd running with this state database?"));
+    }
     if (check != "ok") {
       const std::string aside =
           absl::StrCat(path, ".corrupt-", static_cast<int64_t>(time(nullptr)));

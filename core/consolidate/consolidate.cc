@@ -860,6 +860,13 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
             "; inputs are never modified (choose another output directory)"));
       }
       ASSIGN_OR_RETURN(out_dir, out_fs.OpenBeneath(output_dir));
+      // And once more by the descriptor now held: OUT swapped for a link to IN in between is
+      // caught here, before anything in it is replaced.
+      if (&out_fs == &fs && SameOpenedDirectory(*out_dir, plan.input_root)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(output_dir, ": the output directory is (now) the input directory ",
+                         plan.input_root, "; inputs are never modified"));
+      }
       ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(*out_dir, ""));
       lock.emplace(std::move(l));
       return PrepareOutputDir(*out_dir, plan, output_dir, o, &atomics, &result.warnings);
@@ -991,7 +998,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
           absl::StatusOr<std::unique_ptr<ReadableFile>> src =
               fs.OpenRead(JoinPath(plan.input_root, name));
           if (!src.ok()) continue;  // absent (or not a regular file): nothing to copy
-          if (out_dir->Stat(name).ok()) continue;
+          if (!o.overwrite && out_dir->Stat(name).ok()) continue;  // --overwrite: the new model's
           ASSIGN_OR_RETURN(AtomicFile copy, AtomicFile::Create(*out_dir, name));
           if ((*src)->size() > 0)
             RETURN_IF_ERROR(copy.file().CopyFrom(**src, 0, 0, (*src)->size()));

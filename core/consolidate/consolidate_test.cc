@@ -368,6 +368,12 @@ TEST(ConsolidateTest, CopiesTheModelsConfigAndTokenizerButNeverOverAFileInOut) {
   EXPECT_FALSE(LocalFileSystem().Stat(out + "/optimizer.pt").ok());
   EXPECT_THAT(r->files, ::testing::Contains("config.json"));
   EXPECT_EQ(r->files.back(), "model.safetensors.index.json");  // still last
+  // --overwrite replaces the earlier result, its config with it: never A's config beside B's
+  // weights.
+  ConsolidateOptions ow;
+  ow.overwrite = true;
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, out, ow).ok());
+  EXPECT_EQ(testing::ReadFile(out + "/tokenizer.json"), "{}");
   ConsolidateOptions no;
   no.copy_model_files = false;
   std::string out2 = testing::NewTempDir() + "/out2";

@@ -69,6 +69,10 @@ absl::Status ValidateConsolidateSpec(const ConsolidateSpec& s) {
   for (const auto& [k, v] : s.metadata) {
     if (k.empty()) return Bad("metadata", "an empty key");
     if (k == "format") return Bad("metadata", "\"format\" is always \"pt\"");
+    if (k == "DCP_SHARDING_INFO") {
+      return Bad("metadata",
+                 "DCP_SHARDING_INFO marks per-rank shards; a consolidated file has none");
+    }
   }
   if (s.threads < 0 || s.threads > 1024) return Bad("threads", "must be 0 (every core) to 1024");
   if (s.expect_ranks < 0 || s.expect_ranks > (1 << 20))

@@ -76,6 +76,9 @@ TEST(ConsolidateSpecTest, ContradictionsAndBadValuesAreRefusedNamingTheField) {
   ConsolidateSpec escape;
   escape.key_map = {{"^w$", "\\0"}};
   check(escape, "key_map");
+  ConsolidateSpec shard_marker;
+  shard_marker.metadata = {{"DCP_SHARDING_INFO", "{}"}};
+  check(shard_marker, "metadata");
   ConsolidateSpec ok;
   ok.max_shard_size = "5B";
   EXPECT_TRUE(ValidateConsolidateSpec(ok).ok());

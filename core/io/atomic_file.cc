@@ -156,6 +156,16 @@ DirectoryLock::~DirectoryLock() {
   if (fd_ >= 0) close(fd_);  // releases the flock
 }
 
+bool SameOpenedDirectory(FileSystem& dir, const std::string& path) {
+  absl::StatusOr<int> fd = dir.OpenDirectoryFd("");
+  if (!fd.ok()) return false;
+  struct stat sa, sb;
+  const bool same = ::fstat(*fd, &sa) == 0 && ::stat(path.c_str(), &sb) == 0 &&
+                    sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  close(*fd);
+  return same;
+}
+
 bool SameDirectory(FileSystem& fs, const std::string& a, const std::string& b) {
   if (!fs.local()) return DirName(JoinPath(a, "x")) == DirName(JoinPath(b, "x"));
   struct stat sa, sb;

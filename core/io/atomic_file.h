@@ -89,6 +89,9 @@ class DirectoryLock {
 // ".", "..", symlinks). False when either does not exist; on other file systems, compares the
 // normalised paths.
 bool SameDirectory(FileSystem& fs, const std::string& a, const std::string& b);
+// Whether the directory `dir` (a FileSystem::OpenBeneath view) is the local directory at
+// `path`, by the identity of the descriptor it holds. False elsewhere than locally.
+bool SameOpenedDirectory(FileSystem& dir, const std::string& path);
 
 }  // namespace safeshard
 

@@ -339,14 +339,14 @@ class LocalFileSystem_ : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
-    int fd =
-        open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | nofollow_, 0644);
+    int fd = open(path.c_str(),
+                  O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | nofollow_, 0644);
     if (fd < 0) return OpenError(errno, "create", path);
     return FinishOpenWrite(fd, path);
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
-    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK | nofollow_);
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | nofollow_);
     if (fd < 0) return OpenError(errno, "open for writing", path);
     return FinishOpenWrite(fd, path);
   }
@@ -438,7 +438,22 @@ class LocalFileSystem_ : public FileSystem {
     const char* p = dir.empty() ? "." : dir.c_str();
     if (nofollow_ == 0) return open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     int fd = OpenAt2(AT_FDCWD, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS);
-    if (fd < 0 && errno == ENOSYS) fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    // Kernels before 5.6 (ENOSYS) and seccomp filters that refuse what they do not know (EPERM,
+    // older container runtimes): one component at a time, O_NOFOLLOW each.
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM)) {
+      const bool abs = p[0] == '/';
+      int cur = open(abs ? "/" : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      for (absl::string_view c : absl::StrSplit(absl::string_view(p), '/', absl::SkipEmpty())) {
+        if (cur < 0) break;
+        const std::string name(c);
+        const int next = openat(cur, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        const int e = errno;
+        close(cur);
+        errno = e;
+        cur = next;
+      }
+      fd = cur;
+    }
     return fd;
   }
 
@@ -499,12 +514,13 @@ class BeneathFileSystem : public FileSystem {
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> Create(const std::string& path) override {
-    ASSIGN_OR_RETURN(int fd, Open(path, O_RDWR | O_CREAT | O_TRUNC | O_NONBLOCK, 0644, "create"));
+    ASSIGN_OR_RETURN(
+        int fd, Open(path, O_RDWR | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY, 0644, "create"));
     return FinishOpenWrite(fd, Show(path));
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenForWrite(const std::string& path) override {
-    ASSIGN_OR_RETURN(int fd, Open(path, O_RDWR | O_NONBLOCK, 0, "open for writing"));
+    ASSIGN_OR_RETURN(int fd, Open(path, O_RDWR | O_NONBLOCK | O_NOCTTY, 0, "open for writing"));
     return FinishOpenWrite(fd, Show(path));
   }
 
@@ -602,7 +618,7 @@ class BeneathFileSystem : public FileSystem {
     const char* p = rel.empty() ? "." : rel.c_str();
     int fd = OpenAt2(dirfd_, p, flags, mode,
                      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
-    if (fd < 0 && errno == ENOSYS) fd = OpenByComponents(rel, flags, mode);
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM)) fd = OpenByComponents(rel, flags, mode);
     if (fd < 0) return OpenError(errno, op, Show(path));
     return fd;
   }

@@ -156,6 +156,10 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
           "the output directory is the input directory; pass --in-place to rewrite it");
     }
     ASSIGN_OR_RETURN(out_dir, out_fs.OpenBeneath(output_dir));
+    if (&out_fs == &fs && SameOpenedDirectory(*out_dir, layout.root())) {
+      return absl::InvalidArgumentError(
+          "the output directory is (now) the input directory; pass --in-place to rewrite it");
+    }
     ASSIGN_OR_RETURN(DirectoryLock l, DirectoryLock::Acquire(*out_dir, ""));
     lock.emplace(std::move(l));
 
@@ -238,9 +242,11 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
       ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(input));
       for (const DirEntry& e : entries) {
         if (e.is_dir || IsTempFileName(e.name) || absl::EndsWith(e.name, ".safetensors") ||
-            e.name == layout.index_file() || e.name == kManifestFileName) {
+            e.name == layout.index_file() || e.name == kManifestFileName ||
+            e.name == kRemapJournal) {
           continue;
         }
+        if (!o.overwrite && out_dir->Stat(e.name).ok()) continue;  // a file of the user's in OUT
         // Streamed (in the kernel where it can), never read into memory: optimizer states of
         // many GB may sit beside the weights. Only regular files go along.
         absl::StatusOr<std::unique_ptr<ReadableFile>> src = fs.OpenRead(JoinPath(input, e.name));

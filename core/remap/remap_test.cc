@@ -173,6 +173,18 @@ TEST(RemapTest, OverwriteNeverDeletesPerRankShardsOrFilesNoResultClaims) {
   EXPECT_TRUE(LocalFileSystem().Stat(out + "/model.safetensors").ok());
 }
 
+TEST(RemapTest, FilesBesideTheWeightsNeverReplaceAUsersFileWithoutOverwrite) {
+  std::string in = testing::NewTempDir();
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.w", DType::kF32, {4}}}));
+  testing::WriteFile(in + "/config.json", "from IN");
+  std::string out = testing::NewTempDir();
+  testing::WriteFile(out + "/config.json", "the user's");
+  auto km = KeyMap::Create({{"^a", "b"}});
+  ASSERT_TRUE(Remap(LocalFileSystem(), in, out, *km, {}).ok());
+  EXPECT_EQ(testing::ReadFile(out + "/config.json"), "the user's");
+}
+
 TEST(RemapTest, LargeFilesBesideTheWeightsAreStreamedNotLoaded) {
   std::string in = testing::NewTempDir();
   testing::WriteFile(in + "/model.safetensors",
