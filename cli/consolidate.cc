@@ -93,7 +93,20 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   ConsolidateOptions& o = (*resolved)->options;
   std::vector<std::string> warnings = (*resolved)->warnings;
   ProgressBar bar(err, StderrIsTerminal(err) && !a.json);
-  o.progress = [&](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  // After the copy the bar would sit at 100% while the outputs are synced, checksummed and
+  // (with --verify) re-read: say which phase runs instead.
+  bool copied = false;
+  const bool phases = StderrIsTerminal(err) && !a.json;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    bar.Update(done, total);
+    if (phases && !copied && done == total) {
+      copied = true;
+      bar.Finish();
+      err << (o.verify ? "copied; syncing, checksumming and verifying the output...\n"
+                       : "copied; syncing and checksumming the output...\n")
+          << std::flush;
+    }
+  };
   absl::StatusOr<ResolvedPath> in = Resolve(a.in, a.token);
   if (!in.ok()) return usage(in.status().message());
   if (!UrlScheme(a.out).empty() && UrlScheme(a.out) != "file") {
