@@ -494,28 +494,12 @@ namespace {
 absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, const std::string& out,
                               const ConsolidateOptions& o, std::vector<AtomicFile>* atomics,
                               std::vector<std::string>* warnings) {
-  // What is there already: only a provable earlier result may be replaced (never per-rank
-  // shards, never a file no earlier result claims), and only with --overwrite.
-  ASSIGN_OR_RETURN(std::vector<std::string> existing, ReplaceableResult(fs, out));
-  const bool any_tensors = std::any_of(existing.begin(), existing.end(), [](const std::string& n) {
-    return absl::EndsWith(n, ".safetensors") || absl::EndsWith(n, ".index.json");
-  });
-  if (any_tensors && !o.overwrite) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(out, " already holds a checkpoint (", internal::Quote(existing[0]),
-                     existing.size() > 1 ? ", ..." : "", "); pass --overwrite to replace it"));
-  }
-  ASSIGN_OR_RETURN(std::vector<std::string> cleaned, CleanStaleTempFiles(fs, ""));
+  // Only a provable earlier result may be replaced (never per-rank shards, never a file no
+  // earlier result claims), and only with --overwrite.
+  ASSIGN_OR_RETURN(std::vector<std::string> cleaned, ClearEarlierResult(fs, out, o.overwrite));
   if (!cleaned.empty()) {
     warnings->push_back(absl::StrCat("removed ", cleaned.size(),
                                      " temporary file(s) of an interrupted earlier run in ", out));
-  }
-  // The earlier result goes now: the index first (it stops being "finished"), then its manifest
-  // (which would otherwise still prove the old files complete), then its files. A run that fails
-  // or is killed from here on leaves no old checkpoint that looks whole.
-  if (!existing.empty()) {
-    for (const std::string& n : existing) RETURN_IF_ERROR(fs.Remove(n));
-    RETURN_IF_ERROR(fs.SyncDir(""));
   }
   for (const OutputFilePlan& f : plan.outputs) {
     ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, f.name));

@@ -289,6 +289,19 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FinishOpenWrite(int fd, const std:
   return std::unique_ptr<WritableFile>(new LocalWritable(path, fd));
 }
 
+FileStat FileStatOf(const struct stat& st) {
+  FileStat out;
+  out.size = static_cast<uint64_t>(st.st_size);
+  out.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  out.is_dir = S_ISDIR(st.st_mode);
+  return out;
+}
+
+void SortByName(std::vector<DirEntry>* entries) {
+  std::sort(entries->begin(), entries->end(),
+            [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+}
+
 class LocalFileSystem_ : public FileSystem {
  public:
   explicit LocalFileSystem_(bool nofollow = false) : nofollow_(nofollow ? O_NOFOLLOW : 0) {}
@@ -296,11 +309,7 @@ class LocalFileSystem_ : public FileSystem {
   absl::StatusOr<FileStat> Stat(const std::string& path) override {
     struct stat st;
     if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat", path);
-    FileStat out;
-    out.size = static_cast<uint64_t>(st.st_size);
-    out.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    out.is_dir = S_ISDIR(st.st_mode);
-    return out;
+    return FileStatOf(st);
   }
 
   absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
@@ -324,8 +333,7 @@ class LocalFileSystem_ : public FileSystem {
       out.push_back({std::move(name), is_dir, is_symlink});
     }
     closedir(d);
-    std::sort(out.begin(), out.end(),
-              [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+    SortByName(&out);
     return out;
   }
 
@@ -473,11 +481,7 @@ class BeneathFileSystem : public FileSystem {
     int r =
         p.last.empty() ? fstat(p.fd, &st) : fstatat(p.fd, p.last.c_str(), &st, AT_SYMLINK_NOFOLLOW);
     if (r != 0) return ErrnoStatus(errno, "stat", Show(path));
-    FileStat out;
-    out.size = static_cast<uint64_t>(st.st_size);
-    out.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    out.is_dir = S_ISDIR(st.st_mode);
-    return out;
+    return FileStatOf(st);
   }
 
   absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
@@ -503,8 +507,7 @@ class BeneathFileSystem : public FileSystem {
       out.push_back({std::move(name), type == DT_DIR, type == DT_LNK});
     }
     closedir(d);
-    std::sort(out.begin(), out.end(),
-              [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+    SortByName(&out);
     return out;
   }
 

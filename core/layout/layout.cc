@@ -1211,6 +1211,26 @@ absl::StatusOr<std::vector<std::string>> ReplaceableResult(FileSystem& out_dir,
   return out;
 }
 
+absl::StatusOr<std::vector<std::string>> ClearEarlierResult(FileSystem& out_dir,
+                                                            const std::string& shown,
+                                                            bool overwrite) {
+  ASSIGN_OR_RETURN(std::vector<std::string> old, ReplaceableResult(out_dir, shown));
+  for (const std::string& n : old) {
+    if (!overwrite && n != kManifestFileName) {
+      return absl::AlreadyExistsError(absl::StrCat(shown, " already holds a checkpoint (",
+                                                   internal::Quote(n),
+                                                   "); pass --overwrite to replace it"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> cleaned, CleanStaleTempFiles(out_dir, ""));
+  // Index first (the old result stops being "finished"), then its manifest (which would still
+  // prove the old files complete), then its files: a run that fails or is killed from here on
+  // leaves nothing that looks like a whole checkpoint.
+  for (const std::string& n : old) RETURN_IF_ERROR(out_dir.Remove(n));
+  if (!old.empty()) RETURN_IF_ERROR(out_dir.SyncDir(""));
+  return cleaned;
+}
+
 absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input,
                                    const std::string& output_dir) {
   if (SameDirectory(fs, input.root(), output_dir) ||

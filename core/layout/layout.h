@@ -197,6 +197,13 @@ absl::StatusOr<ChecksumReport> VerifyChecksums(FileSystem& fs, const CheckpointL
 // .safetensors file (an adapter, a user's file): never deleted on a guess.
 absl::StatusOr<std::vector<std::string>> ReplaceableResult(FileSystem& out_dir,
                                                            const std::string& shown);
+// The step consolidate and remap share before writing into `out_dir`: kAlreadyExists when it
+// holds an earlier result and `overwrite` is false (a lone manifest needs no --overwrite), else
+// the temporary files of dead runs and the earlier result are removed (in ReplaceableResult's
+// order) and the directory synced. Returns the temporary files removed.
+absl::StatusOr<std::vector<std::string>> ClearEarlierResult(FileSystem& out_dir,
+                                                            const std::string& shown,
+                                                            bool overwrite);
 
 // kInvalidArgument when `output_dir` is the input directory by identity (st_dev/st_ino on the
 // local file system: any spelling, ".", "..", symlinks), or holds one of the input files under

@@ -164,18 +164,8 @@ absl::StatusOr<RemapResult> Remap(FileSystem& fs, const std::string& input,
     lock.emplace(std::move(l));
 
     // Only a provable earlier result may be replaced (never per-rank shards, never a file no
-    // earlier result claims), and only with --overwrite: index first, then manifest, then files,
-    // so a failure from here on leaves nothing that looks like a whole checkpoint.
-    ASSIGN_OR_RETURN(std::vector<std::string> old, ReplaceableResult(*out_dir, output_dir));
-    for (const std::string& n : old) {
-      if (!o.overwrite && n != kManifestFileName) {
-        return absl::AlreadyExistsError(absl::StrCat(output_dir, " already holds a checkpoint (",
-                                                     internal::Quote(n), "); pass --overwrite"));
-      }
-    }
-    RETURN_IF_ERROR(CleanStaleTempFiles(*out_dir, "").status());
-    for (const std::string& n : old) RETURN_IF_ERROR(out_dir->Remove(n));
-    if (!old.empty()) RETURN_IF_ERROR(out_dir->SyncDir(""));
+    // earlier result claims), and only with --overwrite.
+    RETURN_IF_ERROR(ClearEarlierResult(*out_dir, output_dir, o.overwrite).status());
   }
 
   std::vector<AtomicFile> outputs;
