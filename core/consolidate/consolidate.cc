@@ -183,8 +183,9 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
   }
   double v;
   if (!absl::SimpleAtod(absl::StripAsciiWhitespace(num), &v) || v <= 0 || v * mult > 1.8e19) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("size \"", text, "\" is not a positive size such as 5GB, 500MiB or 1000000"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size \"", text,
+        "\" is not a positive size such as 5GB (5*10^9 bytes), 500MiB (500*2^20) or 123B"));
   }
   return static_cast<uint64_t>(v * mult);
 }

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -13,6 +14,26 @@
 #include "gui/models/natural_sort.h"
 
 namespace safeshard::gui {
+
+namespace {
+
+// The length of the prefix every file name shares, cut back to just after a separator.
+size_t SharedFilePrefix(const CheckpointLayout& l) {
+  if (l.files().size() < 2) return 0;
+  std::string_view first = l.files()[0].name;
+  size_t n = first.size();
+  for (const FileInfo& f : l.files()) {
+    size_t i = 0;
+    while (i < n && i < f.name.size() && f.name[i] == first[i]) ++i;
+    n = i;
+  }
+  while (n > 0 && first[n - 1] != '-' && first[n - 1] != '_' && first[n - 1] != '.' &&
+         first[n - 1] != '/')
+    --n;
+  return n;
+}
+
+}  // namespace
 
 struct TensorTreeModel::Node {
   std::string label;  // path component (or full name in flat mode)
@@ -98,10 +119,27 @@ void TensorTreeModel::SetLayout(std::shared_ptr<const CheckpointLayout> layout) 
   SetPrepared(Prepare(std::move(layout), flat_));
 }
 
+QString TensorTreeModel::FileLabel(int file) const {
+  const FileInfo& f = layout_->files()[file];
+  if (f.shard) return QStringLiteral("rank %1").arg(*f.shard - 1);  // a per-rank shard
+  std::string_view name = f.name;
+  name.remove_prefix(std::min(files_prefix_, name.size()));
+  if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") name.remove_suffix(12);
+  return QString::fromUtf8(name.data(), static_cast<int>(name.size()));
+}
+
+QVariant TensorTreeModel::FilesText(const TensorLayout& t) const {
+  std::set<int> files;
+  for (const Chunk& c : t.chunks) files.insert(c.file);
+  if (files.size() == 1 && layout_->files().size() > 1) return FileLabel(*files.begin());
+  return static_cast<int>(files.size());
+}
+
 void TensorTreeModel::SetPrepared(std::shared_ptr<Prepared> prepared) {
   beginResetModel();
   prepared_ = std::move(prepared);
   layout_ = prepared_->layout;
+  files_prefix_ = SharedFilePrefix(*layout_);
   flat_ = prepared_->flat;
   root_ = &prepared_->root;
   endResetModel();
@@ -164,12 +202,25 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
       case kParameters: return static_cast<qulonglong>(n->params);
       case kBytes: return static_cast<qulonglong>(n->bytes);
       case kChunks: return t ? QVariant(static_cast<qulonglong>(t->chunks.size())) : QVariant();
-      case kFiles: return t ? QVariant(file_count()) : QVariant();
+      case kFiles: {
+        // A file name sorts by name (naturally), a count by value.
+        if (t == nullptr) return {};
+        const QVariant v = FilesText(*t);
+        return v.typeId() == QMetaType::QString ? QVariant() : QVariant(file_count());
+      }
     }
     return {};
   }
   if (role == Qt::ToolTipRole) {
     if (index.column() == kBytes) return QString::fromStdString(Grouped(n->bytes) + " bytes");
+    if (index.column() == kFiles && t != nullptr) {
+      std::set<int> files;
+      for (const Chunk& c : t->chunks) files.insert(c.file);
+      std::vector<std::string> names;
+      for (int f : files) names.push_back(layout_->files()[f].name);
+      std::sort(names.begin(), names.end(), NaturalLess);
+      return QString::fromStdString(absl::StrJoin(names, "\n"));
+    }
     if (t != nullptr) return QString::fromStdString(t->name);
     return {};
   }
@@ -185,7 +236,7 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
     case kParameters: return QString::fromStdString(Grouped(n->params));
     case kBytes: return QString::fromStdString(FormatBytes(n->bytes));
     case kChunks: return t ? QVariant(static_cast<int>(t->chunks.size())) : QVariant();
-    case kFiles: return t ? QVariant(static_cast<int>(file_count())) : QVariant();
+    case kFiles: return t ? FilesText(*t) : QVariant();
     case kStatus: return n->problem ? QStringLiteral("problem") : QStringLiteral("ok");
   }
   return {};

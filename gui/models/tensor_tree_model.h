@@ -2,7 +2,9 @@
 //
 // Tensors of a CheckpointLayout grouped by name prefix ("model" > "layers" > "0" > ...), siblings
 // in natural order (layers.2 before layers.10), or flat. Columns: name, dtype, shape, parameters,
-// bytes, chunks, files, status. Group rows sum parameters and bytes of everything below them.
+// bytes, chunks, files (the file's name, short, when a tensor lives in one file of several, as in
+// an HF-sharded checkpoint; otherwise a count), status. Group rows sum parameters and bytes of
+// everything below them.
 //
 //   TensorTreeModel model;
 //   model.SetLayout(std::make_shared<const CheckpointLayout>(std::move(layout)));
@@ -37,7 +39,7 @@ class TensorTreeModel : public QAbstractItemModel {
   // The full tensor name of a row (empty for group rows).
   static constexpr int kTensorNameRole = Qt::UserRole + 1;
   // The number behind parameters, bytes, chunks and files (qulonglong); their display text is
-  // formatted ("1,234,567", "2.00 MiB").
+  // formatted ("1,234,567", "2.00 MiB"). Invalid for a Files cell showing a file name.
   static constexpr int kValueRole = Qt::UserRole + 2;
 
   explicit TensorTreeModel(QObject* parent = nullptr);
@@ -55,6 +57,11 @@ class TensorTreeModel : public QAbstractItemModel {
   // The row of a tensor (column 0), invalid when the layout has no such tensor.
   QModelIndex IndexOfTensor(const std::string& name) const;
   bool flat() const { return flat_; }
+  // How the Files column names file `file` of the layout: a per-rank shard as "rank r", another
+  // file without the prefix all file names share (cut back to a '-', '_', '.' or '/') and without
+  // ".safetensors" ("00002-of-00004"). Cells show it when a tensor lives in one file of several
+  // (else the number of files); their tooltip has the full names.
+  QString FileLabel(int file) const;
 
   QModelIndex index(int row, int column, const QModelIndex& parent = {}) const override;
   QModelIndex parent(const QModelIndex& child) const override;
@@ -69,9 +76,11 @@ class TensorTreeModel : public QAbstractItemModel {
  private:
   struct Node;
   const Node* NodeOf(const QModelIndex& index) const;
+  QVariant FilesText(const TensorLayout& t) const;
 
   std::shared_ptr<const CheckpointLayout> layout_;
   bool flat_ = false;
+  size_t files_prefix_ = 0;  // shared by every file name, not shown in the Files column
   std::shared_ptr<Prepared> prepared_;
   const Node* root_ = nullptr;
 };

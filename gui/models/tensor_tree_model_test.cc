@@ -2,6 +2,7 @@
 // group sums and a golden dump of a generated per-rank checkpoint with a deliberate gap.
 #include "gui/models/tensor_tree_model.h"
 
+#include <sys/stat.h>
 #include <QAbstractItemModelTester>
 #include <QCoreApplication>
 
@@ -99,10 +100,40 @@ TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {
                          o));
   EXPECT_EQ(model.Dump(),
             "a |  |  | 4 | 16 B |  |  | ok\n"
-            "  norm | F32 | [4] | 4 | 16 B | 1 | 1 | ok\n"
+            "  norm | F32 | [4] | 4 | 16 B | 1 | rank 0 | ok\n"
             "b |  |  | 33 | 72 B |  |  | problem\n"
-            "  v | I64 | [] | 1 | 8 B | 1 | 1 | ok\n"
+            "  v | I64 | [] | 1 | 8 B | 1 | rank 0 | ok\n"
             "  w | BF16 | [8, 4] | 32 | 64 B | 3 | 3 | problem\n");
+}
+
+// Issue 13: in an HF-sharded checkpoint the Files column names the file holding each tensor
+// (sortable by name); a tensor spread over several files shows how many.
+TEST(TensorTreeModelTest, FilesColumnNamesTheHfShardHoldingATensor) {
+  const std::string dir = testing::NewTempDir() + "/hf";
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  testing::WriteFile(dir + "/model-00001-of-00002.safetensors",
+                     testing::BuildSafetensors({{"a", DType::kF32, {2}}}));
+  testing::WriteFile(dir + "/model-00002-of-00002.safetensors",
+                     testing::BuildSafetensors({{"b", DType::kF32, {2}}}));
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  TensorTreeModel model;
+  model.SetLayout(std::make_shared<const CheckpointLayout>(std::move(*ck)));
+  ASSERT_EQ(model.rowCount(), 2);
+  EXPECT_EQ(model.data(model.index(0, TensorTreeModel::kFiles)).toString(), "00001-of-00002");
+  EXPECT_EQ(model.data(model.index(1, TensorTreeModel::kFiles)).toString(), "00002-of-00002");
+  EXPECT_FALSE(
+      model.data(model.index(1, TensorTreeModel::kFiles), TensorTreeModel::kValueRole).isValid());
+  EXPECT_EQ(model.data(model.index(1, TensorTreeModel::kFiles), Qt::ToolTipRole).toString(),
+            "model-00002-of-00002.safetensors");
+
+  // Per-rank shards: a tensor in 3 rank files shows 3 (a number, sortable by value).
+  TensorTreeModel dcp;
+  dcp.SetLayout(Layout({{"w", DType::kBF16, {8, 4}, Sharding::kRow}}, {.ranks = 3}));
+  EXPECT_EQ(dcp.data(dcp.index(0, TensorTreeModel::kFiles)).toString(), "3");
+  EXPECT_EQ(
+      dcp.data(dcp.index(0, TensorTreeModel::kFiles), TensorTreeModel::kValueRole).toULongLong(),
+      3u);
 }
 
 }  // namespace

@@ -82,10 +82,17 @@ ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> lay
 
   auto* files = new QGroupBox("Output files", this);
   auto* fl = new QFormLayout(files);
-  single_radio = new QRadioButton("One file (model.safetensors)", files);
+  single_radio =
+      new QRadioButton("One file (model-00001-of-00001.safetensors + index json)", files);
+  single_radio->setToolTip(
+      "Named as PyTorch's consolidator names it; transformers loads it like model.safetensors. The "
+      "index json is published last: its presence is what tells readers, verify and safeshardd "
+      "that the output is complete.");
   max_size_radio = new QRadioButton("At most", files);
   max_size_edit = new QLineEdit("5GB", files);
-  max_size_edit->setToolTip("Like save_pretrained(max_shard_size=...): 5GB, 500MiB, 1e9 or bytes");
+  max_size_edit->setToolTip(
+      "Like save_pretrained(max_shard_size=...), with a unit: 5GB = 5*10^9 bytes, 500MiB = "
+      "500*2^20 bytes, 123B = 123 bytes");
   reference_radio = new QRadioButton("Like the reference model", files);
   reference_edit = new QLineEdit(files);
   reference_edit->setPlaceholderText(

@@ -163,6 +163,8 @@ MainWindow::MainWindow(InspectorOptions options, QWidget* parent)
   for (int c = 0; c < TensorTreeModel::kColumnCount; ++c)
     tree_view->header()->resizeSection(c, widths[c]);
   tree_view->header()->setMinimumSectionSize(40);
+  // Which file holds a tensor matters more than its counts: Files right after Shape.
+  tree_view->header()->moveSection(TensorTreeModel::kFiles, TensorTreeModel::kParameters);
   tree_view->setTextElideMode(Qt::ElideMiddle);
   tree_view->setSortingEnabled(true);
   tree_view->sortByColumn(-1, Qt::AscendingOrder);  // file order until a header is clicked
@@ -653,6 +655,27 @@ void MainWindow::Install(std::shared_ptr<FileSystem> fs,
   current_fs_ = std::move(fs);
   layout_ = std::move(layout);
   tree_model->SetPrepared(std::move(prepared));
+  {
+    // Files: a count, or in a checkpoint of several files the name of the one holding a tensor
+    // (wide enough for the longest name, up to 320 px).
+    const QFontMetrics fm(tree_view->font());
+    int files_w = fm.horizontalAdvance("Files") + 16;
+    bool chunked = false;  // some tensor in several chunks (else the Chunks column is all 1s)
+    for (const TensorLayout& t : layout_->tensors()) {
+      if (t.chunks.size() > 1) {
+        chunked = true;
+        break;
+      }
+    }
+    if (layout_->files().size() > 1) {
+      for (size_t f = 0; f < layout_->files().size(); ++f) {
+        files_w = std::max(files_w,
+                           fm.horizontalAdvance(tree_model->FileLabel(static_cast<int>(f))) + 16);
+      }
+    }
+    tree_view->header()->resizeSection(TensorTreeModel::kFiles, std::min(files_w, 320));
+    tree_view->header()->setSectionHidden(TensorTreeModel::kChunks, !chunked);
+  }
   {
     // The name column: what the other columns leave, but never less than a readable 260 px
     // (the view scrolls sideways then); the user may resize it.
