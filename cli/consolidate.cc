@@ -37,6 +37,7 @@ namespace {
 struct ConsolidateArgs {
   std::string in, out, token;
   std::string mapping, reference, max_shard_size, unmapped = "error", cast_dtype, key_map;
+  std::string dequantize, block_size;
   std::vector<std::string> metadata;
   bool restore_dtypes = false, diffusers = false, verify = false, overwrite = false, json = false;
   bool strict = false, no_checksums = false, no_model_files = false, dry_run = false;
@@ -65,6 +66,8 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   spec.unmapped = a.unmapped;
   spec.restore_dtypes = a.restore_dtypes;
   spec.cast_dtype = a.cast_dtype;
+  spec.dequantize = a.dequantize;
+  spec.block_size = a.block_size;
   if (!a.key_map.empty()) {
     absl::StatusOr<std::string> text = ReadOptionFile(a.key_map);
     if (!text.ok()) return fail(text.status());
@@ -124,7 +127,13 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
     so.strict = o.strict;
     absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*in->fs, in->path, so);
     if (!ck.ok()) return fail(ck.status());
-    absl::StatusOr<ConsolidationPlan> plan = PlanConsolidation(*ck, o);
+    std::optional<std::string> config;
+    if (o.dequantize) {
+      absl::StatusOr<std::optional<std::string>> c = ReadModelConfig(*in->fs, ck->root());
+      if (!c.ok()) return fail(c.status());
+      config = std::move(*c);
+    }
+    absl::StatusOr<ConsolidationPlan> plan = PlanConsolidation(*ck, o, config ? &*config : nullptr);
     if (!plan.ok()) return fail(plan.status());
     uint64_t total = 0;
     std::vector<std::vector<std::string>> rows = {{"FILE", "SIZE", "TENSORS"}};
@@ -146,6 +155,12 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
     if (o.checksums) extra.push_back(std::string(kManifestFileName));
     extra.push_back(plan->index_name + " (last)");
     out << "then: " << absl::StrJoin(extra, ", ") << "\n";
+    if (o.dequantize) {
+      out << "dequantized to " << DTypeName(*o.dequantize) << ": " << plan->dequantized.size()
+          << " weight" << (plan->dequantized.size() == 1 ? "" : "s") << " (" << plan->scales.size()
+          << " scale tensors dropped)"
+          << (plan->config_json ? "; config.json without quantization_config" : "") << "\n";
+    }
     for (const std::string& w : plan->warnings) out << "warning: " << w << "\n";
     out << "nothing was written (--dry-run)\n";
     return kExitOk;
@@ -163,6 +178,7 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
     j["bytes"] = r->bytes;
     j["seconds"] = r->seconds;
     j["bytes_per_second"] = rate;
+    j["dequantized"] = r->dequantized;
     if (r->verify) {
       j["verify"] = {{"bytes", r->verify->bytes_checked}, {"seconds", r->verify->seconds}};
     }
@@ -174,8 +190,12 @@ int RunConsolidate(const ConsolidateArgs& a, std::ostream& out, std::ostream& er
   size_t tensor_files = 0;
   for (const std::string& f : r->files) tensor_files += absl::EndsWith(f, ".safetensors");
   out << "consolidated " << HumanBytes(r->bytes) << " into " << tensor_files << " file"
-      << (tensor_files == 1 ? "" : "s") << " in " << a.out
-      << absl::StrFormat(" (%.2fs, %s/s)", r->seconds, HumanBytes(static_cast<uint64_t>(rate)));
+      << (tensor_files == 1 ? "" : "s") << " in " << a.out;
+  if (o.dequantize) {
+    out << " (" << r->dequantized << " weight" << (r->dequantized == 1 ? "" : "s")
+        << " dequantized to " << DTypeName(*o.dequantize) << ")";
+  }
+  out << absl::StrFormat(" (%.2fs, %s/s)", r->seconds, HumanBytes(static_cast<uint64_t>(rate)));
   if (r->verify) {
     double vr = r->verify->seconds > 0 ? r->verify->bytes_checked / r->verify->seconds : 0;
     out << absl::StrFormat("; verified %s (%s/s)", HumanBytes(r->verify->bytes_checked),
@@ -213,6 +233,15 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
   consolidate->add_option("--cast-dtype", a->cast_dtype,
                           "Convert floating-point tensors (never FP8) to bf16, f16, f32 or f64 "
                           "(also bfloat16, torch.bfloat16, half, float, double)");
+  consolidate->add_option(
+      "--dequantize", a->dequantize,
+      "Decode block-quantized weights into bf16, f16 or f32: FP8 X.weight + X.weight_scale_inv "
+      "(DeepSeek-V3 style) and MXFP4 X_blocks + X_scales (gpt-oss, written as X [..., G*32]); "
+      "scales are dropped, other tensors copied as they are, config.json loses its "
+      "quantization_config");
+  consolidate->add_option("--block-size", a->block_size,
+                          "FP8 block size with --dequantize: 128 or RxC (default: config.json's "
+                          "quantization_config.weight_block_size, else 128)");
   consolidate->add_flag("--restore-dtypes", a->restore_dtypes,
                         "Convert tensors back to the dtypes of the --reference model");
   consolidate->add_option("--key-map", a->key_map,

@@ -1,4 +1,6 @@
 #include "daemon/config.h"
+
+#include "core/quant/quant.h"
 #include "daemon/api.h"
 
 #include "core/consolidate/consolidate.h"
@@ -65,16 +67,30 @@ void ResolvePaths(Config* c) {
   for (std::string& r : c->watch_roots) r = ExpandHome(r);
 }
 
-int Config::ExpectedRanksFor(const std::string& run_dir) const {
+namespace {
+
+// The entry of the deepest root in `by_root` holding `run_dir`, else `fallback`.
+template <typename V>
+V DeepestRootValue(const std::map<std::string, V>& by_root, const std::string& run_dir,
+                   V fallback) {
   size_t best = 0;
-  int n = expected_ranks;
-  for (const auto& [r, ranks] : expected_ranks_by_root) {
+  for (const auto& [r, v] : by_root) {
     if ((run_dir == r || run_dir.rfind(r + "/", 0) == 0) && r.size() > best) {
       best = r.size();
-      n = ranks;
+      fallback = v;
     }
   }
-  return n;
+  return fallback;
+}
+
+}  // namespace
+
+int Config::ExpectedRanksFor(const std::string& run_dir) const {
+  return DeepestRootValue(expected_ranks_by_root, run_dir, expected_ranks);
+}
+
+std::string Config::DequantizeFor(const std::string& run_dir) const {
+  return DeepestRootValue(dequantize_by_root, run_dir, dequantize);
 }
 
 ConsolidateSpec Config::ConsolidateSpecFor(const std::string& run_dir) const {
@@ -89,6 +105,8 @@ ConsolidateSpec Config::ConsolidateSpecFor(const std::string& run_dir) const {
   s.restore_dtypes = restore_dtypes;
   if (cast_dtype) s.cast_dtype = std::string(DTypeName(*cast_dtype));
   s.key_map = key_map;
+  s.dequantize = DequantizeFor(run_dir);
+  if (!s.dequantize.empty()) s.block_size = block_size;
   s.threads = threads_per_job;
   s.verify = true;
   s.overwrite = true;
@@ -139,6 +157,18 @@ absl::Status ValidateConfig(const Config& c) {
   }
   if (c.expected_ranks < 0)
     return absl::InvalidArgumentError("config: expected_ranks must be >= 0");
+  for (const auto& [r, d] : c.dequantize_by_root) {
+    if (d.empty()) continue;
+    if (absl::StatusOr<DType> t = quant::ParseDequantizeTarget(d); !t.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: dequantize_by_root[\"", r, "\"]: ", t.status().message()));
+    }
+  }
+  if (!c.block_size.empty()) {
+    if (absl::StatusOr<quant::BlockSize> b = quant::ParseBlockSize(c.block_size); !b.ok())
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: dtype.block_size: ", b.status().message()));
+  }
   for (const auto& [r, n] : c.expected_ranks_by_root) {
     if (n < 1) {
       return absl::InvalidArgumentError(
@@ -156,12 +186,13 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
     return absl::InvalidArgumentError(absl::StrCat("config: key \"", *pr.duplicate, "\" repeated"));
   }
   if (!root.is_object()) return absl::InvalidArgumentError("config: must be a JSON object");
-  CFG_RETURN(Unknown(root,
-                     {"watch_roots", "output_template", "output_root", "output_files", "dtype",
-                      "key_map", "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
-                      "rescan_interval_seconds", "expected_ranks", "expected_ranks_by_root",
-                      "strict", "retention", "api", "state_db", "max_attempts"},
-                     ""));
+  CFG_RETURN(
+      Unknown(root,
+              {"watch_roots", "output_template", "output_root", "output_files", "dtype", "key_map",
+               "max_concurrent_jobs", "threads_per_job", "quiet_period_seconds",
+               "rescan_interval_seconds", "expected_ranks", "expected_ranks_by_root",
+               "dequantize_by_root", "strict", "retention", "api", "state_db", "max_attempts"},
+              ""));
   Config c;
   CFG_RETURN(Get(root, "watch_roots", &c.watch_roots));
   CFG_RETURN(Get(root, "output_template", &c.output_template));
@@ -173,6 +204,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   CFG_RETURN(Get(root, "expected_ranks", &c.expected_ranks));
   CFG_RETURN(Get(root, "strict", &c.strict));
   CFG_RETURN(Get(root, "expected_ranks_by_root", &c.expected_ranks_by_root));
+  CFG_RETURN(Get(root, "dequantize_by_root", &c.dequantize_by_root));
   CFG_RETURN(Get(root, "state_db", &c.state_db));
   CFG_RETURN(Get(root, "max_attempts", &c.max_attempts));
   if (auto f = root.find("output_files"); f != root.end()) {
@@ -185,7 +217,10 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   }
   if (auto d = root.find("dtype"); d != root.end()) {
     if (!d->is_object()) return absl::InvalidArgumentError("config: \"dtype\" must be an object");
-    CFG_RETURN(Unknown(*d, {"cast", "restore_from_reference"}, "dtype."));
+    CFG_RETURN(
+        Unknown(*d, {"cast", "restore_from_reference", "dequantize", "block_size"}, "dtype."));
+    CFG_RETURN(Get(*d, "dequantize", &c.dequantize, "dtype."));
+    CFG_RETURN(Get(*d, "block_size", &c.block_size, "dtype."));
     std::string cast;
     CFG_RETURN(Get(*d, "cast", &cast, "dtype."));
     if (!cast.empty()) {

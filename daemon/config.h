@@ -57,6 +57,13 @@ struct Config {
   std::map<std::string, int> expected_ranks_by_root;
   // The expected rank count of a run directory: its root's entry, else expected_ranks (0: any).
   int ExpectedRanksFor(const std::string& run_dir) const;
+  // Dequantization of block-quantized weights (FP8, MXFP4): "bf16", "f16", "f32" or "" (keep
+  // them as they are); dtype.dequantize for every root, dequantize_by_root per watch root
+  // ({"/ckpt/deepseek": "bf16"}; "" turns it off under that root); FP8 block size "128"/"RxC".
+  std::string dequantize;
+  std::map<std::string, std::string> dequantize_by_root;
+  std::string block_size;
+  std::string DequantizeFor(const std::string& run_dir) const;
   // The consolidation every job of `run_dir` runs (output files, dtypes, key map, threads,
   // expected ranks, strictness; always verified, replacing an earlier result): the same typed
   // ConsolidateSpec the CLI and the inspector build, validated by the same function.

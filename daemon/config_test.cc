@@ -114,5 +114,22 @@ TEST(ConfigTest, ExpectedRanksPerRoot) {
   EXPECT_FALSE(ParseConfig(R"({"expected_ranks_by_root": {"/a": "8"}})").ok());
 }
 
+TEST(ConfigTest, DequantizeForEveryRootOrPerRoot) {
+  auto c = ParseConfig(R"({"watch_roots": ["/a", "/a/q", "/c"],
+                           "dtype": {"dequantize": "bf16", "block_size": "128x64"},
+                           "dequantize_by_root": {"/a": "", "/a/q": "f32"}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->ConsolidateSpecFor("/c/run").dequantize, "bf16");
+  EXPECT_EQ(c->ConsolidateSpecFor("/c/run").block_size, "128x64");
+  EXPECT_EQ(c->ConsolidateSpecFor("/a/run").dequantize, "");  // turned off under /a
+  EXPECT_EQ(c->ConsolidateSpecFor("/a/run").block_size, "");
+  EXPECT_EQ(c->ConsolidateSpecFor("/a/q/run").dequantize, "f32");
+  auto bad = ParseConfig(R"({"dequantize_by_root": {"/a": "int8"}})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("dequantize_by_root[\"/a\"]"));
+  EXPECT_FALSE(ParseConfig(R"({"dtype": {"dequantize": "f8"}})").ok());
+  EXPECT_FALSE(ParseConfig(R"({"dtype": {"dequantize": "bf16", "block_size": "0"}})").ok());
+}
+
 }  // namespace
 }  // namespace safeshard::daemon

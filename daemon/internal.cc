@@ -68,18 +68,27 @@ void ResolveRanksByRoot(Config* c) {
     free(real);
   }
   c->expected_ranks_by_root = std::move(by_root);
+  std::map<std::string, std::string> deq;
+  for (const auto& [r, d] : c->dequantize_by_root) {
+    char* real = realpath(r.c_str(), nullptr);
+    deq[real != nullptr ? std::string(real) : r] = d;
+    free(real);
+  }
+  c->dequantize_by_root = std::move(deq);
 }
 
 // Every key of expected_ranks_by_root must be one of the (resolved) watch roots.
 absl::Status CheckRanksByRoot(const Config& c) {
-  for (const auto& [r, n] : c.expected_ranks_by_root) {
+  auto check = [&](const std::string& r, const char* key) {
     bool known = false;
     for (const std::string& w : c.watch_roots) known |= w == r;
-    if (!known) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config: expected_ranks_by_root names ", r, ", which is not a watch root"));
-    }
-  }
+    if (known) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: ", key, " names ", r, ", which is not a watch root"));
+  };
+  for (const auto& [r, n] : c.expected_ranks_by_root)
+    RETURN_IF_ERROR(check(r, "expected_ranks_by_root"));
+  for (const auto& [r, d] : c.dequantize_by_root) RETURN_IF_ERROR(check(r, "dequantize_by_root"));
   return absl::OkStatus();
 }
 

@@ -257,8 +257,43 @@ absl::StatusOr<std::map<std::string, DType>> DTypesFromReference(FileSystem& fs,
   return out;
 }
 
+absl::StatusOr<std::optional<std::string>> ReadModelConfig(FileSystem& fs,
+                                                           const std::string& root) {
+  const std::string path = JoinPath(root, "config.json");
+  absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs.OpenRead(path);
+  if (!f.ok()) {
+    if (absl::IsNotFound(f.status())) return std::optional<std::string>();
+    return f.status();
+  }
+  constexpr uint64_t kMax = 16 << 20;
+  if ((*f)->size() > kMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", (*f)->size(), " bytes is too large for a model config"));
+  }
+  std::string text((*f)->size(), '\0');
+  if (!text.empty()) RETURN_IF_ERROR((*f)->ReadAt(0, text.size(), text.data()));
+  return std::optional<std::string>(std::move(text));
+}
+
+absl::StatusOr<std::string> DequantizedConfig(absl::string_view config_json, DType dtype) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(config_json.begin(), config_json.end(),
+                                                           nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(
+        "config.json is not a JSON object, so its quantization_config cannot be removed");
+  }
+  const char* torch_name = dtype == DType::kBF16  ? "bfloat16"
+                           : dtype == DType::kF16 ? "float16"
+                                                  : "float32";
+  j.erase("quantization_config");
+  j["torch_dtype"] = torch_name;
+  if (j.contains("dtype")) j["dtype"] = torch_name;  // transformers >= 4.56 spells it so
+  return j.dump(2) + "\n";
+}
+
 absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layout,
-                                                    const ConsolidateOptions& o) {
+                                                    const ConsolidateOptions& o,
+                                                    const std::string* config_json) {
   ConsolidationPlan plan;
   plan.input_root = layout.root();
   if (layout.files().empty()) {
@@ -294,9 +329,82 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     plan.input_ids.push_back(f.header ? IdentityOf(f) : ScannedIdentity{});
   }
 
+  // What is written: every tensor, except that when dequantizing a quantized pair becomes one
+  // output tensor (its weight's chunks, decoded) and its scale is read, not written.
+  struct OutTensor {
+    const TensorLayout* src;
+    std::string logical;          // the name before key mapping (X for X_blocks)
+    std::vector<uint64_t> shape;  // the output's
+    const quant::QuantPair* pair = nullptr;
+  };
+  std::vector<OutTensor> outs;
+  quant::Pairing pairing;
+  if (o.dequantize) {
+    if (!quant::IsDequantizeTarget(*o.dequantize)) {
+      return absl::InvalidArgumentError(absl::StrCat("--dequantize ", DTypeName(*o.dequantize),
+                                                     ": only BF16, F16 and F32 are targets"));
+    }
+    quant::BlockSize block;
+    if (o.block_size) {
+      block = *o.block_size;
+    } else if (config_json != nullptr) {
+      absl::StatusOr<std::optional<quant::BlockSize>> b = quant::BlockSizeFromConfig(*config_json);
+      if (!b.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(JoinPath(layout.root(), "config.json"), ": ", b.status().message()));
+      }
+      if (b->has_value()) block = **b;
+    }
+    std::vector<quant::TensorDesc> descs;
+    for (const TensorLayout& t : layout.tensors()) descs.push_back({t.name, t.dtype, t.shape});
+    pairing = quant::FindPairs(descs, block);
+    for (const std::string& w : pairing.unscaled_fp8) {
+      pairing.problems.push_back(absl::StrCat("FP8 weight ", internal::Quote(w), " has no scale ",
+                                              internal::Quote(w + "_scale_inv")));
+    }
+    if (!pairing.problems.empty()) {
+      const size_t n = pairing.problems.size();
+      std::vector<std::string> shown = pairing.problems;
+      if (n > 10) shown.resize(10);
+      return absl::InvalidArgumentError(absl::StrCat(
+          layout.root(), ": cannot dequantize (", n, " problem", n == 1 ? "" : "s",
+          "; nothing was written):\n  ", absl::StrJoin(shown, "\n  "), n > 10 ? "\n  ..." : ""));
+    }
+    if (pairing.pairs.empty()) {
+      plan.warnings.push_back(
+          "--dequantize: no quantized weights (X.weight + X.weight_scale_inv, X_blocks + "
+          "X_scales) in the input; tensors are copied as they are");
+    }
+  }
+  {
+    std::map<std::string, const quant::QuantPair*> by_weight;
+    std::set<std::string> scales;
+    for (const quant::QuantPair& q : pairing.pairs) {
+      by_weight[q.weight] = &q;
+      scales.insert(q.scale);
+    }
+    for (const TensorLayout& t : layout.tensors()) {
+      if (scales.count(t.name)) continue;
+      auto q = by_weight.find(t.name);
+      if (q == by_weight.end()) {
+        outs.push_back({&t, t.name, t.shape, nullptr});
+      } else {
+        outs.push_back({&t, q->second->output, q->second->output_shape, q->second});
+        plan.dequantized.push_back(q->second->output);
+      }
+    }
+    if (o.dequantize && !config_json) {
+      // nothing to rewrite
+    } else if (o.dequantize) {
+      ASSIGN_OR_RETURN(std::string cfg, DequantizedConfig(*config_json, *o.dequantize));
+      plan.config_json = std::move(cfg);
+    }
+  }
+  const size_t n_tensors = outs.size();
+
   // Output names.
   std::vector<std::string> src_names;
-  for (const TensorLayout& t : layout.tensors()) src_names.push_back(t.name);
+  for (const OutTensor& t : outs) src_names.push_back(t.logical);
   std::map<std::string, std::string> out_name;
   if (o.key_map != nullptr && !o.key_map->empty()) {
     ASSIGN_OR_RETURN(out_name, o.key_map->MapAll(src_names));
@@ -305,9 +413,13 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
   }
 
   // Output dtypes.
-  std::vector<DType> dst_dtype(layout.tensors().size());
-  for (size_t i = 0; i < layout.tensors().size(); ++i) {
-    const TensorLayout& t = layout.tensors()[i];
+  std::vector<DType> dst_dtype(n_tensors);
+  for (size_t i = 0; i < n_tensors; ++i) {
+    const TensorLayout& t = *outs[i].src;
+    if (outs[i].pair != nullptr) {
+      dst_dtype[i] = *o.dequantize;
+      continue;
+    }
     DType d = t.dtype;
     auto m = o.fqn_to_dtype.find(out_name[t.name]);
     if (m == o.fqn_to_dtype.end()) m = o.fqn_to_dtype.find(t.name);
@@ -330,7 +442,6 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
   }
 
   // File assignment.
-  const size_t n_tensors = layout.tensors().size();
   std::vector<int> file_of(n_tensors, 1);
   if (o.fqn_to_index) {
     std::set<std::string> used;
@@ -338,7 +449,7 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     for (const auto& [k, v] : *o.fqn_to_index) max_index = std::max(max_index, v);
     std::vector<std::string> unmapped;
     for (size_t i = 0; i < n_tensors; ++i) {
-      const std::string& src = layout.tensors()[i].name;
+      const std::string& src = outs[i].logical;
       auto it = o.fqn_to_index->find(out_name[src]);
       if (it == o.fqn_to_index->end()) it = o.fqn_to_index->find(src);
       if (it == o.fqn_to_index->end()) {
@@ -388,7 +499,7 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     uint64_t cur_size = 0;
     std::vector<size_t> cur_members;
     for (size_t i = 0; i < n_tensors; ++i) {
-      uint64_t bytes = ByteSizeOf(dst_dtype[i], layout.tensors()[i].shape).value_or(0);
+      uint64_t bytes = ByteSizeOf(dst_dtype[i], outs[i].shape).value_or(0);
       if (bytes > *o.max_shard_size) {
         file_of[i] = next++;
         continue;
@@ -415,10 +526,8 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
   std::map<int, int> plan_index;  // file index -> outputs[] position
   for (const auto& [idx, members] : by_file) {
     std::vector<TensorSpec> specs;
-    for (size_t i : members) {
-      specs.push_back(
-          {out_name[layout.tensors()[i].name], dst_dtype[i], layout.tensors()[i].shape});
-    }
+    for (size_t i : members)
+      specs.push_back({out_name[outs[i].logical], dst_dtype[i], outs[i].shape});
     OutputFilePlan f;
     f.name = OutputFileName(idx, count, o.diffusers_index);
     ASSIGN_OR_RETURN(f.header, LayoutHeader(std::move(specs), metadata));
@@ -426,15 +535,33 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     plan.outputs.push_back(std::move(f));
   }
 
+  // Scale sources of the dequantized weights.
+  std::map<std::string, int> scale_index;
+  for (const quant::QuantPair& q : pairing.pairs) {
+    const TensorLayout* st = layout.FindTensor(q.scale);
+    if (st == nullptr) return absl::InternalError(absl::StrCat("scale ", q.scale, " vanished"));
+    ScaleSource src;
+    src.name = q.scale;
+    src.scheme = q.scheme;
+    src.dtype = q.scale_dtype;
+    src.shape = q.scale_shape;
+    src.chunks = st->chunks;
+    src.block = q.block;
+    scale_index[q.weight] = static_cast<int>(plan.scales.size());
+    plan.scales.push_back(std::move(src));
+  }
+
   // Copy tasks.
   for (size_t i = 0; i < n_tensors; ++i) {
-    const TensorLayout& t = layout.tensors()[i];
+    const TensorLayout& t = *outs[i].src;
+    const quant::QuantPair* q = outs[i].pair;
     const int of = plan_index[file_of[i]];
     const OutputFilePlan& f = plan.outputs[of];
-    const std::string& name = out_name[t.name];
+    const std::string& name = out_name[outs[i].logical];
     const TensorEntry* e = f.header.Find(name);
     plan.weight_map[name] = f.name;
     plan.total_size += e->size();
+    plan.total_parameters += NumElements(e->shape).value_or(0);
     for (const Chunk& c : t.chunks) {
       uint64_t n = 1;
       for (uint64_t s : c.sizes) n *= s;
@@ -444,34 +571,50 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
       task.src_begin = c.begin;
       task.output_file = of;
       task.dst_begin = f.header.data_start() + e->begin;
-      task.src_dtype = t.dtype;
+      task.src_dtype = q != nullptr ? q->code_dtype : t.dtype;
       task.dst_dtype = dst_dtype[i];
       task.offsets = c.offsets;
       task.sizes = c.sizes;
-      task.shape = t.shape;
+      task.shape = outs[i].shape;
       task.tensor = name;
-      const int rank = static_cast<int>(t.shape.size());
+      if (q != nullptr) {
+        task.scale = scale_index.at(q->weight);
+        if (q->scheme == quant::Scheme::kMxfp4) {
+          // [..., G, 16] bytes are the [..., G * 32] codes; a chunk must hold whole blocks.
+          if (c.offsets.back() != 0 || c.sizes.back() != 16) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "tensor ", internal::Quote(t.name), ": a chunk at offsets [",
+                absl::StrJoin(c.offsets, ", "), "] splits MXFP4 blocks (its last dimension is ",
+                c.sizes.back(), " of 16 bytes)"));
+          }
+          task.offsets.pop_back();
+          task.sizes.pop_back();
+          task.offsets.back() *= 32;
+          task.sizes.back() *= 32;
+        }
+      }
+      const int rank = static_cast<int>(task.shape.size());
       int k = 0;
       for (int d = rank - 1; d >= 0; --d) {
-        if (c.sizes[d] != t.shape[d]) {
+        if (task.sizes[d] != task.shape[d]) {
           k = d;
           break;
         }
       }
       task.split_dim = k;
       task.gstride.assign(rank, 1);
-      for (int d = rank - 1; d > 0; --d) task.gstride[d - 1] = task.gstride[d] * t.shape[d];
+      for (int d = rank - 1; d > 0; --d) task.gstride[d - 1] = task.gstride[d] * task.shape[d];
       task.run_elems = 1;
       task.runs = 1;
       for (int d = 0; d < rank; ++d) {
         if (d < k) {
-          task.runs *= c.sizes[d];
+          task.runs *= task.sizes[d];
         } else {
-          task.run_elems *= c.sizes[d];
+          task.run_elems *= task.sizes[d];
         }
       }
-      if (IsSubByte(t.dtype) || IsSubByte(task.dst_dtype)) {
-        const uint64_t bits = BitsOf(t.dtype);
+      if (IsSubByte(task.src_dtype) || IsSubByte(task.dst_dtype)) {
+        const uint64_t bits = BitsOf(task.src_dtype);
         bool aligned = (task.run_elems * bits) % 8 == 0 && (task.DstElemOfRun(0) * bits) % 8 == 0;
         for (int d = 0; d < k; ++d) aligned &= (task.gstride[d] * bits) % 8 == 0;
         if (!aligned) {
@@ -691,7 +834,10 @@ class Executor {
     const uint64_t src_n = elems * sbits / 8;
     const bool same =
         c.src_dtype == c.dst_dtype || (sbits == dbits && !CanCast(c.src_dtype, c.dst_dtype));
-    for (uint64_t r = it.run_begin; r < it.run_end; ++r) {
+    if (c.scale >= 0) {
+      RETURN_IF_ERROR(Dequantize(it, c, src_file, out, hash ? &sum : nullptr, buf));
+    }
+    for (uint64_t r = it.run_begin; r < it.run_end && c.scale < 0; ++r) {
       uint64_t src = c.src_begin + (r * c.run_elems + it.elem_begin) * sbits / 8;
       uint64_t dst = c.dst_begin + (c.DstElemOfRun(r) + it.elem_begin) * dbits / 8;
       if (src + src_n > src_file.size()) {
@@ -750,6 +896,143 @@ class Executor {
     return absl::OkStatus();
   }
 
+  // Dequantizes the runs of item `it` (codes from the mapped input) into the output, a piece
+  // of at most kCastBuffer output bytes at a time, each piece a row segment at a time: memory
+  // stays at one buffer per thread whatever the tensor size.
+  absl::Status Dequantize(const WorkItem& it, const CopyTask& c, absl::string_view src_file,
+                          WritableFile& out, Checksum* sum, std::string* buf) {
+    const ScaleSource& sc = plan_.scales[c.scale];
+    // Tables built now, not for the first time under GuardMappedAccess.
+    (void)quant::Fp4Table();
+    (void)quant::Fp8Table(DType::kF8_E8M0);
+    if (IsFloat8(c.src_dtype)) (void)quant::Fp8Table(c.src_dtype);
+    const std::string& in_path = plan_.inputs[c.input_file];
+    const uint64_t sbits = BitsOf(c.src_dtype), ds = BitsOf(c.dst_dtype) / 8;
+    const bool mx = sc.scheme == quant::Scheme::kMxfp4;
+    uint64_t per = std::max<uint64_t>(2, kCastBuffer / ds);
+    per -= per % 2;  // MXFP4 pieces start on a byte
+    buf->resize(per * ds);
+    char* const out_buf = buf->data();
+    const uint64_t n_cols = c.shape.back();
+    const uint64_t n_rows = c.shape.size() >= 2 ? c.shape[c.shape.size() - 2] : 1;
+    const uint64_t scale_rows = sc.shape.size() >= 2 ? sc.shape[sc.shape.size() - 2] : 1;
+    const uint64_t scale_cols = sc.shape.back();
+    const uint64_t elems = it.elem_end - it.elem_begin;
+    for (uint64_t r = it.run_begin; r < it.run_end; ++r) {
+      const uint64_t src = c.src_begin + (r * c.run_elems + it.elem_begin) * sbits / 8;
+      const uint64_t src_n = (elems * sbits + 7) / 8;
+      if (src + src_n > src_file.size()) {
+        return absl::DataLossError(absl::StrCat(
+            in_path, ": tensor ", internal::Quote(c.tensor), ": bytes at offset ", src,
+            " lie beyond the end of the file (", src_file.size(), " bytes): it changed or shrank"));
+      }
+      const uint64_t g0 = c.DstElemOfRun(r) + it.elem_begin;  // flat index in the output tensor
+      const uint64_t dst = c.dst_begin + g0 * ds;
+      for (uint64_t e = 0; e < elems; e += per) {
+        const uint64_t m = std::min(per, elems - e);
+        const char* p = src_file.data() + src + e * sbits / 8;
+        // The segments of this piece, each within one row of the output (and so one scale row).
+        uint64_t done = 0;
+        while (done < m) {
+          const uint64_t g = g0 + e + done;
+          uint64_t len, first_scale, n_scales;
+          if (mx) {
+            len = m - done;
+            first_scale = g / 32;
+            n_scales = (g + len - 1) / 32 - first_scale + 1;
+          } else {
+            const uint64_t col = g % n_cols, row = g / n_cols;
+            len = std::min(m - done, n_cols - col);
+            const uint64_t lead = row / n_rows, in_row = row % n_rows;
+            first_scale =
+                (lead * scale_rows + in_row / sc.block.rows) * scale_cols + col / sc.block.cols;
+            n_scales = (col + len - 1) / sc.block.cols - col / sc.block.cols + 1;
+          }
+          RETURN_IF_ERROR(ReadScales(sc, first_scale, n_scales));
+          const unsigned char* codes = reinterpret_cast<const unsigned char*>(p) + done * sbits / 8;
+          char* o = out_buf + done * ds;
+          RETURN_IF_ERROR(GuardMappedAccess(in_path, src + (e + done) * sbits / 8, [&] {
+            if (mx) {
+              quant::DequantizeMxfp4(codes, g, len, scale_bytes_.data(), c.dst_dtype, o);
+            } else {
+              quant::DequantizeFp8Row(c.src_dtype, codes, len, g % n_cols, sc.block.cols,
+                                      scale_values_.data(), c.dst_dtype, o);
+            }
+          }));
+          done += len;
+        }
+        if (sum != nullptr) sum->Update(out_buf, m * ds);
+        RETURN_IF_ERROR(out.WriteAt(dst + e * ds, absl::string_view(out_buf, m * ds)));
+      }
+      if (((r - it.run_begin) & 63) == 63 && o_.cancel && o_.cancel->load()) {
+        return absl::CancelledError("consolidation cancelled");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Scales [first, first + n) (flat indices of the scale tensor) into scale_values_ (FP8) or
+  // scale_bytes_ (MXFP4, the E8M0 codes), read from the chunks that hold them.
+  absl::Status ReadScales(const ScaleSource& sc, uint64_t first, uint64_t n) {
+    thread_local std::vector<uint64_t> ix;
+    if (sc.scheme == quant::Scheme::kMxfp4) {
+      scale_bytes_.resize(n);
+    } else {
+      scale_values_.resize(n);
+    }
+    const size_t rank = sc.shape.size();
+    const uint64_t esize = std::max(1, BitsOf(sc.dtype) / 8);
+    uint64_t k = 0;
+    while (k < n) {
+      // The multi-index of flat element first + k.
+      ix.assign(rank, 0);
+      uint64_t rest = first + k;
+      for (size_t d = rank; d-- > 0;) {
+        ix[d] = rest % sc.shape[d];
+        rest /= sc.shape[d];
+      }
+      const Chunk* hit = nullptr;
+      for (size_t ci = 0; ci < sc.chunks.size() && hit == nullptr; ++ci) {
+        const Chunk& ch = sc.chunks[(last_chunk_ + ci) % sc.chunks.size()];
+        bool in = true;
+        for (size_t d = 0; d < rank && in; ++d)
+          in = ix[d] >= ch.offsets[d] && ix[d] < ch.offsets[d] + ch.sizes[d];
+        if (in) {
+          hit = &ch;
+          last_chunk_ = (last_chunk_ + ci) % sc.chunks.size();
+        }
+      }
+      if (hit == nullptr) {
+        return absl::DataLossError(absl::StrCat("scale ", internal::Quote(sc.name), ": element ",
+                                                first + k, " is in no chunk"));
+      }
+      // Contiguous within the chunk along the last dimension.
+      const uint64_t take =
+          std::min(n - k, hit->offsets[rank - 1] + hit->sizes[rank - 1] - ix[rank - 1]);
+      uint64_t local = 0;
+      for (size_t d = 0; d < rank; ++d) local = local * hit->sizes[d] + (ix[d] - hit->offsets[d]);
+      ASSIGN_OR_RETURN(std::shared_ptr<InputCache::Open> in, inputs_->Get(hit->file));
+      absl::string_view bytes = in->map->data();
+      const uint64_t at = hit->begin + local * esize;
+      if (at + take * esize > bytes.size() || at + take * esize > hit->end) {
+        return absl::DataLossError(absl::StrCat(plan_.inputs[hit->file], ": scale ",
+                                                internal::Quote(sc.name), ": bytes at offset ", at,
+                                                " lie beyond its data: the file changed"));
+      }
+      const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data()) + at;
+      RETURN_IF_ERROR(GuardMappedAccess(plan_.inputs[hit->file], at, [&] {
+        if (sc.scheme == quant::Scheme::kMxfp4) {
+          std::memcpy(scale_bytes_.data() + k, p, take);
+        } else {
+          for (uint64_t j = 0; j < take; ++j)
+            scale_values_[k + j] = quant::ScaleValue(sc.dtype, p + j * esize);
+        }
+      }));
+      k += take;
+    }
+    return absl::OkStatus();
+  }
+
   void SetError(const absl::Status& s) {
     absl::MutexLock l(&mu_);
     if (error_.ok()) error_ = s;
@@ -772,7 +1055,14 @@ class Executor {
   absl::Status error_;
   absl::Mutex progress_mu_;
   uint64_t reported_ = 0;
+  // Per worker thread (dequantization): the scales of the current segment.
+  static thread_local std::vector<float> scale_values_;
+  static thread_local std::vector<unsigned char> scale_bytes_;
+  static thread_local size_t last_chunk_;
 };
+thread_local std::vector<float> Executor::scale_values_;
+thread_local std::vector<unsigned char> Executor::scale_bytes_;
+thread_local size_t Executor::last_chunk_ = 0;
 
 }  // namespace
 
@@ -817,7 +1107,11 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input, so));
     if (o.reference_layout != nullptr) layout.CheckAgainstReference(*o.reference_layout);
     if (&out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout, output_dir));
-    return PlanConsolidation(layout, o);
+    std::optional<std::string> config;
+    if (o.dequantize) {
+      ASSIGN_OR_RETURN(config, ReadModelConfig(fs, layout.root()));
+    }
+    return PlanConsolidation(layout, o, config ? &*config : nullptr);
   }();
   RETURN_IF_ERROR(AllGatherStatus(c, plan_or.status()));
   ConsolidationPlan& plan = *plan_or;
@@ -980,6 +1274,12 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
         // config.json, tokenizer files, ...: streamed, regular files only, never over one that
         // is already in OUT.
         for (const std::string& name : ModelFileNames()) {
+          if (name == "config.json" && plan.config_json) {  // dequantized: the rewritten one
+            if (!o.overwrite && out_dir->Stat(name).ok()) continue;
+            RETURN_IF_ERROR(WriteFileAtomically(*out_dir, name, *plan.config_json));
+            companions.push_back(name);
+            continue;
+          }
           absl::StatusOr<std::unique_ptr<ReadableFile>> src =
               fs.OpenRead(JoinPath(plan.input_root, name));
           if (!src.ok()) continue;  // absent (or not a regular file): nothing to copy
@@ -1017,6 +1317,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       }
       IndexJson idx;
       idx.total_size = plan.total_size;
+      idx.extra_metadata["total_parameters"] = absl::StrCat(plan.total_parameters);
       idx.weight_map = plan.weight_map;
       RETURN_IF_ERROR(WriteFileAtomically(*out_dir, plan.index_name, SerializeIndexJson(idx)));
       return absl::OkStatus();
@@ -1028,6 +1329,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
   if (o.checksums) result.files.push_back(kManifestFileName);
   result.files.push_back(plan.index_name);
   for (const CopyTask& t : plan.tasks) result.bytes += t.dst_bytes();
+  result.dequantized = plan.dequantized.size();
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return result;
 }

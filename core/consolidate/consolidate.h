@@ -32,6 +32,7 @@
 #include "core/format/header.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
+#include "core/quant/quant.h"
 #include "core/remap/keymap.h"
 
 namespace safeshard {
@@ -76,6 +77,14 @@ struct ConsolidateOptions {
   // generation config, tokenizer files, chat template) into the output, before the index; one
   // already in the output is kept.
   bool copy_model_files = true;
+  // Dequantize block-quantized weights (FP8 X.weight + X.weight_scale_inv, MXFP4 X_blocks +
+  // X_scales) into this dtype (BF16, F16 or F32): they become plain tensors (MXFP4 as X
+  // [..., G * 32]), their scales are dropped, everything else is copied as it is; config.json
+  // loses its quantization_config and gets torch_dtype. A scale without its weight, an FP8
+  // weight without its scale or shapes that disagree are refused before anything is written.
+  std::optional<DType> dequantize;
+  // FP8 block size; default: config.json's quantization_config.weight_block_size, else 128x128.
+  std::optional<quant::BlockSize> block_size;
 };
 
 // The companion files of an HF model directory that consolidation copies along.
@@ -95,6 +104,10 @@ struct CopyTask {
   uint64_t run_elems = 0;                       // elements per run
   uint64_t runs = 0;                            // number of runs
   std::string tensor;                           // output name, for messages
+  // Dequantization: index into ConsolidationPlan::scales (-1: a plain copy or cast). src_dtype
+  // is then the code type (an F8 type, or F4 for MXFP4, whose [..., G, 16] bytes are read as
+  // the [..., G * 32] codes of the output tensor).
+  int scale = -1;
   uint64_t src_bytes() const;
   uint64_t dst_bytes() const;
   // Element offset within the output tensor of run `r`.
@@ -106,6 +119,17 @@ struct OutputFilePlan {
   Header header;  // tensors with offsets relative to the buffer
 };
 
+// A scale tensor read while dequantizing, from wherever its chunks lie (another file, or
+// sharded across rank files like its weight).
+struct ScaleSource {
+  std::string name;
+  quant::Scheme scheme = quant::Scheme::kBlockFp8;
+  DType dtype = DType::kF32;
+  std::vector<uint64_t> shape;
+  std::vector<Chunk> chunks;  // Chunk::file indexes ConsolidationPlan::inputs
+  quant::BlockSize block;
+};
+
 struct ConsolidationPlan {
   std::string input_root;
   std::vector<std::string> inputs;         // input file paths
@@ -114,6 +138,11 @@ struct ConsolidationPlan {
   std::vector<CopyTask> tasks;
   std::map<std::string, std::string> weight_map;  // output name -> file name
   uint64_t total_size = 0;                        // sum of output tensor bytes
+  uint64_t total_parameters = 0;                  // sum of output tensor elements
+  std::vector<ScaleSource> scales;                // dequantization only
+  std::vector<std::string> dequantized;           // output names of dequantized weights
+  // Dequantization: config.json as published (without quantization_config, with torch_dtype).
+  std::optional<std::string> config_json;
   std::string index_name;
   std::vector<std::string> warnings;
 };
@@ -121,8 +150,16 @@ struct ConsolidationPlan {
 // Builds the plan from a scanned checkpoint. kFailedPrecondition (before anything is written)
 // when any tensor has a gap, overlap, dtype disagreement, invalid file, or the shard ranks are not
 // dense; kInvalidArgument for bad options (unmapped tensors, impossible casts, name collisions).
+// `config_json`: the input's config.json, when it has one (dequantization takes its block size
+// from it and publishes it rewritten); see ReadModelConfig.
 absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layout,
-                                                    const ConsolidateOptions& options);
+                                                    const ConsolidateOptions& options,
+                                                    const std::string* config_json = nullptr);
+// The config.json beside a checkpoint (nullopt when there is none; at most 16 MiB).
+absl::StatusOr<std::optional<std::string>> ReadModelConfig(FileSystem& fs, const std::string& root);
+// config.json for dequantized weights: quantization_config removed, torch_dtype (and dtype,
+// when present) set to `dtype`'s torch name. Keys keep their order.
+absl::StatusOr<std::string> DequantizedConfig(absl::string_view config_json, DType dtype);
 
 struct VerifyReport {
   uint64_t bytes_checked = 0;
@@ -137,6 +174,7 @@ struct ConsolidateResult {
   double seconds = 0;
   std::optional<VerifyReport> verify;
   std::vector<std::string> warnings;
+  size_t dequantized = 0;  // weights decoded (ConsolidateOptions::dequantize)
 };
 
 absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string& input,

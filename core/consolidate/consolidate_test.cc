@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstring>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -22,6 +24,7 @@ namespace safeshard {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Every tensor of a consolidated directory, as bytes, read independently of the engine.
 std::map<std::string, std::pair<DType, std::string>> ReadAllTensors(const std::string& dir) {
@@ -744,6 +747,194 @@ TEST(ConsolidateTest, RefusesAnOutputHoldingInputFilesReachedThroughLinks) {
   ASSERT_TRUE(ck.ok());
   EXPECT_TRUE(ck->problems().empty());
   EXPECT_EQ(ck->files().size(), 4u);
+}
+
+// ---- Dequantization (issue 14). Expected values come from testing::ReferenceF8/ReferenceBf16,
+// which decode from the bit definitions, never from core/quant.
+
+std::string FloatBytes(const std::vector<float>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+}
+
+std::vector<float> FloatsOf(const std::string& bytes) {
+  std::vector<float> v(bytes.size() / 4);
+  std::memcpy(v.data(), bytes.data(), v.size() * 4);
+  return v;
+}
+
+// A [..., M, N] FP8 weight dequantized to BF16 (as uint16 bits) with [..., ceil(M/br),
+// ceil(N/bc)] scales: value = code * scale in float, rounded once to nearest even.
+std::string ExpectedFp8Bf16(DType code, const std::string& codes,
+                            const std::vector<uint64_t>& shape, const std::vector<float>& scales,
+                            uint64_t br, uint64_t bc) {
+  const uint64_t n = shape.back(), m = shape[shape.size() - 2];
+  const uint64_t sn = (n + bc - 1) / bc, sm = (m + br - 1) / br;
+  std::string out(codes.size() * 2, '\0');
+  for (uint64_t i = 0; i < codes.size(); ++i) {
+    const uint64_t row = i / n, col = i % n, lead = row / m, r = row % m;
+    const float s = scales[(lead * sm + r / br) * sn + col / bc];
+    const float v =
+        static_cast<float>(testing::ReferenceF8(code, static_cast<uint8_t>(codes[i]))) * s;
+    const uint16_t b = testing::ReferenceBf16(v);
+    std::memcpy(&out[2 * i], &b, 2);
+  }
+  return out;
+}
+
+TEST(ConsolidateDequantizeTest, Fp8WithPartialEdgeBlocksNaNCodesAndItsScaleInAnotherFile) {
+  const std::string in = testing::NewTempDir() + "/fp8";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
+  // File 1: the weight (pattern codes, NaN codes among them) and a plain tensor.
+  std::string codes = testing::PatternBytes("w.weight", 300 * 200);
+  codes[5] = static_cast<char>(0x7f);  // NaN codes, both signs
+  codes[6] = static_cast<char>(0xff);
+  const std::string norm = testing::PatternBytes("norm.weight", 600);
+  testing::WriteFile(
+      in + "/model-00001-of-00002.safetensors",
+      testing::RawSafetensors(
+          R"({"norm.weight":{"dtype":"BF16","shape":[300],"data_offsets":[0,600]},)"
+          R"("w.weight":{"dtype":"F8_E4M3","shape":[300,200],"data_offsets":[600,60600]}})",
+          norm + codes));
+  // File 2: its scales [ceil(300/128), ceil(200/128)] = [3, 2]: partial blocks at both edges.
+  const std::vector<float> scales = {0.5f, -2.0f, 1e-3f, 3.0f, 7.0f, 0.125f};
+  testing::WriteFile(
+      in + "/model-00002-of-00002.safetensors",
+      testing::RawSafetensors(R"({"w.weight_scale_inv":{"dtype":"F32","shape":[3,2],)"
+                              R"("data_offsets":[0,24]}})",
+                              FloatBytes(scales)));
+  testing::WriteFile(in + "/config.json",
+                     R"({"model_type": "deepseek_v3", "hidden_size": 200,)"
+                     R"( "quantization_config": {"quant_method": "fp8", "fmt": "e4m3",)"
+                     R"( "weight_block_size": [128, 128]}, "torch_dtype": "bfloat16"})");
+  const std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.dequantize = DType::kBF16;
+  o.verify = true;
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto got = ReadAllTensors(out);
+  ASSERT_EQ(got.size(), 2u);  // the scale is dropped
+  EXPECT_EQ(got["norm.weight"].first, DType::kBF16);
+  EXPECT_EQ(got["norm.weight"].second, norm);  // everything else byte for byte
+  ASSERT_EQ(got["w.weight"].first, DType::kBF16);
+  const std::string want = ExpectedFp8Bf16(DType::kF8_E4M3, codes, {300, 200}, scales, 128, 128);
+  ASSERT_EQ(got["w.weight"].second.size(), want.size());
+  for (size_t i = 0; i < want.size(); i += 2) {
+    ASSERT_EQ(got["w.weight"].second.substr(i, 2), want.substr(i, 2)) << "element " << i / 2;
+  }
+  uint16_t nan_bits;
+  std::memcpy(&nan_bits, got["w.weight"].second.data() + 10, 2);
+  EXPECT_EQ(nan_bits & 0x7fc0, 0x7fc0) << "a NaN code stays NaN";
+  // config.json: no quantization_config, torch_dtype of the output; other keys kept in order.
+  const std::string cfg = testing::ReadFile(out + "/config.json");
+  EXPECT_THAT(cfg, Not(HasSubstr("quantization_config")));
+  EXPECT_THAT(cfg, HasSubstr(R"("torch_dtype": "bfloat16")"));
+  EXPECT_LT(cfg.find("model_type"), cfg.find("hidden_size"));
+  // The index carries total_parameters (transformers writes it) next to total_size.
+  auto idx = ParseIndexJson(testing::ReadFile(out + "/" + std::string(kIndexFileName)), "index");
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->extra_metadata.at("total_parameters"), "60300");
+  EXPECT_EQ(*idx->total_size, 600u + 120000u);
+  EXPECT_FALSE(idx->weight_map.count("w.weight_scale_inv"));
+}
+
+TEST(ConsolidateDequantizeTest, Mxfp4BlocksBecomeTheirLogicalTensor) {
+  const std::string in = testing::NewTempDir() + "/mx";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
+  const std::string blocks = testing::PatternBytes("experts.down_proj_blocks", 2 * 3 * 16);
+  const std::string scales = {char(127), char(125), char(130), char(0), char(255), char(120)};
+  testing::WriteFile(
+      in + "/model.safetensors",
+      testing::RawSafetensors(
+          R"({"experts.down_proj_blocks":{"dtype":"U8","shape":[2,3,16],"data_offsets":[0,96]},)"
+          R"("experts.down_proj_scales":{"dtype":"U8","shape":[2,3],"data_offsets":[96,102]}})",
+          blocks + scales));
+  const std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.dequantize = DType::kF32;
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto got = ReadAllTensors(out);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_TRUE(got.count("experts.down_proj"));
+  EXPECT_EQ(got["experts.down_proj"].first, DType::kF32);
+  std::vector<float> v = FloatsOf(got["experts.down_proj"].second);
+  ASSERT_EQ(v.size(), 2u * 96u);  // [2, 3 * 32]
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint8_t byte = static_cast<uint8_t>(blocks[i / 2]);
+    const unsigned code = i % 2 == 0 ? (byte & 0xf) : (byte >> 4);  // low nibble first
+    const double want = testing::ReferenceMinifloat(code, 2, 1, 1) *
+                        testing::ReferenceF8(DType::kF8_E8M0, static_cast<uint8_t>(scales[i / 32]));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(v[i])) << i;
+    } else {
+      EXPECT_EQ(v[i], static_cast<float>(want)) << i;
+    }
+  }
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_EQ(ck->FindTensor("experts.down_proj")->shape, (std::vector<uint64_t>{2, 96}));
+}
+
+TEST(ConsolidateDequantizeTest, PerRankShardsOfAQuantizedModel) {
+  // Weights and their scales sharded across 3 ranks like the weights (row and column), so a
+  // rank's rows need scale rows another rank holds; the expected values come from a plain
+  // consolidation of the same input.
+  const std::vector<ExampleTensor> model = {
+      {"a.weight", DType::kF8_E4M3, {300, 200}, Sharding::kRow},
+      {"a.weight_scale_inv", DType::kF32, {3, 2}, Sharding::kRow},
+      {"b.weight", DType::kF8_E4M3, {256, 384}, Sharding::kColumn},
+      {"b.weight_scale_inv", DType::kF32, {2, 3}, Sharding::kColumn},
+      {"norm", DType::kBF16, {300}, Sharding::kReplicated},
+  };
+  const std::string in = WriteModel(model, {.ranks = 3});
+  const std::string plain = testing::NewTempDir() + "/plain";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, plain, {}).ok());
+  auto ref = ReadAllTensors(plain);
+  for (int threads : {1, 2}) {
+    const std::string out = testing::NewTempDir() + "/out";
+    ConsolidateOptions o;
+    o.dequantize = DType::kBF16;
+    o.threads = threads;
+    o.max_shard_size = 100000;  // a.weight and b.weight in files of their own
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    auto got = ReadAllTensors(out);
+    ASSERT_EQ(got.size(), 3u);
+    EXPECT_EQ(got["norm"], ref["norm"]);
+    EXPECT_EQ(got["a.weight"].second,
+              ExpectedFp8Bf16(DType::kF8_E4M3, ref["a.weight"].second, {300, 200},
+                              FloatsOf(ref["a.weight_scale_inv"].second), 128, 128));
+    EXPECT_EQ(got["b.weight"].second,
+              ExpectedFp8Bf16(DType::kF8_E4M3, ref["b.weight"].second, {256, 384},
+                              FloatsOf(ref["b.weight_scale_inv"].second), 128, 128));
+  }
+}
+
+TEST(ConsolidateDequantizeTest, RefusesUnpairedTensorsNamingBothBeforeWriting) {
+  const std::string in = testing::NewTempDir() + "/bad";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.weight", DType::kF8_E4M3, {4, 4}},
+                                                {"c.weight_scale_inv", DType::kF32, {1, 1}},
+                                                {"d.weight", DType::kF8_E4M3, {2, 2}},
+                                                {"d.weight_scale_inv", DType::kF32, {2, 1}}}));
+  const std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.dequantize = DType::kBF16;
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_FALSE(r.ok());
+  const std::string msg(r.status().message());
+  EXPECT_THAT(msg, HasSubstr("nothing was written"));
+  EXPECT_THAT(msg, HasSubstr(R"(scale "c.weight_scale_inv" has no weight "c.weight")"));
+  EXPECT_THAT(msg, HasSubstr(R"(FP8 weight "a.weight" has no scale "a.weight_scale_inv")"));
+  EXPECT_THAT(
+      msg,
+      HasSubstr(
+          R"(scale "d.weight_scale_inv" has shape [2, 1] but weight "d.weight" [2, 2] needs [1, 1])"));
+  EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
+  // Without --dequantize the same input consolidates as it is (F8 bytes copied).
+  EXPECT_TRUE(Consolidate(LocalFileSystem(), in, out, {}).ok());
 }
 
 }  // namespace

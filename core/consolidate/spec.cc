@@ -62,6 +62,15 @@ absl::Status ValidateConsolidateSpec(const ConsolidateSpec& s) {
     if (absl::StatusOr<DType> d = ParseCastDType(s.cast_dtype); !d.ok())
       return Bad("cast_dtype", d.status().message());
   }
+  if (!s.dequantize.empty()) {
+    if (absl::StatusOr<DType> d = quant::ParseDequantizeTarget(s.dequantize); !d.ok())
+      return Bad("dequantize", d.status().message());
+  }
+  if (!s.block_size.empty()) {
+    if (s.dequantize.empty()) return Bad("block_size", "only applies with dequantize");
+    if (absl::StatusOr<quant::BlockSize> b = quant::ParseBlockSize(s.block_size); !b.ok())
+      return Bad("block_size", b.status().message());
+  }
   if (!s.key_map.empty()) {
     if (absl::StatusOr<KeyMap> km = KeyMap::Create(s.key_map); !km.ok())
       return Bad("key_map", km.status().message());
@@ -100,6 +109,8 @@ std::string SerializeConsolidateSpec(const ConsolidateSpec& s) {
   j["strict"] = s.strict;
   j["checksums"] = s.checksums;
   j["model_files"] = s.model_files;
+  j["dequantize"] = s.dequantize;
+  j["block_size"] = s.block_size;
   return internal::DumpJson(j, 2);
 }
 
@@ -162,6 +173,10 @@ absl::StatusOr<ConsolidateSpec> ParseConsolidateSpec(absl::string_view json) {
       ok = boolean(v, &s.checksums);
     else if (key == "model_files")
       ok = boolean(v, &s.model_files);
+    else if (key == "dequantize")
+      ok = str(v, &s.dequantize);
+    else if (key == "block_size")
+      ok = str(v, &s.block_size);
     else if (key == "key_map") {
       absl::StatusOr<KeyMap> km = KeyMap::FromJson(internal::DumpJson(v));
       if (!km.ok()) return Bad("consolidation spec: key_map", km.status().message());
@@ -223,6 +238,12 @@ absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> ResolveConsolidateSpec(
   o.strict = s.strict;
   o.checksums = s.checksums;
   o.copy_model_files = s.model_files;
+  if (!s.dequantize.empty()) {
+    ASSIGN_OR_RETURN(o.dequantize, quant::ParseDequantizeTarget(s.dequantize));
+  }
+  if (!s.block_size.empty()) {
+    ASSIGN_OR_RETURN(o.block_size, quant::ParseBlockSize(s.block_size));
+  }
   return r;
 }
 

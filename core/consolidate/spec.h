@@ -44,6 +44,8 @@ struct ConsolidateSpec {
   bool strict = false;      // refuse IN when its completeness cannot be proven
   bool checksums = true;    // publish safeshard.complete.json with the outputs' checksums
   bool model_files = true;  // copy config.json, tokenizer files, ... found beside the input
+  std::string dequantize;   // bf16 | f16 | f32: block-quantized weights (FP8, MXFP4) decoded
+  std::string block_size;   // FP8 blocks "128" or "128x64" (default: config.json's, else 128)
 
   bool operator==(const ConsolidateSpec&) const = default;
 };

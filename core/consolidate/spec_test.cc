@@ -23,6 +23,8 @@ ConsolidateSpec Everything() {
   s.expect_ranks = 8;
   s.strict = true;
   s.checksums = false;
+  s.dequantize = "bfloat16";
+  s.block_size = "128x64";
   return s;
 }
 
@@ -70,6 +72,12 @@ TEST(ConsolidateSpecTest, ContradictionsAndBadValuesAreRefusedNamingTheField) {
   ConsolidateSpec fp8;
   fp8.cast_dtype = "f8_e4m3";
   check(fp8, "cast_dtype");
+  ConsolidateSpec deq;
+  deq.dequantize = "f8";
+  check(deq, "dequantize");
+  ConsolidateSpec block;
+  block.block_size = "128";
+  check(block, "block_size: only applies with dequantize");
   ConsolidateSpec policy;
   policy.unmapped = "drop";
   check(policy, "unmapped");
@@ -110,6 +118,8 @@ TEST(ConsolidateSpecTest, ResolvesIntoOptionsOwningTheKeyMap) {
   EXPECT_FALSE(o.checksums);
   EXPECT_EQ(o.threads, 3);
   EXPECT_EQ(o.expect_ranks, 8);
+  EXPECT_EQ(o.dequantize, DType::kBF16);
+  EXPECT_EQ(o.block_size, (quant::BlockSize{128, 64}));
   // A mapping file that is not there is an error naming it, never "one file".
   ConsolidateSpec missing;
   missing.mapping_file = testing::NewTempDir() + "/nope.json";

@@ -1,5 +1,8 @@
 #include "core/testing/testing.h"
 
+#include <cmath>
+#include <cstring>
+
 #include "nlohmann/json.hpp"
 
 #include <arpa/inet.h>
@@ -78,6 +81,39 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+double ReferenceMinifloat(unsigned code, int ebits, int mbits, int bias) {
+  const int s = (code >> (ebits + mbits)) & 1;
+  const int e = (code >> mbits) & ((1 << ebits) - 1);
+  const int m = code & ((1 << mbits) - 1);
+  const double frac = static_cast<double>(m) / (1 << mbits);
+  const double mag = e == 0 ? std::pow(2.0, 1 - bias) * frac : std::pow(2.0, e - bias) * (1 + frac);
+  return s ? -mag : mag;
+}
+
+double ReferenceF8(DType t, unsigned code) {
+  switch (t) {
+    case DType::kF8_E4M3:  // S.1111.111 is NaN; no infinities
+      return (code & 0x7f) == 0x7f ? NAN : ReferenceMinifloat(code, 4, 3, 7);
+    case DType::kF8_E5M2:  // exponent all ones: infinity (mantissa 0) or NaN
+      if (((code >> 2) & 0x1f) == 0x1f)
+        return (code & 3) ? NAN : ((code & 0x80) ? -INFINITY : INFINITY);
+      return ReferenceMinifloat(code, 5, 2, 15);
+    case DType::kF8_E4M3FNUZ: return code == 0x80 ? NAN : ReferenceMinifloat(code, 4, 3, 8);
+    case DType::kF8_E5M2FNUZ: return code == 0x80 ? NAN : ReferenceMinifloat(code, 5, 2, 16);
+    case DType::kF8_E8M0: return code == 0xff ? NAN : std::pow(2.0, static_cast<int>(code) - 127);
+    default: return NAN;
+  }
+}
+
+uint16_t ReferenceBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (std::isnan(f)) return static_cast<uint16_t>((u >> 16) | 0x40);
+  const uint32_t lower = u & 0xffff, upper = u >> 16;
+  if (lower > 0x8000 || (lower == 0x8000 && (upper & 1))) return static_cast<uint16_t>(upper + 1);
+  return static_cast<uint16_t>(upper);
 }
 
 std::string PatternBytes(const std::string& name, uint64_t n) {

@@ -49,6 +49,14 @@ std::string Quoted(const std::string& s);
 // The deterministic byte pattern of tensor `name` (n bytes).
 std::string PatternBytes(const std::string& name, uint64_t n);
 
+// Independent references for quantized formats, from the bit definitions alone (never from
+// core/quant): a minifloat code's value from its sign, exponent field (with `bias`) and mantissa
+// field; an 8-bit float code of `t` (F8_E4M3 FN, F8_E5M2, the FNUZ variants, F8_E8M0) with each
+// format's NaN and infinity codes; float -> bfloat16 rounded to nearest even, by the bits.
+double ReferenceMinifloat(unsigned code, int ebits, int mbits, int bias);
+double ReferenceF8(DType t, unsigned code);
+uint16_t ReferenceBf16(float f);
+
 // A FileSystem that forwards every call to `base`; tests override the calls they fake.
 class ForwardingFileSystem : public FileSystem {
  public:
