@@ -539,5 +539,48 @@ TEST(CliTest, OutputsThatOnlyBecomeTheInputOnceCreatedAndShardsInOutAreRefused) 
   EXPECT_EQ(bad.code, kExitUsage);
 }
 
+// Issue 14: quantized pairs in inspect, their problems in verify, and consolidate --dequantize.
+TEST(CliQuantizedTest, InspectShowsPairsVerifyFlagsScalesConsolidateDequantizes) {
+  const std::string dir = testing::NewTempDir() + "/q";
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"l.weight", DType::kF8_E4M3, {256, 300}},
+                                                {"l.weight_scale_inv", DType::kF32, {2, 3}},
+                                                {"norm", DType::kBF16, {8}}}));
+  testing::WriteFile(dir + "/config.json", R"({"quantization_config": {"quant_method": "fp8"}})");
+  Result in = RunCli({"inspect", dir});
+  EXPECT_EQ(in.code, kExitOk) << in.err;
+  EXPECT_THAT(in.out, HasSubstr("quantized weights (1;"));
+  EXPECT_THAT(in.out, HasSubstr("fp8 128x128 blocks (F8_E4M3 codes, F32 scales)"));
+  EXPECT_THAT(in.out, HasSubstr("l.weight + l.weight_scale_inv"));
+  Result js = RunCli({"inspect", "--json", dir});
+  auto j = nlohmann::json::parse(js.out);
+  ASSERT_EQ(j["quantized"].size(), 1u);
+  EXPECT_EQ(j["quantized"][0]["block"], nlohmann::json::array({128, 128}));
+
+  Result plan = RunCli({"consolidate", dir, dir + "-bf16", "--dequantize", "bf16", "--dry-run"});
+  EXPECT_EQ(plan.code, kExitOk) << plan.err;
+  EXPECT_THAT(plan.out, HasSubstr("dequantized to BF16: 1 weight (1 scale tensors dropped); "
+                                  "config.json without quantization_config"));
+  Result c = RunCli({"consolidate", dir, dir + "-bf16", "--dequantize", "torch.bfloat16"});
+  EXPECT_EQ(c.code, kExitOk) << c.err;
+  EXPECT_THAT(c.out, HasSubstr("(1 weight dequantized to BF16)"));
+  auto out = CheckpointLayout::Scan(LocalFileSystem(), dir + "-bf16");
+  ASSERT_TRUE(out.ok());
+  ASSERT_NE(out->FindTensor("l.weight"), nullptr);
+  EXPECT_EQ(out->FindTensor("l.weight")->dtype, DType::kBF16);
+  EXPECT_EQ(out->FindTensor("l.weight_scale_inv"), nullptr);
+  EXPECT_EQ(RunCli({"consolidate", dir, dir + "-x", "--block-size", "64"}).code, kExitUsage);
+
+  // A scale whose shape does not fit its weight: a blocking verify problem naming both.
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"l.weight", DType::kF8_E4M3, {256, 300}},
+                                                {"l.weight_scale_inv", DType::kF32, {2, 2}}}));
+  Result v = RunCli({"verify", dir});
+  EXPECT_EQ(v.code, kExitProblems);
+  EXPECT_THAT(v.out, HasSubstr("quantization: scale \"l.weight_scale_inv\" has shape [2, 2] but "
+                               "weight \"l.weight\" [256, 300] needs [2, 3]"));
+}
+
 }  // namespace
 }  // namespace safeshard

@@ -107,6 +107,17 @@ ordered_json LayoutJson(const CheckpointLayout& ck, const RE2* filter) {
     tj[d] = {{"tensors", v[0]}, {"parameters", v[1]}, {"bytes", v[2]}};
   }
   root["totals"] = std::move(tj);
+  ordered_json quantized = ordered_json::array();
+  for (const quant::QuantPair& q : ck.quantized()) {
+    quantized.push_back({{"weight", q.output},
+                         {"shape", q.output_shape},
+                         {"scheme", q.scheme == quant::Scheme::kMxfp4 ? "mxfp4" : "fp8_block"},
+                         {"block", {q.block.rows, q.block.cols}},
+                         {"codes", q.weight},
+                         {"scales", q.scale},
+                         {"description", q.Describe()}});
+  }
+  root["quantized"] = std::move(quantized);
   ordered_json problems = ordered_json::array();
   for (const Problem& p : ck.problems()) problems.push_back(ProblemJson(p));
   root["problems"] = std::move(problems);
@@ -215,6 +226,19 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
     all[0] += 1;
     all[1] += t.numel();
     all[2] += t.bytes();
+  }
+  if (!ck->quantized().empty()) {
+    // One logical weight per pair: what `consolidate --dequantize` writes.
+    out << "\nquantized weights (" << ck->quantized().size()
+        << "; `safeshard consolidate --dequantize bf16` decodes them):\n";
+    std::vector<std::vector<std::string>> q_rows;
+    for (const quant::QuantPair& q : ck->quantized()) {
+      if (filter && !RE2::PartialMatch(q.output, *filter) && !RE2::PartialMatch(q.weight, *filter))
+        continue;
+      q_rows.push_back({"  " + q.output, ShapeString(q.output_shape), q.Describe(),
+                        absl::StrCat(q.weight, " + ", q.scale)});
+    }
+    PrintTable(q_rows, out, {});
   }
   out << "\ntotals by dtype:\n";
   std::vector<std::vector<std::string>> rows;

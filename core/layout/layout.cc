@@ -104,6 +104,8 @@ absl::string_view ProblemKindName(ProblemKind k) {
     case ProblemKind::kChecksum: return "checksum_mismatch";
     case ProblemKind::kUnproven: return "completeness_unproven";
     case ProblemKind::kNoCheckpoint: return "no_checkpoint";
+    case ProblemKind::kQuantization: return "quantization";
+    case ProblemKind::kUnscaledFp8: return "unscaled_fp8";
   }
   return "unknown";
 }
@@ -134,9 +136,11 @@ bool IsBlocking(ProblemKind k) {
     case ProblemKind::kChecksum:
     case ProblemKind::kUnproven:      // only reported with --strict, where it must block
     case ProblemKind::kNoCheckpoint:  // nothing to read: never "consistent"
+    case ProblemKind::kQuantization:  // weights that cannot be decoded as their scales say
       return true;
     case ProblemKind::kNotInIndex:      // the bytes are there; the index is only incomplete
     case ProblemKind::kIndexTotalSize:  // a metadata number, not data
+    case ProblemKind::kUnscaledFp8:     // maybe a plain FP8 tensor; refused when dequantizing
       return false;
   }
   return true;
@@ -889,8 +893,59 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   }
   ck.expect_ranks_ = options.expect_ranks;
   ck.single_path_ = !st.is_dir;
+  ck.FindQuantized(fs);
   ck.DecideCompleteness();
   return ck;
+}
+
+void CheckpointLayout::FindQuantized(FileSystem& fs) {
+  bool any = false;
+  for (const TensorLayout& t : tensors_) {
+    any |= absl::EndsWith(t.name, "_scale_inv") || absl::EndsWith(t.name, "_blocks") ||
+           absl::EndsWith(t.name, "_scales");
+  }
+  if (!any) return;
+  quant::BlockSize block;
+  if (!single_path_) {
+    // config.json says the FP8 block size (DeepSeek: quantization_config.weight_block_size).
+    const std::string path = JoinPath(root_, "config.json");
+    absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs.OpenRead(path);
+    if (f.ok() && (*f)->size() <= (16u << 20)) {
+      std::string text((*f)->size(), '\0');
+      if (text.empty() || (*f)->ReadAt(0, text.size(), text.data()).ok()) {
+        absl::StatusOr<std::optional<quant::BlockSize>> b = quant::BlockSizeFromConfig(text);
+        if (!b.ok()) {
+          problems_.push_back(
+              {ProblemKind::kQuantization, "config.json", "", std::string(b.status().message())});
+        } else if (b->has_value()) {
+          block = **b;
+        }
+      }
+    }
+  }
+  std::vector<quant::TensorDesc> descs;
+  for (const TensorLayout& t : tensors_) descs.push_back({t.name, t.dtype, t.shape});
+  quant::Pairing p = quant::FindPairs(descs, block);
+  for (const std::string& msg : p.problems)
+    problems_.push_back({ProblemKind::kQuantization, "", "", msg});
+  bool fp8_pairs = false;
+  for (const quant::QuantPair& q : p.pairs) fp8_pairs |= q.scheme == quant::Scheme::kBlockFp8;
+  if (fp8_pairs) {
+    for (const std::string& w : p.unscaled_fp8) {
+      problems_.push_back({ProblemKind::kUnscaledFp8, "", w,
+                           absl::StrCat("FP8 weight without a block scale \"", w,
+                                        "_scale_inv\" (other FP8 weights have one): it cannot be "
+                                        "dequantized; was the scale lost?")});
+    }
+  }
+  quantized_ = std::move(p.pairs);
+}
+
+const quant::QuantPair* CheckpointLayout::QuantPairOf(absl::string_view tensor) const {
+  for (const quant::QuantPair& q : quantized_) {
+    if (q.weight == tensor || q.scale == tensor) return &q;
+  }
+  return nullptr;
 }
 
 void CheckpointLayout::DecideCompleteness() {

@@ -26,6 +26,7 @@
 #include "core/format/index_json.h"
 #include "core/format/manifest.h"
 #include "core/io/filesystem.h"
+#include "core/quant/quant.h"
 
 namespace safeshard {
 
@@ -99,6 +100,8 @@ enum class ProblemKind {
   kChecksum,             // file or tensor bytes differ from the manifest's checksum
   kUnproven,             // completeness cannot be proven (a problem only with --strict)
   kNoCheckpoint,         // a directory with no safetensors files (the message says what it holds)
+  kQuantization,         // a block scale without its weight, or shapes/dtypes that disagree
+  kUnscaledFp8,          // an FP8 weight with no scale where other weights have one (a warning)
 };
 absl::string_view ProblemKindName(ProblemKind k);
 // Whether a problem makes the checkpoint unfit to consolidate or publish. One table for
@@ -158,6 +161,12 @@ class CheckpointLayout {
   void CheckAgainstReference(const CheckpointLayout& reference);
   // Whether any problem is blocking (IsBlocking).
   bool HasBlockingProblem() const;
+  // Block-quantized weights and their scales (FP8 X.weight + X.weight_scale_inv, MXFP4
+  // X_blocks + X_scales), paired; the FP8 block size is config.json's
+  // quantization_config.weight_block_size beside the checkpoint, else 128x128.
+  const std::vector<quant::QuantPair>& quantized() const { return quantized_; }
+  // The logical weight a tensor belongs to ("" when it is not part of a quantized pair).
+  const quant::QuantPair* QuantPairOf(absl::string_view tensor) const;
 
  private:
   std::string root_;
@@ -174,7 +183,9 @@ class CheckpointLayout {
   int expect_ranks_ = 0;
   bool reference_matched_ = false;
   bool single_path_ = false;  // a file was scanned by its path, not a directory
+  std::vector<quant::QuantPair> quantized_;
   void DecideCompleteness();
+  void FindQuantized(FileSystem& fs);
 };
 
 // Re-reads every file the manifest lists (pread, never mapped) and compares its XXH3-64, and

@@ -690,5 +690,39 @@ TEST(CompletenessTest, AHugeRankNumberIsOneBoundedLine) {
   EXPECT_THAT(r[0].message, HasSubstr("and 99982 more"));
 }
 
+TEST(LayoutTest, PairsQuantizedWeightsAndReportsScalesThatDisagree) {
+  const std::string dir = testing::NewTempDir() + "/q";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(dir).ok());
+  // config.json says 128x64 blocks: [256, 256] needs [2, 4] scales.
+  testing::WriteFile(dir + "/config.json",
+                     R"({"quantization_config": {"weight_block_size": [128, 64]}})");
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.weight", DType::kF8_E4M3, {256, 256}},
+                                                {"a.weight_scale_inv", DType::kF32, {2, 4}},
+                                                {"b.weight", DType::kF8_E4M3, {256, 256}},
+                                                {"b.weight_scale_inv", DType::kF32, {2, 2}},
+                                                {"c.weight", DType::kF8_E4M3, {4, 4}},
+                                                {"m_blocks", DType::kU8, {3, 16}},
+                                                {"m_scales", DType::kU8, {3}}}));
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  ASSERT_EQ(ck->quantized().size(), 2u);
+  EXPECT_EQ(ck->quantized()[0].Describe(), "fp8 128x64 blocks (F8_E4M3 codes, F32 scales)");
+  EXPECT_EQ(ck->quantized()[1].output, "m");
+  ASSERT_NE(ck->QuantPairOf("a.weight_scale_inv"), nullptr);
+  EXPECT_EQ(ck->QuantPairOf("a.weight_scale_inv")->weight, "a.weight");
+  EXPECT_EQ(ck->QuantPairOf("c.weight"), nullptr);
+  auto bad = OfKind(*ck, ProblemKind::kQuantization);
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(bad[0].message,
+            "scale \"b.weight_scale_inv\" has shape [2, 2] but weight \"b.weight\" [256, 256] "
+            "needs [2, 4] for 128x64 blocks");
+  EXPECT_TRUE(IsBlocking(ProblemKind::kQuantization));
+  auto unscaled = OfKind(*ck, ProblemKind::kUnscaledFp8);  // c.weight: a warning only
+  ASSERT_EQ(unscaled.size(), 1u);
+  EXPECT_EQ(unscaled[0].tensor, "c.weight");
+  EXPECT_FALSE(IsBlocking(ProblemKind::kUnscaledFp8));
+}
+
 }  // namespace
 }  // namespace safeshard

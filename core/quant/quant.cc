@@ -35,9 +35,7 @@ std::array<float, 256> BuildFp8(DType t) {
   std::array<float, 256> out{};
   for (unsigned c = 0; c < 256; ++c) {
     switch (t) {
-      case DType::kF8_E4M3:
-        out[c] = (c & 0x7f) == 0x7f ? kNaN : Minifloat(c, 4, 3, 7);
-        break;
+      case DType::kF8_E4M3: out[c] = (c & 0x7f) == 0x7f ? kNaN : Minifloat(c, 4, 3, 7); break;
       case DType::kF8_E5M2:
         if ((c & 0x7c) == 0x7c) {
           out[c] = (c & 0x03) != 0 ? kNaN : ((c & 0x80) ? -kInf : kInf);
@@ -166,9 +164,9 @@ absl::StatusOr<std::optional<BlockSize>> BlockSizeFromConfig(absl::string_view c
       !(*w)[1].is_number_unsigned() || (*w)[0].get<uint64_t>() == 0 ||
       (*w)[1].get<uint64_t>() == 0 || (*w)[0].get<uint64_t>() > (1u << 20) ||
       (*w)[1].get<uint64_t>() > (1u << 20)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("quantization_config.weight_block_size is ", w->dump(),
-                     ", not two positive integers [rows, cols]"));
+    return absl::InvalidArgumentError(absl::StrCat("quantization_config.weight_block_size is ",
+                                                   w->dump(),
+                                                   ", not two positive integers [rows, cols]"));
   }
   return std::optional<BlockSize>(BlockSize{(*w)[0].get<uint64_t>(), (*w)[1].get<uint64_t>()});
 }
@@ -231,10 +229,10 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
       if (wt.shape.size() < 2 || t->shape != want) {
         p.problems.push_back(absl::StrCat(
             "scale \"", name, "\" has shape ", Shape(t->shape), " but weight \"", weight, "\" ",
-            Shape(wt.shape), wt.shape.size() < 2 ? " has fewer than 2 dimensions"
-                                                 : absl::StrCat(" needs ", Shape(want), " for ",
-                                                                block.rows, "x", block.cols,
-                                                                " blocks")));
+            Shape(wt.shape),
+            wt.shape.size() < 2 ? " has fewer than 2 dimensions"
+                                : absl::StrCat(" needs ", Shape(want), " for ", block.rows, "x",
+                                               block.cols, " blocks")));
         continue;
       }
       used[name] = true;
@@ -244,8 +242,8 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
       const std::string scale = base + std::string(kMxScales);
       auto s = by_name.find(scale);
       if (s == by_name.end()) {
-        p.problems.push_back(absl::StrCat("MXFP4 blocks \"", name, "\" have no scales \"", scale,
-                                          "\""));
+        p.problems.push_back(
+            absl::StrCat("MXFP4 blocks \"", name, "\" have no scales \"", scale, "\""));
         continue;
       }
       const TensorDesc& st = *s->second;
@@ -260,8 +258,8 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
       q.scale_shape = st.shape;
       q.block = {1, 32};
       if (t->dtype != DType::kU8) {
-        p.problems.push_back(absl::StrCat("MXFP4 blocks \"", name, "\" are ", DTypeName(t->dtype),
-                                          ", not U8"));
+        p.problems.push_back(
+            absl::StrCat("MXFP4 blocks \"", name, "\" are ", DTypeName(t->dtype), ", not U8"));
         continue;
       }
       if (!IsScaleDType(q.scheme, st.dtype)) {
@@ -291,8 +289,8 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
     if (absl::EndsWith(name, kMxScales) && !used.count(name)) {
       const std::string blocks = name.substr(0, name.size() - kMxScales.size()) + "_blocks";
       if (!by_name.count(blocks)) {
-        p.problems.push_back(absl::StrCat("MXFP4 scales \"", name, "\" have no blocks \"", blocks,
-                                          "\""));
+        p.problems.push_back(
+            absl::StrCat("MXFP4 scales \"", name, "\" have no blocks \"", blocks, "\""));
       }
     }
     if (IsFloat8(t->dtype) && t->dtype != DType::kF8_E8M0 &&

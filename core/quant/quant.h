@@ -61,9 +61,9 @@ struct TensorDesc {
 
 struct QuantPair {
   Scheme scheme = Scheme::kBlockFp8;
-  std::string weight;  // X.weight / X_blocks
-  std::string scale;   // X.weight_scale_inv / X_scales
-  std::string output;  // the logical tensor: X.weight / X
+  std::string weight;                  // X.weight / X_blocks
+  std::string scale;                   // X.weight_scale_inv / X_scales
+  std::string output;                  // the logical tensor: X.weight / X
   DType code_dtype = DType::kF8_E4M3;  // FP8 codes; kF4 for MXFP4
   DType scale_dtype = DType::kF32;
   std::vector<uint64_t> output_shape;

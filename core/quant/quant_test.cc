@@ -86,9 +86,9 @@ TEST(DequantizeTest, Fp8RowAppliesEachColumnBlocksScale) {
   const float scales[2] = {0.5f, 3.0f};                     // block 1 (cols 4-7), block 2 (8-11)
   float out[5];
   DequantizeFp8Row(DType::kF8_E4M3, codes, 5, 5, 4, scales, DType::kF32, out);
-  EXPECT_EQ(out[0], 0.5f);   // col 5, block 1
-  EXPECT_EQ(out[1], -0.5f);  // col 6
-  EXPECT_EQ(out[2], 224.0f);  // col 7
+  EXPECT_EQ(out[0], 0.5f);          // col 5, block 1
+  EXPECT_EQ(out[1], -0.5f);         // col 6
+  EXPECT_EQ(out[2], 224.0f);        // col 7
   EXPECT_TRUE(std::isnan(out[3]));  // col 8, block 2: NaN code stays NaN
   EXPECT_EQ(out[4], 0.0f);
 }
@@ -99,7 +99,8 @@ TEST(DequantizeTest, Fp8TensorWithPartialEdgeBlocksToBf16) {
   std::vector<unsigned char> codes(35);
   for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<unsigned char>(i * 37 + 11);
   const float scales[9] = {0.25f, 1.5f, -2.0f, 3.0f, 1e-3f, 7.0f, 0.125f, 1e4f, -0.5f};
-  std::vector<float> f32 = DequantizeFp8Tensor(DType::kF8_E4M3, codes.data(), shape, scales, {2, 3});
+  std::vector<float> f32 =
+      DequantizeFp8Tensor(DType::kF8_E4M3, codes.data(), shape, scales, {2, 3});
   for (uint64_t r = 0; r < 5; ++r) {
     std::vector<uint16_t> bf(7);
     const float* srow = scales + (r / 2) * 3;
@@ -179,7 +180,8 @@ TEST(PairingTest, BlockSizeFromConfigAndText) {
   EXPECT_EQ(**b, (BlockSize{128, 64}));
   EXPECT_FALSE(BlockSizeFromConfig(R"({"hidden_size": 7})")->has_value());
   EXPECT_FALSE(BlockSizeFromConfig("not json")->has_value());
-  EXPECT_FALSE(BlockSizeFromConfig(R"({"quantization_config": {"weight_block_size": [0, 2]}})").ok());
+  EXPECT_FALSE(
+      BlockSizeFromConfig(R"({"quantization_config": {"weight_block_size": [0, 2]}})").ok());
   EXPECT_EQ(*ParseBlockSize("64"), (BlockSize{64, 64}));
   EXPECT_EQ(*ParseBlockSize("128x32"), (BlockSize{128, 32}));
   EXPECT_FALSE(ParseBlockSize("x").ok());

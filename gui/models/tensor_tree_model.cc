@@ -221,8 +221,14 @@ QVariant TensorTreeModel::data(const QModelIndex& index, int role) const {
       std::sort(names.begin(), names.end(), NaturalLess);
       return QString::fromStdString(absl::StrJoin(names, "\n"));
     }
-    if (t != nullptr) return QString::fromStdString(t->name);
-    return {};
+    if (t == nullptr) return {};
+    if (const quant::QuantPair* q = layout_->QuantPairOf(t->name)) {
+      return QString::fromStdString(
+          q->weight == t->name
+              ? absl::StrCat(t->name, "\nquantized: ", q->Describe(), "; scale ", q->scale)
+              : absl::StrCat(t->name, "\nblock scales of ", q->weight));
+    }
+    return QString::fromStdString(t->name);
   }
   if (role != Qt::DisplayRole) return {};
   switch (index.column()) {

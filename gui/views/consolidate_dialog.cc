@@ -115,10 +115,26 @@ ConsolidateDialog::ConsolidateDialog(std::shared_ptr<const CheckpointLayout> lay
   dtype_combo->addItem("Cast floating point to F32", "F32");
   dtype_combo->addItem("Restore the reference model's dtypes", "reference");
   dtype_combo->setToolTip("Casts round to nearest even; FP8 and integer tensors are never cast");
+  dequantize_combo = new QComboBox(this);
+  dequantize_combo->addItem("Keep them as stored (codes and scales)", "");
+  dequantize_combo->addItem("Dequantize to BF16", "bf16");
+  dequantize_combo->addItem("Dequantize to F16", "f16");
+  dequantize_combo->addItem("Dequantize to F32", "f32");
+  const size_t n_quant = layout_->quantized().size();
+  dequantize_combo->setEnabled(n_quant > 0);
+  dequantize_combo->setToolTip(
+      n_quant > 0
+          ? QString("%1 block-quantized weight%2 (%3): dequantizing writes each as one plain "
+                    "tensor, drops the scales and removes quantization_config from config.json")
+                .arg(n_quant)
+                .arg(n_quant == 1 ? "" : "s")
+                .arg(QString::fromStdString(layout_->quantized()[0].Describe()))
+          : QString("No block-quantized weights (FP8 + _scale_inv, MXFP4 _blocks + _scales)"));
   verify_check = new QCheckBox("Verify the output after writing (reads it back)", this);
   overwrite_check = new QCheckBox("Replace an existing result in the output directory", this);
   opts->addRow("Threads:", threads_spin);
   opts->addRow("DTypes:", dtype_combo);
+  opts->addRow("Quantized weights:", dequantize_combo);
   opts->addRow(verify_check);
   opts->addRow(overwrite_check);
   l->addLayout(opts);
@@ -171,12 +187,13 @@ QString ConsolidateDialog::status_text() const {
 }
 
 void ConsolidateDialog::SetRunning(bool on) {
-  for (QWidget* w :
-       std::initializer_list<QWidget*>{output_edit, single_radio, max_size_radio, max_size_edit,
-                                       reference_radio, reference_edit, threads_spin, dtype_combo,
-                                       verify_check, overwrite_check, start_button}) {
+  for (QWidget* w : std::initializer_list<QWidget*>{output_edit, single_radio, max_size_radio,
+                                                    max_size_edit, reference_radio, reference_edit,
+                                                    threads_spin, dtype_combo, dequantize_combo,
+                                                    verify_check, overwrite_check, start_button}) {
     w->setEnabled(!on);
   }
+  if (!on) dequantize_combo->setEnabled(!layout_->quantized().empty());
   cancel_button->setText(on ? "Cancel" : "Close");
   if (on)
     timer_->start();
@@ -212,6 +229,7 @@ void ConsolidateDialog::Start() {
   } else if (!dtype.isEmpty()) {
     spec.cast_dtype = dtype.toStdString();
   }
+  spec.dequantize = dequantize_combo->currentData().toString().toStdString();
   absl::StatusOr<std::unique_ptr<ResolvedConsolidation>> resolved =
       ResolveConsolidateSpec(LocalFileSystem(), spec);
   if (!resolved.ok())

@@ -49,6 +49,7 @@ class ConsolidateDialog : public QDialog {
   QLineEdit* reference_edit;
   QSpinBox* threads_spin;
   QComboBox* dtype_combo;
+  QComboBox* dequantize_combo;  // enabled when the checkpoint has quantized weights
   QCheckBox* verify_check;
   QCheckBox* overwrite_check;
   QProgressBar* progress_bar;

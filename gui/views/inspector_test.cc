@@ -934,6 +934,43 @@ TEST(InspectorTest, Screenshots) {
   w.tabs->setCurrentIndex(0);
 }
 
+// Issue 14: the Consolidate dialog offers dequantization only for a quantized checkpoint, and
+// a run with it writes plain BF16 weights without their scales.
+TEST(InspectorTest, ConsolidateDialogDequantizesAQuantizedCheckpoint) {
+  const std::string plain = MakeCheckpoint("plain");
+  {
+    MainWindow w(Options());
+    ASSERT_TRUE(Open(w, plain));
+    ConsolidateDialog* d = w.OpenConsolidateDialog();
+    ASSERT_NE(d, nullptr);
+    EXPECT_FALSE(d->dequantize_combo->isEnabled());
+  }
+  const std::string dir = testing::NewTempDir() + "/fp8";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(dir).ok());
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"l.weight", DType::kF8_E4M3, {130, 64}},
+                                                {"l.weight_scale_inv", DType::kF32, {2, 1}}}));
+  MainWindow w(Options());
+  w.show();
+  ASSERT_TRUE(Open(w, dir));
+  ConsolidateDialog* d = w.OpenConsolidateDialog();
+  ASSERT_NE(d, nullptr);
+  ASSERT_TRUE(d->dequantize_combo->isEnabled());
+  EXPECT_TRUE(d->dequantize_combo->toolTip().contains("fp8 128x128 blocks"));
+  d->dequantize_combo->setCurrentIndex(d->dequantize_combo->findData("bf16"));
+  const std::string out = testing::NewTempDir() + "/hf";
+  d->output_edit->setText(QString::fromStdString(out));
+  QSignalSpy finished(d, &ConsolidateDialog::runFinished);
+  QTest::mouseClick(d->start_button, Qt::LeftButton);
+  ASSERT_TRUE(WaitUntil([&] { return finished.count() > 0; }));
+  ASSERT_TRUE(finished[0][0].toBool()) << d->error_text().toStdString();
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), out);
+  ASSERT_TRUE(ck.ok());
+  ASSERT_EQ(ck->tensors().size(), 1u);
+  EXPECT_EQ(ck->tensors()[0].name, "l.weight");
+  EXPECT_EQ(ck->tensors()[0].dtype, DType::kBF16);
+}
+
 }  // namespace
 }  // namespace safeshard::gui
 

@@ -595,7 +595,16 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
   p.setPen(palette().color(QPalette::Text));
   std::set<int> files;
   for (const Chunk& c : tensor_->chunks) files.insert(c.file);
-  const QString name = QString::fromStdString(tensor_->name);
+  QString name = QString::fromStdString(tensor_->name);
+  // A block-quantized weight and its scale are one logical weight: say so by the name.
+  if (const quant::QuantPair* q = layout_->QuantPairOf(tensor_->name)) {
+    name +=
+        q->weight == tensor_->name
+            ? QString("  — quantized: %1; scale %2")
+                  .arg(QString::fromStdString(q->Describe()), QString::fromStdString(q->scale))
+            : QString("  — block scales of %1 (%2)")
+                  .arg(QString::fromStdString(q->weight), QString::fromStdString(q->Describe()));
+  }
   p.drawText(QRectF(8, 4, width() - 16, 20), Qt::AlignLeft | Qt::AlignVCenter,
              p.fontMetrics().elidedText(name, Qt::ElideMiddle, width() - 16));
   p.setFont(font());
