@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds optimised binaries and runs every benchmark. Results are ratios against baselines
 # (cat, cp, dd) measured in the same run, never absolute thresholds.
-# Usage: bench/run.sh [scan|consolidate|daemon-idle|dcp|inspector|remote|diff]
+# Usage: bench/run.sh [scan|consolidate|dequantize|daemon-idle|dcp|inspector|remote|diff]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench //bench:diff_bench
+bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:dequantize_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench //bench:diff_bench
 which="${1:-all}"
 wanted() { [[ "$which" == all || "$which" == "$1" ]]; }
 if wanted scan; then
@@ -14,6 +14,10 @@ fi
 if wanted consolidate; then
   echo "== consolidation: >= 2 GB, 8 ranks =="
   bazel-bin/bench/consolidate_bench "$PWD/bazel-bin/cli/safeshard"
+fi
+if wanted dequantize; then
+  echo "== dequantization: >= 1 GB FP8 block-quantized model to BF16 =="
+  bazel-bin/bench/dequantize_bench "$PWD/bazel-bin/cli/safeshard"
 fi
 if wanted daemon-idle; then
   echo "== safeshardd idle cost: 1,000 finished runs =="

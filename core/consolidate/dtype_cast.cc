@@ -73,13 +73,6 @@ float BFloat16ToFloat(uint16_t b) {
   return FromBits(static_cast<uint32_t>(b) << 16);
 }
 
-uint16_t FloatToBFloat16(float f) {
-  uint32_t u = Bits(f);
-  if (std::isnan(f)) return static_cast<uint16_t>((u >> 16) | 0x0040);  // quiet NaN, keep sign
-  uint32_t rounding = 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>((u + rounding) >> 16);
-}
-
 float HalfToFloat(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1F;
