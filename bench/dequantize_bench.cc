@@ -89,8 +89,7 @@ int main(int argc, char** argv) {
     for (int t = f; t < tensors; t += files) {
       names.push_back(absl::StrCat("model.layers.", t, ".mlp.down_proj.weight"));
     }
-    const std::string path =
-        absl::StrFormat("%s/model-%05d-of-%05d.safetensors", in, f + 1, files);
+    const std::string path = absl::StrFormat("%s/model-%05d-of-%05d.safetensors", in, f + 1, files);
     if (!WriteFile(path, names, rows, cols, &seed)) {
       std::cerr << "cannot write " << path << "\n";
       return 1;
@@ -101,7 +100,8 @@ int main(int argc, char** argv) {
     std::ofstream cfg(in + "/config.json");
     cfg << R"({"model_type": "deepseek_v3", "torch_dtype": "bfloat16", "quantization_config": )"
         << R"({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", )"
-        << R"("weight_block_size": [128, 128]}})" << "\n";
+        << R"("weight_block_size": [128, 128]}})"
+        << "\n";
   }
   const uint64_t code_bytes = static_cast<uint64_t>(tensors) * rows * cols;
   std::cout << absl::StrFormat(
@@ -120,8 +120,8 @@ int main(int argc, char** argv) {
   auto consolidate = [&](int threads, bool dequantize) {
     const std::string out = root + "/out";
     Shell("rm -rf " + out);
-    std::vector<std::string> args = {bin, "consolidate", in, out, "--threads",
-                                     std::to_string(threads)};
+    std::vector<std::string> args = {bin, "consolidate", in,
+                                     out, "--threads",   std::to_string(threads)};
     if (dequantize) {
       args.push_back("--dequantize");
       args.push_back("bf16");

@@ -93,7 +93,8 @@ int RunSafeshard(const std::vector<std::string>& args, std::ostream& out, std::o
       "  dist-consolidate IN OUT --ranks R   consolidate with R processes over c10d (Gloo)\n"
       "  save-example OUT --ranks R          R processes save a generated model over Gloo with\n"
       "                                      the HF storage writer (shards + completion manifest)\n"
-      "  load-check DIR --ranks R --layout col|row|mesh   load into another sharding, verify");
+      "  load-check DIR --ranks R --layout col|row|mesh [--dequantize bf16]   load into another "
+      "sharding, verify");
   bool known = args.size() < 2 || args[1].empty() || args[1][0] == '-';
   for (const CLI::App* sub : app.get_subcommands({}))
     known |= args.size() > 1 && sub->check_name(args[1]);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -324,6 +325,47 @@ TEST(DistSaveTest, ARankThatFailsMidSaveFailsEveryRankAndLeavesNoManifest) {
   if (entries.ok()) {
     EXPECT_TRUE(entries->empty());
   }
+}
+
+// Issue 14: `load-check --dequantize` loads FP8 block-quantized and MXFP4 weights, decoded, into
+// other shardings over Gloo, from HF files (a scale in another file) and from per-rank shards.
+TEST(DistLoadTest, DequantizedLoadsIntoOtherShardings) {
+  const std::string hf = testing::NewTempDir() + "/hf";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(hf).ok());
+  testing::WriteFile(hf + "/model-00001-of-00002.safetensors",
+                     testing::BuildSafetensors({{"a.weight", DType::kF8_E4M3, {300, 200}},
+                                                {"e_blocks", DType::kU8, {4, 3, 16}},
+                                                {"norm", DType::kF32, {8}}}));
+  std::string scales(6 * 4, '\0');
+  for (int i = 0; i < 6; ++i) {
+    const float v = 0.25f * static_cast<float>(i + 1);
+    std::memcpy(&scales[4 * i], &v, 4);
+  }
+  testing::WriteFile(
+      hf + "/model-00002-of-00002.safetensors",
+      testing::RawSafetensors(
+          R"({"a.weight_scale_inv":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},)"
+          R"("e_scales":{"dtype":"U8","shape":[4,3],"data_offsets":[24,36]}})",
+          scales + std::string("\x78\x79\x7a\x7b\x7c\x7d\x7e\x7f\x80\x81\x82\x83")));
+  const std::string ranks = testing::NewTempDir() + "/ranks";
+  ASSERT_TRUE(WriteDcpCheckpoint(LocalFileSystem(), ranks,
+                                 {{"m.weight", DType::kF8_E4M3, {256, 384}, Sharding::kRow},
+                                  {"m.weight_scale_inv", DType::kF32, {2, 3}, Sharding::kRow}},
+                                 {.ranks = 4})
+                  .ok());
+  const std::string log = testing::NewTempDir() + "/log";
+  for (const auto& [dir, want] : std::vector<std::pair<std::string, std::string>>{
+           {hf, "2 quantized weights"}, {ranks, "1 quantized weights"}}) {
+    for (const std::string layout : {"col", "row", "mesh"}) {
+      int rc = Wait(Spawn(
+          {kBin, "load-check", dir, "--ranks", "2", "--layout", layout, "--dequantize", "bf16"},
+          log));
+      EXPECT_EQ(rc, 0) << layout << ": " << testing::ReadFile(log + ".err");
+      EXPECT_TRUE(absl::StrContains(testing::ReadFile(log), want + " dequantized to BF16"))
+          << testing::ReadFile(log);
+    }
+  }
+  EXPECT_EQ(Wait(Spawn({kBin, "load-check", hf, "--ranks", "2", "--dequantize", "f8"}, log)), 2);
 }
 
 }  // namespace

@@ -16,7 +16,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -29,10 +31,12 @@
 #include "core/dcp/c10d_collective.h"
 #include "core/dcp/hf_storage_reader.h"
 #include "core/dcp/hf_storage_writer.h"
+#include "core/dcp/quantized_reader.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
+#include "core/quant/quant.h"
 #include "core/util/rlimit.h"
 
 extern char** environ;
@@ -88,7 +92,7 @@ int JoinFailed(const absl::Status& s) {
 
 int RankMain(const std::string& in, const std::string& out, int rank, int world,
              const std::string& store, bool from_env, int threads, const std::string& max_shard,
-             double timeout_s) {
+             double timeout_s, const std::string& dequantize) {
   absl::StatusOr<Group> joined = JoinGroup(rank, world, store, from_env, timeout_s);
   if (!joined.ok()) return JoinFailed(joined.status());
   Group& g = *joined;
@@ -102,6 +106,14 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
       return 2;
     }
     o.max_shard_size = *s;
+  }
+  if (!dequantize.empty()) {
+    absl::StatusOr<safeshard::DType> d = safeshard::quant::ParseDequantizeTarget(dequantize);
+    if (!d.ok()) {
+      Err(absl::StrCat("safeshard-torch: --dequantize: ", d.status().message()));
+      return 2;
+    }
+    o.dequantize = *d;
   }
   uint64_t mine = 0;
   o.progress = [&](uint64_t, uint64_t total) { mine = total; };
@@ -215,6 +227,167 @@ int SaveRankMain(const std::string& out, int rank, int world, const std::string&
   return 0;
 }
 
+// The end of every load-check rank: statuses gathered, failures printed by rank 0 naming their
+// rank, the success line (from the total bytes and the slowest rank's seconds) printed once.
+int ReportLoadCheck(Group& g, const std::string& report, uint64_t bytes, uint64_t tensors,
+                    double load_secs, const std::function<std::string(uint64_t, double)>& ok) {
+  const int rank = g.rank;
+  absl::StatusOr<std::vector<std::string>> all = g.c->AllGather(
+      report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
+  if (!all.ok()) {
+    Err(absl::StrCat("safeshard-torch: ", all.status().message()));
+    return 1;
+  }
+  int bad = 0;
+  uint64_t total = 0;
+  double slowest = 0;
+  for (size_t r = 0; r < all->size(); ++r) {
+    const std::string& line = (*all)[r];
+    if (line.rfind("ERR ", 0) == 0) {
+      ++bad;
+      if (rank == 0) Err(absl::StrCat("rank ", r, ": ", line.substr(4)));
+    } else {
+      std::istringstream is(line.substr(3));
+      uint64_t b = 0, n = 0;
+      double sec = 0;
+      is >> b >> n >> sec;
+      total += b;
+      slowest = std::max(slowest, sec);
+    }
+  }
+  if (rank == 0 && bad == 0) std::cout << ok(total, slowest);
+  return bad == 0 ? 0 : 1;
+}
+
+// One rank of load-check --dequantize: this rank's slice of every logical tensor of any
+// checkpoint through QuantizedHfStorageReader (quantized weights decoded into `target`), each
+// compared with the whole tensor read as stored (codes and scales for a quantized weight, decoded
+// whole) and cut to the same box: slicing, sharding and block arithmetic are what is checked.
+int LoadCheckDequantizeRankMain(const std::string& dir, int rank, int world,
+                                const std::string& store, const std::string& layout,
+                                double timeout_s, safeshard::DType target) {
+  absl::StatusOr<Group> joined = JoinGroup(rank, world, store, /*from_env=*/false, timeout_s);
+  if (!joined.ok()) return JoinFailed(joined.status());
+  Group& g = *joined;
+  safeshard::QuantizedHfStorageReader reader(dir);
+  safeshard::HfStorageReader plain(dir);
+  std::string report;
+  uint64_t bytes = 0, tensors = 0;
+  size_t quantized = 0;
+  double load_secs = 0;
+  const c10::ScalarType tt = *TorchDType(target);
+  [&] {
+    absl::StatusOr<const safeshard::CheckpointLayout*> ck = reader.ReadMetadata();
+    absl::StatusOr<std::vector<safeshard::quant::QuantPair>> pairs = reader.QuantizedWeights();
+    if (!ck.ok() || !pairs.ok()) {
+      report = std::string(!ck.ok() ? ck.status().message() : pairs.status().message());
+      return;
+    }
+    quantized = pairs->size();
+    // The logical tensors: quantized weights in the target dtype, the others as stored.
+    std::vector<safeshard::ExampleTensor> model;
+    std::vector<const safeshard::quant::QuantPair*> pair_of;
+    const safeshard::Sharding sh = layout == "row"    ? safeshard::Sharding::kRow
+                                   : layout == "mesh" ? safeshard::Sharding::kMesh
+                                                      : safeshard::Sharding::kColumn;
+    for (const safeshard::quant::QuantPair& q : *pairs) {
+      model.push_back({q.output, target, q.output_shape, sh});
+      pair_of.push_back(&q);
+    }
+    for (const safeshard::TensorLayout& t : (*ck)->tensors()) {
+      if ((*ck)->QuantPairOf(t.name) != nullptr || !TorchDType(t.dtype).ok()) continue;
+      model.push_back({t.name, t.dtype, t.shape, sh});
+      pair_of.push_back(nullptr);
+    }
+    safeshard::WriteOptions wo{.ranks = world, .mesh_rows = world % 2 == 0 ? 2 : 1};
+    std::vector<uint64_t> ignored(world, 0);
+    std::vector<safeshard::LoadRequest> reqs;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < model.size(); ++i) {
+      std::vector<std::vector<safeshard::ChunkSpec>> chunks =
+          safeshard::PlanChunks(model, i, wo, &ignored);
+      if (chunks[rank].empty()) continue;
+      const safeshard::ChunkSpec& box = chunks[rank][0];
+      std::vector<int64_t> sz(box.sizes.begin(), box.sizes.end());
+      reqs.push_back({model[i].name,
+                      torch::empty(sz, torch::TensorOptions().dtype(*TorchDType(model[i].dtype))),
+                      std::vector<int64_t>(box.offsets.begin(), box.offsets.end())});
+      which.push_back(i);
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    safeshard::LoadStats stats;
+    if (absl::Status s = reader.ReadData(reqs, &stats); !s.ok()) {
+      report = std::string(s.message());
+      return;
+    }
+    load_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    bytes = stats.bytes_copied;
+    tensors = reqs.size();
+    for (size_t k = 0; k < reqs.size(); ++k) {
+      const safeshard::quant::QuantPair* q = pair_of[which[k]];
+      const safeshard::TensorLayout* wt = (*ck)->FindTensor(q != nullptr ? q->weight : reqs[k].fqn);
+      const safeshard::TensorLayout* st = q != nullptr ? (*ck)->FindTensor(q->scale) : nullptr;
+      auto whole = [&](const safeshard::TensorLayout* t) -> absl::StatusOr<at::Tensor> {
+        std::vector<int64_t> sz(t->shape.begin(), t->shape.end());
+        absl::StatusOr<c10::ScalarType> dt = TorchDType(t->dtype);
+        at::Tensor out = torch::empty(sz, torch::TensorOptions().dtype(dt.ok() ? *dt : c10::kByte));
+        std::vector<safeshard::LoadRequest> one = {{t->name, out, {}}};
+        if (absl::Status s = plain.ReadData(one); !s.ok()) return s;
+        return out;
+      };
+      absl::StatusOr<at::Tensor> ref = whole(wt);
+      if (!ref.ok()) {
+        report = std::string(ref.status().message());
+        return;
+      }
+      if (q != nullptr) {
+        absl::StatusOr<at::Tensor> sc = whole(st);
+        if (!sc.ok()) {
+          report = std::string(sc.status().message());
+          return;
+        }
+        at::Tensor codes = ref->contiguous();
+        std::vector<int64_t> osz(q->output_shape.begin(), q->output_shape.end());
+        at::Tensor f = torch::empty(osz, torch::kFloat);
+        if (q->scheme == safeshard::quant::Scheme::kBlockFp8) {
+          at::Tensor s32 = sc->to(torch::kFloat).contiguous();
+          std::vector<float> v = safeshard::quant::DequantizeFp8Tensor(
+              q->code_dtype, codes.data_ptr<uint8_t>(), q->output_shape, s32.data_ptr<float>(),
+              q->block);
+          std::memcpy(f.data_ptr<float>(), v.data(), v.size() * 4);
+        } else {
+          safeshard::quant::DequantizeMxfp4(
+              codes.data_ptr<uint8_t>(), 0, static_cast<uint64_t>(f.numel()),
+              sc->contiguous().data_ptr<uint8_t>(), safeshard::DType::kF32, f.data_ptr<float>());
+        }
+        *ref = f.to(tt);  // round to nearest even, once, as the reader does
+      }
+      at::Tensor cut = *ref;
+      for (int64_t d = 0; d < reqs[k].dest.dim(); ++d)
+        cut = cut.narrow(d, reqs[k].offsets[d], reqs[k].dest.size(d));
+      at::Tensor want = cut.contiguous(), got = reqs[k].dest.contiguous();
+      const bool same =
+          want.is_floating_point()
+              // NaN is not equal to itself (and torch canonicalises its sign): same NaN
+              // positions, the same values elsewhere
+              ? torch::equal(torch::isnan(want), torch::isnan(got)) &&
+                    torch::equal(torch::nan_to_num(want, 0), torch::nan_to_num(got, 0))
+              : torch::equal(want, got);
+      if (!same) {
+        report = absl::StrCat("tensor \"", reqs[k].fqn,
+                              "\": the loaded slice differs from the whole tensor decoded");
+        return;
+      }
+    }
+  }();
+  return ReportLoadCheck(g, report, bytes, tensors, load_secs, [&](uint64_t total, double slowest) {
+    return absl::StrFormat(
+        "ok: %d ranks loaded every tensor of %s as %s-sharded slices (%d bytes in %.3f s), %d "
+        "quantized weights dequantized to %s, and every value matches the whole tensor decoded\n",
+        world, dir, layout, total, slowest, quantized, DTypeName(target));
+  });
+}
+
 // One rank of load-check: load this rank's slice of every tensor under another sharding and
 // compare it with the generator's bytes (valid for checkpoints made by make-example/save-example).
 int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::string& store,
@@ -274,36 +447,12 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
       tensors = reqs.size();
     }
   }
-  absl::StatusOr<std::vector<std::string>> all = g.c->AllGather(
-      report.empty() ? absl::StrCat("ok ", bytes, " ", tensors, " ", load_secs) : "ERR " + report);
-  if (!all.ok()) {
-    Err(absl::StrCat("safeshard-torch: ", all.status().message()));
-    return 1;
-  }
-  int bad = 0;
-  uint64_t total = 0;
-  double slowest = 0;
-  for (size_t r = 0; r < all->size(); ++r) {
-    const std::string& line = (*all)[r];
-    if (line.rfind("ERR ", 0) == 0) {
-      ++bad;
-      if (rank == 0) Err(absl::StrCat("rank ", r, ": ", line.substr(4)));
-    } else {
-      std::istringstream is(line.substr(3));
-      uint64_t b = 0, n = 0;
-      double sec = 0;
-      is >> b >> n >> sec;
-      total += b;
-      slowest = std::max(slowest, sec);
-    }
-  }
-  if (rank == 0 && bad == 0) {
-    std::cout << absl::StrFormat(
+  return ReportLoadCheck(g, report, bytes, tensors, load_secs, [&](uint64_t total, double slowest) {
+    return absl::StrFormat(
         "ok: %d ranks loaded every tensor of %s as %s-sharded slices (%d bytes in %.3f s) and "
         "every value matches what was saved\n",
         world, dir, layout, total, slowest);
-  }
-  return bad == 0 ? 0 : 1;
+  });
 }
 
 int SpawnRanks(const std::vector<std::string>& base, int ranks) {
@@ -354,7 +503,7 @@ int main(int argc, char** argv) {
       "safeshard-torch: safeshard's libtorch companion (multi-process consolidation over "
       "c10d/Gloo)"};
   app.require_subcommand(1);
-  std::string in, out, store, max_shard;
+  std::string in, out, store, max_shard, dist_dequantize;
   int ranks = 2, rank = 0, world = 1, threads = 1;
   bool from_env = false;
   double timeout = 120;
@@ -373,6 +522,8 @@ int main(int argc, char** argv) {
   for (CLI::App* a : {dist, one}) {
     a->add_option("--threads", threads, "Copy threads per process");
     a->add_option("--max-shard-size", max_shard, "Split outputs at this size");
+    a->add_option("--dequantize", dist_dequantize,
+                  "Decode block-quantized weights (FP8, MXFP4) into bf16, f16 or f32");
     a->add_option("--timeout", timeout, "Seconds a rank waits for the others before failing");
   }
   int layers = 4;
@@ -411,19 +562,42 @@ int main(int argc, char** argv) {
   lc->add_option("--ranks", ranks)->check(CLI::Range(1, 256));
   lc->add_option("--layout", layout, "col, row or mesh")
       ->check(CLI::IsMember({"col", "row", "mesh"}));
+  std::string dequantize;
+  lc->add_option("--dequantize", dequantize,
+                 "Load block-quantized weights (FP8, MXFP4) decoded into bf16, f16 or f32 (any "
+                 "checkpoint: each slice is compared with the whole tensor decoded)");
   CLI::App* lc_one = app.add_subcommand("load-check-rank", "One rank of load-check");
   lc_one->add_option("DIR", in)->required();
   lc_one->add_option("--rank", rank);
   lc_one->add_option("--world-size", world);
   lc_one->add_option("--store", store);
   lc_one->add_option("--layout", layout);
+  lc_one->add_option("--dequantize", dequantize);
   for (CLI::App* a : {lc, lc_one}) a->add_option("--timeout", timeout);
   CLI11_PARSE(app, argc, argv);
-  if (lc_one->parsed()) return LoadCheckRankMain(in, rank, world, store, layout, timeout);
+  std::optional<safeshard::DType> dequantize_to;
+  if (!dequantize.empty()) {
+    absl::StatusOr<safeshard::DType> d = safeshard::quant::ParseDequantizeTarget(dequantize);
+    if (!d.ok()) {
+      Err(absl::StrCat("safeshard load-check: --dequantize: ", d.status().message()));
+      return 2;
+    }
+    dequantize_to = *d;
+  }
+  if (lc_one->parsed()) {
+    return dequantize_to ? LoadCheckDequantizeRankMain(in, rank, world, store, layout, timeout,
+                                                       *dequantize_to)
+                         : LoadCheckRankMain(in, rank, world, store, layout, timeout);
+  }
   if (lc->parsed()) {
-    return SpawnRanks({"/proc/self/exe", "load-check-rank", in, "--layout", layout, "--timeout",
-                       std::to_string(timeout)},
-                      ranks);
+    std::vector<std::string> args = {
+        "/proc/self/exe", "load-check-rank",      in, "--layout", layout,
+        "--timeout",      std::to_string(timeout)};
+    if (dequantize_to) {
+      args.push_back("--dequantize");
+      args.push_back(dequantize);
+    }
+    return SpawnRanks(args, ranks);
   }
   if (save_one->parsed()) {
     return SaveRankMain(out, rank, world, store, from_env, layers, static_cast<uint64_t>(hidden),
@@ -449,7 +623,8 @@ int main(int argc, char** argv) {
     return SpawnRanks(base, ranks);
   }
   if (one->parsed())
-    return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout);
+    return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout,
+                    dist_dequantize);
 
   // dist-consolidate: the ranks are this binary again, meeting through a FileStore.
   std::vector<std::string> base = {
@@ -458,6 +633,10 @@ int main(int argc, char** argv) {
   if (!max_shard.empty()) {
     base.push_back("--max-shard-size");
     base.push_back(max_shard);
+  }
+  if (!dist_dequantize.empty()) {
+    base.push_back("--dequantize");
+    base.push_back(dist_dequantize);
   }
   return SpawnRanks(base, ranks);
 }

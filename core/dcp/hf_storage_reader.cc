@@ -191,7 +191,7 @@ absl::StatusOr<const CheckpointLayout*> HfStorageReader::ReadMetadata() {
   absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*fs_, path_);
   if (!ck.ok()) return ck.status();
   for (const Problem& p : ck->problems()) {
-    if (p.kind != ProblemKind::kNotInIndex && p.kind != ProblemKind::kIndexTotalSize) {
+    if (IsBlocking(p.kind)) {  // not: an index missing a tensor, a total, an unscaled FP8
       return absl::FailedPreconditionError(
           absl::StrCat(path_, ": cannot load from an inconsistent checkpoint: ", p.ToString()));
     }
