@@ -80,9 +80,9 @@ absl::Status QuantizedHfStorageReader::ReadData(std::vector<LoadRequest>& reques
     const quant::QuantPair& q = *it->second;
     absl::StatusOr<DType> want = DTypeOfTorch(r.dest.scalar_type());
     if (!want.ok() || !quant::IsDequantizeTarget(*want)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor \"", r.fqn, "\" is quantized (", q.Describe(),
-                       "): load it into a BF16, F16 or F32 tensor"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor \"", r.fqn, "\" is quantized (",
+                                                     q.Describe(),
+                                                     "): load it into a BF16, F16 or F32 tensor"));
     }
     const size_t rank = q.output_shape.size();
     if (static_cast<size_t>(r.dest.dim()) != rank) {
@@ -105,7 +105,8 @@ absl::Status QuantizedHfStorageReader::ReadData(std::vector<LoadRequest>& reques
     ASSIGN_OR_RETURN(c10::ScalarType scale_type, TorchScaleType(q.scale_dtype));
     std::vector<int64_t> code_lo = lo, code_sz = sz, scale_lo = lo, scale_sz = sz;
     if (q.scheme == quant::Scheme::kBlockFp8) {
-      const int64_t br = static_cast<int64_t>(q.block.rows), bc = static_cast<int64_t>(q.block.cols);
+      const int64_t br = static_cast<int64_t>(q.block.rows),
+                    bc = static_cast<int64_t>(q.block.cols);
       const size_t rd = rank - 2, cd = rank - 1;
       scale_lo[rd] = lo[rd] / br;
       scale_sz[rd] = CeilDiv(lo[rd] + sz[rd], br) - scale_lo[rd];

@@ -27,9 +27,9 @@ std::vector<float> Reference(const std::string& codes, int64_t m, int64_t n,
   std::vector<float> out(m * n);
   for (int64_t i = 0; i < m * n; ++i) {
     const int64_t r = i / n, c = i % n;
-    out[i] = static_cast<float>(testing::ReferenceF8(DType::kF8_E4M3,
-                                                     static_cast<uint8_t>(codes[i]))) *
-             scales[(r / br) * sn + c / bc];
+    out[i] =
+        static_cast<float>(testing::ReferenceF8(DType::kF8_E4M3, static_cast<uint8_t>(codes[i]))) *
+        scales[(r / br) * sn + c / bc];
   }
   return out;
 }
@@ -78,8 +78,8 @@ TEST(QuantizedReaderTest, Fp8SlicesAcrossBlocksWithTheScaleInAnotherFile) {
 
   at::Tensor all = torch::empty({300, 200}, torch::kFloat);
   at::Tensor box = torch::empty({150, 140}, torch::kBFloat16);  // rows 100..249, cols 50..189
-  at::Tensor t = torch::empty({90, 70}, torch::kFloat);          // transposed view: not contiguous
-  at::Tensor view = t.t();                                       // [70, 90]
+  at::Tensor t = torch::empty({90, 70}, torch::kFloat);         // transposed view: not contiguous
+  at::Tensor view = t.t();                                      // [70, 90]
   at::Tensor norm = torch::empty({2}, torch::kFloat);
   std::vector<LoadRequest> reqs = {
       {"w", all, {}}, {"w", box, {100, 50}}, {"w", view, {230, 110}}, {"norm", norm, {}}};
@@ -102,12 +102,11 @@ TEST(QuantizedReaderTest, Mxfp4SliceWithinAndAcrossBlocks) {
   ASSERT_TRUE(LocalFileSystem().MakeDirs(dir).ok());
   const std::string blocks = testing::PatternBytes("e_blocks", 2 * 3 * 16);
   const std::string scales = {char(127), char(125), char(130), char(1), char(128), char(120)};
-  testing::WriteFile(
-      dir + "/model.safetensors",
-      testing::RawSafetensors(
-          R"({"e_blocks":{"dtype":"U8","shape":[2,3,16],"data_offsets":[0,96]},)"
-          R"("e_scales":{"dtype":"U8","shape":[2,3],"data_offsets":[96,102]}})",
-          blocks + scales));
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::RawSafetensors(
+                         R"({"e_blocks":{"dtype":"U8","shape":[2,3,16],"data_offsets":[0,96]},)"
+                         R"("e_scales":{"dtype":"U8","shape":[2,3],"data_offsets":[96,102]}})",
+                         blocks + scales));
   QuantizedHfStorageReader reader(dir);
   at::Tensor part = torch::empty({1, 30}, torch::kFloat);  // row 1, values 40..69 (blocks 1, 2)
   std::vector<LoadRequest> reqs = {{"e", part, {1, 40}}};
