@@ -571,6 +571,10 @@ TEST(CliQuantizedTest, InspectShowsPairsVerifyFlagsScalesConsolidateDequantizes)
   EXPECT_EQ(out->FindTensor("l.weight")->dtype, DType::kBF16);
   EXPECT_EQ(out->FindTensor("l.weight_scale_inv"), nullptr);
   EXPECT_EQ(RunCli({"consolidate", dir, dir + "-x", "--block-size", "64"}).code, kExitUsage);
+  EXPECT_EQ(RunCli({"consolidate", dir, dir + "-x", "--dequantize", ""}).code, kExitUsage);
+  EXPECT_EQ(
+      RunCli({"consolidate", dir, dir + "-x", "--dequantize", "bf16", "--cast-dtype", "f16"}).code,
+      kExitUsage);
 
   // A scale whose shape does not fit its weight: a blocking verify problem naming both.
   testing::WriteFile(dir + "/model.safetensors",
@@ -578,8 +582,8 @@ TEST(CliQuantizedTest, InspectShowsPairsVerifyFlagsScalesConsolidateDequantizes)
                                                 {"l.weight_scale_inv", DType::kF32, {2, 2}}}));
   Result v = RunCli({"verify", dir});
   EXPECT_EQ(v.code, kExitProblems);
-  EXPECT_THAT(v.out, HasSubstr("quantization: scale \"l.weight_scale_inv\" has shape [2, 2] but "
-                               "weight \"l.weight\" [256, 300] needs [2, 3]"));
+  EXPECT_THAT(v.out, HasSubstr("quantization: tensor \"l.weight\": scale \"l.weight_scale_inv\" "
+                               "has shape [2, 2] but weight \"l.weight\" [256, 300] needs [2, 3]"));
 }
 
 }  // namespace

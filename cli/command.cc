@@ -46,23 +46,6 @@ extern const char kTokenHelp[];
 const char kTokenHelp[] =
     "Bearer token for http(s):// and hf:// (default: $HF_TOKEN, then ~/.cache/huggingface/token); "
     "never printed";
-ordered_json ProblemJson(const Problem& p) {
-  ordered_json j;
-  j["kind"] = std::string(ProblemKindName(p.kind));
-  j["file"] = p.file;
-  j["tensor"] = p.tensor;
-  j["message"] = p.message;
-  return j;
-}
-
-ordered_json CompletenessJson(const Completeness& c) {
-  ordered_json j;
-  j["proven"] = c.proven;
-  j["by"] = c.by;
-  j["unproven"] = c.proven ? ordered_json() : ordered_json(c.unproven);
-  return j;
-}
-
 // One line on what proves the checkpoint complete, or why nothing does.
 std::string CompletenessLine(const Completeness& c) {
   if (c.proven) return absl::StrCat("complete: proven by ", absl::StrJoin(c.by, ", "));

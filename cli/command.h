@@ -18,6 +18,7 @@
 #include "cli/format_util.h"
 #include "core/io/url.h"
 #include "core/layout/layout.h"
+#include "core/layout/layout_json.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard::cli {
@@ -46,8 +47,6 @@ extern const char kTokenHelp[];
 // A path or URL (file://, http(s)://, hf://, mem://) resolved to its file system.
 absl::StatusOr<ResolvedPath> Resolve(const std::string& path, const std::string& token);
 
-ordered_json ProblemJson(const Problem& p);
-ordered_json CompletenessJson(const Completeness& c);
 // One line on what proves the checkpoint complete, or why nothing does.
 std::string CompletenessLine(const Completeness& c);
 // "layers.2" < "layers.10": runs of digits compare as numbers, everything else bytewise.

@@ -239,6 +239,9 @@ std::vector<Subcommand> AddConsolidate(CLI::App& app) {
       "(DeepSeek-V3 style) and MXFP4 X_blocks + X_scales (gpt-oss, written as X [..., G*32]); "
       "scales are dropped, other tensors copied as they are, config.json loses its "
       "quantization_config");
+  consolidate->get_option("--dequantize")->check([](const std::string& v) {
+    return v.empty() ? std::string("needs a dtype: bf16, f16 or f32") : std::string();
+  });
   consolidate->add_option("--block-size", a->block_size,
                           "FP8 block size with --dequantize: 128 or RxC (default: config.json's "
                           "quantization_config.weight_block_size, else 128)");

@@ -58,20 +58,34 @@ uint64_t Mix(uint64_t h, uint64_t w) {
   return h ^ (h >> 31);
 }
 
-// Fast 64-bit checksum of a byte range (streaming-friendly: Update may be called repeatedly).
+// Fast 64-bit checksum of a byte stream: the same value however the stream is cut into Update
+// calls (a converted run is hashed piece by piece as it is written, and whole when Verify reads
+// it back). Allocation-free: Update runs under GuardMappedAccess.
 struct Checksum {
   uint64_t h = 0x84222325CBF29CE4ull;
+  uint64_t pending = 0;  // the bytes of an unfinished 8-byte word, little-endian
+  unsigned npending = 0;
+  uint64_t length = 0;
   void Update(const char* p, size_t n) {
+    length += n;
     size_t i = 0;
+    while (npending != 0 && i < n) {
+      pending |= static_cast<uint64_t>(static_cast<uint8_t>(p[i++])) << (8 * npending);
+      if (++npending == 8) {
+        h = Mix(h, pending);
+        pending = 0;
+        npending = 0;
+      }
+    }
     for (; i + 8 <= n; i += 8) {
       uint64_t w;
       std::memcpy(&w, p + i, 8);
       h = Mix(h, w);
     }
-    uint64_t tail = 0;
-    std::memcpy(&tail, p + i, n - i);
-    h = Mix(h, tail ^ (static_cast<uint64_t>(n - i) << 56));
+    for (; i < n; ++i, ++npending)
+      pending |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * npending);
   }
+  uint64_t Digest() const { return Mix(Mix(h, pending), length); }
 };
 
 uint64_t BitsToBytes(uint64_t elems, DType t) {
@@ -90,14 +104,16 @@ std::vector<WorkItem> SplitIntoItems(const std::vector<CopyTask>& tasks) {
   for (uint32_t t = 0; t < tasks.size(); ++t) {
     const CopyTask& c = tasks[t];
     const uint64_t run_bytes = BitsToBytes(c.run_elems, c.src_dtype);
-    if (run_bytes >= kPieceBytes && !IsSubByte(c.src_dtype)) {
-      // Big runs: split each run by elements.
-      const uint64_t esize = BitsOf(c.src_dtype) / 8;
-      const uint64_t per = std::max<uint64_t>(1, kPieceBytes / esize);
+    if (run_bytes >= kPieceBytes) {
+      // Big runs: split each run by elements (sub-byte ones, e.g. MXFP4 codes, at multiples of
+      // 64 elements: pieces start on a byte and on a 32-value block).
+      const uint64_t bits = BitsOf(c.src_dtype);
+      uint64_t per = std::max<uint64_t>(1, kPieceBytes * 8 / bits);
+      if (IsSubByte(c.src_dtype)) per = std::max<uint64_t>(64, per - per % 64);
       for (uint64_t r = 0; r < c.runs; ++r) {
         for (uint64_t e = 0; e < c.run_elems; e += per) {
           uint64_t e2 = std::min(c.run_elems, e + per);
-          items.push_back({t, r, r + 1, e, e2, (e2 - e) * esize});
+          items.push_back({t, r, r + 1, e, e2, (e2 - e) * bits / 8});
         }
       }
     } else {
@@ -350,7 +366,7 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     } else if (config_json != nullptr) {
       absl::StatusOr<std::optional<quant::BlockSize>> b = quant::BlockSizeFromConfig(*config_json);
       if (!b.ok()) {
-        return absl::InvalidArgumentError(
+        return absl::FailedPreconditionError(
             absl::StrCat(JoinPath(layout.root(), "config.json"), ": ", b.status().message()));
       }
       if (b->has_value()) block = **b;
@@ -358,15 +374,18 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     std::vector<quant::TensorDesc> descs;
     for (const TensorLayout& t : layout.tensors()) descs.push_back({t.name, t.dtype, t.shape});
     pairing = quant::FindPairs(descs, block);
+    // Dequantizing needs every quantized weight decodable: a left-over scale or an FP8 weight
+    // without one is refused here too (the scan only warns about them).
+    std::vector<std::string> shown;
+    for (const quant::PairProblem& q : pairing.problems) shown.push_back(q.message);
     for (const std::string& w : pairing.unscaled_fp8) {
-      pairing.problems.push_back(absl::StrCat("FP8 weight ", internal::Quote(w), " has no scale ",
-                                              internal::Quote(w + "_scale_inv")));
+      shown.push_back(absl::StrCat("FP8 weight ", internal::Quote(w), " has no scale ",
+                                   internal::Quote(w + "_scale_inv")));
     }
-    if (!pairing.problems.empty()) {
-      const size_t n = pairing.problems.size();
-      std::vector<std::string> shown = pairing.problems;
+    if (!shown.empty()) {
+      const size_t n = shown.size();
       if (n > 10) shown.resize(10);
-      return absl::InvalidArgumentError(absl::StrCat(
+      return absl::FailedPreconditionError(absl::StrCat(
           layout.root(), ": cannot dequantize (", n, " problem", n == 1 ? "" : "s",
           "; nothing was written):\n  ", absl::StrJoin(shown, "\n  "), n > 10 ? "\n  ..." : ""));
     }
@@ -393,11 +412,13 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
         plan.dequantized.push_back(q->second->output);
       }
     }
-    if (o.dequantize && !config_json) {
-      // nothing to rewrite
-    } else if (o.dequantize) {
-      ASSIGN_OR_RETURN(std::string cfg, DequantizedConfig(*config_json, *o.dequantize));
-      plan.config_json = std::move(cfg);
+    if (o.dequantize && config_json != nullptr && !pairing.pairs.empty()) {
+      absl::StatusOr<std::string> cfg = DequantizedConfig(*config_json, *o.dequantize);
+      if (!cfg.ok()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(JoinPath(layout.root(), "config.json"), ": ", cfg.status().message()));
+      }
+      plan.config_json = std::move(*cfg);
     }
   }
   const size_t n_tensors = outs.size();
@@ -452,6 +473,9 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
       const std::string& src = outs[i].logical;
       auto it = o.fqn_to_index->find(out_name[src]);
       if (it == o.fqn_to_index->end()) it = o.fqn_to_index->find(src);
+      // A mapping of the quantized model names X_blocks for MXFP4's X.
+      if (it == o.fqn_to_index->end() && outs[i].pair != nullptr)
+        it = o.fqn_to_index->find(outs[i].pair->weight);
       if (it == o.fqn_to_index->end()) {
         unmapped.push_back(src);
         file_of[i] = -1;
@@ -480,6 +504,7 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
     }
     size_t dropped = 0;
     std::string example;
+    for (const quant::QuantPair& q : pairing.pairs) used.insert(q.scale);  // decoded, not written
     for (const auto& [k, v] : *o.fqn_to_index) {
       if (!used.count(k)) {
         if (dropped++ == 0) example = k;
@@ -582,10 +607,10 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
         if (q->scheme == quant::Scheme::kMxfp4) {
           // [..., G, 16] bytes are the [..., G * 32] codes; a chunk must hold whole blocks.
           if (c.offsets.back() != 0 || c.sizes.back() != 16) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "tensor ", internal::Quote(t.name), ": a chunk at offsets [",
-                absl::StrJoin(c.offsets, ", "), "] splits MXFP4 blocks (its last dimension is ",
-                c.sizes.back(), " of 16 bytes)"));
+            return absl::FailedPreconditionError(absl::StrCat(
+                layout.files()[c.file].name, ": tensor ", internal::Quote(t.name),
+                ": a chunk at offsets [", absl::StrJoin(c.offsets, ", "),
+                "] splits MXFP4 blocks (its last dimension is ", c.sizes.back(), " of 16 bytes)"));
           }
           task.offsets.pop_back();
           task.sizes.pop_back();
@@ -619,8 +644,8 @@ absl::StatusOr<ConsolidationPlan> PlanConsolidation(const CheckpointLayout& layo
         for (int d = 0; d < k; ++d) aligned &= (task.gstride[d] * bits) % 8 == 0;
         if (!aligned) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "tensor ", internal::Quote(t.name), ": a ", DTypeName(t.dtype), " chunk at offsets [",
-              absl::StrJoin(c.offsets, ", "),
+              "tensor ", internal::Quote(t.name), ": a ", DTypeName(task.src_dtype),
+              " chunk at offsets [", absl::StrJoin(c.offsets, ", "),
               "] does not start on a byte boundary in the output; sub-byte chunks must be "
               "byte-aligned"));
         }
@@ -644,6 +669,22 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, con
   if (!cleaned.empty()) {
     warnings->push_back(absl::StrCat("removed ", cleaned.size(),
                                      " temporary file(s) of an interrupted earlier run in ", out));
+  }
+  if (plan.config_json && !o.overwrite && fs.Stat("config.json").ok()) {
+    // A config.json already in OUT is kept (never replaced without --overwrite); one that still
+    // describes the weights as quantized would make transformers decode plain weights again.
+    absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs.OpenRead("config.json");
+    std::string text;
+    if (f.ok() && (*f)->size() <= (16u << 20)) {
+      text.resize((*f)->size());
+      if (!text.empty() && !(*f)->ReadAt(0, text.size(), text.data()).ok()) text.clear();
+    }
+    if (!f.ok() || absl::StrContains(text, "\"quantization_config\"")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          JoinPath(out, "config.json"),
+          " is already there and still describes the model as quantized (quantization_config); "
+          "the dequantized weights need the rewritten one: remove it or pass --overwrite"));
+    }
   }
   for (const OutputFilePlan& f : plan.outputs) {
     ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, f.name));
@@ -785,7 +826,7 @@ class Executor {
       }
       rep->bytes_checked +=
           BitsToBytes((it.elem_end - it.elem_begin) * (it.run_end - it.run_begin), c.dst_dtype);
-      if (sum.h != hashes_[k] && rep->mismatches.size() < 20) {
+      if (sum.Digest() != hashes_[k] && rep->mismatches.size() < 20) {
         rep->mismatches.push_back(absl::StrCat(
             BaseName(paths[c.output_file]), ": tensor ", internal::Quote(c.tensor),
             ": bytes at file offset ",
@@ -884,7 +925,7 @@ class Executor {
         return absl::CancelledError("consolidation cancelled");
       }
     }
-    hashes_[k] = sum.h;
+    hashes_[k] = sum.Digest();
     uint64_t done = done_.fetch_add(it.src_bytes) + it.src_bytes;
     if (o_.progress) {
       absl::MutexLock l(&progress_mu_);
@@ -1104,6 +1145,7 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
     ScanOptions so;
     so.expect_ranks = o.expect_ranks;
     so.strict = o.strict;
+    so.quant_block = o.block_size;
     ASSIGN_OR_RETURN(CheckpointLayout layout, CheckpointLayout::Scan(fs, input, so));
     if (o.reference_layout != nullptr) layout.CheckAgainstReference(*o.reference_layout);
     if (&out_fs == &fs) RETURN_IF_ERROR(CheckOutputIsNotInput(fs, layout, output_dir));

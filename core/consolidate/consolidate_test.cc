@@ -931,11 +931,26 @@ TEST(ConsolidateDequantizeTest, RefusesUnpairedTensorsNamingBothBeforeWriting) {
     ASSERT_FALSE(r.ok());
     const std::string msg(r.status().message());
     EXPECT_THAT(msg, HasSubstr("nothing was written"));
-    EXPECT_THAT(msg, HasSubstr(R"(scale "c.weight_scale_inv" has no weight "c.weight")"));
     EXPECT_THAT(msg, HasSubstr(R"(scale "d.weight_scale_inv" has shape [2, 1] but weight )"
                                R"("d.weight" [2, 2] needs [1, 1])"));
     EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
   }
+  // A scale without its weight: a warning for a plain consolidation, refused by --dequantize.
+  const std::string lone = testing::NewTempDir() + "/lone";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(lone).ok());
+  testing::WriteFile(lone + "/model.safetensors",
+                     testing::BuildSafetensors(
+                         {{"c.weight_scale_inv", DType::kF32, {1, 1}}, {"n", DType::kF32, {2}}}));
+  ConsolidateOptions dq;
+  dq.dequantize = DType::kBF16;
+  auto lr = Consolidate(LocalFileSystem(), lone, out, dq);
+  ASSERT_FALSE(lr.ok());
+  EXPECT_THAT(std::string(lr.status().message()),
+              HasSubstr(R"(scale "c.weight_scale_inv" has no weight "c.weight")"));
+  EXPECT_FALSE(LocalFileSystem().Stat(out).ok());
+  auto lp = Consolidate(LocalFileSystem(), lone, testing::NewTempDir() + "/lp", {});
+  ASSERT_TRUE(lp.ok()) << lp.status();
+  EXPECT_THAT(absl::StrJoin(lp->warnings, "\n"), HasSubstr("unpaired_scale"));
   // An FP8 weight without a scale beside a scaled one: refused only when dequantizing.
   const std::string in2 = testing::NewTempDir() + "/unscaled";
   ASSERT_TRUE(LocalFileSystem().MakeDirs(in2).ok());
@@ -1010,6 +1025,168 @@ TEST(ConsolidateDequantizeTest, PeakAnonymousMemoryStaysBoundedForALargeWeight) 
   auto st = LocalFileSystem().Stat(out + "/model-00001-of-00001.safetensors");
   ASSERT_TRUE(st.ok());
   EXPECT_GT(st->size, 2 * rows * cols);
+}
+
+// A weight large enough that its run is split into work items mid-row and converted in many
+// pieces, with 1,152 distinct scales (more than the per-thread table cache holds), verified:
+// --verify re-reads every dequantized run and must agree with what was hashed while writing.
+TEST(ConsolidateDequantizeTest, LargeWeightVerifiesAcrossItemsPiecesAndManyScales) {
+  const uint64_t rows = 4500, cols = 4000;  // 18 MB of codes: two work items, split mid-row
+  const std::string in = testing::NewTempDir() + "/big";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
+  const std::string codes = testing::PatternBytes("w", rows * cols);
+  std::vector<float> scales(36 * 32);
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = 1e-3f * static_cast<float>(i + 1);
+  const std::string json = absl::StrCat(
+      R"({"w.weight_scale_inv":{"dtype":"F32","shape":[36,32],"data_offsets":[0,4608]},)",
+      R"("w.weight":{"dtype":"F8_E4M3","shape":[)", rows, ",", cols, R"(],"data_offsets":[4608,)",
+      4608 + rows * cols, "]}}");
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::RawSafetensors(json, FloatBytes(scales) + codes));
+  for (DType target : {DType::kBF16, DType::kF16}) {
+    const std::string out = testing::NewTempDir() + "/out";
+    ConsolidateOptions o;
+    o.dequantize = target;
+    o.verify = true;
+    o.threads = 2;
+    auto r = Consolidate(LocalFileSystem(), in, out, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    auto got = ReadAllTensors(out);
+    const std::string& b = got["w.weight"].second;
+    ASSERT_EQ(b.size(), rows * cols * 2);
+    for (uint64_t i = 0; i < rows * cols; i += 997) {  // a sample across both items
+      const float v = static_cast<float>(
+                          testing::ReferenceF8(DType::kF8_E4M3, static_cast<uint8_t>(codes[i]))) *
+                      scales[(i / cols / 128) * 32 + (i % cols) / 128];
+      uint16_t have;
+      std::memcpy(&have, b.data() + 2 * i, 2);
+      if (std::isnan(v)) continue;
+      const uint16_t want = target == DType::kBF16 ? testing::ReferenceBf16(v) : FloatToHalf(v);
+      ASSERT_EQ(have, want) << "element " << i;
+    }
+  }
+  // A cast (F32 -> BF16) of a run over the 1 MiB conversion buffer verifies too.
+  const std::string cin = testing::NewTempDir() + "/cast";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(cin).ok());
+  testing::WriteFile(cin + "/model.safetensors",
+                     testing::BuildSafetensors({{"x", DType::kF32, {1024, 600}}}));
+  ConsolidateOptions co;
+  co.cast_dtype = DType::kBF16;
+  co.verify = true;
+  auto cr = Consolidate(LocalFileSystem(), cin, testing::NewTempDir() + "/cout", co);
+  EXPECT_TRUE(cr.ok()) << cr.status();
+}
+
+TEST(ConsolidateDequantizeTest, ThreeDimensionalFp8AndShardedMxfp4) {
+  // [3, 130, 260] experts with [3, 2, 3] scales; MXFP4 blocks and scales split along G over 3
+  // ranks (chunk boundaries between blocks).
+  const std::vector<ExampleTensor> model = {
+      {"x.weight", DType::kF8_E4M3, {3, 130, 260}, Sharding::kRow},
+      {"x.weight_scale_inv", DType::kF32, {3, 2, 3}, Sharding::kRow},
+      {"e_blocks", DType::kU8, {4, 6, 16}, Sharding::kColumn},
+      {"e_scales", DType::kU8, {4, 6}, Sharding::kColumn},
+  };
+  const std::string in = WriteModel(model, {.ranks = 3});
+  const std::string plain = testing::NewTempDir() + "/plain";
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, plain, {}).ok());
+  auto ref = ReadAllTensors(plain);
+  const std::string out = testing::NewTempDir() + "/out";
+  ConsolidateOptions o;
+  o.dequantize = DType::kF32;
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto got = ReadAllTensors(out);
+  ASSERT_EQ(got.size(), 2u);
+  const std::vector<float> x = FloatsOf(got["x.weight"].second);
+  const std::vector<float> xs = FloatsOf(ref["x.weight_scale_inv"].second);
+  const std::string& xc = ref["x.weight"].second;
+  ASSERT_EQ(x.size(), 3u * 130 * 260);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const size_t e = i / (130 * 260), row = i / 260 % 130, col = i % 260;
+    const float want =
+        static_cast<float>(testing::ReferenceF8(DType::kF8_E4M3, static_cast<uint8_t>(xc[i]))) *
+        xs[(e * 2 + row / 128) * 3 + col / 128];
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(x[i])) << i;
+    } else {
+      ASSERT_EQ(x[i], want) << i;
+    }
+  }
+  const std::vector<float> m = FloatsOf(got["e"].second);
+  const std::string& blocks = ref["e_blocks"].second;
+  const std::string& es = ref["e_scales"].second;
+  ASSERT_EQ(m.size(), 4u * 6 * 32);
+  for (size_t v = 0; v < m.size(); ++v) {
+    const uint8_t byte = static_cast<uint8_t>(blocks[v / 2]);
+    const double want =
+        testing::ReferenceMinifloat(v % 2 == 0 ? (byte & 0xf) : (byte >> 4), 2, 1, 1) *
+        testing::ReferenceF8(DType::kF8_E8M0, static_cast<uint8_t>(es[v / 32]));
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(m[v])) << v;
+    } else {
+      ASSERT_EQ(m[v], static_cast<float>(want)) << v;
+    }
+  }
+}
+
+TEST(ConsolidateDequantizeTest, BlockSizeMappingConfigAndOutputConfigRules) {
+  // 256x256 with [4, 4] scales: 64x64 blocks, which only --block-size says.
+  const std::string in = testing::NewTempDir() + "/q";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(in).ok());
+  testing::WriteFile(in + "/model.safetensors",
+                     testing::BuildSafetensors({{"a.weight", DType::kF8_E4M3, {256, 256}},
+                                                {"a.weight_scale_inv", DType::kF32, {4, 4}},
+                                                {"e_blocks", DType::kU8, {2, 16}},
+                                                {"e_scales", DType::kU8, {2}},
+                                                {"norm", DType::kBF16, {4}}}));
+  testing::WriteFile(
+      in + "/config.json",
+      R"({"torch_dtype": "bfloat16", "quantization_config": {"quant_method": "fp8"}})");
+  ConsolidateOptions o;
+  o.dequantize = DType::kBF16;
+  auto refused = Consolidate(LocalFileSystem(), in, testing::NewTempDir() + "/x", o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("needs [2, 2] for 128x128"));
+  // The mapping of the quantized model (it names e_blocks and the scales): e goes to file 2,
+  // and the scales are not reported as dropped entries.
+  o.block_size = quant::BlockSize{64, 64};
+  o.fqn_to_index = std::map<std::string, int>{
+      {"a.weight", 1}, {"a.weight_scale_inv", 1}, {"e_blocks", 2}, {"e_scales", 2}, {"norm", 1}};
+  const std::string out = testing::NewTempDir() + "/out";
+  auto r = Consolidate(LocalFileSystem(), in, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(absl::StrJoin(r->warnings, "\n"), Not(HasSubstr("dropped")));
+  auto idx = ParseIndexJson(testing::ReadFile(out + "/" + std::string(kIndexFileName)), "index");
+  ASSERT_TRUE(idx.ok());
+  EXPECT_EQ(idx->weight_map.at("e"), "model-00002-of-00002.safetensors");
+  EXPECT_EQ(idx->weight_map.at("a.weight"), "model-00001-of-00002.safetensors");
+
+  // A config.json already in OUT that still says quantization_config: refused, kept.
+  const std::string busy = testing::NewTempDir() + "/busy";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(busy).ok());
+  testing::WriteFile(busy + "/config.json", R"({"quantization_config": {}})");
+  auto kept = Consolidate(LocalFileSystem(), in, busy, o);
+  ASSERT_FALSE(kept.ok());
+  EXPECT_THAT(std::string(kept.status().message()), HasSubstr("--overwrite"));
+  EXPECT_EQ(testing::ReadFile(busy + "/config.json"), R"({"quantization_config": {}})");
+  o.overwrite = true;
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), in, busy, o).ok());
+  EXPECT_THAT(testing::ReadFile(busy + "/config.json"), Not(HasSubstr("quantization_config")));
+
+  // Nothing quantized: --dequantize copies config.json unchanged (no torch_dtype rewritten).
+  const std::string plain = testing::NewTempDir() + "/plain";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(plain).ok());
+  testing::WriteFile(plain + "/model.safetensors",
+                     testing::BuildSafetensors(
+                         {{"attn.logit_scales", DType::kF32, {8}}, {"w", DType::kBF16, {4}}}));
+  testing::WriteFile(plain + "/config.json", R"({"torch_dtype": "bfloat16"})");
+  ConsolidateOptions f16;
+  f16.dequantize = DType::kF16;
+  const std::string pout = testing::NewTempDir() + "/pout";
+  auto pr = Consolidate(LocalFileSystem(), plain, pout, f16);
+  ASSERT_TRUE(pr.ok()) << pr.status();
+  EXPECT_EQ(testing::ReadFile(pout + "/config.json"), R"({"torch_dtype": "bfloat16"})");
+  EXPECT_EQ(pr->dequantized, 0u);
 }
 
 }  // namespace

@@ -66,6 +66,16 @@ absl::Status ValidateConsolidateSpec(const ConsolidateSpec& s) {
     if (absl::StatusOr<DType> d = quant::ParseDequantizeTarget(s.dequantize); !d.ok())
       return Bad("dequantize", d.status().message());
   }
+  if (!s.dequantize.empty() && !s.cast_dtype.empty()) {
+    absl::StatusOr<DType> d = quant::ParseDequantizeTarget(s.dequantize);
+    absl::StatusOr<DType> c = ParseCastDType(s.cast_dtype);
+    if (d.ok() && c.ok() && *d != *c) {
+      return Bad("cast_dtype",
+                 absl::StrCat("contradicts dequantize (", DTypeName(*c), " vs ", DTypeName(*d),
+                              "): the model would mix both; "
+                              "choose one dtype"));
+    }
+  }
   if (!s.block_size.empty()) {
     if (s.dequantize.empty()) return Bad("block_size", "only applies with dequantize");
     if (absl::StatusOr<quant::BlockSize> b = quant::ParseBlockSize(s.block_size); !b.ok())

@@ -75,6 +75,10 @@ TEST(ConsolidateSpecTest, ContradictionsAndBadValuesAreRefusedNamingTheField) {
   ConsolidateSpec deq;
   deq.dequantize = "f8";
   check(deq, "dequantize");
+  ConsolidateSpec mixed;
+  mixed.dequantize = "bf16";
+  mixed.cast_dtype = "f16";
+  check(mixed, "cast_dtype: contradicts dequantize (F16 vs BF16)");
   ConsolidateSpec block;
   block.block_size = "128";
   check(block, "block_size: only applies with dequantize");

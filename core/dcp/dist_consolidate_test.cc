@@ -366,6 +366,19 @@ TEST(DistLoadTest, DequantizedLoadsIntoOtherShardings) {
     }
   }
   EXPECT_EQ(Wait(Spawn({kBin, "load-check", hf, "--ranks", "2", "--dequantize", "f8"}, log)), 2);
+  EXPECT_EQ(Wait(Spawn({kBin, "load-check", hf, "--ranks", "2", "--bogus"}, log)), 2);
+  // Two processes consolidating with --dequantize write what one does, byte for byte.
+  const std::string two = testing::NewTempDir() + "/two", one = testing::NewTempDir() + "/one";
+  ASSERT_EQ(Wait(Spawn({kBin, "dist-consolidate", ranks, two, "--ranks", "2", "--dequantize",
+                        "bf16", "--block-size", "128"},
+                       log)),
+            0)
+      << testing::ReadFile(log + ".err");
+  ConsolidateOptions o;
+  o.dequantize = DType::kBF16;
+  ASSERT_TRUE(Consolidate(LocalFileSystem(), ranks, one, o).ok());
+  EXPECT_TRUE(testing::ReadFile(two + "/model-00001-of-00001.safetensors") ==
+              testing::ReadFile(one + "/model-00001-of-00001.safetensors"));
 }
 
 }  // namespace

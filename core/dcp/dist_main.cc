@@ -92,7 +92,8 @@ int JoinFailed(const absl::Status& s) {
 
 int RankMain(const std::string& in, const std::string& out, int rank, int world,
              const std::string& store, bool from_env, int threads, const std::string& max_shard,
-             double timeout_s, const std::string& dequantize) {
+             double timeout_s, const std::string& dequantize,
+             std::optional<safeshard::quant::BlockSize> block) {
   absl::StatusOr<Group> joined = JoinGroup(rank, world, store, from_env, timeout_s);
   if (!joined.ok()) return JoinFailed(joined.status());
   Group& g = *joined;
@@ -115,6 +116,7 @@ int RankMain(const std::string& in, const std::string& out, int rank, int world,
     }
     o.dequantize = *d;
   }
+  o.block_size = block;
   uint64_t mine = 0;
   o.progress = [&](uint64_t, uint64_t total) { mine = total; };
   // The input may be a URL (http(s)://, hf://): read remotely, write locally.
@@ -265,12 +267,14 @@ int ReportLoadCheck(Group& g, const std::string& report, uint64_t bytes, uint64_
 // whole) and cut to the same box: slicing, sharding and block arithmetic are what is checked.
 int LoadCheckDequantizeRankMain(const std::string& dir, int rank, int world,
                                 const std::string& store, const std::string& layout,
-                                double timeout_s, safeshard::DType target) {
+                                double timeout_s, safeshard::DType target,
+                                std::optional<safeshard::quant::BlockSize> block) {
   absl::StatusOr<Group> joined = JoinGroup(rank, world, store, /*from_env=*/false, timeout_s);
   if (!joined.ok()) return JoinFailed(joined.status());
   Group& g = *joined;
-  safeshard::QuantizedHfStorageReader reader(dir);
+  safeshard::QuantizedHfStorageReader reader(dir, 1, block);
   safeshard::HfStorageReader plain(dir);
+  plain.set_quant_block(block);
   std::string report;
   uint64_t bytes = 0, tensors = 0;
   size_t quantized = 0;
@@ -573,8 +577,20 @@ int main(int argc, char** argv) {
   lc_one->add_option("--store", store);
   lc_one->add_option("--layout", layout);
   lc_one->add_option("--dequantize", dequantize);
+  std::string block_size;
+  for (CLI::App* a : {lc, lc_one, dist, one}) {
+    a->add_option(
+        "--block-size", block_size,
+        "FP8 block size with --dequantize: 128 or RxC (default: config.json's, else 128)");
+  }
   for (CLI::App* a : {lc, lc_one}) a->add_option("--timeout", timeout);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help is 0; any other parse error is a usage error: 2, as everywhere in safeshard (not
+    // CLI11's own codes, e.g. 109 for an unknown option).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   std::optional<safeshard::DType> dequantize_to;
   if (!dequantize.empty()) {
     absl::StatusOr<safeshard::DType> d = safeshard::quant::ParseDequantizeTarget(dequantize);
@@ -584,9 +600,19 @@ int main(int argc, char** argv) {
     }
     dequantize_to = *d;
   }
+  std::optional<safeshard::quant::BlockSize> block;
+  if (!block_size.empty()) {
+    absl::StatusOr<safeshard::quant::BlockSize> b = safeshard::quant::ParseBlockSize(block_size);
+    if (!b.ok() || (dequantize.empty() && dist_dequantize.empty())) {
+      Err(absl::StrCat("safeshard-torch: --block-size: ",
+                       b.ok() ? "only applies with --dequantize" : b.status().message()));
+      return 2;
+    }
+    block = *b;
+  }
   if (lc_one->parsed()) {
     return dequantize_to ? LoadCheckDequantizeRankMain(in, rank, world, store, layout, timeout,
-                                                       *dequantize_to)
+                                                       *dequantize_to, block)
                          : LoadCheckRankMain(in, rank, world, store, layout, timeout);
   }
   if (lc->parsed()) {
@@ -596,6 +622,10 @@ int main(int argc, char** argv) {
     if (dequantize_to) {
       args.push_back("--dequantize");
       args.push_back(dequantize);
+    }
+    if (block) {
+      args.push_back("--block-size");
+      args.push_back(block_size);
     }
     return SpawnRanks(args, ranks);
   }
@@ -624,7 +654,7 @@ int main(int argc, char** argv) {
   }
   if (one->parsed())
     return RankMain(in, out, rank, world, store, from_env, threads, max_shard, timeout,
-                    dist_dequantize);
+                    dist_dequantize, block);
 
   // dist-consolidate: the ranks are this binary again, meeting through a FileStore.
   std::vector<std::string> base = {
@@ -633,6 +663,10 @@ int main(int argc, char** argv) {
   if (!max_shard.empty()) {
     base.push_back("--max-shard-size");
     base.push_back(max_shard);
+  }
+  if (block) {
+    base.push_back("--block-size");
+    base.push_back(block_size);
   }
   if (!dist_dequantize.empty()) {
     base.push_back("--dequantize");

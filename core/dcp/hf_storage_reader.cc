@@ -16,67 +16,13 @@
 #include "core/io/filesystem.h"
 #include "core/io/sigbus_guard.h"
 #include "core/io/url.h"
+#include "core/layout/box_copy.h"
 #include "core/layout/layout.h"
 #include "core/util/parallel.h"
 #include "core/util/status_macros.h"
 
 namespace safeshard {
 namespace {
-
-// Copies the box [lo, hi) (global coordinates) from a row-major source block (shape ssz at
-// global offset so) into a row-major destination block (shape dsz at global offset dso).
-// Scratch space for CopyBox, sized before the copy: CopyBox itself allocates nothing, so it can
-// run under GuardMappedAccess (a jump out of it skips no destructor).
-struct BoxScratch {
-  explicit BoxScratch(size_t rank) : sst(rank), dst_st(rank), idx(rank) {}
-  std::vector<int64_t> sst, dst_st, idx;
-};
-
-void CopyBox(const char* src, const std::vector<int64_t>& so, const std::vector<int64_t>& ssz,
-             char* dst, const std::vector<int64_t>& dso, const std::vector<int64_t>& dsz,
-             const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, int64_t esize,
-             BoxScratch& scratch) {
-  const size_t rank = lo.size();
-  if (rank == 0) {
-    std::memcpy(dst, src, esize);
-    return;
-  }
-  std::vector<int64_t>& sst = scratch.sst;
-  std::vector<int64_t>& dst_st = scratch.dst_st;
-  std::fill(sst.begin(), sst.end(), 1);
-  std::fill(dst_st.begin(), dst_st.end(), 1);
-  for (size_t d = rank; d-- > 1;) {
-    sst[d - 1] = sst[d] * ssz[d];
-    dst_st[d - 1] = dst_st[d] * dsz[d];
-  }
-  // Collapse trailing dims that the box spans fully in both source and destination.
-  size_t k = rank - 1;
-  int64_t run = hi[k] - lo[k];
-  while (k > 0 && hi[k] - lo[k] == ssz[k] && hi[k] - lo[k] == dsz[k]) {
-    --k;
-    run *= hi[k] - lo[k];
-  }
-  std::vector<int64_t>& idx = scratch.idx;
-  std::copy(lo.begin(), lo.begin() + k, idx.begin());
-  while (true) {
-    int64_t s = 0, t = 0;
-    for (size_t d = 0; d < k; ++d) {
-      s += (idx[d] - so[d]) * sst[d];
-      t += (idx[d] - dso[d]) * dst_st[d];
-    }
-    s += (lo[k] - so[k]) * sst[k];
-    t += (lo[k] - dso[k]) * dst_st[k];
-    std::memcpy(dst + t * esize, src + s * esize, run * esize);
-    size_t d = k;
-    while (d > 0) {
-      --d;
-      if (++idx[d] < hi[d]) break;
-      idx[d] = lo[d];
-      if (d == 0) return;
-    }
-    if (k == 0) return;
-  }
-}
 
 // Remote reads: ranges closer than this are fetched as one request (a round trip costs about as
 // much as this many bytes on a fast link); at least this many fetch threads.
@@ -188,7 +134,9 @@ absl::StatusOr<const CheckpointLayout*> HfStorageReader::ReadMetadata() {
   if (!fs_status_.ok()) return fs_status_;
   std::string fp = Fingerprint();
   if (layout_ && fp == fingerprint_) return layout_.get();
-  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*fs_, path_);
+  ScanOptions so;
+  so.quant_block = quant_block_;
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(*fs_, path_, so);
   if (!ck.ok()) return ck.status();
   for (const Problem& p : ck->problems()) {
     if (IsBlocking(p.kind)) {  // not: an index missing a tensor, a total, an unscaled FP8

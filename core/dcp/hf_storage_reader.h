@@ -19,10 +19,12 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/quant/quant.h"
 #include "core/remap/keymap.h"
 
 namespace safeshard {
@@ -63,6 +65,12 @@ class HfStorageReader {
   // element size; it keeps the file mapped while alive. kFailedPrecondition otherwise.
   absl::StatusOr<at::Tensor> View(const std::string& fqn);
   int metadata_reads() const { return metadata_reads_; }
+  // The FP8 block size quantized weights pair with (QuantizedHfStorageReader); default:
+  // config.json's, else 128x128. Takes effect at the next metadata read.
+  void set_quant_block(std::optional<quant::BlockSize> block) {
+    quant_block_ = block;
+    fingerprint_.clear();
+  }
 
  private:
   absl::StatusOr<const MappedRegion*> Mapping(int file);
@@ -77,6 +85,7 @@ class HfStorageReader {
   std::unique_ptr<CheckpointLayout> layout_;
   std::string fingerprint_;
   int metadata_reads_ = 0;
+  std::optional<quant::BlockSize> quant_block_;
   std::vector<std::unique_ptr<ReadableFile>> files_;
   std::vector<std::shared_ptr<const MappedRegion>> maps_;
 };

@@ -41,7 +41,9 @@ struct Job {
 QuantizedHfStorageReader::QuantizedHfStorageReader(std::string path, int thread_count,
                                                    std::optional<quant::BlockSize> block,
                                                    FileSystem* fs)
-    : inner_(std::move(path), nullptr, thread_count, fs), block_(block) {}
+    : inner_(std::move(path), nullptr, thread_count, fs) {
+  inner_.set_quant_block(block);
+}
 
 QuantizedHfStorageReader::~QuantizedHfStorageReader() = default;
 
@@ -51,16 +53,7 @@ absl::StatusOr<const CheckpointLayout*> QuantizedHfStorageReader::ReadMetadata()
 
 absl::StatusOr<std::vector<quant::QuantPair>> QuantizedHfStorageReader::QuantizedWeights() {
   ASSIGN_OR_RETURN(const CheckpointLayout* ck, inner_.ReadMetadata());
-  if (!block_) return ck->quantized();
-  std::vector<quant::TensorDesc> descs;
-  for (const TensorLayout& t : ck->tensors()) descs.push_back({t.name, t.dtype, t.shape});
-  quant::Pairing p = quant::FindPairs(descs, *block_);
-  if (!p.problems.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(ck->root(), ": with ", block_->rows, "x", block_->cols,
-                     " blocks: ", absl::StrJoin(p.problems, "; ")));
-  }
-  return p.pairs;
+  return ck->quantized();  // paired with block_ when given (the scan takes it)
 }
 
 absl::Status QuantizedHfStorageReader::ReadData(std::vector<LoadRequest>& requests,

@@ -43,7 +43,6 @@ class QuantizedHfStorageReader {
 
  private:
   HfStorageReader inner_;
-  std::optional<quant::BlockSize> block_;
 };
 
 }  // namespace safeshard

@@ -106,6 +106,7 @@ absl::string_view ProblemKindName(ProblemKind k) {
     case ProblemKind::kNoCheckpoint: return "no_checkpoint";
     case ProblemKind::kQuantization: return "quantization";
     case ProblemKind::kUnscaledFp8: return "unscaled_fp8";
+    case ProblemKind::kUnpairedScale: return "unpaired_scale";
   }
   return "unknown";
 }
@@ -141,6 +142,7 @@ bool IsBlocking(ProblemKind k) {
     case ProblemKind::kNotInIndex:      // the bytes are there; the index is only incomplete
     case ProblemKind::kIndexTotalSize:  // a metadata number, not data
     case ProblemKind::kUnscaledFp8:     // maybe a plain FP8 tensor; refused when dequantizing
+    case ProblemKind::kUnpairedScale:   // a left-over scale; refused when dequantizing
       return false;
   }
   return true;
@@ -893,21 +895,23 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   }
   ck.expect_ranks_ = options.expect_ranks;
   ck.single_path_ = !st.is_dir;
-  ck.FindQuantized(fs);
+  ck.FindQuantized(fs, options.quant_block);
   ck.DecideCompleteness();
   return ck;
 }
 
-void CheckpointLayout::FindQuantized(FileSystem& fs) {
+void CheckpointLayout::FindQuantized(FileSystem& fs, std::optional<quant::BlockSize> given) {
   bool any = false;
   for (const TensorLayout& t : tensors_) {
-    any |= absl::EndsWith(t.name, "_scale_inv") || absl::EndsWith(t.name, "_blocks") ||
-           absl::EndsWith(t.name, "_scales");
+    any |= absl::EndsWith(t.name, "_scale_inv") || absl::EndsWith(t.name, "_blocks");
   }
   if (!any) return;
   quant::BlockSize block;
-  if (!single_path_) {
-    // config.json says the FP8 block size (DeepSeek: quantization_config.weight_block_size).
+  if (given) {
+    block = *given;
+  } else {
+    // config.json beside the checkpoint (or beside the file scanned) says the FP8 block size
+    // (DeepSeek: quantization_config.weight_block_size).
     const std::string path = JoinPath(root_, "config.json");
     absl::StatusOr<std::unique_ptr<ReadableFile>> f = fs.OpenRead(path);
     if (f.ok() && (*f)->size() <= (16u << 20)) {
@@ -926,16 +930,19 @@ void CheckpointLayout::FindQuantized(FileSystem& fs) {
   std::vector<quant::TensorDesc> descs;
   for (const TensorLayout& t : tensors_) descs.push_back({t.name, t.dtype, t.shape});
   quant::Pairing p = quant::FindPairs(descs, block);
-  for (const std::string& msg : p.problems)
-    problems_.push_back({ProblemKind::kQuantization, "", "", msg});
+  for (quant::PairProblem& q : p.problems) {
+    problems_.push_back({q.blocking ? ProblemKind::kQuantization : ProblemKind::kUnpairedScale, "",
+                         std::move(q.tensor), std::move(q.message)});
+  }
   bool fp8_pairs = false;
   for (const quant::QuantPair& q : p.pairs) fp8_pairs |= q.scheme == quant::Scheme::kBlockFp8;
   if (fp8_pairs) {
     for (const std::string& w : p.unscaled_fp8) {
-      problems_.push_back({ProblemKind::kUnscaledFp8, "", w,
-                           absl::StrCat("FP8 weight without a block scale \"", w,
-                                        "_scale_inv\" (other FP8 weights have one): it cannot be "
-                                        "dequantized; was the scale lost?")});
+      problems_.push_back(
+          {ProblemKind::kUnscaledFp8, "", w,
+           absl::StrCat("FP8 weight without a block scale ", internal::Quote(w + "_scale_inv"),
+                        " (other FP8 weights have one): it cannot be "
+                        "dequantized; was the scale lost?")});
     }
   }
   quantized_ = std::move(p.pairs);

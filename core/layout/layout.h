@@ -100,8 +100,9 @@ enum class ProblemKind {
   kChecksum,             // file or tensor bytes differ from the manifest's checksum
   kUnproven,             // completeness cannot be proven (a problem only with --strict)
   kNoCheckpoint,         // a directory with no safetensors files (the message says what it holds)
-  kQuantization,         // a block scale without its weight, or shapes/dtypes that disagree
+  kQuantization,         // a quantized pair whose weight and scale disagree (shape, dtype)
   kUnscaledFp8,          // an FP8 weight with no scale where other weights have one (a warning)
+  kUnpairedScale,        // X.weight_scale_inv without an FP8 X.weight (a warning)
 };
 absl::string_view ProblemKindName(ProblemKind k);
 // Whether a problem makes the checkpoint unfit to consolidate or publish. One table for
@@ -127,6 +128,9 @@ struct ScanOptions {
   int expect_ranks = 0;
   // Completeness that cannot be proven is a kUnproven problem (blocking), not only a note.
   bool strict = false;
+  // The FP8 block size quantized weights are paired with (`--block-size`); default: config.json
+  // beside the checkpoint (quantization_config.weight_block_size), else 128x128.
+  std::optional<quant::BlockSize> quant_block;
 };
 
 // How a scan knows the checkpoint holds every byte its writer saved, or why it cannot know.
@@ -185,7 +189,7 @@ class CheckpointLayout {
   bool single_path_ = false;  // a file was scanned by its path, not a directory
   std::vector<quant::QuantPair> quantized_;
   void DecideCompleteness();
-  void FindQuantized(FileSystem& fs);
+  void FindQuantized(FileSystem& fs, std::optional<quant::BlockSize> block);
 };
 
 // Re-reads every file the manifest lists (pread, never mapped) and compares its XXH3-64, and

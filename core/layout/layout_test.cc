@@ -722,6 +722,30 @@ TEST(LayoutTest, PairsQuantizedWeightsAndReportsScalesThatDisagree) {
   ASSERT_EQ(unscaled.size(), 1u);
   EXPECT_EQ(unscaled[0].tensor, "c.weight");
   EXPECT_FALSE(IsBlocking(ProblemKind::kUnscaledFp8));
+  // --block-size given to the scan: the same [2, 2] scale fits 128x128 blocks of b.weight.
+  ScanOptions so;
+  so.quant_block = quant::BlockSize{128, 128};
+  auto given = CheckpointLayout::Scan(LocalFileSystem(), dir, so);
+  ASSERT_TRUE(given.ok());
+  EXPECT_EQ(given->quantized().size(), 2u);  // b pairs now; a does not
+  EXPECT_EQ(OfKind(*given, ProblemKind::kQuantization).size(), 1u);
+}
+
+TEST(LayoutTest, NamesAloneMakeNoQuantizedPairAndLeftOverScalesOnlyWarn) {
+  const std::string dir = testing::NewTempDir() + "/plain";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(dir).ok());
+  testing::WriteFile(dir + "/model.safetensors",
+                     testing::BuildSafetensors({{"attn.logit_scales", DType::kF32, {8}},
+                                                {"pos_blocks", DType::kF32, {4, 16}},
+                                                {"g.weight", DType::kBF16, {4, 4}},
+                                                {"g.weight_scale_inv", DType::kF32, {1, 1}}}));
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->quantized().empty());
+  EXPECT_FALSE(ck->HasBlockingProblem());
+  auto left = OfKind(*ck, ProblemKind::kUnpairedScale);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].tensor, "g.weight");
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/consolidate/dtype_cast.h"
+#include "core/format/internal/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard::quant {
@@ -224,18 +225,28 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
   Pairing p;
   std::map<std::string, const TensorDesc*> by_name;
   for (const TensorDesc& t : tensors) by_name[t.name] = &t;
-  std::map<std::string, bool> used;  // scale names that found their weight
   constexpr absl::string_view kFp8Scale = "_scale_inv", kMxBlocks = "_blocks",
                               kMxScales = "_scales";
+  using internal::Quote;
+  auto problem = [&](const std::string& tensor, std::string msg, bool blocking) {
+    p.problems.push_back({tensor, std::move(msg), blocking});
+  };
   for (const auto& [name, t] : by_name) {
     if (absl::EndsWith(name, kFp8Scale)) {
       const std::string weight = name.substr(0, name.size() - kFp8Scale.size());
       auto w = by_name.find(weight);
       if (w == by_name.end()) {
-        p.problems.push_back(absl::StrCat("scale \"", name, "\" has no weight \"", weight, "\""));
+        problem(name, absl::StrCat("scale ", Quote(name), " has no weight ", Quote(weight)), false);
         continue;
       }
       const TensorDesc& wt = *w->second;
+      if (!IsFloat8(wt.dtype) || wt.dtype == DType::kF8_E8M0) {
+        problem(weight,
+                absl::StrCat("weight ", Quote(weight), " is ", DTypeName(wt.dtype),
+                             ", not FP8, yet has a block scale ", Quote(name), " (left over?)"),
+                false);
+        continue;
+      }
       QuantPair q;
       q.scheme = Scheme::kBlockFp8;
       q.weight = weight;
@@ -246,14 +257,11 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
       q.output_shape = wt.shape;
       q.scale_shape = t->shape;
       q.block = block;
-      if (!IsFloat8(wt.dtype) || wt.dtype == DType::kF8_E8M0) {
-        p.problems.push_back(absl::StrCat("weight \"", weight, "\" is ", DTypeName(wt.dtype),
-                                          ", not FP8, yet has a block scale \"", name, "\""));
-        continue;
-      }
       if (!IsScaleDType(q.scheme, t->dtype)) {
-        p.problems.push_back(absl::StrCat("scale \"", name, "\" of \"", weight, "\" is ",
-                                          DTypeName(t->dtype), ", not F32, BF16, F16 or F64"));
+        problem(weight,
+                absl::StrCat("scale ", Quote(name), " of ", Quote(weight), " is ",
+                             DTypeName(t->dtype), ", not F32, BF16, F16 or F64"),
+                true);
         continue;
       }
       std::vector<uint64_t> want = wt.shape;
@@ -262,27 +270,28 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
         want.back() = CeilDiv(want.back(), block.cols);
       }
       if (wt.shape.size() < 2 || t->shape != want) {
-        p.problems.push_back(absl::StrCat(
-            "scale \"", name, "\" has shape ", Shape(t->shape), " but weight \"", weight, "\" ",
-            Shape(wt.shape),
-            wt.shape.size() < 2 ? " has fewer than 2 dimensions"
-                                : absl::StrCat(" needs ", Shape(want), " for ", block.rows, "x",
-                                               block.cols, " blocks")));
+        problem(weight,
+                absl::StrCat("scale ", Quote(name), " has shape ", Shape(t->shape), " but weight ",
+                             Quote(weight), " ", Shape(wt.shape),
+                             wt.shape.size() < 2
+                                 ? " has fewer than 2 dimensions"
+                                 : absl::StrCat(" needs ", Shape(want), " for ", block.rows, "x",
+                                                block.cols, " blocks")),
+                true);
         continue;
       }
-      used[name] = true;
       p.pairs.push_back(std::move(q));
     } else if (absl::EndsWith(name, kMxBlocks)) {
+      // MXFP4 only when both halves look like it: U8 [..., G, 16] blocks, U8/E8M0 scales.
       const std::string base = name.substr(0, name.size() - kMxBlocks.size());
       const std::string scale = base + std::string(kMxScales);
       auto s = by_name.find(scale);
-      if (s == by_name.end()) {
-        p.problems.push_back(
-            absl::StrCat("MXFP4 blocks \"", name, "\" have no scales \"", scale, "\""));
+      const std::vector<uint64_t>& b = t->shape;
+      if (s == by_name.end() || t->dtype != DType::kU8 || b.size() < 2 || b.back() != 16 ||
+          !IsScaleDType(Scheme::kMxfp4, s->second->dtype)) {
         continue;
       }
       const TensorDesc& st = *s->second;
-      used[scale] = true;
       QuantPair q;
       q.scheme = Scheme::kMxfp4;
       q.weight = name;
@@ -292,42 +301,35 @@ Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block) {
       q.scale_dtype = st.dtype;
       q.scale_shape = st.shape;
       q.block = {1, 32};
-      if (t->dtype != DType::kU8) {
-        p.problems.push_back(
-            absl::StrCat("MXFP4 blocks \"", name, "\" are ", DTypeName(t->dtype), ", not U8"));
+      if (st.shape != std::vector<uint64_t>(b.begin(), b.end() - 1)) {
+        problem(name,
+                absl::StrCat("MXFP4 blocks ", Quote(name), " ", Shape(b), " and scales ",
+                             Quote(scale), " ", Shape(st.shape),
+                             " disagree: blocks must be [..., G, 16] and scales [..., G]"),
+                true);
         continue;
       }
-      if (!IsScaleDType(q.scheme, st.dtype)) {
-        p.problems.push_back(absl::StrCat("MXFP4 scales \"", scale, "\" of \"", name, "\" are ",
-                                          DTypeName(st.dtype), ", not U8 or F8_E8M0"));
-        continue;
-      }
-      const std::vector<uint64_t>& b = t->shape;
-      if (b.size() < 2 || b.back() != 16 ||
-          st.shape != std::vector<uint64_t>(b.begin(), b.end() - 1)) {
-        p.problems.push_back(absl::StrCat(
-            "MXFP4 blocks \"", name, "\" ", Shape(b), " and scales \"", scale, "\" ",
-            Shape(st.shape), " disagree: blocks must be [..., G, 16] and scales [..., G]"));
+      const uint64_t g = b[b.size() - 2];
+      if (g > (uint64_t{1} << 58)) {
+        problem(name,
+                absl::StrCat("MXFP4 blocks ", Quote(name), " ", Shape(b), ": ", g,
+                             " blocks of 32 values overflow 64 bits"),
+                true);
         continue;
       }
       q.output_shape.assign(b.begin(), b.end() - 2);
-      q.output_shape.push_back(b[b.size() - 2] * 32);
+      q.output_shape.push_back(g * 32);
       if (by_name.count(base)) {
-        p.problems.push_back(absl::StrCat("MXFP4 blocks \"", name, "\" would dequantize to \"",
-                                          base, "\", which is already a tensor"));
+        problem(name,
+                absl::StrCat("MXFP4 blocks ", Quote(name), " would dequantize to ", Quote(base),
+                             ", which is already a tensor"),
+                true);
         continue;
       }
       p.pairs.push_back(std::move(q));
     }
   }
   for (const auto& [name, t] : by_name) {
-    if (absl::EndsWith(name, kMxScales) && !used.count(name)) {
-      const std::string blocks = name.substr(0, name.size() - kMxScales.size()) + "_blocks";
-      if (!by_name.count(blocks)) {
-        p.problems.push_back(
-            absl::StrCat("MXFP4 scales \"", name, "\" have no blocks \"", blocks, "\""));
-      }
-    }
     if (IsFloat8(t->dtype) && t->dtype != DType::kF8_E8M0 &&
         !by_name.count(name + std::string(kFp8Scale))) {
       p.unscaled_fp8.push_back(name);

@@ -73,14 +73,25 @@ struct QuantPair {
   std::string Describe() const;
 };
 
+struct PairProblem {
+  std::string tensor;   // the tensor it is about (the weight, or a scale without one)
+  std::string message;  // names both tensors and what disagrees
+  // A quantized pair that is broken (an FP8 weight whose scale has another shape or dtype,
+  // MXFP4 blocks and scales that disagree): the model cannot be decoded. Not blocking: a
+  // X.weight_scale_inv without its FP8 weight (left over, or the weight was lost).
+  bool blocking = true;
+};
+
 struct Pairing {
-  std::vector<QuantPair> pairs;       // sorted by weight name
-  std::vector<std::string> problems;  // a scale without its weight, shapes that disagree, ...
+  std::vector<QuantPair> pairs;  // sorted by weight name
+  std::vector<PairProblem> problems;
   // An FP8 weight with no scale: only a problem when dequantizing (some models keep plain FP8
   // tensors beside block-quantized ones); listed here, names sorted.
   std::vector<std::string> unscaled_fp8;
 };
-// Finds the quantized pairs among `tensors`. Problems name both tensors and what disagrees.
+// Finds the quantized pairs among `tensors`. A name alone never makes a pair: MXFP4 needs U8
+// [..., G, 16] blocks and U8/F8_E8M0 scales under X_blocks/X_scales (an F32 "logit_scales" is
+// just a tensor); FP8 needs an 8-bit float X.weight beside X.weight_scale_inv.
 Pairing FindPairs(const std::vector<TensorDesc>& tensors, BlockSize block);
 
 // Targets of dequantization: BF16, F16, F32.

@@ -154,7 +154,13 @@ TEST(PairingTest, FindsFp8AndMxfp4PairsAndNamesBothOnProblems) {
       {"b.weight_scale_inv", DType::kF32, {3, 2}},  // wrong: needs [2, 2]
       {"c.weight_scale_inv", DType::kF32, {1, 1}},  // no weight
       {"d.weight", DType::kF8_E5M2, {8, 8}},        // no scale
-      {"f_scales", DType::kU8, {4}},                // no blocks
+      {"f_scales", DType::kU8, {4}},                // no blocks: just a tensor
+      {"attn.logit_scales", DType::kF32, {8}},      // names alone make no pair
+      {"pos_blocks", DType::kF32, {4, 16}},
+      {"enc_blocks", DType::kU8, {2, 16}},  // U8 blocks, F32 "scales": not MXFP4
+      {"enc_scales", DType::kF32, {2}},
+      {"g.weight", DType::kBF16, {4, 4}},  // left over: BF16 with a scale
+      {"g.weight_scale_inv", DType::kF32, {1, 1}},
       {"norm.weight", DType::kBF16, {300}},
   };
   Pairing p = FindPairs(t, {128, 128});
@@ -165,12 +171,30 @@ TEST(PairingTest, FindsFp8AndMxfp4PairsAndNamesBothOnProblems) {
   EXPECT_EQ(p.pairs[1].output_shape, (std::vector<uint64_t>{4, 10, 2880}));
   EXPECT_EQ(p.pairs[1].Describe(), "mxfp4 (E2M1 codes, one U8 E8M0 scale per 32 values)");
   ASSERT_EQ(p.problems.size(), 3u);
-  EXPECT_EQ(p.problems[0],
+  EXPECT_EQ(p.problems[0].message,
             "scale \"b.weight_scale_inv\" has shape [3, 2] but weight \"b.weight\" [256, 256] "
             "needs [2, 2] for 128x128 blocks");
-  EXPECT_EQ(p.problems[1], "scale \"c.weight_scale_inv\" has no weight \"c.weight\"");
-  EXPECT_EQ(p.problems[2], "MXFP4 scales \"f_scales\" have no blocks \"f_blocks\"");
+  EXPECT_EQ(p.problems[0].tensor, "b.weight");
+  EXPECT_TRUE(p.problems[0].blocking);  // a quantized pair that cannot be decoded
+  EXPECT_EQ(p.problems[1].message, "scale \"c.weight_scale_inv\" has no weight \"c.weight\"");
+  EXPECT_FALSE(p.problems[1].blocking);
+  EXPECT_EQ(p.problems[2].message,
+            "weight \"g.weight\" is BF16, not FP8, yet has a block scale \"g.weight_scale_inv\" "
+            "(left over?)");
+  EXPECT_FALSE(p.problems[2].blocking);
   EXPECT_EQ(p.unscaled_fp8, (std::vector<std::string>{"d.weight"}));  // b has a (bad) scale
+}
+
+TEST(PairingTest, ControlBytesInNamesAreEscapedAndHugeBlockCountsRefused) {
+  std::vector<TensorDesc> t = {{"evil\x1b[31m.weight_scale_inv", DType::kF32, {1, 1}},
+                               {"big_blocks", DType::kU8, {0, (uint64_t{1} << 59) + 1, 16}},
+                               {"big_scales", DType::kU8, {0, (uint64_t{1} << 59) + 1}}};
+  Pairing p = FindPairs(t, {128, 128});
+  ASSERT_EQ(p.problems.size(), 2u);  // sorted by name: big_blocks, then evil...
+  EXPECT_NE(p.problems[0].message.find("overflow 64 bits"), std::string::npos);
+  EXPECT_EQ(p.problems[1].message.find('\x1b'), std::string::npos) << p.problems[1].message;
+  EXPECT_NE(p.problems[1].message.find("\\u001b"), std::string::npos) << p.problems[1].message;
+  EXPECT_TRUE(p.pairs.empty());
 }
 
 TEST(PairingTest, BlockSizeFromConfigAndText) {
