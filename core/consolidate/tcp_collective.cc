@@ -56,7 +56,8 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline, const std::strin
     pollfd p{fd, events, 0};
     const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
     if (r > 0) return absl::OkStatus();
-    if (r < 0 && errno != EINTR) return absl::InternalError(absl::StrCat("poll: ", strerror(errno)));
+    if (r < 0 && errno != EINTR)
+      return absl::InternalError(absl::StrCat("poll: ", strerror(errno)));
   }
 }
 
@@ -79,8 +80,7 @@ absl::Status RecvAll(int fd, char* p, size_t n, absl::Time deadline, const std::
     if (absl::Status s = WaitFor(fd, POLLIN, deadline, who); !s.ok()) return s;
     const ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
     if (r == 0) {
-      return absl::AbortedError(
-          absl::StrCat(who, " closed its connection (it exited or crashed)"));
+      return absl::AbortedError(absl::StrCat(who, " closed its connection (it exited or crashed)"));
     }
     if (r < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
@@ -242,8 +242,8 @@ absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptio
       std::memcpy(&w2, h->data() + 12, 4);
       if (h->substr(16) != o.group_key || static_cast<int>(w2) != o.world_size || r == 0 ||
           static_cast<int>(r) >= o.world_size || peers[r].get() >= 0) {
-        (void)SendFrame(c.get(), "refused: another group, world size or a repeated rank",
-                        deadline, "a joining rank");
+        (void)SendFrame(c.get(), "refused: another group, world size or a repeated rank", deadline,
+                        "a joining rank");
         continue;
       }
       if (!SendFrame(c.get(), "ok", deadline, absl::StrCat("rank ", r)).ok()) continue;
@@ -269,9 +269,9 @@ absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptio
         break;
       }
       if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(absl::StrCat("rank ", o.rank, ": cannot reach rank 0 at ",
-                                                        o.host, ":", o.port, ": ",
-                                                        strerror(errno)));
+        return absl::DeadlineExceededError(absl::StrCat("rank ", o.rank,
+                                                        ": cannot reach rank 0 at ", o.host, ":",
+                                                        o.port, ": ", strerror(errno)));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

@@ -14,14 +14,19 @@ namespace {
 using ::testing::HasSubstr;
 
 // Runs `fn(rank, collective)` on `n` threads that meet over TCP on a free port.
-void RunGroup(int n, const std::function<void(int, absl::StatusOr<std::unique_ptr<Collective>>)>& fn,
+void RunGroup(int n,
+              const std::function<void(int, absl::StatusOr<std::unique_ptr<Collective>>)>& fn,
               absl::Duration timeout = absl::Seconds(20), const std::string& key = "k") {
   const int port = testing::FreePort();
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
     threads.emplace_back([&, r] {
-      TcpGroupOptions o{.rank = r, .world_size = n, .host = "127.0.0.1", .port = port,
-                        .group_key = key, .timeout = timeout};
+      TcpGroupOptions o{.rank = r,
+                        .world_size = n,
+                        .host = "127.0.0.1",
+                        .port = port,
+                        .group_key = key,
+                        .timeout = timeout};
       fn(r, NewTcpCollective(o));
     });
   }
@@ -37,8 +42,8 @@ TEST(TcpCollectiveTest, GathersBroadcastsAndSharesErrors) {
     auto b = (*c)->Broadcast(r == 2 ? "from two" : "", 2);
     ASSERT_TRUE(b.ok());
     EXPECT_EQ(*b, "from two");
-    absl::Status s = AllGatherStatus(
-        **c, r == 1 ? absl::DataLossError("disk on fire") : absl::OkStatus());
+    absl::Status s =
+        AllGatherStatus(**c, r == 1 ? absl::DataLossError("disk on fire") : absl::OkStatus());
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
     EXPECT_EQ(s.message(), "rank 1: disk on fire");
     EXPECT_TRUE((*c)->Barrier().ok());
@@ -59,8 +64,12 @@ TEST(TcpCollectiveTest, ARankThatLeavesFailsTheOthersWithoutHanging) {
       1, [](int, absl::StatusOr<std::unique_ptr<Collective>> c) { EXPECT_TRUE(c.ok()); },
       absl::Seconds(1));
   const int port = testing::FreePort();
-  TcpGroupOptions o{.rank = 0, .world_size = 2, .host = "127.0.0.1", .port = port,
-                    .group_key = "k", .timeout = absl::Milliseconds(300)};
+  TcpGroupOptions o{.rank = 0,
+                    .world_size = 2,
+                    .host = "127.0.0.1",
+                    .port = port,
+                    .group_key = "k",
+                    .timeout = absl::Milliseconds(300)};
   auto alone = NewTcpCollective(o);
   ASSERT_FALSE(alone.ok());
   EXPECT_THAT(std::string(alone.status().message()), HasSubstr("only 1 of 2 ranks joined"));

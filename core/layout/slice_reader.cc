@@ -49,10 +49,9 @@ absl::Status ReadSlice(FileSystem& fs, const CheckpointLayout& ck, const std::st
   }
   const int64_t esize = BitsOf(t->dtype) / 8;
   if (out_bytes != numel * esize) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": the box holds ", numel,
-                                                   " ", DTypeName(t->dtype), " elements (",
-                                                   numel * esize, " bytes), the destination ",
-                                                   out_bytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", name, ": the box holds ", numel, " ", DTypeName(t->dtype), " elements (",
+        numel * esize, " bytes), the destination ", out_bytes, " bytes"));
   }
   if (numel == 0) return absl::OkStatus();
   const std::vector<int64_t> dso(offsets.begin(), offsets.end()), dsz(sizes.begin(), sizes.end());
@@ -88,8 +87,8 @@ absl::Status ReadSlice(FileSystem& fs, const CheckpointLayout& ck, const std::st
     if (it->second.map) {
       absl::string_view data = it->second.map->data();
       if (c.end > data.size()) {
-        return absl::DataLossError(absl::StrCat(path, ": tensor ", name, " bytes [", c.begin,
-                                                ", ", c.end, ") lie beyond the end of the file"));
+        return absl::DataLossError(absl::StrCat(path, ": tensor ", name, " bytes [", c.begin, ", ",
+                                                c.end, ") lie beyond the end of the file"));
       }
       RETURN_IF_ERROR(GuardMappedAccess(path, c.begin, [&] {
         CopyBox(data.data() + c.begin, so, ssz, dst, dso, dsz, lo, hi, esize, scratch);

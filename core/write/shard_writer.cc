@@ -61,15 +61,15 @@ absl::Status ShardWriter::Add(ShardBuffer b) {
     for (size_t d = 0; d < b.shape.size(); ++d) b.global_shape.push_back(b.offsets[d] + b.shape[d]);
   }
   if (b.offsets.size() != b.shape.size() || b.global_shape.size() != b.shape.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor ", name, ": the chunk has ", b.shape.size(), " dimensions, offsets ",
-        b.offsets.size(), " and global_shape ", b.global_shape.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor ", name, ": the chunk has ", b.shape.size(), " dimensions, offsets ",
+                     b.offsets.size(), " and global_shape ", b.global_shape.size()));
   }
   for (size_t d = 0; d < b.shape.size(); ++d) {
     if (b.offsets[d] > b.global_shape[d] || b.shape[d] > b.global_shape[d] - b.offsets[d]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", name, ": a chunk of shape ", Shape(b.shape), " at offsets ",
-          Shape(b.offsets), " lies outside the global shape ", Shape(b.global_shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", name, ": a chunk of shape ", Shape(b.shape), " at offsets ",
+                       Shape(b.offsets), " lies outside the global shape ", Shape(b.global_shape)));
     }
   }
   if (IsSubByte(b.dtype)) {
@@ -109,7 +109,8 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
   // (the manifest cannot be this save's: it needs this rank's record first).
   if (d->Stat(std::string(kManifestFileName)).ok())
     RETURN_IF_ERROR(d->Remove(std::string(kManifestFileName)));
-  if (d->Stat(RecordName(rank_, world_)).ok()) RETURN_IF_ERROR(d->Remove(RecordName(rank_, world_)));
+  if (d->Stat(RecordName(rank_, world_)).ok())
+    RETURN_IF_ERROR(d->Remove(RecordName(rank_, world_)));
 
   // Plan the files: one per file index holding this rank's chunks.
   int count = 1;
@@ -151,9 +152,9 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
       for (const TensorEntry& e : f.header.tensors) {
         if (e.size() == 0) continue;
         const ShardBuffer* b = f.by_key.at(e.name);
-        RETURN_IF_ERROR(a.file().WriteAt(
-            f.header.data_start() + e.begin,
-            absl::string_view(static_cast<const char*>(b->data), e.size())));
+        RETURN_IF_ERROR(
+            a.file().WriteAt(f.header.data_start() + e.begin,
+                             absl::string_view(static_cast<const char*>(b->data), e.size())));
       }
       return a.Commit();
     }();
@@ -182,8 +183,8 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
     if (!names.count(RecordName(r, world_))) return out;  // a later rank publishes
   }
   ASSIGN_OR_RETURN(int dfd, d->OpenDirectoryFd(""));
-  const int lock = openat(dfd, kLockName, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
-                          0644);
+  const int lock =
+      openat(dfd, kLockName, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
   close(dfd);
   if (lock < 0) return out;  // another rank is publishing
   close(lock);
@@ -201,17 +202,16 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
         // interrupted save would not match a file rewritten since).
         ASSIGN_OR_RETURN(FileStat st, d->Stat(f.name));
         if (st.size != f.size) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              JoinPath(dir_, f.name), " is ", st.size, " bytes, rank ", r, "'s record says ",
-              f.size, ": the manifest is not published"));
+          return absl::FailedPreconditionError(
+              absl::StrCat(JoinPath(dir_, f.name), " is ", st.size, " bytes, rank ", r,
+                           "'s record says ", f.size, ": the manifest is not published"));
         }
         m.files.push_back(std::move(f));
       }
     }
     std::sort(m.files.begin(), m.files.end(),
               [](const ManifestFile& a, const ManifestFile& b) { return a.name < b.name; });
-    RETURN_IF_ERROR(
-        WriteFileAtomically(*d, std::string(kManifestFileName), SerializeManifest(m)));
+    RETURN_IF_ERROR(WriteFileAtomically(*d, std::string(kManifestFileName), SerializeManifest(m)));
     for (int r = 0; r < world_; ++r) (void)d->Remove(RecordName(r, world_));
     return absl::OkStatus();
   }();

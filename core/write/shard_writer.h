@@ -36,8 +36,8 @@ struct ShardBuffer {
 };
 
 struct ShardCommit {
-  std::vector<std::string> files;  // this rank's, names in the directory
-  uint64_t bytes = 0;              // tensor bytes written
+  std::vector<std::string> files;   // this rank's, names in the directory
+  uint64_t bytes = 0;               // tensor bytes written
   bool manifest_published = false;  // by this rank (it completed the set)
 };
 
