@@ -47,8 +47,7 @@ std::string DefaultDaemonAddress() {
 }
 
 std::string DefaultTokenFile() {
-  const char* home = std::getenv("HOME");
-  return absl::StrCat(home ? home : "/root", "/", daemon::api::kTokenFileBelowHome);
+  return daemon::api::DefaultClientTokenFile();
 }
 
 std::unique_ptr<httplib::Client> Connect(const std::string& address) {

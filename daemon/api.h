@@ -17,6 +17,11 @@
 #ifndef SAFESHARD_DAEMON_API_H_
 #define SAFESHARD_DAEMON_API_H_
 
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <string>
+
 #include <cstddef>
 #include <string>
 
@@ -26,6 +31,22 @@ inline constexpr char kDefaultAddress[] = "127.0.0.1";
 inline constexpr int kDefaultPort = 8470;
 // The token file: this path below $HOME unless configured (api.token_file / --token-file).
 inline constexpr char kTokenFileBelowHome[] = ".config/safeshard/token";
+// The packaged service's token (StateDirectory=safeshard), readable by group safeshard: the
+// CLI and the inspector use it when there is none below $HOME.
+inline constexpr char kServiceTokenFile[] = "/var/lib/safeshard/token";
+
+// The token file a client reads by default: ~/.config/safeshard/token when it exists (a daemon
+// the user runs), else the service's when it exists, else the former (named in errors).
+inline std::string DefaultClientTokenFile() {
+  const char* home = std::getenv("HOME");
+  const std::string mine =
+      std::string(home != nullptr ? home : "/root") + "/" + kTokenFileBelowHome;
+  struct stat st;
+  if (::stat(mine.c_str(), &st) != 0 && ::stat(kServiceTokenFile, &st) == 0) {
+    return kServiceTokenFile;
+  }
+  return mine;
+}
 
 inline constexpr char kHealth[] = "/v1/health";
 inline constexpr char kRuns[] = "/v1/runs";

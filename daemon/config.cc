@@ -60,8 +60,19 @@ std::string ExpandHome(const std::string& path) {
 }
 
 void ResolvePaths(Config* c) {
-  if (c->token_file.empty()) c->token_file = std::string("~/") + api::kTokenFileBelowHome;
-  if (c->state_db.empty()) c->state_db = "~/.local/state/safeshard/safeshardd.db";
+  // Under systemd (StateDirectory=safeshard) the journal and the token live in the service's
+  // state directory, else below $HOME.
+  const char* state = std::getenv("STATE_DIRECTORY");
+  std::string state_dir = state != nullptr ? std::string(state) : "";
+  state_dir = state_dir.substr(0, state_dir.find(':'));  // several are ':'-separated
+  if (c->token_file.empty()) {
+    c->token_file =
+        !state_dir.empty() ? state_dir + "/token" : std::string("~/") + api::kTokenFileBelowHome;
+  }
+  if (c->state_db.empty()) {
+    c->state_db = !state_dir.empty() ? state_dir + "/safeshardd.db"
+                                     : "~/.local/state/safeshard/safeshardd.db";
+  }
   c->token_file = ExpandHome(c->token_file);
   c->state_db = ExpandHome(c->state_db);
   for (std::string& r : c->watch_roots) r = ExpandHome(r);
@@ -252,7 +263,8 @@ absl::StatusOr<Config> ParseConfig(absl::string_view text) {
   }
   if (auto a = root.find("api"); a != root.end()) {
     if (!a->is_object()) return absl::InvalidArgumentError("config: \"api\" must be an object");
-    CFG_RETURN(Unknown(*a, {"address", "port", "token_file"}, "api."));
+    CFG_RETURN(Unknown(*a, {"address", "port", "token_file", "token_group_readable"}, "api."));
+    CFG_RETURN(Get(*a, "token_group_readable", &c.token_group_readable, "api."));
     CFG_RETURN(Get(*a, "address", &c.api_address, "api."));
     CFG_RETURN(Get(*a, "port", &c.api_port, "api."));
     CFG_RETURN(Get(*a, "token_file", &c.token_file, "api."));

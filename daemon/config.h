@@ -76,6 +76,9 @@ struct Config {
   std::string api_address = api::kDefaultAddress;
   int api_port = api::kDefaultPort;
   std::string token_file;
+  // The token file is created 0640 (readable by the daemon's group: users who may command it
+  // join that group), not 0600. The packaged service sets it.
+  bool token_group_readable = false;
   std::string state_db;
   int max_attempts = 5;
 };

@@ -1,5 +1,6 @@
 #include "daemon/config.h"
 
+#include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -129,6 +130,20 @@ TEST(ConfigTest, DequantizeForEveryRootOrPerRoot) {
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("dequantize_by_root[\"/a\"]"));
   EXPECT_FALSE(ParseConfig(R"({"dtype": {"dequantize": "f8"}})").ok());
   EXPECT_FALSE(ParseConfig(R"({"dtype": {"dequantize": "bf16", "block_size": "0"}})").ok());
+}
+
+TEST(ConfigTest, ThePackagedConfigParsesAndTheServiceStateDirectoryHoldsJournalAndToken) {
+  auto c = ParseConfig(testing::ReadFile("daemon/safeshardd.json"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->token_group_readable);
+  setenv("STATE_DIRECTORY", "/var/lib/safeshard", 1);
+  ResolvePaths(&*c);
+  unsetenv("STATE_DIRECTORY");
+  EXPECT_EQ(c->token_file, "/var/lib/safeshard/token");
+  EXPECT_EQ(c->state_db, "/var/lib/safeshard/safeshardd.db");
+  Config home;
+  ResolvePaths(&home);
+  EXPECT_NE(home.token_file.find(".config/safeshard/token"), std::string::npos);
 }
 
 }  // namespace

@@ -105,11 +105,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
   if (tok.ok()) {
     d->token_ = std::string(absl::StripAsciiWhitespace(*tok));
     struct stat tst;
-    if (!d->token_.empty() && ::stat(tf.c_str(), &tst) == 0 && (tst.st_mode & 077) != 0) {
+    const mode_t allowed = d->config_.token_group_readable ? 0640 : 0600;
+    if (!d->token_.empty() && ::stat(tf.c_str(), &tst) == 0 && (tst.st_mode & 0777 & ~allowed)) {
       // Anyone who can read the token can command the daemon: tighten it, and say so.
-      const bool fixed = ::chmod(tf.c_str(), 0600) == 0;
+      const bool fixed = ::chmod(tf.c_str(), allowed) == 0;
       Log("warning",
-          fixed ? "the API token file was readable by others; its mode is now 0600"
+          fixed ? absl::StrFormat("the API token file was readable by others; its mode is now %04o",
+                                  allowed)
                 : "the API token file is readable by others and its mode cannot be changed",
           {{"token_file", tf}, {"mode", absl::StrFormat("%04o", tst.st_mode & 07777)}});
     }
@@ -120,11 +122,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(Config config) {
     absl::StatusOr<std::string> fresh = RandomToken();
     if (!fresh.ok()) return fresh.status();
     d->token_ = *fresh;
-    int fd = open(tf.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const mode_t mode = d->config_.token_group_readable ? 0640 : 0600;
+    int fd = open(tf.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0 || write(fd, d->token_.data(), d->token_.size()) < 0) {
       return absl::PermissionDeniedError(absl::StrCat(tf, ": cannot write the API token"));
     }
-    fchmod(fd, 0600);
+    fchmod(fd, mode);
     fsync(fd);
     close(fd);
     Log("info", "created API token file", {{"token_file", tf}});

@@ -864,6 +864,23 @@ TEST(DaemonE2E, AnIntactDatabaseThatIsNotOurJournalIsMovedAsideNotFatal) {
   }
 }
 
+// The packaged service: token_group_readable gives a token 0640 (group safeshard may read it),
+// and a world-readable one is tightened to that, not to 0600.
+TEST(DaemonE2E, AGroupReadableTokenForTheService) {
+  Dirs d;
+  const std::string config = d.state + "/config.json";
+  testing::WriteFile(config, absl::StrCat(R"({"watch_roots": [")", d.root,
+                                          R"("], "api": {"token_group_readable": true}})"));
+  testing::WriteFile(d.state + "/token", "0123456789abcdef0123456789abcdef\n");
+  ASSERT_EQ(chmod((d.state + "/token").c_str(), 0644), 0);
+  DaemonProcess p(d.root, d.state, {"--config", config});
+  p.Start();
+  struct stat st;
+  ASSERT_EQ(stat((d.state + "/token").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_THAT(p.log(), ::testing::HasSubstr("its mode is now 0640"));
+}
+
 TEST(DaemonE2E, ReloadRefusesAMissingRootAndAReadableTokenIsTightened) {
   Dirs d;
   const std::string extra = testing::NewTempDir();

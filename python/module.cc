@@ -50,7 +50,9 @@ struct StatusError : std::exception {
   absl::Status status;
 };
 
-[[noreturn]] void Throw(const absl::Status& s) { throw StatusError(s); }
+[[noreturn]] void Throw(const absl::Status& s) {
+  throw StatusError(s);
+}
 void Check(const absl::Status& s) {
   if (!s.ok()) Throw(s);
 }
@@ -189,8 +191,9 @@ DType DTypeFromName(const std::string& name) {
   absl::StatusOr<DType> d = ParseDType(name);
   if (!d.ok()) {
     Throw(absl::InvalidArgumentError(
-        absl::StrCat("dtype \"", name, "\" is neither a safetensors dtype (BF16, F8_E4M3, ...) nor "
-                                       "a numpy/torch name (bfloat16, float32, ...)")));
+        absl::StrCat("dtype \"", name,
+                     "\" is neither a safetensors dtype (BF16, F8_E4M3, ...) nor "
+                     "a numpy/torch name (bfloat16, float32, ...)")));
   }
   return *d;
 }
@@ -297,17 +300,17 @@ ArrayRef View(py::handle obj, bool writable, const std::string& dtype) {
     const uint64_t numel = static_cast<uint64_t>(expect);
     a.nbytes = numel * ((t.dtype.bits + 7) / 8);
   } else {
-    Throw(absl::InvalidArgumentError(absl::StrCat(
-        "a ", what, " is not an array: pass a numpy array or a CPU torch tensor")));
+    Throw(absl::InvalidArgumentError(
+        absl::StrCat("a ", what, " is not an array: pass a numpy array or a CPU torch tensor")));
   }
   if (!dtype.empty()) {
     const DType want = DTypeFromName(dtype);
     uint64_t numel = 1;
     for (uint64_t s : a.shape) numel *= s;
     if (IsSubByte(want) || numel * (BitsOf(want) / 8) != a.nbytes) {
-      Throw(absl::InvalidArgumentError(absl::StrCat(
-          "dtype ", DTypeName(want), " does not fit the ", what, "'s ", a.nbytes, " bytes for ",
-          numel, " elements")));
+      Throw(absl::InvalidArgumentError(absl::StrCat("dtype ", DTypeName(want), " does not fit the ",
+                                                    what, "'s ", a.nbytes, " bytes for ", numel,
+                                                    " elements")));
     }
     a.dtype = want;
   } else if (found) {
@@ -654,9 +657,9 @@ PYBIND11_MODULE(_safeshard, m) {
   });
   m.attr("__version__") = std::string(safeshard::kVersion);
   m.def("consolidate", &Consolidate, py::arg("input_dir"), py::arg("output_dir"),
-        py::arg("spec_json"), py::arg("fqn_to_index_mapping"), py::arg("progress"),
-        py::arg("rank"), py::arg("world_size"), py::arg("host"), py::arg("port"),
-        py::arg("timeout"), py::arg("group_key"));
+        py::arg("spec_json"), py::arg("fqn_to_index_mapping"), py::arg("progress"), py::arg("rank"),
+        py::arg("world_size"), py::arg("host"), py::arg("port"), py::arg("timeout"),
+        py::arg("group_key"));
   m.def("inspect_json", &Inspect, py::arg("path"));
   m.def("verify", &Verify, py::arg("path"), py::arg("expect_ranks"), py::arg("reference"),
         py::arg("strict"), py::arg("checksums"));
@@ -674,8 +677,7 @@ PYBIND11_MODULE(_safeshard, m) {
       .def("read", &Reader::Read, py::arg("fqn"), py::arg("offsets"), py::arg("sizes"),
            py::arg("out"));
   py::class_<PyShardWriter>(m, "ShardWriter")
-      .def(py::init<const std::string&, int, int, std::optional<std::map<std::string, int>>,
-                    int>(),
+      .def(py::init<const std::string&, int, int, std::optional<std::map<std::string, int>>, int>(),
            py::arg("path"), py::arg("rank"), py::arg("world_size"),
            py::arg("fqn_to_index_mapping") = py::none(), py::arg("thread_count") = 1)
       .def("add", &PyShardWriter::Add, py::arg("fqn"), py::arg("array"),

@@ -54,7 +54,8 @@ DaemonPanel::DaemonPanel(QWidget* parent) : QWidget(parent) {
       QString("http://%1:%2").arg(daemon::api::kDefaultAddress).arg(daemon::api::kDefaultPort),
       this);
   address_edit->setToolTip("The daemon's API address (config \"api\": address and port)");
-  token_file_edit = new QLineEdit(QDir::homePath() + "/" + daemon::api::kTokenFileBelowHome, this);
+  token_file_edit =
+      new QLineEdit(QString::fromStdString(daemon::api::DefaultClientTokenFile()), this);
   token_file_edit->setToolTip(
       "File holding the bearer token (needed to consolidate, retry or cancel)");
   connect_button = new QPushButton("Connect", this);
