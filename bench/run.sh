@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds optimised binaries and runs every benchmark. Results are ratios against baselines
 # (cat, cp, dd) measured in the same run, never absolute thresholds.
-# Usage: bench/run.sh [scan|consolidate|dequantize|daemon-idle|dcp|inspector|remote|diff]
+# Usage: bench/run.sh [scan|consolidate|dequantize|python|daemon-idle|dcp|inspector|remote|diff]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:dequantize_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench //bench:diff_bench
+bazel build --config=opt //cli:safeshard //bench:scan_bench //bench:consolidate_bench //bench:dequantize_bench //bench:daemon_idle_bench //daemon:safeshardd //bench:dcp_bench //core/dcp:safeshard-torch //bench:inspector_open_bench //bench:remote_bench //bench:diff_bench //python:package
 which="${1:-all}"
 wanted() { [[ "$which" == all || "$which" == "$1" ]]; }
 if wanted scan; then
@@ -18,6 +18,10 @@ fi
 if wanted dequantize; then
   echo "== dequantization: >= 1 GB FP8 block-quantized model to BF16 =="
   bazel-bin/bench/dequantize_bench "$PWD/bazel-bin/cli/safeshard"
+fi
+if wanted python; then
+  echo "== Python module: consolidate_safetensors_files vs the CLI; read_slice vs cat =="
+  /usr/bin/python3 bench/python_bench.py "$PWD/bazel-bin/cli/safeshard" "$PWD/bazel-bin/python/pkg"
 fi
 if wanted daemon-idle; then
   echo "== safeshardd idle cost: 1,000 finished runs =="

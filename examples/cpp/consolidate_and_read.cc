@@ -34,8 +34,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
     return 1;
   }
-  std::printf("consolidated %llu bytes into %zu files\n",
-              static_cast<unsigned long long>(r->bytes), r->files.size());
+  std::printf("consolidated %llu bytes into %zu files\n", static_cast<unsigned long long>(r->bytes),
+              r->files.size());
 
   // The first two rows of the first tensor, read back from the output.
   absl::StatusOr<safeshard::CheckpointLayout> out = safeshard::CheckpointLayout::Scan(fs, argv[2]);
