@@ -103,6 +103,13 @@ int main(int argc, char** argv) {
       "consolidate, 2 threads   %7.3f s  %6.2f GB/s  ratio %.2fx cp, %.2fx cp+sync\n", c2.seconds,
       gbps(c2.seconds), cp_t.seconds / c2.seconds, cps_t.seconds / c2.seconds);
   std::cout << absl::StrFormat("2-vs-1 thread speed-up   %.2fx\n", c1.seconds / c2.seconds);
+  std::cout << std::flush;
+  safeshard::bench::Result(
+      absl::StrFormat("consolidation, %.2f GB 8 ranks, 2 threads", bytes / 1e9),
+      absl::StrFormat("%.3f s (peak anon %.1f MiB)", c2.seconds, c2.peak_anon_kib / 1024.0),
+      absl::StrFormat("cp %.3f s; cp + sync %.3f s", cp_t.seconds, cps_t.seconds),
+      absl::StrFormat("%.2fx cp time, %.2fx cp + sync", c2.seconds / cp_t.seconds,
+                      c2.seconds / cps_t.seconds));
   std::cout << absl::StrFormat(
       "peak anonymous memory    %.1f MiB (1 thread), %.1f MiB (2 threads); "
       "ru_maxrss incl. mapped input pages %.1f MiB\n",

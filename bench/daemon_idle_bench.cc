@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/proc_util.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
 #include "httplib.h"
@@ -129,6 +130,12 @@ int main(int argc, char** argv) {
   double cpu3 = CpuSeconds(pid);
   std::cout << absl::StrFormat("one forced full rescan of %d runs: %.3f s CPU\n", runs,
                                cpu3 - cpu2);
+  std::cout << std::flush;
+  safeshard::bench::Result(absl::StrFormat("safeshardd idle, %d finished runs", runs),
+                           absl::StrFormat("%.3f s CPU in %.0f s", cpu1 - cpu0, window),
+                           "one core over the same window",
+                           absl::StrFormat("%.3f%% of a core; a full rescan %.3f s CPU",
+                                           100.0 * (cpu1 - cpu0) / window, cpu3 - cpu2));
   kill(pid, SIGTERM);
   waitpid(pid, nullptr, 0);
   if (std::system(("rm -rf " + root).c_str()) != 0) std::cerr << "cleanup failed\n";

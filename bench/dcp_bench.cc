@@ -79,6 +79,11 @@ int main(int argc, char** argv) {
       "save %.2f GB: %.3f s (%.2f GB/s); dd conv=fsync of the same bytes: %.3f s -> ratio %.2fx "
       "dd\n",
       bytes / 1e9, save_s, bytes / 1e9 / save_s, dd_s, dd_s / save_s);
+  std::cout << std::flush;
+  safeshard::bench::Result(absl::StrFormat("4-rank save over Gloo, %.2f GB", bytes / 1e9),
+                           absl::StrFormat("%.3f s", save_s),
+                           absl::StrFormat("dd conv=fsync %.3f s", dd_s),
+                           absl::StrFormat("%.2fx dd throughput", dd_s / save_s));
   std::cout << absl::StrFormat(
       "resident memory beyond the tensors while saving: %.1f MiB (max over ranks)\n", mem);
 
@@ -96,6 +101,10 @@ int main(int argc, char** argv) {
       "load into 4-way column sharding: %.3f s (%.2f GB/s); cat of the files: %.3f s -> ratio "
       "%.2fx cat\n",
       load_s, std::stoull(m[1]) / 1e9 / load_s, cat_s, cat_s / load_s);
+  std::cout << std::flush;
+  safeshard::bench::Result("resharding load, 4 ranks row-saved -> column-sharded",
+                           absl::StrFormat("%.3f s", load_s), absl::StrFormat("cat %.3f s", cat_s),
+                           absl::StrFormat("%.2fx cat throughput", cat_s / load_s));
   if (std::system(("rm -rf " + root).c_str()) != 0) std::cerr << "cleanup failed\n";
   return 0;
 }

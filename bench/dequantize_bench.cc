@@ -157,6 +157,12 @@ int main(int argc, char** argv) {
       "--dequantize bf16, 2 threads    %7.3f s  %6.2f GB/s in   %.2fx cp time\n", d2.seconds,
       gbps(d2.seconds), d2.seconds / cp_t.seconds);
   std::cout << absl::StrFormat("2-vs-1 thread speed-up          %.2fx\n", d1.seconds / d2.seconds);
+  std::cout << std::flush;
+  safeshard::bench::Result(
+      absl::StrFormat("dequantize FP8 -> BF16, %.2f GB of codes, 2 threads", code_bytes / 1e9),
+      absl::StrFormat("%.3f s (peak anon %.1f MiB)", d2.seconds, d2.peak_anon_kib / 1024.0),
+      absl::StrFormat("cp of the input %.3f s", cp_t.seconds),
+      absl::StrFormat("%.1fx cp time", d2.seconds / cp_t.seconds));
   // One block row of a weight: 128 rows of BF16 output (the unit a whole-block reader holds).
   const double block_row_mib = 128.0 * cols * 2 / (1 << 20);
   const double bound_mib = 64 + block_row_mib;

@@ -70,6 +70,10 @@ int main(int argc, char** argv) {
       "safeshard diff shards vs consolidated (4 threads): %.3f s  ratio %.2fx cmp\n", d, d / c);
   std::cout << absl::StrFormat(
       "safeshard diff shards vs consolidated (1 thread):  %.3f s  ratio %.2fx cmp\n", d1, d1 / c);
+  std::cout << std::flush;
+  safeshard::bench::Result("`safeshard diff` 8-rank shards vs their consolidation",
+                           absl::StrFormat("%.3f s", d), absl::StrFormat("cmp %.3f s", c),
+                           absl::StrFormat("%.2fx cmp time", d / c));
   ShellOrDie(absl::StrCat("rm -rf '", root, "'"));
   return 0;
 }

@@ -116,6 +116,11 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat("safeshard inspect --json : %.3f s (median of %d)\n", c, reps);
   std::cout << absl::StrFormat("inspector open -> tree   : %.3f s (median of %d)\n", g, reps);
   std::cout << absl::StrFormat("ratio inspector / inspect --json = %.2fx\n", g / c);
+  std::cout << std::flush;
+  safeshard::bench::Result(absl::StrFormat("inspector open -> tree, %d tensors", tensors),
+                           absl::StrFormat("%.3f s", g),
+                           absl::StrFormat("`inspect --json` %.3f s", c),
+                           absl::StrFormat("%.2fx inspect --json", g / c));
   std::cout << absl::StrFormat("longest GUI-thread stall while opening: %.0f ms (median)\n",
                                Median(stall) * 1000);
   std::cout << absl::StrFormat("apply a regex filter: %.0f ms, clear it: %.0f ms (medians)\n",

@@ -24,6 +24,15 @@ extern char** environ;
 
 namespace safeshard::bench {
 
+// One row of bench/results.md (bench/run.sh collects these lines into one Markdown table): what
+// was measured, against which baseline measured in the same run, and the ratio.
+inline void Result(const std::string& benchmark, const std::string& measured,
+                   const std::string& baseline, const std::string& ratio) {
+  std::printf("RESULT|%s|%s|%s|%s\n", benchmark.c_str(), measured.c_str(), baseline.c_str(),
+              ratio.c_str());
+  std::fflush(stdout);
+}
+
 inline double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];

@@ -64,6 +64,8 @@ def main():
     print(f"safeshard consolidate (CLI)            {t_cli:7.3f} s  {total / t_cli / 1e9:6.2f} GB/s")
     print(f"consolidate_safetensors_files (Python) {t_py:7.3f} s  {total / t_py / 1e9:6.2f} GB/s"
           f"  binding overhead {100 * (t_py / t_cli - 1):+.1f}%")
+    print(f"RESULT|Python consolidate_safetensors_files, {total / 1e9:.2f} GB 8 ranks|"
+          f"{t_py:.3f} s|CLI {t_cli:.3f} s|{100 * (t_py / t_cli - 1):+.1f}% vs the CLI", flush=True)
 
     reader = safeshard.Reader(ck)
     plan = []
@@ -91,6 +93,9 @@ def main():
     print(f"cat of the 8 files (baseline)          {t_cat:7.3f} s  {total / t_cat / 1e9:6.2f} GB/s")
     print(f"read_slice, {len(plan)} column slices       {t_sl:7.3f} s  {sliced / t_sl / 1e9:6.2f} GB/s"
           f"  ratio {t_cat / t_sl * sliced / total:.2f}x cat's throughput")
+    print(f"RESULT|Python read_slice, {len(plan)} column slices of 8 rank files|{t_sl:.3f} s "
+          f"({sliced / t_sl / 1e9:.2f} GB/s)|cat {t_cat:.3f} s ({total / t_cat / 1e9:.2f} GB/s)|"
+          f"{t_cat / t_sl * sliced / total:.2f}x cat throughput", flush=True)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -101,6 +101,11 @@ int main(int argc, char** argv) {
     std::cout << absl::StrFormat("safeshard remote scan (list + ranged GETs)   : %.3f s\n",
                                  Median(ours));
     std::cout << absl::StrFormat("ratio safeshard / curl = %.2fx\n", Median(ours) / Median(curl));
+    std::cout << std::flush;
+    safeshard::bench::Result("remote header scan over loopback nginx",
+                             absl::StrFormat("%.3f s", Median(ours)),
+                             absl::StrFormat("curl %.3f s", Median(curl)),
+                             absl::StrFormat("%.2fx curl time", Median(ours) / Median(curl)));
     std::cout << absl::StrFormat(
         "(the same scan of the local files: %.3f s; over http it adds %.3f s = %.2fx curl's "
         "transfer)\n",
@@ -156,6 +161,11 @@ int main(int argc, char** argv) {
     std::cout << absl::StrFormat("HfStorageReader over http   : %.3f s (%.0f MiB/s)\n",
                                  Median(ours), bytes / 1048576.0 / Median(ours));
     std::cout << absl::StrFormat("ratio safeshard / curl = %.2fx\n", Median(ours) / Median(curl));
+    std::cout << std::flush;
+    safeshard::bench::Result("remote 1 GiB load with the HF reader",
+                             absl::StrFormat("%.3f s", Median(ours)),
+                             absl::StrFormat("curl --parallel %.3f s", Median(curl)),
+                             absl::StrFormat("%.2fx curl time", Median(ours) / Median(curl)));
   }
   server->reset();
   std::filesystem::remove_all(root);

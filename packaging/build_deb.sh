@@ -25,8 +25,16 @@ install -m 0644 "$config" "$root/etc/safeshard/safeshardd.json"
 install -m 0644 "$readme" "$root/usr/share/doc/safeshard/README.md"
 strip --strip-unneeded "$root/usr/bin/"* "$root/usr/lib/python3/dist-packages/safeshard/_safeshard.so" \
   2>/dev/null || true
-printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: safeshard\n' \
-  > "$root/usr/share/doc/safeshard/copyright"
+cat > "$root/usr/share/doc/safeshard/copyright" <<'COPYRIGHT'
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: safeshard
+Source: https://github.com/safeshard/safeshard
+
+Files: *
+Copyright: the safeshard developers
+License: proprietary
+ All rights reserved by the safeshard developers; see README.md.
+COPYRIGHT
 
 # Runtime libraries: dpkg-shlibdeps maps every library the ELF files need to its package.
 mkdir -p "$work/debian"
@@ -61,15 +69,32 @@ if [ "$1" = configure ]; then
   if ! getent passwd safeshard >/dev/null; then
     adduser --system --group --home /var/lib/safeshard --no-create-home safeshard >/dev/null
   fi
-  if [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null || true; fi
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null || true
+    # An upgrade restarts a running service on the new binary; a fresh install does not start
+    # it (list the watched roots first: see README, "Deployment as a service").
+    systemctl try-restart safeshardd.service >/dev/null 2>&1 || true
+  fi
 fi
 exit 0
 POSTINST
+cat > "$root/DEBIAN/prerm" <<'PRERM'
+#!/bin/sh
+set -e
+# Stop the service before its binary goes (an upgrade restarts it in postinst when it ran).
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+  systemctl stop safeshardd.service >/dev/null 2>&1 || true
+fi
+exit 0
+PRERM
 cat > "$root/DEBIAN/postrm" <<'POSTRM'
 #!/bin/sh
 set -e
 if [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null || true; fi
+# purge: the service's state (journal, API token) goes; the user stays (files it wrote under
+# the watched roots keep its uid), as Debian's policy for system users recommends.
+if [ "$1" = purge ]; then rm -rf /var/lib/safeshard; fi
 exit 0
 POSTRM
-chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
+chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
 dpkg-deb --root-owner-group -Zxz -z6 --build "$root" "$out" >/dev/null

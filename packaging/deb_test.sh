@@ -16,7 +16,11 @@ depends=$(dpkg-deb -f "$deb" Depends)
 for lib in libc6 libstdc++6 libabsl libqt6widgets6 libcurl libsqlite3 libtorch python3 adduser; do
   grep -q "$lib" <<<"$depends" || fail "Depends lacks $lib: $depends"
 done
-dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -q conffiles || fail "no conffiles"
+ctrl=$(dpkg-deb --ctrl-tarfile "$deb" | tar -t)
+for f in conffiles postinst prerm postrm; do
+  grep -q "$f" <<<"$ctrl" || fail "no $f"
+done
+grep -q '^License:' "$root/usr/share/doc/safeshard/copyright" || fail "copyright has no License"
 version=$(dpkg-deb -f "$deb" Version)
 "$root/usr/bin/safeshard" --version | grep -q "$version" || fail "safeshard --version"
 "$root/usr/bin/safeshardd" --help | grep -q -- "--config" || fail "safeshardd --help"

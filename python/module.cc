@@ -175,7 +175,30 @@ struct ArrayRef {
   DType dtype = DType::kU8;
   std::vector<uint64_t> shape;
   std::shared_ptr<void> keep;  // the buffer view or the DLPack tensor; released with the GIL held
+  py::object source;           // DLPack: the tensor (its memory may move: see StillAt)
 };
+
+// A torch tensor can be resized or re-pointed after it was shared (resize_, set_): its memory
+// then moves and the pointer taken at add() dangles. Checked again, with the GIL held, right
+// before the memory is used (numpy refuses to resize an array whose buffer is exported).
+void CheckStillAt(const ArrayRef& a, const std::string& name) {
+  if (!a.source) return;
+  py::object cap = a.source.attr("__dlpack__")();
+  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  if (m == nullptr) throw py::error_already_set();
+  const char* now = static_cast<char*>(m->dl_tensor.data) + m->dl_tensor.byte_offset;
+  int64_t numel = 1;
+  for (int d = 0; d < m->dl_tensor.ndim; ++d) numel *= m->dl_tensor.shape[d];
+  const bool same = now == a.data &&
+                    static_cast<uint64_t>(numel) * ((m->dl_tensor.dtype.bits + 7) / 8) == a.nbytes;
+  // The fresh capsule is not consumed: its destructor calls the deleter.
+  if (!same) {
+    Throw(absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", internal::Quote(name),
+        ": the array given to add() was resized or re-pointed since (resize_, set_); keep it "
+        "unchanged until commit() returns")));
+  }
+}
 
 DType DTypeFromName(const std::string& name) {
   static const std::map<std::string, DType> aliases = {
@@ -199,8 +222,12 @@ DType DTypeFromName(const std::string& name) {
 }
 
 std::optional<DType> DTypeOfBuffer(const Py_buffer& v) {
-  const std::string f = v.format != nullptr ? v.format : "B";
-  const char c = f.empty() ? 'B' : f.back();  // "<f", "=f", "f"
+  std::string f = v.format != nullptr ? v.format : "B";
+  // One element type in native (little-endian) order: "f", "<f", "=f", "@f". Big-endian
+  // (">f", "!f"), complex ("Zf") and structured formats have no safetensors dtype.
+  if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@')) f = f.substr(1);
+  if (f.size() != 1) return std::nullopt;
+  const char c = f[0];
   const Py_ssize_t n = v.itemsize;
   switch (c) {
     case 'e': return DType::kF16;
@@ -253,6 +280,7 @@ ArrayRef View(py::handle obj, bool writable, const std::string& dtype) {
   ArrayRef a;
   std::optional<DType> found;
   const std::string what = py::str(py::type::of(obj).attr("__name__"));
+  std::string format;  // the buffer's, for messages
   if (PyObject_CheckBuffer(obj.ptr())) {
     auto view = std::shared_ptr<Py_buffer>(new Py_buffer, [](Py_buffer* v) {
       PyBuffer_Release(v);
@@ -270,9 +298,30 @@ ArrayRef View(py::handle obj, bool writable, const std::string& dtype) {
     a.nbytes = static_cast<uint64_t>(view->len);
     for (int d = 0; d < view->ndim; ++d) a.shape.push_back(static_cast<uint64_t>(view->shape[d]));
     found = DTypeOfBuffer(*view);
+    format = view->format != nullptr ? view->format : "B";
+    if (!found) {
+      Throw(absl::InvalidArgumentError(absl::StrCat(
+          "the ", what, "'s element format \"", format,
+          "\" has no safetensors dtype (big-endian, complex and structured arrays are refused: "
+          "convert with .astype(...) first)")));
+    }
     a.keep = view;
   } else if (py::hasattr(obj, "__dlpack__")) {
-    py::object cap = obj.attr("__dlpack__")();
+    for (const char* lazy : {"is_neg", "is_conj"}) {
+      if (py::hasattr(obj, lazy) && obj.attr(lazy)().cast<bool>()) {
+        Throw(absl::InvalidArgumentError(absl::StrCat("the ", what, " is a lazy ", lazy + 3,
+                                                      " view: call .resolve_", lazy + 3,
+                                                      "() (or .clone()) first")));
+      }
+    }
+    py::object cap;
+    try {
+      cap = obj.attr("__dlpack__")();
+    } catch (py::error_already_set& e) {
+      Throw(absl::InvalidArgumentError(
+          absl::StrCat("the ", what, " cannot be shared through DLPack (", e.what(),
+                       "); pass tensor.numpy() (bool tensors on torch < 2) or a supported dtype")));
+    }
     auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
     if (m == nullptr) throw py::error_already_set();
     PyCapsule_SetName(cap.ptr(), "used_dltensor");  // consumed: we call its deleter
@@ -299,6 +348,7 @@ ArrayRef View(py::handle obj, bool writable, const std::string& dtype) {
     found = DTypeOfDlpack(t.dtype);
     const uint64_t numel = static_cast<uint64_t>(expect);
     a.nbytes = numel * ((t.dtype.bits + 7) / 8);
+    a.source = py::reinterpret_borrow<py::object>(obj);  // checked again before it is used
   } else {
     Throw(absl::InvalidArgumentError(
         absl::StrCat("a ", what, " is not an array: pass a numpy array or a CPU torch tensor")));
@@ -361,7 +411,8 @@ py::dict Consolidate(const std::string& input, const std::string& output,
                         .host = host,
                         .port = port,
                         .group_key = group_key,
-                        .timeout = absl::Seconds(timeout_s)};
+                        .timeout = absl::Seconds(timeout_s),
+                        .cancel = cancel};
       absl::StatusOr<std::unique_ptr<Collective>> c = NewTcpCollective(g);
       if (!c.ok()) return c.status();
       group = std::move(*c);
@@ -578,6 +629,11 @@ class Reader {
   void Read(const std::string& fqn, const std::vector<uint64_t>& offsets,
             const std::vector<uint64_t>& sizes, py::handle out) {
     ArrayRef a = View(out, /*writable=*/true, "");
+    if (a.shape != sizes) {
+      Throw(absl::InvalidArgumentError(absl::StrCat("out has shape [", absl::StrJoin(a.shape, ", "),
+                                                    "], the box [", absl::StrJoin(sizes, ", "),
+                                                    "]")));
+    }
     const TensorLayout* t = ck_.FindTensor(fqn);
     if (t != nullptr && a.dtype != t->dtype &&
         !(BitsOf(a.dtype) == BitsOf(t->dtype) && !IsFloatingPoint(a.dtype))) {
@@ -586,6 +642,7 @@ class Reader {
                                                     DTypeName(t->dtype), "; out is ",
                                                     DTypeName(a.dtype))));
     }
+    CheckStillAt(a, fqn);
     Interruptible run;
     Check(run.Run([&](const std::atomic<bool>*) {
       return ReadSlice(*where_.fs, ck_, fqn, offsets, sizes, a.data, a.nbytes);
@@ -603,7 +660,10 @@ class PyShardWriter {
   PyShardWriter(const std::string& path, int rank, int world_size,
                 std::optional<std::map<std::string, int>> fqn_to_index, int thread_count)
       : writer_(path, rank, world_size, fqn_to_index.value_or(std::map<std::string, int>()),
-                thread_count) {}
+                thread_count) {
+    Check(ShardWriter::CheckGroup(rank, world_size,
+                                  fqn_to_index.value_or(std::map<std::string, int>())));
+  }
 
   void Add(const std::string& fqn, py::handle array, std::optional<std::vector<uint64_t>> offsets,
            std::optional<std::vector<uint64_t>> global_shape, const std::string& dtype) {
@@ -617,13 +677,15 @@ class PyShardWriter {
     b.data = a.data;
     Check(writer_.Add(std::move(b)));
     arrays_.push_back(std::move(a));
+    names_.push_back(fqn);
   }
 
   py::dict Commit() {
+    for (size_t i = 0; i < arrays_.size(); ++i) CheckStillAt(arrays_[i], names_[i]);
     absl::StatusOr<ShardCommit> c = absl::UnknownError("not run");
     Interruptible run;
-    Check(run.Run([&](const std::atomic<bool>*) {
-      c = writer_.Commit();
+    Check(run.Run([&](const std::atomic<bool>* cancel) {
+      c = writer_.Commit(cancel);
       return c.status();
     }));
     arrays_.clear();  // with the GIL held: releases the buffers
@@ -637,6 +699,7 @@ class PyShardWriter {
  private:
   ShardWriter writer_;
   std::vector<ArrayRef> arrays_;
+  std::vector<std::string> names_;
 };
 
 }  // namespace

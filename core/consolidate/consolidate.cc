@@ -1107,6 +1107,16 @@ thread_local size_t Executor::last_chunk_ = 0;
 
 }  // namespace
 
+std::vector<uint64_t> BytesPerRank(const ConsolidationPlan& plan, int world) {
+  std::vector<WorkItem> items = SplitIntoItems(plan.tasks);
+  std::vector<uint64_t> bytes(std::max(1, world), 0);
+  const std::vector<std::vector<size_t>> a = AssignToRanks(items, std::max(1, world));
+  for (size_t r = 0; r < a.size(); ++r) {
+    for (size_t i : a[r]) bytes[r] += items[i].src_bytes;
+  }
+  return bytes;
+}
+
 const std::vector<std::string>& ModelFileNames() {
   static const std::vector<std::string>* names =
       new std::vector<std::string>{"config.json",

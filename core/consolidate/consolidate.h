@@ -161,6 +161,10 @@ absl::StatusOr<std::optional<std::string>> ReadModelConfig(FileSystem& fs, const
 // when present) set to `dtype`'s torch name. Keys keep their order.
 absl::StatusOr<std::string> DequantizedConfig(absl::string_view config_json, DType dtype);
 
+// The source bytes each of `world` ranks copies for `plan` (the split Consolidate uses with a
+// Collective of that size): for checking that multi-process consolidation stays byte-balanced.
+std::vector<uint64_t> BytesPerRank(const ConsolidationPlan& plan, int world);
+
 struct VerifyReport {
   uint64_t bytes_checked = 0;
   double seconds = 0;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 
 namespace safeshard {
@@ -45,16 +46,20 @@ class Fd {
   int fd_ = -1;
 };
 
-// Waits until `fd` is ready for `events` or the deadline passes.
+// Set by the collective in use (per thread: ranks in threads of one process do not share it).
+thread_local const std::atomic<bool>* t_cancel = nullptr;
+
+// Waits until `fd` is ready for `events`, the deadline passes or the wait is cancelled.
 absl::Status WaitFor(int fd, short events, absl::Time deadline, const std::string& who) {
   while (true) {
+    if (t_cancel != nullptr && t_cancel->load()) return absl::CancelledError("cancelled");
     const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
     if (ms <= 0) {
       return absl::DeadlineExceededError(
           absl::StrCat(who, " did not answer in time (it may have died or hung)"));
     }
     pollfd p{fd, events, 0};
-    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
+    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 100)));
     if (r > 0) return absl::OkStatus();
     if (r < 0 && errno != EINTR)
       return absl::InternalError(absl::StrCat("poll: ", strerror(errno)));
@@ -123,12 +128,14 @@ std::string Hello(int rank, int world, const std::string& key) {
 
 class TcpCollective : public Collective {
  public:
-  TcpCollective(int rank, int world, absl::Duration timeout, std::vector<Fd> peers)
-      : rank_(rank), world_(world), timeout_(timeout), peers_(std::move(peers)) {}
+  TcpCollective(int rank, int world, absl::Duration timeout, std::vector<Fd> peers,
+                const std::atomic<bool>* cancel)
+      : rank_(rank), world_(world), timeout_(timeout), peers_(std::move(peers)), cancel_(cancel) {}
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
 
   absl::StatusOr<std::vector<std::string>> AllGather(const std::string& mine) override {
+    t_cancel = cancel_;
     const absl::Time deadline = absl::Now() + timeout_;
     std::vector<std::string> all(world_);
     if (rank_ == 0) {
@@ -187,6 +194,7 @@ class TcpCollective : public Collective {
   const int rank_, world_;
   const absl::Duration timeout_;
   std::vector<Fd> peers_;  // rank 0: one per other rank (index = rank); others: [0] = rank 0
+  const std::atomic<bool>* cancel_;
 };
 
 }  // namespace
@@ -197,6 +205,10 @@ absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptio
         absl::StrCat("rank ", o.rank, " is not in a group of ", o.world_size));
   }
   if (o.world_size == 1) return NewSingleRank();
+  if (!(o.timeout > absl::ZeroDuration()) || o.timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("the timeout must be a positive, finite duration");
+  }
+  t_cancel = o.cancel;
   if (o.port <= 0 || o.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("port ", o.port, " is not a TCP port"));
   }
@@ -228,9 +240,15 @@ absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptio
     while (joined < o.world_size) {
       absl::Status w = WaitFor(listener.get(), POLLIN, deadline,
                                absl::StrCat(o.world_size - joined, " rank(s)"));
+      if (absl::IsCancelled(w)) return w;
       if (!w.ok()) {
+        std::vector<int> missing;
+        for (int r = 1; r < o.world_size; ++r) {
+          if (peers[r].get() < 0) missing.push_back(r);
+        }
         return absl::DeadlineExceededError(absl::StrCat(
-            "rank 0: only ", joined, " of ", o.world_size, " ranks joined within the timeout"));
+            "rank 0: only ", joined, " of ", o.world_size,
+            " ranks joined within the timeout (missing: rank ", absl::StrJoin(missing, ", "), ")"));
       }
       Fd c(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (c.get() < 0) continue;
@@ -268,6 +286,7 @@ absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptio
         peers[0] = std::move(c);
         break;
       }
+      if (o.cancel != nullptr && o.cancel->load()) return absl::CancelledError("cancelled");
       if (absl::Now() > deadline) {
         return absl::DeadlineExceededError(absl::StrCat("rank ", o.rank,
                                                         ": cannot reach rank 0 at ", o.host, ":",
@@ -277,7 +296,7 @@ absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptio
     }
   }
   return std::unique_ptr<Collective>(
-      std::make_unique<TcpCollective>(o.rank, o.world_size, o.timeout, std::move(peers)));
+      std::make_unique<TcpCollective>(o.rank, o.world_size, o.timeout, std::move(peers), o.cancel));
 }
 
 }  // namespace safeshard

@@ -13,6 +13,7 @@
 #ifndef SAFESHARD_CORE_CONSOLIDATE_TCP_COLLECTIVE_H_
 #define SAFESHARD_CORE_CONSOLIDATE_TCP_COLLECTIVE_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -29,6 +30,8 @@ struct TcpGroupOptions {
   int port = 29501;
   std::string group_key;  // the same on every rank of one group
   absl::Duration timeout = absl::Seconds(300);
+  // Set to give up waiting (for ranks to join, or in a collective): kCancelled.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 absl::StatusOr<std::unique_ptr<Collective>> NewTcpCollective(const TcpGroupOptions& options);

@@ -1,4 +1,6 @@
 #include "core/layout/layout.h"
+
+#include <cstdio>
 #include "core/format/internal/json_util.h"
 
 #include <sys/stat.h>
@@ -107,6 +109,7 @@ absl::string_view ProblemKindName(ProblemKind k) {
     case ProblemKind::kQuantization: return "quantization";
     case ProblemKind::kUnscaledFp8: return "unscaled_fp8";
     case ProblemKind::kUnpairedScale: return "unpaired_scale";
+    case ProblemKind::kUnfinishedSave: return "unfinished_save";
   }
   return "unknown";
 }
@@ -135,9 +138,10 @@ bool IsBlocking(ProblemKind k) {
     case ProblemKind::kModelFileCount:
     case ProblemKind::kReference:
     case ProblemKind::kChecksum:
-    case ProblemKind::kUnproven:      // only reported with --strict, where it must block
-    case ProblemKind::kNoCheckpoint:  // nothing to read: never "consistent"
-    case ProblemKind::kQuantization:  // weights that cannot be decoded as their scales say
+    case ProblemKind::kUnproven:        // only reported with --strict, where it must block
+    case ProblemKind::kNoCheckpoint:    // nothing to read: never "consistent"
+    case ProblemKind::kQuantization:    // weights that cannot be decoded as their scales say
+    case ProblemKind::kUnfinishedSave:  // a save still running, or died: files may be mixed
       return true;
     case ProblemKind::kNotInIndex:      // the bytes are there; the index is only incomplete
     case ProblemKind::kIndexTotalSize:  // a metadata number, not data
@@ -466,6 +470,28 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   if (st.is_dir) {
     ck.root_ = path;
     ASSIGN_OR_RETURN(std::vector<DirEntry> entries, fs.List(path));
+    // Commit records of a ShardWriter save (".safeshard-commit-RRRRR-of-WWWWW.json") are only
+    // there until the rank completing the set publishes the manifest: left over, they mean an
+    // unfinished save whose files may mix with an earlier save's.
+    std::map<int, std::vector<int>> committed;  // world size -> ranks with a record
+    for (const DirEntry& e : entries) {
+      int r = 0, w = 0;
+      if (absl::StartsWith(e.name, ".safeshard-commit-") && absl::EndsWith(e.name, ".json") &&
+          std::sscanf(e.name.c_str(), ".safeshard-commit-%d-of-%d.json", &r, &w) == 2) {
+        committed[w].push_back(r);
+      }
+    }
+    for (auto& [w, ranks] : committed) {
+      std::sort(ranks.begin(), ranks.end());
+      ck.problems_.push_back(
+          {ProblemKind::kUnfinishedSave, "", "",
+           absl::StrCat("a save by ", w, " ranks is unfinished: rank",
+                        ranks.size() == 1 ? " " : "s ", absl::StrJoin(ranks, ", "), " committed, ",
+                        w - static_cast<int>(ranks.size()),
+                        " did not (still writing, or died); files of an earlier save may be mixed "
+                        "in. Finish the save (or remove the .safeshard-commit-* records once "
+                        "verified)")});
+    }
     for (const DirEntry& e : entries) {
       if (e.name == kManifestFileName) {
         has_manifest = true;  // whatever it is: a directory or FIFO there is an invalid manifest

@@ -103,6 +103,7 @@ enum class ProblemKind {
   kQuantization,         // a quantized pair whose weight and scale disagree (shape, dtype)
   kUnscaledFp8,          // an FP8 weight with no scale where other weights have one (a warning)
   kUnpairedScale,        // X.weight_scale_inv without an FP8 X.weight (a warning)
+  kUnfinishedSave,       // ShardWriter commit records left: a save still running, or died
 };
 absl::string_view ProblemKindName(ProblemKind k);
 // Whether a problem makes the checkpoint unfit to consolidate or publish. One table for

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -52,9 +53,26 @@ ShardWriter::ShardWriter(std::string dir, int rank, int world_size,
       fqn_to_index_(std::move(fqn_to_index)),
       threads_(std::max(1, threads)) {}
 
+absl::Status ShardWriter::CheckGroup(int rank, int world_size,
+                                     const std::map<std::string, int>& fqn_to_index) {
+  if (world_size < 1 || world_size > (1 << 20) || rank < 0 || rank >= world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " is not a rank of a group of ",
+                                                   world_size, " (0 <= rank < world_size)"));
+  }
+  for (const auto& [fqn, idx] : fqn_to_index) {
+    if (idx < 1 || idx > 99999) {
+      return absl::InvalidArgumentError(absl::StrCat("fqn_to_index_mapping: tensor ",
+                                                     internal::Quote(fqn), ": file index ", idx,
+                                                     " is not in 1..99999"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ShardWriter::Add(ShardBuffer b) {
   const std::string name = internal::Quote(b.fqn);
   if (committed_) return absl::FailedPreconditionError("this rank already committed");
+  RETURN_IF_ERROR(CheckGroup(rank_, world_, fqn_to_index_));
   if (b.fqn.empty()) return absl::InvalidArgumentError("a tensor needs a name");
   if (b.offsets.empty()) b.offsets.assign(b.shape.size(), 0);
   if (b.global_shape.empty()) {
@@ -87,6 +105,17 @@ absl::Status ShardWriter::Add(ShardBuffer b) {
           "tensor ", name, ": this chunk is ", DTypeName(b.dtype), " ", Shape(b.global_shape),
           ", an earlier one ", DTypeName(o.dtype), " ", Shape(o.global_shape)));
     }
+    bool disjoint = false;
+    for (size_t d = 0; d < b.shape.size() && !disjoint; ++d) {
+      disjoint =
+          b.offsets[d] + b.shape[d] <= o.offsets[d] || o.offsets[d] + o.shape[d] <= b.offsets[d];
+    }
+    if (!disjoint && NumElements(b.shape).value_or(0) > 0 && NumElements(o.shape).value_or(0) > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", name, ": the chunk at offsets ", Shape(b.offsets), " of shape ",
+                       Shape(b.shape), " overlaps one added before at ", Shape(o.offsets),
+                       " of shape ", Shape(o.shape)));
+    }
   }
   if (!fqn_to_index_.empty() && !fqn_to_index_.count(b.fqn)) {
     return absl::InvalidArgumentError(
@@ -96,12 +125,11 @@ absl::Status ShardWriter::Add(ShardBuffer b) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ShardCommit> ShardWriter::Commit() {
+absl::StatusOr<ShardCommit> ShardWriter::Commit(const std::atomic<bool>* cancel) {
   if (committed_) return absl::FailedPreconditionError("this rank already committed");
   committed_ = true;
-  if (world_ < 1 || rank_ < 0 || rank_ >= world_) {
-    return absl::InvalidArgumentError(absl::StrCat("rank ", rank_, " of ", world_));
-  }
+  RETURN_IF_ERROR(CheckGroup(rank_, world_, fqn_to_index_));
+  auto cancelled = [&] { return cancel != nullptr && cancel->load(); };
   FileSystem& local = LocalFileSystem();
   RETURN_IF_ERROR(local.MakeDirs(dir_));
   ASSIGN_OR_RETURN(std::unique_ptr<FileSystem> d, local.OpenBeneath(dir_));
@@ -141,8 +169,10 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
     ASSIGN_OR_RETURN(f.header, LayoutHeader(std::move(specs), ShardedFileMetadata(info)));
     files.push_back(std::move(f));
   }
-  // Write them, several at once; each under a temporary name until it is complete and synced.
+  // Write them, several at once, each under a temporary name; rename them only when every one
+  // is complete and synced (a failure or a cancel leaves none of this rank's new files).
   std::vector<absl::Status> status(files.size());
+  std::vector<std::optional<AtomicFile>> written(files.size());
   ParallelFor(files.size(), threads_, [&](size_t i) {
     status[i] = [&]() -> absl::Status {
       const PlannedFile& f = files[i];
@@ -150,16 +180,21 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
       RETURN_IF_ERROR(a.file().Allocate(f.header.file_size()));
       RETURN_IF_ERROR(a.file().WriteAt(0, SerializeHeader(f.header)));
       for (const TensorEntry& e : f.header.tensors) {
+        if (cancelled()) return absl::CancelledError("commit cancelled; nothing was published");
         if (e.size() == 0) continue;
         const ShardBuffer* b = f.by_key.at(e.name);
         RETURN_IF_ERROR(
             a.file().WriteAt(f.header.data_start() + e.begin,
                              absl::string_view(static_cast<const char*>(b->data), e.size())));
       }
-      return a.Commit();
+      RETURN_IF_ERROR(a.CloseFile());  // fsynced
+      written[i].emplace(std::move(a));
+      return absl::OkStatus();
     }();
   });
   for (const absl::Status& s : status) RETURN_IF_ERROR(s);
+  if (cancelled()) return absl::CancelledError("commit cancelled; nothing was published");
+  for (std::optional<AtomicFile>& a : written) RETURN_IF_ERROR(a->Commit());
 
   // This rank's record: its files with sizes and checksums (read back: what is on disk).
   ShardCommit out;
@@ -191,6 +226,16 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
   absl::Status published = [&]() -> absl::Status {
     Manifest m;
     m.ranks = world_;
+    // Records of another group (another world size) mean two saves met in this directory.
+    for (const std::string& n : names) {
+      if (absl::StartsWith(n, kRecordPrefix) &&
+          !absl::EndsWith(n, absl::StrFormat("-of-%05d.json", world_))) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(JoinPath(dir_, n),
+                         " is the commit record of a save by another number of ranks: two saves "
+                         "met in this directory; the manifest is not published"));
+      }
+    }
     for (int r = 0; r < world_; ++r) {
       const std::string rec = RecordName(r, world_);
       ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in, d->OpenRead(rec));
@@ -211,6 +256,17 @@ absl::StatusOr<ShardCommit> ShardWriter::Commit() {
     }
     std::sort(m.files.begin(), m.files.end(),
               [](const ManifestFile& a, const ManifestFile& b) { return a.name < b.name; });
+    // A checkpoint file no record claims (an earlier, larger save's rank) would make the
+    // manifest a lie: refuse, naming it.
+    for (const std::string& n : names) {
+      if (!absl::EndsWith(n, ".safetensors")) continue;
+      if (m.Find(n) == nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(JoinPath(dir_, n),
+                         " is not a file of this save (an earlier save's?): remove it; the "
+                         "manifest is not published"));
+      }
+    }
     RETURN_IF_ERROR(WriteFileAtomically(*d, std::string(kManifestFileName), SerializeManifest(m)));
     for (int r = 0; r < world_; ++r) (void)d->Remove(RecordName(r, world_));
     return absl::OkStatus();

@@ -8,7 +8,9 @@
 // is written under a temporary name, fsynced and renamed. The completion manifest
 // (safeshard.complete.json) is published once every rank has committed, with no collective:
 // each rank leaves a commit record beside its files, and the rank that completes the set
-// publishes the manifest (an exclusive lock picks one when several do at once).
+// publishes the manifest (an exclusive lock picks one when several do at once). It refuses to
+// publish over files no record claims (an earlier, larger save's); a scan reports records of an
+// unfinished save as a blocking problem.
 //
 //   ShardWriter w(LocalFileSystem(), "/ckpt/step-100", rank, world_size);
 //   RETURN_IF_ERROR(w.Add({"w", DType::kBF16, {512, 4096}, {rank * 512, 0}, {4096, 4096}, p}));
@@ -16,6 +18,7 @@
 #ifndef SAFESHARD_CORE_WRITE_SHARD_WRITER_H_
 #define SAFESHARD_CORE_WRITE_SHARD_WRITER_H_
 
+#include <atomic>
 #include <map>
 #include <string>
 #include <vector>
@@ -50,9 +53,14 @@ class ShardWriter {
   // Checks and records a chunk (kInvalidArgument: a box outside its global shape, a global
   // shape that disagrees with an earlier chunk of the same tensor, a dtype change).
   absl::Status Add(ShardBuffer buffer);
-  // Writes this rank's files, then its commit record; publishes the manifest when this rank
-  // completes the set. A second Commit is an error.
-  absl::StatusOr<ShardCommit> Commit();
+  // Writes this rank's files (all under temporary names first; renamed only when every one is
+  // complete and `cancel` is not set: kCancelled leaves nothing), then its commit record;
+  // publishes the manifest when this rank completes the set. A second Commit is an error.
+  absl::StatusOr<ShardCommit> Commit(const std::atomic<bool>* cancel = nullptr);
+
+  // kInvalidArgument unless 0 <= rank < world_size and every file index is in 1..99999.
+  static absl::Status CheckGroup(int rank, int world_size,
+                                 const std::map<std::string, int>& fqn_to_index);
 
  private:
   std::string dir_;

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <atomic>
 #include <numeric>
 
 #include "core/consolidate/consolidate.h"
@@ -95,6 +96,59 @@ TEST(ShardWriterTest, AStaleRecordOfAnEarlierSaveDoesNotPublishAWrongManifest) {
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("the manifest is not published"));
   EXPECT_FALSE(LocalFileSystem().Stat(dir + "/" + std::string(kManifestFileName)).ok());
+}
+
+TEST(ShardWriterTest, StaleFilesAnotherWorldSizeAndACancelledCommitPublishNothing) {
+  const std::vector<float> v = Iota(8, 0);
+  // An earlier, larger save left rank 2's file: the manifest of a 2-rank save is not published.
+  const std::string dir = testing::NewTempDir() + "/ckpt";
+  ASSERT_TRUE(LocalFileSystem().MakeDirs(dir).ok());
+  testing::WriteFile(dir + "/shard-00003-model-00001-of-00001.safetensors", "old");
+  ShardWriter a(dir, 1, 2), b(dir, 0, 2);
+  ASSERT_TRUE(a.Add({"w", DType::kF32, {4}, {4}, {8}, v.data() + 4}).ok());
+  ASSERT_TRUE(b.Add({"w", DType::kF32, {4}, {0}, {8}, v.data()}).ok());
+  ASSERT_TRUE(a.Commit().ok());
+  auto c = b.Commit();
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("not a file of this save"));
+  EXPECT_FALSE(LocalFileSystem().Stat(dir + "/" + std::string(kManifestFileName)).ok());
+  // The records stay: the scan reports the save as unfinished (blocking).
+  auto ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok());
+  EXPECT_TRUE(ck->HasBlockingProblem());
+
+  // Two saves with other world sizes met in one directory.
+  const std::string two = testing::NewTempDir() + "/two";
+  ShardWriter x(two, 0, 2), y(two, 1, 3);
+  ASSERT_TRUE(y.Add({"w", DType::kF32, {4}, {4}, {8}, v.data() + 4}).ok());
+  ASSERT_TRUE(y.Commit().ok());
+  ASSERT_TRUE(x.Add({"w", DType::kF32, {4}, {0}, {8}, v.data()}).ok());
+  auto xc = x.Commit();
+  ASSERT_TRUE(xc.ok());  // rank 1 of its own 2-rank save has not committed: no publishing yet
+  EXPECT_FALSE(xc->manifest_published);
+  auto both = CheckpointLayout::Scan(LocalFileSystem(), two);
+  ASSERT_TRUE(both.ok());
+  int unfinished = 0;
+  for (const Problem& p : both->problems()) unfinished += p.kind == ProblemKind::kUnfinishedSave;
+  EXPECT_EQ(unfinished, 2);  // one per world size
+
+  // A cancelled commit renames nothing and leaves no record.
+  const std::string cancelled = testing::NewTempDir() + "/cancelled";
+  std::atomic<bool> stop{true};
+  ShardWriter z(cancelled, 0, 1);
+  ASSERT_TRUE(z.Add({"w", DType::kF32, {8}, {}, {}, v.data()}).ok());
+  auto zc = z.Commit(&stop);
+  EXPECT_EQ(zc.status().code(), absl::StatusCode::kCancelled);
+  auto left = LocalFileSystem().List(cancelled);
+  ASSERT_TRUE(left.ok());
+  EXPECT_TRUE(left->empty());
+  // Chunks of one tensor that overlap on one rank, and bad ranks, are refused at once.
+  ShardWriter o(testing::NewTempDir() + "/o", 0, 1);
+  ASSERT_TRUE(o.Add({"w", DType::kF32, {4}, {0}, {8}, v.data()}).ok());
+  EXPECT_THAT(std::string(o.Add({"w", DType::kF32, {4}, {2}, {8}, v.data()}).message()),
+              HasSubstr("overlaps one added before"));
+  EXPECT_FALSE(ShardWriter::CheckGroup(2, 2, {}).ok());
+  EXPECT_FALSE(ShardWriter::CheckGroup(0, 1, {{"a", 0}}).ok());
 }
 
 }  // namespace

@@ -55,15 +55,26 @@ def _rules(key_mapping: KeyMapping) -> List[Tuple[str, str]]:
         return []
     if isinstance(key_mapping, dict):
         return [(str(k), str(v)) for k, v in key_mapping.items()]
-    return [(str(k), str(v)) for k, v in key_mapping]
+    rules = []
+    for rule in key_mapping:
+        if isinstance(rule, (str, bytes)) or len(rule) != 2:
+            raise ValueError(f"key_mapping: {rule!r} is not a (regex, replacement) pair")
+        rules.append((str(rule[0]), str(rule[1])))
+    return rules
 
 
 def _spec(num_threads: int, max_shard_size, reference, cast_dtype, key_mapping, dequantize,
           block_size, verify, overwrite, expect_ranks, strict, checksums, model_files,
           unmapped) -> str:
+    if isinstance(max_shard_size, bool) or (
+            max_shard_size is not None and not isinstance(max_shard_size, (str, int))):
+        raise ValueError(f"max_shard_size={max_shard_size!r}: give bytes (int) or e.g. '5GB'")
     if max_shard_size is not None and not isinstance(max_shard_size, str):
         # An int is bytes, as save_pretrained(max_shard_size=...) takes it.
         max_shard_size = f"{int(max_shard_size)}B"
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not (
+            0 <= num_threads <= 1024):
+        raise ValueError(f"num_threads={num_threads!r}: 0 (every core) to 1024")
     spec = {
         "max_shard_size": max_shard_size or "",
         "reference": _os.fspath(reference) if reference else "",
@@ -158,6 +169,9 @@ def consolidate_safetensors_files_on_every_rank(
                  options.pop("checksums", True), options.pop("model_files", True),
                  options.pop("unmapped", "error"))
     progress = options.pop("progress", None)
+    import math
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout={timeout!r}: a positive number of seconds")
     if options:
         raise TypeError(f"unexpected keyword arguments: {sorted(options)}")
     mapping = None if fqn_to_index_mapping is None else {

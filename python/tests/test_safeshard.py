@@ -229,3 +229,86 @@ def test_shard_writer_validates_and_takes_raw_dtypes(tmp_path):
     t = torch.empty(3, dtype=torch.bfloat16)
     safeshard.read_slice(str(tmp_path / "c"), "b", (0,), (3,), out=t)
     assert t.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_arrays_that_cannot_be_taken_as_they_are_are_refused(tmp_path):
+    w = safeshard.ShardWriter(str(tmp_path / "c"), 0, 1)
+    with pytest.raises(ValueError, match="big-endian"):
+        w.add("be", np.arange(4, dtype=">f4"))
+    with pytest.raises(ValueError, match="has no safetensors dtype"):
+        w.add("c", np.array([1 + 2j, 3 + 4j], dtype=np.complex64))
+    with pytest.raises(ValueError, match="resolve_neg"):
+        w.add("n", torch.arange(4, dtype=torch.float32)._neg_view())
+    t = torch.arange(256, dtype=torch.float32)
+    w.add("x", t)
+    t.resize_(100000)  # its memory moves: the pointer add() took would dangle
+    with pytest.raises(ValueError, match="resized or re-pointed"):
+        w.commit()
+    with pytest.raises(ValueError, match="not a rank of a group of 2"):
+        safeshard.ShardWriter(str(tmp_path / "d"), 3, 2)
+    with pytest.raises(ValueError, match="is not in 1..99999"):
+        safeshard.ShardWriter(str(tmp_path / "d"), 0, 1, fqn_to_index_mapping={"a": 0})
+    w2 = safeshard.ShardWriter(str(tmp_path / "e"), 0, 1)
+    w2.add("a", np.zeros((4, 2), dtype=np.float32), offsets=(0, 0), global_shape=(6, 2))
+    with pytest.raises(ValueError, match="overlaps one added before"):
+        w2.add("a", np.zeros((4, 2), dtype=np.float32), offsets=(2, 0), global_shape=(6, 2))
+    w2.add("a", np.ones((2, 2), dtype=np.float32), offsets=(4, 0), global_shape=(6, 2))
+    w2.commit()
+    with pytest.raises(ValueError, match="out has shape"):
+        safeshard.read_slice(str(tmp_path / "e"), "a", (0, 0), (2, 2),
+                             out=np.empty(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="big-endian"):
+        safeshard.read_slice(str(tmp_path / "e"), "a", (0, 0), (2, 2),
+                             out=np.empty((2, 2), dtype=">f4"))
+    for bad in ({"max_shard_size": True}, {"key_mapping": ["ab"]}):
+        with pytest.raises(ValueError):
+            safeshard.consolidate_safetensors_files(str(tmp_path / "e"), str(tmp_path / "f"), **bad)
+    with pytest.raises(ValueError, match="num_threads"):
+        safeshard.consolidate_safetensors_files(str(tmp_path / "e"), str(tmp_path / "f"), None, -5)
+
+
+def test_an_unfinished_resave_is_never_mistaken_for_a_checkpoint(tmp_path):
+    ckpt = write_ranks(tmp_path / "ckpt")
+    # A new save into the same directory where only rank 0 gets to commit (rank 1 died).
+    w = safeshard.ShardWriter(str(ckpt), 0, 2)
+    w.add("model.embed.weight", np.full((4, 6), 7, dtype=np.float32), offsets=(0, 0),
+          global_shape=(8, 6))
+    w.commit()
+    report = safeshard.verify_report(str(ckpt))
+    assert not report["ok"]
+    assert "unfinished_save" in {p["kind"] for p in report["problems"]}
+    with pytest.raises(safeshard.CheckpointError, match="unfinished"):
+        safeshard.consolidate_safetensors_files(str(ckpt), str(tmp_path / "out"))
+
+
+def test_ctrl_c_stops_a_commit_and_a_rendezvous_at_once(tmp_path):
+    p = run_python(f"""
+        import os, signal, threading, time, numpy as np, safeshard
+        w = safeshard.ShardWriter({str(tmp_path / "c")!r}, 0, 1)
+        for i in range(24):
+            w.add(f"w{{i}}", np.zeros((4096, 4096), dtype=np.float32))  # 1.6 GB
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            w.commit()
+        except KeyboardInterrupt:
+            print("interrupted", round(time.time() - t0, 1))
+    """)
+    o, e = p.communicate(timeout=120)
+    assert "interrupted" in o, (o, e)
+    assert not (tmp_path / "c" / "safeshard.complete.json").exists()
+    assert not [f for f in os.listdir(tmp_path / "c") if f.endswith(".safetensors")]
+    p = run_python(f"""
+        import os, signal, threading, time, safeshard
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.time()
+        try:
+            safeshard.consolidate_safetensors_files_on_every_rank(
+                {str(tmp_path)!r}, {str(tmp_path / "o")!r}, rank=0, world_size=2,
+                port={20000 + (os.getpid() + 7) % 20000}, timeout=60)
+        except KeyboardInterrupt:
+            print("interrupted", round(time.time() - t0, 1))
+    """)
+    o, e = p.communicate(timeout=120)
+    assert "interrupted" in o, (o, e)
+    assert float(o.split()[1]) < 10, o
