@@ -30,6 +30,7 @@
 #include "core/format/header.h"
 #include "core/format/manifest.h"
 #include "core/format/sharding.h"
+#include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
 
