@@ -67,6 +67,7 @@ sleep 1  # let tee drain
   if grep -aq '^| ranks |' "$log"; then
     echo
     echo "## Scale (bench/scale_bench: sparse files, real headers)"
+    echo
     awk '/^Ranks \(|^Tensors \(/{p=1} p && /^(\||Ranks|Tensors|$)/{print} /^== /{if(p)p=0}' "$log"
   fi
 } > bench/results.md
