@@ -154,10 +154,10 @@ void PrintTable(const std::string& title, const std::vector<Row>& rows, bool by_
       g_plan = absl::StrFormat("%.1f", PerTenX(rows[i - 1].plan, r.plan, n1, n2));
     }
     (void)by_ranks;
-    std::cout << absl::StrFormat("| %d | %d | %d | %.1f MB | %.3f s | %s | %.3f s | %s | %.0f MiB | %s |\n",
-                                 r.ranks, r.tensors, r.chunks, r.header_bytes / 1e6, r.scan,
-                                 g_scan, r.plan, g_plan, r.peak_mib,
-                                 r.ok ? absl::StrFormat("%.3f", r.balance) : "failed");
+    std::cout << absl::StrFormat(
+        "| %d | %d | %d | %.1f MB | %.3f s | %s | %.3f s | %s | %.0f MiB | %s |\n", r.ranks,
+        r.tensors, r.chunks, r.header_bytes / 1e6, r.scan, g_scan, r.plan, g_plan, r.peak_mib,
+        r.ok ? absl::StrFormat("%.3f", r.balance) : "failed");
   }
 }
 
