@@ -956,6 +956,11 @@ TEST(InspectorTest, ConsolidateDialogDequantizesAQuantizedCheckpoint) {
   ConsolidateDialog* d = w.OpenConsolidateDialog();
   ASSERT_NE(d, nullptr);
   ASSERT_TRUE(d->dequantize_combo->isEnabled());
+  // The shard map says what the selected weight is, before anything else on its caption line.
+  w.shard_map->SetTensor(w.checkpoint(), w.checkpoint()->FindTensor("l.weight"));
+  EXPECT_TRUE(w.shard_map->Subtitle().startsWith(
+      "quantized: fp8 128x128 blocks (F8_E4M3 codes, F32 scales), scales in l.weight_scale_inv"))
+      << w.shard_map->Subtitle().toStdString();
   EXPECT_TRUE(d->dequantize_combo->toolTip().contains("fp8 128x128 blocks"));
   d->dequantize_combo->setCurrentIndex(d->dequantize_combo->findData("bf16"));
   const std::string out = testing::NewTempDir() + "/hf";

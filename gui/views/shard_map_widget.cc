@@ -578,37 +578,11 @@ bool ShardMapWidget::event(QEvent* e) {
   return QWidget::event(e);
 }
 
-void ShardMapWidget::paintEvent(QPaintEvent*) {
-  QPainter p(this);
-  p.setRenderHint(QPainter::Antialiasing, false);
-  p.fillRect(rect(), palette().base());
-  if (tensor_ == nullptr) {
-    p.setPen(palette().color(QPalette::PlaceholderText));
-    p.drawText(rect(), Qt::AlignCenter,
-               "Select a tensor to see which file holds which slice of it");
-    return;
-  }
-  // Caption.
-  QFont bold = font();
-  bold.setBold(true);
-  p.setFont(bold);
-  p.setPen(palette().color(QPalette::Text));
+QString ShardMapWidget::Subtitle() const {
+  if (tensor_ == nullptr) return QString();
   std::set<int> files;
   for (const Chunk& c : tensor_->chunks) files.insert(c.file);
-  QString name = QString::fromStdString(tensor_->name);
-  // A block-quantized weight and its scale are one logical weight: say so by the name.
-  if (const quant::QuantPair* q = layout_->QuantPairOf(tensor_->name)) {
-    name +=
-        q->weight == tensor_->name
-            ? QString("  — quantized: %1; scale %2")
-                  .arg(QString::fromStdString(q->Describe()), QString::fromStdString(q->scale))
-            : QString("  — block scales of %1 (%2)")
-                  .arg(QString::fromStdString(q->weight), QString::fromStdString(q->Describe()));
-  }
-  p.drawText(QRectF(8, 4, width() - 16, 20), Qt::AlignLeft | Qt::AlignVCenter,
-             p.fontMetrics().elidedText(name, Qt::ElideMiddle, width() - 16));
-  p.setFont(font());
-  auto dim_text = [&](int d) {
+  auto dim_text = [this](int d) {
     if (d == kRest) {
       QStringList parts;
       for (int k = 0; k < static_cast<int>(tensor_->shape.size()); ++k) {
@@ -626,9 +600,43 @@ void ShardMapWidget::paintEvent(QPaintEvent*) {
           .arg(tensor_->chunks.size())
           .arg(files.size())
           .arg(dim_text(row_dim_), dim_text(col_dim_));
+  // A block-quantized weight and its scale are one logical weight: said first, where the
+  // line is never cut (the scheme before the long partner name).
+  if (const quant::QuantPair* q = layout_->QuantPairOf(tensor_->name)) {
+    sub =
+        (q->weight == tensor_->name
+             ? QString("quantized: %1, scales in %2 · ")
+                   .arg(QString::fromStdString(q->Describe()), QString::fromStdString(q->scale))
+             : QString("block scales (%1) of %2 · ")
+                   .arg(QString::fromStdString(q->Describe()), QString::fromStdString(q->weight))) +
+        sub;
+  }
   if (aspect_compressed_) sub += " · aspect compressed";
   if (!proportional_) sub += " · schematic (equal room per slice)";
   if (!coverage_exact_) sub += " · coverage not drawn (see Problems)";
+  return sub;
+}
+
+void ShardMapWidget::paintEvent(QPaintEvent*) {
+  QPainter p(this);
+  p.setRenderHint(QPainter::Antialiasing, false);
+  p.fillRect(rect(), palette().base());
+  if (tensor_ == nullptr) {
+    p.setPen(palette().color(QPalette::PlaceholderText));
+    p.drawText(rect(), Qt::AlignCenter,
+               "Select a tensor to see which file holds which slice of it");
+    return;
+  }
+  // Caption.
+  QFont bold = font();
+  bold.setBold(true);
+  p.setFont(bold);
+  p.setPen(palette().color(QPalette::Text));
+  QString name = QString::fromStdString(tensor_->name);
+  p.drawText(QRectF(8, 4, width() - 16, 20), Qt::AlignLeft | Qt::AlignVCenter,
+             p.fontMetrics().elidedText(name, Qt::ElideMiddle, width() - 16));
+  p.setFont(font());
+  const QString sub = Subtitle();
   // Gaps and overlaps first, in red: they are why someone looks.
   QString alert;
   if (!gaps_.empty())

@@ -52,6 +52,9 @@ class ShardMapWidget : public QWidget {
   // True proportions instead of the schematic layout.
   void SetProportional(bool on);
   bool proportional() const { return proportional_; }
+  // The caption's second line: quantization (first, never cut), dtype and shape, chunks and
+  // files, the dims shown, the mode.
+  QString Subtitle() const;
   int row_dim() const { return row_dim_; }
   int col_dim() const { return col_dim_; }
   const TensorLayout* tensor() const { return tensor_; }
