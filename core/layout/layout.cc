@@ -15,7 +15,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "core/format/filenames.h"
 #include "core/format/sharding.h"
 #include "core/io/atomic_file.h"
@@ -528,12 +527,6 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
 
   // Headers, several files at a time (remote files: requests overlap; local: parsing does).
   ck.files_.resize(names.size());
-  struct ParseGate {
-    absl::Mutex mu;
-    int busy = 0;
-    int max = 1;
-  } parse_gate;
-  parse_gate.max = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   auto read_one = [&](size_t i) {
     FileInfo& fi = ck.files_[i];
     fi.name = names[i];
@@ -547,28 +540,24 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       return;
     }
     fi.size = (*f)->size();
-    // Remote files: many requests in flight hide the latency. Local files: parsing is the work,
-    // so no more parses at once than cores — each holds a parsed header (a 10 MB header parses
-    // into ~100 MB), and 8 at once were most of the scan's peak memory at 1M tensors.
-    const bool gated = !(*f)->remote();
-    if (gated) {
-      parse_gate.mu.LockWhen(absl::Condition(
-          +[](ParseGate* g) { return g->busy < g->max; }, &parse_gate));
-      ++parse_gate.busy;
-      parse_gate.mu.Unlock();
-    }
     absl::StatusOr<Header> h = ReadHeader(**f);
-    if (gated) {
-      absl::MutexLock l(&parse_gate.mu);
-      --parse_gate.busy;
-    }
     if (!h.ok()) {
       fi.error = std::string(h.status().message());
     } else {
       fi.header = std::move(*h);
     }
   };
-  ParallelFor(names.size(), options.header_threads, read_one);
+  // Remote files: many requests in flight hide the latency. Local files: parsing is the work,
+  // so no more parses at once than cores — each holds a parsed header (a 10 MB header parses
+  // into ~100 MB), and 8 at once were most of the scan's peak memory at 1M tensors.
+  int threads = options.header_threads;
+  if (!names.empty()) {
+    absl::StatusOr<std::unique_ptr<ReadableFile>> probe = fs.OpenRead(JoinPath(ck.root_, names[0]));
+    if (probe.ok() && !(*probe)->remote()) {
+      threads = std::min<int>(threads, std::max(1u, std::thread::hardware_concurrency()));
+    }
+  }
+  ParallelFor(names.size(), threads, read_one);
 
   // Index json.
   if (!ck.index_file_.empty()) {
