@@ -53,6 +53,7 @@ namespace {
 class PrefixFileSystem : public FileSystem {
  public:
   PrefixFileSystem(FileSystem* base, std::string dir) : base_(base), dir_(std::move(dir)) {}
+  bool remote() const override { return base_->remote(); }
 
   absl::StatusOr<FileStat> Stat(const std::string& p) override {
     absl::StatusOr<std::string> full = Full(p);

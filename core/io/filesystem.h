@@ -124,6 +124,11 @@ class FileSystem {
 
   // An open file descriptor of the directory `dir` (O_RDONLY | O_DIRECTORY, close-on-exec;
   // the caller closes it), for flock(); kUnimplemented where there is none.
+  // True when files come over a network (their reads are round trips: readers keep many in
+  // flight); local ones are read at memory speed (parallelism beyond the cores only costs
+  // memory).
+  virtual bool remote() const { return false; }
+
   virtual absl::StatusOr<int> OpenDirectoryFd(const std::string& dir) {
     return absl::UnimplementedError(dir + ": no directory descriptors here");
   }

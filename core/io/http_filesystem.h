@@ -54,6 +54,7 @@ class HttpFileSystem : public FileSystem {
  public:
   explicit HttpFileSystem(HttpOptions options);
   ~HttpFileSystem() override;
+  bool remote() const override { return true; }
 
   absl::StatusOr<FileStat> Stat(const std::string& url) override;
   absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override;
