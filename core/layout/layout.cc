@@ -979,13 +979,15 @@ void CheckpointLayout::FindQuantized(FileSystem& fs, std::optional<quant::BlockS
     }
   }
   quantized_ = std::move(p.pairs);
+  for (size_t i = 0; i < quantized_.size(); ++i) {
+    quant_of_[quantized_[i].weight] = i;
+    quant_of_[quantized_[i].scale] = i;
+  }
 }
 
 const quant::QuantPair* CheckpointLayout::QuantPairOf(absl::string_view tensor) const {
-  for (const quant::QuantPair& q : quantized_) {
-    if (q.weight == tensor || q.scale == tensor) return &q;
-  }
-  return nullptr;
+  auto it = quant_of_.find(tensor);
+  return it == quant_of_.end() ? nullptr : &quantized_[it->second];
 }
 
 void CheckpointLayout::DecideCompleteness() {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "core/format/dtype.h"
 #include "core/format/header.h"
@@ -189,6 +190,8 @@ class CheckpointLayout {
   bool reference_matched_ = false;
   bool single_path_ = false;  // a file was scanned by its path, not a directory
   std::vector<quant::QuantPair> quantized_;
+  // Weight and scale names -> index into quantized_ (QuantPairOf runs once per tensor).
+  absl::flat_hash_map<std::string, size_t> quant_of_;
   void DecideCompleteness();
   void FindQuantized(FileSystem& fs, std::optional<quant::BlockSize> block);
 };
