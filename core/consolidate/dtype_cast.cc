@@ -21,7 +21,30 @@ float FromBits(uint32_t u) {
   return f;
 }
 
-double Load(DType t, const unsigned char* p) {
+void Store(DType t, double v, unsigned char* p) {
+  switch (t) {
+    case DType::kF64: std::memcpy(p, &v, 8); break;
+    case DType::kF32: {
+      float f = static_cast<float>(v);
+      std::memcpy(p, &f, 4);
+      break;
+    }
+    case DType::kF16: {
+      uint16_t h = FloatToHalf(static_cast<float>(v));
+      std::memcpy(p, &h, 2);
+      break;
+    }
+    default: {
+      uint16_t b = FloatToBFloat16(static_cast<float>(v));
+      std::memcpy(p, &b, 2);
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+double LoadFloat(DType t, const unsigned char* p) {
   switch (t) {
     case DType::kF64: {
       double d;
@@ -45,29 +68,6 @@ double Load(DType t, const unsigned char* p) {
     }
   }
 }
-
-void Store(DType t, double v, unsigned char* p) {
-  switch (t) {
-    case DType::kF64: std::memcpy(p, &v, 8); break;
-    case DType::kF32: {
-      float f = static_cast<float>(v);
-      std::memcpy(p, &f, 4);
-      break;
-    }
-    case DType::kF16: {
-      uint16_t h = FloatToHalf(static_cast<float>(v));
-      std::memcpy(p, &h, 2);
-      break;
-    }
-    default: {
-      uint16_t b = FloatToBFloat16(static_cast<float>(v));
-      std::memcpy(p, &b, 2);
-      break;
-    }
-  }
-}
-
-}  // namespace
 
 float BFloat16ToFloat(uint16_t b) {
   return FromBits(static_cast<uint32_t>(b) << 16);
@@ -129,7 +129,7 @@ void CastElements(DType from, const void* src, DType to, void* dst, size_t n) {
     }
     return;
   }
-  for (size_t i = 0; i < n; ++i) Store(to, Load(from, s + i * ss), d + i * ds);
+  for (size_t i = 0; i < n; ++i) Store(to, LoadFloat(from, s + i * ss), d + i * ds);
 }
 
 }  // namespace safeshard

@@ -20,6 +20,9 @@ bool CanCast(DType from, DType to);
 // Converts `n` elements. `src` and `dst` must not overlap. Requires CanCast(from, to).
 void CastElements(DType from, const void* src, DType to, void* dst, size_t n);
 
+// One element of F64, F32, F16 or BF16 at `p` (unaligned), as a double.
+double LoadFloat(DType t, const unsigned char* p);
+
 float HalfToFloat(uint16_t h);
 uint16_t FloatToHalf(float f);
 float BFloat16ToFloat(uint16_t b);

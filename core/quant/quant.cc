@@ -353,29 +353,8 @@ absl::StatusOr<DType> ParseDequantizeTarget(absl::string_view text) {
 }
 
 float ScaleValue(DType t, const unsigned char* p) {
-  switch (t) {
-    case DType::kF32: {
-      float f;
-      std::memcpy(&f, p, 4);
-      return f;
-    }
-    case DType::kF64: {
-      double d;
-      std::memcpy(&d, p, 8);
-      return static_cast<float>(d);
-    }
-    case DType::kF16: {
-      uint16_t h;
-      std::memcpy(&h, p, 2);
-      return HalfToFloat(h);
-    }
-    case DType::kBF16: {
-      uint16_t b;
-      std::memcpy(&b, p, 2);
-      return BFloat16ToFloat(b);
-    }
-    default: return Fp8Table(DType::kF8_E8M0)[*p];  // U8 / F8_E8M0
-  }
+  if (t == DType::kU8 || t == DType::kF8_E8M0) return Fp8Table(DType::kF8_E8M0)[*p];
+  return static_cast<float>(LoadFloat(t, p));  // F32, F64, F16, BF16
 }
 
 void DequantizeFp8Row(DType code, const unsigned char* codes, uint64_t n, uint64_t col0,
