@@ -3,10 +3,12 @@
 // the completion manifest safeshard.complete.json. The first input byte picks the parser
 // (byte % 3: 0 header, 1 index json, 2 manifest).
 // Invariants checked beyond "no crash": an accepted header re-serialises to one that parses to
-// the same tensors, and its offsets tile the buffer.
+// the same tensors, and its offsets tile the buffer; the fast paths of the header and sharding
+// info parsers agree with the strict DOM parsers (never accept more, same results, same errors).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "core/format/header.h"
@@ -20,17 +22,53 @@ void Check(bool ok) {
   if (!ok) std::abort();
 }
 
+bool SameHeader(const safeshard::Header& a, const safeshard::Header& b) {
+  if (a.tensors.size() != b.tensors.size() || a.metadata != b.metadata ||
+      a.has_metadata != b.has_metadata || a.header_size != b.header_size ||
+      a.buffer_size != b.buffer_size || a.fingerprint != b.fingerprint) {
+    return false;
+  }
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const safeshard::TensorEntry &x = a.tensors[i], &y = b.tensors[i];
+    if (x.name != y.name || x.dtype != y.dtype || x.shape != y.shape || x.begin != y.begin ||
+        x.end != y.end || a.Find(x.name) != &x) {
+      return false;
+    }
+  }
+  return true;
+}
+
 void FuzzHeader(absl::string_view data) {
   absl::StatusOr<uint64_t> n = safeshard::ParseHeaderLength(data.substr(0, 64), data.size(), "f");
   if (!n.ok()) return;
-  absl::StatusOr<safeshard::Header> h =
-      safeshard::ParseHeader(data.substr(8, *n), data.size(), "f");
+  const absl::string_view json = data.substr(8, *n);
+  absl::StatusOr<safeshard::Header> h = safeshard::ParseHeader(json, data.size(), "f");
+  // The fast path never accepts what the DOM parser refuses, and agrees with it when it accepts;
+  // ParseHeader's answer (result or error) is the DOM parser's.
+  absl::StatusOr<safeshard::Header> dom =
+      safeshard::internal::ParseHeaderWithDom(json, data.size(), "f");
+  std::optional<safeshard::Header> fast = safeshard::internal::ParseHeaderFast(json, data.size());
+  Check(h.ok() == dom.ok());
+  Check(h.ok() ? SameHeader(*h, *dom) : h.status() == dom.status());
+  if (fast) Check(dom.ok() && SameHeader(*fast, *dom));
   if (!h.ok()) return;
   uint64_t sum = 0;
   for (const auto& t : h->tensors) sum += t.size();
   Check(sum == h->buffer_size);
   absl::StatusOr<std::optional<safeshard::ShardingInfo>> info =
       safeshard::ReadShardingInfo(*h, "f");
+  absl::StatusOr<std::optional<safeshard::ShardingInfo>> info_dom =
+      safeshard::internal::ReadShardingInfoWithDom(*h, "f");
+  Check(info.ok() == info_dom.ok());
+  if (!info.ok()) Check(info.status() == info_dom.status());
+  if (info.ok()) {
+    Check(info->has_value() == info_dom->has_value());
+    if (info->has_value()) {
+      Check((*info)->saved_offsets == (*info_dom)->saved_offsets);
+      Check((*info)->logical_fqn == (*info_dom)->logical_fqn);
+      Check((*info)->global_shape == (*info_dom)->global_shape);
+    }
+  }
   if (info.ok() && info->has_value()) {
     // What was read serialises to sharding info that reads back the same.
     safeshard::Header h3 = *h;

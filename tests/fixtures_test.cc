@@ -2,6 +2,7 @@
 // and SAFESHARD_REQUIRE_FIXTURES=1). Valid files must inspect and verify clean with the
 // manifest's tensor counts and dtypes; malformed ones must fail with the right named error.
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "cli/cli.h"
@@ -50,6 +51,39 @@ TEST(FixturesTest, ValidFilesScanCleanWithManifestCounts) {
     EXPECT_EQ(RunSafeshard({"safeshard", "verify", path}, out, err), kExitOk) << out.str();
     std::ostringstream out2, err2;
     EXPECT_EQ(RunSafeshard({"safeshard", "inspect", path}, out2, err2), kExitOk) << err2.str();
+    ++checked;
+  }
+  EXPECT_GE(checked, 30);
+}
+
+// Every real writer's header (Rust, Python, C++, Java, Julia, C#, candle, burn, ...) is read by
+// the header parser's fast path, and what it reads equals the strict DOM parser's result.
+TEST(FixturesTest, RealHeadersTakeTheFastPathAndAgreeWithTheDomParser) {
+  SAFESHARD_REQUIRE_FIXTURES_OR_SKIP(dir);
+  int checked = 0;
+  for (const auto& e : Manifest(dir)) {
+    if (e["kind"] != "safetensors") continue;
+    const std::string path = JoinPath(dir, e["local"].get<std::string>());
+    SCOPED_TRACE(path);
+    absl::StatusOr<std::string> bytes = LocalFileSystem().ReadAll(path);
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    absl::StatusOr<uint64_t> n = ParseHeaderLength(*bytes, bytes->size(), path);
+    ASSERT_TRUE(n.ok()) << n.status();
+    const absl::string_view json = absl::string_view(*bytes).substr(8, *n);
+    absl::StatusOr<Header> dom = internal::ParseHeaderWithDom(json, bytes->size(), path);
+    ASSERT_TRUE(dom.ok()) << dom.status();
+    std::optional<Header> fast = internal::ParseHeaderFast(json, bytes->size());
+    ASSERT_TRUE(fast.has_value()) << "the fast path declined a real writer's header";
+    ASSERT_EQ(fast->tensors.size(), dom->tensors.size());
+    for (size_t i = 0; i < dom->tensors.size(); ++i) {
+      EXPECT_EQ(fast->tensors[i].name, dom->tensors[i].name);
+      EXPECT_EQ(fast->tensors[i].dtype, dom->tensors[i].dtype);
+      EXPECT_EQ(fast->tensors[i].shape, dom->tensors[i].shape);
+      EXPECT_EQ(fast->tensors[i].begin, dom->tensors[i].begin);
+      EXPECT_EQ(fast->tensors[i].end, dom->tensors[i].end);
+    }
+    EXPECT_EQ(fast->metadata, dom->metadata);
+    EXPECT_EQ(fast->has_metadata, dom->has_metadata);
     ++checked;
   }
   EXPECT_GE(checked, 30);

@@ -5,12 +5,15 @@
 #include <set>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/format/internal/json_cursor.h"
 #include "core/format/internal/json_util.h"
 #include "core/format/internal/utf8.h"
+#include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace safeshard {
@@ -130,30 +133,165 @@ uint64_t HeaderFingerprint(absl::string_view header_bytes) {
   return absl::Hash<absl::string_view>{}(header_bytes);
 }
 
-absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
-                                   absl::string_view file) {
-  Header h;
-  h.header_size = json.size();
-  h.fingerprint = HeaderFingerprint(json);
-  if (file_size < 8 + json.size()) {
-    return Fail(HeaderError::kHeaderLengthExceedsFile, file,
-                absl::StrCat("header of ", json.size(), " bytes does not fit in a file of ",
-                             file_size, " bytes"));
-  }
-  h.buffer_size = file_size - 8 - json.size();
+namespace {
 
-  if (size_t bad = internal::FirstInvalidUtf8(json); bad != absl::string_view::npos) {
-    return Fail(HeaderError::kInvalidUtf8, file,
-                absl::StrCat("header is not valid UTF-8 at byte offset ", 8 + bad));
+// The checks of one tensor entry that do not depend on how it was parsed; `at` is the file
+// offset of its key (for messages).
+absl::Status CheckEntry(const TensorEntry& t, const Header& h, uint64_t at,
+                        absl::string_view file) {
+  auto where = [&] {
+    return absl::StrCat("tensor ", Quote(t.name), " (entry at byte offset ", at, ")");
+  };
+  if (t.begin > t.end) {
+    return Fail(
+        HeaderError::kInvalidOffsets, file,
+        absl::StrCat(where(), ": data_offsets [", t.begin, ", ", t.end,
+                     "] end before they begin (file byte offset ", h.data_start() + t.begin, ")"));
   }
-  if (json.empty() || json.front() != '{') {
-    size_t first = json.find_first_not_of(" \t\r\n");
-    if (first == absl::string_view::npos || json[first] != '{') {
-      return Fail(HeaderError::kHeaderNotObject, file,
-                  "header JSON at byte offset 8 is not an object (must start with '{')");
+  absl::StatusOr<uint64_t> numel = NumElements(t.shape);
+  uint64_t bits = 0;
+  if (!numel.ok() ||
+      __builtin_mul_overflow(*numel, static_cast<uint64_t>(BitsOf(t.dtype)), &bits)) {
+    return Fail(HeaderError::kShapeOverflow, file,
+                absl::StrCat(where(), ": shape [", absl::StrJoin(t.shape, ", "), "] of ",
+                             DTypeName(t.dtype), " overflows 64 bits"));
+  }
+  if (bits % 8 != 0) {
+    return Fail(HeaderError::kMisalignedBits, file,
+                absl::StrCat(where(), ": ", *numel, " elements of ", DTypeName(t.dtype), " are ",
+                             bits, " bits, not a whole number of bytes"));
+  }
+  if (t.end - t.begin != bits / 8) {
+    return Fail(
+        HeaderError::kSizeMismatch, file,
+        absl::StrCat(where(), ": data_offsets [", t.begin, ", ", t.end, "] span ", t.end - t.begin,
+                     " bytes but ", DTypeName(t.dtype), " [", absl::StrJoin(t.shape, ", "),
+                     "] needs ", bits / 8, " (file byte offset ", h.data_start() + t.begin, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// Offsets must tile [0, buffer_size) exactly, whatever order the header lists them in. Sorts
+// `h.tensors` into data order.
+absl::Status CheckTiling(Header& h, uint64_t file_size, absl::string_view file) {
+  auto before = [](const TensorEntry& a, const TensorEntry& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    if (a.end != b.end) return a.end < b.end;
+    return a.name < b.name;
+  };
+  if (!std::is_sorted(h.tensors.begin(), h.tensors.end(), before)) {
+    std::sort(h.tensors.begin(), h.tensors.end(), before);
+  }
+  uint64_t cursor = 0;
+  const TensorEntry* prev = nullptr;
+  for (const TensorEntry& tref : h.tensors) {
+    const TensorEntry* t = &tref;
+    if (t->begin > cursor) {
+      return Fail(HeaderError::kOffsetGap, file,
+                  absl::StrCat("bytes [", cursor, ", ", t->begin,
+                               ") of the buffer (file byte offset ", h.data_start() + cursor,
+                               ") belong to no tensor; next is tensor ", Quote(t->name)));
     }
+    if (t->begin < cursor) {
+      return Fail(HeaderError::kOffsetOverlap, file,
+                  absl::StrCat("tensor ", Quote(t->name), " at data_offsets [", t->begin, ", ",
+                               t->end, ") overlaps tensor ", Quote(prev->name), " ending at ",
+                               cursor, " (file byte offset ", h.data_start() + t->begin, ")"));
+    }
+    cursor = t->end;
+    prev = t;
   }
+  if (cursor != h.buffer_size) {
+    return Fail(HeaderError::kBufferSizeMismatch, file,
+                absl::StrCat("tensors end at buffer byte ", cursor, " (file byte offset ",
+                             h.data_start() + cursor, ") but the file has ", h.buffer_size,
+                             " buffer bytes (file size ", file_size, ")",
+                             cursor > h.buffer_size ? ": the file is truncated" : ""));
+  }
+  return absl::OkStatus();
+}
 
+// The fast path: reads a header of the usual shape straight from the bytes (no DOM, one
+// allocation per tensor for its shape and one for a long name). Returns false — and the caller
+// runs the DOM parser, which gives every error — on anything else: a syntax error, a duplicate
+// key, a type that is wrong, a member of an entry other than dtype/shape/data_offsets, an
+// escaped dtype, a number that is not a plain 64-bit integer. When it returns true, `h` holds
+// what the DOM path's extraction would have produced, member order and key offsets included
+// (tested on every header test case and the fuzz corpus: header_test's FastPathAgrees).
+bool ExtractFast(absl::string_view json, Header* h, std::vector<uint64_t>* key_at) {
+  internal::JsonCursor c(json);
+  std::string scratch;
+  if (!c.Eat('{')) return false;
+  bool seen_metadata = false;
+  if (!c.Eat('}')) {
+    do {
+      c.SkipWs();
+      const uint64_t at = 8 + c.pos();
+      absl::string_view key;
+      bool escaped;
+      if (!c.String(&key, &scratch, &escaped) || !c.Eat(':')) return false;
+      if (key == kMetadataKey) {
+        if (seen_metadata) return false;
+        seen_metadata = true;
+        if (c.Null()) continue;
+        h->has_metadata = true;
+        if (!c.Eat('{')) return false;
+        if (c.Eat('}')) continue;
+        do {
+          absl::string_view k, v;
+          if (!c.String(&k, &scratch, &escaped)) return false;
+          std::string name(k);
+          if (!c.Eat(':') || !c.String(&v, &scratch, &escaped)) return false;
+          if (!h->metadata.emplace(std::move(name), std::string(v)).second) return false;
+        } while (c.Eat(','));
+        if (!c.Eat('}')) return false;
+        continue;
+      }
+      TensorEntry t;
+      t.name.assign(key.data(), key.size());
+      if (!c.Eat('{')) return false;
+      int seen = 0;  // bits: 1 dtype, 2 shape, 4 data_offsets
+      do {
+        absl::string_view member;
+        if (!c.String(&member, &scratch, &escaped) || !c.Eat(':')) return false;
+        if (member == "dtype" && !(seen & 1)) {
+          seen |= 1;
+          absl::string_view name;
+          if (!c.String(&name, &scratch, &escaped) || escaped) return false;
+          absl::StatusOr<DType> d = ParseDType(name);
+          if (!d.ok()) return false;
+          t.dtype = *d;
+        } else if (member == "shape" && !(seen & 2)) {
+          seen |= 2;
+          if (!c.U64Array(&t.shape)) return false;
+        } else if (member == "data_offsets" && !(seen & 4)) {
+          seen |= 4;
+          if (!c.Eat('[') || !c.U64(&t.begin) || !c.Eat(',') || !c.U64(&t.end) || !c.Eat(']')) {
+            return false;
+          }
+        } else {
+          return false;
+        }
+      } while (c.Eat(','));
+      if (seen != 7 || !c.Eat('}')) return false;
+      h->tensors.push_back(std::move(t));
+      key_at->push_back(at);
+    } while (c.Eat(','));
+    if (!c.Eat('}')) return false;
+  }
+  if (!c.AtEnd()) return false;
+  // Tensor names are unique (`__metadata__` cannot be one: it was taken above).
+  absl::flat_hash_set<absl::string_view> names;
+  names.reserve(h->tensors.size());
+  for (const TensorEntry& t : h->tensors) {
+    if (!names.insert(t.name).second) return false;
+  }
+  return true;
+}
+
+// The DOM path: every syntax and type error, with its offset.
+absl::Status ExtractWithDom(absl::string_view json, Header* h, std::vector<uint64_t>* key_at,
+                            absl::string_view file) {
   nlohmann::json root;
   std::vector<std::pair<std::string, nlohmann::json>> members;
   static const std::vector<std::string> kEntryKeys = {"dtype", "shape", "data_offsets"};
@@ -178,13 +316,13 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                 "header JSON at byte offset 8 is not an object");
   }
 
-  h.tensors.reserve(members.size());
+  h->tensors.reserve(members.size());
   for (size_t mi = 0; mi < members.size(); ++mi) {
     const auto& [key, v] = members[mi];
     const uint64_t at = 8 + (mi < pr.member_key_bytes.size() ? pr.member_key_bytes[mi] : 0);
     if (key == kMetadataKey) {
       if (v.is_null()) continue;  // null means no metadata (upstream; MLX writes it)
-      h.has_metadata = true;
+      h->has_metadata = true;
       if (!v.is_object()) {
         return Fail(
             HeaderError::kInvalidMetadata, file,
@@ -197,7 +335,7 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                       absl::StrCat("__metadata__ (byte offset ", at, ") value for ", Quote(m.key()),
                                    " is not a string (", m.value().type_name(), ")"));
         }
-        h.metadata[m.key()] = m.value().get<std::string>();
+        h->metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
@@ -246,67 +384,89 @@ absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                   absl::StrCat(where, ": \"data_offsets\" must be two non-negative integers, got ",
                                off->dump()));
     }
-    if (t.begin > t.end) {
-      return Fail(HeaderError::kInvalidOffsets, file,
-                  absl::StrCat(where, ": data_offsets [", t.begin, ", ", t.end,
-                               "] end before they begin (file byte offset ",
-                               h.data_start() + t.begin, ")"));
-    }
-    absl::StatusOr<uint64_t> numel = NumElements(t.shape);
-    uint64_t bits = 0;
-    if (!numel.ok() ||
-        __builtin_mul_overflow(*numel, static_cast<uint64_t>(BitsOf(t.dtype)), &bits)) {
-      return Fail(HeaderError::kShapeOverflow, file,
-                  absl::StrCat(where, ": shape [", absl::StrJoin(t.shape, ", "), "] of ",
-                               DTypeName(t.dtype), " overflows 64 bits"));
-    }
-    if (bits % 8 != 0) {
-      return Fail(HeaderError::kMisalignedBits, file,
-                  absl::StrCat(where, ": ", *numel, " elements of ", DTypeName(t.dtype), " are ",
-                               bits, " bits, not a whole number of bytes"));
-    }
-    if (t.end - t.begin != bits / 8) {
-      return Fail(
-          HeaderError::kSizeMismatch, file,
-          absl::StrCat(where, ": data_offsets [", t.begin, ", ", t.end, "] span ", t.end - t.begin,
-                       " bytes but ", DTypeName(t.dtype), " [", absl::StrJoin(t.shape, ", "),
-                       "] needs ", bits / 8, " (file byte offset ", h.data_start() + t.begin, ")"));
-    }
-    h.tensors.push_back(std::move(t));
+    // Checked here, in member order, as the fast path's caller does after it.
+    RETURN_IF_ERROR(CheckEntry(t, *h, at, file));
+    h->tensors.push_back(std::move(t));
+    key_at->push_back(at);
   }
+  return absl::OkStatus();
+}
 
-  // Offsets must tile [0, buffer_size) exactly, whatever order the header lists them in.
-  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
-    if (a.begin != b.begin) return a.begin < b.begin;
-    if (a.end != b.end) return a.end < b.end;
-    return a.name < b.name;
-  });
-  uint64_t cursor = 0;
-  const TensorEntry* prev = nullptr;
-  for (const TensorEntry& tref : h.tensors) {
-    const TensorEntry* t = &tref;
-    if (t->begin > cursor) {
-      return Fail(HeaderError::kOffsetGap, file,
-                  absl::StrCat("bytes [", cursor, ", ", t->begin,
-                               ") of the buffer (file byte offset ", h.data_start() + cursor,
-                               ") belong to no tensor; next is tensor ", Quote(t->name)));
-    }
-    if (t->begin < cursor) {
-      return Fail(HeaderError::kOffsetOverlap, file,
-                  absl::StrCat("tensor ", Quote(t->name), " at data_offsets [", t->begin, ", ",
-                               t->end, ") overlaps tensor ", Quote(prev->name), " ending at ",
-                               cursor, " (file byte offset ", h.data_start() + t->begin, ")"));
-    }
-    cursor = t->end;
-    prev = t;
+// Everything before the JSON is read: sizes, UTF-8, the opening brace.
+absl::Status Precheck(absl::string_view json, uint64_t file_size, absl::string_view file) {
+  if (file_size < 8 + json.size()) {
+    return Fail(HeaderError::kHeaderLengthExceedsFile, file,
+                absl::StrCat("header of ", json.size(), " bytes does not fit in a file of ",
+                             file_size, " bytes"));
   }
-  if (cursor != h.buffer_size) {
-    return Fail(HeaderError::kBufferSizeMismatch, file,
-                absl::StrCat("tensors end at buffer byte ", cursor, " (file byte offset ",
-                             h.data_start() + cursor, ") but the file has ", h.buffer_size,
-                             " buffer bytes (file size ", file_size, ")",
-                             cursor > h.buffer_size ? ": the file is truncated" : ""));
+  if (size_t bad = internal::FirstInvalidUtf8(json); bad != absl::string_view::npos) {
+    return Fail(HeaderError::kInvalidUtf8, file,
+                absl::StrCat("header is not valid UTF-8 at byte offset ", 8 + bad));
   }
+  if (json.empty() || json.front() != '{') {
+    size_t first = json.find_first_not_of(" \t\r\n");
+    if (first == absl::string_view::npos || json[first] != '{') {
+      return Fail(HeaderError::kHeaderNotObject, file,
+                  "header JSON at byte offset 8 is not an object (must start with '{')");
+    }
+  }
+  return absl::OkStatus();
+}
+
+Header EmptyHeaderFor(absl::string_view json, uint64_t file_size) {
+  Header h;
+  h.header_size = json.size();
+  h.fingerprint = HeaderFingerprint(json);
+  h.buffer_size = file_size - 8 - json.size();
+  return h;
+}
+
+}  // namespace
+
+namespace internal {
+
+absl::StatusOr<Header> ParseHeaderWithDom(absl::string_view json, uint64_t file_size,
+                                          absl::string_view file) {
+  RETURN_IF_ERROR(Precheck(json, file_size, file));
+  Header h = EmptyHeaderFor(json, file_size);
+  std::vector<uint64_t> key_at;
+  RETURN_IF_ERROR(ExtractWithDom(json, &h, &key_at, file));
+  RETURN_IF_ERROR(CheckTiling(h, file_size, file));
+  h.Reindex();
+  return h;
+}
+
+std::optional<Header> ParseHeaderFast(absl::string_view json, uint64_t file_size) {
+  if (!Precheck(json, file_size, "").ok()) return std::nullopt;
+  Header h = EmptyHeaderFor(json, file_size);
+  std::vector<uint64_t> key_at;
+  if (!ExtractFast(json, &h, &key_at)) return std::nullopt;
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    if (!CheckEntry(h.tensors[i], h, key_at[i], "").ok()) return std::nullopt;
+  }
+  if (!CheckTiling(h, file_size, "").ok()) return std::nullopt;
+  h.Reindex();
+  return h;
+}
+
+}  // namespace internal
+
+absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
+                                   absl::string_view file) {
+  RETURN_IF_ERROR(Precheck(json, file_size, file));
+  Header h = EmptyHeaderFor(json, file_size);
+  std::vector<uint64_t> key_at;
+  if (ExtractFast(json, &h, &key_at)) {
+    // The same checks, in the same order, as the DOM path: the same errors.
+    for (size_t i = 0; i < h.tensors.size(); ++i) {
+      RETURN_IF_ERROR(CheckEntry(h.tensors[i], h, key_at[i], file));
+    }
+  } else {
+    h = EmptyHeaderFor(json, file_size);
+    key_at.clear();
+    RETURN_IF_ERROR(ExtractWithDom(json, &h, &key_at, file));
+  }
+  RETURN_IF_ERROR(CheckTiling(h, file_size, file));
   h.Reindex();
   return h;
 }

@@ -100,6 +100,17 @@ uint64_t HeaderFingerprint(absl::string_view header_bytes);
 absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                                    absl::string_view file);
 
+namespace internal {
+// The two parsers ParseHeader combines, for tests and the fuzz target. ParseHeaderWithDom is the
+// strict DOM parser: it gives every error with its offset. ParseHeaderFast reads a header of the
+// usual shape straight from the bytes and returns nullopt for anything else, valid or not
+// (ParseHeader then runs the DOM parser): it never accepts what the DOM parser refuses, and what
+// it accepts equals the DOM parser's result.
+absl::StatusOr<Header> ParseHeaderWithDom(absl::string_view json, uint64_t file_size,
+                                          absl::string_view file);
+std::optional<Header> ParseHeaderFast(absl::string_view json, uint64_t file_size);
+}  // namespace internal
+
 struct TensorSpec {
   std::string name;
   DType dtype = DType::kU8;

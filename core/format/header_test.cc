@@ -1,6 +1,9 @@
 #include "core/format/header.h"
 
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -14,11 +17,134 @@ namespace {
 using ::safeshard::testing::RawSafetensors;
 using ::testing::HasSubstr;
 
-// Parses a whole file image the way a reader does.
+void ExpectSameHeader(const Header& a, const Header& b) {
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    EXPECT_EQ(a.tensors[i].name, b.tensors[i].name) << i;
+    EXPECT_EQ(a.tensors[i].dtype, b.tensors[i].dtype) << i;
+    EXPECT_EQ(a.tensors[i].shape, b.tensors[i].shape) << i;
+    EXPECT_EQ(a.tensors[i].begin, b.tensors[i].begin) << i;
+    EXPECT_EQ(a.tensors[i].end, b.tensors[i].end) << i;
+    EXPECT_EQ(a.Find(a.tensors[i].name), &a.tensors[i]);
+  }
+  EXPECT_EQ(a.metadata, b.metadata);
+  EXPECT_EQ(a.has_metadata, b.has_metadata);
+  EXPECT_EQ(a.header_size, b.header_size);
+  EXPECT_EQ(a.buffer_size, b.buffer_size);
+  EXPECT_EQ(a.fingerprint, b.fingerprint);
+}
+
+// Parses a whole file image the way a reader does. Every test case also checks that the fast
+// path and the DOM parser agree on it: the same result or the same error, and the fast path
+// never accepts what the DOM parser refuses.
 absl::StatusOr<Header> ParseImage(const std::string& image, const std::string& name = "t.st") {
   absl::StatusOr<uint64_t> n = ParseHeaderLength(image.substr(0, 64), image.size(), name);
   if (!n.ok()) return n.status();
-  return ParseHeader(absl::string_view(image).substr(8, *n), image.size(), name);
+  const absl::string_view json = absl::string_view(image).substr(8, *n);
+  absl::StatusOr<Header> h = ParseHeader(json, image.size(), name);
+  absl::StatusOr<Header> dom = internal::ParseHeaderWithDom(json, image.size(), name);
+  std::optional<Header> fast = internal::ParseHeaderFast(json, image.size());
+  EXPECT_EQ(h.ok(), dom.ok()) << json;
+  if (!h.ok() && !dom.ok()) {
+    EXPECT_EQ(h.status(), dom.status());
+  }
+  if (h.ok() && dom.ok()) ExpectSameHeader(*h, *dom);
+  if (fast) {
+    EXPECT_TRUE(dom.ok()) << "the fast path accepted what the DOM parser refuses: " << json;
+    if (dom.ok()) ExpectSameHeader(*fast, *dom);
+  }
+  return h;
+}
+
+// Headers of the shapes real writers produce are read by the fast path (not only correctly by
+// the fallback): the Rust crate's compact form, Python json.dumps' spaced form, escaped and
+// non-ASCII names, metadata first, last, null or empty, members in any order, whitespace padding.
+TEST(HeaderFastPathTest, ReadsTheShapesWritersProduce) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(8, 'x')},
+      {R"({"__metadata__": {"format": "pt"}, "b": {"dtype": "BF16", "shape": [2, 1], )"
+       R"("data_offsets": [0, 4]}, "a": {"dtype": "U8", "shape": [], "data_offsets": [4, 5]}}   )",
+       std::string(5, 'x')},
+      {R"({"a":{"data_offsets":[0,2],"shape":[1],"dtype":"F16"},"__metadata__":null})", "xx"},
+      {R"({"__metadata__":{},"\u00e9t\u00E9\ud83d\ude00\n\"q\"":{"dtype":"U8","shape":[0],)"
+       R"("data_offsets":[0,0]}})",
+       ""},
+      {"\n\t{ \"w\" : { \"dtype\" : \"F8_E4M3\" , \"shape\" : [ 3 ] , \"data_offsets\" : [ 0 , 3 ] "
+       "} } \r\n",
+       "xyz"},
+      {R"({"__metadata__":{"DCP_SHARDING_INFO":"{\"w\": {\"saved_offsets\": [0]}}","k":"\/"},)"
+       R"("w":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})",
+       std::string(8, 'x')},
+      {"{}", ""},
+  };
+  for (const auto& [json, buffer] : cases) {
+    const std::string image = RawSafetensors(json, buffer);
+    ASSERT_TRUE(ParseImage(image).ok()) << json;
+    EXPECT_TRUE(internal::ParseHeaderFast(json, image.size()).has_value()) << json;
+  }
+  absl::StatusOr<Header> h = ParseImage(RawSafetensors(cases[3].first, ""));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->tensors[0].name, "\xc3\xa9t\xc3\xa9\xf0\x9f\x98\x80\n\"q\"");
+  // Our own serialiser's output, with many tensors.
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 300; ++i) {
+    specs.push_back({absl::StrCat("layers.", i, ".w"), DType::kF32, {3, 5}});
+  }
+  absl::StatusOr<Header> laid = LayoutHeader(specs, {{"format", "pt"}});
+  ASSERT_TRUE(laid.ok());
+  const std::string json = SerializeHeaderJson(*laid);
+  EXPECT_TRUE(internal::ParseHeaderFast(json, 8 + json.size() + laid->buffer_size).has_value());
+}
+
+// Valid JSON the fast path leaves to the DOM parser (which accepts or refuses it), and invalid
+// JSON: the fast path declines every one; ParseImage checks both give the same answer.
+TEST(HeaderFastPathTest, DeclinesWhatItDoesNotHandle) {
+  const std::vector<std::string> jsons = {
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1.0]}})",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1e0]}})",
+      R"({"a":{"dtype":"U8","shape":[01],"data_offsets":[0,1]}})",
+      R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})",
+      R"({"a":{"dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,1]}})",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":[1,{"x":null}]}})",
+      R"({"a":{"dtype":"U8","shape":[1]}})",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"dtype":"U8"}})",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+      R"({"a":{"dtype":"U\u0038","shape":[1],"data_offsets":[0,1]}})",
+      R"({"a":{"dtype":"X9","shape":[1],"data_offsets":[0,1]}})",
+      R"({"\ud800":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      R"({"\udc00\ud800":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      R"({"\ud800\u0041":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      "{\"a\\x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+      "{\"a\x01\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},})",
+      R"({"a":{"dtype":"U8","shape":[1,],"data_offsets":[0,1]}})",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}} x)",
+      std::string(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})") + '\0' + " ",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1,2]}})",
+      R"({"__metadata__":{"k":1},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      R"({"__metadata__":{"k":"v","k":"w"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      R"({"__metadata__":null,"__metadata__":null,"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      R"({"__metadata__":[],"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]})",
+      R"({"a":{"dtype":"U8","shape":1,"data_offsets":[0,1]}})",
+      R"({"a":null})",
+      R"([])",
+  };
+  for (const std::string& json : jsons) {
+    const std::string image = RawSafetensors(json, "z");
+    EXPECT_FALSE(internal::ParseHeaderFast(json, image.size()).has_value()) << json;
+    (void)ParseImage(image);  // the agreement checks
+  }
+  // Entries that parse but break a rule: the fast path declines, the errors are the DOM path's.
+  for (const std::string& json : {
+           std::string(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,1]}})"),
+           std::string(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,0]}})"),
+           std::string(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})"),
+       }) {
+    const std::string image = RawSafetensors(json, "z");
+    EXPECT_FALSE(internal::ParseHeaderFast(json, image.size()).has_value()) << json;
+    EXPECT_FALSE(ParseImage(image).ok()) << json;
+  }
 }
 
 void ExpectError(const absl::StatusOr<Header>& r, HeaderError e, const std::string& substr = "") {

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/format/internal/json_cursor.h"
 #include "core/format/internal/json_util.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -10,14 +11,87 @@ namespace safeshard {
 
 using internal::Quote;
 
+// The fast path of ReadShardingInfo (see internal::JsonCursor): the usual shape only — every
+// entry an object of saved_offsets, logical_fqn and global_shape with valid values, no key
+// repeated, every key a tensor of `h` — read straight from the text. Returns false for anything
+// else (the DOM path then runs and gives the error, if there is one).
+bool internal::ReadShardingInfoFast(absl::string_view text, const Header& h, ShardingInfo* info) {
+  internal::JsonCursor c(text);
+  std::string scratch;
+  if (!c.Eat('{')) return false;
+  if (!c.Eat('}')) {
+    std::vector<uint64_t> offsets, shape;
+    do {
+      absl::string_view key;
+      bool escaped;
+      if (!c.String(&key, &scratch, &escaped) || !c.Eat(':')) return false;
+      const TensorEntry* t = h.Find(key);
+      if (t == nullptr) return false;
+      std::string fqn(key);
+      if (!c.Eat('{')) return false;
+      int seen = 0;  // bits: 1 saved_offsets, 2 logical_fqn, 4 global_shape (4 only if not null)
+      std::optional<std::string> logical;
+      bool has_shape = false;
+      do {
+        absl::string_view member;
+        if (!c.String(&member, &scratch, &escaped) || !c.Eat(':')) return false;
+        if (member == kSavedOffsetsKey && !(seen & 1)) {
+          seen |= 1;
+          if (!c.U64Array(&offsets) || offsets.size() != t->shape.size()) return false;
+        } else if (member == kLogicalFqnKey && !(seen & 2)) {
+          seen |= 2;
+          if (c.Null()) continue;
+          absl::string_view lf;
+          if (!c.String(&lf, &scratch, &escaped) || lf.empty() || lf == kMetadataKey) {
+            return false;
+          }
+          logical.emplace(lf);
+        } else if (member == kGlobalShapeKey && !(seen & 4)) {
+          seen |= 4;
+          if (c.Null()) continue;
+          if (!c.U64Array(&shape) || shape.size() != t->shape.size()) return false;
+          has_shape = true;
+        } else {
+          return false;
+        }
+      } while (c.Eat(','));
+      if (!(seen & 1) || !c.Eat('}')) return false;
+      // Keys come sorted from writers that serialise a sorted map: the hint makes that linear.
+      const size_t n = info->saved_offsets.size();
+      info->saved_offsets.emplace_hint(info->saved_offsets.end(), fqn, offsets);
+      if (info->saved_offsets.size() == n) return false;  // a repeated key
+      if (logical) {
+        info->logical_fqn.emplace_hint(info->logical_fqn.end(), fqn, std::move(*logical));
+      }
+      if (has_shape) info->global_shape.emplace_hint(info->global_shape.end(), fqn, shape);
+    } while (c.Eat(','));
+    if (!c.Eat('}')) return false;
+  }
+  return c.AtEnd();
+}
+
 absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
                                                              absl::string_view file) {
+  auto it = h.metadata.find(std::string(kShardingInfoKey));
+  if (it == h.metadata.end()) return std::optional<ShardingInfo>();
+  ShardingInfo info;
+  if (!internal::ReadShardingInfoFast(it->second, h, &info))
+    return internal::ReadShardingInfoWithDom(h, file);
+  for (const TensorEntry& t : h.tensors) {
+    info.saved_offsets.try_emplace(t.name, std::vector<uint64_t>(t.shape.size(), 0));
+  }
+  return std::optional<ShardingInfo>(std::move(info));
+}
+
+absl::StatusOr<std::optional<ShardingInfo>> internal::ReadShardingInfoWithDom(
+    const Header& h, absl::string_view file) {
   auto it = h.metadata.find(std::string(kShardingInfoKey));
   if (it == h.metadata.end()) return std::optional<ShardingInfo>();
   auto bad = [&](absl::string_view what) {
     return absl::DataLossError(
         absl::StrCat(file, ": __metadata__ DCP_SHARDING_INFO (byte offset 8): ", what));
   };
+  ShardingInfo info;
   nlohmann::json root;
   std::vector<std::pair<std::string, nlohmann::json>> members;
   internal::StrictParseResult pr =
@@ -25,7 +99,6 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
   if (!pr.ok) return bad(absl::StrCat("not valid JSON: ", pr.error));
   if (pr.duplicate) return bad(absl::StrCat("key ", Quote(*pr.duplicate), " repeated"));
   if (!root.is_object()) return bad("not a JSON object");
-  ShardingInfo info;
   for (const auto& member : members) {
     const std::string& fqn = member.first;  // (a structured binding cannot be captured by clang 14)
     const nlohmann::json& value = member.second;

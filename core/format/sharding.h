@@ -62,6 +62,16 @@ std::string PhysicalShardKey(absl::string_view fqn, int k);
 absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
                                                              absl::string_view file);
 
+namespace internal {
+// ReadShardingInfo's strict DOM path alone (every error), for tests and the fuzz target:
+// ReadShardingInfo reads the usual shape directly and falls back to this for anything else.
+absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfoWithDom(const Header& h,
+                                                                    absl::string_view file);
+// The fast path alone: true when it read `text` (the DCP_SHARDING_INFO string) into `*info`
+// (the tensors it does not mention not added); false when it leaves the text to the DOM path.
+bool ReadShardingInfoFast(absl::string_view text, const Header& h, ShardingInfo* info);
+}  // namespace internal
+
 // The DCP_SHARDING_INFO string as Python's json.dumps writes it:
 // {"a": {"saved_offsets": [0, 4]}, "b": {"saved_offsets": [0]}}  (in `info` key order), and with
 // logical names: {"w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [0, 0],

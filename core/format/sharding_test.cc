@@ -1,5 +1,9 @@
 #include "core/format/sharding.h"
 
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -111,6 +115,69 @@ TEST(ShardingTest, RejectsMalformedLogicalNamesAndGlobalShapes) {
     absl::StatusOr<std::optional<ShardingInfo>> r = ReadShardingInfo(h, "shard.st");
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_THAT(std::string(r.status().message()), HasSubstr("tensor \"w\""));
+  }
+}
+
+}  // namespace
+}  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+// ReadShardingInfo (fast path, then the DOM parser) and the DOM parser alone agree on `text`.
+void ExpectAgreement(const Header& base, const std::string& text) {
+  Header h = base;
+  h.metadata["DCP_SHARDING_INFO"] = text;
+  absl::StatusOr<std::optional<ShardingInfo>> got = ReadShardingInfo(h, "f");
+  absl::StatusOr<std::optional<ShardingInfo>> dom = internal::ReadShardingInfoWithDom(h, "f");
+  ASSERT_EQ(got.ok(), dom.ok()) << text;
+  if (!got.ok()) {
+    EXPECT_EQ(got.status(), dom.status());
+    return;
+  }
+  ASSERT_TRUE(got->has_value() && dom->has_value());
+  EXPECT_EQ((*got)->saved_offsets, (*dom)->saved_offsets) << text;
+  EXPECT_EQ((*got)->logical_fqn, (*dom)->logical_fqn) << text;
+  EXPECT_EQ((*got)->global_shape, (*dom)->global_shape) << text;
+}
+
+TEST(ShardingFastPathTest, ReadsWhatWritersWriteAndAgreesWithTheDomParser) {
+  absl::StatusOr<Header> h = LayoutHeader(
+      {{"w.__dcp_shard_0", DType::kF32, {4, 8}}, {"b", DType::kF32, {8}}, {"s", DType::kF32, {}}},
+      {});
+  ASSERT_TRUE(h.ok());
+  const std::vector<std::string> usual = {
+      R"({"b": {"saved_offsets": [8]}, "w.__dcp_shard_0": {"logical_fqn": "w", "saved_offsets": [4, 0], "global_shape": [8, 8]}})",
+      R"({"b":{"saved_offsets":[0],"global_shape":null,"logical_fqn":null},"s":{"saved_offsets":[]}})",
+      R"({})",
+      R"( {"b": {"global_shape": [16], "saved_offsets": [8], "logical_fqn": "b\u00e9"}} )",
+  };
+  for (const std::string& text : usual) {
+    ShardingInfo info;
+    EXPECT_TRUE(internal::ReadShardingInfoFast(text, *h, &info)) << text;
+    ExpectAgreement(*h, text);
+  }
+  const std::vector<std::string> declined = {
+      R"({"b": {"saved_offsets": [8], "extra": 1}})",                   // valid: extra kept out
+      R"({"b": {"saved_offsets": [8.0]}})",                             // refused
+      R"({"b": {"saved_offsets": [8, 0]}})",                            // wrong rank
+      R"({"x": {"saved_offsets": [0]}})",                               // not in the file
+      R"({"b": {"saved_offsets": [8]}, "b": {"saved_offsets": [0]}})",  // repeated key
+      R"({"b": {"saved_offsets": [8], "saved_offsets": [0]}})",
+      R"({"b": {"logical_fqn": ""}})",
+      R"({"b": {"saved_offsets": [8], "logical_fqn": "__metadata__"}})",
+      R"({"b": {"saved_offsets": [8], "logical_fqn": 3}})",
+      R"({"b": {"saved_offsets": [8], "global_shape": [1, 2]}})",
+      R"({"b": {}})",
+      R"({"b": {"saved_offsets": [8]}} x)",
+      std::string(R"({"b": {"saved_offsets": [8]}})") + '\0',
+      R"([])",
+      R"({"b": {"saved_offsets": [8]},})",
+  };
+  for (const std::string& text : declined) {
+    ShardingInfo info;
+    EXPECT_FALSE(internal::ReadShardingInfoFast(text, *h, &info)) << text;
+    ExpectAgreement(*h, text);
   }
 }
 
