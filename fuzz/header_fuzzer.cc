@@ -61,12 +61,25 @@ void FuzzHeader(absl::string_view data) {
       safeshard::internal::ReadShardingInfoWithDom(*h, "f");
   Check(info.ok() == info_dom.ok());
   if (!info.ok()) Check(info.status() == info_dom.status());
+  absl::StatusOr<std::optional<safeshard::ShardingByTensor>> by =
+      safeshard::ReadShardingByTensor(*h, "f");
+  Check(by.status() == info_dom.status());
   if (info.ok()) {
     Check(info->has_value() == info_dom->has_value());
+    Check(by->has_value() == info_dom->has_value());
     if (info->has_value()) {
       Check((*info)->saved_offsets == (*info_dom)->saved_offsets);
       Check((*info)->logical_fqn == (*info_dom)->logical_fqn);
       Check((*info)->global_shape == (*info_dom)->global_shape);
+      for (size_t i = 0; i < h->tensors.size(); ++i) {
+        const std::string& name = h->tensors[i].name;
+        Check((*by)->saved_offsets[i] == (*info_dom)->saved_offsets.at(name));
+        auto lf = (*info_dom)->logical_fqn.find(name);
+        Check((*by)->logical_fqn[i] == (lf == (*info_dom)->logical_fqn.end() ? "" : lf->second));
+        auto gs = (*info_dom)->global_shape.find(name);
+        Check((*by)->global_shape[i].has_value() == (gs != (*info_dom)->global_shape.end()));
+        if ((*by)->global_shape[i]) Check(*(*by)->global_shape[i] == gs->second);
+      }
     }
   }
   if (info.ok() && info->has_value()) {

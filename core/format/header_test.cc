@@ -1,4 +1,5 @@
 #include "core/format/header.h"
+#include "core/format/internal/utf8.h"
 
 #include <optional>
 #include <string>
@@ -530,6 +531,32 @@ TEST(HeaderLengthTest, TextIsNotASafetensorsFileNotAHugeHeader) {
   auto b = ParseHeaderLength(bin + "xxxx", 12, "x.safetensors");
   ASSERT_FALSE(b.ok());
   EXPECT_THAT(std::string(b.status().message()), ::testing::HasSubstr("over the"));
+}
+
+}  // namespace
+}  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+// The validator skips ASCII eight bytes at a time: the offset of the first bad byte stays exact
+// wherever it falls relative to those words, and multi-byte characters across a word boundary
+// are still checked whole.
+TEST(Utf8Test, FirstInvalidByteIsExactAtEveryAlignment) {
+  for (size_t at = 0; at < 24; ++at) {
+    std::string s(32, 'a');
+    s[at] = '\xff';
+    EXPECT_EQ(internal::FirstInvalidUtf8(s), at);
+    std::string t(32, 'a');
+    t[at] = '\xc3';  // a lead byte with an ASCII continuation
+    EXPECT_EQ(internal::FirstInvalidUtf8(t), at);
+    std::string u(32, 'a');
+    u.replace(at, 4, "\xf0\x9f\x98\x80");  // valid, straddling words
+    EXPECT_EQ(internal::FirstInvalidUtf8(u), absl::string_view::npos);
+    u.replace(at, 4, "\xed\xa0\x80z");  // an encoded surrogate
+    EXPECT_EQ(internal::FirstInvalidUtf8(u), at);
+  }
+  EXPECT_EQ(internal::FirstInvalidUtf8(std::string(7, 'a') + "\xc3"), 7u);  // truncated at end
 }
 
 }  // namespace

@@ -11,63 +11,75 @@ namespace safeshard {
 
 using internal::Quote;
 
+namespace {
+
 // The fast path of ReadShardingInfo (see internal::JsonCursor): the usual shape only — every
-// entry an object of saved_offsets, logical_fqn and global_shape with valid values, no key
-// repeated, every key a tensor of `h` — read straight from the text. Returns false for anything
-// else (the DOM path then runs and gives the error, if there is one).
-bool internal::ReadShardingInfoFast(absl::string_view text, const Header& h, ShardingInfo* info) {
+// entry an object of saved_offsets, logical_fqn and global_shape with valid values, every key a
+// tensor of `h` — read straight from the text. `sink(tensor, offsets, logical, global)` takes each
+// entry and returns false for a key it has seen. Returns false for anything unusual (the DOM path
+// then runs and gives the error, if there is one).
+template <typename Sink>
+bool ScanShardingFast(absl::string_view text, const Header& h, Sink&& sink) {
   internal::JsonCursor c(text);
   std::string scratch;
   if (!c.Eat('{')) return false;
-  if (!c.Eat('}')) {
-    std::vector<uint64_t> offsets, shape;
+  if (c.Eat('}')) return c.AtEnd();
+  do {
+    absl::string_view key;
+    bool escaped;
+    if (!c.String(&key, &scratch, &escaped) || !c.Eat(':')) return false;
+    const TensorEntry* t = h.Find(key);
+    if (t == nullptr || !c.Eat('{')) return false;
+    int seen = 0;  // bits: 1 saved_offsets, 2 logical_fqn, 4 global_shape
+    std::vector<uint64_t> offsets;
+    std::optional<std::string> logical;
+    std::optional<std::vector<uint64_t>> global;
     do {
-      absl::string_view key;
-      bool escaped;
-      if (!c.String(&key, &scratch, &escaped) || !c.Eat(':')) return false;
-      const TensorEntry* t = h.Find(key);
-      if (t == nullptr) return false;
-      std::string fqn(key);
-      if (!c.Eat('{')) return false;
-      int seen = 0;  // bits: 1 saved_offsets, 2 logical_fqn, 4 global_shape (4 only if not null)
-      std::optional<std::string> logical;
-      bool has_shape = false;
-      do {
-        absl::string_view member;
-        if (!c.String(&member, &scratch, &escaped) || !c.Eat(':')) return false;
-        if (member == kSavedOffsetsKey && !(seen & 1)) {
-          seen |= 1;
-          if (!c.U64Array(&offsets) || offsets.size() != t->shape.size()) return false;
-        } else if (member == kLogicalFqnKey && !(seen & 2)) {
-          seen |= 2;
-          if (c.Null()) continue;
-          absl::string_view lf;
-          if (!c.String(&lf, &scratch, &escaped) || lf.empty() || lf == kMetadataKey) {
-            return false;
-          }
-          logical.emplace(lf);
-        } else if (member == kGlobalShapeKey && !(seen & 4)) {
-          seen |= 4;
-          if (c.Null()) continue;
-          if (!c.U64Array(&shape) || shape.size() != t->shape.size()) return false;
-          has_shape = true;
-        } else {
-          return false;
-        }
-      } while (c.Eat(','));
-      if (!(seen & 1) || !c.Eat('}')) return false;
-      // Keys come sorted from writers that serialise a sorted map: the hint makes that linear.
-      const size_t n = info->saved_offsets.size();
-      info->saved_offsets.emplace_hint(info->saved_offsets.end(), fqn, offsets);
-      if (info->saved_offsets.size() == n) return false;  // a repeated key
-      if (logical) {
-        info->logical_fqn.emplace_hint(info->logical_fqn.end(), fqn, std::move(*logical));
+      absl::string_view member;
+      if (!c.String(&member, &scratch, &escaped) || !c.Eat(':')) return false;
+      if (member == kSavedOffsetsKey && !(seen & 1)) {
+        seen |= 1;
+        if (!c.U64Array(&offsets) || offsets.size() != t->shape.size()) return false;
+      } else if (member == kLogicalFqnKey && !(seen & 2)) {
+        seen |= 2;
+        if (c.Null()) continue;
+        absl::string_view lf;
+        if (!c.String(&lf, &scratch, &escaped) || lf.empty() || lf == kMetadataKey) return false;
+        logical.emplace(lf);
+      } else if (member == kGlobalShapeKey && !(seen & 4)) {
+        seen |= 4;
+        if (c.Null()) continue;
+        global.emplace();
+        if (!c.U64Array(&*global) || global->size() != t->shape.size()) return false;
+      } else {
+        return false;
       }
-      if (has_shape) info->global_shape.emplace_hint(info->global_shape.end(), fqn, shape);
     } while (c.Eat(','));
-    if (!c.Eat('}')) return false;
-  }
-  return c.AtEnd();
+    if (!(seen & 1) || !c.Eat('}')) return false;
+    if (!sink(t, std::move(offsets), std::move(logical), std::move(global))) return false;
+  } while (c.Eat(','));
+  return c.Eat('}') && c.AtEnd();
+}
+
+}  // namespace
+
+bool internal::ReadShardingInfoFast(absl::string_view text, const Header& h, ShardingInfo* info) {
+  return ScanShardingFast(
+      text, h,
+      [&](const TensorEntry* t, std::vector<uint64_t>&& offsets,
+          std::optional<std::string>&& logical, std::optional<std::vector<uint64_t>>&& global) {
+        // Writers serialise a sorted map: the hint makes the inserts linear.
+        const size_t n = info->saved_offsets.size();
+        info->saved_offsets.emplace_hint(info->saved_offsets.end(), t->name, std::move(offsets));
+        if (info->saved_offsets.size() == n) return false;  // a repeated key
+        if (logical) {
+          info->logical_fqn.emplace_hint(info->logical_fqn.end(), t->name, std::move(*logical));
+        }
+        if (global) {
+          info->global_shape.emplace_hint(info->global_shape.end(), t->name, std::move(*global));
+        }
+        return true;
+      });
 }
 
 absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
@@ -75,12 +87,59 @@ absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
   auto it = h.metadata.find(std::string(kShardingInfoKey));
   if (it == h.metadata.end()) return std::optional<ShardingInfo>();
   ShardingInfo info;
-  if (!internal::ReadShardingInfoFast(it->second, h, &info))
+  if (!internal::ReadShardingInfoFast(it->second, h, &info)) {
     return internal::ReadShardingInfoWithDom(h, file);
+  }
   for (const TensorEntry& t : h.tensors) {
     info.saved_offsets.try_emplace(t.name, std::vector<uint64_t>(t.shape.size(), 0));
   }
   return std::optional<ShardingInfo>(std::move(info));
+}
+
+absl::StatusOr<std::optional<ShardingByTensor>> ReadShardingByTensor(const Header& h,
+                                                                     absl::string_view file) {
+  auto it = h.metadata.find(std::string(kShardingInfoKey));
+  if (it == h.metadata.end()) return std::optional<ShardingByTensor>();
+  const size_t n = h.tensors.size();
+  ShardingByTensor by;
+  by.saved_offsets.resize(n);
+  by.logical_fqn.resize(n);
+  by.global_shape.resize(n);
+  std::vector<bool> seen(n, false);
+  const bool fast = ScanShardingFast(
+      it->second, h,
+      [&](const TensorEntry* t, std::vector<uint64_t>&& offsets,
+          std::optional<std::string>&& logical, std::optional<std::vector<uint64_t>>&& global) {
+        const size_t i = static_cast<size_t>(t - h.tensors.data());
+        if (seen[i]) return false;  // a repeated key
+        seen[i] = true;
+        by.saved_offsets[i] = std::move(offsets);
+        if (logical) by.logical_fqn[i] = std::move(*logical);
+        by.global_shape[i] = std::move(global);
+        return true;
+      });
+  if (fast) {
+    for (size_t i = 0; i < n; ++i) {
+      if (!seen[i]) by.saved_offsets[i].assign(h.tensors[i].shape.size(), 0);
+    }
+    return std::optional<ShardingByTensor>(std::move(by));
+  }
+  ASSIGN_OR_RETURN(std::optional<ShardingInfo> info, internal::ReadShardingInfoWithDom(h, file));
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& name = h.tensors[i].name;
+    by.saved_offsets[i] = info->saved_offsets.at(name);
+    if (auto lf = info->logical_fqn.find(name); lf != info->logical_fqn.end()) {
+      by.logical_fqn[i] = lf->second;
+    } else {
+      by.logical_fqn[i].clear();
+    }
+    if (auto gs = info->global_shape.find(name); gs != info->global_shape.end()) {
+      by.global_shape[i] = gs->second;
+    } else {
+      by.global_shape[i].reset();
+    }
+  }
+  return std::optional<ShardingByTensor>(std::move(by));
 }
 
 absl::StatusOr<std::optional<ShardingInfo>> internal::ReadShardingInfoWithDom(

@@ -62,6 +62,18 @@ std::string PhysicalShardKey(absl::string_view fqn, int k);
 absl::StatusOr<std::optional<ShardingInfo>> ReadShardingInfo(const Header& h,
                                                              absl::string_view file);
 
+// The same information arranged by the header's tensor order, for scans: no maps, no name
+// lookups. [i] describes h.tensors[i].
+struct ShardingByTensor {
+  std::vector<std::vector<uint64_t>> saved_offsets;  // zeros for a tensor the info omits
+  std::vector<std::string> logical_fqn;              // empty: the tensor's own name
+  std::vector<std::optional<std::vector<uint64_t>>> global_shape;
+};
+
+// ReadShardingInfo's result (and its errors, the same) as a ShardingByTensor.
+absl::StatusOr<std::optional<ShardingByTensor>> ReadShardingByTensor(const Header& h,
+                                                                     absl::string_view file);
+
 namespace internal {
 // ReadShardingInfo's strict DOM path alone (every error), for tests and the fuzz target:
 // ReadShardingInfo reads the usual shape directly and falls back to this for anything else.

@@ -133,12 +133,27 @@ void ExpectAgreement(const Header& base, const std::string& text) {
   ASSERT_EQ(got.ok(), dom.ok()) << text;
   if (!got.ok()) {
     EXPECT_EQ(got.status(), dom.status());
+    EXPECT_EQ(ReadShardingByTensor(h, "f").status(), dom.status());
     return;
   }
   ASSERT_TRUE(got->has_value() && dom->has_value());
   EXPECT_EQ((*got)->saved_offsets, (*dom)->saved_offsets) << text;
   EXPECT_EQ((*got)->logical_fqn, (*dom)->logical_fqn) << text;
   EXPECT_EQ((*got)->global_shape, (*dom)->global_shape) << text;
+  // The per-tensor arrangement says the same, tensor by tensor.
+  absl::StatusOr<std::optional<ShardingByTensor>> by = ReadShardingByTensor(h, "f");
+  ASSERT_TRUE(by.ok() && by->has_value()) << by.status();
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    const std::string& name = h.tensors[i].name;
+    EXPECT_EQ((*by)->saved_offsets[i], (*dom)->saved_offsets.at(name)) << text << " " << name;
+    auto lf = (*dom)->logical_fqn.find(name);
+    EXPECT_EQ((*by)->logical_fqn[i], lf == (*dom)->logical_fqn.end() ? "" : lf->second) << text;
+    auto gs = (*dom)->global_shape.find(name);
+    EXPECT_EQ((*by)->global_shape[i].has_value(), gs != (*dom)->global_shape.end()) << text;
+    if (gs != (*dom)->global_shape.end() && (*by)->global_shape[i]) {
+      EXPECT_EQ(*(*by)->global_shape[i], gs->second) << text;
+    }
+  }
 }
 
 TEST(ShardingFastPathTest, ReadsWhatWritersWriteAndAgreesWithTheDomParser) {

@@ -273,6 +273,13 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
     }
   }
   if (bad) return;
+  // One chunk holding the whole tensor (most tensors of most checkpoints): nothing to overlap,
+  // nothing missing.
+  if (chunks.size() == 1 && chunks[0].sizes == shape &&
+      std::all_of(chunks[0].offsets.begin(), chunks[0].offsets.end(),
+                  [](uint64_t o) { return o == 0; })) {
+    return;
+  }
 
   // Overlaps: sweep along the dimension with the most distinct chunk starts.
   std::vector<const Chunk*> live;
@@ -404,6 +411,70 @@ void CheckCoverage(const std::string& tensor, const std::vector<uint64_t>& shape
 
 namespace {
 
+using NameIndex = std::pair<absl::string_view, uint32_t>;
+
+// Sorts by name (unique names) with multikey quicksort (Bentley & Sedgewick): partitions on one
+// byte at a time, so the long prefixes tensor names share are compared once per partition step,
+// not once per comparison as std::sort's memcmp does. The largest part is handled by the loop
+// and the others by recursion, so the depth stays O(log n) whatever the names.
+void SortNames(NameIndex* a, size_t n, size_t depth) {
+  while (n > 1) {
+    auto byte = [depth](const NameIndex& x) {
+      return depth < x.first.size() ? static_cast<int>(static_cast<unsigned char>(x.first[depth]))
+                                    : -1;
+    };
+    if (n <= 12) {
+      for (size_t i = 1; i < n; ++i) {
+        for (size_t j = i; j > 0 && a[j].first.substr(depth) < a[j - 1].first.substr(depth); --j) {
+          std::swap(a[j], a[j - 1]);
+        }
+      }
+      return;
+    }
+    const int x = byte(a[0]), y = byte(a[n / 2]), z = byte(a[n - 1]);
+    const int v = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    size_t lt = 0, i = 0, gt = n;
+    while (i < gt) {
+      const int c = byte(a[i]);
+      if (c < v) {
+        std::swap(a[lt++], a[i++]);
+      } else if (c > v) {
+        std::swap(a[i], a[--gt]);
+      } else {
+        ++i;
+      }
+    }
+    // Parts: [0, lt) below, [lt, gt) equal at this byte, [gt, n) above.
+    const size_t below = lt, equal = gt - lt, above = n - gt;
+    if (v < 0) {  // the equal part ended here: one name at most (names are unique)
+      SortNames(a, below, depth);
+      a += gt;
+      n = above;
+      continue;
+    }
+    if (equal >= below && equal >= above) {
+      SortNames(a, below, depth);
+      SortNames(a + gt, above, depth);
+      a += lt;
+      n = equal;
+      ++depth;
+    } else if (below >= above) {
+      SortNames(a + lt, equal, depth + 1);
+      SortNames(a + gt, above, depth);
+      n = below;
+    } else {
+      SortNames(a, below, depth);
+      SortNames(a + lt, equal, depth + 1);
+      a += gt;
+      n = above;
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
 // What a directory without safetensors files holds instead, and what to do about it.
 std::string NoSafetensorsHint(FileSystem& fs, const std::string& dir,
                               const std::vector<DirEntry>& entries) {
@@ -526,7 +597,23 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   }
 
   // Headers, several files at a time (remote files: requests overlap; local: parsing does).
+  // The sharding info is read there too, into arrays aligned with each header's tensors, so that
+  // the chunk loop below does no name lookups.
+  struct FileSharding {
+    std::optional<std::string> error;
+    std::optional<ShardingByTensor> by;  // set for a DCP shard file
+  };
+  std::vector<FileSharding> sharding(names.size());
   ck.files_.resize(names.size());
+  auto read_sharding = [&](size_t i) {
+    absl::StatusOr<std::optional<ShardingByTensor>> by =
+        ReadShardingByTensor(*ck.files_[i].header, ck.files_[i].name);
+    if (!by.ok()) {
+      sharding[i].error = std::string(by.status().message());
+    } else {
+      sharding[i].by = std::move(*by);
+    }
+  };
   auto read_one = [&](size_t i) {
     FileInfo& fi = ck.files_[i];
     fi.name = names[i];
@@ -545,6 +632,7 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       fi.error = std::string(h.status().message());
     } else {
       fi.header = std::move(*h);
+      read_sharding(i);
     }
   };
   // Remote files: many requests in flight hide the latency. Local files: parsing is the work,
@@ -592,12 +680,13 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
   }
 
-  // Chunks.
-  absl::flat_hash_map<std::string, size_t> pos;
-  std::vector<std::optional<std::vector<uint64_t>>> declared;  // global_shape per tensor
+  // Chunks. Names are viewed, not copied: headers (in ck.files_) and sharding infos stay put.
+  absl::flat_hash_map<absl::string_view, size_t> pos;
+  std::vector<const std::vector<uint64_t>*> declared;  // global_shape per tensor
   std::vector<bool> declared_conflict;
   std::vector<TensorLayout> tensors;
-  std::vector<std::set<DType>> dtypes;
+  std::vector<uint32_t> dtypes;  // bit d: some chunk has DType d
+  static_assert(kNumDTypes <= 32);
   std::vector<std::vector<std::string>> plain_files;  // plain files holding each tensor
   int dcp_files = 0, plain = 0;
   for (size_t fidx = 0; fidx < ck.files_.size(); ++fidx) {
@@ -607,35 +696,40 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
                               WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
       continue;
     }
-    absl::StatusOr<std::optional<ShardingInfo>> info = ReadShardingInfo(*fi.header, fi.name);
-    if (!info.ok()) {
-      fi.error = std::string(info.status().message());
+    FileSharding& sh = sharding[fidx];
+    if (sh.error) {
+      fi.error = *sh.error;
       ck.problems_.push_back({ProblemKind::kInvalidFile, fi.name, "",
                               WithoutPathPrefix(*fi.error, JoinPath(ck.root_, fi.name))});
       continue;
     }
-    fi.dcp = info->has_value();
+    fi.dcp = sh.by.has_value();
     (fi.dcp ? dcp_files : plain)++;
-    for (const TensorEntry& t : fi.header->tensors) {
-      const std::string& logical = fi.dcp ? (*info)->LogicalName(t.name) : t.name;
+    for (size_t ti = 0; ti < fi.header->tensors.size(); ++ti) {
+      const TensorEntry& t = fi.header->tensors[ti];
+      const std::string& logical =
+          fi.dcp && !sh.by->logical_fqn[ti].empty() ? sh.by->logical_fqn[ti] : t.name;
       auto [it, inserted] = pos.try_emplace(logical, tensors.size());
       if (inserted) {
         tensors.emplace_back();
         tensors.back().name = logical;
         tensors.back().dtype = t.dtype;
-        dtypes.emplace_back();
+        dtypes.push_back(0);
         plain_files.emplace_back();
-        declared.emplace_back();
+        declared.push_back(nullptr);
         declared_conflict.push_back(false);
       }
       TensorLayout& tl = tensors[it->second];
-      dtypes[it->second].insert(t.dtype);
+      dtypes[it->second] |= uint32_t{1} << static_cast<int>(t.dtype);
       Chunk c;
       c.file = static_cast<int>(fidx);
       if (logical != t.name) c.key = t.name;
       c.sizes = t.shape;
-      c.offsets =
-          fi.dcp ? (*info)->saved_offsets.at(t.name) : std::vector<uint64_t>(t.shape.size());
+      if (fi.dcp) {
+        c.offsets = std::move(sh.by->saved_offsets[ti]);
+      } else {
+        c.offsets.assign(t.shape.size(), 0);
+      }
       for (size_t d = 0; d < c.offsets.size(); ++d) {
         uint64_t end;
         if (__builtin_add_overflow(c.offsets[d], c.sizes[d], &end)) {
@@ -646,21 +740,20 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
           c.offsets[d] = 0;  // keep the global shape finite; the problem blocks everything
         }
       }
-      if (fi.dcp) {
-        if (auto gs = (*info)->global_shape.find(t.name); gs != (*info)->global_shape.end()) {
-          std::optional<std::vector<uint64_t>>& d = declared[it->second];
-          if (!d) {
-            d = gs->second;
-          } else if (*d != gs->second) {
-            if (!declared_conflict[it->second]) {
-              ck.problems_.push_back(
-                  {ProblemKind::kGlobalShapeMismatch, fi.name, logical,
-                   absl::StrCat("chunk ", Q(t.name), " declares global_shape [",
-                                absl::StrJoin(gs->second, ", "), "] but another chunk declares [",
-                                absl::StrJoin(*d, ", "), "]")});
-            }
-            declared_conflict[it->second] = true;
+      if (fi.dcp && sh.by->global_shape[ti]) {
+        const std::vector<uint64_t>& gs = *sh.by->global_shape[ti];
+        const std::vector<uint64_t>*& d = declared[it->second];
+        if (d == nullptr) {
+          d = &gs;
+        } else if (*d != gs) {
+          if (!declared_conflict[it->second]) {
+            ck.problems_.push_back(
+                {ProblemKind::kGlobalShapeMismatch, fi.name, logical,
+                 absl::StrCat("chunk ", Q(t.name), " declares global_shape [",
+                              absl::StrJoin(gs, ", "), "] but another chunk declares [",
+                              absl::StrJoin(*d, ", "), "]")});
           }
+          declared_conflict[it->second] = true;
         }
       }
       c.begin = fi.header->data_start() + t.begin;
@@ -672,9 +765,11 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   for (size_t i = 0; i < tensors.size(); ++i) {
     TensorLayout& t = tensors[i];
     size_t before = ck.problems_.size();
-    if (dtypes[i].size() > 1) {
+    if ((dtypes[i] & (dtypes[i] - 1)) != 0) {  // more than one bit
       std::vector<std::string> ds;
-      for (DType d : dtypes[i]) ds.emplace_back(DTypeName(d));
+      for (int d = 0; d < kNumDTypes; ++d) {
+        if (dtypes[i] & (uint32_t{1} << d)) ds.emplace_back(DTypeName(static_cast<DType>(d)));
+      }
       ck.problems_.push_back({ProblemKind::kDTypeMismatch, "", t.name,
                               absl::StrCat("chunks disagree on dtype: ", absl::StrJoin(ds, ", "))});
     }
@@ -912,9 +1007,22 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
   }
 
-  std::sort(tensors.begin(), tensors.end(),
-            [](const TensorLayout& a, const TensorLayout& b) { return a.name < b.name; });
-  ck.tensors_ = std::move(tensors);
+  // By name: an index sort, then one move per tensor (sorting the structs moved each ~log n times).
+  // The names are copied into one buffer first: the sort then reads a few MiB of contiguous
+  // memory instead of heap-allocated names scattered among the chunks.
+  size_t name_bytes = 0;
+  for (const TensorLayout& t : tensors) name_bytes += t.name.size();
+  std::string names_buf;
+  names_buf.reserve(name_bytes);
+  std::vector<std::pair<absl::string_view, uint32_t>> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    const size_t at = names_buf.size();
+    names_buf += tensors[i].name;
+    order[i] = {absl::string_view(names_buf).substr(at), static_cast<uint32_t>(i)};
+  }
+  SortNames(order.data(), order.size(), 0);
+  ck.tensors_.reserve(tensors.size());
+  for (const auto& [name, i] : order) ck.tensors_.push_back(std::move(tensors[i]));
   if (ck.files_.empty()) {
     ck.kind_ = CheckpointKind::kEmpty;
   } else if (dcp_files > 0 && plain > 0) {

@@ -1,6 +1,8 @@
 #include "core/layout/layout.h"
 
+#include <algorithm>
 #include <atomic>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 
@@ -746,6 +748,54 @@ TEST(LayoutTest, NamesAloneMakeNoQuantizedPairAndLeftOverScalesOnlyWarn) {
   auto left = OfKind(*ck, ProblemKind::kUnpairedScale);
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0].tensor, "g.weight");
+}
+
+}  // namespace
+}  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+// tensors() is in byte order of the names (std::string's <) whatever the names: shared
+// prefixes, one name a prefix of another, bytes above 0x7f, NUL bytes, names in any order over
+// several files (the scan sorts them with its own multikey quicksort).
+TEST(LayoutTest, TensorsAreSortedByNameBytes) {
+  std::vector<std::string> names = {"a",
+                                    "ab",
+                                    "a.b",
+                                    "",
+                                    "b",
+                                    std::string("a\0", 2),
+                                    "\xc3\xa9",
+                                    "\xef\xbf\xbf",
+                                    "\xf4\x8f\xbf\xbf",
+                                    "z\x7f",
+                                    "zz"};
+  for (int i = 0; i < 600; ++i) {
+    names.push_back(absl::StrCat("model.layers.", (i * 7919) % 600, ".mlp.w"));
+    names.push_back(absl::StrCat("model.layers.", i % 37, ".attn.", i));
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::vector<std::string> shuffled = names;
+  std::mt19937 rng(7);
+  std::shuffle(shuffled.begin(), shuffled.end(), rng);
+  std::string dir = testing::NewTempDir();
+  for (int f = 0; f < 3; ++f) {
+    std::vector<TensorSpec> tensors;
+    for (size_t i = f; i < shuffled.size(); i += 3) {
+      tensors.push_back({shuffled[i], DType::kU8, {1}});
+    }
+    testing::WriteFile(JoinPath(dir, absl::StrCat("part", f, ".safetensors")),
+                       testing::BuildSafetensors(tensors));
+  }
+  absl::StatusOr<CheckpointLayout> ck = CheckpointLayout::Scan(LocalFileSystem(), dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->problems().empty()) << ck->problems()[0].ToString();
+  std::vector<std::string> got;
+  for (const TensorLayout& t : ck->tensors()) got.push_back(t.name);
+  EXPECT_EQ(got, names);
+  for (const std::string& n : names) EXPECT_NE(ck->FindTensor(n), nullptr) << n;
 }
 
 }  // namespace

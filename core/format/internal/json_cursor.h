@@ -89,8 +89,10 @@ class JsonCursor {
       }
       if (c < 0x20) return false;
       if (c != '\\') {
-        scratch->push_back(static_cast<char>(c));
-        ++q;
+        // A run of plain bytes, appended at once (DCP_SHARDING_INFO is mostly such runs).
+        const char* run = q;
+        while (q < end_ && *q != '"' && *q != '\\' && static_cast<unsigned char>(*q) >= 0x20) ++q;
+        scratch->append(run, static_cast<size_t>(q - run));
         continue;
       }
       if (end_ - q < 2) return false;

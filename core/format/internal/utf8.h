@@ -3,6 +3,8 @@
 #define SAFESHARD_CORE_FORMAT_INTERNAL_UTF8_H_
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 #include "absl/strings/string_view.h"
 
@@ -14,6 +16,14 @@ inline size_t FirstInvalidUtf8(absl::string_view s) {
   const size_t n = s.size();
   size_t i = 0;
   while (i < n) {
+    // Eight ASCII bytes at a time (headers are mostly ASCII).
+    while (i + 8 <= n) {
+      uint64_t word;
+      std::memcpy(&word, p + i, 8);
+      if (word & 0x8080808080808080ull) break;
+      i += 8;
+    }
+    if (i >= n) break;
     unsigned char c = p[i];
     if (c < 0x80) {
       ++i;
