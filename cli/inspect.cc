@@ -68,7 +68,8 @@ int RunInspect(const InspectArgs& a, std::ostream& out, std::ostream& err) {
   if (a.json) {
     NameFilter keep;
     if (filter) keep = [&](const std::string& n) { return RE2::PartialMatch(n, *filter); };
-    out << internal::DumpJson(LayoutJson(*ck, keep), 2) << "\n";
+    WriteLayoutJson(out, *ck, keep, 2);
+    out << "\n";
     return code;
   }
   uint64_t file_bytes = 0;

@@ -466,7 +466,7 @@ CheckpointLayout ScanPath(const std::string& path, const ScanOptions& so = {}) {
 
 py::object Inspect(const std::string& path) {
   CheckpointLayout ck = ScanPath(path);
-  return JsonToPython(LayoutJson(ck, nullptr).dump());
+  return JsonToPython(LayoutJsonText(ck, nullptr, -1));
 }
 
 py::object Verify(const std::string& path, int expect_ranks, const std::string& reference,
