@@ -1,7 +1,8 @@
 // Benchmark: safeshard-inspector opening a generated 100,000-tensor, 64-file checkpoint until the
-// tensor tree is populated and painted, as a ratio to `safeshard inspect --json` of the same
-// checkpoint (a whole process) measured in this run. Also reports the longest the GUI thread
-// was busy without handling events while opening (the window must not freeze).
+// tensor tree is populated and painted, as a ratio to the scan alone in the same process; and
+// `safeshard inspect --json` as a ratio to `safeshard verify` (the scan as a process) of the same
+// checkpoint, all measured in this run. Also reports the longest the GUI thread was busy
+// without handling events while opening (the window must not freeze).
 //
 // Usage: inspector_open_bench SAFESHARD_BINARY [--tensors N] [--files F] [--reps R]
 // (runs offscreen unless QT_QPA_PLATFORM says otherwise)
@@ -22,6 +23,7 @@
 #include "bench/proc_util.h"
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
+#include "core/layout/layout.h"
 #include "gui/models/tensor_tree_model.h"
 #include "gui/views/main_window.h"
 
@@ -62,10 +64,22 @@ int main(int argc, char** argv) {
   }
   std::cout << absl::StrFormat("checkpoint: %d tensors in %d files (%s)\n", tensors, files, dir);
 
-  std::vector<double> cli, gui, stall, filter, clear;
+  std::vector<double> cli, verify, scan, gui, stall, filter, clear;
   const std::string settings = base + "/inspector.ini";
   for (int r = 0; r < reps; ++r) {
     cli.push_back(TimeCommand(absl::StrFormat("'%s' inspect --json '%s' > /dev/null", bin, dir)));
+    // The baselines: the scan alone, as a process (verify) and in this process.
+    verify.push_back(TimeCommand(absl::StrFormat("'%s' verify '%s' > /dev/null", bin, dir)));
+    {
+      auto s0 = Clock::now();
+      absl::StatusOr<safeshard::CheckpointLayout> ck =
+          safeshard::CheckpointLayout::Scan(safeshard::LocalFileSystem(), dir);
+      scan.push_back(std::chrono::duration<double>(Clock::now() - s0).count());
+      if (!ck.ok() || static_cast<int>(ck->tensors().size()) != tensors) {
+        std::cerr << "the scan returned a wrong result\n";
+        return 1;
+      }
+    }
 
     safeshard::gui::InspectorOptions o;
     o.settings_file = QString::fromStdString(settings);
@@ -112,15 +126,22 @@ int main(int argc, char** argv) {
     QCoreApplication::processEvents();
     clear.push_back(std::chrono::duration<double>(Clock::now() - c0).count());
   }
-  const double c = Median(cli), g = Median(gui);
+  const double c = Median(cli), g = Median(gui), v = Median(verify), sc = Median(scan);
   std::cout << absl::StrFormat("safeshard inspect --json : %.3f s (median of %d)\n", c, reps);
+  std::cout << absl::StrFormat("safeshard verify         : %.3f s (the scan, as a process)\n", v);
+  std::cout << absl::StrFormat("scan in this process     : %.3f s\n", sc);
   std::cout << absl::StrFormat("inspector open -> tree   : %.3f s (median of %d)\n", g, reps);
-  std::cout << absl::StrFormat("ratio inspector / inspect --json = %.2fx\n", g / c);
+  std::cout << absl::StrFormat(
+      "ratios: inspect --json / verify = %.2fx, inspector / scan = %.2fx\n", c / v, g / sc);
   std::cout << std::flush;
+  safeshard::bench::Result(absl::StrFormat("`inspect --json`, %d tensors (process)", tensors),
+                           absl::StrFormat("%.3f s", c),
+                           absl::StrFormat("`safeshard verify` (the scan, a process) %.3f s", v),
+                           absl::StrFormat("%.2fx the scan", c / v));
   safeshard::bench::Result(absl::StrFormat("inspector open -> tree, %d tensors", tensors),
                            absl::StrFormat("%.3f s", g),
-                           absl::StrFormat("`inspect --json` %.3f s", c),
-                           absl::StrFormat("%.2fx inspect --json", g / c));
+                           absl::StrFormat("the scan in the same process %.3f s", sc),
+                           absl::StrFormat("%.2fx the scan", g / sc));
   std::cout << absl::StrFormat("longest GUI-thread stall while opening: %.0f ms (median)\n",
                                Median(stall) * 1000);
   std::cout << absl::StrFormat("apply a regex filter: %.0f ms, clear it: %.0f ms (medians)\n",
