@@ -18,7 +18,7 @@ if wanted scan; then
 fi
 if wanted scale; then
   echo "== scale: 8 to 1,024 ranks, 1k to 1M tensors (sparse files, real headers) =="
-  bazel-bin/bench/scale_bench
+  bazel-bin/bench/scale_bench --safeshardd "$PWD/bazel-bin/daemon/safeshardd"
 fi
 if wanted consolidate; then
   echo "== consolidation: >= 2 GB, 8 ranks =="

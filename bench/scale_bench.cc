@@ -9,8 +9,13 @@
 // Prints a Markdown table with the growth factor per 10x of work (1.0 = linear... a factor of
 // 10 per 10x is linear; above it grows faster than linearly).
 //
-// Usage: scale_bench [--max-ranks 1024] [--max-tensors 1000000] [--dir D]
+// With --safeshardd BIN, also the time safeshardd takes to detect a finished run of the largest
+// rank count (rename into its watched root -> /v1/runs says queued).
+//
+// Usage: scale_bench [--max-ranks 1024] [--max-tensors 1000000] [--dir D] [--safeshardd BIN]
 #include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,10 +26,12 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/proc_util.h"
 #include "core/consolidate/consolidate.h"
 #include "core/format/filenames.h"
 #include "core/format/header.h"
@@ -33,6 +40,10 @@
 #include "core/io/atomic_file.h"
 #include "core/io/filesystem.h"
 #include "core/layout/layout.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+
+extern char** environ;
 
 namespace {
 
@@ -161,16 +172,87 @@ void PrintTable(const std::string& title, const std::vector<Row>& rows, bool by_
   }
 }
 
+// safeshardd's detection of a finished run: the daemon watches an empty root; a finished
+// `ranks`-rank run (generated beside it) is renamed into the root; the time until /v1/runs
+// says it is finished (queued, running or published: detected, scanned, proven complete) is
+// polled every 10 ms. Returns seconds, or a negative value on failure.
+double DaemonDetection(const std::string& bin, const std::string& root, int ranks) {
+  safeshard::FileSystem& fs = safeshard::LocalFileSystem();
+  const std::string watch = root + "/watch", state = root + "/daemon-state";
+  const std::string staging = absl::StrCat(root, "/staging-", ranks);
+  if (!fs.MakeDirs(watch).ok() || !fs.MakeDirs(state).ok()) return -1;
+  if (!Generate(staging, ranks, 1000, 0)) return -1;
+  std::vector<std::string> args = {bin,
+                                   "--watch",
+                                   watch,
+                                   "--state-db",
+                                   state + "/db",
+                                   "--token-file",
+                                   state + "/token",
+                                   "--port",
+                                   "0",
+                                   "--port-file",
+                                   state + "/port",
+                                   "--quiet-period",
+                                   "0",
+                                   "--max-jobs",
+                                   "1"};
+  std::vector<char*> av;
+  for (auto& a : args) av.push_back(a.data());
+  av.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid;
+  if (posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ) != 0) return -1;
+  int port = 0;
+  for (int i = 0; i < 500 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    port = std::atoi(fs.ReadAll(state + "/port").value_or("0").c_str());
+  }
+  httplib::Client c("127.0.0.1", port);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // its first (empty) scan
+  const std::string run = absl::StrCat(watch, "/run-", ranks);
+  double seconds = -1;
+  auto t0 = Clock::now();
+  if (port != 0 && rename(staging.c_str(), run.c_str()) == 0) {
+    while (std::chrono::duration<double>(Clock::now() - t0).count() < 300) {
+      auto r = c.Get("/v1/runs");
+      bool found = false;
+      if (r && r->status == 200) {
+        nlohmann::json j = nlohmann::json::parse(r->body, nullptr, false);
+        if (j.is_object() && j["runs"].is_array()) {
+          for (const auto& x : j["runs"]) {
+            found |= x["path"] == run && (x["state"] == "queued" || x["state"] == "running" ||
+                                          x["state"] == "published");
+          }
+        }
+      }
+      if (found) {
+        seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  std::system(("rm -rf '" + watch + "' '" + state + "' '" + staging + "'").c_str());
+  return seconds;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int max_ranks = 1024, max_tensors = 1000000;
+  std::string daemon_bin;
   std::string root = absl::StrCat("/var/tmp/safeshard-scale-bench-", getpid());
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--max-ranks") max_ranks = std::atoi(argv[i + 1]);
     if (k == "--max-tensors") max_tensors = std::atoi(argv[i + 1]);
     if (k == "--dir") root = argv[i + 1];
+    if (k == "--safeshardd") daemon_bin = argv[i + 1];
   }
   std::vector<Row> by_ranks, by_tensors;
   for (int ranks : {8, 64, 256, 1024}) {
@@ -186,6 +268,23 @@ int main(int argc, char** argv) {
     if (!Generate(dir, 8, 0, tensors)) return 1;
     by_tensors.push_back(Measure(dir, 8, tensors));
     std::system(("rm -rf " + dir).c_str());
+  }
+  if (!daemon_bin.empty() && !by_ranks.empty()) {
+    const int ranks = by_ranks.back().ranks;
+    const double d = DaemonDetection(daemon_bin, root, ranks);
+    if (d < 0) {
+      std::cerr << "safeshardd did not detect the run\n";
+      return 1;
+    }
+    std::cout << absl::StrFormat(
+        "safeshardd: a finished %d-rank run detected and proven complete "
+        "%.2f s after it appeared (the scan alone: %.2f s)\n",
+        ranks, d, by_ranks.back().scan);
+    safeshard::bench::Result(
+        absl::StrFormat("safeshardd detects a finished %d-rank run (1,000 tensors)", ranks),
+        absl::StrFormat("%.2f s from rename to queued", d),
+        absl::StrFormat("the scan of that run %.2f s", by_ranks.back().scan),
+        absl::StrFormat("%.2fx the scan", d / by_ranks.back().scan));
   }
   PrintTable("Ranks (1,000 tensors, each row-sharded over every rank):", by_ranks, true);
   PrintTable("Tensors (8 ranks, each tensor saved whole by one rank):", by_tensors, false);
