@@ -407,6 +407,7 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
   auto t0 = std::chrono::steady_clock::now();
   if (!ck.ok()) {
     report = std::string(ck.status().message());
+    (void)g.c->AllGather("ready");  // the other ranks' barrier below
   } else {
     std::vector<safeshard::ExampleTensor> model;
     for (const safeshard::TensorLayout& t : (*ck)->tensors()) {
@@ -427,10 +428,15 @@ int LoadCheckRankMain(const std::string& dir, int rank, int world, const std::st
       absl::StatusOr<c10::ScalarType> dt = TorchDType(model[i].dtype);
       if (!dt.ok()) continue;
       std::vector<int64_t> sz(box.sizes.begin(), box.sizes.end());
-      reqs.push_back({model[i].name, torch::empty(sz, torch::TensorOptions().dtype(*dt)),
+      // Allocated and written before the load, as torch.distributed.checkpoint.load fills a
+      // model's existing parameters in place (their first-touch page faults are not the load's).
+      reqs.push_back({model[i].name, torch::zeros(sz, torch::TensorOptions().dtype(*dt)),
                       std::vector<int64_t>(box.offsets.begin(), box.offsets.end())});
       expected.push_back(safeshard::ChunkBytes(model[i], box));
     }
+    // Every rank has its requests and expected values before any rank's load is timed: the
+    // loads run together, as in training, not beside other ranks still generating data.
+    if (absl::Status b = g.c->AllGather("ready").status(); !b.ok()) return JoinFailed(b);
     safeshard::LoadStats stats;
     t0 = std::chrono::steady_clock::now();
     absl::Status s = reader.ReadData(reqs, &stats);
