@@ -70,7 +70,15 @@ class WritableFile {
   virtual absl::Status Close() = 0;
   // A writable view of the first `size` bytes of the file (which must already be that long),
   // valid until Close(). Its blocks are reserved first, so writes through it cannot fail for
-  // lack of space later. kUnimplemented where that cannot be guaranteed: use WriteAt then.
+  // lack of space later — except on tmpfs, where reserving means zeroing every page before it
+  // is written: there the free space is checked instead, and a write through the view raises
+  // SIGBUS if the tmpfs fills meanwhile: write under GuardMappedCopy (core/io/sigbus_guard.h).
+  // kUnimplemented where blocks cannot be reserved: use WriteAt then.
+  //
+  // mapped_copies_only(): true when every copy into the file should go through that view, even
+  // a large one (tmpfs: CopyFrom is a splice copy there, under the inode lock that serialises
+  // all threads writing the file; through the view they run in parallel).
+  virtual bool mapped_copies_only() const { return false; }
   virtual absl::StatusOr<char*> MapWritable(uint64_t size) {
     (void)size;
     return absl::UnimplementedError("no writable mapping");

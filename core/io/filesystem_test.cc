@@ -1,11 +1,18 @@
 #include "core/io/filesystem.h"
 
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 
+#include "core/io/sigbus_guard.h"
 #include "core/testing/testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -300,6 +307,82 @@ TEST_F(BeneathTest, DirectoryLockWorksThroughTheConfinedView) {
   ASSERT_EQ(stat(out_.c_str(), &b), 0);
   EXPECT_EQ(a.st_ino, b.st_ino);
   close(*fd);
+}
+
+}  // namespace
+}  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+// A directory on tmpfs, or nullopt (then the test is skipped).
+std::optional<std::string> TmpfsDir() {
+  struct statfs sfs;
+  if (statfs("/dev/shm", &sfs) != 0 || sfs.f_type != TMPFS_MAGIC) return std::nullopt;
+  char tmpl[] = "/dev/shm/safeshard-fs-test-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) return std::nullopt;
+  return std::string(tmpl);
+}
+
+// On tmpfs, reserving an output's pages would allocate and zero them all before they are
+// written: Allocate and MapWritable check the free space instead and leave the file sparse, and
+// a size beyond the free space is refused before anything is written.
+TEST(TmpfsTest, OutputsAreNotPreallocatedButSpaceIsChecked) {
+  std::optional<std::string> dir = TmpfsDir();
+  if (!dir) GTEST_SKIP() << "no tmpfs at /dev/shm";
+  const std::string p = JoinPath(*dir, "out");
+  auto w = LocalFileSystem().Create(p);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE((*w)->Allocate(64 << 20).ok());
+  struct stat st;
+  ASSERT_EQ(stat(p.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 64 << 20);
+  EXPECT_LT(st.st_blocks * 512, 1 << 20) << "the tmpfs file was preallocated";
+  absl::StatusOr<char*> m = (*w)->MapWritable(64 << 20);
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::memcpy(*m + (32 << 20), "hello", 5);
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(LocalFileSystem().ReadAll(p)->substr(32 << 20, 5), "hello");
+  auto big = LocalFileSystem().Create(JoinPath(*dir, "huge"));
+  ASSERT_TRUE(big.ok());
+  absl::Status s = (*big)->Allocate(uint64_t{1} << 60);  // an exbibyte
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("huge"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("bytes free"));
+  (void)(*big)->Close();
+  std::system(("rm -rf '" + *dir + "'").c_str());
+}
+
+// A write through an output mapping that faults (here: the file was truncated under it, as a
+// full tmpfs would fault) is an error naming the output, not a crash and not a complaint about
+// the input.
+TEST(SigbusGuardTest, FaultInTheOutputMappingNamesTheOutput) {
+  const std::string dir = testing::NewTempDir();
+  const std::string in = JoinPath(dir, "in"), out = JoinPath(dir, "out");
+  testing::WriteFile(in, std::string(8192, 'x'));
+  testing::WriteFile(out, std::string(8192, '\0'));
+  auto r = LocalFileSystem().OpenRead(in);
+  auto m = (*r)->Map();
+  ASSERT_TRUE(m.ok());
+  const int fd = open(out.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  char* o = static_cast<char*>(mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  ASSERT_NE(o, MAP_FAILED);
+  ASSERT_EQ(ftruncate(fd, 0), 0);
+  const char* src = (*m)->data().data();
+  absl::Status s = GuardMappedCopy(in, 4096, out, o, 8192, [&] { std::memcpy(o + 4096, src, 16); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(out + ": no space to write at byte offset 4096"));
+  // A fault in the input is still the input's.
+  ASSERT_EQ(ftruncate(fd, 8192), 0);
+  const int in_fd = open(in.c_str(), O_RDWR);
+  ASSERT_EQ(ftruncate(in_fd, 0), 0);
+  s = GuardMappedCopy(in, 0, out, o, 8192, [&] { std::memcpy(o, src, 16); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("shrank while it was being read"));
+  munmap(o, 8192);
+  close(fd);
+  close(in_fd);
 }
 
 }  // namespace

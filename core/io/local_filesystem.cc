@@ -2,9 +2,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -111,7 +114,10 @@ class LocalReadable : public ReadableFile {
 
 class LocalWritable : public WritableFile {
  public:
-  LocalWritable(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  LocalWritable(std::string path, int fd) : path_(std::move(path)), fd_(fd) {
+    struct statfs sfs;
+    tmpfs_ = fstatfs(fd_, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
+  }
   ~LocalWritable() override {
     Unmap();
     if (fd_ >= 0) close(fd_);
@@ -120,11 +126,19 @@ class LocalWritable : public WritableFile {
   absl::StatusOr<char*> MapWritable(uint64_t size) override {
     if (map_ != nullptr) return static_cast<char*>(map_);
     if (size == 0) return absl::InvalidArgumentError(absl::StrCat(path_, ": empty mapping"));
-    int r = posix_fallocate(fd_, 0, static_cast<off_t>(size));
-    if (r == EOPNOTSUPP || r == EINVAL) {
-      return absl::UnimplementedError(absl::StrCat(path_, ": cannot reserve blocks"));
+    if (OnTmpfs()) {
+      // Reserving tmpfs pages means allocating and zeroing them all before they are written
+      // (measured: a quarter of a 2.2 GB consolidation's time). Unreserved: the space is
+      // checked (Allocate), and a write through the mapping raises SIGBUS if the tmpfs fills
+      // meanwhile: callers write under GuardMappedCopy, which reports it.
+      RETURN_IF_ERROR(Allocate(size));
+    } else {
+      int r = posix_fallocate(fd_, 0, static_cast<off_t>(size));
+      if (r == EOPNOTSUPP || r == EINVAL) {
+        return absl::UnimplementedError(absl::StrCat(path_, ": cannot reserve blocks"));
+      }
+      if (r != 0) return ErrnoStatus(r, absl::StrCat("allocate ", size, " bytes"), path_);
     }
-    if (r != 0) return ErrnoStatus(r, absl::StrCat("allocate ", size, " bytes"), path_);
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap for writing", path_);
     map_ = p;
@@ -133,6 +147,8 @@ class LocalWritable : public WritableFile {
   }
   const std::string& path() const override { return path_; }
   int fd() const { return fd_; }
+  bool OnTmpfs() const { return tmpfs_; }
+  bool mapped_copies_only() const override { return tmpfs_; }
 
   absl::Status Append(absl::string_view data) override {
     absl::Status s = WriteAt(pos_, data);
@@ -181,7 +197,23 @@ class LocalWritable : public WritableFile {
   }
 
   absl::Status Allocate(uint64_t size) override {
-    if (size > 0) {
+    if (size > 0 && OnTmpfs()) {
+      // tmpfs: fallocate would allocate and zero every page now, to be overwritten at once.
+      // The space is checked instead (ENOSPC still shows before a byte is copied, unless
+      // something else fills the file system meanwhile: then write() fails with ENOSPC).
+      struct statvfs vfs;
+      struct stat st;
+      if (fstatvfs(fd_, &vfs) == 0 && fstat(fd_, &st) == 0) {
+        const uint64_t have = static_cast<uint64_t>(st.st_blocks) * 512;
+        const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+        if (size > have && size - have > free_bytes) {
+          return ErrnoStatus(
+              ENOSPC,
+              absl::StrCat("allocate ", size, " bytes (the tmpfs has ", free_bytes, " bytes free)"),
+              path_);
+        }
+      }
+    } else if (size > 0) {
       int r = posix_fallocate(fd_, 0, static_cast<off_t>(size));
       if (r != 0 && r != EOPNOTSUPP && r != EINVAL) {
         return ErrnoStatus(r, absl::StrCat("allocate ", size, " bytes"), path_);
@@ -216,6 +248,7 @@ class LocalWritable : public WritableFile {
     map_ = nullptr;
   }
   std::string path_;
+  bool tmpfs_ = false;  // tmpfs: no block reservation (see Allocate)
   int fd_;
   uint64_t pos_ = 0;
   void* map_ = nullptr;

@@ -13,7 +13,10 @@ struct sigaction g_previous;
 
 void OnSigbus(int sig, siginfo_t* info, void* ctx) {
   sigjmp_buf* env = SigbusRecoveryPoint();
-  if (env != nullptr) siglongjmp(*env, 1);
+  if (env != nullptr) {
+    LastSigbusAddress() = info != nullptr ? info->si_addr : nullptr;
+    siglongjmp(*env, 1);
+  }
   // Not inside a guarded access: what would have happened without us.
   if (g_previous.sa_flags & SA_SIGINFO) {
     if (g_previous.sa_sigaction != nullptr) return g_previous.sa_sigaction(sig, info, ctx);
@@ -30,6 +33,18 @@ void OnSigbus(int sig, siginfo_t* info, void* ctx) {
 sigjmp_buf*& SigbusRecoveryPoint() {
   thread_local sigjmp_buf* point = nullptr;
   return point;
+}
+
+void*& LastSigbusAddress() {
+  thread_local void* address = nullptr;
+  return address;
+}
+
+absl::Status SigbusWriteError(absl::string_view file, uint64_t offset) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      file, ": no space to write at byte offset ", offset,
+      " (SIGBUS writing its mapping): the file system is full (on tmpfs: its size limit or "
+      "memory), or another process truncated the file"));
 }
 
 void InstallSigbusHandler() {

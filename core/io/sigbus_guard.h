@@ -13,6 +13,7 @@
 
 #include <csetjmp>
 #include <cstdint>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -24,6 +25,9 @@ sigjmp_buf*& SigbusRecoveryPoint();
 // Installs the process-wide SIGBUS handler once (chaining to the previous disposition).
 void InstallSigbusHandler();
 absl::Status SigbusError(absl::string_view file, uint64_t offset);
+absl::Status SigbusWriteError(absl::string_view file, uint64_t offset);
+// The faulting address of this thread's last SIGBUS caught by a guard.
+void*& LastSigbusAddress();
 }  // namespace internal
 
 template <typename Fn>
@@ -41,6 +45,23 @@ absl::Status GuardMappedAccess(absl::string_view file, uint64_t offset, Fn&& fn)
   fn();
   internal::SigbusRecoveryPoint() = outer;
   return absl::OkStatus();
+}
+
+// GuardMappedAccess for `fn` that reads a mapped input and writes a mapped output
+// [out, out + out_size): a write through an output mapping whose blocks are not reserved (tmpfs:
+// see WritableFile::MapWritable) raises SIGBUS when the file system is full. The error names
+// the mapping the fault hit: the output (kResourceExhausted) or the input (kDataLoss).
+template <typename Fn>
+absl::Status GuardMappedCopy(absl::string_view in_file, uint64_t in_offset,
+                             absl::string_view out_file, const char* out, uint64_t out_size,
+                             Fn&& fn) {
+  absl::Status s = GuardMappedAccess(in_file, in_offset, std::forward<Fn>(fn));
+  if (s.ok()) return s;
+  const char* at = static_cast<const char*>(internal::LastSigbusAddress());
+  if (at != nullptr && at >= out && at < out + out_size) {
+    return internal::SigbusWriteError(out_file, static_cast<uint64_t>(at - out));
+  }
+  return s;
 }
 
 }  // namespace safeshard

@@ -230,8 +230,9 @@ absl::StatusOr<std::vector<std::string>> ClearEarlierResult(FileSystem& out_dir,
 absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input,
                                    const std::string& output_dir);
 
-// XXH3-64 of a whole file and of each tensor of its header (in data order), read with pread.
-absl::StatusOr<ManifestFile> ChecksumFile(const ReadableFile& file, const Header& header);
+// XXH3-64 of a whole file and of each tensor of its header (in data order), hashed from its
+// mapping (local files) or read with pread (remote ones).
+absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& header);
 
 // Reads and validates one file's header (8-byte length, then N bytes) without touching data.
 absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path);

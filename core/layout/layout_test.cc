@@ -800,3 +800,37 @@ TEST(LayoutTest, TensorsAreSortedByNameBytes) {
 
 }  // namespace
 }  // namespace safeshard
+
+namespace safeshard {
+namespace {
+
+// A file of 64 MiB or more is hashed on two threads from its mapping (the whole-file XXH3 beside
+// the per-tensor ones): the digests are those of the bytes, computed here directly.
+TEST(ChecksumFileTest, LargeFilesHashTheSameOnTwoThreads) {
+  const std::string dir = testing::NewTempDir();
+  const std::string path = JoinPath(dir, "big.safetensors");
+  testing::WriteFile(path, testing::BuildSafetensors({{"a", DType::kU8, {40u << 20}},
+                                                      {"b", DType::kBF16, {13u << 20}},
+                                                      {"c", DType::kU8, {0}},
+                                                      {"d", DType::kF32, {7}}}));
+  const std::string bytes = testing::ReadFile(path);
+  ASSERT_GE(bytes.size(), 64u << 20);
+  absl::StatusOr<Header> h = ReadHeader(LocalFileSystem(), path);
+  ASSERT_TRUE(h.ok()) << h.status();
+  auto f = LocalFileSystem().OpenRead(path);
+  ASSERT_TRUE(f.ok());
+  absl::StatusOr<ManifestFile> got = ChecksumFile(**f, *h);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->size, bytes.size());
+  EXPECT_EQ(got->xxh3, Xxh3(bytes));
+  ASSERT_EQ(got->tensor_xxh3.size(), h->tensors.size());
+  for (size_t i = 0; i < h->tensors.size(); ++i) {
+    const TensorEntry& t = h->tensors[i];
+    EXPECT_EQ(got->tensor_xxh3[i],
+              Xxh3(absl::string_view(bytes).substr(h->data_start() + t.begin, t.size())))
+        << t.name;
+  }
+}
+
+}  // namespace
+}  // namespace safeshard
