@@ -1,12 +1,10 @@
 #include "core/consolidate/consolidate.h"
 
 #include <linux/magic.h>
-#include <sys/statfs.h>
-
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <cstdlib>
 
 #include <atomic>
 #include <chrono>
