@@ -3,9 +3,13 @@
 // same input bytes measured in the same run (warm page cache). Prints throughput ratios, peak
 // memory (anonymous, i.e. excluding the file mappings; and ru_maxrss including them), and
 // 1-vs-2-thread scaling. safeshard fsyncs its outputs (crash safety); `cp` does not, so a
-// `cp + sync` baseline is printed as well.
+// `cp + sync` baseline is printed as well. With --dir on a tmpfs (bench/run.sh uses /dev/shm)
+// the same is measured in memory: fsync is free there, the rows say "on tmpfs".
 //
 // Usage: consolidate_bench SAFESHARD_BINARY [--hidden H] [--layers L] [--dir D]
+#include <linux/magic.h>
+#include <sys/statfs.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
@@ -104,8 +108,11 @@ int main(int argc, char** argv) {
       gbps(c2.seconds), cp_t.seconds / c2.seconds, cps_t.seconds / c2.seconds);
   std::cout << absl::StrFormat("2-vs-1 thread speed-up   %.2fx\n", c1.seconds / c2.seconds);
   std::cout << std::flush;
+  struct statfs sfs;
+  const bool tmpfs = statfs(root.c_str(), &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
   safeshard::bench::Result(
-      absl::StrFormat("consolidation, %.2f GB 8 ranks, 2 threads", bytes / 1e9),
+      absl::StrFormat("consolidation%s, %.2f GB 8 ranks, 2 threads", tmpfs ? " on tmpfs" : "",
+                      bytes / 1e9),
       absl::StrFormat("%.3f s (peak anon %.1f MiB)", c2.seconds, c2.peak_anon_kib / 1024.0),
       absl::StrFormat("cp %.3f s; cp + sync %.3f s", cp_t.seconds, cps_t.seconds),
       absl::StrFormat("%.2fx cp time, %.2fx cp + sync", c2.seconds / cp_t.seconds,

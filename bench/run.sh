@@ -23,6 +23,12 @@ fi
 if wanted consolidate; then
   echo "== consolidation: >= 2 GB, 8 ranks =="
   bazel-bin/bench/consolidate_bench "$PWD/bazel-bin/cli/safeshard"
+  # The same in memory (tmpfs), when /dev/shm is one with room for input, outputs and cp's copy.
+  if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] &&
+     [ "$(df -k --output=avail /dev/shm | tail -1)" -gt 8000000 ]; then
+    echo "== consolidation on tmpfs (/dev/shm) =="
+    bazel-bin/bench/consolidate_bench "$PWD/bazel-bin/cli/safeshard" --dir "/dev/shm/safeshard-consolidate-bench-$$"
+  fi
 fi
 if wanted dequantize; then
   echo "== dequantization: >= 1 GB FP8 block-quantized model to BF16 =="
