@@ -204,7 +204,10 @@ double DaemonDetection(const std::string& bin, const std::string& root, int rank
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
   pid_t pid;
-  if (posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ) != 0) return -1;
+  if (posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ) != 0) {
+    std::system(("rm -rf '" + watch + "' '" + state + "' '" + staging + "'").c_str());
+    return -1;
+  }
   int port = 0;
   for (int i = 0; i < 500 && port == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -269,13 +272,17 @@ int main(int argc, char** argv) {
     by_tensors.push_back(Measure(dir, 8, tensors));
     std::system(("rm -rf " + dir).c_str());
   }
+  bool daemon_failed = false;
+  double detected = -1;
   if (!daemon_bin.empty() && !by_ranks.empty()) {
     const int ranks = by_ranks.back().ranks;
-    const double d = DaemonDetection(daemon_bin, root, ranks);
-    if (d < 0) {
-      std::cerr << "safeshardd did not detect the run\n";
-      return 1;
-    }
+    detected = DaemonDetection(daemon_bin, root, ranks);
+    daemon_failed = detected < 0;
+    if (daemon_failed) std::cerr << "safeshardd did not detect the run\n";
+  }
+  if (!daemon_failed && !daemon_bin.empty() && !by_ranks.empty()) {
+    const int ranks = by_ranks.back().ranks;
+    const double d = detected;
     std::cout << absl::StrFormat(
         "safeshardd: a finished %d-rank run detected and proven complete "
         "%.2f s after it appeared (the scan alone: %.2f s)\n",
@@ -289,5 +296,5 @@ int main(int argc, char** argv) {
   PrintTable("Ranks (1,000 tensors, each row-sharded over every rank):", by_ranks, true);
   PrintTable("Tensors (8 ranks, each tensor saved whole by one rank):", by_tensors, false);
   std::system(("rm -rf " + root).c_str());
-  return 0;
+  return daemon_failed ? 1 : 0;
 }

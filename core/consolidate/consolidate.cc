@@ -686,8 +686,14 @@ absl::Status PrepareOutputDir(FileSystem& fs, const ConsolidationPlan& plan, con
           "the dequantized weights need the rewritten one: remove it or pass --overwrite"));
     }
   }
+  uint64_t total = 0;
+  for (const OutputFilePlan& f : plan.outputs) total += f.header.file_size();
+  bool space_checked = false;
   for (const OutputFilePlan& f : plan.outputs) {
     ASSIGN_OR_RETURN(AtomicFile a, AtomicFile::Create(fs, f.name));
+    // Every output together must fit where nothing is reserved per file (tmpfs).
+    if (!space_checked) RETURN_IF_ERROR(a.file().CheckFreeSpace(total));
+    space_checked = true;
     RETURN_IF_ERROR(a.file().Allocate(f.header.file_size()));
     RETURN_IF_ERROR(a.file().WriteAt(0, SerializeHeader(f.header)));
     RETURN_IF_ERROR(a.CloseFile());  // the copy opens it again; descriptors stay few
@@ -1270,7 +1276,10 @@ absl::StatusOr<ConsolidateResult> Consolidate(FileSystem& fs, const std::string&
       sums[k] = [&]() -> absl::StatusOr<ManifestFile> {
         ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> in,
                          out_dir->OpenRead(temp_paths[my_files[k]]));
-        ASSIGN_OR_RETURN(ManifestFile mf, ChecksumFile(*in, f.header));
+        // A second hashing thread per file only while cores would otherwise idle.
+        ASSIGN_OR_RETURN(ManifestFile mf,
+                         ChecksumFile(*in, f.header,
+                                      my_files.size() < static_cast<size_t>(std::max(1, threads))));
         mf.name = f.name;
         return mf;
       }();

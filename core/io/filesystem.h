@@ -79,6 +79,12 @@ class WritableFile {
   // a large one (tmpfs: CopyFrom is a splice copy there, under the inode lock that serialises
   // all threads writing the file; through the view they run in parallel).
   virtual bool mapped_copies_only() const { return false; }
+  // Where Allocate reserves nothing (tmpfs): an error (ENOSPC, naming the file) when the file
+  // system has less than `bytes` free, to refuse early what cannot fit. OK elsewhere.
+  virtual absl::Status CheckFreeSpace(uint64_t bytes) {
+    (void)bytes;
+    return absl::OkStatus();
+  }
   virtual absl::StatusOr<char*> MapWritable(uint64_t size) {
     (void)size;
     return absl::UnimplementedError("no writable mapping");

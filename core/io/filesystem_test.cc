@@ -349,6 +349,11 @@ TEST(TmpfsTest, OutputsAreNotPreallocatedButSpaceIsChecked) {
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("huge"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("bytes free"));
+  // Several outputs are checked together before any is written.
+  EXPECT_TRUE((*big)->CheckFreeSpace(1).ok());
+  absl::Status total = (*big)->CheckFreeSpace(uint64_t{1} << 60);
+  EXPECT_EQ(total.code(), absl::StatusCode::kResourceExhausted) << total;
+  EXPECT_THAT(std::string(total.message()), HasSubstr("huge"));
   (void)(*big)->Close();
   std::system(("rm -rf '" + *dir + "'").c_str());
 }

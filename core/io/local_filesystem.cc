@@ -148,6 +148,17 @@ class LocalWritable : public WritableFile {
   const std::string& path() const override { return path_; }
   int fd() const { return fd_; }
   bool OnTmpfs() const { return tmpfs_; }
+  absl::Status CheckFreeSpace(uint64_t bytes) override {
+    struct statvfs vfs;
+    if (!tmpfs_ || fstatvfs(fd_, &vfs) != 0) return absl::OkStatus();
+    // A tmpfs mounted without a size limit reports no size and no free blocks.
+    if (vfs.f_blocks == 0) return absl::OkStatus();
+    const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    if (bytes <= free_bytes) return absl::OkStatus();
+    return ErrnoStatus(
+        ENOSPC, absl::StrCat("write ", bytes, " bytes (the tmpfs has ", free_bytes, " bytes free)"),
+        path_);
+  }
   bool mapped_copies_only() const override { return tmpfs_; }
 
   absl::Status Append(absl::string_view data) override {
@@ -199,19 +210,13 @@ class LocalWritable : public WritableFile {
   absl::Status Allocate(uint64_t size) override {
     if (size > 0 && OnTmpfs()) {
       // tmpfs: fallocate would allocate and zero every page now, to be overwritten at once.
-      // The space is checked instead (ENOSPC still shows before a byte is copied, unless
-      // something else fills the file system meanwhile: then write() fails with ENOSPC).
-      struct statvfs vfs;
+      // The free space is checked instead (for this file; CheckFreeSpace checks several files'
+      // total). Nothing is reserved: if something else fills the tmpfs meanwhile, the copy
+      // fails with ENOSPC (write) or a guarded SIGBUS (mapping), reported as no space.
       struct stat st;
-      if (fstatvfs(fd_, &vfs) == 0 && fstat(fd_, &st) == 0) {
+      if (fstat(fd_, &st) == 0) {
         const uint64_t have = static_cast<uint64_t>(st.st_blocks) * 512;
-        const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-        if (size > have && size - have > free_bytes) {
-          return ErrnoStatus(
-              ENOSPC,
-              absl::StrCat("allocate ", size, " bytes (the tmpfs has ", free_bytes, " bytes free)"),
-              path_);
-        }
+        if (size > have) RETURN_IF_ERROR(CheckFreeSpace(size - have));
       }
     } else if (size > 0) {
       int r = posix_fallocate(fd_, 0, static_cast<off_t>(size));

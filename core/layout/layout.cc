@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -681,11 +683,12 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
     }
   }
 
-  // Chunks. Names are viewed, not copied: headers (in ck.files_) and sharding infos stay put.
+  // Chunks. The map's keys view the tensors' own names (a deque does not move its elements);
+  // each file's sharding info is released once its chunks are built.
   absl::flat_hash_map<absl::string_view, size_t> pos;
-  std::vector<const std::vector<uint64_t>*> declared;  // global_shape per tensor
+  std::vector<std::optional<std::vector<uint64_t>>> declared;  // global_shape per tensor
   std::vector<bool> declared_conflict;
-  std::vector<TensorLayout> tensors;
+  std::deque<TensorLayout> tensors;
   std::vector<uint32_t> dtypes;  // bit d: some chunk has DType d
   static_assert(kNumDTypes <= 32);
   std::vector<std::vector<std::string>> plain_files;  // plain files holding each tensor
@@ -710,15 +713,16 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       const TensorEntry& t = fi.header->tensors[ti];
       const std::string& logical =
           fi.dcp && !sh.by->logical_fqn[ti].empty() ? sh.by->logical_fqn[ti] : t.name;
-      auto [it, inserted] = pos.try_emplace(logical, tensors.size());
-      if (inserted) {
+      auto it = pos.find(logical);
+      if (it == pos.end()) {
         tensors.emplace_back();
         tensors.back().name = logical;
         tensors.back().dtype = t.dtype;
         dtypes.push_back(0);
         plain_files.emplace_back();
-        declared.push_back(nullptr);
+        declared.emplace_back();
         declared_conflict.push_back(false);
+        it = pos.emplace(tensors.back().name, tensors.size() - 1).first;
       }
       TensorLayout& tl = tensors[it->second];
       dtypes[it->second] |= uint32_t{1} << static_cast<int>(t.dtype);
@@ -743,9 +747,9 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       }
       if (fi.dcp && sh.by->global_shape[ti]) {
         const std::vector<uint64_t>& gs = *sh.by->global_shape[ti];
-        const std::vector<uint64_t>*& d = declared[it->second];
-        if (d == nullptr) {
-          d = &gs;
+        std::optional<std::vector<uint64_t>>& d = declared[it->second];
+        if (!d) {
+          d = gs;
         } else if (*d != gs) {
           if (!declared_conflict[it->second]) {
             ck.problems_.push_back(
@@ -762,6 +766,7 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
       if (!fi.dcp) plain_files[it->second].push_back(fi.name);
       tl.chunks.push_back(std::move(c));
     }
+    sh.by.reset();
   }
   for (size_t i = 0; i < tensors.size(); ++i) {
     TensorLayout& t = tensors[i];
@@ -1217,7 +1222,8 @@ bool CheckpointLayout::HasBlockingProblem() const {
 
 namespace safeshard {
 
-absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& header) {
+absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& header,
+                                          bool second_thread) {
   ManifestFile out;
   out.size = file.size();
   ContentHasher whole;
@@ -1265,7 +1271,8 @@ absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& head
     return absl::DataLossError(absl::StrCat(file.path(), ": ", file.size(),
                                             " bytes, shorter than its header (", base, ")"));
   }
-  if (mapped != nullptr && file.size() >= (64u << 20) && mapped->data().size() == file.size()) {
+  if (second_thread && mapped != nullptr && file.size() >= (64u << 20) &&
+      mapped->data().size() == file.size()) {
     // Large local file: the whole-file hash on a second thread while this one hashes the
     // tensors (one XXH3 stream cannot be split; two independent ones can run side by side).
     for (const TensorEntry& t : header.tensors) {
@@ -1279,12 +1286,18 @@ absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& head
     }
     const absl::string_view all = mapped->data();
     absl::Status whole_status;
-    std::thread whole_thread([&] {
+    auto hash_whole = [&] {
       for (uint64_t at = 0; at < all.size() && whole_status.ok(); at += kBlock) {
         const absl::string_view piece = all.substr(at, kBlock);
         whole_status = GuardMappedAccess(file.path(), at, [&] { whole.Update(piece); });
       }
-    });
+    };
+    std::thread whole_thread;
+    try {
+      whole_thread = std::thread(hash_whole);
+    } catch (const std::system_error&) {
+      hash_whole();  // no thread to be had: one after the other
+    }
     absl::Status parts_status;
     for (const TensorEntry& t : header.tensors) {
       ContentHasher part;
@@ -1295,7 +1308,7 @@ absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& head
       if (!parts_status.ok()) break;
       out.tensor_xxh3.push_back(part.Digest());
     }
-    whole_thread.join();
+    if (whole_thread.joinable()) whole_thread.join();
     if (!parts_status.ok()) return fail(parts_status, "its tensors");
     if (!whole_status.ok()) return fail(whole_status, "the file");
     out.xxh3 = whole.Digest();

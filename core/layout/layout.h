@@ -232,7 +232,9 @@ absl::Status CheckOutputIsNotInput(FileSystem& fs, const CheckpointLayout& input
 
 // XXH3-64 of a whole file and of each tensor of its header (in data order), hashed from its
 // mapping (local files) or read with pread (remote ones).
-absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& header);
+// `second_thread`: a file of 64 MiB or more hashes its whole-file XXH3 on a second thread.
+absl::StatusOr<ManifestFile> ChecksumFile(ReadableFile& file, const Header& header,
+                                          bool second_thread = true);
 
 // Reads and validates one file's header (8-byte length, then N bytes) without touching data.
 absl::StatusOr<Header> ReadHeader(FileSystem& fs, const std::string& path);
