@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
   }
   std::cout << absl::StrFormat("checkpoint: %d tensors in %d files (%s)\n", tensors, files, dir);
 
-  std::vector<double> cli, verify, scan, gui, stall, filter, clear;
+  std::vector<double> cli, verify, scan, prepare, gui, stall, filter, clear;
   const std::string settings = base + "/inspector.ini";
   for (int r = 0; r < reps; ++r) {
     cli.push_back(TimeCommand(absl::StrFormat("'%s' inspect --json '%s' > /dev/null", bin, dir)));
@@ -79,6 +79,11 @@ int main(int argc, char** argv) {
         std::cerr << "the scan returned a wrong result\n";
         return 1;
       }
+      // The tree's preparation alone (the inspector does it after the scan, off the GUI thread).
+      auto layout = std::make_shared<const safeshard::CheckpointLayout>(std::move(*ck));
+      auto p0 = Clock::now();
+      auto prepared = safeshard::gui::TensorTreeModel::Prepare(layout, false);
+      prepare.push_back(std::chrono::duration<double>(Clock::now() - p0).count());
     }
 
     safeshard::gui::InspectorOptions o;
@@ -130,6 +135,9 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat("safeshard inspect --json : %.3f s (median of %d)\n", c, reps);
   std::cout << absl::StrFormat("safeshard verify         : %.3f s (the scan, as a process)\n", v);
   std::cout << absl::StrFormat("scan in this process     : %.3f s\n", sc);
+  std::cout << absl::StrFormat(
+      "tree preparation alone   : %.3f s (TensorTreeModel::Prepare, after the scan)\n",
+      Median(prepare));
   std::cout << absl::StrFormat("inspector open -> tree   : %.3f s (median of %d)\n", g, reps);
   std::cout << absl::StrFormat(
       "ratios: inspect --json / verify = %.2fx, inspector / scan = %.2fx\n", c / v, g / sc);
