@@ -4,12 +4,15 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "gui/models/format.h"
 #include "gui/models/natural_sort.h"
 
@@ -49,7 +52,7 @@ struct TensorTreeModel::Prepared {
   std::shared_ptr<const CheckpointLayout> layout;
   bool flat = false;
   Node root;
-  absl::flat_hash_map<std::string, const Node*> by_name;
+  absl::flat_hash_map<absl::string_view, const Node*> by_name;  // views of layout's names
 };
 
 TensorTreeModel::TensorTreeModel(QObject* parent) : QAbstractItemModel(parent) {
@@ -65,11 +68,17 @@ std::shared_ptr<TensorTreeModel::Prepared> TensorTreeModel::Prepare(
   p->flat = flat;
   if (!p->layout) return p;
   // Group children by label while building (a layer of 100k siblings must not be quadratic).
-  absl::flat_hash_map<std::pair<const Node*, std::string>, Node*> groups;
+  // Labels are viewed in the layout's names (kept alive by `p`) until a node copies its own.
+  absl::flat_hash_map<std::pair<const Node*, absl::string_view>, Node*> groups;
+  std::vector<absl::string_view> parts;
   for (const TensorLayout& t : p->layout->tensors()) {
     Node* cur = &p->root;
-    std::vector<std::string> parts = flat ? std::vector<std::string>{t.name}
-                                          : std::vector<std::string>(absl::StrSplit(t.name, '.'));
+    parts.clear();
+    if (flat) {
+      parts.push_back(t.name);
+    } else {
+      for (absl::string_view part : absl::StrSplit(t.name, '.')) parts.push_back(part);
+    }
     for (size_t i = 0; i < parts.size(); ++i) {
       const bool leaf = i + 1 == parts.size();
       Node* next = nullptr;
@@ -79,7 +88,7 @@ std::shared_ptr<TensorTreeModel::Prepared> TensorTreeModel::Prepare(
       }
       if (next == nullptr) {
         auto n = std::make_unique<Node>();
-        n->label = parts[i];
+        n->label = std::string(parts[i]);
         n->parent = cur;
         if (leaf) {
           n->tensor = &t;
@@ -93,10 +102,34 @@ std::shared_ptr<TensorTreeModel::Prepared> TensorTreeModel::Prepare(
       cur = next;
     }
   }
-  // Natural order, sums, rows.
+  // Natural order, sums, rows. A label of digits only (a layer or expert index) sorts by its
+  // value, which is what NaturalLess decides for two such labels (leading zeros do not count,
+  // equal values are equal): integers compare without walking the characters.
   std::function<void(Node*)> finish = [&](Node* n) {
-    std::stable_sort(n->children.begin(), n->children.end(),
-                     [](const auto& a, const auto& b) { return NaturalLess(a->label, b->label); });
+    struct Key {
+      bool numeric;
+      uint64_t value;
+    };
+    auto key_of = [](const std::string& label) {
+      if (label.empty() || label.size() > 19) return Key{false, 0};
+      uint64_t v = 0;
+      for (char ch : label) {
+        if (ch < '0' || ch > '9') return Key{false, 0};
+        v = v * 10 + static_cast<uint64_t>(ch - '0');
+      }
+      return Key{true, v};
+    };
+    std::vector<std::pair<Key, std::unique_ptr<Node>>> keyed;
+    keyed.reserve(n->children.size());
+    for (auto& c : n->children) {
+      const Key k = key_of(c->label);
+      keyed.emplace_back(k, std::move(c));
+    }
+    std::stable_sort(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) {
+      if (a.first.numeric && b.first.numeric) return a.first.value < b.first.value;
+      return NaturalLess(a.second->label, b.second->label);
+    });
+    for (size_t i = 0; i < keyed.size(); ++i) n->children[i] = std::move(keyed[i].second);
     for (size_t i = 0; i < n->children.size(); ++i) {
       Node* c = n->children[i].get();
       c->row = static_cast<int>(i);
