@@ -3,8 +3,12 @@
 #include "gui/models/tensor_tree_model.h"
 
 #include <sys/stat.h>
+
 #include <QAbstractItemModelTester>
 #include <QCoreApplication>
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "core/example/example.h"
 #include "core/io/filesystem.h"
@@ -88,6 +92,39 @@ TEST(TensorTreeModelTest, GroupsByPrefixInNaturalOrderWithSums) {
   EXPECT_GT(sum, 1000u);
   EXPECT_TRUE(
       model.data(model.index(0, TensorTreeModel::kParameters, layers)).toString().contains(','));
+}
+
+// Siblings are in NaturalLess order, digit-only labels (compared by value there) mixed with
+// others, equal values kept in layout order.
+TEST(TensorTreeModelTest, SiblingsFollowNaturalLessWithDigitOnlyLabels) {
+  const std::vector<std::string> labels = {"10",
+                                           "2",
+                                           "007",
+                                           "7",
+                                           "x",
+                                           "1a",
+                                           "0",
+                                           "a2",
+                                           "a10",
+                                           "18446744073709551615",
+                                           "99999999999999999999",
+                                           "3b"};
+  std::vector<ExampleTensor> m;
+  for (const std::string& l : labels) m.push_back({"l." + l + ".w", DType::kF32, {1}});
+  TensorTreeModel model;
+  model.SetLayout(Layout(m, {.ranks = 1}));
+  ASSERT_EQ(model.rowCount(), 1);
+  const QModelIndex l = model.index(0, 0);
+  std::vector<std::string> got;
+  for (int r = 0; r < model.rowCount(l); ++r) {
+    got.push_back(model.data(model.index(r, 0, l)).toString().toStdString());
+  }
+  // Expected: the layout's (byte) order, stably sorted by NaturalLess.
+  std::vector<std::string> want = labels;
+  std::sort(want.begin(), want.end());
+  std::stable_sort(want.begin(), want.end(),
+                   [](const std::string& a, const std::string& b) { return NaturalLess(a, b); });
+  EXPECT_EQ(got, want);
 }
 
 TEST(TensorTreeModelTest, GoldenDumpMarksTheGap) {
