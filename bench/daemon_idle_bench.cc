@@ -4,7 +4,6 @@
 //
 // Usage: daemon_idle_bench SAFESHARDD_BINARY [--runs N] [--rescan S] [--window S]
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,8 +21,6 @@
 #include "core/io/filesystem.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -71,33 +68,12 @@ int main(int argc, char** argv) {
   }
   std::string state = root + "/state";
   (void)fs.MakeDirs(state);
-  std::vector<std::string> args = {argv[1],
-                                   "--watch",
-                                   root + "/runs",
-                                   "--state-db",
-                                   state + "/db",
-                                   "--token-file",
-                                   state + "/token",
-                                   "--port",
-                                   "0",
-                                   "--port-file",
-                                   state + "/port",
-                                   "--quiet-period",
-                                   "0",
-                                   "--rescan-interval",
-                                   absl::StrCat(rescan),
-                                   "--max-jobs",
-                                   "2"};
-  std::vector<char*> av;
-  for (auto& a : args) av.push_back(a.data());
-  av.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  if (posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ) != 0) return 1;
-  std::this_thread::sleep_for(std::chrono::seconds(1));
-  int port = std::stoi(fs.ReadAll(state + "/port").value_or("0"));
+  const safeshard::bench::Daemon daemon = safeshard::bench::StartSafeshardd(
+      argv[1], root + "/runs", state,
+      {"--rescan-interval", absl::StrCat(rescan), "--max-jobs", "2"});
+  if (daemon.pid < 0 || daemon.port == 0) return 1;
+  const pid_t pid = daemon.pid;
+  const int port = daemon.port;
   httplib::Client c("127.0.0.1", port);
   auto t0 = std::chrono::steady_clock::now();
   while (true) {

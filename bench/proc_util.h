@@ -105,6 +105,50 @@ inline RunStats Run(const std::vector<std::string>& args, bool quiet = true) {
   return st;
 }
 
+// A safeshardd started for a benchmark: watching `watch`, its database, token and port file in
+// `state` (which must exist), no quiet period, stderr silenced, plus `extra` flags. Waits up to
+// 5 s for its API port. pid -1 when it cannot be started.
+struct Daemon {
+  pid_t pid = -1;
+  int port = 0;
+};
+inline Daemon StartSafeshardd(const std::string& bin, const std::string& watch,
+                              const std::string& state, const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {bin,
+                                   "--watch",
+                                   watch,
+                                   "--state-db",
+                                   state + "/db",
+                                   "--token-file",
+                                   state + "/token",
+                                   "--port",
+                                   "0",
+                                   "--port-file",
+                                   state + "/port",
+                                   "--quiet-period",
+                                   "0"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  Daemon d;
+  const int r = posix_spawn(&d.pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (r != 0) {
+    d.pid = -1;
+    return d;
+  }
+  for (int i = 0; i < 500 && d.port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::ifstream f(state + "/port");
+    if (!(f >> d.port)) d.port = 0;
+  }
+  return d;
+}
+
 }  // namespace safeshard::bench
 
 #endif  // SAFESHARD_BENCH_PROC_UTIL_H_

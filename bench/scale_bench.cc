@@ -15,7 +15,6 @@
 // Usage: scale_bench [--max-ranks 1024] [--max-tensors 1000000] [--dir D] [--safeshardd BIN]
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,8 +41,6 @@
 #include "core/layout/layout.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -182,37 +179,13 @@ double DaemonDetection(const std::string& bin, const std::string& root, int rank
   const std::string staging = absl::StrCat(root, "/staging-", ranks);
   if (!fs.MakeDirs(watch).ok() || !fs.MakeDirs(state).ok()) return -1;
   if (!Generate(staging, ranks, 1000, 0)) return -1;
-  std::vector<std::string> args = {bin,
-                                   "--watch",
-                                   watch,
-                                   "--state-db",
-                                   state + "/db",
-                                   "--token-file",
-                                   state + "/token",
-                                   "--port",
-                                   "0",
-                                   "--port-file",
-                                   state + "/port",
-                                   "--quiet-period",
-                                   "0",
-                                   "--max-jobs",
-                                   "1"};
-  std::vector<char*> av;
-  for (auto& a : args) av.push_back(a.data());
-  av.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  if (posix_spawn(&pid, av[0], &fa, nullptr, av.data(), environ) != 0) {
+  const safeshard::bench::Daemon daemon =
+      safeshard::bench::StartSafeshardd(bin, watch, state, {"--max-jobs", "1"});
+  if (daemon.pid < 0) {
     std::system(("rm -rf '" + watch + "' '" + state + "' '" + staging + "'").c_str());
     return -1;
   }
-  int port = 0;
-  for (int i = 0; i < 500 && port == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    port = std::atoi(fs.ReadAll(state + "/port").value_or("0").c_str());
-  }
+  const int port = daemon.port;
   httplib::Client c("127.0.0.1", port);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // its first (empty) scan
   const std::string run = absl::StrCat(watch, "/run-", ranks);
@@ -238,8 +211,8 @@ double DaemonDetection(const std::string& bin, const std::string& root, int rank
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
-  kill(pid, SIGTERM);
-  waitpid(pid, nullptr, 0);
+  kill(daemon.pid, SIGTERM);
+  waitpid(daemon.pid, nullptr, 0);
   std::system(("rm -rf '" + watch + "' '" + state + "' '" + staging + "'").c_str());
   return seconds;
 }

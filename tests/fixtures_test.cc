@@ -74,16 +74,7 @@ TEST(FixturesTest, RealHeadersTakeTheFastPathAndAgreeWithTheDomParser) {
     ASSERT_TRUE(dom.ok()) << dom.status();
     std::optional<Header> fast = internal::ParseHeaderFast(json, bytes->size());
     ASSERT_TRUE(fast.has_value()) << "the fast path declined a real writer's header";
-    ASSERT_EQ(fast->tensors.size(), dom->tensors.size());
-    for (size_t i = 0; i < dom->tensors.size(); ++i) {
-      EXPECT_EQ(fast->tensors[i].name, dom->tensors[i].name);
-      EXPECT_EQ(fast->tensors[i].dtype, dom->tensors[i].dtype);
-      EXPECT_EQ(fast->tensors[i].shape, dom->tensors[i].shape);
-      EXPECT_EQ(fast->tensors[i].begin, dom->tensors[i].begin);
-      EXPECT_EQ(fast->tensors[i].end, dom->tensors[i].end);
-    }
-    EXPECT_EQ(fast->metadata, dom->metadata);
-    EXPECT_EQ(fast->has_metadata, dom->has_metadata);
+    testing::ExpectSameHeader(*fast, *dom);
     ++checked;
   }
   EXPECT_GE(checked, 30);

@@ -786,14 +786,12 @@ class Executor {
     }
     outputs_.resize(out_paths.size());
     out_maps_.assign(out_paths.size(), nullptr);
-    out_map_sizes_.assign(out_paths.size(), 0);
     for (int f : need_out) {
       ASSIGN_OR_RETURN(outputs_[f], out_fs.OpenForWrite(out_paths[f]));
       // Small runs go through a writable mapping (a memcpy instead of a syscall each).
       absl::StatusOr<char*> m = outputs_[f]->MapWritable(plan_.outputs[f].header.file_size());
       if (m.ok()) {
         out_maps_[f] = *m;
-        out_map_sizes_[f] = plan_.outputs[f].header.file_size();
       } else if (m.status().code() != absl::StatusCode::kUnimplemented) {
         return m.status();
       }
@@ -904,12 +902,12 @@ class Executor {
         if (hash || small) {
           // A tmpfs output mapping has no reserved pages: a full tmpfs is a SIGBUS in the
           // memcpy, reported as such (naming the output), not as a shrunk input.
-          RETURN_IF_ERROR(GuardMappedCopy(in_path, src, out.path(), out_map,
-                                          out_map != nullptr ? out_map_sizes_[c.output_file] : 0,
-                                          [&] {
-                                            if (hash) sum.Update(p, src_n);
-                                            if (small) std::memcpy(out_map + dst, p, src_n);
-                                          }));
+          RETURN_IF_ERROR(GuardMappedCopy(
+              in_path, src, out.path(), out_map,
+              out_map != nullptr ? plan_.outputs[c.output_file].header.file_size() : 0, [&] {
+                if (hash) sum.Update(p, src_n);
+                if (small) std::memcpy(out_map + dst, p, src_n);
+              }));
         }
         if (small) {
         } else if (!hash) {
@@ -1100,7 +1098,6 @@ class Executor {
   std::unique_ptr<InputCache> inputs_;
   std::vector<std::unique_ptr<WritableFile>> outputs_;
   std::vector<char*> out_maps_;
-  std::vector<uint64_t> out_map_sizes_;
   std::atomic<size_t> next_{0};
   std::atomic<uint64_t> done_{0};
   std::atomic<bool> failed_{false};

@@ -290,8 +290,7 @@ bool ExtractFast(absl::string_view json, Header* h, std::vector<uint64_t>* key_a
 }
 
 // The DOM path: every syntax and type error, with its offset.
-absl::Status ExtractWithDom(absl::string_view json, Header* h, std::vector<uint64_t>* key_at,
-                            absl::string_view file) {
+absl::Status ExtractWithDom(absl::string_view json, Header* h, absl::string_view file) {
   nlohmann::json root;
   std::vector<std::pair<std::string, nlohmann::json>> members;
   static const std::vector<std::string> kEntryKeys = {"dtype", "shape", "data_offsets"};
@@ -387,7 +386,6 @@ absl::Status ExtractWithDom(absl::string_view json, Header* h, std::vector<uint6
     // Checked here, in member order, as the fast path's caller does after it.
     RETURN_IF_ERROR(CheckEntry(t, *h, at, file));
     h->tensors.push_back(std::move(t));
-    key_at->push_back(at);
   }
   return absl::OkStatus();
 }
@@ -421,54 +419,51 @@ Header EmptyHeaderFor(absl::string_view json, uint64_t file_size) {
   return h;
 }
 
+enum class ParsePath { kEither, kDom, kFast };
+
+// Both parsers behind one sequence of checks. kEither: the fast path, else the DOM parser;
+// kDom: the DOM parser only; kFast: the fast path only (kUnavailable where it declines).
+absl::StatusOr<Header> Parse(absl::string_view json, uint64_t file_size, absl::string_view file,
+                             ParsePath path) {
+  RETURN_IF_ERROR(Precheck(json, file_size, file));
+  Header h = EmptyHeaderFor(json, file_size);
+  std::vector<uint64_t> key_at;
+  if (path != ParsePath::kDom && ExtractFast(json, &h, &key_at)) {
+    // The same checks, in the same order, as the DOM path: the same errors.
+    for (size_t i = 0; i < h.tensors.size(); ++i) {
+      RETURN_IF_ERROR(CheckEntry(h.tensors[i], h, key_at[i], file));
+    }
+  } else if (path == ParsePath::kFast) {
+    return absl::UnavailableError("the fast path does not read this header");
+  } else {
+    h = EmptyHeaderFor(json, file_size);
+    RETURN_IF_ERROR(ExtractWithDom(json, &h, file));
+  }
+  RETURN_IF_ERROR(CheckTiling(h, file_size, file));
+  h.Reindex();
+  return h;
+}
+
 }  // namespace
 
 namespace internal {
 
 absl::StatusOr<Header> ParseHeaderWithDom(absl::string_view json, uint64_t file_size,
                                           absl::string_view file) {
-  RETURN_IF_ERROR(Precheck(json, file_size, file));
-  Header h = EmptyHeaderFor(json, file_size);
-  std::vector<uint64_t> key_at;
-  RETURN_IF_ERROR(ExtractWithDom(json, &h, &key_at, file));
-  RETURN_IF_ERROR(CheckTiling(h, file_size, file));
-  h.Reindex();
-  return h;
+  return Parse(json, file_size, file, ParsePath::kDom);
 }
 
 std::optional<Header> ParseHeaderFast(absl::string_view json, uint64_t file_size) {
-  if (!Precheck(json, file_size, "").ok()) return std::nullopt;
-  Header h = EmptyHeaderFor(json, file_size);
-  std::vector<uint64_t> key_at;
-  if (!ExtractFast(json, &h, &key_at)) return std::nullopt;
-  for (size_t i = 0; i < h.tensors.size(); ++i) {
-    if (!CheckEntry(h.tensors[i], h, key_at[i], "").ok()) return std::nullopt;
-  }
-  if (!CheckTiling(h, file_size, "").ok()) return std::nullopt;
-  h.Reindex();
-  return h;
+  absl::StatusOr<Header> h = Parse(json, file_size, "", ParsePath::kFast);
+  if (!h.ok()) return std::nullopt;
+  return std::move(*h);
 }
 
 }  // namespace internal
 
 absl::StatusOr<Header> ParseHeader(absl::string_view json, uint64_t file_size,
                                    absl::string_view file) {
-  RETURN_IF_ERROR(Precheck(json, file_size, file));
-  Header h = EmptyHeaderFor(json, file_size);
-  std::vector<uint64_t> key_at;
-  if (ExtractFast(json, &h, &key_at)) {
-    // The same checks, in the same order, as the DOM path: the same errors.
-    for (size_t i = 0; i < h.tensors.size(); ++i) {
-      RETURN_IF_ERROR(CheckEntry(h.tensors[i], h, key_at[i], file));
-    }
-  } else {
-    h = EmptyHeaderFor(json, file_size);
-    key_at.clear();
-    RETURN_IF_ERROR(ExtractWithDom(json, &h, &key_at, file));
-  }
-  RETURN_IF_ERROR(CheckTiling(h, file_size, file));
-  h.Reindex();
-  return h;
+  return Parse(json, file_size, file, ParsePath::kEither);
 }
 
 absl::StatusOr<Header> LayoutHeader(std::vector<TensorSpec> specs,

@@ -15,25 +15,9 @@
 namespace safeshard {
 namespace {
 
+using ::safeshard::testing::ExpectSameHeader;
 using ::safeshard::testing::RawSafetensors;
 using ::testing::HasSubstr;
-
-void ExpectSameHeader(const Header& a, const Header& b) {
-  ASSERT_EQ(a.tensors.size(), b.tensors.size());
-  for (size_t i = 0; i < a.tensors.size(); ++i) {
-    EXPECT_EQ(a.tensors[i].name, b.tensors[i].name) << i;
-    EXPECT_EQ(a.tensors[i].dtype, b.tensors[i].dtype) << i;
-    EXPECT_EQ(a.tensors[i].shape, b.tensors[i].shape) << i;
-    EXPECT_EQ(a.tensors[i].begin, b.tensors[i].begin) << i;
-    EXPECT_EQ(a.tensors[i].end, b.tensors[i].end) << i;
-    EXPECT_EQ(a.Find(a.tensors[i].name), &a.tensors[i]);
-  }
-  EXPECT_EQ(a.metadata, b.metadata);
-  EXPECT_EQ(a.has_metadata, b.has_metadata);
-  EXPECT_EQ(a.header_size, b.header_size);
-  EXPECT_EQ(a.buffer_size, b.buffer_size);
-  EXPECT_EQ(a.fingerprint, b.fingerprint);
-}
 
 // Parses a whole file image the way a reader does. Every test case also checks that the fast
 // path and the DOM parser agree on it: the same result or the same error, and the fast path

@@ -126,7 +126,7 @@ class LocalWritable : public WritableFile {
   absl::StatusOr<char*> MapWritable(uint64_t size) override {
     if (map_ != nullptr) return static_cast<char*>(map_);
     if (size == 0) return absl::InvalidArgumentError(absl::StrCat(path_, ": empty mapping"));
-    if (OnTmpfs()) {
+    if (tmpfs_) {
       // Reserving tmpfs pages means allocating and zeroing them all before they are written
       // (measured: a quarter of a 2.2 GB consolidation's time). Unreserved: the space is
       // checked (Allocate), and a write through the mapping raises SIGBUS if the tmpfs fills
@@ -147,7 +147,6 @@ class LocalWritable : public WritableFile {
   }
   const std::string& path() const override { return path_; }
   int fd() const { return fd_; }
-  bool OnTmpfs() const { return tmpfs_; }
   absl::Status CheckFreeSpace(uint64_t bytes) override {
     struct statvfs vfs;
     if (!tmpfs_ || fstatvfs(fd_, &vfs) != 0) return absl::OkStatus();
@@ -208,7 +207,7 @@ class LocalWritable : public WritableFile {
   }
 
   absl::Status Allocate(uint64_t size) override {
-    if (size > 0 && OnTmpfs()) {
+    if (size > 0 && tmpfs_) {
       // tmpfs: fallocate would allocate and zero every page now, to be overwritten at once.
       // The free space is checked instead (for this file; CheckFreeSpace checks several files'
       // total). Nothing is reserved: if something else fills the tmpfs meanwhile, the copy

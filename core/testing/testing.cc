@@ -72,6 +72,23 @@ void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t 
   ASSERT_TRUE(f.good()) << "cannot rewrite " << tensor;
 }
 
+void ExpectSameHeader(const Header& a, const Header& b) {
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    EXPECT_EQ(a.tensors[i].name, b.tensors[i].name) << i;
+    EXPECT_EQ(a.tensors[i].dtype, b.tensors[i].dtype) << i;
+    EXPECT_EQ(a.tensors[i].shape, b.tensors[i].shape) << i;
+    EXPECT_EQ(a.tensors[i].begin, b.tensors[i].begin) << i;
+    EXPECT_EQ(a.tensors[i].end, b.tensors[i].end) << i;
+    EXPECT_EQ(a.Find(a.tensors[i].name), &a.tensors[i]);
+  }
+  EXPECT_EQ(a.metadata, b.metadata);
+  EXPECT_EQ(a.has_metadata, b.has_metadata);
+  EXPECT_EQ(a.header_size, b.header_size);
+  EXPECT_EQ(a.buffer_size, b.buffer_size);
+  EXPECT_EQ(a.fingerprint, b.fingerprint);
+}
+
 std::string Quoted(const std::string& s) {
   return nlohmann::json(s).dump();
 }

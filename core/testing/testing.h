@@ -43,6 +43,10 @@ std::string RawSafetensors(const std::string& json, const std::string& buffer);
 void FlipTensorByte(const std::string& dir, const std::string& tensor, uint64_t offset,
                     uint8_t mask = 0x01);
 
+// Two parsed headers are the same: tensors (name, dtype, shape, offsets, in order, each found
+// by name), metadata, sizes and fingerprint (gtest expectations).
+void ExpectSameHeader(const Header& a, const Header& b);
+
 // `s` as a JSON string literal (quotes and escapes included).
 std::string Quoted(const std::string& s);
 
