@@ -474,10 +474,6 @@ void SortNames(NameIndex* a, size_t n, size_t depth) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // What a directory without safetensors files holds instead, and what to do about it.
 std::string NoSafetensorsHint(FileSystem& fs, const std::string& dir,
                               const std::vector<DirEntry>& entries) {
@@ -1020,7 +1016,7 @@ absl::StatusOr<CheckpointLayout> CheckpointLayout::Scan(FileSystem& fs, const st
   for (const TensorLayout& t : tensors) name_bytes += t.name.size();
   std::string names_buf;
   names_buf.reserve(name_bytes);
-  std::vector<std::pair<absl::string_view, uint32_t>> order(tensors.size());
+  std::vector<NameIndex> order(tensors.size());
   for (size_t i = 0; i < order.size(); ++i) {
     const size_t at = names_buf.size();
     names_buf += tensors[i].name;
